@@ -118,6 +118,48 @@ def evaluate(model: SpikingNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1
     return {"accuracy": correct / n, "firing_rates": rates, "input_rates": input_rates}
 
 
+def train_data(cfg: TrainConfig, ds: sfdata.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.train_limit is not None:
+        return ds.x_train[:cfg.train_limit], ds.y_train[:cfg.train_limit]
+    return ds.x_train, ds.y_train
+
+
+def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
+        lr: float | None = None, hybrid_epochs: int = 0, progress: bool = True,
+        label: str = "epoch") -> list[dict]:
+    """Train ``model`` in place for ``epochs`` epochs; the per-epoch history."""
+    spec = model.spec
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_train, y_train = train_data(cfg, ds)
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        beta = cfg.hybrid_beta if epoch < hybrid_epochs else None
+        total, seen = 0.0, 0
+        steps = _batches(len(y_train), cfg.batch_size, gen)
+        bar = tqdm(steps, total=-(-len(y_train) // cfg.batch_size), disable=not progress,
+                   desc=f"{label} {epoch + 1}/{epochs}" + (" (hybrid)" if beta else ""),
+                   leave=False)
+        for idx in bar:
+            xb = sfdata.encode(x_train[idx], spec.timesteps, spec.encoding, generator=gen)
+            loss = _loss(cfg, model, model(xb, beta) if beta else model(xb), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        ev = evaluate(model, ds.x_test, ds.y_test)
+        history.append({"epoch": epoch + 1, "loss": total / seen, "test_accuracy": ev["accuracy"],
+                        "hybrid": beta is not None, "seconds": time.perf_counter() - t0})
+        if progress:
+            tqdm.write(f"{label} {epoch + 1}: loss {total / seen:.4f}  test accuracy "
+                       f"{100 * ev['accuracy']:.2f}%")
+    return history
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict:
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -126,36 +168,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict:
     ds = sfdata.load(cfg.dataset, seed=cfg.seed)
     spec = network_spec(cfg, ds)
     model = SpikingNet(spec, dropout=cfg.dropout)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x_train, y_train = ds.x_train, ds.y_train
-    if cfg.train_limit is not None:
-        x_train, y_train = x_train[:cfg.train_limit], y_train[:cfg.train_limit]
-    history = []
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        beta = cfg.hybrid_beta if epoch < cfg.hybrid_epochs else None
-        total, seen = 0.0, 0
-        steps = _batches(len(y_train), cfg.batch_size, gen)
-        bar = tqdm(steps, total=-(-len(y_train) // cfg.batch_size), disable=not progress,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (hybrid)" if beta else ""),
-                   leave=False)
-        for idx in bar:
-            xb = sfdata.encode(x_train[idx], spec.timesteps, spec.encoding, generator=gen)
-            loss = _loss(cfg, model, model(xb, beta) if beta else model(xb), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-        ev = evaluate(model, ds.x_test, ds.y_test)
-        history.append({"epoch": epoch + 1, "loss": total / seen, "test_accuracy": ev["accuracy"],
-                        "hybrid": beta is not None, "seconds": time.perf_counter() - t0})
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {total / seen:.4f}  test accuracy "
-                       f"{100 * ev['accuracy']:.2f}%")
+    history = fit(model, cfg, ds, cfg.epochs, hybrid_epochs=cfg.hybrid_epochs, progress=progress)
     train_seconds = time.perf_counter() - t0
     ev = evaluate(model, ds.x_test, ds.y_test)
     metrics = {

@@ -1,0 +1,356 @@
+"""Quantization: a trained float :class:`SpikingNet` -> an integer :class:`IntNetwork`.
+
+Per layer (``s``: the weight scale, per layer or per output channel)::
+
+    w_int     = clamp(round(w / s), -(2**(W-1)), 2**(W-1) - 1)
+    bias_int  = round(b / s)            theta_int = max(1, round(theta / s))
+    decay     -> shifts (s_1, s_2, ...) with 1 - sum 2**-s_k nearest the float decay
+
+so the integer state is the float state in units of ``s``.  Batch norm is
+folded into the weights first.  Layer 0 under ``direct`` encoding sees
+``x = p >> (8 - B)`` for a pixel ``p`` the float model saw as ``p / 255``, so
+its effective weight per unit of ``x`` is ``w * 2**(8-B) / 255``.
+
+STCB layers keep the STEB quantum ``q_l = theta_l / 2**(T-1)`` as the unit of
+their values and choose per channel a power-of-two weight scale
+``s = q_l * 2**-r / q_{l-1}`` (``q_{-1}``: the input unit), so the CAB rescale
+is the shift ``acc >> r``.
+
+Calibration picks, layer by layer, the weight clipping ratio (of max |w|)
+that gives the best integer-model accuracy on training samples.
+
+Widths are derived: from the worst-case current of the weights and fan-in
+(:meth:`IntLayer.current_bounds`), the decay and the reset, the state range
+and so the state width; a requested width that cannot hold a bounded range
+is refused (:class:`QuantizeError`).  An IF layer without reset has no bound
+and relies on saturation, which the contract defines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils import parametrize
+
+from spikeforge.config import LayerKind, NetworkSpec, NeuronKind, Reset
+from spikeforge.errors import SpikeforgeError
+from spikeforge.sw import golden
+from spikeforge.sw.golden import IntLayer, IntNetwork
+from spikeforge.sw.models import SpikingNet
+
+
+class QuantizeError(SpikeforgeError, ValueError):
+    """A network or setting that cannot be quantized as asked, with the layer named."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: int = 8
+    per_channel: bool = False
+    input_bits: int = 8
+    state_bits: int | None = None      # None: derived per layer
+    max_decay_shifts: int = 3
+    clip_candidates: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+    def __post_init__(self):
+        if not 2 <= self.weight_bits <= 16:
+            raise QuantizeError(f"weight bits must be in 2..16, not {self.weight_bits}")
+        if not 1 <= self.input_bits <= 8:
+            raise QuantizeError(f"input bits must be in 1..8, not {self.input_bits}")
+        if self.state_bits is not None and not 2 <= self.state_bits <= 48:
+            raise QuantizeError(f"state bits must be in 2..48, not {self.state_bits}")
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def decay_shifts(decay: float, max_terms: int = 3, max_shift: int = 12) -> tuple[tuple[int, ...], float]:
+    """The list of distinct shifts whose ``1 - sum 2**-s`` is nearest ``decay``
+    (fewest terms on ties), and the error ``approx - decay``."""
+    best, best_err = (), 1.0 - decay
+    for n in range(1, max_terms + 1):
+        for combo in itertools.combinations(range(1, max_shift + 1), n):
+            err = 1.0 - sum(2.0 ** -s for s in combo) - decay
+            if abs(err) < abs(best_err) - 1e-12:
+                best, best_err = combo, err
+    return best, best_err
+
+
+def effective_decay(shifts: tuple[int, ...]) -> float:
+    return 1.0 - sum(2.0 ** -s for s in shifts)
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Fewest two's complement bits holding ``[lo, hi]``."""
+    n = 1
+    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
+        n += 1
+    return n
+
+
+def state_range(i_lo: int, i_hi: int, theta: int, shifts: tuple[int, ...],
+                reset: Reset) -> tuple[int, int] | None:
+    """Worst-case ``(min, max)`` of ``u`` for currents in ``[i_lo, i_hi]``
+    (bias included), or ``None`` when the state is unbounded.
+
+    Bounds of the integer decay: ``d*u <= decay(u) <= d*u + len(shifts)``
+    with ``d = 1 - sum 2**-s``.  Below threshold a neuron never spikes, so
+    the negative side grows to ``i_lo / (1 - d)``; above, the reset zeroes
+    (``u < theta + i_hi``) or subtracts (``u <= (i_hi + n) / (1 - d)``).
+    """
+    d = effective_decay(shifts)
+    n = len(shifts)
+    neg = min(i_lo, 0)
+    if d >= 1.0:
+        if neg < 0 or reset is not Reset.ZERO:
+            return None
+        lo = 0
+    else:
+        lo = math.floor(neg / (1.0 - d)) - (theta if reset is Reset.SUBTRACT else 0)
+    if reset is Reset.ZERO:
+        hi = theta + max(i_hi, 0) + n
+    elif d >= 1.0:
+        return None
+    else:
+        hi = math.ceil((max(i_hi, 0) + n) / (1.0 - d))
+    return min(lo, i_lo), max(hi, i_hi)
+
+
+def folded(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float ``(weight [C_out, C_in, k, k], bias [C_out])`` with batch norm folded in."""
+    w = layer.syn.weight.detach().to(torch.float64)
+    c = w.shape[0]
+    b = layer.syn.bias.detach().to(torch.float64) if layer.syn.bias is not None \
+        else torch.zeros(c, dtype=torch.float64)
+    if layer.bn is not None:
+        bn = layer.bn
+        g = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        w = w * g.view(-1, *([1] * (w.dim() - 1)))
+        b = (b - bn.running_mean.double()) * g + bn.bias.detach().double()
+    return w.reshape(c, layer.spec.in_channels, layer.spec.kernel, layer.spec.kernel), b
+
+
+def _qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+def _round_clamp(v: torch.Tensor, bits: int) -> torch.Tensor:
+    return torch.round(v).clamp(-_qmax(bits) - 1, _qmax(bits)).to(torch.int64)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _lif_layer(n: int, layer, qc: QuantConfig, in_unit: float, clip: float,
+               input_bits: int) -> IntLayer:
+    spec = layer.spec
+    w, b = folded(layer)
+    w = w * in_unit
+    c = spec.out_channels
+    amax = w.abs().flatten(1).amax(1) if qc.per_channel else w.abs().max().expand(c)
+    scale = (amax * clip / _qmax(qc.weight_bits)).clamp(min=1e-12)
+    sv = scale.view(-1, 1, 1, 1)
+    theta = torch.round(spec.neuron.theta / scale).clamp(min=1).to(torch.int64)
+    shifts, _ = decay_shifts(spec.neuron.decay, qc.max_decay_shifts)
+    il = IntLayer(spec, _round_clamp(w / sv, qc.weight_bits), torch.round(b / scale).to(torch.int64),
+                  theta, torch.zeros(c, dtype=torch.int64), shifts, qc.weight_bits,
+                  state_bits=2, acc_bits=2, input_bits=input_bits)
+    return _with_widths(n, il, qc)
+
+
+def _with_widths(n: int, il: IntLayer, qc: QuantConfig) -> IntLayer:
+    i_lo, i_hi = il.current_bounds()
+    theta = int(il.theta.max())
+    rng = state_range(i_lo, i_hi, theta, il.decay_shifts, il.spec.neuron.reset)
+    floor_bits = signed_bits(-theta, theta)  # the threshold must be representable
+    if rng is None:
+        bits = qc.state_bits or max(16, floor_bits + 1)
+    else:
+        need = max(signed_bits(*rng), floor_bits)
+        if qc.state_bits is not None and qc.state_bits < need:
+            raise QuantizeError(
+                f"layer {n}: state needs {need} bits for the worst-case range [{rng[0]}, {rng[1]}] "
+                f"(current in [{i_lo}, {i_hi}], theta {theta}), {qc.state_bits} requested")
+        bits = qc.state_bits or need
+    if floor_bits > bits:
+        raise QuantizeError(f"layer {n}: theta {theta} does not fit {bits} state bits")
+    half = 1 << (bits - 1)
+    acc = signed_bits(-half + min(i_lo, 0), half - 1 + max(i_hi, 0))
+    return dataclasses.replace(il, state_bits=bits, acc_bits=acc)
+
+
+def _stcb_layer(n: int, layer, qc: QuantConfig, in_unit: float, T: int, clip: float,
+                input_bits: int) -> IntLayer:
+    spec = layer.spec
+    w, b = folded(layer)
+    c = spec.out_channels
+    q = spec.neuron.theta / (1 << (T - 1))
+    amax = w.abs().flatten(1).amax(1) if qc.per_channel else w.abs().max().expand(c)
+    # largest r with |w| / s = |w| * in_unit * 2**r / q <= qmax
+    ratio = (_qmax(qc.weight_bits) * q / (amax * clip * in_unit).clamp(min=1e-30))
+    r = torch.floor(torch.log2(ratio)).clamp(min=0, max=30).to(torch.int64)
+    s = q * torch.pow(2.0, -r.double()) / in_unit
+    w_int = _round_clamp(w / s.view(-1, 1, 1, 1), qc.weight_bits)
+    bias = torch.round(b / (q * torch.pow(2.0, -r.double()))).to(torch.int64)
+    il = IntLayer(spec, w_int, bias, torch.ones(c, dtype=torch.int64), r, (), qc.weight_bits,
+                  state_bits=2, acc_bits=2, input_bits=input_bits)
+    lo, hi = il.current_bounds()
+    acc = signed_bits(lo, hi)
+    state = max(signed_bits(lo >> int(r.max()), hi >> int(r.min())), T + 1)
+    return dataclasses.replace(il, state_bits=state, acc_bits=acc)
+
+
+def check_mappable(spec: NetworkSpec) -> None:
+    for n, l in enumerate(spec.layers):
+        if l.kind is LayerKind.RESBLOCK:
+            raise QuantizeError(f"layer {n}: residual blocks are software only (no integer contract)")
+        if l.pool > 1 and l.pool_mode.value != "max":
+            raise QuantizeError(f"layer {n}: {l.pool_mode.value} pooling is software only; "
+                                "train with pool_mode='max' (an OR on spikes)")
+        if not l.neuron.hardware_mappable:
+            raise QuantizeError(f"layer {n}: the exponential STEB threshold law is float only")
+    if spec.encoding == "rate":
+        raise QuantizeError("rate encoding is random: use direct or bitplane input")
+
+
+def quantize(model: SpikingNet, qc: QuantConfig = QuantConfig(),
+             clips: list[float] | None = None) -> IntNetwork:
+    """Integer network for ``model`` with per-layer clipping ratios ``clips``."""
+    spec = model.spec
+    check_mappable(spec)
+    clips = clips or [1.0] * len(spec.layers)
+    T = spec.timesteps
+    direct = spec.encoding == "direct"
+    first_bits = qc.input_bits if direct else 1
+    # the float model's unit of layer 0's integer input x
+    in_unit = (1 << (8 - qc.input_bits)) / 255.0 if direct else 1.0
+    layers = []
+    for n, (layer, clip) in enumerate(zip(model.layers, clips)):
+        bits = first_bits if n == 0 else (T if model.stcb else 1)
+        if model.stcb:
+            il = _stcb_layer(n, layer, qc, in_unit, T, clip, bits)
+            in_unit = layer.spec.neuron.theta / (1 << (T - 1))
+        else:
+            il = _lif_layer(n, layer, qc, in_unit if n == 0 else 1.0, clip, bits)
+        layers.append(il)
+    return IntNetwork(spec, tuple(layers))
+
+
+def golden_accuracy(net: IntNetwork, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
+    correct = 0
+    for i in range(0, len(y), batch):
+        correct += int((golden.run(net, x[i:i + batch]).classes == y[i:i + batch]).sum())
+    return correct / len(y)
+
+
+def calibrate(model: SpikingNet, qc: QuantConfig, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Greedy per-layer choice of the clipping ratio by integer accuracy on ``(x, y)``."""
+    clips = [1.0] * len(model.spec.layers)
+    for n in range(len(clips)):
+        scored = []
+        for c in qc.clip_candidates:
+            trial = clips[:n] + [c] + clips[n + 1:]
+            try:
+                acc = golden_accuracy(quantize(model, qc, trial), x, y)
+            except QuantizeError:
+                continue
+            scored.append((acc, c))
+        if scored:
+            clips[n] = max(scored, key=lambda t: (t[0], t[1]))[1]
+    return clips
+
+
+# --------------------------------------------------------------------------- QAT
+
+
+class _FakeQuant(torch.nn.Module):
+    """Straight-through fake quantization of a weight tensor to ``bits``."""
+
+    def __init__(self, bits: int, per_channel: bool):
+        super().__init__()
+        self.bits, self.per_channel = bits, per_channel
+
+    def forward(self, w):
+        if self.per_channel:
+            amax = w.detach().abs().flatten(1).amax(1).view(-1, *([1] * (w.dim() - 1)))
+        else:
+            amax = w.detach().abs().max()
+        s = amax.clamp(min=1e-12) / _qmax(self.bits)
+        q = torch.round(w / s).clamp(-_qmax(self.bits) - 1, _qmax(self.bits)) * s
+        return w + (q - w).detach()
+
+
+def fake_quantized(model: SpikingNet, qc: QuantConfig):
+    """Context manager: the model's synapse weights fake-quantized while inside."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        mods = [l.syn for l in model.layers]
+        for m in mods:
+            parametrize.register_parametrization(m, "weight", _FakeQuant(qc.weight_bits, qc.per_channel))
+        try:
+            yield model
+        finally:
+            for m in mods:
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+    return ctx()
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def integer_reference(net: IntNetwork) -> SpikingNet:
+    """A float :class:`SpikingNet` computing the LIF contract without integer
+    rounding: weights ``w_int / theta_int``, threshold 1, decay
+    ``1 - sum 2**-s`` -- the float model with quantised weights.  Fed
+    ``x = p >> (8-B)``, it differs from the golden model only where the
+    flooring shifts and saturation round."""
+    spec = net.spec
+    layers = []
+    for il in net.layers:
+        nspec = dataclasses.replace(il.spec.neuron, theta=1.0,
+                                    decay=max(effective_decay(il.decay_shifts), 1e-9))
+        layers.append(dataclasses.replace(il.spec, neuron=nspec, batchnorm=False, bias=True))
+    ref = SpikingNet(dataclasses.replace(spec, layers=tuple(layers)))
+    with torch.no_grad():
+        for m, il in zip(ref.layers, net.layers):
+            th = il.theta.double().view(-1, 1, 1, 1)
+            m.syn.weight.copy_((il.weight.double() / th).view_as(m.syn.weight))
+            m.syn.bias.copy_(il.bias.double() / il.theta.double())
+    return ref.double()
+
+
+def agreement(model: SpikingNet, net: IntNetwork, x: torch.Tensor, batch: int = 250) -> dict:
+    """Class agreement of the float model and of the float model with quantised
+    weights with the golden model, and spike agreement of the latter (LIF)."""
+    from spikeforge.sw import data as sfdata
+    spec = net.spec
+    ref = None if model.stcb else integer_reference(net)
+    same_float = same_ref = 0
+    spikes_equal = spikes_total = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            g = golden.run(net, xb)
+            f = model(sfdata.encode(xb, spec.timesteps, spec.encoding))
+            same_float += int((f.argmax(1) == g.classes).sum())
+            if ref is not None:
+                xin = golden.input_values(spec, xb, net.layers[0].input_bits).double()
+                tr = ref.run(xin)
+                same_ref += int((tr.scores.argmax(1) == g.classes).sum())
+                for s_ref, s_gold, l in zip(tr.spikes, g.spikes, spec.layers):
+                    n = l.out_features
+                    gold = golden.unpack(s_gold, n)
+                    spikes_equal += int((s_ref.reshape(*gold.shape) == gold).sum())
+                    spikes_total += gold.numel()
+    n = len(x)
+    out = {"float_int_class_agreement": same_float / n}
+    if ref is not None:
+        out["quantized_float_int_class_agreement"] = same_ref / n
+        out["quantized_float_int_spike_agreement"] = spikes_equal / spikes_total
+    return out
