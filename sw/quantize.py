@@ -306,22 +306,26 @@ def fake_quantized(model: SpikingNet, qc: QuantConfig):
 
 def integer_reference(net: IntNetwork) -> SpikingNet:
     """A float :class:`SpikingNet` computing the LIF contract without integer
-    rounding: weights ``w_int / theta_int``, threshold 1, decay
-    ``1 - sum 2**-s`` -- the float model with quantised weights.  Fed
+    rounding -- the float model with quantised weights: weights ``w_int``,
+    threshold ``theta_int`` (or, with per-channel thresholds, ``w_int /
+    theta_int`` and threshold 1), decay ``1 - sum 2**-s``.  Fed
     ``x = p >> (8-B)``, it differs from the golden model only where the
-    flooring shifts and saturation round."""
+    flooring shifts, saturation or (per channel) float division round."""
     spec = net.spec
-    layers = []
+    layers, norms = [], []
     for il in net.layers:
-        nspec = dataclasses.replace(il.spec.neuron, theta=1.0,
+        uniform = bool((il.theta == il.theta[0]).all())
+        norm = torch.ones_like(il.theta) if uniform else il.theta
+        theta = float(il.theta[0]) if uniform else 1.0
+        nspec = dataclasses.replace(il.spec.neuron, theta=theta,
                                     decay=max(effective_decay(il.decay_shifts), 1e-9))
         layers.append(dataclasses.replace(il.spec, neuron=nspec, batchnorm=False, bias=True))
+        norms.append(norm.double())
     ref = SpikingNet(dataclasses.replace(spec, layers=tuple(layers)))
     with torch.no_grad():
-        for m, il in zip(ref.layers, net.layers):
-            th = il.theta.double().view(-1, 1, 1, 1)
-            m.syn.weight.copy_((il.weight.double() / th).view_as(m.syn.weight))
-            m.syn.bias.copy_(il.bias.double() / il.theta.double())
+        for m, il, norm in zip(ref.layers, net.layers, norms):
+            m.syn.weight.copy_((il.weight.double() / norm.view(-1, 1, 1, 1)).view_as(m.syn.weight))
+            m.syn.bias.copy_(il.bias.double() / norm)
     return ref.double()
 
 

@@ -1,0 +1,179 @@
+"""Quantizer: decay shifts, derived widths, and golden vs float agreement."""
+
+import pytest
+import torch
+
+from spikeforge.sw import golden
+from spikeforge.sw.models import build
+from spikeforge.sw.quantize import (QuantConfig, QuantizeError, agreement, decay_shifts,
+                                    effective_decay, fake_quantized, quantize, signed_bits,
+                                    state_range)
+from spikeforge.config import Reset
+
+
+@pytest.mark.parametrize("decay,shifts", [(0.5, (1,)), (0.75, (2,)), (0.875, (3,)),
+                                          (0.8125, (3, 4)), (1.0, ())])
+def test_exact_decays_become_exact_shift_lists(decay, shifts):
+    got, err = decay_shifts(decay)
+    assert got == shifts and err == 0.0
+
+
+def test_inexact_decay_is_the_nearest_short_list():
+    got, err = decay_shifts(0.9)
+    assert len(got) <= 3 and abs(err) < 2e-3
+    assert effective_decay(got) - 0.9 == pytest.approx(err)
+    # no list of at most 3 shifts does better
+    import itertools
+    best = min(abs(1 - sum(2.0 ** -s for s in c) - 0.9)
+               for n in (1, 2, 3) for c in itertools.combinations(range(1, 13), n))
+    assert abs(err) == pytest.approx(best)
+
+
+def test_signed_bits():
+    assert signed_bits(-128, 127) == 8
+    assert signed_bits(-129, 0) == 9
+    assert signed_bits(0, 128) == 9
+    assert signed_bits(0, 0) == 1
+
+
+def test_state_range_bounds():
+    # zero reset, decay 0.5: u < theta + I_hi; negative side I_lo / (1 - d)
+    assert state_range(-10, 20, 15, (1,), Reset.ZERO) == (-20, 36)
+    # IF without reset and negative currents: unbounded (saturation by design)
+    assert state_range(-10, 20, 15, (), Reset.NONE) is None
+    # IF with zero reset and no negative currents: bounded
+    assert state_range(0, 20, 15, (), Reset.ZERO) == (0, 35)
+
+
+def random_model(seed, **kw):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    c1 = int(torch.randint(2, 6, (1,), generator=g))
+    m = build("convsnn", input_shape=(1, 8, 8), channels=(c1,), hidden=12, timesteps=6, **kw)
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.syn.weight.normal_(0.0, 0.6, generator=g)
+            layer.syn.bias.normal_(0.0, 0.1, generator=g)
+    return m
+
+
+def random_frames(seed, n=64, shape=(1, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, *shape), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_golden_equals_float_with_quantized_weights_when_nothing_rounds(seed):
+    # IF neurons (no decay shifts) and a state wide enough never to saturate:
+    # the only difference left between float and integer is none at all.
+    m = random_model(seed, decay=1.0, reset="zero")
+    net = quantize(m, QuantConfig(weight_bits=6))
+    ag = agreement(m, net, random_frames(seed))
+    assert ag["quantized_float_int_spike_agreement"] == 1.0
+    assert ag["quantized_float_int_class_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("reset", ["zero", "subtract", "none"])
+def test_golden_vs_float_with_quantized_weights_on_random_lif_networks(seed, reset):
+    # decay 0.5 = shift 1: the integer decay floors, so a neuron within a rounding
+    # step of its threshold may differ; that is all that may differ.
+    m = random_model(seed, decay=0.5, reset=reset)
+    net = quantize(m, QuantConfig(weight_bits=8))
+    ag = agreement(m, net, random_frames(seed))
+    assert ag["quantized_float_int_spike_agreement"] > 0.98
+    assert ag["quantized_float_int_class_agreement"] > 0.8
+
+
+def test_a_broken_contract_is_visible_to_the_agreement_measure():
+    # the agreement check can fail: a golden model with the wrong decay shift disagrees
+    import dataclasses
+    m = random_model(3, decay=0.5)
+    net = quantize(m, QuantConfig(weight_bits=8))
+    good = agreement(m, net, random_frames(3))["quantized_float_int_spike_agreement"]
+    bad_layers = tuple(dataclasses.replace(l, decay_shifts=(2,)) for l in net.layers)
+    bad = golden.IntNetwork(net.spec, bad_layers)
+    ref_net = net
+    from spikeforge.sw.quantize import integer_reference
+    ref = integer_reference(ref_net)
+    x = random_frames(3)
+    xin = golden.input_values(net.spec, x, net.layers[0].input_bits).double()
+    tr = ref.run(xin)
+    g = golden.run(bad, x)
+    n = net.spec.layers[0].out_features
+    bad_agree = float((tr.spikes[0].reshape(*golden.unpack(g.spikes[0], n).shape)
+                       == golden.unpack(g.spikes[0], n)).float().mean())
+    assert good > 0.98 and bad_agree < good - 0.01
+
+
+def test_quantized_weights_fit_their_width_and_thresholds_follow_the_scale():
+    m = random_model(1)
+    for bits in (2, 4, 8, 16):
+        net = quantize(m, QuantConfig(weight_bits=bits))
+        for il in net.layers:
+            assert int(il.weight.abs().max()) <= (1 << (bits - 1))
+            assert il.weight_bits == bits
+    net = quantize(m, QuantConfig(weight_bits=8))
+    il = net.layers[1]
+    w = m.layers[1].syn.weight.detach().double()
+    scale = w.abs().max() / 127
+    assert int(il.theta[0]) == round(0.5 / float(scale))
+    assert int(il.weight.abs().max()) == 127
+
+
+def test_per_channel_scales_give_per_channel_thresholds():
+    m = random_model(2)
+    with torch.no_grad():
+        m.layers[0].syn.weight[0] *= 4
+    net = quantize(m, QuantConfig(per_channel=True))
+    th = net.layers[0].theta
+    assert len(set(th.tolist())) > 1
+    assert (net.layers[0].weight.flatten(1).abs().amax(1) == 127).all()
+
+
+def test_requested_state_width_too_small_is_refused_naming_the_layer():
+    m = random_model(0)
+    with pytest.raises(QuantizeError, match=r"^layer 0: state needs \d+ bits for the worst-case "
+                                            r"range \[-?\d+, \d+\] .* 6 requested$"):
+        quantize(m, QuantConfig(state_bits=6))
+
+
+def test_unbounded_if_layer_gets_a_saturating_width():
+    m = random_model(0, decay=1.0, reset="none")
+    net = quantize(m, QuantConfig())
+    assert all(l.state_bits >= 16 for l in net.layers)
+
+
+def test_software_only_models_are_refused():
+    with pytest.raises(QuantizeError, match="residual blocks are software only"):
+        quantize(build("sts-resnet", channels=4, blocks=1, hidden=8))
+    with pytest.raises(QuantizeError, match="avg pooling is software only"):
+        quantize(build("convsnn", channels=(4, 4), hidden=8, pool_mode="avg"))
+    with pytest.raises(QuantizeError, match="exponential STEB"):
+        quantize(build("stcsnn-vgg", channels=(2, 2, 2, 2), hidden=8, threshold_law="exp"))
+    with pytest.raises(QuantizeError, match="rate encoding"):
+        quantize(build("convsnn", channels=(4, 4), hidden=8, encoding="rate"))
+
+
+def test_fake_quantization_puts_weights_on_the_grid_and_passes_gradients():
+    m = random_model(0)
+    qc = QuantConfig(weight_bits=4)
+    with fake_quantized(m, qc):
+        w = m.layers[0].syn.weight
+        s = w.detach().abs().max() / 7
+        assert torch.allclose(w / s, torch.round(w / s), atol=1e-5)
+        x = torch.rand(6, 2, 1, 8, 8)
+        m(x).sum().backward()
+    assert m.layers[0].syn.weight.grad is not None
+    assert not hasattr(m.layers[0].syn, "parametrizations")
+
+
+def test_stcb_network_quantizes_to_shifts_and_agrees_with_float():
+    torch.manual_seed(0)
+    m = build("stcsnn-vgg", input_shape=(1, 8, 8), channels=(4, 4, 4, 4), hidden=16, timesteps=6)
+    m.eval()
+    net = quantize(m, QuantConfig(weight_bits=8))
+    for il in net.layers:
+        assert int(il.shift.min()) >= 0
+    ag = agreement(m, net, random_frames(0, n=128))
+    assert ag["float_int_class_agreement"] > 0.7
