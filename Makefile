@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench-deps clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet '.[bench]' 2>/dev/null || true
+# peers for benchmarks/bench_train_step.py; SpikingJelly 2.0 declares torchvision and
+# torchaudio, which would replace torch by a multi-GB build: its modules work without them
+bench-deps: $(STAMP)
+	$(BIN)/pip install --quiet snntorch==1.0.0
+	$(BIN)/pip install --quiet --no-deps spikingjelly==2.0.0 loguru
 
 clean:
 	rm -rf $(VENV) runs build

