@@ -74,6 +74,14 @@ def _check(cond: bool, msg: str) -> None:
         raise SpecError(msg)
 
 
+def _types(obj, where: str, **expected) -> None:
+    """Check field types (bool is not a number here) with a message naming the field."""
+    for name, types in expected.items():
+        v = getattr(obj, name)
+        ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+        _check(ok, f"{where}.{name} has the wrong type: {type(v).__name__} ({v!r:.40})")
+
+
 @dataclass(frozen=True)
 class NeuronSpec:
     """Neuron parameters of one layer (float domain).
@@ -107,6 +115,9 @@ class NeuronSpec:
     def __post_init__(self):
         object.__setattr__(self, "kind", _enum(NeuronKind, self.kind, "neuron.kind"))
         object.__setattr__(self, "reset", _enum(Reset, self.reset, "neuron.reset"))
+        _types(self, "neuron", decay=(int, float), theta=(int, float), surrogate=(str,),
+               surrogate_width=(int, float, type(None)), bpta=(int, float),
+               threshold_law=(str,), tau=(int, float))
         if self.kind is NeuronKind.IF:
             object.__setattr__(self, "decay", 1.0)
         if self.kind is NeuronKind.STCB:
@@ -149,9 +160,14 @@ class LayerSpec:
     def __post_init__(self):
         object.__setattr__(self, "kind", _enum(LayerKind, self.kind, "layer.kind"))
         object.__setattr__(self, "pool_mode", _enum(PoolMode, self.pool_mode, "layer.pool_mode"))
-        object.__setattr__(self, "in_size", tuple(int(v) for v in self.in_size))
+        _check(isinstance(self.in_size, (tuple, list)) and len(self.in_size) == 2
+               and all(isinstance(v, int) and not isinstance(v, bool) for v in self.in_size),
+               f"layer.in_size must be two integers, not {self.in_size!r:.40}")
+        object.__setattr__(self, "in_size", tuple(self.in_size))
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronSpec(**self.neuron))
+        _types(self, "layer", bias=(bool,), batchnorm=(bool,), padding=(int,),
+               neuron=(NeuronSpec,))
         for name in ("in_channels", "out_channels", "kernel", "pool"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"layer.{name} must be a positive integer, not {v!r}")
@@ -224,7 +240,12 @@ class NetworkSpec:
     voting: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        _check(isinstance(self.input_shape, (tuple, list)) and len(self.input_shape) == 3
+               and all(isinstance(v, int) and not isinstance(v, bool) for v in self.input_shape),
+               f"input_shape must be three integers (C, H, W), not {self.input_shape!r:.40}")
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        _types(self, "network", name=(str,), timesteps=(int,), classes=(int,), frames=(int,),
+               encoding=(str,), voting=(int,), layers=(tuple, list))
         object.__setattr__(self, "layers", tuple(
             LayerSpec(**l) if isinstance(l, dict) else l for l in self.layers))
         _check(len(self.input_shape) == 3 and min(self.input_shape) >= 1,

@@ -1,0 +1,57 @@
+"""Specs: validation messages and the JSON round trip."""
+
+import pytest
+
+from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronKind, NeuronSpec, SpecError
+from spikeforge.sw.models import MODELS, spec_for
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_spec_round_trips_through_json(name):
+    import json
+    spec = spec_for(name)
+    again = NetworkSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+
+
+def test_if_forces_decay_one_and_stcb_forces_subtract():
+    assert NeuronSpec(NeuronKind.IF, decay=0.5).decay == 1.0
+    assert NeuronSpec(NeuronKind.STCB, reset="zero").reset.value == "subtract"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(decay=1.5), r"^neuron.decay must be in \(0, 1\], not 1.5$"),
+    (dict(theta=0), r"^neuron.theta must be positive, not 0$"),
+    (dict(reset="soft"), r"^neuron.reset: 'soft' is not one of 'zero', 'subtract', 'none'$"),
+    (dict(surrogate="erf"), r"^neuron.surrogate must be one of gaussian, rect, fast_sigmoid, bpsa"),
+    (dict(theta="0.5"), r"^neuron.theta has the wrong type: str"),
+])
+def test_neuron_spec_errors(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        NeuronSpec(**kwargs)
+
+
+def test_layer_chain_mismatch_names_the_layer():
+    l0 = LayerSpec(LayerKind.CONV, 1, 4, (8, 8), kernel=3, padding=1, pool=2)
+    l1 = LayerSpec(LayerKind.FC, 4 * 8 * 8, 10, (1, 1))
+    with pytest.raises(SpecError, match=r"^layer 1: fc expects 256 inputs, previous layer gives 4x4x4 = 64$"):
+        NetworkSpec("x", (1, 8, 8), 4, (l0, l1), classes=10)
+
+
+def test_pool_must_divide_and_kernel_must_fit():
+    with pytest.raises(SpecError, match="does not divide"):
+        LayerSpec(LayerKind.CONV, 1, 4, (7, 7), kernel=3, padding=1, pool=2)
+    with pytest.raises(SpecError, match="padding must be in"):
+        LayerSpec(LayerKind.CONV, 1, 4, (7, 7), kernel=3, padding=3)
+
+
+def test_from_dict_rejects_unknown_and_missing_fields():
+    d = spec_for("convsnn").to_dict()
+    with pytest.raises(SpecError, match=r"^layers\[0\]: unknown field\(s\) strid$"):
+        NetworkSpec.from_dict({**d, "layers": [{**d["layers"][0], "strid": 2}] + d["layers"][1:]})
+    d2 = dict(d)
+    del d2["classes"]
+    with pytest.raises(SpecError, match="classes"):
+        NetworkSpec.from_dict(d2)
+    with pytest.raises(SpecError, match="batchnorm has the wrong type"):
+        NetworkSpec.from_dict({**d, "layers": [{**d["layers"][0], "batchnorm": [1]}] + d["layers"][1:]})
