@@ -1,0 +1,90 @@
+"""Training, quantization and the command line, end to end on tiny data."""
+
+import json
+
+import pytest
+import torch
+
+from spikeforge import cli, image
+from spikeforge.sw import golden
+from spikeforge.sw.data import load
+from spikeforge.sw.train import TrainConfig, load_run, train
+
+TINY = dict(model="convsnn", dataset="digits8x8", epochs=2, batch_size=16, lr=2e-3,
+            overrides={"channels": (6,), "hidden": 24, "timesteps": 6})
+TINY_ARGS = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "2", "--batch-size", "16", "--lr", "2e-3",
+             "--set", "channels=[6]", "--set", "hidden=24", "--timesteps", "6"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    assert cli.main(["train", "-q", *TINY_ARGS, "--out", str(run)]) == 0
+    return run
+
+
+def test_train_writes_the_run_folder(run_dir):
+    for name in ("model.safetensors", "config.json", "metrics.json", "training_curve.png"):
+        assert (run_dir / name).is_file()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test_accuracy"] > 0.6  # 10 classes: chance is 0.1
+    assert len(m["firing_rates"]) == 3 and all(0 <= r <= 1 for r in m["firing_rates"])
+    e = m["energy"]
+    assert e["e_ann_fp32_pj"] == pytest.approx(e["ann_macs"] * 4.6)
+    assert e["e_snn_pj"] == pytest.approx(e["snn_acs"] * 0.1 + e["snn_macs"] * 3.2)
+
+
+def test_same_seed_same_result(run_dir, tmp_path):
+    m2 = train(TrainConfig(**TINY), tmp_path / "again", progress=False)
+    m1 = json.loads((run_dir / "metrics.json").read_text())
+    assert m2["test_accuracy"] == m1["test_accuracy"]
+    assert m2["firing_rates"] == m1["firing_rates"]
+    _, a = load_run(run_dir)
+    _, b = load_run(tmp_path / "again")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_quantize_and_export_from_the_command_line(run_dir, capsys):
+    assert cli.main(["quantize", "-q", str(run_dir), "--weight-bits", "8"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("int_accuracy", "weight_bits", "float_int_class_agreement"):
+        assert key in m
+    assert abs(m["int_accuracy"] - m["test_accuracy"]) < 0.05
+    net, meta = image.read_image(run_dir / "weights.sfimg")
+    ds = load("digits8x8")
+    res = golden.run(net, ds.x_test)
+    assert float((res.classes == ds.y_test).float().mean()) == pytest.approx(m["int_accuracy"])
+    assert cli.main(["export", str(run_dir), "--lanes", "2"]) == 0
+    listing = json.loads((run_dir / "hw" / "memories.json").read_text())
+    assert {mm["name"] for mm in listing["memories"]} >= {"L0_weights", "L0_neurons"}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "nope", "--out", "X"], "unknown model 'nope'"),
+    (["train", "--dataset", "cifar", "--out", "X"], "cifar"),
+    (["train", "--epochs", "0", "--out", "X"], "epochs must be a positive integer"),
+    (["quantize", "/no/such/run"], "run folder /no/such/run does not exist"),
+    (["train", "--set", "channels", "--out", "X"], "--set expects KEY=VALUE"),
+])
+def test_bad_input_is_a_clear_error_not_a_traceback(argv, message, capsys, tmp_path):
+    argv = [a.replace("X", str(tmp_path / "r")) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_missing_step_output_names_the_step(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path)]) == 2
+    assert "weights.sfimg is missing: run `spikeforge quantize" in capsys.readouterr().err
+
+
+def test_corrupt_image_is_reported(run_dir, tmp_path, capsys):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    data = bytearray((bad / "weights.sfimg").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "weights.sfimg").write_bytes(bytes(data))
+    assert cli.main(["export", str(bad)]) == 2
+    assert "weights.sfimg" in capsys.readouterr().err
