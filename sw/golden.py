@@ -191,12 +191,13 @@ def input_values(spec: NetworkSpec, x: torch.Tensor, input_bits: int) -> torch.T
     return x.expand(T, *x.shape[1:]) if x.shape[0] == 1 else x
 
 
-def _conv(layer: IntLayer, x: torch.Tensor) -> torch.Tensor:
-    """Exact integer ``conv(x)`` (no bias) for x int64 ``[N, C, H, W]`` or ``[N, F]``.
+def _conv(layer: IntLayer, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """Exact integer ``conv(x) + bias`` as ``out_dtype``, for integer x
+    ``[N, C, H, W]`` or ``[N, F]``.
 
-    Computed in floating point, which is exact while every partial sum stays
-    below 2**24 (float32) or 2**53 (float64); :func:`run` picks the type from
-    the worst-case bound.
+    Computed in floating point, which is exact (integer-valued, no rounding)
+    while every partial sum stays below 2**24 (float32) or 2**53 (float64);
+    the type is picked from the worst-case bound.
     """
     lo, hi = layer.current_bounds()
     bound = max(abs(lo), abs(hi)) + int(layer.bias.abs().max())
@@ -204,11 +205,12 @@ def _conv(layer: IntLayer, x: torch.Tensor) -> torch.Tensor:
     if bound >= (1 << 53):
         raise ContractError(f"layer {layer.spec}: current bound {bound} exceeds exact arithmetic")
     w = layer.weight.to(dtype)
+    b = layer.bias.to(dtype)
     if layer.spec.kind is LayerKind.FC:
-        y = x.reshape(x.shape[0], -1).to(dtype) @ w.flatten(1).T
+        y = torch.addmm(b, x.reshape(x.shape[0], -1).to(dtype), w.flatten(1).T)
     else:
-        y = F.conv2d(x.to(dtype), w, padding=layer.spec.padding)
-    return y.round().to(torch.int64)
+        y = F.conv2d(x.to(dtype), w, b, padding=layer.spec.padding)
+    return y.to(out_dtype)
 
 
 def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -225,26 +227,27 @@ def _pool(layer: LayerSpec, y: torch.Tensor) -> torch.Tensor:
 
 
 def _lif_layer(layer: IntLayer, x: torch.Tensor) -> torch.Tensor:
-    """Spikes int64 ``[T, B, C_out, H', W']`` (pooled) for input ``[T, B, ...]``."""
+    """Spikes uint8 ``[T, B, C_out, H', W']`` (pooled) for input ``[T, B, ...]``."""
     T, B = x.shape[:2]
-    cur = _conv(layer, x.flatten(0, 1))
-    cur = (cur + _per_channel(layer.bias, cur)).view(T, B, *cur.shape[1:])
-    theta = _per_channel(layer.theta, cur[0])
+    # int32 is exact while base + I fits (acc_bits); it halves the memory traffic
+    dtype = torch.int32 if layer.acc_bits <= 31 else torch.int64
+    cur = _conv(layer, x.flatten(0, 1), dtype)
+    cur = cur.view(T, B, *cur.shape[1:])
+    theta = _per_channel(layer.theta, cur[0]).to(dtype)
+    lo, hi = -(1 << (layer.state_bits - 1)), (1 << (layer.state_bits - 1)) - 1
     reset = layer.spec.neuron.reset
     base = torch.zeros_like(cur[0])
-    out = []
+    out = torch.empty(cur.shape, dtype=torch.bool)
     for t in range(T):
-        u = saturate(base + cur[t], layer.state_bits)
-        o = (u >= theta).to(torch.int64)
-        d = decay(u, layer.decay_shifts)
+        u = (base + cur[t]).clamp_(lo, hi)
+        o = u >= theta
+        out[t] = o
+        base = decay(u, layer.decay_shifts)
         if reset is Reset.ZERO:
-            base = d * (1 - o)
+            base.masked_fill_(o, 0)
         elif reset is Reset.SUBTRACT:
-            base = d - theta * o
-        else:
-            base = d
-        out.append(o)
-    o = torch.stack(out)
+            base -= theta * o
+    o = out.view(torch.uint8)
     if layer.spec.kind is not LayerKind.FC:
         o = _pool(layer.spec, o.flatten(0, 1)).view(T, B, layer.spec.out_channels,
                                                    *layer.spec.out_size)
@@ -253,8 +256,8 @@ def _lif_layer(layer: IntLayer, x: torch.Tensor) -> torch.Tensor:
 
 def _stcb_layer(layer: IntLayer, x: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Values ``y`` (pooled) and their STEB spike train ``[T, B, ...]``."""
-    acc = _conv(layer, x)
-    u = (acc + _per_channel(layer.bias, acc)) >> _per_channel(layer.shift, acc)
+    acc = _conv(layer, x, torch.int64)
+    u = acc >> _per_channel(layer.shift, acc)
     if layer.spec.kind is not LayerKind.FC:
         u = _pool(layer.spec, u)
     spikes = []
