@@ -76,6 +76,12 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="output-channel lanes P of the engine (default %(default)s)")
 
 
+def _add_sim_args(p: argparse.ArgumentParser) -> None:
+    _add_export_args(p)
+    p.add_argument("--images", type=int, default=50,
+                   help="test images to simulate (default %(default)s)")
+
+
 def _step(name):
     def cmd(args) -> int:
         from pathlib import Path
@@ -106,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                                  _add_quant_args),
                                 ("export", "memory images of the weight image for the RTL",
                                  _add_export_args),
+                                ("sim", "run test images through the RTL (Verilator), write "
+                                        "RUN/sim.json", _add_sim_args),
+                                ("verify", "like sim, and fail on any mismatch with the golden "
+                                           "model", _add_sim_args),
                                 ("report", "the summary table of a run", None)):
         p = add(name, help_)
         p.add_argument("run", help="run folder")
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p = add("run", "the whole flow on the embedded default")
     _add_train_args(p, flow.DEFAULT)
     _add_quant_args(p)
-    _add_export_args(p)
+    _add_sim_args(p)
     p.add_argument("--out", default="runs/default", help="run folder (default %(default)s)")
     p.add_argument("--from-step", choices=flow.STEPS, default=None,
                    help="redo the flow from this step (default: resume after the last done)")
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except SpikeforgeError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_status", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

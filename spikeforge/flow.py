@@ -9,6 +9,9 @@ RUN``...), called with the same options.
     train     RUN/model.safetensors, config.json, metrics.json, training_curve.png
     quantize  RUN/weights.sfimg (the integer network), metrics: int_accuracy ...
     export    RUN/hw/*.hex + memories.json (memory images for the RTL)
+    verify    RUN/sim.json: the RTL under Verilator on test images, spike for spike
+              against the golden model (``spikeforge sim`` writes the same file
+              without failing on a mismatch)
     report    RUN/report.txt (the summary table)
 """
 
@@ -110,6 +113,74 @@ def step_export(run: Path, args) -> None:
     print(f"{len(files)} memory images (P = {args.lanes}) -> {run / 'hw'}")
 
 
+def step_sim(run: Path, args) -> dict:
+    """Play test images through the RTL (Verilator) and compare with the golden model."""
+    import torch
+
+    from spikeforge import image
+    from spikeforge.sim import runner
+    from spikeforge.sw import data as sfdata
+    from spikeforge.sw import energy
+    net, meta = image.read_image(_need(run, IMAGE, "quantize"))
+    ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
+    n = args.images
+    if not 1 <= n <= len(ds.y_test):
+        raise FlowError(f"--images must be in 1..{len(ds.y_test)} (the test set of "
+                        f"{meta.get('dataset')}), not {n}")
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    from spikeforge.hw.network import input_events
+    words = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
+    depth = 1 << max(12, (words - 1).bit_length())
+    print(f"building the Verilator model (P = {args.lanes}) ...")
+    sb = runner.build(net, args.lanes, run / "sim_build", depth=depth)
+    print(f"simulating {n} images ...")
+    sim = runner.run(sb, x, run / "sim_work")
+    gold, per_image = runner.compare(net, x, sim)
+    bad = [mm for mm in per_image if mm is not None]
+    mismatches, first = len(bad), (str(bad[0]) if bad else None)
+    preds = torch.tensor([r.prediction for r in sim.images])
+    cycles = [r.cycles for r in sim.images]
+    layers = []
+    for l in range(len(net.layers)):
+        per = [r.perf[l] for r in sim.images]
+        layers.append({k: sum(p[k] for p in per) / n for k in per[0]} | {"lanes": sb.lanes[l]})
+    acs = sum(L["updates"] * L["lanes"] for L in layers)
+    total_cycles = sum(cycles)
+    out = {
+        "images": n, "lanes": sb.lanes, "mismatches": mismatches, "first_mismatch": first,
+        "rtl_accuracy": float((preds == y).float().mean()),
+        "golden_accuracy": float((gold.classes == y).float().mean()),
+        "rtl_golden_class_agreement": float((preds == gold.classes).float().mean()),
+        "cycles_per_inference": {"mean": total_cycles / n, "min": min(cycles), "max": max(cycles)},
+        "layers": layers,
+        "sim_wall_seconds": sim.wall_seconds,
+        "sim_cycles_per_second": total_cycles / sim.wall_seconds,
+        "sim_images_per_second": n / sim.wall_seconds,
+        "build_seconds": sb.build_seconds,
+        "energy": {"accumulates_per_inference": acs, "e_ac_pj": energy.E_AC_PJ,
+                   "e_synaptic_pj_per_inference": acs * energy.E_AC_PJ},
+    }
+    (run / "sim.json").write_text(json.dumps(out, indent=2))
+    print(f"{n} images: {mismatches} mismatching, RTL accuracy {100 * out['rtl_accuracy']:.2f}% "
+          f"(golden {100 * out['golden_accuracy']:.2f}%), {out['cycles_per_inference']['mean']:.0f}"
+          f" cycles/inference, {out['sim_cycles_per_second']:.3g} simulated cycles/s")
+    return out
+
+
+def step_verify(run: Path, args) -> None:
+    out = step_sim(run, args)
+    if out["mismatches"]:
+        raise VerifyFailed(f"{out['mismatches']} of {out['images']} images differ from the golden "
+                           f"model; first: {out['first_mismatch']}")
+    print("verify: every layer's spikes at every time step equal the golden model's")
+
+
+class VerifyFailed(SpikeforgeError):
+    """The RTL differs from the golden model (exit status 1)."""
+
+    exit_status = 1
+
+
 def step_report(run: Path, args) -> None:
     m = json.loads(_need(run, "metrics.json", "train").read_text())
     pct = lambda k: f"{100 * m[k]:.2f} %" if k in m else "-"
@@ -132,6 +203,7 @@ STEPS_LIST = [
     Step("train", "model.safetensors", step_train),
     Step("quantize", IMAGE, step_quantize),
     Step("export", "hw/memories.json", step_export),
+    Step("verify", "sim.json", step_verify),
     Step("report", "report.txt", step_report),
 ]
 STEPS = tuple(s.name for s in STEPS_LIST)

@@ -1,0 +1,80 @@
+"""Co-simulation: the engine's Verilog under Verilator (cocotb), spike for spike
+against the golden model."""
+
+import json
+
+import pytest
+import torch
+
+from spikeforge import cli
+from spikeforge.hw.randnet import random_frames, random_network
+from spikeforge.sim import runner
+
+pytestmark = [pytest.mark.verilator, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def build_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("verilator")
+
+
+def frames_for(net, seeds):
+    """A batch of random inputs, all static or all one frame per step like the first."""
+    fs = [random_frames(net, s) for s in seeds]
+    F = fs[0].shape[1]
+    return torch.cat([f if f.shape[1] == F else f[:, :1].expand(-1, F, -1, -1, -1).contiguous()
+                      for f in fs])
+
+
+# (network seed, lanes, harness pauses on the input stream)
+CASES = [(3, 2, False), (11, 1, True), (17, 3, True), (23, 4, False)]
+
+
+@pytest.mark.parametrize("seed,lanes,pause", CASES, ids=[f"net{s}-P{p}-{'pause' if q else 'free'}"
+                                                          for s, p, q in CASES])
+def test_random_networks_match_the_golden_model(build_root, tmp_path, seed, lanes, pause):
+    net = random_network(seed)
+    lanes = min(lanes, min(l.out_channels for l in net.spec.layers))
+    sb = runner.build(net, lanes, build_root, depth=1 << 14, pause=pause)
+    x = frames_for(net, [100 * seed + i for i in range(6)])
+    sim = runner.run(sb, x, tmp_path)
+    ref, mismatches = runner.compare(net, x, sim)
+    assert mismatches == [None] * len(x), next(m for m in mismatches if m)
+    assert [r.prediction for r in sim.images] == ref.classes.tolist()
+    for r, counts in zip(sim.images, ref.scores.tolist()):
+        # scores = counts summed per voting group
+        v = net.spec.voting
+        assert [sum(r.counts[c * v:(c + 1) * v]) for c in range(net.spec.classes)] == counts
+        assert r.cycles > 0 and all(p["events_in"] >= 0 for p in r.perf)
+
+
+@pytest.mark.parametrize("fault", ["threshold", "decay"])
+def test_a_broken_design_is_caught(build_root, tmp_path, fault):
+    # the comparison can fail: a deliberately wrong core is reported, with its place
+    seed = 3
+    net = random_network(seed)
+    sb = runner.build(net, 2, build_root, depth=1 << 14, faults={0: fault})
+    x = frames_for(net, [100 * seed + i for i in range(6)])
+    sim = runner.run(sb, x, tmp_path)
+    _, mismatches = runner.compare(net, x, sim)
+    first = next((m for m in mismatches if m is not None), None)
+    assert first is not None, f"a {fault} fault in layer 0 went unnoticed"
+    assert first.layer == 0
+
+
+def test_verify_command_on_a_trained_network(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "1", "--batch-size", "16",
+            "--lr", "2e-3", "--set", "channels=[4]", "--set", "hidden=12", "--timesteps", "4"]
+    assert cli.main(["train", "-q", *args, "--out", str(run)]) == 0
+    assert cli.main(["quantize", "-q", str(run), "--input-bits", "4"]) == 0
+    assert cli.main(["verify", str(run), "--images", "12", "--lanes", "2"]) == 0
+    out = json.loads((run / "sim.json").read_text())
+    assert out["images"] == 12 and out["mismatches"] == 0
+    assert out["rtl_accuracy"] == out["golden_accuracy"]
+    assert out["cycles_per_inference"]["min"] <= out["cycles_per_inference"]["mean"] \
+        <= out["cycles_per_inference"]["max"]
+    assert out["sim_cycles_per_second"] > 0 and out["energy"]["accumulates_per_inference"] > 0
+    # bad input: more images than the test set has
+    assert cli.main(["verify", str(run), "--images", "100000"]) == 2
+    assert "--images must be in 1..359" in capsys.readouterr().err
