@@ -82,6 +82,11 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
                    help="test images to simulate (default %(default)s)")
 
 
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock-mhz", type=float, default=50.0,
+                   help="clock for the latency figure (default %(default)s MHz)")
+
+
 def _step(name):
     def cmd(args) -> int:
         from pathlib import Path
@@ -116,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "RUN/sim.json", _add_sim_args),
                                 ("verify", "like sim, and fail on any mismatch with the golden "
                                            "model", _add_sim_args),
-                                ("report", "the summary table of a run", None)):
+                                ("report", "the summary table and plots of a run",
+                                 _add_report_args)):
         p = add(name, help_)
         p.add_argument("run", help="run folder")
         if extra:
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_args(p, flow.DEFAULT)
     _add_quant_args(p)
     _add_sim_args(p)
+    _add_report_args(p)
     p.add_argument("--out", default="runs/default", help="run folder (default %(default)s)")
     p.add_argument("--from-step", choices=flow.STEPS, default=None,
                    help="redo the flow from this step (default: resume after the last done)")

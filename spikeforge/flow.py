@@ -12,7 +12,8 @@ RUN``...), called with the same options.
     verify    RUN/sim.json: the RTL under Verilator on test images, spike for spike
               against the golden model (``spikeforge sim`` writes the same file
               without failing on a mismatch)
-    report    RUN/report.txt (the summary table)
+    report    RUN/report.txt (the summary table) and plots: confusion.png,
+              raster.png, firing_rates.png, cycles.png
 """
 
 from __future__ import annotations
@@ -182,21 +183,59 @@ class VerifyFailed(SpikeforgeError):
 
 
 def step_report(run: Path, args) -> None:
+    """The summary table (RUN/report.txt) and the plots of a run."""
+    import torch
+
+    from spikeforge import image, plots
+    from spikeforge.sw import data as sfdata
+    from spikeforge.sw import golden
     m = json.loads(_need(run, "metrics.json", "train").read_text())
-    pct = lambda k: f"{100 * m[k]:.2f} %" if k in m else "-"
+    sim = json.loads((run / "sim.json").read_text()) if (run / "sim.json").exists() else None
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"
+    clock = args.clock_mhz
     rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
-            ("float test accuracy", pct("test_accuracy")),
-            ("integer (golden) accuracy", pct("int_accuracy")),
-            ("weight bits", str(m.get("weight_bits", "-"))),
-            ("float/int class agreement", pct("float_int_class_agreement")),
-            ("train time", f"{m['train_seconds']:.0f} s"),
-            ("firing rates", " ".join(f"{r:.3f}" for r in m["firing_rates"])),
-            ("energy SNN / ANN fp32", f"{m['energy']['e_snn_pj'] / 1e6:.3f} uJ / "
-                                     f"{m['energy']['e_ann_fp32_pj'] / 1e6:.3f} uJ")]
+            ("float test accuracy", pct(m["test_accuracy"])),
+            ("integer (golden) accuracy", pct(m.get("int_accuracy"))
+             + (f"  ({m['weight_bits']}-bit weights)" if "weight_bits" in m else "")),
+            ("float/int class agreement", pct(m.get("float_int_class_agreement")))]
+    if sim:
+        cyc = sim["cycles_per_inference"]
+        rows += [("RTL accuracy (Verilator)", f"{pct(sim['rtl_accuracy'])} on {sim['images']} "
+                  f"test images, {sim['mismatches']} mismatching the golden model"),
+                 ("cycles per inference", f"{cyc['mean']:.0f} (min {cyc['min']}, max {cyc['max']})"),
+                 (f"latency at {clock:g} MHz", f"{cyc['mean'] / clock:.1f} us "
+                  f"({clock * 1e6 / cyc['mean']:.0f} inferences/s)"),
+                 ("RTL synaptic energy", f"{sim['energy']['e_synaptic_pj_per_inference'] / 1e6:.3f}"
+                  f" uJ/inference ({sim['energy']['accumulates_per_inference']:.3g} accumulates)"),
+                 ("simulation speed", f"{sim['sim_cycles_per_second']:.3g} cycles/s, "
+                  f"{sim['sim_images_per_second']:.2f} images/s")]
+    rows += [("energy estimate SNN / ANN fp32", f"{m['energy']['e_snn_pj'] / 1e6:.3f} uJ / "
+                                               f"{m['energy']['e_ann_fp32_pj'] / 1e6:.3f} uJ"),
+             ("firing rates per layer", " ".join(f"{r:.3f}" for r in m["firing_rates"])),
+             ("train time", f"{m['train_seconds']:.0f} s")]
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
     (run / "report.txt").write_text(text + "\n")
     print(text)
+
+    if (run / IMAGE).exists():
+        net, meta = image.read_image(run / IMAGE)
+        ds = sfdata.load(meta.get("dataset", m["dataset"]), seed=meta.get("seed", 0))
+        res = golden.run(net, ds.x_test)
+        plots.confusion(run / "confusion.png", ds.y_test, res.classes, net.spec.classes,
+                        f"integer model, {len(ds.y_test)} test images")
+        layers = net.spec.layers
+        plots.raster(run / "raster.png",
+                     [golden.unpack(s[:, 0], l.out_features) for s, l in zip(res.spikes, layers)],
+                     f"golden-model spikes of test image 0 (label {int(ds.y_test[0])})")
+        int_rates = [float(golden.unpack(s, l.out_features).float().mean())
+                     for s, l in zip(res.spikes, layers)]
+        plots.bars(run / "firing_rates.png", {"float": m["firing_rates"], "integer": int_rates},
+                   "spikes per neuron and step", "firing rate per layer")
+    if sim:
+        plots.bars(run / "cycles.png", {k: [L[k] for L in sim["layers"]]
+                                        for k in ("busy", "scan", "stall")},
+                   "cycles per inference", "RTL cycle breakdown per layer")
 
 
 STEPS_LIST = [
