@@ -1,0 +1,67 @@
+"""Multiplier-free arithmetic helpers for the engine.
+
+The engine never multiplies two signals.  Products with a constant (address
+strides, flattening ``(c, y, x)`` into an fc input index) are written as sums
+of shifted copies here, so Yosys sees only ``$add``/``$sub``/``$shl`` cells and
+never infers a ``$mul`` (nor maps one onto a DSP block).
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+
+__all__ = ["const_mul", "saturate", "decay", "signed_bits"]
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Fewest two's complement bits holding every integer in ``[lo, hi]``."""
+    n = 1
+    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
+        n += 1
+    return n
+
+
+def const_mul(value, k: int):
+    """``value * k`` for a non-negative constant ``k`` as a sum of shifts.
+
+    Uses the canonical signed-digit form of ``k`` (runs of ones become one
+    addition and one subtraction), so ``k = 2**n`` is pure wiring.
+    """
+    if type(k) is not int or k < 0:
+        raise ValueError(f"constant multiplier must be a non-negative integer, not {k!r}")
+    if k == 0:
+        return C(0, 1)
+    value = Value.cast(value)
+    digits, n, i = [], k, 0
+    while n:
+        if n & 1:
+            d = 2 - (n & 3)  # +1 or -1 (non-adjacent form)
+            digits.append((i, d))
+            n -= d
+        n >>= 1
+        i += 1
+    pos = [value << i for i, d in digits if d > 0]
+    neg = [value << i for i, d in digits if d < 0]
+    total = pos[0]
+    for term in pos[1:]:
+        total = total + term
+    for term in neg:
+        total = total - term
+    return total
+
+
+def saturate(value, bits: int):
+    """``value`` clamped to ``bits``-bit two's complement (never wraps)."""
+    hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+    value = Value.cast(value)
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+def decay(u, shifts: tuple[int, ...]):
+    """``u - (u >> s_1) - (u >> s_2) - ...``: arithmetic shifts of ``u``, term by
+    term (the contract's decay); ``u`` must be signed."""
+    u = Value.cast(u)
+    out = u
+    for s in shifts:
+        out = out - (u >> s)
+    return out

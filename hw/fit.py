@@ -1,0 +1,120 @@
+"""Block-RAM fit check, before any synthesis.
+
+:func:`memory_plan` lists the engine's memories for a network and lane counts
+(sized exactly as :class:`~spikeforge.hw.layer.LayerCore` builds them);
+:func:`check_fit` maps each onto a device's block RAM and refuses, with a
+:class:`FitError` naming the memories, layers and bits, a network that needs
+more blocks than the device has.
+
+Counting rules:
+
+* A memory of width ``w`` and depth ``d`` takes, in one block configuration
+  ``(cw, cd)``, ``ceil(w / cw) * ceil(d / cd)`` blocks; the cheapest
+  configuration counts.
+* ECP5: EBR of 18 kbit, configurations 16384x1 .. 512x36 (the 36-bit mode is
+  the pseudo dual port one, which is what the engine's one-read one-write
+  memories need).  Memories of at most ``64`` words are left to LUT RAM by
+  Yosys (distributed RAM, not counted here).
+* iCE40 UP5K: 30 EBR of 4 kbit (2048x2 .. 256x16); it has no LUT RAM, so every
+  memory counts.  The 4 SPRAM blocks (256 kbit each) are *not* counted: they
+  are single-port (a read-modify-write at one update a cycle needs a read
+  and a write port) and Yosys does not infer them from a generic memory; using
+  them for weights would need explicit ``SB_SPRAM256KA`` instances.
+* The event FIFOs (8 words) and registers are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spikeforge.errors import SpikeforgeError
+
+from .network import lane_counts, layer_input_shapes
+from .params import CoreParams
+from .streams import EventFormat
+
+__all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit"]
+
+
+class FitError(SpikeforgeError, ValueError):
+    """The network's memories do not fit the named device's block RAM."""
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    blocks: int
+    block_bits: int
+    configs: tuple[tuple[int, int], ...]  # (width, depth) per block
+    lutram_depth: int                     # memories up to this depth go to LUT RAM
+    note: str = ""
+
+    def blocks_for(self, width: int, depth: int) -> int:
+        if depth <= self.lutram_depth:
+            return 0
+        return min(-(-width // cw) * -(-depth // cd) for cw, cd in self.configs)
+
+
+_ECP5 = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
+DEVICES = {
+    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, 64),
+    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, 64),
+    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, 64),
+    "ice40up5k": Device("ice40up5k", 30, 4096, ((2, 2048), (4, 1024), (8, 512), (16, 256)), 0,
+                        "SPRAM not counted"),
+}
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    layer: int
+    name: str       # L{n}_weights, L{n}_neurons, L{n}_bank{j}
+    width: int
+    depth: int
+
+    @property
+    def bits(self) -> int:
+        return self.width * self.depth
+
+
+def memory_plan(net, P) -> list[MemoryUse]:
+    """Every block-RAM candidate of the engine for ``net`` with lanes ``P``."""
+    ps = lane_counts(net, P)
+    fmt = EventFormat.for_network(net)
+    shapes = layer_input_shapes(net.spec)
+    out = []
+    for i, il in enumerate(net.layers):
+        cp = CoreParams.build(i, il, shapes[i], ps[i], fmt, timesteps=net.spec.timesteps)
+        out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth))
+        out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
+        out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]
+    return out
+
+
+def check_fit(net, P, device: str) -> dict:
+    """Refuse (:class:`FitError`) a network whose memories need more block RAM
+    than ``device`` has; otherwise return the use: ``{"device", "blocks",
+    "available", "bits", "per_memory": {name: blocks}}``."""
+    if device not in DEVICES:
+        raise FitError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    dev = DEVICES[device]
+    plan = memory_plan(net, P)
+    per = {mu.name: dev.blocks_for(mu.width, mu.depth) for mu in plan}
+    total = sum(per.values())
+    bits = sum(mu.bits for mu in plan if per[mu.name])
+    if total > dev.blocks:
+        kb = dev.block_bits // 1024
+        worst = sorted(plan, key=lambda mu: -per[mu.name])[:3]
+        detail = "; ".join(f"{mu.name} (layer {mu.layer}) {mu.width} bits x {mu.depth} words "
+                           f"= {mu.bits} bits -> {per[mu.name]} blocks" for mu in worst)
+        layers = {}
+        for mu in plan:
+            layers[mu.layer] = layers.get(mu.layer, 0) + per[mu.name]
+        by_layer = ", ".join(f"layer {i}: {n}" for i, n in layers.items())
+        raise FitError(f"network does not fit {device}: its memories need {total} block RAMs "
+                       f"({kb} kbit each, {bits} bits in use), the device has {dev.blocks} "
+                       f"({dev.blocks * dev.block_bits} bits)"
+                       + (f" [{dev.note}]" if dev.note else "")
+                       + f"; per layer {by_layer}; largest: {detail}")
+    return {"device": device, "blocks": total, "available": dev.blocks, "bits": bits,
+            "per_memory": per}

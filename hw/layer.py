@@ -1,0 +1,203 @@
+"""A layer core: memories, synapse unit, neuron unit and performance counters.
+
+One core per network layer, generated from the layer's
+:class:`~spikeforge.sw.golden.IntLayer` and a folding factor ``P``:
+
+* ``P`` membrane banks (``signed(A)`` x ``G*Hc*Wc``; bank ``j`` word
+  ``(g*Hc + y)*Wc + x`` is neuron ``(g*P + j, y, x)``), zeroed by the clear pass;
+* the weight memory ``L{n}_weights`` and the neuron memory ``L{n}_neurons`` in
+  the layout of :mod:`spikeforge.image` (initialised from the network, writable
+  at run time through ``mem_write``).
+
+Phases, one step at a time: the synapse unit takes the step's events until the
+end-of-step marker, then the neuron unit scans (threshold, reset, decay,
+write back, spikes out, marker out) and the synapse unit goes on with the next
+step's events.  An STCB layer (:class:`~spikeforge.hw.steb.StebUnit`) instead
+sums its whole input train (``T`` steps past layer 0, one at layer 0) and
+then sends ``T`` steps of STEB spikes.  Cores of different layers run concurrently on successive
+steps, joined by FIFOs in :class:`~spikeforge.hw.network.NetworkTop`.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out, flipped
+
+from .neuron import NeuronUnit
+from .steb import StebUnit
+from .params import CoreParams
+from .streams import bits_for
+from .synapse import SynapseUnit
+
+__all__ = ["LayerCore", "PERF_LAYOUT", "PERF_FIELDS", "core_write_layout"]
+
+PERF_FIELDS = ("busy", "stall", "updates", "events_in", "events_out", "scan")
+
+#: Per-layer performance counters (32 bits each, wrap around), the clear
+#: pass excluded: ``busy`` cycles with work in the core (walking events,
+#: scanning, spikes or marker to send); ``stall`` cycles in which only
+#: output is pending and it is blocked (a held output beat, or the scan
+#: waiting on a full spike queue: more than one spike a cycle), while the
+#: synapse unit is idle; ``updates`` in-bounds read-modify-writes issued (each covers the
+#: P lanes); ``events_in`` input events taken (markers excluded);
+#: ``events_out`` spikes sent (markers excluded); ``scan`` cycles of the
+#: neuron scan (bank ownership by the neuron unit).
+PERF_LAYOUT = data.StructLayout({name: unsigned(32) for name in PERF_FIELDS})
+
+
+def core_write_layout(addr_bits: int, data_bits: int) -> data.StructLayout:
+    """A write into a core's memories: ``which`` 0 = weights, 1 = neuron words."""
+    return data.StructLayout({"which": unsigned(1), "addr": unsigned(addr_bits),
+                              "data": unsigned(data_bits)})
+
+
+class LayerCore(wiring.Component):
+    """One layer of the engine (module docstring).
+
+    Reset state: clearing (power-up and after a synchronous reset the core
+    zeroes its banks, then takes events).  Weight and neuron memories keep
+    their contents across resets; parameter words are fetched during a scan, so
+    a write takes effect from the next group fetched (write between inferences,
+    then reset through the top's ``start``).
+
+    Parameters
+    ----------
+    params : CoreParams
+    weights : list of int
+        Initial ``L{n}_weights`` words (:func:`spikeforge.image.weight_words`).
+    neurons : list of int
+        Initial ``L{n}_neurons`` words (:func:`spikeforge.image.neuron_words`).
+
+    Members
+    -------
+    i_events : In(stream.Signature(params.fmt.layout))
+        Input events and end-of-step markers.
+    o_events : Out(stream.Signature(params.fmt.layout))
+        Output spikes and end-of-step markers (registered valid and payload).
+    mem_write : In(stream.Signature(core_write_layout(addr_bits, data_bits)))
+        Run-time memory writes; always ready (one write a cycle).
+    clearing : Out(1)
+        The clear pass runs; no event is taken.
+    perf : Out(PERF_LAYOUT)
+        Performance counters (see ``PERF_LAYOUT``), zero after reset.
+    """
+
+    def __init__(self, params: CoreParams, weights: list[int], neurons: list[int]):
+        p = params
+        if len(weights) != p.weight_depth:
+            raise ValueError(f"layer {p.index}: {len(weights)} weight words, expected "
+                             f"{p.weight_depth}")
+        if len(neurons) != p.c_out:
+            raise ValueError(f"layer {p.index}: {len(neurons)} neuron words, expected {p.c_out}")
+        self._p = p
+        self._weights = list(weights)
+        self._neurons = list(neurons)
+        self.addr_bits = bits_for(max(p.weight_depth, p.c_out) - 1)
+        self.data_bits = max(p.weight_width, p.neuron_width)
+        super().__init__({
+            "i_events": In(p.fmt.signature),
+            "o_events": Out(p.fmt.signature),
+            "mem_write": In(stream.Signature(core_write_layout(self.addr_bits, self.data_bits))),
+            "clearing": Out(1),
+            "perf": Out(PERF_LAYOUT),
+        })
+
+    @property
+    def params(self) -> CoreParams:
+        return self._p
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        m.submodules.syn = syn = SynapseUnit(p)
+        m.submodules.neu = neu = StebUnit(p) if p.stcb else NeuronUnit(p)
+
+        # ---------------------------------------------------------- memories
+        wmem = Memory(shape=unsigned(p.weight_width), depth=p.weight_depth, init=self._weights)
+        nmem = Memory(shape=unsigned(p.neuron_width), depth=p.c_out, init=self._neurons)
+        m.submodules.weights = wmem
+        m.submodules.neurons = nmem
+        w_rd, w_wr = wmem.read_port(), wmem.write_port()
+        n_rd, n_wr = nmem.read_port(), nmem.write_port()
+        mw = self.mem_write
+        m.d.comb += [
+            mw.ready.eq(1),
+            w_rd.addr.eq(syn.w_addr), syn.w_data.eq(w_rd.data),
+            n_rd.addr.eq(neu.p_addr), neu.p_data.eq(n_rd.data),
+            w_wr.addr.eq(mw.payload.addr), w_wr.data.eq(mw.payload.data),
+            w_wr.en.eq(mw.valid & (mw.payload.which == 0)),
+            n_wr.addr.eq(mw.payload.addr), n_wr.data.eq(mw.payload.data),
+            n_wr.en.eq(mw.valid & (mw.payload.which == 1)),
+        ]
+        # membrane banks: one per lane, one shared address; the neuron unit owns
+        # them while it clears or scans, the synapse unit otherwise
+        own = neu.mem_busy
+        for j in range(p.P):
+            bank = Memory(shape=signed(p.acc_width), depth=p.acc_depth, init=[])
+            m.submodules[f"bank{j}"] = bank
+            rd, wr = bank.read_port(), bank.write_port()
+            m.d.comb += [
+                rd.addr.eq(Mux(own, neu.rd_addr, syn.rd_addr)),
+                rd.en.eq(Mux(own, neu.rd_en, 1)),
+                syn.rd_data[j].eq(rd.data),
+                neu.rd_data[j].eq(rd.data),
+                wr.addr.eq(Mux(own, neu.wr_addr, syn.wr_addr)),
+                wr.data.eq(Mux(own, neu.wr_data[j], syn.wr_data[j])),
+                wr.en.eq(syn.wr_en | neu.wr_en),
+            ]
+
+        wiring.connect(m, syn.events, flipped(self.i_events))
+        wiring.connect(m, flipped(self.o_events), neu.events)
+
+        # ---------------------------------------------------------- sequencing
+        clearing = Signal()
+        step = Signal.like(syn.step)
+        m.d.comb += syn.step.eq(step)
+        with m.FSM(init="CLEAR_GO"):
+            with m.State("CLEAR_GO"):
+                m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
+                m.next = "CLEAR_WAIT"
+            with m.State("CLEAR_WAIT"):
+                m.d.comb += clearing.eq(1)
+                with m.If(~neu.mem_busy):
+                    m.next = "ACCUM"
+            with m.State("ACCUM"):
+                m.d.comb += syn.enable.eq(1)
+                # the previous step's spikes must be out before the next scan
+                with m.If(syn.at_marker & ~neu.busy):
+                    if p.in_steps > 1:  # an STCB layer sums its whole input train
+                        with m.If(step != p.in_steps - 1):
+                            m.d.comb += syn.resume.eq(1)
+                            m.d.sync += step.eq(step + 1)
+                        with m.Else():
+                            m.next = "SCAN_GO"
+                    else:
+                        m.next = "SCAN_GO"
+            with m.State("SCAN_GO"):
+                m.d.comb += neu.start.eq(1)
+                m.next = "SCAN_WAIT"
+            with m.State("SCAN_WAIT"):
+                with m.If(~neu.mem_busy):
+                    m.d.comb += syn.resume.eq(1)
+                    m.d.sync += step.eq(0)
+                    m.next = "ACCUM"
+        m.d.comb += self.clearing.eq(clearing)
+
+        # ---------------------------------------------------------- counters
+        perf = self.perf
+        o = self.o_events
+        with m.If((syn.busy | neu.busy) & ~clearing):
+            m.d.sync += perf.busy.eq(perf.busy + 1)
+        with m.If(neu.stall & ~syn.busy):
+            m.d.sync += perf.stall.eq(perf.stall + 1)
+        with m.If(syn.update):
+            m.d.sync += perf.updates.eq(perf.updates + 1)
+        with m.If(syn.accepted):
+            m.d.sync += perf.events_in.eq(perf.events_in + 1)
+        with m.If(o.valid & o.ready & ~o.payload.last):
+            m.d.sync += perf.events_out.eq(perf.events_out + 1)
+        with m.If(neu.mem_busy & ~clearing):
+            m.d.sync += perf.scan.eq(perf.scan + 1)
+        return m

@@ -1,0 +1,351 @@
+"""The network top: layer cores in a dataflow chain, readout and counters.
+
+:class:`NetworkTop` is generated from an :class:`~spikeforge.sw.golden.IntNetwork`
+and a folding factor ``P`` (one for all layers or one per layer): LIF / IF
+networks, or STCB networks (CAB + STEB layers).  Layer ``n``'s output stream
+feeds layer ``n + 1`` through a small FIFO; the cores work concurrently on
+successive time steps.  :func:`input_events` turns uint8
+frames into the input port's event sequence, and :func:`first_mismatch`
+compares captured per-layer spikes with the golden model's packed traces.
+
+Verilog port names (Amaranth flattens members with ``__``): ``start``,
+``clearing``, ``events__valid/ready/payload``, ``mem_write__valid/ready/payload``,
+``done``, ``counts``, ``scores``, ``prediction``, ``cycles``, ``perf``,
+``tap_valid``, ``tap``; plus ``clk`` and ``rst``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from amaranth import *
+from amaranth.hdl import ResetInserter
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from spikeforge.config import LayerKind
+from spikeforge.image import memories
+from spikeforge.sw import golden
+
+from .arith import const_mul
+from .layer import PERF_LAYOUT, LayerCore
+from .params import CoreParams, EngineError
+from .streams import EventFIFO, EventFormat, bits_for, mem_write_layout
+
+__all__ = ["NetworkTop", "Event", "input_events", "Mismatch", "first_mismatch",
+           "lane_counts", "layer_input_shapes"]
+
+
+def lane_counts(net, P) -> list[int]:
+    """``P`` as one lane count per layer (validated against the output channels)."""
+    n = len(net.layers)
+    ps = list(P) if isinstance(P, (list, tuple)) else [P] * n
+    if len(ps) != n:
+        raise EngineError(f"{len(ps)} lane counts for {n} layers")
+    for i, (p, il) in enumerate(zip(ps, net.layers)):
+        if type(p) is not int or not 1 <= p <= il.spec.out_channels:
+            raise EngineError(f"layer {i}: lane count P must be an integer in "
+                              f"1..{il.spec.out_channels} (its output channels), not {p!r}")
+    return ps
+
+
+def layer_input_shapes(spec) -> list[tuple[int, int, int]]:
+    """``(C, H, W)`` of each layer's input stream (fc inputs unflattened)."""
+    shapes, shape = [], tuple(spec.input_shape)
+    for layer in spec.layers:
+        shapes.append(shape)
+        shape = (layer.out_channels, *layer.out_size)
+    return shapes
+
+
+class NetworkTop(wiring.Component):
+    """The whole engine for one network.
+
+    Parameters
+    ----------
+    net : IntNetwork
+        The quantized network (LIF / IF layers, or STCB layers).
+    P : int or list of int
+        Output-channel lanes, for all layers or per layer (``1 .. C_out``).
+    fifo_depth : int
+        Depth of the event FIFOs (input and between layers).
+    faults : dict of int to str, optional
+        Test-only deliberate faults per layer (see ``params.FAULTS``).
+    device : str, optional
+        Refuse (:class:`~spikeforge.hw.fit.FitError`) a network whose memories
+        do not fit this device's block RAM (:func:`~spikeforge.hw.fit.check_fit`).
+
+    Members
+    -------
+    start : In(1)
+        Pulse: synchronous reset of every core, FIFO and counter, then the clear
+        pass over all membrane banks (weight and neuron memories are kept).
+    clearing : Out(1)
+        A clear pass is running; ``events.ready`` is low until it ends.
+    events : In(stream.Signature(fmt.layout))
+        Layer 0 input: events ``(channel, y, x, shift)`` (``shift``: the bit
+        plane's weight shift, see :func:`input_events`) and one end-of-step
+        marker (``last = 1``) after each of the ``T`` steps (STCB networks: the
+        static frame's planes and one marker).
+    mem_write : In(stream.Signature(mem_write_layout(...)))
+        Run-time memory writes ``{select, addr, data}``: ``select = 2n`` writes
+        word ``addr`` of ``L{n}_weights``, ``2n + 1`` of ``L{n}_neurons``
+        (layouts of :mod:`spikeforge.image`).  Always ready.
+    done : Out(1)
+        ``T`` end-of-step markers have left the last layer; held until ``start``.
+    counts : Out(ArrayLayout(unsigned(bits_for(M)), classes * voting))
+        Spike count of each output neuron (flattened ``(channel, y, x)``) over
+        the ``T`` steps, ``M = T``; for an STCB network its value
+        ``sum_t s[t] << (T-1-t)``, ``M = 2**T - 1`` (the golden model's score).
+    scores : Out(ArrayLayout(unsigned(bits_for(M * voting)), classes))
+        Sum of ``counts`` over each class's voting group.
+    prediction : Out(unsigned)
+        Index of the largest score, ties to the lowest index.
+    cycles : Out(32)
+        Cycles from the first input event taken to ``done``.
+    perf : Out(ArrayLayout(PERF_LAYOUT, layers))
+        Per-layer performance counters (:data:`~spikeforge.hw.layer.PERF_LAYOUT`).
+    tap_valid : Out(layers)
+        Bit ``n``: layer ``n``'s output stream transfers a beat this cycle.
+    tap : Out(ArrayLayout(fmt.layout, layers))
+        Layer ``n``'s output payload (a spike, or a marker with ``last = 1``).
+    """
+
+    def __init__(self, net, P=1, *, fifo_depth: int = 8, faults: dict | None = None,
+                 device: str | None = None):
+        if device is not None:
+            from .fit import check_fit
+            try:
+                check_fit(net, P, device)
+            except Exception:
+                self._MustUse__silence = True  # refused: never to be elaborated
+                raise
+        self._net = net
+        self.stcb = net.layers[0].stcb
+        self.lanes = ps = lane_counts(net, P)
+        self.fmt = fmt = EventFormat.for_network(net)
+        faults = dict(faults or {})
+        shapes = layer_input_shapes(net.spec)
+        T = net.spec.timesteps
+        self.params = [CoreParams.build(i, il, shapes[i], ps[i], fmt, faults.get(i), T)
+                       for i, il in enumerate(net.layers)]
+        mems = memories(net, ps)
+        self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1])
+                      for i, cp in enumerate(self.params)]
+        self._fifo_depth = fifo_depth
+        spec = net.spec
+        n_layers = len(net.layers)
+        self.n_out = spec.classes * spec.voting
+        # an output neuron's count: spikes over T, or an STCB value sum_t s[t] << (T-1-t)
+        self.max_count = (1 << T) - 1 if self.stcb else T
+        self.mem_layout = mem_write_layout(bits_for(2 * n_layers - 1),
+                                           max(c.addr_bits for c in self.cores),
+                                           max(c.data_bits for c in self.cores))
+        super().__init__({
+            "start": In(1),
+            "clearing": Out(1),
+            "events": In(fmt.signature),
+            "mem_write": In(stream.Signature(self.mem_layout)),
+            "done": Out(1),
+            "counts": Out(data.ArrayLayout(unsigned(bits_for(self.max_count)), self.n_out)),
+            "scores": Out(data.ArrayLayout(unsigned(bits_for(self.max_count * spec.voting)),
+                                           spec.classes)),
+            "prediction": Out(bits_for(spec.classes - 1)),
+            "cycles": Out(32),
+            "perf": Out(data.ArrayLayout(PERF_LAYOUT, n_layers)),
+            "tap_valid": Out(n_layers),
+            "tap": Out(data.ArrayLayout(fmt.layout, n_layers)),
+        })
+
+    @property
+    def net(self):
+        return self._net
+
+    def elaborate(self, platform):
+        m = Module()
+        spec = self._net.spec
+        n_layers = len(self.cores)
+        rst = ResetInserter(self.start)
+
+        # ---------------------------------------------------------- dataflow chain
+        fifos = [EventFIFO(self.fmt, self._fifo_depth) for _ in range(n_layers)]
+        for i, (core, f) in enumerate(zip(self.cores, fifos)):
+            m.submodules[f"fifo{i}"] = rst(f)
+            m.submodules[f"core{i}"] = rst(core)
+            wiring.connect(m, f.r, core.i_events)
+            if i + 1 < n_layers:
+                wiring.connect(m, core.o_events, fifos[i + 1].w)
+        last = self.cores[-1].o_events
+        m.d.comb += last.ready.eq(1)
+
+        clearing = Signal()
+        m.d.comb += clearing.eq(Cat(c.clearing for c in self.cores).any())
+        m.d.comb += [
+            self.clearing.eq(clearing),
+            fifos[0].w.payload.eq(self.events.payload),
+            fifos[0].w.valid.eq(self.events.valid & ~clearing),
+            self.events.ready.eq(fifos[0].w.ready & ~clearing),
+        ]
+
+        # ---------------------------------------------------------- memory writes
+        mw = self.mem_write
+        m.d.comb += mw.ready.eq(1)
+        for i, core in enumerate(self.cores):
+            m.d.comb += [
+                core.mem_write.valid.eq(mw.valid & (mw.payload.select[1:] == i)),
+                core.mem_write.payload.which.eq(mw.payload.select[0]),
+                core.mem_write.payload.addr.eq(mw.payload.addr),
+                core.mem_write.payload.data.eq(mw.payload.data),
+            ]
+
+        # ---------------------------------------------------------- taps, perf
+        for i, core in enumerate(self.cores):
+            o = core.o_events
+            m.d.comb += [self.tap_valid[i].eq(o.valid & o.ready), self.tap[i].eq(o.payload),
+                         self.perf[i].eq(core.perf)]
+
+        # ---------------------------------------------------------- readout
+        obs_valid = Signal()
+        obs = Signal(self.fmt.layout)
+        m.d.sync += [obs_valid.eq(last.valid), obs.eq(last.payload)]
+        ls = spec.layers[-1]
+        ho, wo = (1, 1) if ls.kind is LayerKind.FC else ls.out_size
+        idx = Signal(bits_for(max(self.n_out, ho * wo * ls.out_channels)))
+        m.d.comb += idx.eq(const_mul(const_mul(obs.channel, ho) + obs.y, wo) + obs.x)
+        markers = Signal(range(spec.timesteps + 1))
+        running = Signal()
+        m.d.comb += self.done.eq(markers == spec.timesteps)
+        # one register per output neuron (not slices of one wide signal: a
+        # thousand partial updates of one signal nest too deep to simulate)
+        cnt = [Signal(len(self.counts[0]), name=f"count{n}") for n in range(self.n_out)]
+        m.d.comb += [self.counts[n].eq(c) for n, c in enumerate(cnt)]
+        hit = obs_valid & ~self.done & ~obs.last
+        if self.stcb:  # a spike of step t is digit T-1-t of the value
+            inc = Signal(len(cnt[0]))
+            m.d.comb += inc.eq(C(1 << (spec.timesteps - 1), len(inc)) >> markers)
+        else:
+            inc = 1
+        for n, c in enumerate(cnt):
+            with m.If(hit & (idx == n)):
+                m.d.sync += c.eq(c + inc)
+        with m.If(obs_valid & ~self.done & obs.last):
+            m.d.sync += markers.eq(markers + 1)
+        with m.If(self.events.valid & self.events.ready):
+            m.d.sync += running.eq(1)
+        with m.If((running | (self.events.valid & self.events.ready)) & ~self.done):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(self.start):
+            m.d.sync += [markers.eq(0), running.eq(0), self.cycles.eq(0), obs_valid.eq(0)]
+            m.d.sync += [c.eq(0) for c in cnt]
+
+        v = spec.voting
+        for c in range(spec.classes):
+            total = self.counts[c * v]
+            for n in range(c * v + 1, c * v + v):
+                total = total + self.counts[n]
+            m.d.comb += self.scores[c].eq(total)
+        # argmax as a tree of comparisons; the right (higher-index) side wins
+        # only when strictly greater, so ties go to the lowest index
+        nodes = [(C(c, len(self.prediction)), self.scores[c]) for c in range(spec.classes)]
+        level = 0
+        while len(nodes) > 1:
+            nxt = []
+            for i in range(0, len(nodes) - 1, 2):
+                (ia, sa), (ib, sb) = nodes[i], nodes[i + 1]
+                idx_s = Signal.like(self.prediction, name=f"amax{level}_{i // 2}")
+                sc_s = Signal.like(self.scores[0], name=f"amax{level}_{i // 2}_score")
+                m.d.comb += [idx_s.eq(Mux(sb > sa, ib, ia)), sc_s.eq(Mux(sb > sa, sb, sa))]
+                nxt.append((idx_s, sc_s))
+            if len(nodes) % 2:
+                nxt.append(nodes[-1])
+            nodes = nxt
+            level += 1
+        m.d.comb += self.prediction.eq(nodes[0][0])
+        return m
+
+
+# --------------------------------------------------------------------------- host side
+
+
+class Event(NamedTuple):
+    """One beat of the input port: an event of step ``t``, or (``last``) the
+    end-of-step marker of step ``t``."""
+
+    t: int
+    channel: int
+    y: int
+    x: int
+    shift: int
+    last: bool = False
+
+
+def input_events(net, frames: torch.Tensor) -> list[Event]:
+    """The input port's beats for one sample of uint8 frames ``[F, C, H, W]``
+    (or ``[1, F, C, H, W]``), from :func:`spikeforge.sw.golden.input_values`.
+
+    Step ``t``'s integer input ``x`` enters as bit planes, MSB first: for plane
+    ``b`` (bit ``B-1-b`` of ``x``, ``B`` = layer 0's ``input_bits``) one event
+    per set bit with ``shift = B-1-b``; then the step's marker.  An STCB
+    network takes the first step's input only (the golden model's ``x[0]``),
+    with one marker.
+    """
+    if frames.dim() == 4:
+        frames = frames.unsqueeze(0)
+    if frames.dim() != 5 or frames.shape[0] != 1:
+        raise EngineError(f"input_events takes one sample [F, C, H, W], got {list(frames.shape)}")
+    spec = net.spec
+    B = net.layers[0].input_bits
+    x = golden.input_values(spec, frames, B)[:, 0]  # [T, C, H, W]
+    if net.layers[0].stcb:  # the CAB of layer 0 takes one static frame, one marker
+        if spec.frames != 1:
+            raise EngineError("STCB networks take static frames")
+        x = x[:1]
+    if int(x.min()) < 0 or int(x.max()) >= 1 << B:
+        raise EngineError(f"layer 0 input values exceed its {B} input bits")
+    out = []
+    for t in range(x.shape[0]):
+        for bit in reversed(range(B)):
+            for c, y, xx in ((x[t] >> bit) & 1).nonzero().tolist():
+                out.append(Event(t, c, y, xx, bit))
+        out.append(Event(t, 0, 0, 0, 0, True))
+    return out
+
+
+class Mismatch(NamedTuple):
+    layer: int
+    step: int
+    neuron: int
+    expected: int
+    got: int
+
+
+def first_mismatch(net, packed: list[torch.Tensor], captured: list[list[list[tuple]]],
+                   sample: int = 0) -> Mismatch | None:
+    """Compare captured spikes with the golden model's traces.
+
+    ``packed``: ``golden.run(...).spikes`` (per layer uint8 ``[T, B, ceil(n/8)]``);
+    ``captured[layer][step]``: the ``(channel, y, x)`` spikes seen at the layer's
+    tap during that step.  Returns the first difference in (layer, step,
+    neuron) order, ``got`` being the number of times the neuron was seen, or
+    ``None`` when every layer's spikes match at every step.
+    """
+    T = net.spec.timesteps
+    for li, layer in enumerate(net.spec.layers):
+        n = layer.out_features
+        ho, wo = (1, 1) if layer.kind is LayerKind.FC else layer.out_size
+        expect = golden.unpack(packed[li][:, sample], n)  # [T, n]
+        steps = captured[li] if li < len(captured) else []
+        for t in range(T):
+            got = torch.zeros(n, dtype=torch.int64)
+            for c, y, x in (steps[t] if t < len(steps) else []):
+                i = (c * ho + y) * wo + x
+                if 0 <= i < n:
+                    got[i] += 1
+                else:
+                    return Mismatch(li, t, i, 0, 1)
+            diff = (got != expect[t].to(torch.int64)).nonzero()
+            if len(diff):
+                i = int(diff[0])
+                return Mismatch(li, t, i, int(expect[t, i]), int(got[i]))
+    return None

@@ -1,0 +1,375 @@
+"""The neuron unit: the end-of-step scan (LIF / IF), pooling and spike output.
+
+At an end-of-step marker the unit scans the layer's neurons ``P`` at a time
+(all lanes of one channel group at one position) and applies the contract of
+:mod:`spikeforge.sw.golden` per neuron::
+
+    u    = sat_S(acc + bias)                    (acc = base + this step's conv)
+    o    = u >= theta
+    base = decay(u) * (1 - o)                   reset zero
+         = decay(u) - theta * o                 reset subtract
+         = decay(u)                             reset none (IF: no shifts)
+
+and writes ``base`` back as the next step's accumulator.  Pooling is folded
+into the scan: the scan order visits each ``pool x pool`` window's neurons
+together (group, window row, window column, then the window), ORs their
+spikes per lane and emits one event per spiking lane at the window's end,
+``(channel g*P + j, y // pool, x // pool)``.  After the last spike it emits
+the end-of-step marker.
+
+The same unit runs the clear pass: zero every word of the banks.  The
+parameter loader, the scan-order counters and the spike emitter are shared
+with :class:`~spikeforge.hw.steb.StebUnit` (functions at the end).
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, fifo, wiring
+from amaranth.hdl import ResetInserter
+from amaranth.lib.wiring import In, Out
+
+from spikeforge.config import Reset
+
+from .arith import decay, saturate
+from .params import CoreParams
+from .streams import bits_for
+
+__all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "queue_layout"]
+
+
+class NeuronUnit(wiring.Component):
+    """Scans the membrane banks at the end of a step; emits spikes and the marker.
+
+    Pipeline (stalls as a whole only when the spike queue is full): issue
+    (bank read), threshold (``u``, ``o``), write-back (decay, reset) and pool
+    OR.  No hazards: each neuron is read and written once per scan.  The
+    per-lane ``theta`` and ``bias`` of the next channel group are loaded from
+    the neuron memory (one word a cycle, image layout: word ``c`` is channel
+    ``c``) while the current group is scanned; a group of fewer positions than
+    ``P + 1`` waits for them.  Spiking windows go into a 4-entry queue; the
+    emitter sends one event per spiking lane, lowest lane first, from a
+    registered output (no combinational path from ``events.ready`` to
+    ``events.valid``).
+
+    Parameters
+    ----------
+    params : CoreParams
+
+    Members
+    -------
+    start : In(1)
+        Pulse: begin the scan of this step.
+    clear : In(1)
+        Pulse: abandon any work and zero every bank word (``G*Hc*Wc`` cycles).
+    mem_busy : Out(1)
+        The unit owns the bank ports (clear pass or scan in flight).
+    busy : Out(1)
+        ``mem_busy`` or spikes or the marker still to be sent.
+    stall : Out(1)
+        Output back-pressure this cycle (held output or scan waiting on the queue).
+    rd_addr : Out(unsigned), rd_en : Out(1)
+        Bank read address and enable (all banks); ``rd_en`` low holds the data.
+    rd_data : In(ArrayLayout(signed(A), P))
+    wr_addr : Out(unsigned), wr_en : Out(1)
+    wr_data : Out(ArrayLayout(signed(A), P))
+    p_addr : Out(unsigned)
+        Neuron memory read address (channel), data one cycle later.
+    p_data : In(unsigned(S + acc_bits + 6))
+        ``theta`` in bits ``[0, S)``, ``bias`` in ``[S, S + acc_bits)``.
+    events : Out(stream.Signature(params.fmt.layout))
+        Output spike events, then the end-of-step marker.
+
+    Reset: idle (no scan, nothing queued), parameter loader fetching group 0.
+    The banks are not reset; the core pulses ``clear`` to zero them.
+    """
+
+    def __init__(self, params: CoreParams):
+        self._p = p = params
+        acc = data.ArrayLayout(signed(p.acc_width), p.P)
+        abits = bits_for(p.acc_depth - 1)
+        super().__init__({
+            "start": In(1),
+            "clear": In(1),
+            "mem_busy": Out(1),
+            "busy": Out(1),
+            "stall": Out(1),
+            "rd_addr": Out(abits),
+            "rd_en": Out(1),
+            "rd_data": In(acc),
+            "wr_addr": Out(abits),
+            "wr_en": Out(1),
+            "wr_data": Out(acc),
+            "p_addr": Out(bits_for(p.groups * p.P - 1)),
+            "p_data": In(p.neuron_width),
+            "events": Out(p.fmt.signature),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        P, G, S = p.P, p.groups, p.state_bits
+        cb_bits = bits_for(G * P)
+
+        # ---------------------------------------------------------- parameter loader
+        # runs one group ahead of the scan; cur[...] serve the threshold stage
+        consume = Signal()
+        cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
+                                   {"theta": (0, S), "bias": (S, p.acc_bits)})
+        cur_theta, cur_bias = cur["theta"], cur["bias"]
+
+        # ---------------------------------------------------------- scan issue
+        scanning = Signal()
+        clearing = Signal()
+        marker_pending = Signal()
+        adv = Signal()
+        issue = Signal()
+        wc_ = window_counters(m, p, issue, self.start)
+        g, py, px, addr, cbase = wc_.g, wc_.py, wc_.px, wc_.addr, wc_.cbase
+        first, win_end, last = wc_.first, wc_.win_end, wc_.last
+        m.d.comb += [
+            issue.eq(scanning & adv & (~first | l_full)),
+            consume.eq(issue & first),
+            self.rd_addr.eq(addr),
+            self.rd_en.eq(adv),
+        ]
+        with m.If(issue & last):
+            m.d.sync += scanning.eq(0)
+
+        # ---------------------------------------------------------- threshold stage
+        v1, win1 = Signal(), Signal()
+        a1 = Signal.like(addr)
+        py1, px1 = Signal.like(py), Signal.like(px)
+        cb1 = Signal(cb_bits)
+        with m.If(adv):
+            m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
+                         cb1.eq(cbase)]
+        u1 = [Signal(signed(S), name=f"u{j}") for j in range(P)]
+        o1 = Signal(P)
+        for j in range(P):
+            m.d.comb += u1[j].eq(saturate(self.rd_data[j] + cur_bias[j], S))
+            if p.fault == "threshold":  # test-only: off-by-one comparison
+                m.d.comb += o1[j].eq(u1[j] > cur_theta[j])
+            else:
+                m.d.comb += o1[j].eq(u1[j] >= cur_theta[j])
+        mask1 = Cat(cb1 + j < p.c_out for j in range(P))
+
+        # ---------------------------------------------------------- write-back stage
+        v2, win2 = Signal(), Signal()
+        a2 = Signal.like(addr)
+        py2, px2 = Signal.like(py), Signal.like(px)
+        cb2 = Signal(cb_bits)
+        u2 = [Signal(signed(S), name=f"u2_{j}") for j in range(P)]
+        th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
+        o2 = Signal(P)
+        with m.If(adv):
+            m.d.sync += [v2.eq(v1), win2.eq(win1), a2.eq(a1), py2.eq(py1), px2.eq(px1),
+                         cb2.eq(cb1), o2.eq(o1 & mask1)]
+            m.d.sync += [a.eq(b) for a, b in zip(u2 + th2, u1 + cur_theta)]
+        shifts = p.decay_shifts
+        if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
+            shifts = (shifts[0] + 1,) + shifts[1:]
+        base = []
+        for j in range(P):
+            d = decay(u2[j], shifts)
+            if p.reset is Reset.ZERO:
+                base.append(Mux(o2[j], 0, d))
+            elif p.reset is Reset.SUBTRACT:
+                base.append(d - Mux(o2[j], th2[j], 0))
+            else:
+                base.append(d)
+
+        # spikes of a window, ORed per lane; a spiking window goes to the queue
+        q_layout = queue_layout(p)
+        queue = fifo.SyncFIFO(width=q_layout.size, depth=4)
+        m.submodules.queue = ResetInserter(self.clear)(queue)
+        sp_acc = Signal(P)
+        vec = sp_acc | o2
+        push = v2 & win2 & (vec != 0)
+        q_in = Signal(q_layout)
+        m.d.comb += [
+            q_in.vec.eq(vec), q_in.cb.eq(cb2), q_in.py.eq(py2), q_in.px.eq(px2),
+            queue.w_data.eq(q_in.as_value()),
+            queue.w_en.eq(push & adv),
+            adv.eq(~(push & ~queue.w_rdy)),
+        ]
+        with m.If(v2 & adv):
+            m.d.sync += sp_acc.eq(Mux(win2, 0, vec))
+
+        # ---------------------------------------------------------- clear pass
+        c_addr = Signal.like(addr)
+        with m.If(clearing):
+            m.d.sync += c_addr.eq(c_addr + 1)
+            with m.If(c_addr == p.acc_depth - 1):
+                m.d.sync += clearing.eq(0)
+            m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
+            m.d.comb += [self.wr_data[j].eq(0) for j in range(P)]
+        with m.Else():
+            m.d.comb += [self.wr_addr.eq(a2), self.wr_en.eq(v2 & adv)]
+            m.d.comb += [self.wr_data[j].eq(base[j]) for j in range(P)]
+
+        # ---------------------------------------------------------- emitter
+        marker_sent = Signal()
+        e_busy = spike_emitter(m, p, queue, q_layout, self.events,
+                               marker_pending & ~scanning & ~v1 & ~v2, marker_sent, self.clear)
+        with m.If(marker_sent):
+            m.d.sync += marker_pending.eq(0)
+        out = self.events
+
+        # ---------------------------------------------------------- control
+        with m.If(self.start):
+            m.d.sync += [scanning.eq(1), marker_pending.eq(1)]
+        with m.If(self.clear):
+            m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
+                         v1.eq(0), v2.eq(0), sp_acc.eq(0)]
+
+        m.d.comb += [
+            self.mem_busy.eq(scanning | clearing | v1 | v2),
+            self.busy.eq(scanning | clearing | v1 | v2 | e_busy | marker_pending),
+            self.stall.eq((out.valid & ~out.ready) | (v2 & ~adv)),
+        ]
+        return m
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def queue_layout(p: CoreParams) -> data.StructLayout:
+    """A spiking window (or pooled neuron) waiting for the emitter."""
+    ho, wo = p.out_size
+    return data.StructLayout({"vec": unsigned(p.P), "cb": unsigned(bits_for(p.groups * p.P)),
+                              "py": unsigned(bits_for(ho - 1)), "px": unsigned(bits_for(wo - 1))})
+
+
+def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict):
+    """Per-lane parameter registers, loaded one group ahead from the neuron memory.
+
+    ``fields``: ``{name: (lsb, width)}`` of signed fields of a neuron word (a
+    ``(lsb, width, False)`` triple for an unsigned one).  Returns ``(cur,
+    full)``: ``cur[name][j]`` is lane ``j``'s value for the group being scanned
+    (updated by ``consume``, the issue of a group's first neuron), ``full``
+    says the next group's words are loaded.  Word ``c`` of the memory is
+    channel ``c``: the loader reads ``g*P .. g*P + P-1`` one a cycle.
+    """
+    P, G = p.P, p.groups
+    cb_bits = bits_for(G * P)
+    shapes = {n: (f[0], f[1], f[2] if len(f) > 2 else True) for n, f in fields.items()}
+    cur = {n: [Signal(signed(w) if sg else unsigned(w), name=f"cur_{n}{j}") for j in range(P)]
+           for n, (_, w, sg) in shapes.items()}
+    nxt = {n: [Signal.like(c, name=f"nxt_{n}{j}") for j, c in enumerate(cur[n])] for n in cur}
+    l_addr = Signal(cb_bits)
+    l_lane = Signal(range(P))
+    l_issuing = Signal(init=1)
+    l_pend = Signal()
+    l_pend_lane = Signal(range(P))
+    l_full = Signal()
+    m.d.comb += p_addr.eq(l_addr)
+    m.d.sync += [l_pend.eq(l_issuing), l_pend_lane.eq(l_lane)]
+    with m.If(l_issuing):
+        m.d.sync += [l_addr.eq(Mux(l_addr == G * P - 1, 0, l_addr + 1)),
+                     l_lane.eq(Mux(l_lane == P - 1, 0, l_lane + 1))]
+        with m.If(l_lane == P - 1):
+            m.d.sync += l_issuing.eq(0)
+    with m.If(l_pend):
+        for n, (lsb, w, sg) in shapes.items():
+            field = p_data[lsb:lsb + w]
+            field = field.as_signed() if sg else field
+            for j in range(P):
+                with m.If(l_pend_lane == j):
+                    m.d.sync += nxt[n][j].eq(field)
+        with m.If(l_pend_lane == P - 1):
+            m.d.sync += l_full.eq(1)
+    with m.If(consume):
+        m.d.sync += [l_full.eq(0), l_issuing.eq(1)]
+        m.d.sync += [cur[n][j].eq(nxt[n][j]) for n in cur for j in range(P)]
+    with m.If(clear):
+        m.d.sync += [l_addr.eq(0), l_lane.eq(0), l_issuing.eq(1), l_pend.eq(0), l_full.eq(0)]
+    return cur, l_full
+
+
+class _Counters:
+    pass
+
+
+def window_counters(m, p: CoreParams, step, restart):
+    """Scan-order counters: channel group, window row and column, then the
+    ``pool x pool`` window; ``addr`` the bank word ``(g*Hc + y)*Wc + x``,
+    updated by constant steps (no multiplier).  ``step`` advances, ``restart``
+    returns to the first neuron."""
+    P, G, pool, wc = p.P, p.groups, p.pool, p.wc
+    ho, wo = p.out_size
+    c = _Counters()
+    c.g = g = Signal(range(G))
+    c.py, c.px = py, px = Signal(range(ho)), Signal(range(wo))
+    wy, wx = Signal(range(pool)), Signal(range(pool))
+    c.addr = addr = Signal(bits_for(p.acc_depth - 1))
+    c.cbase = cbase = Signal(bits_for(G * P))
+    c.first = (py == 0) & (px == 0) & (wy == 0) & (wx == 0)
+    c.win_end = win_end = (wy == pool - 1) & (wx == pool - 1)
+    c.last = win_end & (px == wo - 1) & (py == ho - 1) & (g == G - 1)
+    with m.If(step):
+        if pool > 1:
+            with m.If(wx != pool - 1):
+                m.d.sync += [wx.eq(wx + 1), addr.eq(addr + 1)]
+            with m.Elif(wy != pool - 1):
+                m.d.sync += [wx.eq(0), wy.eq(wy + 1), addr.eq(addr + (wc - pool + 1))]
+            with m.Elif(px != wo - 1):
+                m.d.sync += [wx.eq(0), wy.eq(0), px.eq(px + 1),
+                             addr.eq(addr + (1 - (pool - 1) * wc))]
+            with m.Else():
+                m.d.sync += [wx.eq(0), wy.eq(0), px.eq(0), addr.eq(addr + 1)]
+        else:
+            m.d.sync += addr.eq(addr + 1)
+            with m.If(px != wo - 1):
+                m.d.sync += px.eq(px + 1)
+            with m.Else():
+                m.d.sync += px.eq(0)
+        with m.If(win_end & (px == wo - 1)):
+            with m.If(py != ho - 1):
+                m.d.sync += py.eq(py + 1)
+            with m.Else():
+                m.d.sync += [py.eq(0), g.eq(g + 1), cbase.eq(cbase + P)]
+    with m.If(restart):
+        m.d.sync += [g.eq(0), py.eq(0), px.eq(0), wy.eq(0), wx.eq(0), addr.eq(0), cbase.eq(0)]
+    return c
+
+
+def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sent, clear):
+    """Sends each queued window's spiking lanes (lowest lane first) as events
+    from a registered output, then, once ``marker_req`` holds and nothing is
+    left, one end-of-step marker (strobing ``marker_sent``).  Returns a busy
+    flag (queue or current window not empty)."""
+    P = p.P
+    e_vec = Signal(P)
+    e_cb = Signal(bits_for(p.groups * P))
+    e_py = Signal(q_layout.members["py"])
+    e_px = Signal(q_layout.members["px"])
+    rest = e_vec & (e_vec - 1)
+    lane = Signal(range(P))
+    for j in reversed(range(P)):
+        with m.If(e_vec[j]):
+            m.d.comb += lane.eq(j)
+    q_out = Signal(q_layout)
+    m.d.comb += q_out.eq(queue.r_data)
+    slot_free = ~out.valid | out.ready
+    load = queue.r_rdy & ((e_vec == 0) | (slot_free & (rest == 0)))
+    m.d.comb += queue.r_en.eq(load)
+    with m.If(load):
+        m.d.sync += [e_vec.eq(q_out.vec), e_cb.eq(q_out.cb), e_py.eq(q_out.py),
+                     e_px.eq(q_out.px)]
+    with m.Elif(slot_free & (e_vec != 0)):
+        m.d.sync += e_vec.eq(rest)
+    marker_go = marker_req & ~queue.r_rdy & (e_vec == 0)
+    with m.If(slot_free):
+        with m.If(e_vec != 0):
+            m.d.sync += [out.valid.eq(1), out.payload.channel.eq(e_cb + lane),
+                         out.payload.y.eq(e_py), out.payload.x.eq(e_px),
+                         out.payload.shift.eq(0), out.payload.last.eq(0)]
+        with m.Elif(marker_go):
+            m.d.sync += [out.valid.eq(1), out.payload.eq(0), out.payload.last.eq(1)]
+            m.d.comb += marker_sent.eq(1)
+        with m.Else():
+            m.d.sync += out.valid.eq(0)
+    with m.If(clear):
+        m.d.sync += [e_vec.eq(0), out.valid.eq(0)]
+    return queue.r_rdy | (e_vec != 0)

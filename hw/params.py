@@ -1,0 +1,154 @@
+"""Elaboration-time parameters of one layer core, derived from an IntLayer.
+
+:class:`CoreParams` is computed once from the layer's
+:class:`~spikeforge.sw.golden.IntLayer` (its :class:`~spikeforge.config.LayerSpec`
+and integer widths), the shape of the layer's input stream and the folding
+factor ``P``; every unit of the core reads its geometry and widths from it.
+
+Accumulator width.  The membrane memory holds ``acc = base + conv``, where
+``base`` is last step's state after decay and reset and ``conv`` the partial
+sum of this step's weights (the bias is added once, at the neuron scan).  The
+width ``A`` is the larger of the layer's ``acc_bits`` and the worst case over
+*every* parameter set that fits the layer's field widths (weights of
+``weight_bits``, thresholds of ``state_bits``), so weights written at run time
+through the memory port can never make the accumulator wrap:
+``|base| <= 2**(S-1) * (1 + sum 2**-s_k) + len(shifts) + 2**(S-1)`` and
+``|conv| <= 2**(W-1) * fan_in * (2**B - 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from spikeforge.config import LayerKind, NeuronKind, Reset
+from spikeforge.errors import SpikeforgeError
+
+from .arith import signed_bits
+from .streams import EventFormat
+
+__all__ = ["EngineError", "CoreParams", "FAULTS"]
+
+#: Test-only deliberate faults (``fault=`` of the cores): the comparison with
+#: the golden model must catch each of them.
+FAULTS = ("threshold", "decay")
+
+
+class EngineError(SpikeforgeError, ValueError):
+    """A layer or network the engine cannot build, with the layer named."""
+
+
+@dataclass(frozen=True)
+class CoreParams:
+    index: int
+    kind: LayerKind
+    in_shape: tuple[int, int, int]   # (C, H, W) of the input stream
+    c_in: int                        # weight rows: in_channels (fc: flattened inputs)
+    c_out: int
+    k: int
+    pad: int
+    hc: int                          # conv output rows (fc: 1)
+    wc: int                          # conv output columns (fc: 1)
+    pool: int
+    P: int
+    weight_bits: int
+    state_bits: int
+    acc_bits: int                    # the image's bias field width
+    acc_width: int                   # the hardware accumulator width A
+    input_bits: int
+    decay_shifts: tuple[int, ...]
+    reset: Reset
+    fmt: EventFormat
+    fault: str | None = None
+    stcb: bool = False
+    timesteps: int = 1
+
+    @classmethod
+    def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
+              fault: str | None = None, timesteps: int = 1) -> "CoreParams":
+        s = layer.spec
+        stcb = s.neuron.kind is NeuronKind.STCB
+        if stcb and fault is not None:
+            raise EngineError(f"layer {index}: faults are LIF/IF only")
+        if type(P) is not int or not 1 <= P <= s.out_channels:
+            raise EngineError(f"layer {index}: lane count P must be an integer in "
+                              f"1..{s.out_channels} (its output channels), not {P!r}")
+        if fault is not None and fault not in FAULTS:
+            raise EngineError(f"layer {index}: unknown fault {fault!r}; known: "
+                              f"{', '.join(FAULTS)}")
+        if s.kind is LayerKind.FC:
+            hc = wc = 1
+        else:
+            hc, wc = s.conv_size
+        half = 1 << (layer.state_bits - 1)
+        n = len(layer.decay_shifts)
+        leak = sum(Fraction(1, 1 << d) for d in layer.decay_shifts)
+        base = half + math.ceil(half * leak) + n + half
+        conv = (1 << (layer.weight_bits - 1)) * s.fan_in * ((1 << layer.input_bits) - 1)
+        width = max(layer.acc_bits, signed_bits(-base - conv, base + conv))
+        return cls(index, s.kind, tuple(in_shape), s.in_channels, s.out_channels, s.kernel,
+                   s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
+                   layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
+                   s.neuron.reset, fmt, fault, stcb, timesteps)
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def groups(self) -> int:
+        """``G = ceil(C_out / P)`` channel groups."""
+        return -(-self.c_out // self.P)
+
+    @property
+    def taps(self) -> int:
+        """Read-modify-write steps per input event: ``k * k * G``."""
+        return self.k * self.k * self.groups
+
+    @property
+    def acc_depth(self) -> int:
+        """Words per membrane bank: ``G * Hc * Wc`` (one bank per lane)."""
+        return self.groups * self.hc * self.wc
+
+    @property
+    def weight_depth(self) -> int:
+        return self.c_in * self.taps
+
+    @property
+    def weight_width(self) -> int:
+        return self.P * self.weight_bits
+
+    @property
+    def neuron_width(self) -> int:
+        return self.state_bits + self.acc_bits + 6
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return (self.hc // self.pool, self.wc // self.pool)
+
+    @property
+    def neurons(self) -> int:
+        return self.c_out * self.hc * self.wc
+
+    @property
+    def max_shift(self) -> int:
+        """Largest CAB shift of an update: layer 0's bit planes (the event's
+        ``shift``), or an STCB layer's input step ``t`` (``T - 1 - t``)."""
+        if self.index == 0:
+            return self.input_bits - 1
+        return self.timesteps - 1 if self.stcb else 0
+
+    @property
+    def in_steps(self) -> int:
+        """Input steps (markers) accumulated before a neuron scan: 1, or T for
+        an STCB layer past layer 0 (the whole spike train)."""
+        return self.timesteps if self.stcb and self.index > 0 else 1
+
+    @property
+    def step_shift(self) -> bool:
+        """Whether updates take the shift ``T - 1 - t`` from the input step."""
+        return self.in_steps > 1
+
+    @property
+    def flatten(self) -> bool:
+        """Whether input events ``(c, y, x)`` are flattened to an fc input index."""
+        return self.kind is LayerKind.FC

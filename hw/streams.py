@@ -1,0 +1,163 @@
+"""Stream signatures of the engine: spike events and memory writes.
+
+Every stream is an :class:`amaranth.lib.stream.Signature` whose payload is a
+:class:`~amaranth.lib.data.StructLayout`.  One :class:`EventFormat` (field
+widths) is chosen per network so that every layer's input and output stream,
+the input port and the output taps share a single layout.
+
+Spike event (AER) payload, fields from the least significant bit up:
+
+=========  ===============  =================================================
+field      shape            meaning
+=========  ===============  =================================================
+channel    ``channel_bits``  channel of the spike (fc layers: the neuron index)
+y          ``y_bits``        row (0 for fc)
+x          ``x_bits``        column (0 for fc)
+shift      ``shift_bits``    CAB weight shift: the event adds ``w << shift``
+                             (layer 0 bit planes: ``B - 1 - b`` for plane
+                             ``b``, MSB first; spikes between layers: 0)
+last       1                 end-of-time-step marker; a marker carries no
+                             event (its other fields are 0 and ignored)
+=========  ===============  =================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth import *
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["EventFormat", "EventFIFO", "bits_for"]
+
+
+def bits_for(n: int) -> int:
+    """Bits of an unsigned field holding ``0 .. n`` (at least 1)."""
+    return max(1, int(n).bit_length())
+
+
+@dataclass(frozen=True)
+class EventFormat:
+    """Field widths of the spike-event payload (module docstring)."""
+
+    channel_bits: int
+    y_bits: int
+    x_bits: int
+    shift_bits: int
+
+    def __post_init__(self):
+        for name in ("channel_bits", "y_bits", "x_bits", "shift_bits"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:
+                raise TypeError(f"{name} must be a positive integer, not {v!r}")
+
+    @classmethod
+    def for_network(cls, net) -> "EventFormat":
+        """The widths that hold every stream of ``net`` (an
+        :class:`~spikeforge.sw.golden.IntNetwork`)."""
+        spec = net.spec
+        c, h, w = spec.input_shape
+        chans, hs, ws = [c], [h], [w]
+        for layer in spec.layers:
+            chans.append(layer.out_channels)
+            hs.append(layer.out_size[0])
+            ws.append(layer.out_size[1])
+        max_shift = max(0, net.layers[0].input_bits - 1)  # bit planes, MSB first
+        return cls(bits_for(max(chans) - 1), bits_for(max(hs) - 1), bits_for(max(ws) - 1),
+                   bits_for(max_shift))
+
+    @property
+    def layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "channel": unsigned(self.channel_bits),
+            "y": unsigned(self.y_bits),
+            "x": unsigned(self.x_bits),
+            "shift": unsigned(self.shift_bits),
+            "last": unsigned(1),
+        })
+
+    @property
+    def signature(self) -> stream.Signature:
+        return stream.Signature(self.layout)
+
+    @property
+    def width(self) -> int:
+        return self.layout.size
+
+    def pack(self, channel=0, y=0, x=0, shift=0, last=0) -> int:
+        """The payload as an integer (bit 0 first), e.g. for a Verilog testbench."""
+        out, pos = 0, 0
+        for value, bits in ((channel, self.channel_bits), (y, self.y_bits), (x, self.x_bits),
+                            (shift, self.shift_bits), (last, 1)):
+            if not 0 <= value < 1 << bits:
+                raise ValueError(f"{value} does not fit {bits} bits")
+            out |= value << pos
+            pos += bits
+        return out
+
+    def unpack(self, word: int) -> tuple[int, int, int, int, int]:
+        """``(channel, y, x, shift, last)`` of a packed payload."""
+        out = []
+        for bits in (self.channel_bits, self.y_bits, self.x_bits, self.shift_bits, 1):
+            out.append(word & ((1 << bits) - 1))
+            word >>= bits
+        return tuple(out)
+
+
+def mem_write_layout(select_bits: int, addr_bits: int, data_bits: int) -> data.StructLayout:
+    """Payload of the run-time memory write port: ``data`` to word ``addr`` of
+    memory ``select`` (``2n``: layer n's weights, ``2n + 1``: its neuron words)."""
+    return data.StructLayout({
+        "select": unsigned(select_bits),
+        "addr": unsigned(addr_bits),
+        "data": unsigned(data_bits),
+    })
+
+
+class EventFIFO(wiring.Component):
+    """A small synchronous FIFO of spike events between two cores.
+
+    Built on :class:`amaranth.lib.fifo.SyncFIFOBuffered`: its ``w.ready`` and
+    ``r.valid`` are registered, so there is no combinational path from one
+    stream port to the other.
+
+    Parameters
+    ----------
+    fmt : EventFormat
+    depth : int
+
+    Members
+    -------
+    w : In(stream.Signature(fmt.layout))
+        Events in.
+    r : Out(stream.Signature(fmt.layout))
+        Events out, in order.
+    level : Out(range(depth + 1))
+        Entries held.
+    """
+
+    def __init__(self, fmt: EventFormat, depth: int = 8):
+        if type(depth) is not int or depth < 2:
+            raise TypeError(f"FIFO depth must be an integer of at least 2, not {depth!r}")
+        self._fmt = fmt
+        self._depth = depth
+        super().__init__({
+            "w": In(fmt.signature),
+            "r": Out(fmt.signature),
+            "level": Out(range(depth + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = f = fifo.SyncFIFOBuffered(width=self._fmt.width, depth=self._depth)
+        m.d.comb += [
+            f.w_data.eq(self.w.payload.as_value()),
+            f.w_en.eq(self.w.valid),
+            self.w.ready.eq(f.w_rdy),
+            self.r.payload.eq(f.r_data),
+            self.r.valid.eq(f.r_rdy),
+            f.r_en.eq(self.r.ready),
+            self.level.eq(f.level),
+        ]
+        return m

@@ -1,0 +1,220 @@
+"""The synapse unit: event-driven, accumulate-only membrane updates.
+
+For each input event ``(c, y, x, shift)`` the unit walks the kernel taps
+``(dy, dx)`` and the channel groups ``g`` (innermost) and, for every tap that
+lands inside the layer's output, does one read-modify-write on the ``P``
+membrane banks (lane ``j`` holds the neurons of channel ``g*P + j``)::
+
+    acc[g, y + pad - dy, x + pad - dx] += w[g*P + j, c, dy, dx] << shift
+
+One update per lane per cycle: the weight word and the accumulator are read
+in the walk cycle and written back in the next; the weight address is
+``((c*k + dy)*k + dx)*G + g``, i.e. a running count from ``c * k*k*G``.
+
+The CAB shift.  Layer 0 takes a ``B``-bit pixel as ``B`` bit-plane events
+(MSB first); plane ``b`` carries ``shift = B - 1 - b`` and adds
+``w << (B-1-b)``.  Summed over the planes this is the CAB's Horner form
+``acc = 2*acc + conv(plane_b)`` unrolled: ``sum_b conv(plane_b) << (B-1-b) =
+conv(sum_b plane_b << (B-1-b)) = conv(x)``, so multi-bit inputs need adds and
+a barrel shift only, and the order of the events does not matter.  An STCB
+layer's input spike train is accumulated the same way: step ``t`` of the
+train (MSB first) adds ``w << (T-1-t)`` and the whole train is one sum.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .arith import const_mul, signed_bits
+from .params import CoreParams
+from .streams import bits_for
+
+__all__ = ["SynapseUnit"]
+
+
+class SynapseUnit(wiring.Component):
+    """Walks taps and lane groups of each input event; read-modify-write on the banks.
+
+    The memories live in the layer core; all ``P`` banks share one address.
+    Pipeline: a two-stage event decoder (fc flattening, base addresses: sums of
+    shifts, no multiplier), the tap walker (issues the bank and weight reads),
+    then the update stage one cycle later (adds and writes back).  A bank read
+    issued in the cycle a write to the same word is committed returns the old
+    word, so the last written word is kept in a register and forwarded when the
+    next update hits the same address (read-after-write forwarding: back-to-back
+    events on one neuron, e.g. an fc layer with ``G = 1``, stay exact).
+
+    At an end-of-step marker the unit stops taking events, and once its last
+    update is written it raises ``at_marker`` until ``resume``.
+
+    Parameters
+    ----------
+    params : CoreParams
+
+    Members
+    -------
+    events : In(stream.Signature(params.fmt.layout))
+        Input spike events and end-of-step markers.
+    enable : In(1)
+        Take events (the core holds it low while clearing).
+    resume : In(1)
+        Drop the held marker and go on with the next step's events.
+    at_marker : Out(1)
+        A marker has been taken and every earlier update is written.
+    busy : Out(1)
+        Walking an event or an update in flight.
+    update : Out(1)
+        Strobe: one in-bounds read-modify-write (``P`` lanes) issued this cycle.
+    accepted : Out(1)
+        Strobe: one event (not a marker) entered the walker this cycle.
+    rd_addr : Out(unsigned)
+        Bank read address (all banks), data one cycle later.
+    rd_data : In(ArrayLayout(signed(A), P))
+        Bank read data, lane ``j`` from bank ``j``.
+    wr_addr : Out(unsigned), wr_en : Out(1)
+        Bank write address and enable (all banks).
+    wr_data : Out(ArrayLayout(signed(A), P))
+        Bank write data per lane.
+    w_addr : Out(unsigned)
+        Weight memory read address, data one cycle later.
+    w_data : In(unsigned(P * weight_bits))
+        Weight word, lane ``j`` in bits ``[j*W, (j+1)*W)``.
+    step : In(range(in_steps))
+        Input step ``t`` of an STCB layer past layer 0: its events add
+        ``w << (T - 1 - t)`` (the event's ``shift`` field is not used there).
+
+    Reset: idle, no marker held; the decoder and walker empty.
+    """
+
+    def __init__(self, params: CoreParams):
+        self._p = p = params
+        acc = data.ArrayLayout(signed(p.acc_width), p.P)
+        abits = bits_for(p.acc_depth - 1)
+        super().__init__({
+            "events": In(p.fmt.signature),
+            "enable": In(1),
+            "resume": In(1),
+            "at_marker": Out(1),
+            "busy": Out(1),
+            "update": Out(1),
+            "accepted": Out(1),
+            "rd_addr": Out(abits),
+            "rd_data": In(acc),
+            "wr_addr": Out(abits),
+            "wr_en": Out(1),
+            "wr_data": Out(acc),
+            "w_addr": Out(bits_for(p.weight_depth - 1)),
+            "w_data": In(p.weight_width),
+            "step": In(range(max(1, p.in_steps))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        G, k, hw = p.groups, p.k, p.hc * p.wc
+        cin_bits = bits_for(p.c_in - 1)
+        pos_bits = bits_for(max(p.in_shape[1], p.in_shape[2]) + p.pad) + 1
+        waddr_bits = bits_for(p.weight_depth)
+        span = (k + 1) * (p.wc + 1)
+        addr_shape = signed(signed_bits(-span, (G + 1) * hw + span))
+
+        # ---------------------------------------------------------- decode, 2 stages
+        take = Signal()
+        d1_valid, d1_last = Signal(), Signal()
+        d1_cin = Signal(cin_bits)
+        d1_oy, d1_ox = Signal(pos_bits), Signal(pos_bits)
+        d1_shift = Signal(p.fmt.shift_bits)
+        d2_valid, d2_last = Signal(), Signal()
+        d2_wbase = Signal(waddr_bits)
+        d2_e0 = Signal(addr_shape)
+        d2_oy, d2_ox = Signal(signed(pos_bits + 1)), Signal(signed(pos_bits + 1))
+        d2_shift = Signal(p.fmt.shift_bits)
+
+        d_adv = ~d2_valid | take
+        ev = self.events.payload
+        m.d.comb += self.events.ready.eq(d_adv)
+        with m.If(d_adv):
+            m.d.sync += d1_valid.eq(self.events.valid)
+            m.d.sync += [d1_last.eq(ev.last), d1_shift.eq(ev.shift)]
+            if p.flatten:
+                _, hp, wp = p.in_shape
+                m.d.sync += [d1_cin.eq(const_mul(const_mul(ev.channel, hp) + ev.y, wp) + ev.x),
+                             d1_oy.eq(0), d1_ox.eq(0)]
+            else:
+                m.d.sync += [d1_cin.eq(ev.channel), d1_oy.eq(ev.y + p.pad),
+                             d1_ox.eq(ev.x + p.pad)]
+            m.d.sync += [
+                d2_valid.eq(d1_valid), d2_last.eq(d1_last), d2_shift.eq(d1_shift),
+                d2_wbase.eq(const_mul(d1_cin, p.taps)),
+                d2_e0.eq(const_mul(d1_oy, p.wc) + d1_ox),
+                d2_oy.eq(d1_oy), d2_ox.eq(d1_ox),
+            ]
+
+        # ---------------------------------------------------------- tap walker
+        active = Signal()
+        marker_held = Signal()
+        dy, dx, g = Signal(range(k)), Signal(range(k)), Signal(range(G))
+        oy, ox = Signal(signed(pos_bits + 1)), Signal(signed(pos_bits + 1))
+        ox0 = Signal(signed(pos_bits + 1))
+        addr = Signal(addr_shape)
+        waddr = Signal(waddr_bits)
+        shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)))
+
+        last_tap = (dy == k - 1) & (dx == k - 1) & (g == G - 1)
+        m.d.comb += take.eq(self.enable & ~marker_held & (~active | last_tap))
+        inb = active & (oy >= 0) & (oy < p.hc) & (ox >= 0) & (ox < p.wc)
+
+        with m.If(take & d2_valid):
+            m.d.sync += [active.eq(~d2_last), marker_held.eq(d2_last),
+                         dy.eq(0), dx.eq(0), g.eq(0), oy.eq(d2_oy), ox.eq(d2_ox),
+                         ox0.eq(d2_ox), addr.eq(d2_e0), waddr.eq(d2_wbase),
+                         shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
+        with m.Elif(active & last_tap):
+            m.d.sync += active.eq(0)
+        with m.Elif(active):
+            m.d.sync += waddr.eq(waddr + 1)
+            with m.If(g != G - 1):
+                m.d.sync += [g.eq(g + 1), addr.eq(addr + hw)]
+            with m.Elif(dx != k - 1):
+                m.d.sync += [g.eq(0), dx.eq(dx + 1), ox.eq(ox - 1),
+                             addr.eq(addr - ((G - 1) * hw + 1))]
+            with m.Else():
+                m.d.sync += [g.eq(0), dx.eq(0), dy.eq(dy + 1), ox.eq(ox0), oy.eq(oy - 1),
+                             addr.eq(addr + (k - 1 - p.wc - (G - 1) * hw))]
+        with m.If(self.resume):
+            m.d.sync += marker_held.eq(0)
+
+        m.d.comb += [
+            self.rd_addr.eq(addr),
+            self.w_addr.eq(waddr),
+            self.update.eq(inb),
+            self.accepted.eq(take & d2_valid & ~d2_last),
+        ]
+
+        # ---------------------------------------------------------- update stage
+        v1 = Signal()
+        a1 = Signal.like(self.wr_addr)
+        s1 = Signal.like(shift)
+        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift)]
+
+        # the write committed at the end of the previous cycle is not in this
+        # cycle's read data: keep it and forward it on an address match
+        wb_valid = Signal()
+        wb_addr = Signal.like(self.wr_addr)
+        wb_data = Signal.like(self.wr_data)
+        hit = wb_valid & (wb_addr == a1)
+        for j in range(p.P):
+            w = self.w_data[j * p.weight_bits:(j + 1) * p.weight_bits].as_signed()
+            inc = (w << s1) if p.max_shift > 0 else w
+            old = Mux(hit, wb_data[j], self.rd_data[j])
+            m.d.comb += self.wr_data[j].eq(old + inc)
+        m.d.comb += [self.wr_addr.eq(a1), self.wr_en.eq(v1)]
+        m.d.sync += [wb_valid.eq(v1), wb_addr.eq(a1), wb_data.eq(self.wr_data)]
+
+        m.d.comb += [
+            self.at_marker.eq(marker_held & ~active & ~v1),
+            self.busy.eq(active | v1),
+        ]
+        return m

@@ -1,0 +1,243 @@
+"""Whole-network tests: every layer's spikes at every step equal sw/golden.py.
+
+Random small networks (seeded; the seed is in the test id), a quantized
+convsnn, run-time memory writes, back-to-back inferences, and a deliberately
+broken design that the comparison must catch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from spikeforge.hw.network import NetworkTop, first_mismatch, input_events
+from spikeforge.hw.randnet import random_frames, random_network, random_stcb_network
+from spikeforge.hw.sim import simulate, simulate_many
+from spikeforge.image import memories
+from spikeforge.sw import golden
+from spikeforge.sw.golden import IntNetwork
+
+
+def lanes(net, P):
+    return [min(P, l.spec.out_channels) for l in net.layers]
+
+
+def check(net, x, P, *, seed=0, idle=0.1, faults=None):
+    """Simulate ``net`` on frames ``x`` and compare with the golden model."""
+    ref = golden.run(net, x)
+    top = NetworkTop(net, lanes(net, P), faults=faults)
+    res = simulate(top, input_events(net, x[0]), seed=seed, idle=idle)
+    return ref, res, first_mismatch(net, ref.spikes, res.spikes)
+
+
+def assert_readout(net, ref, res):
+    assert res.scores == ref.scores[0].tolist()
+    assert res.prediction == int(ref.classes[0])
+    counts = golden.unpack(ref.spikes[-1], net.spec.layers[-1].out_features).sum(0)[0]
+    assert res.counts == counts.tolist()
+
+
+def assert_perf(net, res, n_input_events):
+    perf = res.perf
+    assert perf[0]["events_in"] == n_input_events
+    for a, b in zip(perf, perf[1:]):
+        assert b["events_in"] == a["events_out"]
+    for p, layer in zip(perf, res.spikes):
+        assert p["events_out"] == sum(map(len, layer))
+        assert p["busy"] <= res.sim_cycles
+
+
+FAST = [(seed, 1 + seed % 4) for seed in range(25)]
+
+
+@pytest.mark.parametrize("seed,P", FAST, ids=[f"seed{s}-P{p}" for s, p in FAST])
+def test_random_network_matches_golden(seed, P):
+    net = random_network(seed, size=(6, 8), channels=(2, 5))
+    x = random_frames(net, seed)
+    ref, res, mm = check(net, x, P, seed=seed)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout(net, ref, res)
+    assert_perf(net, res, sum(not e.last for e in input_events(net, x[0])))
+
+
+SLOW = [(seed, 1 + seed % 4) for seed in range(100, 125)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed,P", SLOW, ids=[f"seed{s}-P{p}" for s, p in SLOW])
+def test_random_network_matches_golden_larger(seed, P):
+    net = random_network(seed, size=(6, 10), channels=(2, 8))
+    x = random_frames(net, seed)
+    ref, res, mm = check(net, x, P, seed=seed, idle=0.0)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout(net, ref, res)
+
+
+def test_quantized_convsnn_matches_golden():
+    from spikeforge.sw.models import build
+    from spikeforge.sw.quantize import QuantConfig, quantize
+    torch.manual_seed(0)
+    model = build("convsnn", channels=(4, 4), hidden=12, timesteps=3, input_shape=(1, 8, 8))
+    # a random model, its deeper layers scaled so that spikes reach the output
+    with torch.no_grad():
+        for layer, s in zip(model.layers, [1.0, 3.0, 3.0, 3.0]):
+            layer.syn.weight.mul_(s)
+            layer.syn.bias.abs_()
+    net = quantize(model, QuantConfig())
+    x = torch.randint(0, 256, (1, 1, 1, 8, 8), generator=torch.Generator().manual_seed(1),
+                      dtype=torch.uint8)
+    ref = golden.run(net, x)
+    assert all(int(s.sum()) for s in ref.spikes), "test needs spikes in every layer"
+    top = NetworkTop(net, [2, 2, 4, 5])
+    res = simulate(top, input_events(net, x[0]))
+    mm = first_mismatch(net, ref.spikes, res.spikes)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout(net, ref, res)
+
+
+STCB = [(seed, 1 + seed % 4) for seed in range(8)]
+
+
+@pytest.mark.parametrize("seed,P", STCB, ids=[f"stcb-seed{s}-P{p}" for s, p in STCB])
+def test_random_stcb_network_matches_golden(seed, P):
+    """STCB (CAB + STEB) layers: the whole input train summed with shifts,
+    values rescaled, max-pooled and re-encoded as T steps of spikes."""
+    net = random_stcb_network(seed)
+    x = random_frames(net, seed)[:, :1]
+    ref, res, mm = check(net, x, P, seed=seed)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout_stcb(ref, res)
+
+
+def assert_readout_stcb(ref, res):
+    assert res.scores == ref.scores[0].tolist()
+    assert res.prediction == int(ref.classes[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 116), ids=[f"stcb-seed{s}" for s in range(100, 116)])
+def test_random_stcb_network_matches_golden_larger(seed):
+    net = random_stcb_network(seed, size=(6, 10), channels=(2, 8))
+    x = random_frames(net, seed)[:, :1]
+    ref, res, mm = check(net, x, 1 + seed % 4, seed=seed, idle=0.0)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout_stcb(ref, res)
+
+
+def test_quantized_stcsnn_matches_golden():
+    from spikeforge.sw.models import build
+    from spikeforge.sw.quantize import QuantConfig, quantize
+    torch.manual_seed(0)
+    model = build("stcsnn-vgg", channels=(2, 2, 3, 3), hidden=8, timesteps=3,
+                  input_shape=(1, 8, 8))
+    model.eval()
+    with torch.no_grad():  # random weights, scaled so that every layer has values
+        for layer in model.layers:
+            layer.syn.weight.mul_(2.0)
+            layer.syn.bias.abs_()
+    net = quantize(model, QuantConfig(input_bits=4))
+    x = torch.randint(0, 256, (1, 1, 1, 8, 8), generator=torch.Generator().manual_seed(1),
+                      dtype=torch.uint8)
+    ref = golden.run(net, x)
+    assert all(int(s.sum()) for s in ref.spikes), "test needs spikes in every layer"
+    res = simulate(NetworkTop(net, [2, 2, 3, 3, 4, 5]), input_events(net, x[0]))
+    mm = first_mismatch(net, ref.spikes, res.spikes)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout_stcb(ref, res)
+
+
+@pytest.mark.parametrize("seed,fault,layer", [(5, "threshold", 0), (15, "decay", 0),
+                                              (1, "decay", 2)],
+                         ids=["seed5-threshold-L0", "seed15-decay-L0", "seed1-decay-L2"])
+def test_comparison_catches_a_broken_design(seed, fault, layer):
+    net = random_network(seed)
+    x = random_frames(net, seed)
+    ref = golden.run(net, x)
+    if fault == "decay":  # the golden model itself must care about the wrong shift
+        il = net.layers[layer]
+        bad = dataclasses.replace(il, decay_shifts=(il.decay_shifts[0] + 1,) + il.decay_shifts[1:])
+        alt = golden.run(IntNetwork(net.spec, tuple(bad if i == layer else l
+                                                    for i, l in enumerate(net.layers))), x)
+        assert any((a != b).any() for a, b in zip(ref.spikes, alt.spikes))
+    _, res, mm = check(net, x, 2, faults={layer: fault})
+    assert mm is not None and mm.layer >= layer
+    assert mm.expected != mm.got
+    # and the same network without the fault matches
+    assert check(net, x, 2)[2] is None
+
+
+def test_runtime_memory_writes_and_back_to_back_inferences():
+    """Build the top for one network, write another's memories through
+    ``mem_write``, then run two inferences (``start`` clears the state)."""
+    net_a = random_network(4, size=(6, 8), channels=(2, 4))
+    gen = torch.Generator().manual_seed(9)
+    layers = []
+    for il in net_a.layers:
+        lim = 1 << (il.weight_bits - 1)
+        w = torch.randint(-lim, lim, il.weight.shape, generator=gen)
+        layers.append(dataclasses.replace(il, weight=w, theta=(il.theta + 1) // 2 + 1))
+    net_b = IntNetwork(net_a.spec, tuple(layers))
+    P = lanes(net_a, 2)
+    writes = []
+    for sel, (name, (_, words)) in enumerate(memories(net_b, P).items()):
+        writes += [(sel, addr, word) for addr, word in enumerate(words)]
+    xs = [random_frames(net_a, s) for s in (1, 2)]
+    top = NetworkTop(net_a, P)
+    results = simulate_many(top, [input_events(net_a, x[0]) for x in xs], writes=writes)
+    for x, res in zip(xs, results):
+        ref = golden.run(net_b, x)
+        assert first_mismatch(net_b, ref.spikes, res.spikes) is None
+        assert_readout(net_b, ref, res)
+    assert any(int(golden.run(net_a, x).spikes[0].sum() != golden.run(net_b, x).spikes[0].sum())
+               for x in xs)
+
+
+def test_first_mismatch_reports_layer_step_neuron():
+    net = random_network(2)
+    x = random_frames(net, 2)
+    ref = golden.run(net, x)
+    spikes = []
+    for li, layer in enumerate(net.spec.layers):
+        n = layer.out_features
+        ho, wo = (1, 1) if layer.kind.value == "fc" else layer.out_size
+        per = golden.unpack(ref.spikes[li][:, 0], n)
+        steps = []
+        for t in range(net.spec.timesteps):
+            idx = per[t].nonzero().flatten().tolist()
+            steps.append([(i // (ho * wo), i // wo % ho, i % wo) for i in idx])
+        spikes.append(steps)
+    assert first_mismatch(net, ref.spikes, spikes) is None
+    c, y, xx = spikes[0][1][0]
+    spikes[0][1].append((c, y, xx))  # a duplicate
+    mm = first_mismatch(net, ref.spikes, spikes)
+    ho, wo = net.spec.layers[0].out_size
+    assert mm == (0, 1, (c * ho + y) * wo + xx, 1, 2)
+
+
+def test_random_suite_covers_the_space():
+    """The fast seeds span the brief's ranges (checked without simulating)."""
+    seen = {k: set() for k in ("kernel", "pool", "reset", "kind", "P", "bits", "T", "convs",
+                               "encoding", "wbits", "padding")}
+    for seed, P in FAST:
+        net = random_network(seed, size=(6, 8), channels=(2, 5))
+        seen["P"].add(P)
+        seen["bits"].add(net.layers[0].input_bits)
+        seen["T"].add(net.spec.timesteps)
+        seen["encoding"].add(net.spec.encoding)
+        seen["convs"].add(sum(l.kind.value == "conv" for l in net.spec.layers))
+        for il in net.layers:
+            s = il.spec
+            seen["reset"].add(s.neuron.reset.value)
+            seen["kind"].add(s.neuron.kind.value)
+            seen["wbits"].add(il.weight_bits)
+            if s.kind.value == "conv":
+                seen["kernel"].add(s.kernel)
+                seen["pool"].add(s.pool)
+                seen["padding"].add(s.padding)
+    assert seen["kernel"] == {1, 3} and seen["pool"] == {1, 2} and seen["convs"] == {1, 2}
+    assert seen["reset"] == {"zero", "subtract", "none"} and seen["kind"] == {"lif", "if"}
+    assert seen["P"] == {1, 2, 3, 4} and seen["bits"] == {1, 2, 3, 4}
+    assert seen["T"] == {2, 3, 4, 5} and seen["encoding"] == {"direct", "bitplane"}
+    assert {0, 1, 2} <= seen["padding"] and min(seen["wbits"]) == 2 and max(seen["wbits"]) == 8
