@@ -44,7 +44,9 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--train-limit", type=int, default=None,
                    help="train on the first N samples only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="model builder override, e.g. --set channels=[16,32] (repeatable)")
+                   help="model builder override, e.g. --set channels=[16,32] (repeatable)"
+                        + (f"; defaults: {defaults.overrides}" if defaults.overrides else ""))
+    p.set_defaults(base_overrides=dict(defaults.overrides))
 
 
 def train_config(args, **fixed):
@@ -52,7 +54,8 @@ def train_config(args, **fixed):
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                        timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, loss=args.loss, hybrid_epochs=args.hybrid_epochs,
-                       train_limit=args.train_limit, overrides=_overrides(args.set), **fixed)
+                       train_limit=args.train_limit,
+                       overrides={**args.base_overrides, **_overrides(args.set)}, **fixed)
 
 
 def cmd_train(args) -> int:
@@ -71,9 +74,18 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="pixel bits fed as bit planes to layer 0 (default %(default)s)")
 
 
+def _lanes(text: str):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma list, not {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def _add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=int, default=4,
-                   help="output-channel lanes P of the engine (default %(default)s)")
+    p.add_argument("--lanes", type=_lanes, default=4,
+                   help="output-channel lanes P of the engine: one for all layers or one per "
+                        "layer, e.g. 4,8,2,2 (default %(default)s)")
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
