@@ -90,7 +90,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
     _add_export_args(p)
-    p.add_argument("--images", type=int, default=50,
+    p.add_argument("--images", type=int, default=200,
                    help="test images to simulate (default %(default)s)")
 
 

@@ -178,6 +178,29 @@ class _Layer(nn.Module):
         return fn(o, p)
 
 
+def _repeated_batchnorm(bn: nn.modules.batchnorm._BatchNorm, y: torch.Tensor,
+                        repeats: int) -> torch.Tensor:
+    """``bn`` applied to ``repeats`` stacked copies of ``y`` (batch first), computed
+    on ``y`` alone: the batch mean and (biased) variance of the copies are those
+    of ``y``; the running variance takes the unbiased estimate over all copies,
+    as ``bn`` on the stacked batch would."""
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    if not training:
+        return bn(y)        # running statistics: elementwise, the same per copy
+    out = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            dims = [0] + list(range(2, y.dim()))
+            n = repeats * y.numel() // y.shape[1]
+            mean = y.mean(dims)
+            var = y.var(dims, unbiased=False) * (n / max(n - 1, 1))
+            bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
+            bn.running_var.mul_(1 - m).add_(var.to(bn.running_var.dtype), alpha=m)
+    return out
+
+
 class SpikingNet(nn.Module):
     """A feed-forward SNN built from ``spec``; see the module docstring."""
 
@@ -214,20 +237,46 @@ class SpikingNet(nn.Module):
         for n, layer in enumerate(self.layers):
             s = layer.spec
             beta = hybrid_beta if n < last else None
-            flat = h.reshape(T * B, -1) if s.kind is LayerKind.FC else h.reshape(T * B, *h.shape[2:])
-            if s.kind is LayerKind.FC and self.dropout is not None and n == last:
-                flat = self.dropout(flat)
-            cur = layer.current(flat, layer.syn, layer.bn)
-            o = layer.neuron(cur.view(T, B, *cur.shape[1:]), beta)
-            if s.kind is LayerKind.RESBLOCK:
-                cur2 = layer.current(o.flatten(0, 1), layer.syn2, layer.bn2) + flat
-                o = layer.neuron2(cur2.view(T, B, *cur2.shape[1:]), beta)
-            if s.pool > 1:
+            # max pooling of a LIF layer's output is fused into the neuron
+            pool = s.pool if s.pool > 1 and s.pool_mode is PoolMode.MAX else 1
+            if n == 0 and self._static_input(x):
+                # direct encoding of a static frame: layer 0's current is the same at
+                # every step, so compute it once on B frames (same values; the
+                # gradient sums over T) and let the neuron repeat it T times
+                flat = x[0].reshape(B, -1) if s.kind is LayerKind.FC else x[0]
+                cur = layer.current(flat, layer.syn, None)
+                if layer.bn is not None:
+                    cur = _repeated_batchnorm(layer.bn, cur, T)
+                o = layer.neuron(cur, beta, steps=T, pool=pool)
+            else:
+                flat = h.reshape(T * B, -1) if s.kind is LayerKind.FC else h.reshape(T * B, *h.shape[2:])
+                if s.kind is LayerKind.FC and self.dropout is not None and n == last:
+                    flat = self.dropout(flat)
+                cur = layer.current(flat, layer.syn, layer.bn)
+                if s.kind is LayerKind.RESBLOCK:
+                    o = layer.neuron(cur.view(T, B, *cur.shape[1:]), beta)
+                    cur2 = layer.current(o.flatten(0, 1), layer.syn2, layer.bn2) + flat
+                    o = layer.neuron2(cur2.view(T, B, *cur2.shape[1:]), beta, pool=pool)
+                else:
+                    o = layer.neuron(cur.view(T, B, *cur.shape[1:]), beta, pool=pool)
+            if s.pool > 1 and pool == 1:
                 o = layer.pool(o.flatten(0, 1)).view(T, B, s.out_channels, *s.out_size)
             spikes.append(o)
             h = o
         scores = h.sum(0).view(B, self.spec.classes, self.spec.voting).sum(2)
         return Trace(scores, spikes)
+
+    def _static_input(self, x: torch.Tensor) -> bool:
+        """Layer 0 may run once on ``x[0]``: a static frame, direct-encoded,
+        truly the same at every step, and no dropout or skip in layer 0."""
+        s, l0 = self.spec, self.spec.layers[0]
+        if s.frames != 1 or s.encoding != "direct" or x.shape[0] < 2:
+            return False
+        if l0.kind is LayerKind.RESBLOCK or (self.dropout is not None and len(self.layers) == 1):
+            return False
+        if l0.batchnorm and x.shape[1] * l0.conv_size[0] * l0.conv_size[1] < 2:
+            return False    # batch norm needs two values per channel in B frames
+        return x.stride(0) == 0 or bool((x[1:] == x[:1]).all())
 
     def _run_stcb(self, x: torch.Tensor) -> Trace:
         # an STCB network sees a static input value; direct encoding repeats it over T

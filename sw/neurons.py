@@ -158,14 +158,97 @@ class _LIFSequence(torch.autograd.Function):
         return grad_i, None, None
 
 
-def lif_sequence(i: torch.Tensor, p: LIFParams, hybrid_beta: float | None = None) -> torch.Tensor:
-    """Spikes ``[T, ...]`` for input currents ``i`` ``[T, ...]`` from a zero state (fused path)."""
-    return _LIFSequence.apply(i, p, hybrid_beta)
+class _LIFKernel(torch.autograd.Function):
+    """:class:`_LIFSequence` (optionally with a static input and a fused max
+    pool) in the C++ kernel of ``lif_kernel.cpp``; same maths, same gradient.
+    Saves only the input current; the backward recomputes ``u`` from it."""
+
+    @staticmethod
+    def forward(ctx, i, p: LIFParams, hybrid_beta, steps: int, pool: int):
+        mode = _MODE_HYBRID if hybrid_beta is not None else _MODES[p.reset]
+        beta = 0.0 if hybrid_beta is None else float(hybrid_beta)
+        out = torch.ops.spikeforge_lif.forward(i, steps, pool, mode, float(p.decay),
+                                               float(p.theta), beta)
+        ctx.save_for_backward(i)
+        ctx.args = (steps, pool, mode, float(p.decay), float(p.theta), beta)
+        ctx.surrogate = (_SURROGATES[p.surrogate],
+                         float(sg.DEFAULT_WIDTH[p.surrogate] if p.width is None else p.width),
+                         float(p.bpta))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_o):
+        (i,) = ctx.saved_tensors
+        grad_i = torch.ops.spikeforge_lif.backward(grad_o, i, *ctx.args, *ctx.surrogate)
+        return grad_i, None, None, None, None
 
 
-def lif_sequence_stepwise(i: torch.Tensor, p: LIFParams,
-                          hybrid_beta: float | None = None) -> torch.Tensor:
+_MODES = {Reset.ZERO: 0, Reset.SUBTRACT: 1, Reset.NONE: 2}
+_MODE_HYBRID = 3
+_SURROGATES = {name: n for n, name in enumerate(("gaussian", "rect", "fast_sigmoid", "bpsa"))}
+
+
+def kernel(verbose: bool = False) -> bool:
+    """Build (first call on a machine, a few seconds) and load the fused C++
+    LIF kernel; ``True`` when it is usable.  On failure one warning is issued
+    and :func:`lif_sequence` keeps to its PyTorch path."""
+    from spikeforge.sw import lif_kernel
+    return lif_kernel.load(verbose)
+
+
+def _kernel_applies(i: torch.Tensor, p: LIFParams) -> bool:
+    return (i.device.type == "cpu" and i.dtype in (torch.float32, torch.float64)
+            and p.surrogate in _SURROGATES and i.dim() >= 1)
+
+
+def max_pool(o: torch.Tensor, pool: int) -> torch.Tensor:
+    """``F.max_pool2d(., pool)`` over the last two axes of ``[..., H, W]``."""
+    if pool == 1:
+        return o
+    flat = o if o.dim() <= 4 else o.reshape(-1, *o.shape[-3:])
+    y = torch.nn.functional.max_pool2d(flat, pool)
+    return y.view(*o.shape[:-2], *y.shape[-2:])
+
+
+def lif_sequence(i: torch.Tensor, p: LIFParams, hybrid_beta: float | None = None, *,
+                 steps: int | None = None, pool: int = 1,
+                 use_kernel: bool | None = None) -> torch.Tensor:
+    """Spikes ``[T, ...]`` for input currents ``i`` ``[T, ...]`` from a zero state (fused path).
+
+    ``steps``: ``i`` is one static current ``[...]`` applied at each of
+    ``steps`` steps (as ``i.expand(steps, ...)``; its gradient is the sum over
+    t).  ``pool > 1``: the output max-pooled over its last two axes, exactly
+    as ``F.max_pool2d(o, pool)`` (gradient to each window's first maximum).
+    ``use_kernel``: the C++ kernel (``True``, an error when it cannot be
+    used), the PyTorch path (``False``), or the kernel where it is available
+    and applies (``None``).
+    """
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer, not {steps!r}")
+    if not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool must be a positive integer, not {pool!r}")
+    if use_kernel is None:
+        use_kernel = _kernel_applies(i, p) and kernel()
+    elif use_kernel:
+        if not _kernel_applies(i, p):
+            raise ValueError("the LIF kernel takes float32/float64 CPU tensors and a known surrogate")
+        if not kernel():
+            raise RuntimeError("the LIF kernel is unavailable (see the warning)")
+    if use_kernel:
+        return _LIFKernel.apply(i, p, hybrid_beta, steps or 0, pool)
+    if steps is not None:
+        i = i.expand(steps, *i.shape)
+    return max_pool(_LIFSequence.apply(i, p, hybrid_beta), pool)
+
+
+def lif_sequence_stepwise(i: torch.Tensor, p: LIFParams, hybrid_beta: float | None = None, *,
+                          steps: int | None = None, pool: int = 1) -> torch.Tensor:
     """Reference for :func:`lif_sequence`: :func:`lif_step` in a Python loop."""
+    if steps is not None:
+        i = i.expand(steps, *i.shape)
+    if pool > 1:
+        return max_pool(lif_sequence_stepwise(i, p, hybrid_beta), pool)
     state = lif_init(i[0])
     out = []
     for t in range(i.shape[0]):
@@ -230,9 +313,11 @@ class LIF(nn.Module):
         self.params = LIFParams.from_spec(spec)
         self.fused = fused
 
-    def forward(self, i: torch.Tensor, hybrid_beta: float | None = None) -> torch.Tensor:
+    def forward(self, i: torch.Tensor, hybrid_beta: float | None = None, *,
+                steps: int | None = None, pool: int = 1) -> torch.Tensor:
+        """``steps``/``pool``: see :func:`lif_sequence` (static input, fused max pool)."""
         fn = lif_sequence if self.fused else lif_sequence_stepwise
-        return fn(i, self.params, hybrid_beta)
+        return fn(i, self.params, hybrid_beta, steps=steps, pool=pool)
 
     def extra_repr(self) -> str:
         p = self.params
