@@ -1,0 +1,537 @@
+"""The host driver: one :class:`Board` class over a byte transport.
+
+Transports (anything with ``write(bytes)``, ``read(n, timeout) -> bytes``
+returning as soon as at least one byte is there or ``b""`` after ``timeout``
+seconds, and ``now() -> seconds``):
+
+* :class:`SerialTransport`: a real board's USB-serial port (pyserial);
+* :class:`CocotbTransport`: the bit-level UART of a cocotb simulation (the
+  driver runs in a :func:`cocotb.bridge` thread; time is simulated time).
+
+The same :class:`Board` code drives both.  It talks stop-and-wait: one
+request, then its reply (matched by command and sequence number).  Recovery:
+
+* an error frame CRC, TIMEOUT or LENGTH over the maximum (a damaged length
+  field) from the board means the request was not executed: it is sent again (up to ``retries`` times) after the line has been
+  drained (silent for ``quiet`` seconds);
+* no reply, or a reply that fails the host's own checks, is ambiguous:
+  idempotent requests (PING, WRITE, START, RESULT, PERF) are sent again;
+  EVENTS is not, and :meth:`Board.infer` starts the whole inference again
+  (START resets the engine);
+* DISCARDED notices (bytes the board dropped outside frames) are kept in
+  :attr:`Board.notices`, never mistaken for a reply.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spikeforge.errors import SpikeforgeError
+
+from . import protocol as P
+from .protocol import BoardError, BoardInfo, Cmd, ErrorCode, FrameError, ProtocolError, Result
+
+__all__ = ["Board", "Inference", "SerialTransport", "CocotbTransport", "LinkTimeout", "golden_counts",
+           "BoardMismatch", "infer_run", "infer_images", "BoardResultMismatch"]
+
+
+class LinkTimeout(ProtocolError):
+    """No (complete) reply within the timeout."""
+
+
+class BoardMismatch(ProtocolError):
+    """The board's bitstream was built for another network or lane count."""
+
+
+@dataclass(frozen=True)
+class Inference:
+    prediction: int
+    counts: list[int]
+    cycles: int
+
+
+# --------------------------------------------------------------------------- transports
+
+
+class SerialTransport:
+    """A serial port (pyserial), 8N1 at ``baud``."""
+
+    def __init__(self, port: str, baud: int = 1_000_000):
+        try:
+            import serial
+        except ImportError:
+            raise ProtocolError("pyserial is not installed: pip install pyserial") from None
+        try:
+            self.ser = serial.Serial(port, baud, timeout=0.1)
+        except (serial.SerialException, OSError) as e:
+            raise ProtocolError(f"cannot open serial port {port}: {e}") from None
+
+    def write(self, data: bytes) -> None:
+        self.ser.write(data)
+        self.ser.flush()
+
+    def read(self, n: int, timeout: float) -> bytes:
+        self.ser.timeout = max(0.0, timeout)
+        first = self.ser.read(1)
+        if not first or n == 1:
+            return first
+        more = min(n - 1, self.ser.in_waiting)
+        return first + (self.ser.read(more) if more else b"")
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def close(self) -> None:
+        self.ser.close()
+
+
+class CocotbTransport:
+    """The host end of a bit-level UART on simulated pins (cocotb).
+
+    ``rx``: the DUT's receive pin (driven here, bit by bit, ``bit_ns`` per
+    bit); ``tx``: its transmit pin (sampled in the middle of each bit by a
+    monitor task).  Create it in the cocotb test, then call :class:`Board`
+    methods from a ``cocotb.bridge`` thread: each transport call blocks that
+    thread while the simulator runs.  ``corrupt(data)`` hooks let a test damage
+    outgoing bytes.
+    """
+
+    def __init__(self, rx, tx, bit_ns: int):
+        import cocotb
+        from cocotb.triggers import Event
+
+        if type(bit_ns) is not int or bit_ns < 2:
+            raise ValueError(f"bit_ns must be an integer of at least 2, not {bit_ns!r}")
+        self._rx, self._tx, self.bit_ns = rx, tx, bit_ns
+        self._rx.value = 1
+        self._bytes = bytearray()
+        self._event = Event()
+        self.frame_errors = 0
+        self._task = cocotb.start_soon(self._monitor())
+        from cocotb.task import resume
+        self._write_b = resume(self._write)
+        self._read_b = resume(self._read)
+        self._now_b = resume(self._now)
+        self._idle_b = resume(self._idle)
+
+    async def _write(self, data: bytes) -> None:
+        from cocotb.triggers import Timer
+        bits = []
+        for b in data:
+            bits += [0] + [(b >> i) & 1 for i in range(8)] + [1]
+        i = 0
+        while i < len(bits):  # one timer per run of equal bits
+            j = i
+            while j < len(bits) and bits[j] == bits[i]:
+                j += 1
+            self._rx.value = bits[i]
+            await Timer((j - i) * self.bit_ns, unit="ns")
+            i = j
+
+    async def _monitor(self) -> None:
+        from cocotb.triggers import FallingEdge, Timer
+        half = self.bit_ns // 2
+        while True:
+            await FallingEdge(self._tx)
+            await Timer(half, unit="ns")
+            if int(self._tx.value):
+                continue  # glitch
+            b = 0
+            for i in range(8):
+                await Timer(self.bit_ns, unit="ns")
+                b |= int(self._tx.value) << i
+            await Timer(self.bit_ns, unit="ns")
+            if not int(self._tx.value):
+                self.frame_errors += 1
+            self._bytes.append(b)
+            self._event.set()
+
+    async def _read(self, n: int, timeout: float) -> bytes:
+        import math
+
+        from cocotb.triggers import First, Timer
+        if not self._bytes and timeout > 0:
+            self._event.clear()
+            await First(self._event.wait(), Timer(max(1, math.ceil(timeout * 1e9)), unit="ns"))
+        out = bytes(self._bytes[:n])
+        del self._bytes[:n]
+        return out
+
+    async def _now(self) -> float:
+        from cocotb.utils import get_sim_time
+        return get_sim_time("ns") * 1e-9
+
+    async def _idle(self, seconds: float) -> None:
+        import math
+
+        from cocotb.triggers import Timer
+        await Timer(max(1, math.ceil(seconds * 1e9)), unit="ns")
+
+    def write(self, data: bytes) -> None:
+        self._write_b(bytes(data))
+
+    def read(self, n: int, timeout: float) -> bytes:
+        return self._read_b(n, timeout)
+
+    def now(self) -> float:
+        return self._now_b()
+
+    def idle(self, seconds: float) -> None:
+        """Let ``seconds`` of simulated time pass with the line idle."""
+        self._idle_b(seconds)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _not_executed(e: BoardError) -> bool:
+    """Whether the error says a frame was damaged on the line (so it was not
+    executed and may be sent again): CRC, TIMEOUT, or LENGTH over the maximum
+    (a corrupted length field; LENGTH for a whole frame is the host's fault)."""
+    return e.code in (ErrorCode.CRC, ErrorCode.TIMEOUT) or (
+        e.code is ErrorCode.LENGTH and e.detail > P.MAX_PAYLOAD)
+
+
+class Board:
+    """Host driver of a board running the spikeforge bridge.
+
+    Parameters
+    ----------
+    transport
+        :class:`SerialTransport`, :class:`CocotbTransport` or alike.
+    timeout : float
+        Seconds to wait for a reply (transport time).
+    retries : int
+        Resends of a failed request (module docstring).
+    quiet : float, optional
+        Silence that ends a drain; default: twice the board's receive timeout
+        (from PING), 0.2 s before the first PING.
+    """
+
+    def __init__(self, transport, *, timeout: float = 1.0, retries: int = 3,
+                 quiet: float | None = None):
+        self.t = transport
+        self.timeout = timeout
+        self.retries = retries
+        self._quiet = quiet
+        self._seq = 0
+        self._parser = P.Parser()
+        self._items: list = []
+        self.info: BoardInfo | None = None
+        self.net = None
+        self.lanes: list[int] | None = None
+        self._fmt = None
+        self.notices: list = []
+        self.resends = 0
+
+    # ------------------------------------------------------------------ link
+
+    @property
+    def quiet(self) -> float:
+        if self._quiet is not None:
+            return self._quiet
+        return 2 * self.info.timeout_s + 1e-3 if self.info else 0.2
+
+    def drain(self) -> None:
+        """Wait until the line has been silent for ``quiet`` seconds; forget
+        partial input (notices in it are kept)."""
+        while True:
+            data = self.t.read(4096, self.quiet)
+            if not data:
+                break
+            self._collect(self._parser.feed(data), strict=False)
+        self._collect(self._parser.expire(), strict=False)
+        self._parser.reset()
+        self._items.clear()
+
+    def _collect(self, items: list, strict: bool = True) -> None:
+        for it in items:
+            if isinstance(it, ProtocolError) and it.code is ErrorCode.DISCARDED:
+                self.notices.append(it)
+            elif isinstance(it, P.Frame) and it.cmd == P.ERROR and len(it.payload) == 4 \
+                    and it.payload[0] == ErrorCode.DISCARDED:
+                self.notices.append(P.parse_error(it))
+            elif strict:
+                self._items.append(it)
+            else:
+                self.notices.append(it)
+
+    def _await(self, cmd: int, seq: int) -> P.Frame:
+        deadline = self.t.now() + self.timeout
+        while True:
+            while self._items:
+                it = self._items.pop(0)
+                if isinstance(it, ProtocolError):
+                    raise it
+                if it.cmd == P.ERROR:
+                    raise P.parse_error(it)
+                if it.cmd == (cmd | P.REPLY) and it.seq == seq:
+                    return it
+                self.notices.append(it)  # a stale reply
+            left = deadline - self.t.now()
+            data = self.t.read(4096, left) if left > 0 else b""
+            if not data:
+                self._collect(self._parser.expire())
+                if self._items:
+                    continue
+                raise LinkTimeout(f"no reply to {Cmd(cmd).name} within {self.timeout:g} s")
+            self._collect(self._parser.feed(data))
+
+    def request(self, cmd: Cmd, payload: bytes = b"", *, idempotent: bool = True) -> bytes:
+        """Send one request and return its reply's payload (module docstring
+        for the resend rules)."""
+        for attempt in range(self.retries + 1):
+            self._seq = (self._seq + 1) & 0xFF
+            self.t.write(P.encode(cmd, self._seq, payload))
+            try:
+                return self._await(cmd, self._seq).payload
+            except BoardError as e:
+                if not _not_executed(e) or attempt == self.retries:
+                    raise
+            except ProtocolError:
+                if not idempotent or attempt == self.retries:
+                    raise
+            self.resends += 1
+            self.drain()
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ commands
+
+    def ping(self) -> BoardInfo:
+        """Drain the line, then ask the board what it is."""
+        self.drain()
+        self.info = BoardInfo.unpack(self.request(Cmd.PING))
+        if self.info.version != P.VERSION:
+            raise BoardMismatch(f"board speaks protocol version {self.info.version}, this host "
+                                f"{P.VERSION}")
+        return self.info
+
+    def attach(self, net, lanes=None) -> None:
+        """Use ``net`` with ``lanes`` on this board (checks the bitstream's design
+        id, writes nothing).  ``lanes=None``: the one lane count for all layers
+        whose design id the board reports."""
+        from spikeforge.hw.network import lane_counts
+        from spikeforge.hw.streams import EventFormat
+        if self.info is None:
+            self.ping()
+        if lanes is None:
+            top = min(l.out_channels for l in net.spec.layers)
+            found = [p for p in range(1, top + 1)
+                     if P.design_id(net, [p] * len(net.layers)) == self.info.design_id]
+            lanes = found[0] if found else 1
+        lanes = lane_counts(net, lanes)
+        want = P.design_id(net, lanes)
+        if self.info.design_id != want:
+            raise BoardMismatch(
+                f"the board's bitstream was built for another network (design id "
+                f"0x{self.info.design_id:08x}, this network with lanes {lanes}: 0x{want:08x}); "
+                "rebuild it with `spikeforge build` or load a matching weight image")
+        self.net, self.lanes, self._fmt = net, lanes, EventFormat.for_network(net)
+
+    def write_memory(self, select: int, words: list[int], addr: int = 0) -> None:
+        """Write ``words`` into memory ``select`` from word ``addr`` on."""
+        info = self._need_info()
+        a, d = info.addr_bytes, info.data_bytes
+        rec = 1 + a + d
+        per = P.MAX_PAYLOAD // rec
+        for s in range(0, len(words), per):
+            chunk = words[s:s + per]
+            payload = b"".join(bytes([select]) + (addr + s + i).to_bytes(a, "little")
+                               + w.to_bytes(d, "little") for i, w in enumerate(chunk))
+            self.request(Cmd.WRITE, payload)
+
+    def load(self, net, lanes=None) -> int:
+        """Write every memory of ``net`` (:func:`spikeforge.image.memories`)
+        into the board (``lanes``: see :meth:`attach`); returns the number of
+        words written."""
+        from spikeforge import image
+        self.attach(net, lanes)
+        n = 0
+        for i, (name, (_, words)) in enumerate(image.memories(net, self.lanes).items()):
+            self.write_memory(i, words)  # L0_weights, L0_neurons, L1_weights, ... = 0, 1, 2, ...
+            n += len(words)
+        return n
+
+    def start(self) -> None:
+        self.request(Cmd.START)
+
+    def send_events(self, beats: list[int]) -> None:
+        """Event beats (packed payloads) into the engine, in frames."""
+        info = self._need_info()
+        for payload in P.pack_records(beats, info.event_bytes):
+            self.request(Cmd.EVENTS, payload, idempotent=False)
+
+    def result(self) -> Result:
+        info = self._need_info()
+        return Result.unpack(self.request(Cmd.RESULT), info.n_out, info.count_bytes)
+
+    def perf(self) -> list[dict]:
+        """Per-layer performance counters of the last inference."""
+        from spikeforge.hw.layer import PERF_FIELDS
+        info = self._need_info()
+        raw = self.request(Cmd.PERF)
+        n = len(PERF_FIELDS)
+        if len(raw) != info.layers * n * 4:
+            raise FrameError(f"PERF reply of {len(raw)} bytes, expected {info.layers * n * 4}")
+        vals = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
+        return [dict(zip(PERF_FIELDS, vals[l * n:(l + 1) * n])) for l in range(info.layers)]
+
+    def beats(self, frames) -> list[int]:
+        """The packed event beats of one sample (uint8 ``[F, C, H, W]``)."""
+        from spikeforge.hw.network import input_events
+        if self.net is None:
+            raise ProtocolError("no network: call load(net, lanes) or attach(net, lanes) first")
+        f = self._fmt
+        return [f.pack(e.channel, e.y, e.x, e.shift, int(e.last))
+                for e in input_events(self.net, frames)]
+
+    def infer(self, frames, *, timeout: float | None = None) -> Inference:
+        """One inference: START, the sample's events, then RESULT until done.
+        A failure on the way starts it again (up to ``retries`` times)."""
+        beats = self.beats(frames)
+        limit = self.timeout * 10 if timeout is None else timeout
+        for attempt in range(self.retries + 1):
+            try:
+                self.start()
+                self.send_events(beats)
+                deadline = self.t.now() + limit
+                while True:
+                    r = self.result()
+                    if r.done:
+                        return Inference(r.prediction, r.counts, r.cycles)
+                    if self.t.now() > deadline:
+                        raise LinkTimeout(f"the engine was not done {limit:g} s after the "
+                                          "last event")
+            except BoardError as e:
+                if e.code in (ErrorCode.LENGTH, ErrorCode.UNKNOWN) and not _not_executed(e) \
+                        or attempt == self.retries:
+                    raise
+            except ProtocolError:
+                if attempt == self.retries:
+                    raise
+            self.resends += 1
+            self.drain()
+        raise AssertionError("unreachable")
+
+    def _need_info(self) -> BoardInfo:
+        if self.info is None:
+            self.ping()
+        return self.info
+
+
+# --------------------------------------------------------------------------- CLI helper
+
+
+def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
+              board: str | None = None, transport=None) -> dict:
+    """``spikeforge infer --port PORT RUN --images N``: load the run's weight
+    image into the board at ``port``, play its first ``images`` test images,
+    compare class and spike counts with the golden model; writes and returns
+    ``RUN/board_infer.json``; raises :class:`BoardResultMismatch` (exit status
+    1) when any image differs, :class:`ProtocolError` on a link failure.
+
+    The lane count comes from ``RUN/build/<board>/report.json`` (the build the
+    board was flashed with: with ``board=None`` each build found is tried
+    against the board's design id).  ``transport`` replaces the serial port
+    (tests).
+    """
+    from spikeforge import image
+    from spikeforge.sw import data as sfdata
+    run_dir = Path(run_dir)
+    img = run_dir / "weights.sfimg"
+    if not img.exists():
+        raise SpikeforgeError(f"{img} is missing: run `spikeforge quantize {run_dir}` first")
+    net, meta = image.read_image(img)
+    builds = sorted((run_dir / "build").glob("*/report.json"))
+    if board is not None:
+        builds = [b for b in builds if b.parent.name == board]
+    if not builds:
+        raise SpikeforgeError(f"no build report under {run_dir / 'build'}: run `spikeforge build "
+                              f"{run_dir} --board ...` and flash the board first")
+    ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
+    if type(images) is not int or not 1 <= images <= len(ds.y_test):
+        raise SpikeforgeError(f"--images must be in 1..{len(ds.y_test)}, not {images}")
+    t = transport or SerialTransport(port, baud)
+    try:
+        b = Board(t)
+        info = b.ping()
+        cands = [json.loads(p.read_text()) for p in builds]
+        match = [c for c in cands if P.design_id(net, c["lanes"]) == info.design_id]
+        if not match:
+            raise BoardMismatch(f"the board at {port} (design id 0x{info.design_id:08x}) runs "
+                                f"none of the builds of {run_dir}: flash "
+                                f"{run_dir / 'build' / '<board>'} first")
+        rep = match[0]
+        out = infer_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images])
+    finally:
+        if transport is None:
+            t.close()
+    out = {"board": rep.get("board"), "port": port, **out}
+    (run_dir / "board_infer.json").write_text(json.dumps(out, indent=2))
+    if out["counts_mismatches"] or out["class_mismatches"]:
+        raise BoardResultMismatch(
+            f"{max(out['counts_mismatches'], out['class_mismatches'])} of {images} images "
+            f"differ from the golden model; see {run_dir / 'board_infer.json'}")
+    return out
+
+
+def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False) -> dict:
+    """Load ``net`` into the board, infer uint8 samples ``x [N, F, C, H, W]``
+    and compare each class and output count vector with the golden model
+    (``perf``: also read each inference's per-layer counters)."""
+    import torch
+
+    from spikeforge.sw import golden
+    t0 = b.t.now()
+    words = b.load(net, lanes)
+    load_s = b.t.now() - t0
+    ref = golden.run(net, x)
+    rows, t1 = [], b.t.now()
+    for i in range(x.shape[0]):
+        r = b.infer(x[i])
+        rows.append({"prediction": r.prediction, "golden": int(ref.classes[i]),
+                     "label": None if y is None else int(y[i]), "cycles": r.cycles,
+                     "counts": r.counts, "counts_match": _counts_match(net, ref, i, r.counts)}
+                    | ({"perf": b.perf()} if perf else {}))
+    wall = b.t.now() - t1
+    preds = torch.tensor([r["prediction"] for r in rows])
+    n = x.shape[0]
+    return {
+        "images": n, "lanes": b.lanes, "words_loaded": words, "load_seconds": load_s,
+        "class_mismatches": int((preds != ref.classes).sum()),
+        "counts_mismatches": sum(not r["counts_match"] for r in rows),
+        "board_accuracy": None if y is None else float((preds == y).float().mean()),
+        "golden_accuracy": None if y is None else float((ref.classes == y).float().mean()),
+        "cycles_per_inference": sum(r["cycles"] for r in rows) / n,
+        "link_inferences_per_second": n / wall if wall > 0 else None,
+        "resends": b.resends, "notices": len(b.notices), "per_image": rows,
+    }
+
+
+class BoardResultMismatch(SpikeforgeError):
+    """The board's results differ from the golden model (exit status 1)."""
+
+    exit_status = 1
+
+
+def _counts_match(net, ref, i: int, counts: list[int]) -> bool:
+    """Whether the board's output counts equal the golden model's for sample ``i``."""
+    return counts == golden_counts(net, ref, i)
+
+
+def golden_counts(net, ref, i: int) -> list[int]:
+    """The golden model's per-output-neuron counts for sample ``i`` (what the
+    engine's ``counts`` holds): spike counts over T, or for STCB networks the
+    value ``sum_t s[t] << (T-1-t)``."""
+    from spikeforge.sw import golden
+    n = net.spec.layers[-1].out_features
+    T = net.spec.timesteps
+    s = golden.unpack(ref.spikes[-1][:, i:i + 1], n)[:, 0].to("cpu").long()  # [T, n]
+    if net.layers[0].stcb:
+        v = sum(s[t] << (T - 1 - t) for t in range(T))
+    else:
+        v = s.sum(0)
+    return [int(c) for c in v]

@@ -1,0 +1,65 @@
+"""iCEBreaker (Lattice iCE40UP5K, 12 MHz oscillator, FT2232H USB-serial).
+
+:class:`~spikeforge.boards.top.BoardTop` runs on the board's 12 MHz clock
+directly (the engine of the default small network places at about twice that;
+see :mod:`.build`).  The UART is the FT2232H's second channel (``uart`` 0,
+pins 6 = FPGA rx, 9 = FPGA tx); 12 MHz / 1 Mbaud is an exact divisor (12).
+
+LEDs: the red LED (pin 11) is the error LED (``leds[2]``), the green one
+(pin 37) the heartbeat (``leds[0]``).  With the snap-off LED/button section
+attached (``pmod_leds=True``, the default), its five LEDs show UART activity,
+done, busy and prediction bits 0 and 1 (``leds[1], [3], [4], [5], [6]``).
+
+The UP5K has 30 block RAMs of 4 kbit and 5280 logic cells: only small
+networks fit (module :mod:`.build`).  Flash with ``iceprog top.bin`` or
+``openFPGALoader --board icebreaker top.bin``.
+"""
+
+from amaranth import *
+from amaranth.lib import io
+
+from .top import BoardTop
+
+__all__ = ["ICEBreakerWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
+
+DEVICE = "ice40up5k"
+PART = "iCE40UP5K"
+BITSTREAM = "top.bin"
+CLOCK_HZ = 12_000_000
+
+
+def platform(pmod_leds: bool = True):
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    p = ICEBreakerPlatform()
+    if pmod_leds:
+        p.add_resources(p.break_off_pmod)
+    return p
+
+
+class ICEBreakerWrapper(Elaboratable):
+    """Pins of the iCEBreaker around a :class:`BoardTop`."""
+
+    def __init__(self, top: BoardTop, pmod_leds: bool = True):
+        self.top = top
+        self.pmod_leds = pmod_leds
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.board = top = self.top
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+        m.d.comb += [_led(m, platform, 0).eq(top.leds[2]),   # red: error
+                     _led(m, platform, 1).eq(top.leds[0])]   # green: heartbeat
+        if self.pmod_leds:
+            for res, bit in zip(range(2, 7), (1, 3, 4, 5, 6)):
+                m.d.comb += _led(m, platform, res).eq(top.leds[bit])
+        return m
+
+
+def _led(m, platform, n):
+    """The output of LED ``n`` (the resource's inversion is in its port)."""
+    buf = io.Buffer("o", platform.request("led", n, dir="-"))
+    m.submodules[f"led{n}_buf"] = buf
+    return buf.o

@@ -1,0 +1,450 @@
+"""The host link: a framed, checksummed protocol over a UART (8N1).
+
+Frame (both directions; multi-byte fields little-endian)
+--------------------------------------------------------
+
+========  ======  ============================================================
+offset    size    field
+========  ======  ============================================================
+0         1       ``SYNC`` = ``0xA5``
+1         1       ``CMD``: a request command, ``CMD | 0x80`` for its reply,
+                  ``0xFF`` for an error frame
+2         1       ``SEQ``: chosen by the host, echoed in the reply
+3         2       ``LEN``: payload bytes, ``0 .. MAX_PAYLOAD`` (512)
+5         LEN     payload
+5+LEN     2       CRC-16/CCITT-FALSE (poly ``0x1021``, init ``0xFFFF``, no
+                  reflection, no final XOR) of bytes ``1 .. 5+LEN`` (CMD to the
+                  end of the payload)
+========  ======  ============================================================
+
+Requests (host to board) and their replies:
+
+=========  =====  ==========================================  ====================
+command    CMD    request payload                             reply payload
+=========  =====  ==========================================  ====================
+PING       0x01   none                                        :class:`BoardInfo`
+WRITE      0x02   records ``select u8, addr (A), data (D)``   none
+EVENTS     0x03   records of ``E`` bytes: event beats         none
+START      0x04   none                                        none
+RESULT     0x05   none                                        :class:`Result`
+PERF       0x06   none                                        per layer, the
+                                                              6 counters u32
+=========  =====  ==========================================  ====================
+
+* WRITE: each record is one beat of the engine's ``mem_write`` port: memory
+  ``select`` (``2n`` = layer ``n``'s weights, ``2n + 1`` its neuron words),
+  word ``addr`` (``A`` bytes) and ``data`` (``D`` bytes), the layouts of
+  :func:`spikeforge.image.memories`.  Addresses are not checked by the board.
+* EVENTS: each record is one beat of the engine's ``events`` port (its
+  payload, ``E`` bytes, see :class:`~spikeforge.hw.streams.EventFormat`:
+  ``channel, y, x, shift, last`` from bit 0 up).  The board feeds them in order
+  and replies once the engine has taken the last one.
+* START: pulses the engine's ``start`` (reset of cores and counters, then the
+  clear pass of the membrane banks; weights are kept).
+* RESULT: ``status u8`` (bit 0 ``done``, bit 1 ``clearing``), ``prediction
+  u8``, ``cycles u32`` and the output spike counts (``classes * voting``
+  values of ``C`` bytes each).  It does not wait: the host polls until ``done``.
+* ``A``, ``D``, ``E``, ``C`` and the engine's shape are in the PING reply.
+
+The board executes a request only after its checksum has been checked: a
+payload is received into a buffer first.
+
+Errors
+------
+An error frame has ``CMD = 0xFF``, the request's ``SEQ`` (0 if not received)
+and the payload ``code u8, cmd u8, detail u16`` (``cmd``: the request's
+command byte, 0 if not received).  Codes (:class:`ErrorCode`):
+
+=========  ====  ==============================================================
+code       val   meaning (board side)
+=========  ====  ==============================================================
+CRC        1     checksum mismatch; the frame was not executed
+LENGTH     2     ``LEN`` over ``MAX_PAYLOAD`` (sent as soon as the header is in;
+                 the rest of that frame is then discarded bytes) or not a valid
+                 length for the command (``detail`` = ``LEN``)
+UNKNOWN    3     unknown command (with a good checksum)
+TIMEOUT    4     a frame stopped: no byte for the receive timeout after a
+                 ``SYNC``; the partial frame is dropped (``detail``: bytes got)
+DISCARDED  5     bytes outside any frame (not ``SYNC`` while hunting, or sent
+                 while the board was busy) were dropped; ``detail`` = their
+                 number (saturating).  Sent once the line has been idle for the
+                 receive timeout: a notice, not the reply to a request.
+STALL      6     the engine did not take an event beat for the stall timeout;
+                 EVENTS aborted after ``detail`` beats (start again)
+=========  ====  ==============================================================
+
+Every ``SYNC`` that starts a frame gets exactly one reply (its reply or an
+error); nothing is dropped without an error frame.  After an error the board
+hunts for the next ``SYNC``: a corrupted frame costs that frame only.  The host
+side (:class:`Parser`) uses the same receiver rules, and raises
+:class:`ProtocolError` (:class:`FrameError` for a bad frame from the board,
+:class:`BoardError` for an error frame the board sent).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from spikeforge.errors import SpikeforgeError
+
+__all__ = ["SYNC", "VERSION", "MAX_PAYLOAD", "HEADER_BYTES", "CRC_BYTES", "REPLY", "ERROR",
+           "Cmd", "ErrorCode", "ProtocolError", "FrameError", "BoardError", "Frame", "crc16",
+           "encode", "decode", "Parser", "BoardInfo", "Result", "design_id", "link_layout",
+           "LinkLayout", "pack_records", "error_payload", "parse_error", "check_request"]
+
+SYNC = 0xA5
+VERSION = 1
+MAX_PAYLOAD = 512
+HEADER_BYTES = 5
+CRC_BYTES = 2
+REPLY = 0x80
+ERROR = 0xFF
+PERF_COUNTERS = 6
+
+
+class Cmd(IntEnum):
+    PING = 0x01
+    WRITE = 0x02
+    EVENTS = 0x03
+    START = 0x04
+    RESULT = 0x05
+    PERF = 0x06
+
+
+class ErrorCode(IntEnum):
+    CRC = 1
+    LENGTH = 2
+    UNKNOWN = 3
+    TIMEOUT = 4
+    DISCARDED = 5
+    STALL = 6
+
+
+class ProtocolError(SpikeforgeError, RuntimeError):
+    """A link failure: a bad frame, an error frame from the board, no reply,
+    or a board that does not match the network.  ``code``: the
+    :class:`ErrorCode` when there is one."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class FrameError(ProtocolError):
+    """A frame that failed the receiver's checks (host side); ``detail`` as in
+    the board's error frame (LENGTH: the length, TIMEOUT: bytes received,
+    DISCARDED: bytes dropped)."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None, detail: int = 0):
+        super().__init__(message, code)
+        self.detail = detail
+
+
+class BoardError(ProtocolError):
+    """An error frame sent by the board."""
+
+    def __init__(self, code: ErrorCode | int, cmd: int = 0, detail: int = 0, seq: int = 0):
+        try:
+            code = ErrorCode(code)
+            name = code.name
+        except ValueError:
+            name = f"code {code}"
+        try:
+            cname = Cmd(cmd).name
+        except ValueError:
+            cname = f"0x{cmd:02x}"
+        super().__init__(f"board error {name} (command {cname}, seq {seq}, detail {detail})",
+                         code)
+        self.cmd, self.detail, self.seq = cmd, detail, seq
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE (``crc16(b"123456789") == 0x29B1``)."""
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+@dataclass(frozen=True)
+class Frame:
+    cmd: int
+    seq: int
+    payload: bytes = b""
+
+
+def encode(cmd: int, seq: int, payload: bytes = b"") -> bytes:
+    """One frame's bytes."""
+    for name, v in (("cmd", cmd), ("seq", seq)):
+        if type(v) is not int and not isinstance(v, IntEnum) or not 0 <= v <= 255:
+            raise ProtocolError(f"{name} must be a byte (0..255), not {v!r}")
+    payload = bytes(payload)
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}",
+                            ErrorCode.LENGTH)
+    body = struct.pack("<BBH", int(cmd), seq, len(payload)) + payload
+    return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
+
+
+def decode(data: bytes) -> Frame:
+    """Exactly one frame from ``data`` (no bytes before or after it), or a
+    :class:`FrameError` naming the defect (its ``code``: CRC, LENGTH, TIMEOUT
+    for a truncated frame, DISCARDED for bytes outside the frame)."""
+    p = Parser()
+    items = p.feed(data) + p.expire()
+    frames = [i for i in items if isinstance(i, Frame)]
+    errors = [i for i in items if isinstance(i, ProtocolError)]
+    if errors:
+        raise errors[0]
+    if len(frames) != 1:
+        raise FrameError(f"{len(frames)} frames in {len(data)} bytes, expected one",
+                         ErrorCode.LENGTH)
+    return frames[0]
+
+
+class Parser:
+    """Byte-at-a-time receiver with the board's rules (module docstring).
+
+    :meth:`feed` returns the frames completed and the errors found
+    (:class:`FrameError` objects, returned, not raised): CRC, LENGTH (over
+    ``max_payload``); bytes outside a frame are counted and reported by
+    :meth:`expire` (DISCARDED), which the owner calls when the line has been
+    idle for its timeout; a partial frame is then dropped (TIMEOUT).
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD):
+        self.max_payload = max_payload
+        self.discarded = 0
+        self._buf: bytearray | None = None  # bytes of the frame after SYNC
+
+    @property
+    def in_frame(self) -> bool:
+        return self._buf is not None
+
+    def reset(self) -> None:
+        self.discarded = 0
+        self._buf = None
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        for b in bytes(data):
+            buf = self._buf
+            if buf is None:
+                if b == SYNC:
+                    self._buf = bytearray()
+                else:
+                    self.discarded += 1
+                continue
+            buf.append(b)
+            if len(buf) == 4:
+                n = buf[2] | buf[3] << 8
+                if n > self.max_payload:
+                    out.append(FrameError(f"frame length {n} exceeds {self.max_payload}",
+                                          ErrorCode.LENGTH, n))
+                    self._buf = None
+                    continue
+            if len(buf) >= 4 and len(buf) == 4 + (buf[2] | buf[3] << 8) + CRC_BYTES:
+                self._buf = None
+                body = bytes(buf[:-CRC_BYTES])
+                got = buf[-2] | buf[-1] << 8
+                want = crc16(body)
+                if got != want:
+                    out.append(FrameError(f"CRC mismatch: frame says 0x{got:04x}, bytes give "
+                                          f"0x{want:04x}", ErrorCode.CRC))
+                else:
+                    out.append(Frame(body[0], body[1], body[4:]))
+        return out
+
+    def expire(self) -> list:
+        """The line has been idle for the timeout: drop a partial frame
+        (TIMEOUT), report discarded bytes (DISCARDED)."""
+        out: list = []
+        if self._buf is not None:
+            out.append(FrameError(f"truncated frame: {len(self._buf) + 1} bytes, then silence",
+                                  ErrorCode.TIMEOUT, len(self._buf) + 1))
+            self._buf = None
+        if self.discarded:
+            out.append(FrameError(f"{self.discarded} bytes outside any frame",
+                                  ErrorCode.DISCARDED, self.discarded))
+            self.discarded = 0
+        return out
+
+
+def check_request(frame: Frame, info: "BoardInfo") -> tuple[ErrorCode, int] | None:
+    """The board's verdict on a request whose checksum was good: ``None`` (it
+    executes) or ``(code, detail)`` of the error frame it sends (UNKNOWN, or
+    LENGTH: a payload for PING / START / RESULT / PERF, or a WRITE / EVENTS
+    payload that is empty or not a whole number of records)."""
+    try:
+        cmd = Cmd(frame.cmd)
+    except ValueError:
+        return ErrorCode.UNKNOWN, 0
+    n = len(frame.payload)
+    if cmd in (Cmd.WRITE, Cmd.EVENTS):
+        rec = 1 + info.addr_bytes + info.data_bytes if cmd is Cmd.WRITE else info.event_bytes
+        ok = n > 0 and n % rec == 0
+    else:
+        ok = n == 0
+    return None if ok else (ErrorCode.LENGTH, n)
+
+
+def error_payload(code: int, cmd: int = 0, detail: int = 0) -> bytes:
+    return struct.pack("<BBH", code, cmd, min(detail, 0xFFFF))
+
+
+def parse_error(frame: Frame) -> BoardError:
+    """The :class:`BoardError` of an error frame."""
+    if frame.cmd != ERROR or len(frame.payload) != 4:
+        raise FrameError(f"not an error frame: command 0x{frame.cmd:02x}, "
+                         f"{len(frame.payload)} payload bytes")
+    code, cmd, detail = struct.unpack("<BBH", frame.payload)
+    return BoardError(code, cmd, detail, frame.seq)
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@dataclass(frozen=True)
+class LinkLayout:
+    """Byte sizes of the engine's ports on the link, from the network."""
+
+    layers: int
+    classes: int
+    n_out: int          # classes * voting output neurons
+    count_bytes: int    # C: bytes per output spike count
+    event_bytes: int    # E: bytes per event beat
+    addr_bytes: int     # A: bytes of a memory address
+    data_bytes: int     # D: bytes of a memory word
+    select_bits: int
+    addr_bits: int
+    data_bits: int
+    count_bits: int
+    prediction_bits: int
+
+    @property
+    def write_record(self) -> int:
+        return 1 + self.addr_bytes + self.data_bytes
+
+    @property
+    def writes_per_frame(self) -> int:
+        return MAX_PAYLOAD // self.write_record
+
+    @property
+    def events_per_frame(self) -> int:
+        return MAX_PAYLOAD // self.event_bytes
+
+    @property
+    def result_bytes(self) -> int:
+        return 6 + self.n_out * self.count_bytes
+
+    @property
+    def perf_bytes(self) -> int:
+        return self.layers * PERF_COUNTERS * 4
+
+
+def _nbytes(bits: int) -> int:
+    return max(1, -(-bits // 8))
+
+
+def link_layout(top) -> LinkLayout:
+    """The :class:`LinkLayout` of a :class:`~spikeforge.hw.network.NetworkTop`
+    (or anything with its members)."""
+    ml = top.mem_layout
+    sel = ml["select"].shape.width
+    addr = ml["addr"].shape.width
+    data = ml["data"].shape.width
+    cw = len(top.counts[0])
+    pw = top.fmt.width
+    spec = top.net.spec
+    if sel > 8:
+        raise ProtocolError(f"{sel} select bits do not fit the one-byte select field")
+    if len(top.prediction) > 8:
+        raise ProtocolError(f"{spec.classes} classes do not fit the one-byte prediction field")
+    return LinkLayout(len(spec.layers), spec.classes, top.n_out, _nbytes(cw), _nbytes(pw),
+                      _nbytes(addr), _nbytes(data), sel, addr, data, cw, len(top.prediction))
+
+
+def design_id(net, lanes) -> int:
+    """CRC-32 of everything the bitstream fixes about a network (spec, integer
+    widths, decay shifts, lanes): a board built for another network says so
+    before weights are written into it."""
+    import json
+    layers = [[il.weight_bits, il.state_bits, il.acc_bits, il.input_bits,
+               list(il.decay_shifts)] for il in net.layers]
+    text = json.dumps([net.spec.to_dict(), layers, list(lanes)], sort_keys=True)
+    return zlib.crc32(text.encode())
+
+
+INFO = struct.Struct("<BBBHBBBBHIII")
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """The PING reply (``INFO``: ``<BBBHBBBBHIII``, 23 bytes, in field order)."""
+
+    version: int
+    layers: int
+    classes: int
+    n_out: int
+    count_bytes: int
+    event_bytes: int
+    addr_bytes: int
+    data_bytes: int
+    max_payload: int
+    clock_hz: int
+    timeout_cycles: int
+    design_id: int
+
+    def pack(self) -> bytes:
+        return INFO.pack(self.version, self.layers, self.classes, self.n_out, self.count_bytes,
+                         self.event_bytes, self.addr_bytes, self.data_bytes, self.max_payload,
+                         self.clock_hz, self.timeout_cycles, self.design_id)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "BoardInfo":
+        if len(payload) != INFO.size:
+            raise FrameError(f"PING reply of {len(payload)} bytes, expected {INFO.size}")
+        return cls(*INFO.unpack(payload))
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout_cycles / self.clock_hz
+
+
+@dataclass(frozen=True)
+class Result:
+    """The RESULT reply."""
+
+    done: bool
+    clearing: bool
+    prediction: int
+    cycles: int
+    counts: list[int] = field(default_factory=list)
+
+    @classmethod
+    def unpack(cls, payload: bytes, n_out: int, count_bytes: int) -> "Result":
+        want = 6 + n_out * count_bytes
+        if len(payload) != want:
+            raise FrameError(f"RESULT reply of {len(payload)} bytes, expected {want}")
+        status, pred, cycles = struct.unpack_from("<BBI", payload)
+        counts = [int.from_bytes(payload[6 + i * count_bytes:6 + (i + 1) * count_bytes],
+                                 "little") for i in range(n_out)]
+        return cls(bool(status & 1), bool(status & 2), pred, cycles, counts)
+
+
+def pack_records(values: list[int], nbytes: int) -> list[bytes]:
+    """Payloads of at most ``MAX_PAYLOAD`` bytes holding ``values`` as
+    ``nbytes``-byte little-endian records (no record split between frames)."""
+    per = MAX_PAYLOAD // nbytes
+    out = []
+    for s in range(0, len(values), per):
+        out.append(b"".join(v.to_bytes(nbytes, "little") for v in values[s:s + per]))
+    return out

@@ -1,0 +1,53 @@
+"""ULX3S (Lattice ECP5 LFE5U-85F, 25 MHz oscillator, FT231X USB-serial).
+
+The engine, the host bridge and the LEDs (:class:`~spikeforge.boards.top.BoardTop`)
+run on the board's 25 MHz clock directly: the engine's Fmax on this part is
+about twice that for the default networks (see :mod:`.build`), so no PLL is
+needed and timing closes with margin.  The UART is the FT231X's (``uart`` 0,
+pins M1 = FPGA rx, L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact
+divisor (25).  LEDs 0..7 are ``BoardTop.leds`` 0..7.
+
+Flash with ``openFPGALoader --board ulx3s top.bit``.
+"""
+
+from amaranth import *
+from amaranth.lib import io
+
+from .top import BoardTop
+
+__all__ = ["ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
+
+DEVICE = "ecp5-85f"          # hw.fit device key
+PART = "LFE5U-85F"
+BITSTREAM = "top.bit"
+CLOCK_HZ = 25_000_000
+
+
+def platform():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    return ULX3S_85F_Platform()
+
+
+class ULX3SWrapper(Elaboratable):
+    """Pins of the ULX3S around a :class:`BoardTop`."""
+
+    def __init__(self, top: BoardTop):
+        self.top = top
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.board = top = self.top
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+        for i in range(8):
+            m.d.comb += _led(m, platform, i).eq(top.leds[i])
+        return m
+
+
+def _led(m, platform, n):
+    """The output of LED ``n`` (the resource's inversion is in its port)."""
+    buf = io.Buffer("o", platform.request("led", n, dir="-"))
+    m.submodules[f"led{n}_buf"] = buf
+    return buf.o

@@ -1,0 +1,86 @@
+"""Bitstreams for both boards with Yosys + nextpnr (YoWASP): well-formed files
+and a report.json filled from the tools' own machine-readable reports.
+
+Both builds use the small default network (the iCEBreaker's, a two-layer MLP
+on 8x8 digits) so that the two take about a minute each on 2 cores; the
+ULX3S's own default (convsnn 16-32 fc64) takes a few minutes and is built by
+benchmarks/bench_boards.py.  The iCEBreaker build goes through
+``build_run`` (a run folder with a weight image), as the CLI does.
+"""
+
+import json
+
+import pytest
+
+from spikeforge import image
+from spikeforge.boards import build as B
+from spikeforge.boards import protocol as P
+
+pytestmark = [pytest.mark.bitstream, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return B.default_network("icebreaker")
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory, small):
+    net, lanes = small
+    run = tmp_path_factory.mktemp("run")
+    image.write_image(run / "weights.sfimg", net)
+    (run / "hw").mkdir()
+    (run / "hw" / "memories.json").write_text(json.dumps({"lanes": [lanes] * len(net.layers),
+                                                          "memories": []}))
+    ice = B.build_run(run, "icebreaker")
+    ulx_dir = tmp_path_factory.mktemp("ulx3s")
+    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes)
+    return {"icebreaker": (ice, run / "build" / "icebreaker"), "ulx3s": (ulx, ulx_dir)}
+
+
+def test_ecp5_bitstream_names_the_part(builds):
+    rep, out = builds["ulx3s"]
+    data = (out / "top.bit").read_bytes()
+    # ecppack: a comment block (0xFF 0x00 ... 0x00 0xFF) naming the part, then
+    # the ECP5 preamble 0xFFFFBDB3
+    assert data[:2] == b"\xff\x00"
+    end = data.index(b"\x00\xff", 2)
+    assert b"Part: LFE5U-85F" in data[2:end]
+    assert data.find(b"\xff\xff\xbd\xb3") > end - 2
+    assert len(data) == rep["bitstream_bytes"] > 100_000
+
+
+def test_ice40_bitstream_preamble(builds):
+    rep, out = builds["icebreaker"]
+    data = (out / "top.bin").read_bytes()
+    assert b"\x7e\xaa\x99\x7e" in data[:32]
+    assert len(data) == rep["bitstream_bytes"] == 104090  # an UP5K image
+
+
+@pytest.mark.parametrize("board", ["ulx3s", "icebreaker"])
+def test_report_is_read_from_the_tools(builds, small, board):
+    rep, out = builds[board]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == rep
+    nr = json.loads((out / "top.report.json").read_text())
+    ys = json.loads((out / "top.stat.json").read_text())
+    (clk, f), = nr["fmax"].items()
+    assert rep["fmax_mhz"] == f["achieved"] and rep["clock_mhz"] == f["constraint"]
+    assert rep["timing_met"] is (f["achieved"] >= f["constraint"]) is True
+    u = nr["utilization"]
+    lut, ff, bram, dsp = B._CELLS[board]
+    assert rep["lut"] == u[lut]["used"] and rep["lut_available"] == u[lut]["available"]
+    assert rep["bram"] == u[bram]["used"] and rep["bram"] <= rep["bram_available"]
+    assert rep["dsp"] == u.get(dsp, {}).get("used", 0)
+    cells = ys["design"]["num_cells_by_type"]
+    if ff:
+        assert rep["ff"] == u[ff]["used"]
+    else:
+        assert rep["ff"] == sum(n for c, n in cells.items() if c.startswith("SB_DFF")) > 0
+    assert rep["lut"] > 0 and rep["ff"] > 0 and rep["bram"] > 0
+    if board == "icebreaker":  # the fit check is an upper bound of the RAM blocks used
+        assert rep["bram"] <= rep["fit"]["blocks_with_bridge"]
+    net, lanes = small
+    assert rep["design_id"] == P.design_id(net, [lanes] * len(net.layers))
+    assert rep["clock_mhz"] == pytest.approx({"ulx3s": 25, "icebreaker": 12}[board], rel=1e-3)
+    assert rep["link"]["divisor"] == {"ulx3s": 25, "icebreaker": 12}[board]

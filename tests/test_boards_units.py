@@ -1,0 +1,121 @@
+"""Gateware units of the board link in the Amaranth simulator (no Verilator):
+the UART pair, the bridge's CRC tree, and the bridge's stall watchdog against
+an engine stub that never takes an event."""
+
+import random
+
+from amaranth import *
+from amaranth.sim import Simulator
+
+from spikeforge.boards import protocol as P
+from spikeforge.boards.bridge import HostBridge, crc16_byte
+from spikeforge.boards.uart import UARTRx, UARTTx
+from spikeforge.hw.network import NetworkTop
+from spikeforge.hw.randnet import random_network
+
+DIV = 4
+
+
+async def send_bytes(ctx, pin, data, div=DIV):
+    for b in data:
+        for bit in [0] + [(b >> i) & 1 for i in range(8)] + [1]:
+            ctx.set(pin, bit)
+            await ctx.tick().repeat(div)
+
+
+async def recv_byte(ctx, pin, div=DIV, limit=100_000):
+    n = 0
+    while ctx.get(pin):
+        await ctx.tick()
+        n += 1
+        assert n < limit, "no start bit"
+    await ctx.tick().repeat(div // 2)
+    b = 0
+    for i in range(8):
+        await ctx.tick().repeat(div)
+        b |= ctx.get(pin) << i
+    await ctx.tick().repeat(div)
+    assert ctx.get(pin) == 1, "stop bit"
+    return b
+
+
+def test_crc_tree_equals_the_reference():
+    crc, byte, out = Signal(16), Signal(8), Signal(16)
+    m = Module()
+    m.d.comb += out.eq(crc16_byte(crc, byte))
+    sim = Simulator(m)
+    rng = random.Random(1)
+
+    async def tb(ctx):
+        for _ in range(200):
+            c, b = rng.randrange(1 << 16), rng.randrange(256)
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == P.crc16(bytes([b]), c)
+
+    sim.add_testbench(tb)
+    sim.run()
+
+
+def test_uart_loopback():
+    m = Module()
+    m.submodules.tx = tx = UARTTx(DIV)
+    m.submodules.rx = rx = UARTRx(DIV)
+    m.d.comb += rx.rx.eq(tx.tx)
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    data = bytes([0x00, 0xFF, 0xA5, 0x5A, 0x01, 0x80])
+    got = []
+
+    async def sender(ctx):
+        for b in data:
+            ctx.set(tx.i.payload, b)
+            ctx.set(tx.i.valid, 1)
+            await ctx.tick().until(tx.i.ready)
+        ctx.set(tx.i.valid, 0)
+
+    async def receiver(ctx):
+        while len(got) < len(data):
+            await ctx.tick()
+            if ctx.get(rx.valid):
+                assert not ctx.get(rx.frame_error)
+                got.append(ctx.get(rx.data))
+
+    sim.add_testbench(sender)
+    sim.add_testbench(receiver)
+    sim.run_until(1e-6 * 12 * DIV * (len(data) + 2))
+    assert bytes(got) == data
+
+
+def test_bridge_stall_watchdog_and_ping():
+    net = random_network(3)
+    engine = NetworkTop(net, 2)  # widths only: its ports are driven by the testbench
+    for unused in [engine, *engine.cores]:
+        unused._MustUse__silence = True
+    bridge = HostBridge(engine, divisor=DIV, clock_hz=1_000_000, timeout_cycles=400,
+                        stall_cycles=50, design_id=0xCAFE)
+    sim = Simulator(bridge)
+    sim.add_clock(1e-6)
+    replies = []
+
+    async def tb(ctx):
+        ctx.set(bridge.rx, 1)
+        ctx.set(bridge.mem_write.ready, 1)
+        ctx.set(bridge.events.ready, 0)  # an engine that never takes an event
+        await ctx.tick().repeat(5)
+        for frame in (P.encode(P.Cmd.PING, 1),
+                      P.encode(P.Cmd.EVENTS, 2, bytes(2 * bridge.layout.event_bytes))):
+            await send_bytes(ctx, bridge.rx, frame)
+            head = bytes([await recv_byte(ctx, bridge.tx) for _ in range(5)])
+            n = head[3] | head[4] << 8
+            rest = bytes([await recv_byte(ctx, bridge.tx) for _ in range(n + 2)])
+            replies.append(P.decode(head + rest))
+
+    sim.add_testbench(tb)
+    sim.run()
+    ping, stall = replies
+    info = P.BoardInfo.unpack(ping.payload)
+    assert ping.cmd == P.Cmd.PING | P.REPLY and ping.seq == 1
+    assert info.design_id == 0xCAFE and info.timeout_cycles == 400 and info.clock_hz == 1_000_000
+    e = P.parse_error(stall)
+    assert (e.code, e.cmd, e.detail, e.seq) == (P.ErrorCode.STALL, P.Cmd.EVENTS, 0, 2)
