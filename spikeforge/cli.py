@@ -65,6 +65,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_dir(text: str):
+    from pathlib import Path
+    run = Path(text)
+    if not run.is_dir():
+        raise SpikeforgeError(f"run folder {run} does not exist")
+    return run
+
+
+def cmd_build(args) -> int:
+    from spikeforge.boards.build import build_run
+    rep = build_run(_run_dir(args.run), args.board, lanes=args.lanes)
+    print(json.dumps(rep, indent=2))
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from spikeforge.boards.host import infer_run
+    out = infer_run(_run_dir(args.run), args.port, args.images, baud=args.baud, board=args.board)
+    print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2))
+    return 0
+
+
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=int, default=8, help="2..16 (default %(default)s)")
     p.add_argument("--qat-epochs", type=int, default=0,
@@ -101,12 +123,8 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 def _step(name):
     def cmd(args) -> int:
-        from pathlib import Path
         from spikeforge import flow
-        run = Path(args.run)
-        if not run.is_dir():
-            raise SpikeforgeError(f"run folder {run} does not exist")
-        getattr(flow, f"step_{name}")(run, args)
+        getattr(flow, f"step_{name}")(_run_dir(args.run), args)
         return 0
     return cmd
 
@@ -140,6 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             extra(p)
         p.set_defaults(fn=_step(name))
+
+    p = add("build", "bitstream + report.json for a board (Yosys + nextpnr from YoWASP)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--board", required=True, choices=("ulx3s", "icebreaker"))
+    p.add_argument("--lanes", type=_lanes, default=None,
+                   help="lanes P (default: those of RUN/hw/memories.json, else the board's)")
+    p.set_defaults(fn=cmd_build)
+
+    p = add("infer", "send test images to a board over its UART, compare with the golden model")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    p.add_argument("--images", type=int, default=20)
+    p.add_argument("--baud", type=int, default=1_000_000)
+    p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None)
+    p.set_defaults(fn=cmd_infer)
 
     p = add("run", "the whole flow on the embedded default")
     _add_train_args(p, flow.DEFAULT)
