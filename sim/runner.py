@@ -54,6 +54,7 @@ class SimBuild:
     lanes: list[int]
     depth: int
     build_seconds: float
+    waves: bool = False    # built with tracing: run() writes RUN/.../dump.vcd
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _engine_digest() -> str:
 
 
 def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,
-          pause: bool = False, faults: dict | None = None) -> SimBuild:
+          pause: bool = False, faults: dict | None = None, waves: bool = False) -> SimBuild:
     """Export and build (or reuse) the Verilator model of ``net`` under ``root``."""
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
@@ -106,7 +107,7 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
     toolchain.require("verilator")
     toolchain.require("YOSYS")
     top = NetworkTop(net, lanes, faults=faults)
-    key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults,
+    key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults, waves,
                                                   _engine_digest())).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     stamp = bdir / "built.ok"
@@ -122,7 +123,7 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
             runner.build(sources=[bdir / f"{DUT_TOP}.v", bdir / f"{HARNESS_TOP}.v"],
                          hdl_toplevel=HARNESS_TOP, build_dir=bdir / "obj",
                          timescale=("1ns", "1ps"), build_args=BUILD_ARGS, always=True,
-                         log_file=bdir / "build.log")
+                         waves=waves, log_file=bdir / "build.log")
         except (SystemExit, Exception) as e:  # the runner raises SystemExit / CalledProcessError
             raise SimError(f"Verilator build failed ({e}); see {bdir / 'build.log'}") from None
         finally:
@@ -131,7 +132,7 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
             else:
                 os.environ["MAKEFLAGS"] = saved
         stamp.write_text("ok\n")
-    return SimBuild(bdir, top, net, top.lanes, depth, time.perf_counter() - t0)
+    return SimBuild(bdir, top, net, top.lanes, depth, time.perf_counter() - t0, waves)
 
 
 def _words(sb: SimBuild, frames: torch.Tensor) -> list[int]:
@@ -185,7 +186,7 @@ def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
         xml = runner.test(test_module="spikeforge.sim.tb_network", hdl_toplevel=HARNESS_TOP,
                           hdl_toplevel_lang="verilog", build_dir=sb.build_dir / "obj",
                           test_dir=work, extra_env={"SF_TIMEOUT_NS": str(timeout_ns)},
-                          log_file=work / "sim.log")
+                          waves=sb.waves, log_file=work / "sim.log")
     except SystemExit:
         xml = None
     wall = time.perf_counter() - t0

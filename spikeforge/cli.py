@@ -114,6 +114,8 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
     _add_export_args(p)
     p.add_argument("--images", type=int, default=200,
                    help="test images to simulate (default %(default)s)")
+    p.add_argument("--waves", action="store_true",
+                   help="on a mismatch, replay that image with a VCD waveform")
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:

@@ -139,6 +139,14 @@ def step_sim(run: Path, args) -> dict:
     gold, per_image = runner.compare(net, x, sim)
     bad = [mm for mm in per_image if mm is not None]
     mismatches, first = len(bad), (str(bad[0]) if bad else None)
+    waves = None
+    if bad and getattr(args, "waves", False):
+        # replay only the first mismatching image with tracing on
+        i = bad[0].image
+        wb = runner.build(net, args.lanes, run / "sim_build", depth=depth, waves=True)
+        runner.run(wb, x[i:i + 1], run / "sim_waves")
+        waves = str(run / "sim_waves" / "dump.vcd")
+        print(f"waveform of image {i}: {waves}")
     preds = torch.tensor([r.prediction for r in sim.images])
     cycles = [r.cycles for r in sim.images]
     layers = []
@@ -149,6 +157,7 @@ def step_sim(run: Path, args) -> dict:
     total_cycles = sum(cycles)
     out = {
         "images": n, "lanes": sb.lanes, "mismatches": mismatches, "first_mismatch": first,
+        "waveform": waves,
         "rtl_accuracy": float((preds == y).float().mean()),
         "golden_accuracy": float((gold.classes == y).float().mean()),
         "rtl_golden_class_agreement": float((preds == gold.classes).float().mean()),

@@ -88,3 +88,15 @@ def test_corrupt_image_is_reported(run_dir, tmp_path, capsys):
     (bad / "weights.sfimg").write_bytes(bytes(data))
     assert cli.main(["export", str(bad)]) == 2
     assert "weights.sfimg" in capsys.readouterr().err
+
+
+def test_quantization_aware_fine_tuning_from_the_command_line(run_dir, tmp_path):
+    import shutil
+    run = tmp_path / "qat"
+    shutil.copytree(run_dir, run)
+    assert cli.main(["quantize", "-q", str(run), "--weight-bits", "4", "--qat-epochs", "1"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["weight_bits"] == 4 and m["quantization"]["qat_epochs"] == 1
+    net, _ = image.read_image(run / "weights.sfimg")
+    assert all(int(l.weight.abs().max()) <= 8 for l in net.layers)
+    assert m["int_accuracy"] > 0.5

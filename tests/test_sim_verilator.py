@@ -53,13 +53,16 @@ def test_a_broken_design_is_caught(build_root, tmp_path, fault):
     # the comparison can fail: a deliberately wrong core is reported, with its place
     seed = 3
     net = random_network(seed)
-    sb = runner.build(net, 2, build_root, depth=1 << 14, faults={0: fault})
+    waves = fault == "decay"  # one of the two also checks the waveform option
+    sb = runner.build(net, 2, build_root, depth=1 << 14, faults={0: fault}, waves=waves)
     x = frames_for(net, [100 * seed + i for i in range(6)])
     sim = runner.run(sb, x, tmp_path)
     _, mismatches = runner.compare(net, x, sim)
     first = next((m for m in mismatches if m is not None), None)
     assert first is not None, f"a {fault} fault in layer 0 went unnoticed"
     assert first.layer == 0
+    if waves:
+        assert "$enddefinitions" in (tmp_path / "dump.vcd").read_text(errors="replace")[:100000]
 
 
 def test_verify_command_on_a_trained_network(tmp_path, capsys):
