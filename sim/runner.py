@@ -96,11 +96,41 @@ def _engine_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def verilator_build(bdir: Path, toplevel: str, sources, *, waves: bool = False) -> bool:
+    """Build the Verilog ``sources()`` (name -> text) with ``toplevel`` into
+    ``bdir`` through cocotb's runner, unless ``bdir`` already holds a finished
+    build; True when it built."""
+    from cocotb_tools.runner import get_runner
+    stamp = bdir / "built.ok"
+    if stamp.exists():
+        return False
+    bdir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, text in sources().items():
+        files.append(bdir / f"{name}.v")
+        files[-1].write_text(text)
+    saved = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = f"{saved or ''} {MAKE_FIX}".strip()
+    try:
+        get_runner("verilator").build(sources=files, hdl_toplevel=toplevel,
+                                      build_dir=bdir / "obj", timescale=("1ns", "1ps"),
+                                      build_args=BUILD_ARGS, always=True, waves=waves,
+                                      log_file=bdir / "build.log")
+    except (SystemExit, Exception) as e:  # the runner raises SystemExit / CalledProcessError
+        raise SimError(f"Verilator build failed ({e}); see {bdir / 'build.log'}") from None
+    finally:
+        if saved is None:
+            del os.environ["MAKEFLAGS"]
+        else:
+            os.environ["MAKEFLAGS"] = saved
+    stamp.write_text("ok\n")
+    return True
+
+
 def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,
           pause: bool = False, faults: dict | None = None, waves: bool = False) -> SimBuild:
     """Export and build (or reuse) the Verilator model of ``net`` under ``root``."""
     from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
 
     from spikeforge.hw.network import NetworkTop
     toolchain.setup()
@@ -110,28 +140,10 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
     key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults, waves,
                                                   _engine_digest())).encode()).hexdigest()[:16]
     bdir = Path(root) / key
-    stamp = bdir / "built.ok"
     t0 = time.perf_counter()
-    if not stamp.exists():
-        bdir.mkdir(parents=True, exist_ok=True)
-        (bdir / f"{DUT_TOP}.v").write_text(verilog.convert(top, name=DUT_TOP))
-        (bdir / f"{HARNESS_TOP}.v").write_text(harness_verilog(top, depth, pause))
-        runner = get_runner("verilator")
-        saved = os.environ.get("MAKEFLAGS")
-        os.environ["MAKEFLAGS"] = f"{saved or ''} {MAKE_FIX}".strip()
-        try:
-            runner.build(sources=[bdir / f"{DUT_TOP}.v", bdir / f"{HARNESS_TOP}.v"],
-                         hdl_toplevel=HARNESS_TOP, build_dir=bdir / "obj",
-                         timescale=("1ns", "1ps"), build_args=BUILD_ARGS, always=True,
-                         waves=waves, log_file=bdir / "build.log")
-        except (SystemExit, Exception) as e:  # the runner raises SystemExit / CalledProcessError
-            raise SimError(f"Verilator build failed ({e}); see {bdir / 'build.log'}") from None
-        finally:
-            if saved is None:
-                del os.environ["MAKEFLAGS"]
-            else:
-                os.environ["MAKEFLAGS"] = saved
-        stamp.write_text("ok\n")
+    verilator_build(bdir, HARNESS_TOP, lambda: {DUT_TOP: verilog.convert(top, name=DUT_TOP),
+                                                HARNESS_TOP: harness_verilog(top, depth, pause)},
+                    waves=waves)
     return SimBuild(bdir, top, net, top.lanes, depth, time.perf_counter() - t0, waves)
 
 

@@ -255,7 +255,6 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
     start zeroed: the host must load them), under ``root`` (cached)."""
     import torch
     from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
 
     from spikeforge import image, toolchain
     from spikeforge.boards.top import BoardTop, LinkConfig
@@ -275,29 +274,10 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
                                                     stall_cycles, _digest())).encode()
                          ).hexdigest()[:16]
     bdir = Path(root) / key
-    stamp = bdir / "built.ok"
     t0 = time.perf_counter()
-    if not stamp.exists():
-        bdir.mkdir(parents=True, exist_ok=True)
-        (bdir / f"{DUT_TOP}.v").write_text(verilog.convert(top, name=DUT_TOP))
-        (bdir / f"{WRAP_TOP}.v").write_text(_wrapper(top))
-        r = get_runner("verilator")
-        saved = os.environ.get("MAKEFLAGS")
-        os.environ["MAKEFLAGS"] = f"{saved or ''} {runner.MAKE_FIX}".strip()
-        try:
-            r.build(sources=[bdir / f"{DUT_TOP}.v", bdir / f"{WRAP_TOP}.v"],
-                    hdl_toplevel=WRAP_TOP, build_dir=bdir / "obj", timescale=("1ns", "1ps"),
-                    build_args=runner.BUILD_ARGS, always=True, log_file=bdir / "build.log")
-        except (SystemExit, Exception) as e:
-            raise runner.SimError(f"Verilator build failed ({e}); see {bdir / 'build.log'}"
-                                  ) from None
-        finally:
-            if saved is None:
-                del os.environ["MAKEFLAGS"]
-            else:
-                os.environ["MAKEFLAGS"] = saved
-        stamp.write_text("ok\n")
-    else:
+    built = runner.verilator_build(bdir, WRAP_TOP, lambda: {
+        DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)})
+    if not built:
         top.unused()
     return BoardSim(bdir, top, net, top.engine.lanes, divisor * CLOCK_NS,
                     time.perf_counter() - t0)
