@@ -24,7 +24,9 @@
 //              max_pool2d does; the maxima are recomputed from u.
 //
 // The build disables FMA contraction (-ffp-contract=off) so that the forward
-// rounds exactly as the PyTorch reference does (equal spikes).
+// rounds exactly as the PyTorch reference does (equal spikes).  The reverse
+// pass flushes subnormal values to zero (see FlushSubnormals); gradients then
+// equal the reference's up to rounding and up to magnitudes below FLT_MIN.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

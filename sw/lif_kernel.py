@@ -38,7 +38,7 @@ def _isa_flags() -> list[str]:
         return []
     cap = torch.backends.cpu.get_cpu_capability()
     if cap in ("AVX2", "AVX512"):
-        return ["-mavx2", "-mfma", "-mf16c"]
+        return ["-mavx2", "-mfma"]
     return []
 
 

@@ -16,6 +16,11 @@ IF is LIF with ``decay = 1``.  BPTA adds, without changing the forward
 value, a gradient path ``do[t]/do[t-1] += decay * a * g'(u[t])`` through the
 reset (the authors' ``u <- u + a*o - a*stopgrad(o)``).
 
+Training runs all T steps of a layer in one autograd node: :func:`lif_sequence`
+uses the C++ kernel of ``lif_kernel.cpp`` (built at first use, see
+:func:`kernel`; it can also take a static input current and fuse the max pool
+that follows) and falls back to :class:`_LIFSequence`, the PyTorch reference.
+
 ConvSNN hybrid pre-training (Eq. 6-7) replaces the step by a shifted leaky
 ReLU and disables the reset: ``o = u if u >= theta else beta * u``.
 
