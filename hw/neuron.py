@@ -38,6 +38,29 @@ from .streams import bits_for
 __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "queue_layout"]
 
 
+def scan_unit_members(p: CoreParams) -> dict:
+    """The ports shared by the units that own a core's banks at the end of a
+    step (:class:`NeuronUnit`, and the STCB unit): the layer core wires either."""
+    acc = data.ArrayLayout(signed(p.acc_width), p.P)
+    abits = bits_for(p.acc_depth - 1)
+    return {
+        "start": In(1),
+        "clear": In(1),
+        "mem_busy": Out(1),
+        "busy": Out(1),
+        "stall": Out(1),
+        "rd_addr": Out(abits),
+        "rd_en": Out(1),
+        "rd_data": In(acc),
+        "wr_addr": Out(abits),
+        "wr_en": Out(1),
+        "wr_data": Out(acc),
+        "p_addr": Out(bits_for(p.groups * p.P - 1)),
+        "p_data": In(p.neuron_width),
+        "events": Out(p.fmt.signature),
+    }
+
+
 class NeuronUnit(wiring.Component):
     """Scans the membrane banks at the end of a step; emits spikes and the marker.
 
@@ -86,24 +109,7 @@ class NeuronUnit(wiring.Component):
 
     def __init__(self, params: CoreParams):
         self._p = p = params
-        acc = data.ArrayLayout(signed(p.acc_width), p.P)
-        abits = bits_for(p.acc_depth - 1)
-        super().__init__({
-            "start": In(1),
-            "clear": In(1),
-            "mem_busy": Out(1),
-            "busy": Out(1),
-            "stall": Out(1),
-            "rd_addr": Out(abits),
-            "rd_en": Out(1),
-            "rd_data": In(acc),
-            "wr_addr": Out(abits),
-            "wr_en": Out(1),
-            "wr_data": Out(acc),
-            "p_addr": Out(bits_for(p.groups * p.P - 1)),
-            "p_data": In(p.neuron_width),
-            "events": Out(p.fmt.signature),
-        })
+        super().__init__(scan_unit_members(p))
 
     def elaborate(self, platform):
         m = Module()

@@ -25,7 +25,7 @@ from amaranth.hdl import ResetInserter
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from .neuron import param_loader, queue_layout, spike_emitter, window_counters
+from .neuron import param_loader, queue_layout, scan_unit_members, spike_emitter, window_counters
 from .params import CoreParams
 from .streams import bits_for
 
@@ -67,24 +67,7 @@ class StebUnit(wiring.Component):
         if not params.stcb:
             raise ValueError("StebUnit takes the parameters of an STCB layer")
         self._p = p = params
-        acc = data.ArrayLayout(signed(p.acc_width), p.P)
-        abits = bits_for(p.acc_depth - 1)
-        super().__init__({
-            "start": In(1),
-            "clear": In(1),
-            "mem_busy": Out(1),
-            "busy": Out(1),
-            "stall": Out(1),
-            "rd_addr": Out(abits),
-            "rd_en": Out(1),
-            "rd_data": In(acc),
-            "wr_addr": Out(abits),
-            "wr_en": Out(1),
-            "wr_data": Out(acc),
-            "p_addr": Out(bits_for(p.groups * p.P - 1)),
-            "p_data": In(p.neuron_width),
-            "events": Out(p.fmt.signature),
-        })
+        super().__init__(scan_unit_members(p))
 
     def elaborate(self, platform):
         m = Module()
