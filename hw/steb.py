@@ -23,7 +23,6 @@ from __future__ import annotations
 from amaranth import *
 from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
-from amaranth.lib.wiring import In, Out
 
 from .neuron import param_loader, queue_layout, scan_unit_members, spike_emitter, window_counters
 from .params import CoreParams
