@@ -29,9 +29,7 @@ from dataclasses import dataclass
 
 from spikeforge.errors import SpikeforgeError
 
-from .network import lane_counts, layer_input_shapes
-from .params import CoreParams
-from .streams import EventFormat
+from .network import core_params
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit"]
 
@@ -68,7 +66,7 @@ DEVICES = {
 @dataclass(frozen=True)
 class MemoryUse:
     layer: int
-    name: str       # L{n}_weights, L{n}_neurons, L{n}_bank{j}
+    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}
     width: int
     depth: int
 
@@ -79,15 +77,16 @@ class MemoryUse:
 
 def memory_plan(net, P) -> list[MemoryUse]:
     """Every block-RAM candidate of the engine for ``net`` with lanes ``P``."""
-    ps = lane_counts(net, P)
-    fmt = EventFormat.for_network(net)
-    shapes = layer_input_shapes(net.spec)
     out = []
-    for i, il in enumerate(net.layers):
-        cp = CoreParams.build(i, il, shapes[i], ps[i], fmt, timesteps=net.spec.timesteps)
+    for i, cp in enumerate(core_params(net, P)):
         out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth))
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
-        out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]
+        if cp.stcb:
+            out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]
+        else:
+            out += [MemoryUse(i, f"L{i}_cur{b}", cp.P * cp.cur_width, cp.acc_depth)
+                    for b in range(cp.cur_banks)]
+            out.append(MemoryUse(i, f"L{i}_state", cp.P * cp.state_width, cp.acc_depth))
     return out
 
 

@@ -131,58 +131,12 @@ class LayerCore(wiring.Component):
             n_wr.addr.eq(mw.payload.addr), n_wr.data.eq(mw.payload.data),
             n_wr.en.eq(mw.valid & (mw.payload.which == 1)),
         ]
-        # membrane banks: one per lane, one shared address; the neuron unit owns
-        # them while it clears or scans, the synapse unit otherwise
-        own = neu.mem_busy
-        for j in range(p.P):
-            bank = Memory(shape=signed(p.acc_width), depth=p.acc_depth, init=[])
-            m.submodules[f"bank{j}"] = bank
-            rd, wr = bank.read_port(), bank.write_port()
-            m.d.comb += [
-                rd.addr.eq(Mux(own, neu.rd_addr, syn.rd_addr)),
-                rd.en.eq(Mux(own, neu.rd_en, 1)),
-                syn.rd_data[j].eq(rd.data),
-                neu.rd_data[j].eq(rd.data),
-                wr.addr.eq(Mux(own, neu.wr_addr, syn.wr_addr)),
-                wr.data.eq(Mux(own, neu.wr_data[j], syn.wr_data[j])),
-                wr.en.eq(syn.wr_en | neu.wr_en),
-            ]
-
         wiring.connect(m, syn.events, flipped(self.i_events))
         wiring.connect(m, flipped(self.o_events), neu.events)
-
-        # ---------------------------------------------------------- sequencing
-        clearing = Signal()
-        step = Signal.like(syn.step)
-        m.d.comb += syn.step.eq(step)
-        with m.FSM(init="CLEAR_GO"):
-            with m.State("CLEAR_GO"):
-                m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
-                m.next = "CLEAR_WAIT"
-            with m.State("CLEAR_WAIT"):
-                m.d.comb += clearing.eq(1)
-                with m.If(~neu.mem_busy):
-                    m.next = "ACCUM"
-            with m.State("ACCUM"):
-                m.d.comb += syn.enable.eq(1)
-                # the previous step's spikes must be out before the next scan
-                with m.If(syn.at_marker & ~neu.busy):
-                    if p.in_steps > 1:  # an STCB layer sums its whole input train
-                        with m.If(step != p.in_steps - 1):
-                            m.d.comb += syn.resume.eq(1)
-                            m.d.sync += step.eq(step + 1)
-                        with m.Else():
-                            m.next = "SCAN_GO"
-                    else:
-                        m.next = "SCAN_GO"
-            with m.State("SCAN_GO"):
-                m.d.comb += neu.start.eq(1)
-                m.next = "SCAN_WAIT"
-            with m.State("SCAN_WAIT"):
-                with m.If(~neu.mem_busy):
-                    m.d.comb += syn.resume.eq(1)
-                    m.d.sync += step.eq(0)
-                    m.next = "ACCUM"
+        if p.stcb:
+            clearing = self._stcb_banks(m, syn, neu)
+        else:
+            clearing = self._lif_memories(m, syn, neu)
         m.d.comb += self.clearing.eq(clearing)
 
         # ---------------------------------------------------------- counters
@@ -201,3 +155,141 @@ class LayerCore(wiring.Component):
         with m.If(neu.mem_busy & ~clearing):
             m.d.sync += perf.scan.eq(perf.scan + 1)
         return m
+
+    def _stcb_banks(self, m, syn, neu):
+        """STCB: one accumulator bank per lane, owned by the synapse unit while
+        it sums the input train, by the STEB unit while it scans."""
+        p = self._p
+        own = neu.mem_busy
+        for j in range(p.P):
+            bank = Memory(shape=signed(p.acc_width), depth=p.acc_depth, init=[])
+            m.submodules[f"bank{j}"] = bank
+            rd, wr = bank.read_port(), bank.write_port()
+            m.d.comb += [
+                rd.addr.eq(Mux(own, neu.rd_addr, syn.rd_addr)),
+                rd.en.eq(Mux(own, neu.rd_en, 1)),
+                syn.rd_data[j].eq(rd.data),
+                neu.rd_data[j].eq(rd.data),
+                wr.addr.eq(Mux(own, neu.wr_addr, syn.wr_addr)),
+                wr.data.eq(Mux(own, neu.wr_data[j], syn.wr_data[j])),
+                wr.en.eq(syn.wr_en | neu.wr_en),
+            ]
+
+        clearing = Signal()
+        step = Signal.like(syn.step)
+        m.d.comb += syn.step.eq(step)
+        with m.FSM(init="CLEAR_GO"):
+            with m.State("CLEAR_GO"):
+                m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
+                m.next = "CLEAR_WAIT"
+            with m.State("CLEAR_WAIT"):
+                m.d.comb += clearing.eq(1)
+                with m.If(~neu.mem_busy):
+                    m.next = "ACCUM"
+            with m.State("ACCUM"):
+                m.d.comb += syn.enable.eq(1)
+                # the previous step's spikes must be out before the next scan
+                with m.If(syn.at_marker & ~neu.busy):
+                    if p.in_steps > 1:  # an STCB layer past layer 0 sums its whole input train
+                        with m.If(step != p.in_steps - 1):
+                            m.d.comb += syn.resume.eq(1)
+                            m.d.sync += step.eq(step + 1)
+                        with m.Else():
+                            m.next = "SCAN_GO"
+                    else:
+                        m.next = "SCAN_GO"
+            with m.State("SCAN_GO"):
+                m.d.comb += neu.start.eq(1)
+                m.next = "SCAN_WAIT"
+            with m.State("SCAN_WAIT"):
+                with m.If(~neu.mem_busy):
+                    m.d.comb += syn.resume.eq(1)
+                    m.d.sync += step.eq(0)
+                    m.next = "ACCUM"
+        return clearing
+
+    def _lif_memories(self, m, syn, neu):
+        """LIF / IF: ``cur_banks`` current memories and one state memory, all
+        lanes of a word side by side.
+
+        The synapse unit fills one current memory with a step's sum; at the
+        step's marker that memory is handed to the scan and (two memories) the
+        synapse unit goes on with the next step in the other one while the scan
+        runs.  A scan reads a current and the state at the same address,
+        writes the state and zeroes the current (layer 0, given a hold marker,
+        keeps its current for all ``T`` scans of an image and zeroes it at the
+        last).  The scan of an image's last step leaves the state zero, so the
+        next image starts clean.
+        """
+        p = self._p
+        nb, T = p.cur_banks, p.timesteps
+        state = Memory(shape=data.ArrayLayout(signed(p.state_width), p.P), depth=p.acc_depth,
+                       init=[])
+        m.submodules.state = state
+        s_rd, s_wr = state.read_port(), state.write_port()
+        m.d.comb += [
+            s_rd.addr.eq(neu.rd_addr), s_rd.en.eq(neu.rd_en), neu.rd_data.eq(s_rd.data),
+            s_wr.addr.eq(neu.wr_addr), s_wr.data.eq(neu.wr_data), s_wr.en.eq(neu.wr_en),
+        ]
+
+        clearing = Signal()
+        full = Signal(nb)                  # current memory b holds a finished step
+        syn_bank = Signal(range(nb))       # the memory the synapse unit fills
+        scan_bank = Signal(range(nb))      # the memory the scan reads
+        scan_on = Signal()                 # a scan owns scan_bank
+        keep = Signal()                    # the scan leaves the current in place
+        hold = Signal(nb)                  # memory b holds a frame for all T steps
+        t = Signal(range(T))               # step of the scan (static layers: of the image)
+        for b in range(nb):
+            mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P), depth=p.acc_depth,
+                         init=[])
+            m.submodules[f"cur{b}"] = mem
+            rd, wr = mem.read_port(), mem.write_port()
+            scan_owns = clearing | scan_on & (scan_bank == b)
+            m.d.comb += [
+                rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
+                rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
+                wr.addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
+                wr.data.eq(Mux(scan_owns, 0, syn.wr_data)),
+                wr.en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
+                             syn.wr_en & (syn_bank == b))),
+            ]
+            with m.If(syn_bank == b):
+                m.d.comb += syn.rd_data.eq(rd.data)
+            with m.If(scan_bank == b):
+                m.d.comb += neu.cur_data.eq(rd.data)
+
+        # the synapse unit takes events into a free memory; at a marker it hands
+        # the memory over and goes on in the next one
+        m.d.comb += syn.enable.eq(~clearing & ~full.bit_select(syn_bank, 1))
+        with m.If(syn.at_marker & ~full.bit_select(syn_bank, 1) & ~clearing):
+            m.d.comb += syn.resume.eq(1)
+            m.d.sync += full.bit_select(syn_bank, 1).eq(1)
+            if p.static:
+                m.d.sync += hold.bit_select(syn_bank, 1).eq(syn.hold)
+            if nb > 1:
+                m.d.sync += syn_bank.eq(syn_bank + 1)
+
+        # the scan takes a full memory once the previous step's spikes are out
+        with m.FSM(init="CLEAR_GO"):
+            with m.State("CLEAR_GO"):
+                m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
+                m.next = "CLEAR_WAIT"
+            with m.State("CLEAR_WAIT"):
+                m.d.comb += clearing.eq(1)
+                with m.If(~neu.mem_busy):
+                    m.next = "IDLE"
+            with m.State("IDLE"):
+                with m.If(full.bit_select(scan_bank, 1) & ~neu.busy):
+                    m.d.comb += [neu.start.eq(1), neu.final.eq(t == T - 1)]
+                    m.d.sync += [scan_on.eq(1), keep.eq(hold.bit_select(scan_bank, 1) & (t != T - 1))]
+                    m.next = "SCAN"
+            with m.State("SCAN"):
+                with m.If(~neu.mem_busy):
+                    m.d.sync += [scan_on.eq(0), t.eq(Mux(t == T - 1, 0, t + 1))]
+                    with m.If(~keep):
+                        m.d.sync += full.bit_select(scan_bank, 1).eq(0)
+                        if nb > 1:
+                            m.d.sync += scan_bank.eq(scan_bank + 1)
+                    m.next = "IDLE"
+        return clearing

@@ -50,6 +50,19 @@ def lane_counts(net, P) -> list[int]:
     return ps
 
 
+def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
+    """The :class:`CoreParams` of every layer core of ``net`` with lanes ``P``
+    (what :class:`NetworkTop` builds and :mod:`~spikeforge.hw.fit` counts)."""
+    ps = lane_counts(net, P)
+    fmt = EventFormat.for_network(net)
+    shapes = layer_input_shapes(net.spec)
+    faults = dict(faults or {})
+    T = net.spec.timesteps
+    return [CoreParams.build(i, il, shapes[i], ps[i], fmt, faults.get(i), T,
+                             static=i == 0 and not il.stcb)
+            for i, il in enumerate(net.layers)]
+
+
 def layer_input_shapes(spec) -> list[tuple[int, int, int]]:
     """``(C, H, W)`` of each layer's input stream (fc inputs unflattened)."""
     shapes, shape = [], tuple(spec.input_shape)
@@ -86,8 +99,10 @@ class NetworkTop(wiring.Component):
     events : In(stream.Signature(fmt.layout))
         Layer 0 input: events ``(channel, y, x, shift)`` (``shift``: the bit
         plane's weight shift, see :func:`input_events`) and one end-of-step
-        marker (``last = 1``) after each of the ``T`` steps (STCB networks: the
-        static frame's planes and one marker).
+        marker (``last = 1``) after each of the ``T`` steps; or, for one frame
+        that holds for all steps, its planes and one hold marker (``last = 1,
+        shift = 1``: layer 0 accumulates it once); STCB networks: the static
+        frame's planes and one marker.
     mem_write : In(stream.Signature(mem_write_layout(...)))
         Run-time memory writes ``{select, addr, data}``: ``select = 2n`` writes
         word ``addr`` of ``L{n}_weights``, ``2n + 1`` of ``L{n}_neurons``
@@ -125,11 +140,8 @@ class NetworkTop(wiring.Component):
         self.stcb = net.layers[0].stcb
         self.lanes = ps = lane_counts(net, P)
         self.fmt = fmt = EventFormat.for_network(net)
-        faults = dict(faults or {})
-        shapes = layer_input_shapes(net.spec)
+        self.params = core_params(net, ps, faults)
         T = net.spec.timesteps
-        self.params = [CoreParams.build(i, il, shapes[i], ps[i], fmt, faults.get(i), T)
-                       for i, il in enumerate(net.layers)]
         mems = memories(net, ps)
         self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1])
                       for i, cp in enumerate(self.params)]
@@ -286,9 +298,11 @@ def input_events(net, frames: torch.Tensor) -> list[Event]:
 
     Step ``t``'s integer input ``x`` enters as bit planes, MSB first: for plane
     ``b`` (bit ``B-1-b`` of ``x``, ``B`` = layer 0's ``input_bits``) one event
-    per set bit with ``shift = B-1-b``; then the step's marker.  An STCB
-    network takes the first step's input only (the golden model's ``x[0]``),
-    with one marker.
+    per set bit with ``shift = B-1-b``; then the step's marker.  One
+    direct-encoded frame for all steps enters once, followed by a *hold*
+    marker (``shift = 1``): layer 0 accumulates it once and uses the current
+    at every step.  An STCB network takes the first step's input only (the
+    golden model's ``x[0]``), with one marker.
     """
     if frames.dim() == 4:
         frames = frames.unsqueeze(0)
@@ -297,9 +311,11 @@ def input_events(net, frames: torch.Tensor) -> list[Event]:
     spec = net.spec
     B = net.layers[0].input_bits
     x = golden.input_values(spec, frames, B)[:, 0]  # [T, C, H, W]
-    if net.layers[0].stcb:  # the CAB of layer 0 takes one static frame, one marker
-        if spec.frames != 1:
-            raise EngineError("STCB networks take static frames")
+    stcb = net.layers[0].stcb
+    if stcb and spec.frames != 1:
+        raise EngineError("STCB networks take static frames")
+    hold = not stcb and spec.encoding == "direct" and frames.shape[1] == 1
+    if stcb or hold:  # one frame, one marker
         x = x[:1]
     if int(x.min()) < 0 or int(x.max()) >= 1 << B:
         raise EngineError(f"layer 0 input values exceed its {B} input bits")
@@ -308,7 +324,7 @@ def input_events(net, frames: torch.Tensor) -> list[Event]:
         for bit in reversed(range(B)):
             for c, y, xx in ((x[t] >> bit) & 1).nonzero().tolist():
                 out.append(Event(t, c, y, xx, bit))
-        out.append(Event(t, 0, 0, 0, 0, True))
+        out.append(Event(t, 0, 0, 0, int(hold), True))
     return out
 
 

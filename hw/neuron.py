@@ -1,23 +1,28 @@
 """The neuron unit: the end-of-step scan (LIF / IF), pooling and spike output.
 
 At an end-of-step marker the unit scans the layer's neurons ``P`` at a time
-(all lanes of one channel group at one position) and applies the contract of
-:mod:`spikeforge.sw.golden` per neuron::
+(all lanes of one channel group at one position), reading the step's current
+``cur`` (the synapse unit's sum of this step's weights) and the state ``base``
+(last step's membrane after decay and reset) at the same address, and applies
+the contract of :mod:`spikeforge.sw.golden` per neuron::
 
-    u    = sat_S(acc + bias)                    (acc = base + this step's conv)
+    u    = sat_S(base + cur + bias)
     o    = u >= theta
     base = decay(u) * (1 - o)                   reset zero
          = decay(u) - theta * o                 reset subtract
          = decay(u)                             reset none (IF: no shifts)
 
-and writes ``base`` back as the next step's accumulator.  Pooling is folded
-into the scan: the scan order visits each ``pool x pool`` window's neurons
+and writes ``base`` back to the state memory (``0`` on the last step of an
+image, ``final``: the state is clean for the next image without a clear
+pass); the core zeroes the current word in the same cycle unless the
+current is kept for the next scan (a static layer).  Pooling is folded into
+the scan: the scan order visits each ``pool x pool`` window's neurons
 together (group, window row, window column, then the window), ORs their
 spikes per lane and emits one event per spiking lane at the window's end,
 ``(channel g*P + j, y // pool, x // pool)``.  After the last spike it emits
 the end-of-step marker.
 
-The same unit runs the clear pass: zero every word of the banks.  The
+The same unit runs the clear pass: zero every word of the memories.  The
 parameter loader, the scan-order counters and the spike emitter are shared
 with :class:`~spikeforge.hw.steb.StebUnit` (functions at the end).
 """
@@ -38,10 +43,11 @@ from .streams import bits_for
 __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "queue_layout"]
 
 
-def scan_unit_members(p: CoreParams) -> dict:
-    """The ports shared by the units that own a core's banks at the end of a
-    step (:class:`NeuronUnit`, and the STCB unit): the layer core wires either."""
-    acc = data.ArrayLayout(signed(p.acc_width), p.P)
+def scan_unit_members(p: CoreParams, width: int) -> dict:
+    """The ports shared by the units that own a core's memories at the end of
+    a step (:class:`NeuronUnit`, and the STCB unit) for words of ``width`` bits
+    per lane: the layer core wires either."""
+    acc = data.ArrayLayout(signed(width), p.P)
     abits = bits_for(p.acc_depth - 1)
     return {
         "start": In(1),
@@ -62,40 +68,47 @@ def scan_unit_members(p: CoreParams) -> dict:
 
 
 class NeuronUnit(wiring.Component):
-    """Scans the membrane banks at the end of a step; emits spikes and the marker.
+    """Scans the state and current memories at the end of a step; emits spikes and the marker.
 
     Pipeline (stalls as a whole only when the spike queue is full): issue
-    (bank read), threshold (``u``, ``o``), write-back (decay, reset) and pool
-    OR.  No hazards: each neuron is read and written once per scan.  The
-    per-lane ``theta`` and ``bias`` of the next channel group are loaded from
-    the neuron memory (one word a cycle, image layout: word ``c`` is channel
-    ``c``) while the current group is scanned; a group of fewer positions than
-    ``P + 1`` waits for them.  Spiking windows go into a 4-entry queue; the
-    emitter sends one event per spiking lane, lowest lane first, from a
-    registered output (no combinational path from ``events.ready`` to
-    ``events.valid``).
+    (memory read), sum (``base + cur + bias``), threshold (``u``, ``o``),
+    write-back (decay, reset) and pool OR.  No hazards: each neuron is read
+    and written once per scan.  The per-lane ``theta`` and ``bias`` of the
+    next channel group are loaded from the neuron memory (one word a cycle,
+    image layout: word ``c`` is channel ``c``) while the current group is
+    scanned; a group of fewer positions than ``P + 1`` waits for them.
+    Spiking windows go into a 4-entry queue; the emitter sends one event per
+    spiking lane, lowest lane first, from a registered output (no
+    combinational path from ``events.ready`` to ``events.valid``).
 
     Parameters
     ----------
     params : CoreParams
+        A LIF / IF layer's parameters.
 
     Members
     -------
     start : In(1)
         Pulse: begin the scan of this step.
+    final : In(1)
+        Sampled with ``start``: the image's last step (write ``base = 0``).
     clear : In(1)
-        Pulse: abandon any work and zero every bank word (``G*Hc*Wc`` cycles).
+        Pulse: abandon any work and zero every word (``G*Hc*Wc`` cycles).
     mem_busy : Out(1)
-        The unit owns the bank ports (clear pass or scan in flight).
+        The unit owns the memory ports (clear pass or scan in flight).
     busy : Out(1)
         ``mem_busy`` or spikes or the marker still to be sent.
     stall : Out(1)
         Output back-pressure this cycle (held output or scan waiting on the queue).
     rd_addr : Out(unsigned), rd_en : Out(1)
-        Bank read address and enable (all banks); ``rd_en`` low holds the data.
-    rd_data : In(ArrayLayout(signed(A), P))
+        State and current read address and enable; ``rd_en`` low holds the data.
+    rd_data : In(ArrayLayout(signed(state_width), P))
+        State words (``base``).
+    cur_data : In(ArrayLayout(signed(cur_width), P))
+        Current words of the step being scanned.
     wr_addr : Out(unsigned), wr_en : Out(1)
-    wr_data : Out(ArrayLayout(signed(A), P))
+        Write address and enable (state; the core also zeroes the current).
+    wr_data : Out(ArrayLayout(signed(state_width), P))
     p_addr : Out(unsigned)
         Neuron memory read address (channel), data one cycle later.
     p_data : In(unsigned(S + acc_bits + 6))
@@ -104,12 +117,16 @@ class NeuronUnit(wiring.Component):
         Output spike events, then the end-of-step marker.
 
     Reset: idle (no scan, nothing queued), parameter loader fetching group 0.
-    The banks are not reset; the core pulses ``clear`` to zero them.
+    The memories are not reset; the core pulses ``clear`` to zero them.
     """
 
     def __init__(self, params: CoreParams):
         self._p = p = params
-        super().__init__(scan_unit_members(p))
+        super().__init__({
+            **scan_unit_members(p, p.state_width),
+            "final": In(1),
+            "cur_data": In(data.ArrayLayout(signed(p.cur_width), p.P)),
+        })
 
     def elaborate(self, platform):
         m = Module()
@@ -118,7 +135,7 @@ class NeuronUnit(wiring.Component):
         cb_bits = bits_for(G * P)
 
         # ---------------------------------------------------------- parameter loader
-        # runs one group ahead of the scan; cur[...] serve the threshold stage
+        # runs one group ahead of the scan; cur[...] serve the sum stage
         consume = Signal()
         cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
                                    {"theta": (0, S), "bias": (S, p.acc_bits)})
@@ -128,6 +145,7 @@ class NeuronUnit(wiring.Component):
         scanning = Signal()
         clearing = Signal()
         marker_pending = Signal()
+        final = Signal()
         adv = Signal()
         issue = Signal()
         wc_ = window_counters(m, p, issue, self.start)
@@ -142,7 +160,8 @@ class NeuronUnit(wiring.Component):
         with m.If(issue & last):
             m.d.sync += scanning.eq(0)
 
-        # ---------------------------------------------------------- threshold stage
+        # ---------------------------------------------------------- sum stage
+        # (read data of the issued address; the group's parameters are current)
         v1, win1 = Signal(), Signal()
         a1 = Signal.like(addr)
         py1, px1 = Signal.like(py), Signal.like(px)
@@ -150,57 +169,74 @@ class NeuronUnit(wiring.Component):
         with m.If(adv):
             m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
                          cb1.eq(cbase)]
-        u1 = [Signal(signed(S), name=f"u{j}") for j in range(P)]
-        o1 = Signal(P)
-        for j in range(P):
-            m.d.comb += u1[j].eq(saturate(self.rd_data[j] + cur_bias[j], S))
-            if p.fault == "threshold":  # test-only: off-by-one comparison
-                m.d.comb += o1[j].eq(u1[j] > cur_theta[j])
-            else:
-                m.d.comb += o1[j].eq(u1[j] >= cur_theta[j])
+        sum_w = max(p.state_width, p.cur_width, p.acc_bits) + 2
         mask1 = Cat(cb1 + j < p.c_out for j in range(P))
 
-        # ---------------------------------------------------------- write-back stage
+        # ---------------------------------------------------------- threshold stage
         v2, win2 = Signal(), Signal()
         a2 = Signal.like(addr)
         py2, px2 = Signal.like(py), Signal.like(px)
         cb2 = Signal(cb_bits)
-        u2 = [Signal(signed(S), name=f"u2_{j}") for j in range(P)]
+        mask2 = Signal(P)
+        s2 = [Signal(signed(sum_w), name=f"s2_{j}") for j in range(P)]
         th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
-        o2 = Signal(P)
         with m.If(adv):
             m.d.sync += [v2.eq(v1), win2.eq(win1), a2.eq(a1), py2.eq(py1), px2.eq(px1),
-                         cb2.eq(cb1), o2.eq(o1 & mask1)]
-            m.d.sync += [a.eq(b) for a, b in zip(u2 + th2, u1 + cur_theta)]
+                         cb2.eq(cb1), mask2.eq(mask1)]
+            m.d.sync += [s2[j].eq(self.rd_data[j] + self.cur_data[j] + cur_bias[j])
+                         for j in range(P)]
+            m.d.sync += [a.eq(b) for a, b in zip(th2, cur_theta)]
+        u2 = [Signal(signed(S), name=f"u{j}") for j in range(P)]
+        o2 = Signal(P)
+        for j in range(P):
+            m.d.comb += u2[j].eq(saturate(s2[j], S))
+            if p.fault == "threshold":  # test-only: off-by-one comparison
+                m.d.comb += o2[j].eq(u2[j] > th2[j])
+            else:
+                m.d.comb += o2[j].eq(u2[j] >= th2[j])
+
+        # ---------------------------------------------------------- write-back stage
+        v3, win3 = Signal(), Signal()
+        a3 = Signal.like(addr)
+        py3, px3 = Signal.like(py), Signal.like(px)
+        cb3 = Signal(cb_bits)
+        u3 = [Signal(signed(S), name=f"u3_{j}") for j in range(P)]
+        th3 = [Signal(signed(S), name=f"th3_{j}") for j in range(P)]
+        o3 = Signal(P)
+        with m.If(adv):
+            m.d.sync += [v3.eq(v2), win3.eq(win2), a3.eq(a2), py3.eq(py2), px3.eq(px2),
+                         cb3.eq(cb2), o3.eq(o2 & mask2)]
+            m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
         shifts = p.decay_shifts
         if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
             shifts = (shifts[0] + 1,) + shifts[1:]
         base = []
         for j in range(P):
-            d = decay(u2[j], shifts)
+            d = decay(u3[j], shifts)
             if p.reset is Reset.ZERO:
-                base.append(Mux(o2[j], 0, d))
+                b = Mux(o3[j], 0, d)
             elif p.reset is Reset.SUBTRACT:
-                base.append(d - Mux(o2[j], th2[j], 0))
+                b = d - Mux(o3[j], th3[j], 0)
             else:
-                base.append(d)
+                b = d
+            base.append(Mux(final, 0, b))
 
         # spikes of a window, ORed per lane; a spiking window goes to the queue
         q_layout = queue_layout(p)
         queue = fifo.SyncFIFO(width=q_layout.size, depth=4)
         m.submodules.queue = ResetInserter(self.clear)(queue)
         sp_acc = Signal(P)
-        vec = sp_acc | o2
-        push = v2 & win2 & (vec != 0)
+        vec = sp_acc | o3
+        push = v3 & win3 & (vec != 0)
         q_in = Signal(q_layout)
         m.d.comb += [
-            q_in.vec.eq(vec), q_in.cb.eq(cb2), q_in.py.eq(py2), q_in.px.eq(px2),
+            q_in.vec.eq(vec), q_in.cb.eq(cb3), q_in.py.eq(py3), q_in.px.eq(px3),
             queue.w_data.eq(q_in.as_value()),
             queue.w_en.eq(push & adv),
             adv.eq(~(push & ~queue.w_rdy)),
         ]
-        with m.If(v2 & adv):
-            m.d.sync += sp_acc.eq(Mux(win2, 0, vec))
+        with m.If(v3 & adv):
+            m.d.sync += sp_acc.eq(Mux(win3, 0, vec))
 
         # ---------------------------------------------------------- clear pass
         c_addr = Signal.like(addr)
@@ -211,28 +247,29 @@ class NeuronUnit(wiring.Component):
             m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
             m.d.comb += [self.wr_data[j].eq(0) for j in range(P)]
         with m.Else():
-            m.d.comb += [self.wr_addr.eq(a2), self.wr_en.eq(v2 & adv)]
+            m.d.comb += [self.wr_addr.eq(a3), self.wr_en.eq(v3 & adv)]
             m.d.comb += [self.wr_data[j].eq(base[j]) for j in range(P)]
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
+        in_flight = v1 | v2 | v3
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
-                               marker_pending & ~scanning & ~v1 & ~v2, marker_sent, self.clear)
+                               marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
         with m.If(marker_sent):
             m.d.sync += marker_pending.eq(0)
         out = self.events
 
         # ---------------------------------------------------------- control
         with m.If(self.start):
-            m.d.sync += [scanning.eq(1), marker_pending.eq(1)]
+            m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
             m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
-                         v1.eq(0), v2.eq(0), sp_acc.eq(0)]
+                         v1.eq(0), v2.eq(0), v3.eq(0), sp_acc.eq(0)]
 
         m.d.comb += [
-            self.mem_busy.eq(scanning | clearing | v1 | v2),
-            self.busy.eq(scanning | clearing | v1 | v2 | e_busy | marker_pending),
-            self.stall.eq((out.valid & ~out.ready) | (v2 & ~adv)),
+            self.mem_busy.eq(scanning | clearing | in_flight),
+            self.busy.eq(scanning | clearing | in_flight | e_busy | marker_pending),
+            self.stall.eq((out.valid & ~out.ready) | (v3 & ~adv)),
         ]
         return m
 

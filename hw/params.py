@@ -14,6 +14,15 @@ width ``A`` is the larger of the layer's ``acc_bits`` and the worst case over
 through the memory port can never make the accumulator wrap:
 ``|base| <= 2**(S-1) * (1 + sum 2**-s_k) + len(shifts) + 2**(S-1)`` and
 ``|conv| <= 2**(W-1) * fan_in * (2**B - 1)``.
+
+LIF / IF cores keep the two apart: ``cur_banks`` current memories of
+``cur_width`` bits (``conv`` only: the synapse unit fills one while the
+neuron unit scans the other) and one state memory of ``state_width`` bits
+(``base``).  STCB cores keep the single accumulator of ``acc_width`` bits.
+
+A *static* layer (layer 0 of a LIF / IF network) may receive one frame for
+all steps of an image (a *hold* marker after it): the frame's current is the
+same at every step, so it is accumulated once and scanned ``T`` times.
 """
 
 from __future__ import annotations
@@ -63,10 +72,15 @@ class CoreParams:
     fault: str | None = None
     stcb: bool = False
     timesteps: int = 1
+    static: bool = False             # takes hold markers (accumulate once, scan T times)
+    cur_banks: int = 2               # LIF / IF: current memories (2: ping-pong)
+    cur_width: int = 0               # LIF / IF: bits of a current word (conv only)
+    state_width: int = 0             # LIF / IF: bits of a state word (base)
 
     @classmethod
     def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
-              fault: str | None = None, timesteps: int = 1) -> "CoreParams":
+              fault: str | None = None, timesteps: int = 1, static: bool = False,
+              cur_banks: int = 2) -> "CoreParams":
         s = layer.spec
         stcb = s.neuron.kind is NeuronKind.STCB
         if stcb and fault is not None:
@@ -87,10 +101,17 @@ class CoreParams:
         base = half + math.ceil(half * leak) + n + half
         conv = (1 << (layer.weight_bits - 1)) * s.fan_in * ((1 << layer.input_bits) - 1)
         width = max(layer.acc_bits, signed_bits(-base - conv, base + conv))
+        if cur_banks not in (1, 2):
+            raise EngineError(f"layer {index}: cur_banks must be 1 or 2, not {cur_banks!r}")
+        if static and (stcb or index != 0):
+            raise EngineError(f"layer {index}: only layer 0 of a LIF / IF network is static")
+        cur_w = width if stcb else signed_bits(-conv, conv)
+        state_w = width if stcb else signed_bits(-base, base)
         return cls(index, s.kind, tuple(in_shape), s.in_channels, s.out_channels, s.kernel,
                    s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
                    layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
-                   s.neuron.reset, fmt, fault, stcb, timesteps)
+                   s.neuron.reset, fmt, fault, stcb, timesteps, static,
+                   1 if stcb else cur_banks, cur_w, state_w)
 
     # ------------------------------------------------------------------ geometry
 

@@ -66,7 +66,7 @@ class StebUnit(wiring.Component):
         if not params.stcb:
             raise ValueError("StebUnit takes the parameters of an STCB layer")
         self._p = p = params
-        super().__init__(scan_unit_members(p))
+        super().__init__(scan_unit_members(p, p.acc_width))
 
     def elaborate(self, platform):
         m = Module()

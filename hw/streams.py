@@ -17,7 +17,10 @@ shift      ``shift_bits``    CAB weight shift: the event adds ``w << shift``
                              (layer 0 bit planes: ``B - 1 - b`` for plane
                              ``b``, MSB first; spikes between layers: 0)
 last       1                 end-of-time-step marker; a marker carries no
-                             event (its other fields are 0 and ignored)
+                             event (channel, y, x are 0 and ignored); on the
+                             input of layer 0 a marker with ``shift = 1``
+                             *holds*: the step's frame stands for all ``T``
+                             steps (accumulated once, scanned ``T`` times)
 =========  ===============  =================================================
 """
 

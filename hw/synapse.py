@@ -63,6 +63,8 @@ class SynapseUnit(wiring.Component):
         Drop the held marker and go on with the next step's events.
     at_marker : Out(1)
         A marker has been taken and every earlier update is written.
+    hold : Out(1)
+        With ``at_marker``: the marker's ``shift`` field is 1 (a hold marker).
     busy : Out(1)
         Walking an event or an update in flight.
     update : Out(1)
@@ -71,11 +73,11 @@ class SynapseUnit(wiring.Component):
         Strobe: one event (not a marker) entered the walker this cycle.
     rd_addr : Out(unsigned)
         Bank read address (all banks), data one cycle later.
-    rd_data : In(ArrayLayout(signed(A), P))
+    rd_data : In(ArrayLayout(signed(cur_width), P))
         Bank read data, lane ``j`` from bank ``j``.
     wr_addr : Out(unsigned), wr_en : Out(1)
         Bank write address and enable (all banks).
-    wr_data : Out(ArrayLayout(signed(A), P))
+    wr_data : Out(ArrayLayout(signed(cur_width), P))
         Bank write data per lane.
     w_addr : Out(unsigned)
         Weight memory read address, data one cycle later.
@@ -90,13 +92,14 @@ class SynapseUnit(wiring.Component):
 
     def __init__(self, params: CoreParams):
         self._p = p = params
-        acc = data.ArrayLayout(signed(p.acc_width), p.P)
+        acc = data.ArrayLayout(signed(p.cur_width), p.P)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
             "events": In(p.fmt.signature),
             "enable": In(1),
             "resume": In(1),
             "at_marker": Out(1),
+            "hold": Out(1),
             "busy": Out(1),
             "update": Out(1),
             "accepted": Out(1),
@@ -215,6 +218,7 @@ class SynapseUnit(wiring.Component):
 
         m.d.comb += [
             self.at_marker.eq(marker_held & ~active & ~v1),
+            self.hold.eq(shift == 1),
             self.busy.eq(active | v1),
         ]
         return m
