@@ -398,7 +398,8 @@ def build_run(run_dir: Path, board: str, *, lanes=None) -> dict:
     if lanes is None:
         idx = run_dir / "hw" / "memories.json"
         if idx.exists():
-            lanes = json.loads(idx.read_text())["lanes"]
+            from spikeforge import files
+            lanes = files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
         else:
             lanes = DEFAULT_MODELS[board].lanes
     return build(run_dir, board, run_dir / "build" / board, lanes=lanes)
@@ -407,8 +408,9 @@ def build_run(run_dir: Path, board: str, *, lanes=None) -> dict:
 def read_reports(run_dir: Path) -> dict[str, dict]:
     """``{board: report}`` of the builds in ``RUN/build``."""
     out = {}
+    from spikeforge import files
     for p in sorted(Path(run_dir, "build").glob("*/report.json")):
-        out[p.parent.name] = json.loads(p.read_text())
+        out[p.parent.name] = files.read_json(p)
     return out
 
 

@@ -64,22 +64,31 @@ class SerialTransport:
             import serial
         except ImportError:
             raise ProtocolError("pyserial is not installed: pip install pyserial") from None
+        self._errors = (serial.SerialException, OSError)
         try:
-            self.ser = serial.Serial(port, baud, timeout=0.1)
-        except (serial.SerialException, OSError) as e:
+            # every read and write has a deadline: nothing blocks forever
+            self.ser = serial.Serial(port, baud, timeout=0.1, write_timeout=5.0)
+        except (serial.SerialException, OSError, ValueError) as e:
             raise ProtocolError(f"cannot open serial port {port}: {e}") from None
+        self.port = port
 
     def write(self, data: bytes) -> None:
-        self.ser.write(data)
-        self.ser.flush()
+        try:
+            self.ser.write(data)
+            self.ser.flush()
+        except self._errors as e:  # SerialTimeoutException included
+            raise LinkTimeout(f"cannot write to {self.port}: {e}") from None
 
     def read(self, n: int, timeout: float) -> bytes:
-        self.ser.timeout = max(0.0, timeout)
-        first = self.ser.read(1)
-        if not first or n == 1:
-            return first
-        more = min(n - 1, self.ser.in_waiting)
-        return first + (self.ser.read(more) if more else b"")
+        try:
+            self.ser.timeout = max(0.0, timeout)
+            first = self.ser.read(1)
+            if not first or n == 1:
+                return first
+            more = min(n - 1, self.ser.in_waiting)
+            return first + (self.ser.read(more) if more else b"")
+        except self._errors as e:
+            raise ProtocolError(f"cannot read from {self.port}: {e}") from None
 
     def now(self) -> float:
         return time.monotonic()
@@ -209,14 +218,19 @@ class Board:
     quiet : float, optional
         Silence that ends a drain; default: twice the board's receive timeout
         (from PING), 0.2 s before the first PING.
+    drain_limit : float
+        Longest a drain waits for that silence (transport time): a line that
+        never goes quiet (a device printing a log, a wrong baud rate) is a
+        :class:`LinkTimeout`, not a hang.
     """
 
     def __init__(self, transport, *, timeout: float = 1.0, retries: int = 3,
-                 quiet: float | None = None):
+                 quiet: float | None = None, drain_limit: float = 5.0):
         self.t = transport
         self.timeout = timeout
         self.retries = retries
         self._quiet = quiet
+        self.drain_limit = drain_limit
         self._seq = 0
         self._parser = P.Parser()
         self._items: list = []
@@ -237,12 +251,20 @@ class Board:
 
     def drain(self) -> None:
         """Wait until the line has been silent for ``quiet`` seconds; forget
-        partial input (notices in it are kept)."""
+        partial input (notices in it are kept); :class:`LinkTimeout` when it is
+        not silent within ``drain_limit`` seconds."""
+        deadline = self.t.now() + max(self.drain_limit, 2 * self.quiet)
         while True:
             data = self.t.read(4096, self.quiet)
             if not data:
                 break
             self._collect(self._parser.feed(data), strict=False)
+            if self.t.now() > deadline:
+                self._parser.reset()
+                self._items.clear()
+                raise LinkTimeout(f"the line did not go quiet for {self.quiet:g} s within "
+                                  f"{max(self.drain_limit, 2 * self.quiet):g} s: a device that "
+                                  "keeps sending, or a wrong baud rate?")
         self._collect(self._parser.expire(), strict=False)
         self._parser.reset()
         self._items.clear()
@@ -451,15 +473,20 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
     if not builds:
         raise SpikeforgeError(f"no build report under {run_dir / 'build'}: run `spikeforge build "
                               f"{run_dir} --board ...` and flash the board first")
-    ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
+    from spikeforge.flow import image_data
+    dataset, seed = image_data(meta)
+    ds = sfdata.load(dataset, seed=seed)
     if type(images) is not int or not 1 <= images <= len(ds.y_test):
         raise SpikeforgeError(f"--images must be in 1..{len(ds.y_test)}, not {images}")
+    from spikeforge import files
+    cands = [files.read_json(p) for p in builds]
+    for p, c in zip(builds, cands):
+        files.need(c, "lanes", files.POSITIVE_INTS, str(p))
     t = transport or SerialTransport(port, baud)
     try:
         b = Board(t)
         info = b.ping()
-        cands = [json.loads(p.read_text()) for p in builds]
-        match = [c for c in cands if P.design_id(net, c["lanes"]) == info.design_id]
+        match = [c for c in cands if _design_id(net, c["lanes"]) == info.design_id]
         if not match:
             raise BoardMismatch(f"the board at {port} (design id 0x{info.design_id:08x}) runs "
                                 f"none of the builds of {run_dir}: flash "
@@ -476,6 +503,15 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
             f"{max(out['counts_mismatches'], out['class_mismatches'])} of {images} images "
             f"differ from the golden model; see {run_dir / 'board_infer.json'}")
     return out
+
+
+def _design_id(net, lanes) -> int | None:
+    """The design id of ``net`` with ``lanes``; None for lanes it cannot take."""
+    from spikeforge.hw.network import lane_counts
+    try:
+        return P.design_id(net, lane_counts(net, lanes))
+    except SpikeforgeError:
+        return None
 
 
 def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False) -> dict:

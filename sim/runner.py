@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,35 +98,72 @@ def _engine_digest() -> str:
     return h.hexdigest()[:16]
 
 
+#: Characters GNU make takes literally in a path (Verilator's generated
+#: makefiles name the build folder); any other (a space, ``#``, ``$``, ``:``)
+#: and the build happens in a scratch folder that is then copied.
+_MAKE_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+.,/@~")
+
+
+def make_safe(path: Path) -> bool:
+    """Whether GNU make can take ``path`` (absolute, symlinks resolved: cocotb
+    resolves them) as it is."""
+    return set(str(Path(path).resolve())) <= _MAKE_SAFE
+
+
 def verilator_build(bdir: Path, toplevel: str, sources, *, waves: bool = False) -> bool:
     """Build the Verilog ``sources()`` (name -> text) with ``toplevel`` into
     ``bdir`` through cocotb's runner, unless ``bdir`` already holds a finished
-    build; True when it built."""
-    from cocotb_tools.runner import get_runner
+    build; True when it built.  A ``bdir`` whose path GNU make cannot take
+    (a space in a run folder's name) is built in a scratch folder under the
+    system's temporary folder and copied into ``bdir``."""
+    import tempfile
+    bdir = Path(bdir)
     stamp = bdir / "built.ok"
     if stamp.exists():
         return False
     bdir.mkdir(parents=True, exist_ok=True)
+    if make_safe(bdir):
+        _verilator_build(bdir, bdir, toplevel, sources, waves)
+    else:
+        tmp_root = Path(tempfile.gettempdir())
+        if not make_safe(tmp_root):
+            raise SimError(f"GNU make cannot build in {bdir} nor in the temporary folder "
+                           f"{tmp_root} (spaces or special characters in both paths); set "
+                           "TMPDIR to a plain path")
+        scratch = Path(tempfile.mkdtemp(prefix="spikeforge-build-", dir=tmp_root))
+        try:
+            _verilator_build(scratch, bdir, toplevel, sources, waves)
+            shutil.copytree(scratch, bdir, symlinks=True, dirs_exist_ok=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    stamp.write_text("ok\n")
+    return True
+
+
+def _verilator_build(where: Path, bdir: Path, toplevel: str, sources, waves: bool) -> None:
+    """The build itself, in ``where`` (``bdir``, or a scratch folder copied into it)."""
+    from cocotb_tools.runner import get_runner
     files = []
     for name, text in sources().items():
-        files.append(bdir / f"{name}.v")
+        files.append(where / f"{name}.v")
         files[-1].write_text(text)
     saved = os.environ.get("MAKEFLAGS")
     os.environ["MAKEFLAGS"] = f"{saved or ''} {MAKE_FIX}".strip()
     try:
         get_runner("verilator").build(sources=files, hdl_toplevel=toplevel,
-                                      build_dir=bdir / "obj", timescale=("1ns", "1ps"),
+                                      build_dir=where / "obj", timescale=("1ns", "1ps"),
                                       build_args=BUILD_ARGS, always=True, waves=waves,
-                                      log_file=bdir / "build.log")
-    except (SystemExit, Exception) as e:  # the runner raises SystemExit / CalledProcessError
+                                      log_file=where / "build.log")
+    except (SystemExit, subprocess.CalledProcessError, OSError, RuntimeError) as e:
+        # the runner ends with SystemExit (no simulator) or CalledProcessError (make)
+        if where != bdir and (where / "build.log").exists():
+            shutil.copy(where / "build.log", bdir / "build.log")
         raise SimError(f"Verilator build failed ({e}); see {bdir / 'build.log'}") from None
     finally:
         if saved is None:
             del os.environ["MAKEFLAGS"]
         else:
             os.environ["MAKEFLAGS"] = saved
-    stamp.write_text("ok\n")
-    return True
 
 
 def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,

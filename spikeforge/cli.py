@@ -9,9 +9,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
+from spikeforge.config import MAX_TIMESTEPS
 from spikeforge.errors import SpikeforgeError
+
+
+class UsageError(SpikeforgeError):
+    """A bad command line: unknown option, missing or malformed value."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a :class:`UsageError` (one line
+    ``error: ...`` and exit status 2 from :func:`main`), not a usage dump."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in ``lo..hi``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+        if v < lo or hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(
+                f"must be {'at least ' + str(lo) if hi is None else f'in {lo}..{hi}'}, not {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return v
+
+
+SEED_LIMIT = (1 << 63) - 1
 
 
 def _overrides(items: list[str]) -> dict:
@@ -33,29 +76,32 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--model", default=defaults.model, help="model name (default %(default)s)")
     p.add_argument("--dataset", default=defaults.dataset,
                    help="mnist5k, digits8x8, seq1..seq5 or idx:DIR (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--timesteps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--epochs", type=_int_in(1, 100_000), default=defaults.epochs)
+    p.add_argument("--timesteps", type=_int_in(1, MAX_TIMESTEPS), default=None)
+    p.add_argument("--batch-size", type=_int_in(1, 1 << 20), default=defaults.batch_size)
+    p.add_argument("--lr", type=_positive_float, default=defaults.lr)
+    p.add_argument("--seed", type=_int_in(0, SEED_LIMIT), default=defaults.seed)
     p.add_argument("--loss", choices=("mse", "ce"), default=defaults.loss)
-    p.add_argument("--hybrid-epochs", type=int, default=defaults.hybrid_epochs,
+    p.add_argument("--hybrid-epochs", type=_int_in(0, 100_000), default=defaults.hybrid_epochs,
                    help="ConvSNN hybrid pre-training epochs (leaky ReLU, no reset)")
-    p.add_argument("--train-limit", type=int, default=None,
+    p.add_argument("--train-limit", type=_int_in(1), default=None,
                    help="train on the first N samples only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model builder override, e.g. --set channels=[16,32] (repeatable)"
                         + (f"; defaults: {defaults.overrides}" if defaults.overrides else ""))
-    p.set_defaults(base_overrides=dict(defaults.overrides))
+    p.set_defaults(base_overrides=dict(defaults.overrides), base_model=defaults.model)
 
 
 def train_config(args, **fixed):
     from spikeforge.sw.train import TrainConfig
+    # the default overrides belong to the default model (`run`'s small ConvSNN):
+    # another --model gets its own builder's defaults
+    base = args.base_overrides if args.model == getattr(args, "base_model", args.model) else {}
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                        timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, loss=args.loss, hybrid_epochs=args.hybrid_epochs,
                        train_limit=args.train_limit,
-                       overrides={**args.base_overrides, **_overrides(args.set)}, **fixed)
+                       overrides={**base, **_overrides(args.set)}, **fixed)
 
 
 def cmd_train(args) -> int:
@@ -88,11 +134,12 @@ def cmd_infer(args) -> int:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weight-bits", type=int, default=8, help="2..16 (default %(default)s)")
-    p.add_argument("--qat-epochs", type=int, default=0,
+    p.add_argument("--weight-bits", type=_int_in(2, 16), default=8,
+                   help="2..16 (default %(default)s)")
+    p.add_argument("--qat-epochs", type=_int_in(0, 100_000), default=0,
                    help="quantization-aware fine-tuning epochs (default %(default)s)")
     p.add_argument("--per-channel", action="store_true", help="per-output-channel scales")
-    p.add_argument("--input-bits", type=int, default=8,
+    p.add_argument("--input-bits", type=_int_in(1, 8), default=8,
                    help="pixel bits fed as bit planes to layer 0 (default %(default)s)")
 
 
@@ -100,7 +147,10 @@ def _lanes(text: str):
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or a comma list, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or a comma list, not {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"lane counts must be positive, not {text!r}")
     return values[0] if len(values) == 1 else values
 
 
@@ -112,14 +162,14 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
     _add_export_args(p)
-    p.add_argument("--images", type=int, default=200,
+    p.add_argument("--images", type=_int_in(1), default=200,
                    help="test images to simulate (default %(default)s)")
     p.add_argument("--waves", action="store_true",
                    help="on a mismatch, replay that image with a VCD waveform")
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clock-mhz", type=float, default=50.0,
+    p.add_argument("--clock-mhz", type=_positive_float, default=50.0,
                    help="clock for the latency figure (default %(default)s MHz)")
 
 
@@ -134,8 +184,8 @@ def _step(name):
 def main(argv: list[str] | None = None) -> int:
     from spikeforge import flow
     from spikeforge.sw.train import TrainConfig
-    parser = argparse.ArgumentParser(prog="spikeforge", description="spikeforge: spiking CNNs from PyTorch training to a verified FPGA bitstream")
-    common = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(prog="spikeforge", description="spikeforge: spiking CNNs from PyTorch training to a verified FPGA bitstream")
+    common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     add = lambda name, help_: sub.add_parser(name, help=help_, parents=[common])
@@ -171,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p = add("infer", "send test images to a board over its UART, compare with the golden model")
     p.add_argument("run", help="run folder")
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
-    p.add_argument("--images", type=int, default=20)
-    p.add_argument("--baud", type=int, default=1_000_000)
+    p.add_argument("--images", type=_int_in(1), default=20)
+    p.add_argument("--baud", type=_int_in(1, 100_000_000), default=1_000_000)
     p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None)
     p.set_defaults(fn=cmd_infer)
 
@@ -186,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="redo the flow from this step (default: resume after the last done)")
     p.set_defaults(fn=lambda a: flow.run(a))
 
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.fn(args)
     except SpikeforgeError as e:
         print(f"error: {e}", file=sys.stderr)

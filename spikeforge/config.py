@@ -24,6 +24,12 @@ class SpecError(SpikeforgeError, ValueError):
     """A spec (or a dictionary meant to become one) is invalid."""
 
 
+#: Most time steps of a network: the integer contract shifts by ``T - 1``
+#: (STEB thresholds ``2**(T-1) >> t``, bit-plane Horner sums) and the
+#: hardware counts steps in a few bits.
+MAX_TIMESTEPS = 64
+
+
 class NeuronKind(str, enum.Enum):
     """Neuron model of a layer.
 
@@ -250,8 +256,8 @@ class NetworkSpec:
             LayerSpec(**l) if isinstance(l, dict) else l for l in self.layers))
         _check(len(self.input_shape) == 3 and min(self.input_shape) >= 1,
                f"input_shape must be (C, H, W), not {self.input_shape!r}")
-        _check(isinstance(self.timesteps, int) and self.timesteps >= 1,
-               f"timesteps must be a positive integer, not {self.timesteps!r}")
+        _check(isinstance(self.timesteps, int) and 1 <= self.timesteps <= MAX_TIMESTEPS,
+               f"timesteps must be an integer in 1..{MAX_TIMESTEPS}, not {self.timesteps!r}")
         _check(self.frames in (1, self.timesteps),
                f"frames must be 1 or timesteps ({self.timesteps}), not {self.frames!r}")
         _check(self.encoding in ("direct", "bitplane", "rate"),
@@ -287,10 +293,13 @@ class NetworkSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":
+        _check(isinstance(d, dict), f"network spec must be an object, not {type(d).__name__}")
         try:
             _known(d, cls, "network")
+            items = d.get("layers", ())
+            _check(isinstance(items, (list, tuple)), "network.layers must be a list")
             layers = []
-            for i, l in enumerate(d.get("layers", ())):
+            for i, l in enumerate(items):
                 _check(isinstance(l, dict), f"layers[{i}] must be an object")
                 _known(l, LayerSpec, f"layers[{i}]")
                 n = l.get("neuron", {})

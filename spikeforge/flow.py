@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from spikeforge import files
 from spikeforge.errors import SpikeforgeError
 from spikeforge.sw.train import TrainConfig
 
@@ -54,6 +55,62 @@ def _need(run: Path, name: str, step: str) -> Path:
     return path
 
 
+def image_data(meta: dict, fallback: str = "mnist5k") -> tuple[str, int]:
+    """The data set and seed a weight image's metadata names (checked)."""
+    dataset, seed = meta.get("dataset", fallback), meta.get("seed", 0)
+    if not isinstance(dataset, str):
+        raise FlowError(f"{IMAGE}: meta.dataset must be a string, not {dataset!r:.40}")
+    if type(seed) is not int or not 0 <= seed < 1 << 63:
+        raise FlowError(f"{IMAGE}: meta.seed must be an integer in 0..2**63-1, not {seed!r:.40}")
+    return dataset, seed
+
+
+def read_metrics(run: Path, *, trained: bool = False) -> dict:
+    """RUN/metrics.json, checked (``trained``: with the fields `train` writes
+    and `report` shows)."""
+    path = _need(run, "metrics.json", "train")
+    m = files.read_json(path)
+    if trained:
+        for key in ("model", "dataset"):
+            files.need(m, key, files.STRING, str(path))
+        files.need(m, "test_accuracy", files.FRACTION, str(path))
+        files.need(m, "train_seconds", files.NONNEG, str(path))
+        files.need(m, "firing_rates", files.NUMBERS, str(path))
+        e = files.need(m, "energy", files.OBJECT, str(path))
+        for key in ("e_snn_pj", "e_ann_fp32_pj"):
+            files.need(e, key, files.NONNEG, f"{path}: energy")
+        for key in ("int_accuracy", "float_int_class_agreement"):
+            files.need(m, key, files.FRACTION, str(path), optional=True)
+        files.need(m, "weight_bits", files.POSITIVE_INT, str(path), optional=True)
+    return m
+
+
+def read_sim(run: Path) -> dict | None:
+    """RUN/sim.json with the fields `report` shows, checked; None when absent."""
+    path = run / "sim.json"
+    if not path.exists():
+        return None
+    sim = files.read_json(path)
+    where = str(path)
+    files.need(sim, "images", files.POSITIVE_INT, where)
+    files.need(sim, "mismatches", files.COUNT, where)
+    files.need(sim, "rtl_accuracy", files.FRACTION, where)
+    cyc = files.need(sim, "cycles_per_inference", files.OBJECT, where)
+    for key in ("mean", "min", "max"):
+        files.need(cyc, key, files.POSITIVE, f"{where}: cycles_per_inference")
+    e = files.need(sim, "energy", files.OBJECT, where)
+    for key in ("e_synaptic_pj_per_inference", "accumulates_per_inference"):
+        files.need(e, key, files.NONNEG, f"{where}: energy")
+    for key in ("sim_cycles_per_second", "sim_images_per_second"):
+        files.need(sim, key, files.NONNEG, where)
+    layers = files.need(sim, "layers", ("a non-empty list of objects", lambda v: isinstance(
+        v, list) and bool(v) and all(isinstance(L, dict) for L in v)), where)
+    for i, L in enumerate(layers):
+        for key in ("busy", "scan", "stall"):
+            files.need(L, key, files.NONNEG, f"{where}: layers[{i}]")
+    return sim
+
+
 def step_train(run: Path, args) -> None:
     from spikeforge.cli import train_config
     from spikeforge.sw.train import train
@@ -69,6 +126,7 @@ def step_quantize(run: Path, args) -> None:
     from spikeforge.sw import data as sfdata
     from spikeforge.sw import quantize as q
     from spikeforge.sw.train import evaluate, fit, load_run, write_metrics
+    read_metrics(run)  # a damaged metrics.json is refused before any work
     cfg, model = load_run(run)
     qc = q.QuantConfig(weight_bits=args.weight_bits, per_channel=args.per_channel,
                        input_bits=args.input_bits)
@@ -109,9 +167,11 @@ def step_quantize(run: Path, args) -> None:
 def step_export(run: Path, args) -> None:
     """Memory images of the weight image for the RTL ($readmemh hex + a manifest)."""
     from spikeforge import image
+    from spikeforge.hw.network import lane_counts
     net, _ = image.read_image(_need(run, IMAGE, "quantize"))
-    files = image.export_hex(net, run / "hw", args.lanes)
-    print(f"{len(files)} memory images (P = {args.lanes}) -> {run / 'hw'}")
+    lane_counts(net, args.lanes)  # the lane counts the engine (sim, verify, build) accepts
+    written = image.export_hex(net, run / "hw", args.lanes)
+    print(f"{len(written)} memory images (P = {args.lanes}) -> {run / 'hw'}")
 
 
 def step_sim(run: Path, args) -> dict:
@@ -123,7 +183,8 @@ def step_sim(run: Path, args) -> dict:
     from spikeforge.sw import data as sfdata
     from spikeforge.sw import energy
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
-    ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
+    dataset, seed = image_data(meta)
+    ds = sfdata.load(dataset, seed=seed)
     n = args.images
     if not 1 <= n <= len(ds.y_test):
         raise FlowError(f"--images must be in 1..{len(ds.y_test)} (the test set of "
@@ -198,8 +259,8 @@ def step_report(run: Path, args) -> None:
     from spikeforge import image, plots
     from spikeforge.sw import data as sfdata
     from spikeforge.sw import golden
-    m = json.loads(_need(run, "metrics.json", "train").read_text())
-    sim = json.loads((run / "sim.json").read_text()) if (run / "sim.json").exists() else None
+    m = read_metrics(run, trained=True)
+    sim = read_sim(run)
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"
     clock = args.clock_mhz
     rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
@@ -229,7 +290,11 @@ def step_report(run: Path, args) -> None:
 
     if (run / IMAGE).exists():
         net, meta = image.read_image(run / IMAGE)
-        ds = sfdata.load(meta.get("dataset", m["dataset"]), seed=meta.get("seed", 0))
+        dataset, seed = image_data(meta, m["dataset"])
+        if len(m["firing_rates"]) != len(net.layers):
+            raise FlowError(f"{run / 'metrics.json'}: {len(m['firing_rates'])} firing rates "
+                            f"for the {len(net.layers)} layers of {run / IMAGE}")
+        ds = sfdata.load(dataset, seed=seed)
         res = golden.run(net, ds.x_test)
         plots.confusion(run / "confusion.png", ds.y_test, res.classes, net.spec.classes,
                         f"integer model, {len(ds.y_test)} test images")

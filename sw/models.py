@@ -132,11 +132,37 @@ def spec_for(name: str, **overrides) -> NetworkSpec:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     fn = MODELS[name]
     try:
-        return fn(**overrides)
-    except TypeError as e:
+        spec = fn(**overrides)
+    except SpikeforgeError as e:
+        if not overrides:
+            raise
+        given = ", ".join(f"{k}={v!r:.40}" for k, v in overrides.items())
+        raise ModelError(f"model {name!r} with {given}: {e}") from None
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError) as e:
+        # a value of the wrong type or shape trips the builder before the spec checks
         import inspect
         known = ", ".join(inspect.signature(fn).parameters)
         raise ModelError(f"model {name!r}: bad override ({e}); known: {known}") from None
+    check_size(spec)
+    return spec
+
+
+#: Largest network built in software: parameters (weights) and neurons per
+#: time step.  bpsta-small, the biggest model, has 52 M parameters.
+MAX_PARAMETERS = 200_000_000
+MAX_NEURONS = 50_000_000
+
+
+def check_size(spec: NetworkSpec) -> None:
+    """Refuse a spec too big to allocate, before any tensor is made."""
+    params = sum(l.fan_in * l.out_channels * (2 if l.kind is LayerKind.RESBLOCK else 1)
+                 for l in spec.layers)
+    neurons = sum(l.neurons for l in spec.layers)
+    if params > MAX_PARAMETERS:
+        raise ModelError(f"{spec.name}: {params:,} parameters exceed the limit of "
+                         f"{MAX_PARAMETERS:,}")
+    if neurons > MAX_NEURONS:
+        raise ModelError(f"{spec.name}: {neurons:,} neurons exceed the limit of {MAX_NEURONS:,}")
 
 
 def build(name: str, **overrides) -> "SpikingNet":
@@ -206,6 +232,7 @@ class SpikingNet(nn.Module):
 
     def __init__(self, spec: NetworkSpec, dropout: float = 0.0):
         super().__init__()
+        check_size(spec)
         kinds = {l.neuron.kind is NeuronKind.STCB for l in spec.layers}
         if len(kinds) > 1:
             raise ModelError(f"{spec.name}: STCB and LIF/IF layers cannot be mixed in one network")

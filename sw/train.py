@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import reprlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spikeforge.config import NetworkSpec
+from spikeforge.config import MAX_TIMESTEPS, NetworkSpec
 from spikeforge.errors import SpikeforgeError
+from spikeforge.files import read_json
 from spikeforge.sw import data as sfdata
 from spikeforge.sw import energy
-from spikeforge.sw.models import SpikingNet, spec_for
+from spikeforge.sw.models import SpikingNet, check_size, spec_for
 from spikeforge.sw.neurons import steb_encode
 
 
@@ -54,14 +57,45 @@ class TrainConfig:
     overrides: dict = field(default_factory=dict)  # model builder keyword overrides
 
     def __post_init__(self):
+        def is_int(v):
+            return type(v) is int
+
+        def is_real(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("model", "dataset"):
+            if not isinstance(getattr(self, name), str):
+                raise TrainError(f"{name} must be a string, not {getattr(self, name)!r:.40}")
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise TrainError(f"{name} must be a positive integer, not {v!r}")
+            if not is_int(v) or v < 1:
+                raise TrainError(f"{name} must be a positive integer, not {v!r:.40}")
+        if self.timesteps is not None and (not is_int(self.timesteps)
+                                           or not 1 <= self.timesteps <= MAX_TIMESTEPS):
+            raise TrainError(f"timesteps must be null or an integer in 1..{MAX_TIMESTEPS}, "
+                             f"not {self.timesteps!r:.40}")
+        if not is_real(self.lr) or self.lr <= 0:
+            raise TrainError(f"lr must be a finite number above 0, not {self.lr!r:.40}")
+        if not is_int(self.seed) or not 0 <= self.seed < 1 << 63:
+            raise TrainError(f"seed must be an integer in 0..2**63-1, not {self.seed!r:.40}")
         if self.loss not in ("mse", "ce"):
-            raise TrainError(f"loss must be 'mse' or 'ce', not {self.loss!r}")
-        if not 0 <= self.hybrid_epochs <= self.epochs:
-            raise TrainError(f"hybrid_epochs must be in [0, epochs], not {self.hybrid_epochs!r}")
+            raise TrainError(f"loss must be 'mse' or 'ce', not {self.loss!r:.40}")
+        if not is_int(self.hybrid_epochs) or not 0 <= self.hybrid_epochs <= self.epochs:
+            raise TrainError(f"hybrid_epochs must be an integer in [0, epochs], "
+                             f"not {self.hybrid_epochs!r:.40}")
+        if not is_real(self.hybrid_beta) or self.hybrid_beta < 0:
+            raise TrainError(f"hybrid_beta must be a non-negative finite number, "
+                             f"not {self.hybrid_beta!r:.40}")
+        if not is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise TrainError(f"dropout must be a number in [0, 1), not {self.dropout!r:.40}")
+        if self.train_limit is not None and (not is_int(self.train_limit)
+                                             or self.train_limit < 1):
+            raise TrainError(f"train_limit must be null or a positive integer, "
+                             f"not {self.train_limit!r:.40}")
+        if not isinstance(self.overrides, dict) or not all(isinstance(k, str)
+                                                           for k in self.overrides):
+            raise TrainError(f"overrides must be an object of builder arguments, "
+                             f"not {self.overrides!r:.40}")
 
 
 def network_spec(cfg: TrainConfig, ds: sfdata.Dataset) -> NetworkSpec:
@@ -74,7 +108,17 @@ def network_spec(cfg: TrainConfig, ds: sfdata.Dataset) -> NetworkSpec:
     if ds.frames > 1:
         kw.setdefault("frames", ds.frames)
         kw.setdefault("timesteps", ds.frames)
-    return spec_for(cfg.model, **kw)
+    spec = spec_for(cfg.model, **kw)
+    if spec.classes != ds.classes:
+        raise TrainError(f"the model has {spec.classes} classes, the data set {cfg.dataset} "
+                         f"{ds.classes}: drop --set classes or match the data")
+    if tuple(spec.input_shape) != tuple(ds.shape):
+        raise TrainError(f"the model takes input {list(spec.input_shape)}, the data set "
+                         f"{cfg.dataset} has {list(ds.shape)}")
+    if ds.frames > 1 and spec.frames != ds.frames:
+        raise TrainError(f"the data set {cfg.dataset} has {ds.frames} frames per sample, "
+                         f"the model takes {spec.frames}")
+    return spec
 
 
 def _score_scale(spec: NetworkSpec, stcb: bool) -> float:
@@ -197,7 +241,7 @@ def save_run(run: Path, cfg: TrainConfig, model: SpikingNet, metrics: dict) -> N
 def write_metrics(run: Path, update: dict) -> dict:
     """Merge ``update`` into RUN/metrics.json (later steps add their figures)."""
     path = Path(run) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = read_json(path) if path.exists() else {}
     metrics.update(update)
     path.write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -211,12 +255,20 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, SpikingNet]:
     for name in ("config.json", "model.safetensors"):
         if not (run / name).is_file():
             raise TrainError(f"{run}: no {name}; run `spikeforge train --out {run}` first")
+    path = run / "config.json"
+    cfg_d = read_json(path)
+    for key in ("train", "spec"):
+        if not isinstance(cfg_d.get(key), dict):
+            raise TrainError(f"{path}: field {key!r} must be an object, "
+                             f"not {reprlib.repr(cfg_d.get(key))}")
     try:
-        cfg_d = json.loads((run / "config.json").read_text())
         cfg = TrainConfig(**cfg_d["train"])
         spec = NetworkSpec.from_dict(cfg_d["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise TrainError(f"{run / 'config.json'}: not a spikeforge run config ({e})") from None
+        check_size(spec)
+    except TypeError as e:  # unknown or missing TrainConfig fields
+        raise TrainError(f"{path}: not a spikeforge run config ({e})") from None
+    except SpikeforgeError as e:
+        raise TrainError(f"{path}: {e}") from None
     model = SpikingNet(spec, dropout=cfg.dropout)
     try:
         model.load_state_dict(load_file(str(run / "model.safetensors")))

@@ -1,0 +1,371 @@
+"""Bad input, as a hostile or careless user gives it: every command answers
+with one line ``error: ...`` on stderr and exit status 2, never a traceback or
+a hang (issue 12).  Everything goes through the real entry point,
+``spikeforge.cli.main(argv)``, in-process."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spikeforge import cli
+from spikeforge.boards import host
+
+TINY = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "1", "--batch-size", "16",
+        "--set", "channels=[4]", "--set", "hidden=8", "--timesteps", "2", "--train-limit", "64"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny trained and quantized run folder (read-only: tests copy it)."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    assert cli.main(["train", "-q", *TINY, "--out", str(run)]) == 0
+    assert cli.main(["quantize", "-q", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def run(base, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(base, out)
+    return out
+
+
+def fails(argv, capsys, *needles, status=2) -> str:
+    """Run the command line; assert the exit status and a one-line error naming
+    every ``needle``; the message."""
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == status, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def valid_sim() -> dict:
+    return {"images": 3, "mismatches": 0, "rtl_accuracy": 1.0, "golden_accuracy": 1.0,
+            "cycles_per_inference": {"mean": 10.0, "min": 9, "max": 11},
+            "energy": {"accumulates_per_inference": 5, "e_ac_pj": 0.1,
+                       "e_synaptic_pj_per_inference": 0.5},
+            "sim_cycles_per_second": 1e6, "sim_images_per_second": 3.0,
+            "layers": [{"busy": 1, "scan": 2, "stall": 0}, {"busy": 1, "scan": 2, "stall": 0}]}
+
+
+# --------------------------------------------------------------------------- run-folder files
+
+def write(path: Path, content) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_text(json.dumps(content))
+
+
+def config_with(run: Path, section: str, **values) -> dict:
+    cfg = json.loads((run / "config.json").read_text())
+    cfg[section].update(values)
+    return cfg
+
+
+FILE_CASES = {
+    # id: (file, content (or a function of the run folder), command, words of the message)
+    "config-spec-list": ("config.json",
+                         lambda r: {**json.loads((r / "config.json").read_text()), "spec": []},
+                         "quantize", ["config.json", "'spec' must be an object"]),
+    "config-not-utf8": ("config.json", b'{"train": "\xff\xfe"}', "quantize",
+                        ["config.json", "not UTF-8"]),
+    "config-deep": ("config.json", "[" * 100_000 + "]" * 100_000, "quantize",
+                    ["config.json", "nested too deeply"]),
+    "config-dropout-type": ("config.json", lambda r: config_with(r, "train", dropout="half"),
+                            "quantize", ["config.json", "dropout must be a number"]),
+    "config-lr-type": ("config.json", lambda r: config_with(r, "train", lr=[1]),
+                       "quantize", ["config.json", "lr must be a finite number"]),
+    "config-lr-negative": ("config.json", lambda r: config_with(r, "train", lr=-1),
+                           "quantize", ["lr must be a finite number above 0"]),
+    "config-timesteps-huge": ("config.json", lambda r: config_with(r, "spec", timesteps=2 ** 40),
+                              "quantize", ["timesteps must be an integer in 1..64"]),
+    "config-unknown-field": ("config.json", lambda r: config_with(r, "train", colour="red"),
+                             "quantize", ["config.json", "colour"]),
+    "metrics-garbled": ("metrics.json", "{not json", "quantize",
+                        ["metrics.json", "not valid JSON"]),
+    "metrics-list": ("metrics.json", "[1, 2]", "quantize",
+                     ["metrics.json", "expected a JSON object, not a list"]),
+    "metrics-empty-report": ("metrics.json", {}, "report", ["metrics.json", "missing field 'model'"]),
+    "metrics-rates-type": ("metrics.json",
+                           lambda r: {**json.loads((r / "metrics.json").read_text()),
+                                      "firing_rates": "high"},
+                           "report", ["'firing_rates' must be a list of finite numbers"]),
+    "metrics-rates-count": ("metrics.json",
+                            lambda r: {**json.loads((r / "metrics.json").read_text()),
+                                       "firing_rates": [0.1]},
+                            "report", ["1 firing rates for the 3 layers"]),
+    "metrics-rates-nan": ("metrics.json",
+                          lambda r: (r / "metrics.json").read_text().replace(
+                              '"firing_rates": [', '"firing_rates": [NaN, '),
+                          "report", ["'firing_rates' must be a list of finite numbers"]),
+    "sim-garbled": ("sim.json", b"\x00\x01garbage", "report", ["sim.json"]),
+    "sim-empty": ("sim.json", {}, "report", ["sim.json", "missing field 'images'"]),
+    "sim-cycles-zero": ("sim.json", {**valid_sim(), "cycles_per_inference":
+                                     {"mean": 0, "min": 0, "max": 0}},
+                        "report", ["sim.json", "'mean' must be a positive number"]),
+    "sim-layers-list": ("sim.json", {**valid_sim(), "layers": [1, 2]}, "report",
+                        ["sim.json", "'layers' must be a non-empty list of objects"]),
+    "memories-garbled": ("hw/memories.json", "lanes: 4", "build --board icebreaker",
+                         ["memories.json", "not valid JSON"]),
+    "memories-lanes": ("hw/memories.json", {"lanes": "four"}, "build --board icebreaker",
+                       ["memories.json", "'lanes' must be a non-empty list of positive integers"]),
+    "image-dev-zero": ("weights.sfimg", None, "export", ["weights.sfimg", "larger than"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FILE_CASES))
+def test_bad_run_folder_file(run, capsys, case):
+    name, content, command, needles = FILE_CASES[case]
+    path = run / name
+    if content is None:  # a symlink to /dev/zero: refused by size, at once
+        path.unlink()
+        path.symlink_to("/dev/zero")
+    else:
+        write(path, content(run) if callable(content) else content)
+    cmd, *extra = command.split()
+    fails([cmd, run, *extra], capsys, *needles)
+
+
+def test_report_runs_on_the_untouched_folder(run, capsys):
+    # the file checks above refuse only what is wrong: the same folder reports
+    write(run / "sim.json", valid_sim() | {"layers": [{"busy": 1, "scan": 2, "stall": 0}] * 3})
+    assert cli.main(["report", str(run), "--clock-mhz", "25"]) == 0
+    assert "latency at 25 MHz" in (run / "report.txt").read_text()
+
+
+# --------------------------------------------------------------------------- flags
+
+FLAG_CASES = {
+    "train-limit-0": (["train", "--train-limit", "0"], ["--train-limit", "at least 1"]),
+    "train-limit-neg": (["train", "--train-limit", "-5"], ["--train-limit", "at least 1"]),
+    "lr-nan": (["train", "--lr", "nan"], ["--lr", "finite number above 0"]),
+    "lr-neg": (["train", "--lr", "-1"], ["--lr", "finite number above 0"]),
+    "seed-huge": (["train", "--seed", str(2 ** 70)], ["--seed", str(2 ** 70)]),
+    "seed-expr": (["train", "--seed", "2**70"], ["--seed", "expected an integer"]),
+    "epochs-0": (["train", "--epochs", "0"], ["--epochs"]),
+    "timesteps-huge": (["train", "--timesteps", "1000"], ["--timesteps", "1..64"]),
+    "classes": (["train", *TINY, "--set", "classes=3"], ["3 classes", "digits8x8 10"]),
+    "hidden-huge": (["train", *TINY, "--set", "hidden=1000000000000"], ["parameters exceed"]),
+    "hidden-expr": (["train", *TINY, "--set", "hidden=10**12"], ["hidden"]),
+    "channels-text": (["train", *TINY, "--set", "channels=abc"], ["channels"]),
+    "clock-0": (["report", "RUN", "--clock-mhz", "0"], ["--clock-mhz"]),
+    "clock-neg": (["report", "RUN", "--clock-mhz", "-5"], ["--clock-mhz"]),
+    "clock-nan": (["report", "RUN", "--clock-mhz", "nan"], ["--clock-mhz", "nan"]),
+    "baud-neg": (["infer", "RUN", "--port", "/dev/null", "--baud", "-5"], ["--baud"]),
+    "qat-neg": (["quantize", "RUN", "--qat-epochs", "-1"], ["--qat-epochs"]),
+    "weight-bits": (["quantize", "RUN", "--weight-bits", "40"], ["--weight-bits", "2..16"]),
+    "input-bits": (["quantize", "RUN", "--input-bits", "9"], ["--input-bits", "1..8"]),
+    "lanes-1000": (["export", "RUN", "--lanes", "1000"], ["lane count P", "1..4", "1000"]),
+    "lanes-zero": (["export", "RUN", "--lanes", "0"], ["--lanes", "positive"]),
+    "images-0": (["sim", "RUN", "--images", "0"], ["--images"]),
+    "unknown-option": (["report", "RUN", "--colour"], ["unrecognized arguments: --colour"]),
+    "no-command": ([], ["command"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FLAG_CASES))
+def test_bad_flag(run, capsys, tmp_path, case):
+    argv, needles = FLAG_CASES[case]
+    argv = [str(run) if a == "RUN" else a for a in argv]
+    if argv and argv[0] == "train":
+        argv += ["-q", "--out", str(tmp_path / "out")]
+    fails(argv, capsys, *needles)
+
+
+def test_export_lanes_agree_with_the_engine(run, capsys):
+    # what export accepts, the engine accepts: the output channels bound both
+    from spikeforge import image
+    from spikeforge.hw.network import lane_counts
+    net, _ = image.read_image(run / "weights.sfimg")
+    top = min(l.out_channels for l in net.spec.layers)
+    assert cli.main(["export", str(run), "--lanes", str(top)]) == 0
+    assert json.loads((run / "hw" / "memories.json").read_text())["lanes"] == lane_counts(net, top)
+    fails(["export", run, "--lanes", top + 1], capsys, "lane count P")
+
+
+# --------------------------------------------------------------------------- run --model
+
+class Stop(Exception):
+    pass
+
+
+def test_run_with_another_model_gets_its_own_defaults(monkeypatch, tmp_path, capsys):
+    from spikeforge.sw import train as sftrain
+    seen = []
+
+    def fake_train(cfg, run, progress=True):
+        seen.append(cfg)
+        from spikeforge.sw.models import spec_for
+        spec_for(cfg.model, **cfg.overrides)  # the overrides fit the model
+        raise sftrain.TrainError("stopped by the test")
+
+    monkeypatch.setattr(sftrain, "train", fake_train)
+    for model in ("bpsta-small", "sts-resnet", "stcsnn-vgg"):
+        fails(["run", "--model", model, "--out", tmp_path / model], capsys, "stopped by the test")
+        assert seen[-1].model == model and seen[-1].overrides == {}
+    # the embedded default keeps its small ConvSNN, and --set still applies
+    fails(["run", "--out", tmp_path / "default", "--set", "hidden=32"], capsys, "stopped")
+    assert seen[-1].overrides == {"channels": (16, 32), "hidden": 32}
+
+
+# --------------------------------------------------------------------------- infer: no hang
+
+class ChattyPort:
+    """A serial port that never goes quiet; time is virtual (10 ms a read)."""
+
+    def __init__(self, port, baud):
+        self.clock = 0.0
+        self.reads = 0
+
+    def write(self, data):
+        pass
+
+    def read(self, n, timeout):
+        self.reads += 1
+        self.clock += 0.01
+        assert self.reads < 100_000, "the host never gave up"
+        return b"boot log line\r\n"[:n]
+
+    def now(self):
+        return self.clock
+
+    def close(self):
+        pass
+
+
+def test_infer_on_a_port_that_never_goes_quiet(run, capsys, monkeypatch):
+    write(run / "build" / "ulx3s" / "report.json", {"board": "ulx3s", "lanes": [1, 1, 1]})
+    monkeypatch.setattr(host, "SerialTransport", ChattyPort)
+    fails(["infer", run, "--port", "/dev/ttyFAKE", "--images", "2"], capsys,
+          "did not go quiet")
+
+
+def test_infer_with_a_garbled_build_report(run, capsys):
+    write(run / "build" / "ulx3s" / "report.json", "{")
+    fails(["infer", run, "--port", "/dev/ttyFAKE"], capsys, "report.json", "not valid JSON")
+
+
+# --------------------------------------------------------------------------- a space in the path
+
+@pytest.mark.verilator
+def test_verilator_build_in_a_folder_with_a_space(tmp_path):
+    from spikeforge import toolchain
+    from spikeforge.sim import runner
+    toolchain.setup()
+    toolchain.require("verilator")
+    bdir = tmp_path / "my runs" / "b#1"
+    assert not runner.make_safe(bdir)
+    src = {"tiny": "module tiny(input clk, output reg [3:0] q);\n"
+                   "initial q = 0;\nalways @(posedge clk) q <= q + 1;\nendmodule\n"}
+    assert runner.verilator_build(bdir, "tiny", lambda: src)
+    assert (bdir / "obj" / "tiny").is_file() and (bdir / "built.ok").is_file()
+    assert not runner.verilator_build(bdir, "tiny", lambda: src)  # cached
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12)
+
+FUZZ = settings(max_examples=40, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+
+
+def mutate(doc, path, value):
+    """``doc`` with the entry at ``path`` (keys / indices, clamped) set to ``value``."""
+    if not path or not isinstance(doc, (dict, list)) or not doc:
+        return value
+    if isinstance(doc, dict):
+        keys = sorted(doc)
+        k = keys[path[0] % len(keys)]
+        return {**doc, k: mutate(doc[k], path[1:], value)}
+    i = path[0] % len(doc)
+    return doc[:i] + [mutate(doc[i], path[1:], value)] + doc[i + 1:]
+
+
+def only_clean_exits(argv, capsys, ok=(0, 2)):
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code in ok, err
+    assert "Traceback" not in err
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return code
+
+
+@FUZZ
+@given(path=st.lists(st.integers(0, 50), max_size=4), value=json_values)
+def test_fuzz_config_json(base, tmp_path_factory, capsys, path, value):
+    run = tmp_path_factory.mktemp("cfg")
+    good = json.loads((base / "config.json").read_text())
+    write(run / "config.json", mutate(good, path, value))
+    write(run / "metrics.json", {})
+    (run / "model.safetensors").write_bytes(b"")  # a valid config stops at the weights
+    only_clean_exits(["quantize", "-q", run], capsys, ok=(2,))
+
+
+@FUZZ
+@given(path=st.lists(st.integers(0, 50), max_size=3), value=json_values,
+       sim_path=st.lists(st.integers(0, 50), max_size=3), sim_value=json_values,
+       with_sim=st.booleans())
+def test_fuzz_metrics_and_sim_json(base, tmp_path_factory, capsys, path, value, sim_path,
+                                   sim_value, with_sim):
+    run = tmp_path_factory.mktemp("rep")
+    good = json.loads((base / "metrics.json").read_text())
+    write(run / "metrics.json", mutate(good, path, value))
+    if with_sim:
+        write(run / "sim.json", mutate(valid_sim(), sim_path, sim_value))
+    only_clean_exits(["report", run], capsys)
+
+
+FLAGS = {
+    "train": ["--epochs", "--timesteps", "--batch-size", "--lr", "--seed", "--hybrid-epochs",
+              "--train-limit", "--loss", "--model"],
+    "quantize": ["--weight-bits", "--qat-epochs", "--input-bits"],
+    "export": ["--lanes"],
+    "sim": ["--lanes", "--images"],
+    "verify": ["--lanes", "--images"],
+    "report": ["--clock-mhz"],
+    "infer": ["--baud", "--images", "--port"],
+    "build": ["--lanes", "--board"],
+}
+flag_text = st.one_of(st.text(max_size=12), st.integers(-2 ** 80, 2 ** 80).map(str),
+                      st.floats().map(repr), st.sampled_from(["nan", "inf", "-0", "1e400", "0x10",
+                                                              "1,2", "", "-", "--"]))
+
+
+@FUZZ
+@given(command=st.sampled_from(sorted(FLAGS)), data=st.data())
+def test_fuzz_flags(tmp_path_factory, capsys, command, data):
+    # the run folder does not exist (and `train` names an unknown data set), so
+    # every command line ends in exit status 2 however its flags parse
+    flag = data.draw(st.sampled_from(FLAGS[command]))
+    value = data.draw(flag_text)
+    missing = tmp_path_factory.getbasetemp() / "no such run"
+    if command == "train":
+        argv = ["train", "-q", "--dataset", "no-such-data", "--out", missing]
+    elif command == "infer":
+        argv = ["infer", missing, "--port", "/dev/null"]
+    elif command == "build":
+        argv = ["build", missing, "--board", "ulx3s"]
+    else:
+        argv = [command, missing]
+    only_clean_exits([*argv, f"{flag}={value}"], capsys, ok=(2,))
