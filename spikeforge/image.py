@@ -73,9 +73,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikeforge.config import NetworkSpec
+from spikeforge.config import NetworkSpec, NeuronKind
 from spikeforge.errors import SpikeforgeError
-from spikeforge.sw.golden import IntLayer, IntNetwork
+from spikeforge.sw.golden import ContractError, IntLayer, IntNetwork
 
 MAGIC = b"SFIMG\x00\r\n"
 VERSION = 1
@@ -245,7 +245,7 @@ def _network(m: dict, blob: memoryview) -> IntNetwork:
         raise ImageError(f"manifest.spec must be an object, not {type(m['spec']).__name__}")
     try:
         spec = NetworkSpec.from_dict(m["spec"])
-    except Exception as e:  # SpecError, or whatever a malformed value trips in the spec
+    except SpikeforgeError as e:  # SpecError
         raise ImageError(f"manifest.spec: {e}") from None
     if not isinstance(m["layers"], list) or len(m["layers"]) != len(spec.layers):
         got = len(m["layers"]) if isinstance(m["layers"], list) else type(m["layers"]).__name__
@@ -282,14 +282,118 @@ def _network(m: dict, blob: memoryview) -> IntNetwork:
                 raise ImageError(f"{where}.arrays.{name}: value outside its declared "
                                  f"{bits}-bit signed width")
             tensors[name] = torch.from_numpy(a.astype(np.int64).reshape(shape))
+        _check_widths(where, ls, widths, shifts)
         try:
             layers.append(IntLayer(ls, **tensors, decay_shifts=shifts, **widths))
-        except Exception as e:  # ContractError
+        except ContractError as e:
             raise ImageError(f"{where}: {e}") from None
     try:
-        return IntNetwork(spec, tuple(layers))
-    except Exception as e:  # ContractError
+        net = IntNetwork(spec, tuple(layers))
+    except ContractError as e:
         raise ImageError(f"manifest: {e}") from None
+    check_contract(net, "manifest.")
+    return net
+
+
+# --------------------------------------------------------------------------- the contract's ranges
+
+#: Widest membrane state: the neuron memory holds it in one word part.
+MAX_STATE_BITS = 32
+#: Widest accumulator: the golden model forms currents in float64, exact
+#: below 2**53, so |I| + |bias| < 2**52 with every value in 52 signed bits.
+MAX_ACC_BITS = 52
+#: Most decay shifts of a layer (``u - (u >> s1) - ...``; the quantizer picks <= 3).
+MAX_DECAY_SHIFTS = 8
+
+
+def _check_widths(where: str, ls, widths: dict, shifts: tuple[int, ...]) -> None:
+    """Ranges of one layer's declared widths, before any value is looked at."""
+    stcb = ls.neuron.kind is NeuronKind.STCB
+    S, A = widths["state_bits"], widths["acc_bits"]
+    if not 2 <= widths["weight_bits"] <= 16:
+        raise ImageError(f"{where}.weight_bits = {widths['weight_bits']} is outside 2..16")
+    if not 2 <= S <= MAX_STATE_BITS:
+        raise ImageError(f"{where}.state_bits = {S} is outside 2..{MAX_STATE_BITS}")
+    if not 2 <= A <= MAX_ACC_BITS:
+        raise ImageError(f"{where}.acc_bits = {A} is outside 2..{MAX_ACC_BITS}")
+    if not stcb and A < S:
+        raise ImageError(f"{where}.acc_bits = {A} is below state_bits = {S} (the accumulator "
+                         "holds the state plus the current)")
+    if len(shifts) > MAX_DECAY_SHIFTS:
+        raise ImageError(f"{where}.decay_shifts: {len(shifts)} shifts, at most "
+                         f"{MAX_DECAY_SHIFTS}")
+    for i, d in enumerate(shifts):
+        if not 1 <= d <= 31:
+            raise ImageError(f"{where}.decay_shifts[{i}] = {d} is outside 1..31")
+    if stcb and shifts:
+        raise ImageError(f"{where}.decay_shifts must be empty for an STCB layer, not "
+                         f"{list(shifts)}")
+
+
+def check_contract(net: IntNetwork, prefix: str = "") -> None:
+    """Every range and cross-field rule of the integer contract
+    (:mod:`spikeforge.sw.golden`) on ``net``; :class:`ImageError` names the
+    layer and the field.  The reader applies it to every image.
+
+    * all layers LIF/IF, or all STCB (the golden model runs one family);
+    * direct or bit-plane input (``rate`` is random); bit planes: input_bits 1,
+      T <= 8; layer 0's input_bits in 1..8; later layers take spikes
+      (input_bits 1) or, STCB, T-step spike trains (input_bits T);
+    * weight_bits 2..16, state_bits 2..32, acc_bits up to 52, decay shifts
+      1..31 (at most 8; none for STCB);
+    * LIF/IF: state_bits <= acc_bits; theta in 1 .. 2**(S-1) - 1; bias in
+      acc_bits; the accumulator holds ``|state| + |current|`` for the
+      worst-case input; STCB: state_bits >= T + 1 (the STEB's range), CAB
+      shifts 0..31, ``acc + bias`` within acc_bits;
+    """
+    spec = net.spec
+    T = spec.timesteps
+    stcb = net.layers[0].stcb
+    if spec.encoding not in ("direct", "bitplane"):
+        raise ImageError(f"{prefix}spec.encoding {spec.encoding!r} has no integer contract "
+                         "(it is random): direct or bitplane")
+    for n, il in enumerate(net.layers):
+        where = f"{prefix}layers[{n}]"
+        _check_widths(where, il.spec, {k: getattr(il, k) for k in LAYER_KEYS[1:5]},
+                      tuple(il.decay_shifts))
+        if il.stcb != stcb:
+            raise ImageError(f"{where}: {il.spec.neuron.kind.value} layer in a network whose "
+                             f"layer 0 is {net.layers[0].spec.neuron.kind.value}: STCB and "
+                             "LIF/IF layers cannot be mixed")
+        S, A, B = il.state_bits, il.acc_bits, il.input_bits
+        if n == 0:
+            want = (1,) if spec.encoding == "bitplane" else range(1, 9)
+        else:
+            want = (T,) if stcb else (1,)
+        if B not in want:
+            shown = f"{want[0]}" if len(want) == 1 else "1..8"
+            raise ImageError(f"{where}.input_bits = {B}, expected {shown} ("
+                             + ("pixel bits" if n == 0 else "the previous layer's "
+                                + ("T-step spike trains" if stcb else "binary spikes")) + ")")
+        if spec.encoding == "bitplane" and T > 8:
+            raise ImageError(f"{prefix}spec.timesteps = {T}: bit-plane input has at most 8 steps")
+        half = 1 << (S - 1)
+        amin, amax = -(1 << (A - 1)), (1 << (A - 1)) - 1
+        for name, a, lo, hi in (("theta", il.theta, 1 if not stcb else -half, half - 1),
+                                ("bias", il.bias, amin, amax)):
+            if a.numel() and (int(a.min()) < lo or int(a.max()) > hi):
+                bad = int(a.min()) if int(a.min()) < lo else int(a.max())
+                raise ImageError(f"{where}.{name}: value {bad} is outside {lo}..{hi} "
+                                 f"(state_bits {S}, acc_bits {A})")
+        lo, hi = il.current_bounds()
+        if stcb:
+            if S < T + 1:
+                raise ImageError(f"{where}.state_bits = {S} is below T + 1 = {T + 1} (the "
+                                 "STEB's value range)")
+            if il.shift.numel() and not 0 <= int(il.shift.min()) <= int(il.shift.max()) <= 31:
+                raise ImageError(f"{where}.shift: CAB shifts must be in 0..31")
+            need_lo, need_hi = lo, hi
+        else:
+            need_lo, need_hi = -half + min(lo, 0), half - 1 + max(hi, 0)
+        if need_lo < amin or need_hi > amax:
+            raise ImageError(f"{where}.acc_bits = {A} cannot hold the worst-case accumulator "
+                             f"range [{need_lo}, {need_hi}] (current in [{lo}, {hi}]"
+                             + ("" if stcb else f", state in {S} bits") + ")")
 
 
 def _descriptor(d: Any, where: str, blob_size: int, want: tuple[int, ...],

@@ -229,8 +229,13 @@ def _pool(layer: LayerSpec, y: torch.Tensor) -> torch.Tensor:
 def _lif_layer(layer: IntLayer, x: torch.Tensor) -> torch.Tensor:
     """Spikes uint8 ``[T, B, C_out, H', W']`` (pooled) for input ``[T, B, ...]``."""
     T, B = x.shape[:2]
-    # int32 is exact while base + I fits (acc_bits); it halves the memory traffic
-    dtype = torch.int32 if layer.acc_bits <= 31 else torch.int64
+    # int32 halves the memory traffic; it is used only when no value can leave
+    # it: |base + I| <= |I| + 2**S (state, and one theta subtracted) whatever
+    # the declared widths say (a weight image is validated against them, an
+    # in-memory network may not be)
+    lo, hi = layer.current_bounds()
+    worst = max(abs(lo), abs(hi)) + (1 << layer.state_bits) + int(layer.theta.abs().max())
+    dtype = torch.int32 if layer.acc_bits <= 31 and worst < (1 << 31) else torch.int64
     cur = _conv(layer, x.flatten(0, 1), dtype)
     cur = cur.view(T, B, *cur.shape[1:])
     theta = _per_channel(layer.theta, cur[0]).to(dtype)

@@ -275,6 +275,55 @@ def test_verilator_build_in_a_folder_with_a_space(tmp_path):
     assert not runner.verilator_build(bdir, "tiny", lambda: src)  # cached
 
 
+# --------------------------------------------------------------------------- weight images
+
+def wide_theta_network(state_bits: int, acc_bits: int):
+    """One fc layer 4 -> 2 (IF): a current of 4 * 255 a step, theta above 2**31."""
+    import torch
+
+    from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronKind, NeuronSpec
+    from spikeforge.sw.golden import IntLayer, IntNetwork
+    fc = LayerSpec(LayerKind.FC, 4, 2, (1, 1), neuron=NeuronSpec(NeuronKind.IF))
+    spec = NetworkSpec("wide", (1, 2, 2), 4, (fc,), classes=2)
+    one = torch.ones(2, dtype=torch.int64)
+    layer = IntLayer(fc, torch.ones(2, 4, 1, 1, dtype=torch.int64), 0 * one,
+                     one * ((1 << 31) + 5), 0 * one, (), 2, state_bits, acc_bits, 8)
+    return IntNetwork(spec, (layer,))
+
+
+def test_golden_model_does_not_wrap_a_wide_threshold():
+    # acc_bits claims 20 bits, theta needs 33: int32 would wrap theta negative
+    # and fire every step; the golden model picks its type from the values
+    import torch
+
+    from spikeforge.sw import golden
+    net = wide_theta_network(40, 20)
+    x = torch.full((3, 1, 1, 2, 2), 255, dtype=torch.uint8)
+    res = golden.run(net, x)
+    assert int(golden.unpack(res.spikes[0], 2).sum()) == 0
+    assert res.scores.tolist() == [[0, 0]] * 3
+
+
+@pytest.mark.parametrize("state_bits,acc_bits,needles", [
+    (40, 20, ["weights.sfimg", "layers[0].state_bits = 40 is outside 2..32"]),
+    (32, 20, ["layers[0].acc_bits = 20 is below state_bits = 32"]),
+    (32, 40, ["layers[0].theta: value 2147483653 is outside 1..2147483647"]),
+])
+def test_crafted_image_is_refused_by_every_command(run, capsys, state_bits, acc_bits, needles):
+    from spikeforge import image
+    image.write_image(run / "weights.sfimg", wide_theta_network(state_bits, acc_bits),
+                      {"dataset": "digits8x8", "seed": 0})
+    for command in (["export"], ["sim"], ["report"], ["build", "--board", "icebreaker"]):
+        fails([command[0], run, *command[1:]], capsys, *needles)
+
+
+def test_image_meta_naming_a_bad_data_set(run, capsys):
+    from spikeforge import image
+    net, meta = image.read_image(run / "weights.sfimg")
+    image.write_image(run / "weights.sfimg", net, {**meta, "seed": -1})
+    fails(["report", run], capsys, "meta.seed must be an integer")
+
+
 # --------------------------------------------------------------------------- fuzzing
 
 json_values = st.recursive(

@@ -63,7 +63,7 @@ def test_quantize_and_export_from_the_command_line(run_dir, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--model", "nope", "--out", "X"], "unknown model 'nope'"),
     (["train", "--dataset", "cifar", "--out", "X"], "cifar"),
-    (["train", "--epochs", "0", "--out", "X"], "epochs must be a positive integer"),
+    (["train", "--epochs", "0", "--out", "X"], "argument --epochs: must be in 1..100000, not 0"),
     (["quantize", "/no/such/run"], "run folder /no/such/run does not exist"),
     (["train", "--set", "channels", "--out", "X"], "--set expects KEY=VALUE"),
 ])
