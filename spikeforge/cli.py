@@ -105,8 +105,10 @@ def train_config(args, **fixed):
 
 
 def cmd_train(args) -> int:
-    from spikeforge.sw.train import train
-    m = train(train_config(args), args.out, progress=not args.quiet)
+    from pathlib import Path
+
+    from spikeforge import flow
+    m = flow.execute(flow.STEP["train"], Path(args.out), args)
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  ({m['train_seconds']:.0f} s) -> {args.out}")
     return 0
 
@@ -155,9 +157,10 @@ def _lanes(text: str):
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=_lanes, default=4,
+    p.add_argument("--lanes", type=_lanes, default=None,
                    help="output-channel lanes P of the engine: one for all layers or one per "
-                        "layer, e.g. 4,8,2,2 (default %(default)s)")
+                        "layer, e.g. 4,8,2,2 (export's default: chosen by the cycle model; "
+                        "sim / verify: those export recorded in RUN/hw/memories.json)")
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
@@ -176,7 +179,10 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 def _step(name):
     def cmd(args) -> int:
         from spikeforge import flow
-        getattr(flow, f"step_{name}")(_run_dir(args.run), args)
+        if name in flow.STEP:  # a step of the flow: recorded in RUN/.flow
+            flow.execute(flow.STEP[name], _run_dir(args.run), args)
+        else:
+            getattr(flow, f"step_{name}")(_run_dir(args.run), args)
         return 0
     return cmd
 

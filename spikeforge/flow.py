@@ -1,10 +1,15 @@
 """The flow as a list of named steps over one run folder.
 
 Each step reads what earlier steps wrote into the run folder and writes its
-own output file; ``spikeforge run`` skips a step whose output exists, so an
-interrupted run resumes where it stopped, and ``--from-step`` redoes a step
-and all after it.  Every step is also a sub-command (``spikeforge quantize
-RUN``...), called with the same options.
+own output file, and records in ``RUN/.flow/STEP.json`` what it consumed (its
+options, the sha256 of its input files), what it wrote and whether it ended
+well (see :func:`execute`).  ``spikeforge run`` skips a step only when that
+record says it is done with the same options and inputs, so an interrupted
+run resumes where it stopped, a failed step (a verify with mismatches) or a
+changed option (``--weight-bits``) is redone with every step after it, and
+``--from-step`` redoes a step and all after it.  Every step is also a
+sub-command (``spikeforge quantize RUN``...), called with the same options,
+that leaves the same record.
 
     train     RUN/model.safetensors, config.json, metrics.json, training_curve.png
     quantize  RUN/weights.sfimg (the integer network), metrics: int_accuracy ...
@@ -18,6 +23,7 @@ RUN``...), called with the same options.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -43,9 +49,26 @@ class FlowError(SpikeforgeError, ValueError):
 
 @dataclass(frozen=True)
 class Step:
+    """One step of the flow: ``step_{name}(run, args)``, what it reads
+    (``inputs``, files in the run folder), what it writes (``outputs``; the
+    first one names the step's result) and which command-line options it
+    depends on (``options(args)`` -> a JSON-able dict)."""
+
     name: str
-    output: str                      # file in the run folder that marks the step done
-    fn: Callable[[Path, object], None]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    options: Callable[[object], dict]
+    # outputs changed since the step wrote them make it stale; train's need
+    # only exist (a model put into the run folder is used, never retrained over)
+    check_outputs: bool = True
+
+    @property
+    def output(self) -> str:
+        return self.outputs[0]
+
+    @property
+    def fn(self) -> Callable[[Path, object], object]:
+        return globals()[f"step_{self.name}"]  # looked up at call time (tests replace steps)
 
 
 def _need(run: Path, name: str, step: str) -> Path:
@@ -111,10 +134,10 @@ def read_sim(run: Path) -> dict | None:
     return sim
 
 
-def step_train(run: Path, args) -> None:
+def step_train(run: Path, args) -> dict:
     from spikeforge.cli import train_config
     from spikeforge.sw.train import train
-    train(train_config(args), run, progress=not args.quiet)
+    return train(train_config(args), run, progress=not args.quiet)
 
 
 def step_quantize(run: Path, args) -> None:
@@ -164,14 +187,45 @@ def step_quantize(run: Path, args) -> None:
           f"{100 * m['float_int_class_agreement']:.2f}% -> {run / IMAGE}")
 
 
+PLAN_IMAGES = 16  # training images whose spike traces drive the lane choice
+
+
+def planned_lanes(net, meta) -> list[int]:
+    """Lanes per layer chosen by the engine's cycle model
+    (:func:`spikeforge.hw.model.choose_lanes`) from the spike traces of the
+    first training images of the run's data set, within the ULX3S's block RAM."""
+    from spikeforge.hw import model
+    from spikeforge.sw import data as sfdata
+    dataset, seed = image_data(meta)
+    ds = sfdata.load(dataset, seed=seed)
+    return model.choose_lanes(net, model.traces(net, ds.x_train[:PLAN_IMAGES]))
+
+
+def run_lanes(run: Path, net, lanes) -> list[int]:
+    """The engine's lanes for ``run``: ``lanes`` when given, else those that
+    ``export`` recorded in ``RUN/hw/memories.json`` (the one source for
+    sim, verify and build)."""
+    from spikeforge import files
+    from spikeforge.hw.network import lane_counts
+    if lanes is None:
+        idx = _need(run, "hw/memories.json", "export")
+        lanes = files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
+    return lane_counts(net, lanes)
+
+
 def step_export(run: Path, args) -> None:
-    """Memory images of the weight image for the RTL ($readmemh hex + a manifest)."""
+    """Memory images of the weight image for the RTL ($readmemh hex + a manifest
+    that records the lanes: given by ``--lanes``, else chosen by the cycle model)."""
     from spikeforge import image
     from spikeforge.hw.network import lane_counts
-    net, _ = image.read_image(_need(run, IMAGE, "quantize"))
-    lane_counts(net, args.lanes)  # the lane counts the engine (sim, verify, build) accepts
-    written = image.export_hex(net, run / "hw", args.lanes)
-    print(f"{len(written)} memory images (P = {args.lanes}) -> {run / 'hw'}")
+    net, meta = image.read_image(_need(run, IMAGE, "quantize"))
+    if args.lanes is None:
+        lanes = planned_lanes(net, meta)
+        print(f"lanes chosen by the cycle model: {lanes}")
+    else:
+        lanes = lane_counts(net, args.lanes)  # what the engine (sim, verify, build) accepts
+    written = image.export_hex(net, run / "hw", lanes)
+    print(f"{len(written)} memory images (P = {lanes}) -> {run / 'hw'}")
 
 
 def step_sim(run: Path, args) -> dict:
@@ -193,8 +247,9 @@ def step_sim(run: Path, args) -> dict:
     from spikeforge.hw.network import input_events
     words = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
     depth = 1 << max(12, (words - 1).bit_length())
-    print(f"building the Verilator model (P = {args.lanes}) ...")
-    sb = runner.build(net, args.lanes, run / "sim_build", depth=depth)
+    lanes = run_lanes(run, net, args.lanes)
+    print(f"building the Verilator model (P = {lanes}) ...")
+    sb = runner.build(net, lanes, run / "sim_build", depth=depth)
     print(f"simulating {n} images ...")
     sim = runner.run(sb, x, run / "sim_work")
     gold, per_image = runner.compare(net, x, sim)
@@ -204,7 +259,7 @@ def step_sim(run: Path, args) -> dict:
     if bad and getattr(args, "waves", False):
         # replay only the first mismatching image with tracing on
         i = bad[0].image
-        wb = runner.build(net, args.lanes, run / "sim_build", depth=depth, waves=True)
+        wb = runner.build(net, lanes, run / "sim_build", depth=depth, waves=True)
         runner.run(wb, x[i:i + 1], run / "sim_waves")
         waves = str(run / "sim_waves" / "dump.vcd")
         print(f"waveform of image {i}: {waves}")
@@ -223,6 +278,8 @@ def step_sim(run: Path, args) -> dict:
         "golden_accuracy": float((gold.classes == y).float().mean()),
         "rtl_golden_class_agreement": float((preds == gold.classes).float().mean()),
         "cycles_per_inference": {"mean": total_cycles / n, "min": min(cycles), "max": max(cycles)},
+        # images fed back to back: cycles between completions, start and clear pass included
+        "interval_cycles": interval_cycles([r.done_at for r in sim.images]),
         "layers": layers,
         "sim_wall_seconds": sim.wall_seconds,
         "sim_cycles_per_second": total_cycles / sim.wall_seconds,
@@ -234,8 +291,16 @@ def step_sim(run: Path, args) -> dict:
     (run / "sim.json").write_text(json.dumps(out, indent=2))
     print(f"{n} images: {mismatches} mismatching, RTL accuracy {100 * out['rtl_accuracy']:.2f}% "
           f"(golden {100 * out['golden_accuracy']:.2f}%), {out['cycles_per_inference']['mean']:.0f}"
-          f" cycles/inference, {out['sim_cycles_per_second']:.3g} simulated cycles/s")
+          f" cycles/inference (interval {out['interval_cycles']:.0f}), "
+          f"{out['sim_cycles_per_second']:.3g} simulated cycles/s")
     return out
+
+
+def interval_cycles(done_at: list[int]) -> float:
+    """Mean cycles between image completions (one image: its completion time)."""
+    if len(done_at) == 1:
+        return float(done_at[0])
+    return (done_at[-1] - done_at[0]) / (len(done_at) - 1)
 
 
 def step_verify(run: Path, args) -> None:
@@ -312,26 +377,143 @@ def step_report(run: Path, args) -> None:
                    "cycles per inference", "RTL cycle breakdown per layer")
 
 
+def _train_options(args) -> dict:
+    import dataclasses
+
+    from spikeforge.cli import train_config
+    return dataclasses.asdict(train_config(args))
+
+
+def _pick(*names):
+    return lambda args: {n: getattr(args, n, None) for n in names}
+
+
 STEPS_LIST = [
-    Step("train", "model.safetensors", step_train),
-    Step("quantize", IMAGE, step_quantize),
-    Step("export", "hw/memories.json", step_export),
-    Step("verify", "sim.json", step_verify),
-    Step("report", "report.txt", step_report),
+    Step("train", (), ("model.safetensors", "config.json"), _train_options, check_outputs=False),
+    Step("quantize", ("model.safetensors", "config.json"), (IMAGE,),
+         _pick("weight_bits", "qat_epochs", "per_channel", "input_bits")),
+    Step("export", (IMAGE,), ("hw/memories.json",), _pick("lanes")),
+    Step("verify", (IMAGE, "hw/memories.json"), ("sim.json",), _pick("lanes", "images")),
+    Step("report", ("metrics.json", "sim.json", IMAGE), ("report.txt",), _pick("clock_mhz")),
 ]
 STEPS = tuple(s.name for s in STEPS_LIST)
+STEP = {s.name: s for s in STEPS_LIST}
+
+# --------------------------------------------------------------------------- integrity
+#
+# Each step leaves RUN/.flow/STEP.json: its options, the sha256 of every input
+# and output file, and its outcome ("ok" or "failed", with the error).  A step
+# is done only when that record says ok, its options and inputs are the ones
+# it would use now and its outputs are still the ones it wrote; `spikeforge
+# run` redoes the first step that is not done and every step after it.
+
+FLOW_DIR = ".flow"
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hashes(run: Path, names: tuple[str, ...]) -> dict:
+    return {n: _sha256(run / n) for n in names}
+
+
+def _options(step: Step, args) -> dict:
+    # through JSON, as the record holds them (tuples become lists)
+    return json.loads(json.dumps(step.options(args)))
+
+
+def record_path(run: Path, name: str) -> Path:
+    return Path(run) / FLOW_DIR / f"{name}.json"
+
+
+def read_record(run: Path, name: str) -> dict | None:
+    """The record of step ``name`` in ``run``; None if absent or unreadable
+    (either way the step is not done)."""
+    path = record_path(run, name)
+    if not path.exists():
+        return None
+    try:
+        return files.read_json(path)
+    except files.FileError:
+        return None
+
+
+def pending(run: Path, step: Step, args) -> str | None:
+    """Why ``step`` must be (re)done in ``run`` with ``args``; None when done."""
+    rec = read_record(run, step.name)
+    if rec is None:
+        return "not done yet"
+    if rec.get("status") != "ok":
+        return f"it {rec.get('status', 'did not finish')} last time"
+    if rec.get("options") != _options(step, args):
+        changed = sorted(k for k, v in _options(step, args).items()
+                         if not isinstance(rec.get("options"), dict)
+                         or rec["options"].get(k) != v)
+        return f"options changed: {', '.join(changed) or 'some'}"
+    if rec.get("inputs") != _hashes(run, step.inputs):
+        return "its input files changed"
+    outs = _hashes(run, step.outputs)
+    if None in outs.values():
+        return "its output files are missing"
+    if step.check_outputs and rec.get("outputs") != outs:
+        return "its output files changed"
+    return None
+
+
+def _write_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def execute(step: Step, run: Path, args):
+    """Run ``step`` on ``run`` and record what it consumed and its outcome;
+    what the step returns.  An error is recorded as "failed" and raised again;
+    an interrupted step leaves no record (not done)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    path = record_path(run, step.name)
+    path.unlink(missing_ok=True)  # from here on the step is not done until it ends well
+    record = {"step": step.name, "options": _options(step, args),
+              "inputs": _hashes(run, step.inputs)}
+    t0 = time.time()
+    try:
+        result = step.fn(run, args)
+    except SpikeforgeError as e:
+        _write_record(path, {**record, "status": "failed", "error": str(e),
+                             "outputs": _hashes(run, step.outputs),
+                             "seconds": time.time() - t0})
+        raise
+    _write_record(path, {**record, "status": "ok", "outputs": _hashes(run, step.outputs),
+                         "seconds": time.time() - t0})
+    return result
 
 
 def run(args) -> int:
+    """All steps in order on ``args.out``: a step that is done (:func:`pending`)
+    is skipped unless an earlier one was redone or ``--from-step`` names it or
+    an earlier one; report always runs.  The exit status is the verification's
+    (a mismatch raises :class:`VerifyFailed`, exit status 1)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    redo = False
+    redo = None  # why every remaining step is redone
     for step in STEPS_LIST:
-        redo = redo or step.name == args.from_step
-        if (out / step.output).exists() and not redo and step.name != "report":
-            print(f"[{step.name}] done earlier ({out / step.output}); skipping")
+        if step.name == args.from_step:
+            redo = redo or f"--from-step {step.name}"
+        why = redo or pending(out, step, args)
+        if why is None and step.name != "report":
+            print(f"[{step.name}] done earlier with these options and inputs "
+                  f"({out / step.output}); skipping")
             continue
-        print(f"[{step.name}]")
-        step.fn(out, args)
-        redo = True  # what follows a redone step is stale
+        print(f"[{step.name}]" + (f" ({why})" if why and step.name != "report" else ""))
+        execute(step, out, args)
+        redo = redo or f"after {step.name}"  # what follows a redone step is stale
     return 0

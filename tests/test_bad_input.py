@@ -410,7 +410,8 @@ def test_fuzz_flags(tmp_path_factory, capsys, command, data):
     value = data.draw(flag_text)
     missing = tmp_path_factory.getbasetemp() / "no such run"
     if command == "train":
-        argv = ["train", "-q", "--dataset", "no-such-data", "--out", missing]
+        argv = ["train", "-q", "--dataset", "no-such-data", "--out",
+                tmp_path_factory.getbasetemp() / "train out"]
     elif command == "infer":
         argv = ["infer", missing, "--port", "/dev/null"]
     elif command == "build":
