@@ -23,7 +23,9 @@ cycle in four (the DUT must cope with gaps).
 
 ``trace.txt``: ``S img layer payload_hex`` for every beat leaving a layer
 (spikes and end-of-step markers, in order), then
-``D img prediction cycles counts_hex perf_hex`` when an image is done.
+``D img prediction cycles counts_hex perf_hex clock`` when an image is done
+(``clock``: the harness's free-running cycle count, so the interval between
+image completions, set-up and clear passes included, is measured).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
   reg [2:0] state;
   reg start;
   reg [15:0] lfsr;
+  reg [63:0] clock_count;
   wire [{ww - 1}:0] word = rom[ptr];
   wire [1:0] op = word[{ww - 1}:{pw}];
   wire gate = {"lfsr[0] | lfsr[5]" if pause else "1'b1"};
@@ -83,6 +86,7 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
 {taps}
   always @(posedge clk) begin
     lfsr <= {{lfsr[14:0], lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10]}};
+    clock_count <= rst ? 64'd0 : clock_count + 64'd1;
     if (rst) begin
       ptr <= 0; img <= 0; state <= 0; start <= 0; finished <= 0; lfsr <= 16'hACE1;
     end else case (state)
@@ -93,7 +97,8 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
       3'd3: if (op != 2'd{OP_BEAT}) state <= 4;
             else if (ev_valid && ev_ready) ptr <= ptr + 1;
       3'd4: if (done) begin
-              $fwrite(fd, "D %0d %0d %0d %h %h\\n", img, prediction, cycles, counts, perf);
+              $fwrite(fd, "D %0d %0d %0d %h %h %0d\\n", img, prediction, cycles, counts, perf,
+                      clock_count);
               img <= img + 1; state <= 0;
             end
       default: ;

@@ -66,6 +66,7 @@ class ImageResult:
     counts: list[int]
     perf: list[dict]                     # per layer, PERF_FIELDS -> value
     spikes: list[list[list[tuple]]]      # [layer][step] -> [(channel, y, x), ...]
+    done_at: int = 0                     # harness clock cycle at which the image was done
 
 
 @dataclass
@@ -279,7 +280,8 @@ def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageR
                 vals = _field(perf_val >> (n * 32 * len(perf_fields)),
                               [(i * 32, 32) for i in range(len(perf_fields))])
                 perf.append(dict(zip(perf_fields, vals)))
-            results.append(ImageResult(int(parts[2]), int(parts[3]), counts, perf, spikes))
+            results.append(ImageResult(int(parts[2]), int(parts[3]), counts, perf, spikes,
+                                       int(parts[6])))
             spikes = [[[] for _ in range(T)] for _ in range(n_layers)]
             step = [0] * n_layers
     if len(results) != n_images:

@@ -1,0 +1,194 @@
+"""A cycle model of the engine, from the golden model's spike traces.
+
+It predicts, without elaborating or simulating any RTL, what the layer
+cores' counters will say for a network, its inputs and lane counts ``P``:
+per layer the in-bounds read-modify-writes (``updates``), the scan cycles,
+and the end-to-end cycles of an image.  It is checked against Verilator's
+counters (``benchmarks/bench_engine.py`` prints both side by side) and is
+what :func:`choose_lanes` optimises: the planner grows from it.
+
+What it models (see :mod:`spikeforge.hw.layer`):
+
+* synapse unit: one in-bounds tap of one channel group per cycle
+  (``events * taps_in_bounds * G``; an out-of-bounds tap costs a cycle too);
+* neuron scan: one position of one group per cycle (``G * Hc * Wc``), never
+  faster than the spikes it sends (one a cycle) plus a few cycles of pipeline;
+* current memories: two (the scan of step ``t`` overlaps the synapse phase of
+  ``t + 1``); layer 0 accumulates a held frame once and scans it ``T`` times;
+* dataflow: a step's synapse phase ends no earlier than its input's last
+  event arrives (the producer's scan end); a scan is slowed by a consumer
+  that takes its spikes more slowly (the FIFO between them is small), which
+  is approximated by making a scan end no earlier than the consumer's synapse
+  phase for that step, less the FIFO's slack.
+
+It is a model: its error against the RTL is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spikeforge.config import LayerKind
+from spikeforge.sw import golden
+
+from .network import core_params, input_events, lane_counts
+
+__all__ = ["LayerTrace", "traces", "LayerCycles", "predict", "choose_lanes"]
+
+#: fixed costs (cycles), read off the RTL: decoder + walker + update stages
+#: before a marker is seen, the scan pipeline and marker, hand-over
+SYN_FILL = 4
+SCAN_FILL = 6
+FIFO_SLACK = 8
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """Input work of one layer for one image: per step, the input events
+    (``(c, y, x)``; layer 0 the bit-plane events of its input) as the number
+    of in-bounds kernel taps each, and the number of output spikes."""
+
+    taps: list[int]        # per input step: sum over its events of in-bounds taps
+    events: list[int]      # per input step: events
+    spikes_out: list[int]  # per step: output spikes (after pooling)
+
+
+def _in_bounds_taps(spec, ys: torch.Tensor, xs: torch.Tensor) -> int:
+    """Sum over events at rows ``ys``, columns ``xs`` of the kernel taps that
+    land inside the conv output (fc: every event one tap)."""
+    if spec.kind is LayerKind.FC:
+        return int(ys.numel())
+    hc, wc = spec.conv_size
+    k, pad = spec.kernel, spec.padding
+    d = torch.arange(k)
+    oy = ys[:, None] + pad - d[None, :]
+    ox = xs[:, None] + pad - d[None, :]
+    ny = ((oy >= 0) & (oy < hc)).sum(1)
+    nx = ((ox >= 0) & (ox < wc)).sum(1)
+    return int((ny * nx).sum())
+
+
+def traces(net, x: torch.Tensor) -> list[list[LayerTrace]]:
+    """Per image of uint8 frames ``x`` ``[N, F, C, H, W]``, per layer, the work
+    the engine sees (from :func:`~spikeforge.hw.network.input_events` and the
+    golden model's spikes)."""
+    spec = net.spec
+    res = golden.run(net, x)
+    T = spec.timesteps
+    out = []
+    for i in range(x.shape[0]):
+        beats = input_events(net, x[i])
+        steps: list[list] = [[]]
+        for b in beats:
+            if b.last:
+                steps.append([])
+            else:
+                steps[-1].append(b)
+        steps = steps[:-1]
+        layers = []
+        in_spec = spec.layers[0]
+        ev = [(torch.tensor([b.y for b in s], dtype=torch.int64),
+               torch.tensor([b.x for b in s], dtype=torch.int64)) for s in steps]
+        for n, layer in enumerate(spec.layers):
+            spikes = golden.unpack(res.spikes[n][:, i], layer.out_features)  # [T, n]
+            taps = [_in_bounds_taps(layer, ys, xs) for ys, xs in ev]
+            layers.append(LayerTrace(taps, [int(ys.numel()) for ys, _ in ev],
+                                     [int(s.sum()) for s in spikes]))
+            # this layer's spikes are the next layer's events
+            ho, wo = (1, 1) if layer.kind is LayerKind.FC else layer.out_size
+            ev = []
+            for t in range(T):
+                idx = spikes[t].nonzero().flatten()
+                ev.append((idx // wo % ho, idx % wo))
+            in_spec = layer
+        out.append(layers)
+    return out
+
+
+@dataclass
+class LayerCycles:
+    updates: float      # in-bounds read-modify-writes per image
+    scan: float         # scan cycles per image
+    bound: float        # accumulates / parallel adders (= updates incl. out-of-bounds)
+    busy_end: float     # cycle at which the layer finished its last step
+
+
+def predict(net, P, work: list[list[LayerTrace]]) -> dict:
+    """Predicted per-layer counters (means over the images of ``work``) and
+    end-to-end cycles per image for lanes ``P``."""
+    cps = core_params(net, lane_counts(net, P))
+    T = net.spec.timesteps
+    L = len(cps)
+    e2e, per = [], [[0.0, 0.0] for _ in range(L)]
+    for img in work:
+        syn_end = [[0.0] * T for _ in range(L)]
+        scan_end = [[0.0] * T for _ in range(L)]
+        for _ in range(3):  # back-pressure couples neighbours: iterate to a fixed point
+            for n, cp in enumerate(cps):
+                tr = img[n]
+                G = cp.groups
+                scan_work = cp.acc_depth + SCAN_FILL
+                in_steps = len(tr.taps)
+                for t in range(T):
+                    if n == 0 and in_steps == 1:      # a held frame: accumulated once
+                        syn_end[n][t] = tr.taps[0] * G + SYN_FILL if t == 0 else syn_end[n][0]
+                    else:
+                        arrive = scan_end[n - 1][t] if n else 0.0
+                        start = syn_end[n][t - 1] if t else 0.0
+                        if t >= cp.cur_banks:         # a free current memory
+                            start = max(start, scan_end[n][t - cp.cur_banks])
+                        syn_end[n][t] = max(start + tr.taps[t] * G, arrive) + SYN_FILL
+                    s0 = max(syn_end[n][t], scan_end[n][t - 1] if t else 0.0)
+                    end = s0 + max(scan_work, tr.spikes_out[t] + SCAN_FILL)
+                    if n + 1 < L:                     # a slower consumer holds the scan
+                        nxt = img[n + 1]
+                        end = max(end, syn_end[n + 1][t] - FIFO_SLACK * cps[n + 1].k ** 2
+                                  * cps[n + 1].groups)
+                    scan_end[n][t] = end
+        e2e.append(scan_end[-1][-1] + 2)
+        for n, cp in enumerate(cps):
+            tr = img[n]
+            per[n][0] += sum(tr.taps) * cp.groups
+            per[n][1] += T * (cp.acc_depth + SCAN_FILL)
+    k = len(work)
+    return {
+        "cycles_per_inference": sum(e2e) / k,
+        "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P,
+                    "bound": u / k} for (u, s), cp in zip(per, cps)],
+    }
+
+
+def choose_lanes(net, work: list[list[LayerTrace]], device: str = "ecp5-85f",
+                 max_lanes: int | None = None) -> list[int]:
+    """Per-layer lanes that minimise the predicted cycles per image among
+    power-of-two lane counts (and ``C_out``) whose memories fit ``device``
+    (:func:`~spikeforge.hw.fit.check_fit`), with at most ``max_lanes`` lanes in
+    all (a stand-in for logic: every lane has its own adders and neuron
+    datapath).  Greedy: start at one lane per layer and double the lanes of
+    the layer whose doubling gains most, while it fits."""
+    from .fit import FitError, check_fit
+    outs = [l.spec.out_channels for l in net.layers]
+    ps = [1] * len(outs)
+    best = predict(net, ps, work)["cycles_per_inference"]
+    while True:
+        cands = []
+        for n, c in enumerate(outs):
+            if ps[n] >= c:
+                continue
+            trial = ps[:]
+            trial[n] = min(c, ps[n] * 2)
+            if max_lanes is not None and sum(trial) > max_lanes:
+                continue
+            try:
+                check_fit(net, trial, device)
+            except FitError:
+                continue
+            cands.append((predict(net, trial, work)["cycles_per_inference"], trial))
+        if not cands:
+            return ps
+        cyc, trial = min(cands, key=lambda c: c[0])
+        if cyc >= best * 0.99:
+            return ps
+        best, ps = cyc, trial
