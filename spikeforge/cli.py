@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpikeforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_status", 2)
+    except OSError as e:  # the file system said no: a run folder that is a file, a full disk
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -185,6 +185,11 @@ def test_bad_flag(run, capsys, tmp_path, case):
     fails(argv, capsys, *needles)
 
 
+def test_run_folder_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    fails(["train", "-q", *TINY, "--out", tmp_path / "taken"], capsys, "taken", "File exists")
+
+
 def test_export_lanes_agree_with_the_engine(run, capsys):
     # what export accepts, the engine accepts: the output channels bound both
     from spikeforge import image
