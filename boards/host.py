@@ -407,7 +407,7 @@ class Board:
         if self.net is None:
             raise ProtocolError("no network: call load(net, lanes) or attach(net, lanes) first")
         f = self._fmt
-        return [f.pack(e.channel, e.y, e.x, e.shift, int(e.last))
+        return [f.pack(e.channel, e.y, e.x, e.shift, int(e.last), e.mask)
                 for e in input_events(self.net, frames)]
 
     def infer(self, frames, *, timeout: float | None = None) -> Inference:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from amaranth import *
 
-__all__ = ["const_mul", "saturate", "decay", "signed_bits"]
+__all__ = ["const_mul", "saturate", "decay", "signed_bits", "adder_trees"]
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -65,3 +65,35 @@ def decay(u, shifts: tuple[int, ...]):
     for s in shifts:
         out = out - (u >> s)
     return out
+
+
+def adder_trees(m, terms: list[list], levels_per_stage: int = 2):
+    """Sum each list of ``terms`` with a balanced tree of two-input adders,
+    a register after every ``levels_per_stage`` levels and after the last.
+
+    Returns ``(sums, stages)``: one registered sum per list (valid
+    ``stages`` cycles after the terms) and the number of register stages.
+    All lists must have the same length.
+    """
+    rows = [[Value.cast(t) for t in row] for row in terms]
+    stages, pending = 0, 0   # register stages so far; adder levels since the last
+    while True:
+        done = all(len(r) == 1 for r in rows)
+        if not done:
+            rows = [[r[i] + r[i + 1] if i + 1 < len(r) else r[i] for i in range(0, len(r), 2)]
+                    for r in rows]
+            pending += 1
+        if pending and (pending == levels_per_stage or done):
+            regs = []
+            for n, r in enumerate(rows):
+                row = []
+                for i, v in enumerate(r):
+                    reg = Signal(v.shape(), name=f"tree{stages}_{n}_{i}")
+                    m.d.sync += reg.eq(v)
+                    row.append(reg)
+                regs.append(row)
+            rows, pending = regs, 0
+            stages += 1
+        if done:
+            break
+    return [r[0] for r in rows], stages

@@ -9,8 +9,10 @@ what :func:`choose_lanes` optimises: the planner grows from it.
 
 What it models (see :mod:`spikeforge.hw.layer`):
 
-* synapse unit: one in-bounds tap of one channel group per cycle
-  (``events * taps_in_bounds * G``; an out-of-bounds tap costs a cycle too);
+* synapse unit: one kernel tap of one channel group per cycle, out-of-bounds
+  taps included (``events * k*k * G``; ``updates`` counts the in-bounds ones),
+  where an event is a word of ``Q`` channels at one position for a layer that
+  takes words and one non-zero input value (its bit planes) at layer 0;
 * neuron scan: one position of one group per cycle (``G * Hc * Wc``), never
   faster than the spikes it sends (one a cycle) plus a few cycles of pipeline;
 * current memories: two (the scan of step ``t`` overlaps the synapse phase of
@@ -35,7 +37,7 @@ from spikeforge.sw import golden
 
 from .network import core_params, input_events, lane_counts
 
-__all__ = ["LayerTrace", "traces", "LayerCycles", "predict", "choose_lanes"]
+__all__ = ["LayerTrace", "traces", "predict", "choose_lanes"]
 
 #: fixed costs (cycles), read off the RTL: decoder + walker + update stages
 #: before a marker is seen, the scan pipeline and marker, hand-over
@@ -46,13 +48,23 @@ FIFO_SLACK = 8
 
 @dataclass(frozen=True)
 class LayerTrace:
-    """Input work of one layer for one image: per step, the input events
-    (``(c, y, x)``; layer 0 the bit-plane events of its input) as the number
-    of in-bounds kernel taps each, and the number of output spikes."""
+    """Input of one layer for one image: per input step the events' channels,
+    rows and columns (layer 0: its input beats; otherwise the previous layer's
+    spikes, which a word-taking layer receives grouped by position), and the
+    number of output spikes per step."""
 
-    taps: list[int]        # per input step: sum over its events of in-bounds taps
-    events: list[int]      # per input step: events
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per step: (c, y, x)
     spikes_out: list[int]  # per step: output spikes (after pooling)
+
+    def events(self, Q: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per step, ``(y, x)`` of the events when ``Q`` channels make a word."""
+        out = []
+        for c, y, x in self.inputs:
+            if Q > 1 and c.numel():
+                key = torch.unique(torch.stack([c // Q, y, x]), dim=1)
+                y, x = key[1], key[2]
+            out.append((y, x))
+        return out
 
 
 def _in_bounds_taps(spec, ys: torch.Tensor, xs: torch.Tensor) -> int:
@@ -88,31 +100,19 @@ def traces(net, x: torch.Tensor) -> list[list[LayerTrace]]:
                 steps[-1].append(b)
         steps = steps[:-1]
         layers = []
-        in_spec = spec.layers[0]
-        ev = [(torch.tensor([b.y for b in s], dtype=torch.int64),
-               torch.tensor([b.x for b in s], dtype=torch.int64)) for s in steps]
+        ev = [tuple(torch.tensor([getattr(b, f) for b in s], dtype=torch.int64)
+                    for f in ("channel", "y", "x")) for s in steps]
         for n, layer in enumerate(spec.layers):
             spikes = golden.unpack(res.spikes[n][:, i], layer.out_features)  # [T, n]
-            taps = [_in_bounds_taps(layer, ys, xs) for ys, xs in ev]
-            layers.append(LayerTrace(taps, [int(ys.numel()) for ys, _ in ev],
-                                     [int(s.sum()) for s in spikes]))
+            layers.append(LayerTrace(ev, [int(s.sum()) for s in spikes]))
             # this layer's spikes are the next layer's events
             ho, wo = (1, 1) if layer.kind is LayerKind.FC else layer.out_size
             ev = []
             for t in range(T):
                 idx = spikes[t].nonzero().flatten()
-                ev.append((idx // wo % ho, idx % wo))
-            in_spec = layer
+                ev.append((idx // (ho * wo), idx // wo % ho, idx % wo))
         out.append(layers)
     return out
-
-
-@dataclass
-class LayerCycles:
-    updates: float      # in-bounds read-modify-writes per image
-    scan: float         # scan cycles per image
-    bound: float        # accumulates / parallel adders (= updates incl. out-of-bounds)
-    busy_end: float     # cycle at which the layer finished its last step
 
 
 def predict(net, P, work: list[list[LayerTrace]]) -> dict:
@@ -125,21 +125,26 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
     for img in work:
         syn_end = [[0.0] * T for _ in range(L)]
         scan_end = [[0.0] * T for _ in range(L)]
+        evs = [img[n].events(cp.word_channels) for n, cp in enumerate(cps)]
+        # cycles: every tap of every event (out-of-bounds ones too) per group
+        taps = [[y.numel() * cp.k ** 2 for y, _ in ev] for ev, cp in zip(evs, cps)]
+        upd = [sum(_in_bounds_taps(net.spec.layers[n], y, x) for y, x in ev) * cp.groups
+               for n, (ev, cp) in enumerate(zip(evs, cps))]
         for _ in range(3):  # back-pressure couples neighbours: iterate to a fixed point
             for n, cp in enumerate(cps):
                 tr = img[n]
                 G = cp.groups
                 scan_work = cp.acc_depth + SCAN_FILL
-                in_steps = len(tr.taps)
+                in_steps = len(taps[n])
                 for t in range(T):
                     if n == 0 and in_steps == 1:      # a held frame: accumulated once
-                        syn_end[n][t] = tr.taps[0] * G + SYN_FILL if t == 0 else syn_end[n][0]
+                        syn_end[n][t] = taps[n][0] * G + SYN_FILL if t == 0 else syn_end[n][0]
                     else:
                         arrive = scan_end[n - 1][t] if n else 0.0
                         start = syn_end[n][t - 1] if t else 0.0
                         if t >= cp.cur_banks:         # a free current memory
                             start = max(start, scan_end[n][t - cp.cur_banks])
-                        syn_end[n][t] = max(start + tr.taps[t] * G, arrive) + SYN_FILL
+                        syn_end[n][t] = max(start + taps[n][t] * G, arrive) + SYN_FILL
                     s0 = max(syn_end[n][t], scan_end[n][t - 1] if t else 0.0)
                     end = s0 + max(scan_work, tr.spikes_out[t] + SCAN_FILL)
                     if n + 1 < L:                     # a slower consumer holds the scan
@@ -149,14 +154,13 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
                     scan_end[n][t] = end
         e2e.append(scan_end[-1][-1] + 2)
         for n, cp in enumerate(cps):
-            tr = img[n]
-            per[n][0] += sum(tr.taps) * cp.groups
+            per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)
     k = len(work)
     return {
         "cycles_per_inference": sum(e2e) / k,
-        "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P,
-                    "bound": u / k} for (u, s), cp in zip(per, cps)],
+        "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P}
+                   for (u, s), cp in zip(per, cps)],
     }
 
 

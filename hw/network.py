@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.config import LayerKind
-from spikeforge.image import memories
+from spikeforge.image import input_lanes, memories
 from spikeforge.sw import golden
 
 from .arith import const_mul
@@ -33,7 +33,7 @@ from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
 from .streams import EventFIFO, EventFormat, bits_for, mem_write_layout
 
-__all__ = ["NetworkTop", "Event", "input_events", "Mismatch", "first_mismatch",
+__all__ = ["NetworkTop", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
            "lane_counts", "layer_input_shapes"]
 
 
@@ -50,6 +50,12 @@ def lane_counts(net, P) -> list[int]:
     return ps
 
 
+def plane_words(net) -> bool:
+    """Whether layer 0 takes an input value's bit planes as one word event
+    (a LIF / IF network with more than one input bit)."""
+    return not net.layers[0].stcb and net.layers[0].input_bits > 1
+
+
 def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
     """The :class:`CoreParams` of every layer core of ``net`` with lanes ``P``
     (what :class:`NetworkTop` builds and :mod:`~spikeforge.hw.fit` counts)."""
@@ -58,8 +64,13 @@ def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
     shapes = layer_input_shapes(net.spec)
     faults = dict(faults or {})
     T = net.spec.timesteps
+    qs = input_lanes(net, ps)
+    planes = plane_words(net)
+    qs[0] = net.layers[0].input_bits if planes else 1
     return [CoreParams.build(i, il, shapes[i], ps[i], fmt, faults.get(i), T,
-                             static=i == 0 and not il.stcb)
+                             static=i == 0 and not il.stcb, in_lanes=qs[i],
+                             in_planes=i == 0 and planes,
+                             words_out=i + 1 < len(qs) and qs[i + 1] > 1)
             for i, il in enumerate(net.layers)]
 
 
@@ -290,19 +301,22 @@ class Event(NamedTuple):
     x: int
     shift: int
     last: bool = False
+    mask: int = 0
 
 
 def input_events(net, frames: torch.Tensor) -> list[Event]:
     """The input port's beats for one sample of uint8 frames ``[F, C, H, W]``
     (or ``[1, F, C, H, W]``), from :func:`spikeforge.sw.golden.input_values`.
 
-    Step ``t``'s integer input ``x`` enters as bit planes, MSB first: for plane
-    ``b`` (bit ``B-1-b`` of ``x``, ``B`` = layer 0's ``input_bits``) one event
-    per set bit with ``shift = B-1-b``; then the step's marker.  One
-    direct-encoded frame for all steps enters once, followed by a *hold*
-    marker (``shift = 1``): layer 0 accumulates it once and uses the current
-    at every step.  An STCB network takes the first step's input only (the
-    golden model's ``x[0]``), with one marker.
+    Step ``t``'s integer input ``x`` (``B`` = layer 0's ``input_bits``)
+    enters as one word event per non-zero value, its ``B`` bit planes in the
+    ``mask`` (a LIF / IF network with ``B > 1``), or as bit planes, MSB first:
+    for plane ``b`` (bit ``B-1-b`` of ``x``) one event per set bit with
+    ``shift = B-1-b``; then the step's marker.  One direct-encoded frame for
+    all steps enters once, followed by a *hold* marker (``shift = 1``): layer 0
+    accumulates it once and uses the current at every step.  An STCB network
+    takes the first step's input only (the golden model's ``x[0]``), with one
+    marker.
     """
     if frames.dim() == 4:
         frames = frames.unsqueeze(0)
@@ -319,13 +333,26 @@ def input_events(net, frames: torch.Tensor) -> list[Event]:
         x = x[:1]
     if int(x.min()) < 0 or int(x.max()) >= 1 << B:
         raise EngineError(f"layer 0 input values exceed its {B} input bits")
+    planes = plane_words(net)
     out = []
     for t in range(x.shape[0]):
-        for bit in reversed(range(B)):
-            for c, y, xx in ((x[t] >> bit) & 1).nonzero().tolist():
-                out.append(Event(t, c, y, xx, bit))
+        if planes:
+            for c, y, xx in x[t].nonzero().tolist():
+                out.append(Event(t, c, y, xx, 0, False, int(x[t, c, y, xx])))
+        else:
+            for bit in reversed(range(B)):
+                for c, y, xx in ((x[t] >> bit) & 1).nonzero().tolist():
+                    out.append(Event(t, c, y, xx, bit))
         out.append(Event(t, 0, 0, 0, int(hold), True))
     return out
+
+
+def beat_spikes(cp: CoreParams, channel: int, y: int, x: int, mask: int) -> list[tuple]:
+    """The spikes ``(channel, y, x)`` of one output beat of the core with
+    parameters ``cp``: one, or (``cp.words_out``) one per set bit of a word's mask."""
+    if cp.words_out:
+        return [(channel * cp.P + i, y, x) for i in range(cp.P) if mask >> i & 1]
+    return [(channel, y, x)]
 
 
 class Mismatch(NamedTuple):

@@ -166,9 +166,10 @@ class NeuronUnit(wiring.Component):
         a1 = Signal.like(addr)
         py1, px1 = Signal.like(py), Signal.like(px)
         cb1 = Signal(cb_bits)
+        g1 = Signal.like(g)
         with m.If(adv):
             m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
-                         cb1.eq(cbase)]
+                         cb1.eq(cbase), g1.eq(g)]
         sum_w = max(p.state_width, p.cur_width, p.acc_bits) + 2
         mask1 = Cat(cb1 + j < p.c_out for j in range(P))
 
@@ -177,12 +178,13 @@ class NeuronUnit(wiring.Component):
         a2 = Signal.like(addr)
         py2, px2 = Signal.like(py), Signal.like(px)
         cb2 = Signal(cb_bits)
+        g2 = Signal.like(g)
         mask2 = Signal(P)
         s2 = [Signal(signed(sum_w), name=f"s2_{j}") for j in range(P)]
         th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
         with m.If(adv):
             m.d.sync += [v2.eq(v1), win2.eq(win1), a2.eq(a1), py2.eq(py1), px2.eq(px1),
-                         cb2.eq(cb1), mask2.eq(mask1)]
+                         cb2.eq(cb1), g2.eq(g1), mask2.eq(mask1)]
             m.d.sync += [s2[j].eq(self.rd_data[j] + self.cur_data[j] + cur_bias[j])
                          for j in range(P)]
             m.d.sync += [a.eq(b) for a, b in zip(th2, cur_theta)]
@@ -200,12 +202,13 @@ class NeuronUnit(wiring.Component):
         a3 = Signal.like(addr)
         py3, px3 = Signal.like(py), Signal.like(px)
         cb3 = Signal(cb_bits)
+        g3 = Signal.like(g)
         u3 = [Signal(signed(S), name=f"u3_{j}") for j in range(P)]
         th3 = [Signal(signed(S), name=f"th3_{j}") for j in range(P)]
         o3 = Signal(P)
         with m.If(adv):
             m.d.sync += [v3.eq(v2), win3.eq(win2), a3.eq(a2), py3.eq(py2), px3.eq(px2),
-                         cb3.eq(cb2), o3.eq(o2 & mask2)]
+                         cb3.eq(cb2), g3.eq(g2), o3.eq(o2 & mask2)]
             m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
         shifts = p.decay_shifts
         if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
@@ -230,7 +233,8 @@ class NeuronUnit(wiring.Component):
         push = v3 & win3 & (vec != 0)
         q_in = Signal(q_layout)
         m.d.comb += [
-            q_in.vec.eq(vec), q_in.cb.eq(cb3), q_in.py.eq(py3), q_in.px.eq(px3),
+            q_in.vec.eq(vec), q_in.cb.eq(g3 if p.words_out else cb3), q_in.py.eq(py3),
+            q_in.px.eq(px3),
             queue.w_data.eq(q_in.as_value()),
             queue.w_en.eq(push & adv),
             adv.eq(~(push & ~queue.w_rdy)),
@@ -381,13 +385,15 @@ def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sen
     """Sends each queued window's spiking lanes (lowest lane first) as events
     from a registered output, then, once ``marker_req`` holds and nothing is
     left, one end-of-step marker (strobing ``marker_sent``).  Returns a busy
-    flag (queue or current window not empty)."""
+    flag (queue or current window not empty).  With ``p.words_out`` a window
+    goes out as one word event: ``channel`` its group (the queue's ``cb``
+    holds the group index then), ``mask`` its spiking lanes."""
     P = p.P
     e_vec = Signal(P)
     e_cb = Signal(bits_for(p.groups * P))
     e_py = Signal(q_layout.members["py"])
     e_px = Signal(q_layout.members["px"])
-    rest = e_vec & (e_vec - 1)
+    rest = C(0, P) if p.words_out else e_vec & (e_vec - 1)
     lane = Signal(range(P))
     for j in reversed(range(P)):
         with m.If(e_vec[j]):
@@ -405,9 +411,12 @@ def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sen
     marker_go = marker_req & ~queue.r_rdy & (e_vec == 0)
     with m.If(slot_free):
         with m.If(e_vec != 0):
-            m.d.sync += [out.valid.eq(1), out.payload.channel.eq(e_cb + lane),
-                         out.payload.y.eq(e_py), out.payload.x.eq(e_px),
+            m.d.sync += [out.valid.eq(1), out.payload.y.eq(e_py), out.payload.x.eq(e_px),
                          out.payload.shift.eq(0), out.payload.last.eq(0)]
+            if p.words_out:
+                m.d.sync += [out.payload.channel.eq(e_cb), out.payload.mask.eq(e_vec)]
+            else:
+                m.d.sync += [out.payload.channel.eq(e_cb + lane), out.payload.mask.eq(0)]
         with m.Elif(marker_go):
             m.d.sync += [out.valid.eq(1), out.payload.eq(0), out.payload.last.eq(1)]
             m.d.comb += marker_sent.eq(1)

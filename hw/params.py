@@ -76,11 +76,15 @@ class CoreParams:
     cur_banks: int = 2               # LIF / IF: current memories (2: ping-pong)
     cur_width: int = 0               # LIF / IF: bits of a current word (conv only)
     state_width: int = 0             # LIF / IF: bits of a state word (base)
+    in_lanes: int = 1                # mask bits an input event carries (1: single events)
+    in_planes: bool = False          # the mask is an input value's bit planes (layer 0)
+    words_out: bool = False          # send one word event per spiking window
 
     @classmethod
     def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
               fault: str | None = None, timesteps: int = 1, static: bool = False,
-              cur_banks: int = 2) -> "CoreParams":
+              cur_banks: int = 2, in_lanes: int = 1, in_planes: bool = False,
+              words_out: bool = False) -> "CoreParams":
         s = layer.spec
         stcb = s.neuron.kind is NeuronKind.STCB
         if stcb and fault is not None:
@@ -103,6 +107,9 @@ class CoreParams:
         width = max(layer.acc_bits, signed_bits(-base - conv, base + conv))
         if cur_banks not in (1, 2):
             raise EngineError(f"layer {index}: cur_banks must be 1 or 2, not {cur_banks!r}")
+        if in_lanes < 1 or in_lanes > 1 and (stcb or in_planes and index != 0):
+            raise EngineError(f"layer {index}: word events (in_lanes {in_lanes}) are for "
+                              "LIF / IF layers (bit planes: layer 0 only)")
         if static and (stcb or index != 0):
             raise EngineError(f"layer {index}: only layer 0 of a LIF / IF network is static")
         cur_w = width if stcb else signed_bits(-conv, conv)
@@ -111,7 +118,7 @@ class CoreParams:
                    s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
                    layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
                    s.neuron.reset, fmt, fault, stcb, timesteps, static,
-                   1 if stcb else cur_banks, cur_w, state_w)
+                   1 if stcb else cur_banks, cur_w, state_w, in_lanes, in_planes, words_out)
 
     # ------------------------------------------------------------------ geometry
 
@@ -131,12 +138,22 @@ class CoreParams:
         return self.groups * self.hc * self.wc
 
     @property
+    def word_channels(self) -> int:
+        """Input channels per weight word: ``in_lanes`` for channel words, else 1."""
+        return 1 if self.in_planes else self.in_lanes
+
+    @property
+    def in_groups(self) -> int:
+        """Input channel groups ``ceil(C_in / word_channels)`` (weight rows)."""
+        return -(-self.c_in // self.word_channels)
+
+    @property
     def weight_depth(self) -> int:
-        return self.c_in * self.taps
+        return self.in_groups * self.taps
 
     @property
     def weight_width(self) -> int:
-        return self.P * self.weight_bits
+        return self.word_channels * self.P * self.weight_bits
 
     @property
     def neuron_width(self) -> int:

@@ -17,7 +17,7 @@ from amaranth import Value
 from amaranth.sim import Simulator
 
 from .layer import PERF_FIELDS
-from .network import Event, NetworkTop
+from .network import Event, NetworkTop, beat_spikes
 
 __all__ = ["SimResult", "simulate", "simulate_many", "SimTimeout"]
 
@@ -78,13 +78,13 @@ def simulate_many(top: NetworkTop, inferences: list[list[Event]], *, seed: int |
             if tv:
                 for i in range(n_layers):
                     if tv >> i & 1:
-                        c, y, x, _, last = fmt.unpack(tp >> (i * w) & mask)
+                        c, y, x, _, last, wm = fmt.unpack(tp >> (i * w) & mask)
                         step = cap["step"]
                         if last:
                             cap["markers"][i].append(cycle[0])
                             step[i] += 1
                         elif step[i] < T:
-                            cap["spikes"][i][step[i]].append((c, y, x))
+                            cap["spikes"][i][step[i]] += beat_spikes(top.params[i], c, y, x, wm)
                         else:
                             raise AssertionError(f"layer {i}: spike after the last step")
 
@@ -107,7 +107,8 @@ def simulate_many(top: NetworkTop, inferences: list[list[Event]], *, seed: int |
                 while idle and rng.random() < idle:
                     await ctx.tick()
                 ctx.set(top.events.payload, {"channel": ev.channel, "y": ev.y, "x": ev.x,
-                                             "shift": ev.shift, "last": int(ev.last)})
+                                             "shift": ev.shift, "last": int(ev.last),
+                                             "mask": ev.mask})
                 ctx.set(top.events.valid, 1)
                 await ctx.tick().until(top.events.ready)
                 ctx.set(top.events.valid, 0)

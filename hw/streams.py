@@ -14,14 +14,25 @@ channel    ``channel_bits``  channel of the spike (fc layers: the neuron index)
 y          ``y_bits``        row (0 for fc)
 x          ``x_bits``        column (0 for fc)
 shift      ``shift_bits``    CAB weight shift: the event adds ``w << shift``
-                             (layer 0 bit planes: ``B - 1 - b`` for plane
-                             ``b``, MSB first; spikes between layers: 0)
+                             (STCB layer 0 bit planes: ``B - 1 - b`` for
+                             plane ``b``, MSB first; otherwise 0)
 last       1                 end-of-time-step marker; a marker carries no
                              event (channel, y, x are 0 and ignored); on the
                              input of layer 0 a marker with ``shift = 1``
                              *holds*: the step's frame stands for all ``T``
                              steps (accumulated once, scanned ``T`` times)
+mask       ``mask_bits``     a *word* event: bit ``i`` set for each of the
+                             ``Q`` inputs the event stands for (see below);
+                             0 and ignored by a layer that takes single events
 =========  ===============  =================================================
+
+Word events.  A layer's synapse unit takes ``Q`` inputs per event
+(:attr:`~spikeforge.hw.params.CoreParams.in_lanes`): on layer 0 of a LIF / IF
+network the ``B`` bit planes of one input value (``mask`` is the value; the
+weight adds as ``sum_i mask[i] * (w << i) = w * x`` through an adder tree of
+shifted copies), on a conv layer after a LIF / IF layer with ``Q`` lanes the
+spikes of ``Q`` channels at one position (``channel`` is the channel group
+``c // Q``, bit ``i`` of ``mask`` the spike of channel ``c*Q + i``).
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from dataclasses import dataclass
 
 from amaranth import *
 from amaranth.lib import data, fifo, stream, wiring
+
+from spikeforge.config import LayerKind
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["EventFormat", "EventFIFO", "bits_for"]
@@ -48,9 +61,10 @@ class EventFormat:
     y_bits: int
     x_bits: int
     shift_bits: int
+    mask_bits: int = 1
 
     def __post_init__(self):
-        for name in ("channel_bits", "y_bits", "x_bits", "shift_bits"):
+        for name in ("channel_bits", "y_bits", "x_bits", "shift_bits", "mask_bits"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise TypeError(f"{name} must be a positive integer, not {v!r}")
@@ -67,8 +81,14 @@ class EventFormat:
             hs.append(layer.out_size[0])
             ws.append(layer.out_size[1])
         max_shift = max(0, net.layers[0].input_bits - 1)  # bit planes, MSB first
+        # word masks: layer 0's input value, or up to C_out spikes of a layer feeding a conv
+        masks = [1]
+        if not net.layers[0].stcb:
+            masks.append(net.layers[0].input_bits)
+            masks += [a.out_channels for a, b in zip(spec.layers, spec.layers[1:])
+                      if b.kind is LayerKind.CONV]
         return cls(bits_for(max(chans) - 1), bits_for(max(hs) - 1), bits_for(max(ws) - 1),
-                   bits_for(max_shift))
+                   bits_for(max_shift), max(masks))
 
     @property
     def layout(self) -> data.StructLayout:
@@ -78,6 +98,7 @@ class EventFormat:
             "x": unsigned(self.x_bits),
             "shift": unsigned(self.shift_bits),
             "last": unsigned(1),
+            "mask": unsigned(self.mask_bits),
         })
 
     @property
@@ -88,21 +109,22 @@ class EventFormat:
     def width(self) -> int:
         return self.layout.size
 
-    def pack(self, channel=0, y=0, x=0, shift=0, last=0) -> int:
+    def pack(self, channel=0, y=0, x=0, shift=0, last=0, mask=0) -> int:
         """The payload as an integer (bit 0 first), e.g. for a Verilog testbench."""
         out, pos = 0, 0
         for value, bits in ((channel, self.channel_bits), (y, self.y_bits), (x, self.x_bits),
-                            (shift, self.shift_bits), (last, 1)):
+                            (shift, self.shift_bits), (last, 1), (mask, self.mask_bits)):
             if not 0 <= value < 1 << bits:
                 raise ValueError(f"{value} does not fit {bits} bits")
             out |= value << pos
             pos += bits
         return out
 
-    def unpack(self, word: int) -> tuple[int, int, int, int, int]:
-        """``(channel, y, x, shift, last)`` of a packed payload."""
+    def unpack(self, word: int) -> tuple[int, int, int, int, int, int]:
+        """``(channel, y, x, shift, last, mask)`` of a packed payload."""
         out = []
-        for bits in (self.channel_bits, self.y_bits, self.x_bits, self.shift_bits, 1):
+        for bits in (self.channel_bits, self.y_bits, self.x_bits, self.shift_bits, 1,
+                     self.mask_bits):
             out.append(word & ((1 << bits) - 1))
             word >>= bits
         return tuple(out)

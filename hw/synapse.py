@@ -27,7 +27,7 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import const_mul, signed_bits
+from .arith import adder_trees, const_mul, signed_bits
 from .params import CoreParams
 from .streams import bits_for
 
@@ -129,6 +129,8 @@ class SynapseUnit(wiring.Component):
         d1_cin = Signal(cin_bits)
         d1_oy, d1_ox = Signal(pos_bits), Signal(pos_bits)
         d1_shift = Signal(p.fmt.shift_bits)
+        Q, W = p.in_lanes, p.weight_bits
+        d1_mask, d2_mask = Signal(Q), Signal(Q)
         d2_valid, d2_last = Signal(), Signal()
         d2_wbase = Signal(waddr_bits)
         d2_e0 = Signal(addr_shape)
@@ -140,7 +142,7 @@ class SynapseUnit(wiring.Component):
         m.d.comb += self.events.ready.eq(d_adv)
         with m.If(d_adv):
             m.d.sync += d1_valid.eq(self.events.valid)
-            m.d.sync += [d1_last.eq(ev.last), d1_shift.eq(ev.shift)]
+            m.d.sync += [d1_last.eq(ev.last), d1_shift.eq(ev.shift), d1_mask.eq(ev.mask[:Q])]
             if p.flatten:
                 _, hp, wp = p.in_shape
                 m.d.sync += [d1_cin.eq(const_mul(const_mul(ev.channel, hp) + ev.y, wp) + ev.x),
@@ -150,6 +152,7 @@ class SynapseUnit(wiring.Component):
                              d1_ox.eq(ev.x + p.pad)]
             m.d.sync += [
                 d2_valid.eq(d1_valid), d2_last.eq(d1_last), d2_shift.eq(d1_shift),
+                d2_mask.eq(d1_mask),
                 d2_wbase.eq(const_mul(d1_cin, p.taps)),
                 d2_e0.eq(const_mul(d1_oy, p.wc) + d1_ox),
                 d2_oy.eq(d1_oy), d2_ox.eq(d1_ox),
@@ -164,6 +167,7 @@ class SynapseUnit(wiring.Component):
         addr = Signal(addr_shape)
         waddr = Signal(waddr_bits)
         shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)))
+        mask = Signal(Q)
 
         last_tap = (dy == k - 1) & (dx == k - 1) & (g == G - 1)
         m.d.comb += take.eq(self.enable & ~marker_held & (~active | last_tap))
@@ -172,7 +176,7 @@ class SynapseUnit(wiring.Component):
         with m.If(take & d2_valid):
             m.d.sync += [active.eq(~d2_last), marker_held.eq(d2_last),
                          dy.eq(0), dx.eq(0), g.eq(0), oy.eq(d2_oy), ox.eq(d2_ox),
-                         ox0.eq(d2_ox), addr.eq(d2_e0), waddr.eq(d2_wbase),
+                         ox0.eq(d2_ox), addr.eq(d2_e0), waddr.eq(d2_wbase), mask.eq(d2_mask),
                          shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
         with m.Elif(active & last_tap):
             m.d.sync += active.eq(0)
@@ -190,35 +194,62 @@ class SynapseUnit(wiring.Component):
             m.d.sync += marker_held.eq(0)
 
         m.d.comb += [
-            self.rd_addr.eq(addr),
             self.w_addr.eq(waddr),
             self.update.eq(inb),
             self.accepted.eq(take & d2_valid & ~d2_last),
         ]
 
         # ---------------------------------------------------------- update stage
+        # weight data arrives one cycle after the walker; a word event's terms
+        # go through an adder tree of L register stages, and the bank read is
+        # issued L cycles late so that its data meets the tree's sum
         v1 = Signal()
         a1 = Signal.like(self.wr_addr)
         s1 = Signal.like(shift)
-        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift)]
+        mask1 = Signal(Q)
+        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
+        incs = []
+        for j in range(p.P):
+            if Q == 1:
+                w = self.w_data[j * W:(j + 1) * W].as_signed()
+                incs.append((w << s1) if p.max_shift > 0 else w)
+            elif p.in_planes:  # sum_i mask[i] * (w << i) = w * x, by shifted adds
+                w = self.w_data[j * W:(j + 1) * W].as_signed()
+                incs.append([Mux(mask1[i], w << i, 0) for i in range(Q)])
+            else:              # sum over the word's channels of their weights
+                incs.append([Mux(mask1[i], self.w_data[(i * p.P + j) * W:
+                                                      (i * p.P + j + 1) * W].as_signed(), 0)
+                             for i in range(Q)])
+        valid, a_u, n_stages = v1, a1, 0
+        if Q > 1:
+            incs, n_stages = adder_trees(m, incs)
+            delay = [(v1, a1)]
+            for k in range(n_stages):
+                v, a = Signal(name=f"v_t{k}"), Signal.like(a1, name=f"a_t{k}")
+                m.d.sync += [v.eq(delay[-1][0]), a.eq(delay[-1][1])]
+                delay.append((v, a))
+            valid, a_u = delay[-1]
+            rd_issue = delay[-2][1]  # the address one cycle before the update
+            m.d.comb += self.rd_addr.eq(rd_issue)
+        else:
+            m.d.comb += self.rd_addr.eq(addr)
+        in_flight = Cat(*(v for v, _ in delay)).any() if Q > 1 else v1
 
         # the write committed at the end of the previous cycle is not in this
         # cycle's read data: keep it and forward it on an address match
         wb_valid = Signal()
         wb_addr = Signal.like(self.wr_addr)
         wb_data = Signal.like(self.wr_data)
-        hit = wb_valid & (wb_addr == a1)
+        hit = wb_valid & (wb_addr == a_u)
         for j in range(p.P):
-            w = self.w_data[j * p.weight_bits:(j + 1) * p.weight_bits].as_signed()
-            inc = (w << s1) if p.max_shift > 0 else w
             old = Mux(hit, wb_data[j], self.rd_data[j])
-            m.d.comb += self.wr_data[j].eq(old + inc)
-        m.d.comb += [self.wr_addr.eq(a1), self.wr_en.eq(v1)]
-        m.d.sync += [wb_valid.eq(v1), wb_addr.eq(a1), wb_data.eq(self.wr_data)]
+            m.d.comb += self.wr_data[j].eq(old + incs[j])
+        m.d.comb += [self.wr_addr.eq(a_u), self.wr_en.eq(valid)]
+        m.d.sync += [wb_valid.eq(valid), wb_addr.eq(a_u), wb_data.eq(self.wr_data)]
 
         m.d.comb += [
-            self.at_marker.eq(marker_held & ~active & ~v1),
+            self.at_marker.eq(marker_held & ~active & ~in_flight),
             self.hold.eq(shift == 1),
-            self.busy.eq(active | v1),
+            self.busy.eq(active | in_flight),
         ]
         return m

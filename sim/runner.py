@@ -191,19 +191,12 @@ def _words(sb: SimBuild, frames: torch.Tensor) -> list[int]:
     from spikeforge.hw.network import input_events
     fmt = sb.top.fmt
     pw = len(sb.top.events.payload.as_value())
-    offs = {}
-    pos = 0
-    for name, width in (("channel", fmt.channel_bits), ("y", fmt.y_bits), ("x", fmt.x_bits),
-                        ("shift", fmt.shift_bits), ("last", 1)):
-        offs[name] = pos
-        pos += width
     words = []
     for i in range(frames.shape[0]):
         words.append(OP_IMAGE << pw)
         for ev in input_events(sb.net, frames[i]):
-            words.append((OP_BEAT << pw) | (ev.channel << offs["channel"]) | (ev.y << offs["y"])
-                         | (ev.x << offs["x"]) | (ev.shift << offs["shift"])
-                         | (int(ev.last) << offs["last"]))
+            words.append((OP_BEAT << pw) | fmt.pack(ev.channel, ev.y, ev.x, ev.shift,
+                                                    int(ev.last), ev.mask))
     words.append(OP_END << pw)
     return words
 
@@ -248,14 +241,10 @@ def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
 
 
 def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageResult]:
+    from spikeforge.hw.network import beat_spikes
     fmt = sb.top.fmt
     T = sb.net.spec.timesteps
     n_layers = len(sb.net.layers)
-    ev_offs = []
-    pos = 0
-    for width in (fmt.channel_bits, fmt.y_bits, fmt.x_bits, fmt.shift_bits, 1):
-        ev_offs.append((pos, width))
-        pos += width
     cw = len(sb.top.counts[0])
     n_out = len(sb.top.counts)
     results: list[ImageResult] = []
@@ -265,11 +254,11 @@ def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageR
         parts = line.split()
         if parts[0] == "S":
             layer, payload = int(parts[2]), int(parts[3], 16)
-            c, y, x, _, last = _field(payload, ev_offs)
+            c, y, x, _, last, mask = fmt.unpack(payload)
             if last:
                 step[layer] += 1
             elif step[layer] < T:
-                spikes[layer][step[layer]].append((c, y, x))
+                spikes[layer][step[layer]] += beat_spikes(sb.top.params[layer], c, y, x, mask)
             else:
                 raise SimError(f"layer {layer} sent a spike after its last time step")
         elif parts[0] == "D":

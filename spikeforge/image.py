@@ -45,7 +45,11 @@ has ``G = ceil(C_out / P)`` channel groups and two read-only memories:
 ``L{n}_weights``: width ``P * W`` (``W = weight_bits``), depth
 ``C_in * k * k * G``.  Address ``((c_in * k + dy) * k + dx) * G + g`` holds in
 lane ``j`` (bits ``[j*W, (j+1)*W)``, two's complement) the weight
-``w[g*P + j, c_in, dy, dx]``; lanes past ``C_out`` are 0.
+``w[g*P + j, c_in, dy, dx]``; lanes past ``C_out`` are 0.  A layer that takes
+word events of ``Q`` input channels (:func:`input_lanes`; ``Q = 1`` above)
+has ``G_in = ceil(C_in / Q)`` input groups, width ``Q * P * W`` and depth
+``G_in * k * k * G``: address ``((gi * k + dy) * k + dx) * G + g`` holds at
+bits ``[(i*P + j)*W, ...)`` the weight ``w[g*P + j, gi*Q + i, dy, dx]``.
 
 ``L{n}_neurons``: width ``S + A + 6`` (``S = state_bits``, ``A = acc_bits``),
 depth ``C_out``.  Word ``c`` holds ``theta[c]`` in bits ``[0, S)`` and
@@ -466,17 +470,39 @@ def _lanes(P: Any) -> int:
     return P
 
 
-def weight_words(layer: IntLayer, P: int) -> list[int]:
-    """The ``L{n}_weights`` memory of ``layer`` for ``P`` lanes (module docstring)."""
-    P = _lanes(P)
+def input_lanes(net: IntNetwork, P: int | list[int]) -> list[int]:
+    """Input channels per event of each layer: ``Q`` = the previous layer's
+    lanes for a conv layer after a LIF / IF layer (a word of ``Q`` spikes at
+    one position), else 1."""
+    ps = _lane_list(net, P)
+    out = [1]
+    for n in range(1, len(net.layers)):
+        il = net.layers[n]
+        word = il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
+        out.append(ps[n - 1] if word else 1)
+    return out
+
+
+def weight_words(layer: IntLayer, P: int, Q: int = 1) -> list[int]:
+    """The ``L{n}_weights`` memory of ``layer`` for ``P`` lanes and ``Q``
+    input channels per event (module docstring)."""
+    P, Q = _lanes(P), _lanes(Q)
     w = layer.weight.detach().cpu().to(torch.int64).numpy()
     c_out, c_in, k, _ = w.shape
-    G = -(-c_out // P)
-    w = np.concatenate([w, np.zeros((G * P - c_out, c_in, k, k), np.int64)])
+    G, Gi = -(-c_out // P), -(-c_in // Q)
+    w = np.pad(w, ((0, G * P - c_out), (0, Gi * Q - c_in), (0, 0), (0, 0)))
     if not _fits(w, layer.weight_bits):
         raise ImageError(f"weights outside {layer.weight_bits} signed bits")
-    lanes = w.reshape(G, P, c_in, k, k).transpose(2, 3, 4, 0, 1).reshape(-1, P)
-    return _pack(lanes, [layer.weight_bits] * P)
+    # [g, j, gi, i, dy, dx] -> address (gi, dy, dx, g), word (i, j)
+    lanes = w.reshape(G, P, Gi, Q, k, k).transpose(2, 4, 5, 0, 3, 1).reshape(-1, Q * P)
+    return _pack(lanes, [layer.weight_bits] * (Q * P))
+
+
+def _lane_list(net: IntNetwork, P) -> list[int]:
+    ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
+    if len(ps) != len(net.layers):
+        raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers")
+    return [_lanes(p) for p in ps]
 
 
 def neuron_words(layer: IntLayer) -> list[int]:
@@ -494,12 +520,10 @@ def neuron_words(layer: IntLayer) -> list[int]:
 def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
     """``{name: (width, words)}`` for every layer, ``P`` one lane count or one per
     layer; ready for ``Memory(shape=unsigned(width), depth=len(words), init=words)``."""
-    ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
-    if len(ps) != len(net.layers):
-        raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers")
+    ps = _lane_list(net, P)
     out = {}
-    for n, (il, p) in enumerate(zip(net.layers, ps)):
-        out[f"L{n}_weights"] = (_lanes(p) * il.weight_bits, weight_words(il, p))
+    for n, (il, p, q) in enumerate(zip(net.layers, ps, input_lanes(net, ps))):
+        out[f"L{n}_weights"] = (q * p * il.weight_bits, weight_words(il, p, q))
         out[f"L{n}_neurons"] = (il.state_bits + il.acc_bits + SHIFT_BITS, neuron_words(il))
     return out
 

@@ -169,11 +169,14 @@ def test_event_fifo_keeps_order_under_pauses(seed, depth, idle, stall):
 
 
 def test_event_format_packs_like_the_layout():
-    fmt = EventFormat(5, 3, 4, 2)
-    word = fmt.pack(channel=17, y=5, x=9, shift=3, last=1)
-    assert fmt.unpack(word) == (17, 5, 9, 3, 1)
+    fmt = EventFormat(5, 3, 4, 2, 6)
+    word = fmt.pack(channel=17, y=5, x=9, shift=3, last=1, mask=0b101101)
+    assert fmt.unpack(word) == (17, 5, 9, 3, 1, 0b101101)
     v = Signal(fmt.layout)
-    assert len(Value.cast(v)) == fmt.width == 5 + 3 + 4 + 2 + 1
+    assert len(Value.cast(v)) == fmt.width == 5 + 3 + 4 + 2 + 1 + 6
+    v = Signal(fmt.layout, init={"channel": 17, "y": 5, "x": 9, "shift": 3, "last": 1,
+                                 "mask": 0b101101})
+    assert v.as_value().init == word
     with pytest.raises(ValueError, match=r"^32 does not fit 5 bits$"):
         fmt.pack(channel=32)
 
@@ -571,7 +574,8 @@ def test_layer_core_matches_golden_with_back_pressure(case):
     from spikeforge.hw.network import input_events
     beats = input_events(net, x[0])
     fmt = EventFormat.for_network(net)
-    cp = CoreParams.build(0, layer, in_shape, P, fmt, timesteps=T, static=True)
+    from spikeforge.hw.network import core_params as net_core_params
+    cp = net_core_params(net, P)[0]
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
 
@@ -580,7 +584,8 @@ def test_layer_core_matches_golden_with_back_pressure(case):
         await ctx.tick().until(~dut.clearing)
         for b in beats:
             await stream_put(ctx, dut.i_events, {"channel": b.channel, "y": b.y, "x": b.x,
-                                                 "shift": b.shift, "last": int(b.last)},
+                                                 "shift": b.shift, "last": int(b.last),
+                                                 "mask": b.mask},
                              prng, idle)
 
     async def consumer(ctx):
