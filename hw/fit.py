@@ -84,9 +84,10 @@ def memory_plan(net, P) -> list[MemoryUse]:
         if cp.stcb:
             out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]
         else:
-            out += [MemoryUse(i, f"L{i}_cur{b}", cp.P * cp.cur_width, cp.acc_depth)
+            lanes = cp.P * cp.R
+            out += [MemoryUse(i, f"L{i}_cur{b}", lanes * cp.cur_width, cp.acc_depth)
                     for b in range(cp.cur_banks)]
-            out.append(MemoryUse(i, f"L{i}_state", cp.P * cp.state_width, cp.acc_depth))
+            out.append(MemoryUse(i, f"L{i}_state", lanes * cp.state_width, cp.acc_depth))
     return out
 
 

@@ -223,8 +223,8 @@ class LayerCore(wiring.Component):
         """
         p = self._p
         nb, T = p.cur_banks, p.timesteps
-        state = Memory(shape=data.ArrayLayout(signed(p.state_width), p.P), depth=p.acc_depth,
-                       init=[])
+        state = Memory(shape=data.ArrayLayout(signed(p.state_width), p.P * p.R),
+                       depth=p.acc_depth, init=[])
         m.submodules.state = state
         s_rd, s_wr = state.read_port(), state.write_port()
         m.d.comb += [
@@ -241,8 +241,8 @@ class LayerCore(wiring.Component):
         hold = Signal(nb)                  # memory b holds a frame for all T steps
         t = Signal(range(T))               # step of the scan (static layers: of the image)
         for b in range(nb):
-            mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P), depth=p.acc_depth,
-                         init=[])
+            mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
+                         depth=p.acc_depth, init=[])
             m.submodules[f"cur{b}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
             scan_owns = clearing | scan_on & (scan_bank == b)

@@ -45,9 +45,9 @@ __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "qu
 
 def scan_unit_members(p: CoreParams, width: int) -> dict:
     """The ports shared by the units that own a core's memories at the end of
-    a step (:class:`NeuronUnit`, and the STCB unit) for words of ``width`` bits
-    per lane: the layer core wires either."""
-    acc = data.ArrayLayout(signed(width), p.P)
+    a step (:class:`NeuronUnit`, and the STCB unit) for words of ``P * R``
+    lanes of ``width`` bits: the layer core wires either."""
+    acc = data.ArrayLayout(signed(width), p.P * p.R)
     abits = bits_for(p.acc_depth - 1)
     return {
         "start": In(1),
@@ -125,7 +125,7 @@ class NeuronUnit(wiring.Component):
         super().__init__({
             **scan_unit_members(p, p.state_width),
             "final": In(1),
-            "cur_data": In(data.ArrayLayout(signed(p.cur_width), p.P)),
+            "cur_data": In(data.ArrayLayout(signed(p.cur_width), p.P * p.R)),
         })
 
     def elaborate(self, platform):
@@ -180,22 +180,24 @@ class NeuronUnit(wiring.Component):
         cb2 = Signal(cb_bits)
         g2 = Signal.like(g)
         mask2 = Signal(P)
-        s2 = [Signal(signed(sum_w), name=f"s2_{j}") for j in range(P)]
+        # lane n = r*P + j: channel lane j at the word's position r
+        NL = P * p.R
+        s2 = [Signal(signed(sum_w), name=f"s2_{n}") for n in range(NL)]
         th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
         with m.If(adv):
             m.d.sync += [v2.eq(v1), win2.eq(win1), a2.eq(a1), py2.eq(py1), px2.eq(px1),
                          cb2.eq(cb1), g2.eq(g1), mask2.eq(mask1)]
-            m.d.sync += [s2[j].eq(self.rd_data[j] + self.cur_data[j] + cur_bias[j])
-                         for j in range(P)]
+            m.d.sync += [s2[n].eq(self.rd_data[n] + self.cur_data[n] + cur_bias[n % P])
+                         for n in range(NL)]
             m.d.sync += [a.eq(b) for a, b in zip(th2, cur_theta)]
-        u2 = [Signal(signed(S), name=f"u{j}") for j in range(P)]
-        o2 = Signal(P)
-        for j in range(P):
-            m.d.comb += u2[j].eq(saturate(s2[j], S))
+        u2 = [Signal(signed(S), name=f"u{n}") for n in range(NL)]
+        o2 = Signal(NL)
+        for n in range(NL):
+            m.d.comb += u2[n].eq(saturate(s2[n], S))
             if p.fault == "threshold":  # test-only: off-by-one comparison
-                m.d.comb += o2[j].eq(u2[j] > th2[j])
+                m.d.comb += o2[n].eq(u2[n] > th2[n % P])
             else:
-                m.d.comb += o2[j].eq(u2[j] >= th2[j])
+                m.d.comb += o2[n].eq(u2[n] >= th2[n % P])
 
         # ---------------------------------------------------------- write-back stage
         v3, win3 = Signal(), Signal()
@@ -203,23 +205,23 @@ class NeuronUnit(wiring.Component):
         py3, px3 = Signal.like(py), Signal.like(px)
         cb3 = Signal(cb_bits)
         g3 = Signal.like(g)
-        u3 = [Signal(signed(S), name=f"u3_{j}") for j in range(P)]
+        u3 = [Signal(signed(S), name=f"u3_{n}") for n in range(NL)]
         th3 = [Signal(signed(S), name=f"th3_{j}") for j in range(P)]
-        o3 = Signal(P)
+        o3 = Signal(NL)
         with m.If(adv):
             m.d.sync += [v3.eq(v2), win3.eq(win2), a3.eq(a2), py3.eq(py2), px3.eq(px2),
-                         cb3.eq(cb2), g3.eq(g2), o3.eq(o2 & mask2)]
+                         cb3.eq(cb2), g3.eq(g2), o3.eq(o2 & mask2.replicate(p.R))]
             m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
         shifts = p.decay_shifts
         if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
             shifts = (shifts[0] + 1,) + shifts[1:]
         base = []
-        for j in range(P):
-            d = decay(u3[j], shifts)
+        for n in range(NL):
+            d = decay(u3[n], shifts)
             if p.reset is Reset.ZERO:
-                b = Mux(o3[j], 0, d)
+                b = Mux(o3[n], 0, d)
             elif p.reset is Reset.SUBTRACT:
-                b = d - Mux(o3[j], th3[j], 0)
+                b = d - Mux(o3[n], th3[n % P], 0)
             else:
                 b = d
             base.append(Mux(final, 0, b))
@@ -229,7 +231,9 @@ class NeuronUnit(wiring.Component):
         queue = fifo.SyncFIFO(width=q_layout.size, depth=4)
         m.submodules.queue = ResetInserter(self.clear)(queue)
         sp_acc = Signal(P)
-        vec = sp_acc | o3
+        vec = sp_acc
+        for r in range(p.R):  # OR the word's positions: they share a pooling window
+            vec = vec | o3[r * P:(r + 1) * P]
         push = v3 & win3 & (vec != 0)
         q_in = Signal(q_layout)
         m.d.comb += [
@@ -249,10 +253,10 @@ class NeuronUnit(wiring.Component):
             with m.If(c_addr == p.acc_depth - 1):
                 m.d.sync += clearing.eq(0)
             m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
-            m.d.comb += [self.wr_data[j].eq(0) for j in range(P)]
+            m.d.comb += [self.wr_data[n].eq(0) for n in range(NL)]
         with m.Else():
             m.d.comb += [self.wr_addr.eq(a3), self.wr_en.eq(v3 & adv)]
-            m.d.comb += [self.wr_data[j].eq(base[j]) for j in range(P)]
+            m.d.comb += [self.wr_data[n].eq(base[n]) for n in range(NL)]
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
@@ -340,29 +344,31 @@ class _Counters:
 
 def window_counters(m, p: CoreParams, step, restart):
     """Scan-order counters: channel group, window row and column, then the
-    ``pool x pool`` window; ``addr`` the bank word ``(g*Hc + y)*Wc + x``,
+    ``pool x pool`` window's words (``pool / R`` words a row: a word holds
+    ``R`` positions); ``addr`` the memory word ``((g*Hc + y)*Wc + x) / R``,
     updated by constant steps (no multiplier).  ``step`` advances, ``restart``
     returns to the first neuron."""
-    P, G, pool, wc = p.P, p.groups, p.pool, p.wc
+    P, G, pool, R = p.P, p.groups, p.pool, p.R
+    pool_x, row = pool // R, p.wc // R      # words per window row; words per row
     ho, wo = p.out_size
     c = _Counters()
     c.g = g = Signal(range(G))
     c.py, c.px = py, px = Signal(range(ho)), Signal(range(wo))
-    wy, wx = Signal(range(pool)), Signal(range(pool))
+    wy, wx = Signal(range(pool)), Signal(range(pool_x))
     c.addr = addr = Signal(bits_for(p.acc_depth - 1))
     c.cbase = cbase = Signal(bits_for(G * P))
     c.first = (py == 0) & (px == 0) & (wy == 0) & (wx == 0)
-    c.win_end = win_end = (wy == pool - 1) & (wx == pool - 1)
+    c.win_end = win_end = (wy == pool - 1) & (wx == pool_x - 1)
     c.last = win_end & (px == wo - 1) & (py == ho - 1) & (g == G - 1)
     with m.If(step):
         if pool > 1:
-            with m.If(wx != pool - 1):
+            with m.If(wx != pool_x - 1):
                 m.d.sync += [wx.eq(wx + 1), addr.eq(addr + 1)]
             with m.Elif(wy != pool - 1):
-                m.d.sync += [wx.eq(0), wy.eq(wy + 1), addr.eq(addr + (wc - pool + 1))]
+                m.d.sync += [wx.eq(0), wy.eq(wy + 1), addr.eq(addr + (row - pool_x + 1))]
             with m.Elif(px != wo - 1):
                 m.d.sync += [wx.eq(0), wy.eq(0), px.eq(px + 1),
-                             addr.eq(addr + (1 - (pool - 1) * wc))]
+                             addr.eq(addr + (1 - (pool - 1) * row))]
             with m.Else():
                 m.d.sync += [wx.eq(0), wy.eq(0), px.eq(0), addr.eq(addr + 1)]
         else:

@@ -133,9 +133,23 @@ class CoreParams:
         return self.k * self.k * self.groups
 
     @property
+    def R(self) -> int:
+        """Positions per memory word: a static layer (layer 0 of a LIF / IF
+        network, which scans ``T`` times per accumulation) with pooling keeps
+        a pooling window's row of ``pool`` positions in one word and scans it
+        in one cycle (``R * P`` neuron datapaths; ``pool`` a power of two);
+        otherwise 1."""
+        pool = self.pool
+        if self.static and self.kind is LayerKind.CONV and pool > 1 and pool & (pool - 1) == 0:
+            return pool
+        return 1
+
+    @property
     def acc_depth(self) -> int:
-        """Words per membrane bank: ``G * Hc * Wc`` (one bank per lane)."""
-        return self.groups * self.hc * self.wc
+        """Words per current and state memory: ``G * Hc * Wc / R``; word
+        ``((g*Hc + y)*Wc + x) // R`` holds in lane ``r*P + j`` the neuron
+        ``(g*P + j, y, x)`` with ``x % R == r``."""
+        return self.groups * self.hc * self.wc // self.R
 
     @property
     def word_channels(self) -> int:

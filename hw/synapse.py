@@ -92,7 +92,7 @@ class SynapseUnit(wiring.Component):
 
     def __init__(self, params: CoreParams):
         self._p = p = params
-        acc = data.ArrayLayout(signed(p.cur_width), p.P)
+        acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
             "events": In(p.fmt.signature),
@@ -203,8 +203,9 @@ class SynapseUnit(wiring.Component):
         # weight data arrives one cycle after the walker; a word event's terms
         # go through an adder tree of L register stages, and the bank read is
         # issued L cycles late so that its data meets the tree's sum
+        R, sb = p.R, (p.R - 1).bit_length()   # positions per word: word = addr >> sb
         v1 = Signal()
-        a1 = Signal.like(self.wr_addr)
+        a1 = Signal(bits_for(p.acc_depth * R - 1))  # position address
         s1 = Signal.like(shift)
         mask1 = Signal(Q)
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
@@ -230,9 +231,9 @@ class SynapseUnit(wiring.Component):
                 delay.append((v, a))
             valid, a_u = delay[-1]
             rd_issue = delay[-2][1]  # the address one cycle before the update
-            m.d.comb += self.rd_addr.eq(rd_issue)
+            m.d.comb += self.rd_addr.eq(rd_issue >> sb)
         else:
-            m.d.comb += self.rd_addr.eq(addr)
+            m.d.comb += self.rd_addr.eq(addr.as_unsigned() >> sb)
         in_flight = Cat(*(v for v, _ in delay)).any() if Q > 1 else v1
 
         # the write committed at the end of the previous cycle is not in this
@@ -240,12 +241,16 @@ class SynapseUnit(wiring.Component):
         wb_valid = Signal()
         wb_addr = Signal.like(self.wr_addr)
         wb_data = Signal.like(self.wr_data)
-        hit = wb_valid & (wb_addr == a_u)
-        for j in range(p.P):
-            old = Mux(hit, wb_data[j], self.rd_data[j])
-            m.d.comb += self.wr_data[j].eq(old + incs[j])
-        m.d.comb += [self.wr_addr.eq(a_u), self.wr_en.eq(valid)]
-        m.d.sync += [wb_valid.eq(valid), wb_addr.eq(a_u), wb_data.eq(self.wr_data)]
+        word = a_u >> sb
+        hit = wb_valid & (wb_addr == word)
+        for r in range(R):  # only the lanes of the tap's position add
+            here = (a_u[:sb] == r) if R > 1 else C(1, 1)
+            for j in range(p.P):
+                n = r * p.P + j
+                old = Mux(hit, wb_data[n], self.rd_data[n])
+                m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
+        m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
+        m.d.sync += [wb_valid.eq(valid), wb_addr.eq(word), wb_data.eq(self.wr_data)]
 
         m.d.comb += [
             self.at_marker.eq(marker_held & ~active & ~in_flight),
