@@ -34,13 +34,13 @@ widths may differ a little); ``mnist`` = 28x28 input, ``digits`` = 8x8:
 ====================================  =====  ===============  ================
 model configuration                   lanes  ULX3S (85F)      iCEBreaker (UP5K)
 ====================================  =====  ===============  ================
-convsnn 48-48 fc128, mnist, 8 bits    4      no (243/208)     no (949/30)
-convsnn 48-48 fc128, mnist, 6 bits    4      yes (197/208)    no (768/30)
-convsnn 48-48 fc128, mnist, 4 bits    4      yes (137/208)    no (565/30)
-convsnn 16-32 fc64, mnist, 8 bits     4      yes (86/208)     no (359/30)
-convsnn 8 fc32, mnist, 4 bits         2      yes (23/208)     no (94/30)
-convsnn 4 fc16, digits, 4 bits        1      yes (4/208)      yes (16/30)
-mlp fc32, digits, 4 bits              1      yes (3/208)      yes (17/30)
+convsnn 48-48 fc128, mnist, 8 bits    4      no (289/208)     no (1222/30)
+convsnn 48-48 fc128, mnist, 6 bits    4      no (240/208)     no (1007/30)
+convsnn 48-48 fc128, mnist, 4 bits    4      yes (193/208)    no (787/30)
+convsnn 16-32 fc64, mnist, 8 bits     4      yes (117/208)    no (497/30)
+convsnn 8 fc32, mnist, 4 bits         2      yes (27/208)     no (121/30)
+convsnn 4 fc16, digits, 4 bits        1      yes (5/208)      yes (23/30)
+mlp fc32, digits, 4 bits              1      yes (3/208)      yes (21/30)
 ====================================  =====  ===============  ================
 
 Logic is the other limit on the iCE40: each layer core costs roughly 1000 to

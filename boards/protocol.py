@@ -10,7 +10,7 @@ offset    size    field
 1         1       ``CMD``: a request command, ``CMD | 0x80`` for its reply,
                   ``0xFF`` for an error frame
 2         1       ``SEQ``: chosen by the host, echoed in the reply
-3         2       ``LEN``: payload bytes, ``0 .. MAX_PAYLOAD`` (512)
+3         2       ``LEN``: payload bytes, ``0 .. MAX_PAYLOAD`` (1024)
 5         LEN     payload
 5+LEN     2       CRC-16/CCITT-FALSE (poly ``0x1021``, init ``0xFFFF``, no
                   reflection, no final XOR) of bytes ``1 .. 5+LEN`` (CMD to the
@@ -96,8 +96,8 @@ __all__ = ["SYNC", "VERSION", "MAX_PAYLOAD", "HEADER_BYTES", "CRC_BYTES", "REPLY
            "LinkLayout", "pack_records", "error_payload", "parse_error", "check_request"]
 
 SYNC = 0xA5
-VERSION = 1
-MAX_PAYLOAD = 512
+VERSION = 2  # 2: 16-bit data_bytes, 1024-byte payloads (word-event weight memories)
+MAX_PAYLOAD = 1024
 HEADER_BYTES = 5
 CRC_BYTES = 2
 REPLY = 0x80
@@ -383,12 +383,12 @@ def design_id(net, lanes) -> int:
     return zlib.crc32(text.encode())
 
 
-INFO = struct.Struct("<BBBHBBBBHIII")
+INFO = struct.Struct("<BBBHBBBHHIII")
 
 
 @dataclass(frozen=True)
 class BoardInfo:
-    """The PING reply (``INFO``: ``<BBBHBBBBHIII``, 23 bytes, in field order)."""
+    """The PING reply (``INFO``: ``<BBBHBBBHHIII``, 24 bytes, in field order)."""
 
     version: int
     layers: int

@@ -77,7 +77,10 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--dataset", default=defaults.dataset,
                    help="mnist5k, digits8x8, seq1..seq5 or idx:DIR (default %(default)s)")
     p.add_argument("--epochs", type=_int_in(1, 100_000), default=defaults.epochs)
-    p.add_argument("--timesteps", type=_int_in(1, MAX_TIMESTEPS), default=None)
+    p.add_argument("--timesteps", type=_int_in(1, MAX_TIMESTEPS), default=None,
+                   help="time steps (default: the model's"
+                        + (f"; {defaults.timesteps} for {defaults.model}" if defaults.timesteps
+                           else "") + ")")
     p.add_argument("--batch-size", type=_int_in(1, 1 << 20), default=defaults.batch_size)
     p.add_argument("--lr", type=_positive_float, default=defaults.lr)
     p.add_argument("--seed", type=_int_in(0, SEED_LIMIT), default=defaults.seed)
@@ -89,16 +92,21 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model builder override, e.g. --set channels=[16,32] (repeatable)"
                         + (f"; defaults: {defaults.overrides}" if defaults.overrides else ""))
-    p.set_defaults(base_overrides=dict(defaults.overrides), base_model=defaults.model)
+    p.set_defaults(base_overrides=dict(defaults.overrides), base_model=defaults.model,
+                   base_timesteps=defaults.timesteps)
 
 
 def train_config(args, **fixed):
     from spikeforge.sw.train import TrainConfig
     # the default overrides belong to the default model (`run`'s small ConvSNN):
     # another --model gets its own builder's defaults
-    base = args.base_overrides if args.model == getattr(args, "base_model", args.model) else {}
+    own = args.model == getattr(args, "base_model", args.model)
+    base = args.base_overrides if own else {}
+    timesteps = args.timesteps
+    if timesteps is None and own:
+        timesteps = getattr(args, "base_timesteps", None)
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
-                       timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
+                       timesteps=timesteps, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, loss=args.loss, hybrid_epochs=args.hybrid_epochs,
                        train_limit=args.train_limit,
                        overrides={**base, **_overrides(args.set)}, **fixed)

@@ -152,7 +152,7 @@ def test_any_garbage_then_idle_then_a_frame_decodes(junk, payload):
 
 
 def test_payload_structs():
-    assert P.BoardInfo.unpack(INFO.pack()) == INFO and len(INFO.pack()) == P.INFO.size == 23
+    assert P.BoardInfo.unpack(INFO.pack()) == INFO and len(INFO.pack()) == P.INFO.size == 24
     with pytest.raises(P.FrameError):
         P.BoardInfo.unpack(INFO.pack()[:-1])
     raw = bytes([0b01, 3]) + (12345).to_bytes(4, "little") + bytes([0, 2, 0, 7])
@@ -164,9 +164,10 @@ def test_payload_structs():
     e = P.parse_error(P.Frame(P.ERROR, 4, P.error_payload(P.ErrorCode.CRC, P.Cmd.WRITE, 9)))
     assert (e.code, e.cmd, e.detail, e.seq) == (P.ErrorCode.CRC, P.Cmd.WRITE, 9, 4)
     assert "CRC" in str(e) and "WRITE" in str(e)
-    chunks = P.pack_records(list(range(300)), 2)
-    assert [len(c) for c in chunks] == [512, 88]
-    assert b"".join(chunks) == b"".join(v.to_bytes(2, "little") for v in range(300))
+    n = P.MAX_PAYLOAD // 2 + 44  # one full frame of 2-byte records and 44 records more
+    chunks = P.pack_records(list(range(n)), 2)
+    assert [len(c) for c in chunks] == [P.MAX_PAYLOAD, 88]
+    assert b"".join(chunks) == b"".join(v.to_bytes(2, "little") for v in range(n))
 
 
 # --------------------------------------------------------------------------- driver
@@ -253,10 +254,11 @@ def test_driver_commands_on_a_clean_link():
     rec = fb.writes[0]
     assert rec[:7] == bytes([3]) + (10).to_bytes(2, "little") + (1).to_bytes(4, "little")
     b.start()
-    b.send_events(list(range(600)))  # 2 bytes each: 256 per frame -> 3 frames
-    assert fb.beats == 600 and fb.frames_seen.count(P.Cmd.EVENTS) == 3
+    per = P.MAX_PAYLOAD // 2  # 2 bytes each
+    b.send_events(list(range(2 * per + 88)))  # -> 3 frames
+    assert fb.beats == 2 * per + 88 and fb.frames_seen.count(P.Cmd.EVENTS) == 3
     r = b.result()
-    assert r.done and r.prediction == 1 and r.cycles == 600 and r.counts == [1, 2, 3, 4]
+    assert r.done and r.prediction == 1 and r.cycles == 2 * per + 88 and r.counts == [1, 2, 3, 4]
     assert len(b.perf()) == INFO.layers and b.resends == 0
 
 
