@@ -14,7 +14,8 @@ sources: the two columns come from one run of this script.
 Per layer:
 
 * ``acc``: synaptic accumulates per image (every input spike's in-bounds
-  kernel taps times the output channels; layer 0: every set input bit's);
+  kernel taps times the output channels; layer 0: every set bit of the input
+  the engine is sent, a held frame once);
 * ``adders``: accumulates the layer can do per cycle, ``P * Q`` (``Q`` the
   inputs of an event: bit planes at layer 0, the previous layer's lanes for a
   layer that takes word events, else 1);
@@ -127,22 +128,21 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
         before = (measure_before(run, images, before_lanes, before_rev, d / "before")
                   if before_rev else None)
     pred = model.predict(net, lanes, model.traces(net, x))
-    # accumulates per layer (layer 0: set input bits x taps x C_out)
-    B = net.layers[0].input_bits
-    xs = golden.input_values(net.spec, x, B)[0]  # [N, C, H, W] (step 0)
-    accs = []
+    # accumulates per layer: every input spike's in-bounds taps x C_out; layer 0:
+    # every set bit of the input the engine is sent (a held frame once)
     from spikeforge.hw.model import _in_bounds_taps
+    from spikeforge.hw.network import input_events
     res = golden.run(net, x)
+    accs = []
     for n, layer in enumerate(net.spec.layers):
         total = 0
         for i in range(images):
             if n == 0:
-                frames = golden.input_values(net.spec, x[i:i + 1], B)[:, 0]
-                for t in range(T):
-                    c, yy, xx = frames[t].nonzero(as_tuple=True)
-                    bits = torch.tensor([int(v).bit_count() for v in frames[t][c, yy, xx]])
-                    for k in range(len(yy)):
-                        total += _in_bounds_taps(layer, yy[k:k + 1], xx[k:k + 1]) * int(bits[k])
+                for b in input_events(net, x[i]):
+                    if not b.last:
+                        bits = max(1, int(b.mask).bit_count())
+                        total += bits * _in_bounds_taps(layer, torch.tensor([b.y]),
+                                                        torch.tensor([b.x]))
             else:
                 prev = net.spec.layers[n - 1]
                 s = golden.unpack(res.spikes[n - 1][:, i], prev.out_features)

@@ -10,7 +10,7 @@ compares captured per-layer spikes with the golden model's packed traces.
 
 Verilog port names (Amaranth flattens members with ``__``): ``start``,
 ``clearing``, ``events__valid/ready/payload``, ``mem_write__valid/ready/payload``,
-``done``, ``counts``, ``scores``, ``prediction``, ``cycles``, ``perf``,
+``done``, ``result_valid``, ``counts``, ``scores``, ``prediction``, ``cycles``, ``perf``,
 ``tap_valid``, ``tap``; plus ``clk`` and ``rst``.
 """
 
@@ -122,17 +122,26 @@ class NetworkTop(wiring.Component):
         word ``addr`` of ``L{n}_weights``, ``2n + 1`` of ``L{n}_neurons``
         (layouts of :mod:`spikeforge.image`).  Always ready.
     done : Out(1)
-        ``T`` end-of-step markers have left the last layer; held until ``start``.
+        An image has completed (its ``T`` end-of-step markers have left the
+        last layer) since ``start``; held until ``start``.
+    result_valid : Out(1)
+        Strobe: an image completed and its result is in ``counts``,
+        ``scores``, ``prediction`` and ``cycles`` (held until the next).
+        LIF / IF networks take images back to back without ``start``: every
+        core leaves its state zero at an image's last step, and results come
+        out in input order.
     counts : Out(ArrayLayout(unsigned(bits_for(M)), classes * voting))
         Spike count of each output neuron (flattened ``(channel, y, x)``) over
-        the ``T`` steps, ``M = T``; for an STCB network its value
+        the ``T`` steps of the last completed image, ``M = T``; for an STCB
+        network its value
         ``sum_t s[t] << (T-1-t)``, ``M = 2**T - 1`` (the golden model's score).
     scores : Out(ArrayLayout(unsigned(bits_for(M * voting)), classes))
         Sum of ``counts`` over each class's voting group.
     prediction : Out(unsigned)
         Index of the largest score, ties to the lowest index.
     cycles : Out(32)
-        Cycles from the first input event taken to ``done``.
+        Cycles from the first input event taken after ``start`` to the last
+        completion (one image per ``start``: its latency).
     perf : Out(ArrayLayout(PERF_LAYOUT, layers))
         Per-layer performance counters (:data:`~spikeforge.hw.layer.PERF_LAYOUT`).
     tap_valid : Out(layers)
@@ -174,6 +183,7 @@ class NetworkTop(wiring.Component):
             "events": In(fmt.signature),
             "mem_write": In(stream.Signature(self.mem_layout)),
             "done": Out(1),
+            "result_valid": Out(1),
             "counts": Out(data.ArrayLayout(unsigned(bits_for(self.max_count)), self.n_out)),
             "scores": Out(data.ArrayLayout(unsigned(bits_for(self.max_count * spec.voting)),
                                            spec.classes)),
@@ -239,31 +249,41 @@ class NetworkTop(wiring.Component):
         ho, wo = (1, 1) if ls.kind is LayerKind.FC else ls.out_size
         idx = Signal(bits_for(max(self.n_out, ho * wo * ls.out_channels)))
         m.d.comb += idx.eq(const_mul(const_mul(obs.channel, ho) + obs.y, wo) + obs.x)
-        markers = Signal(range(spec.timesteps + 1))
+        T = spec.timesteps
+        markers = Signal(range(T))
         running = Signal()
-        m.d.comb += self.done.eq(markers == spec.timesteps)
         # one register per output neuron (not slices of one wide signal: a
         # thousand partial updates of one signal nest too deep to simulate)
         cnt = [Signal(len(self.counts[0]), name=f"count{n}") for n in range(self.n_out)]
-        m.d.comb += [self.counts[n].eq(c) for n, c in enumerate(cnt)]
-        hit = obs_valid & ~self.done & ~obs.last
+        res = [Signal(len(self.counts[0]), name=f"result{n}") for n in range(self.n_out)]
+        m.d.comb += [self.counts[n].eq(r) for n, r in enumerate(res)]
+        hit = obs_valid & ~obs.last
         if self.stcb:  # a spike of step t is digit T-1-t of the value
             inc = Signal(len(cnt[0]))
-            m.d.comb += inc.eq(C(1 << (spec.timesteps - 1), len(inc)) >> markers)
+            m.d.comb += inc.eq(C(1 << (T - 1), len(inc)) >> markers)
         else:
             inc = 1
         for n, c in enumerate(cnt):
             with m.If(hit & (idx == n)):
                 m.d.sync += c.eq(c + inc)
-        with m.If(obs_valid & ~self.done & obs.last):
-            m.d.sync += markers.eq(markers + 1)
+        # the T-th marker of an image: latch its result, start counting the next
+        cycles = Signal(32)
+        m.d.sync += self.result_valid.eq(0)
+        with m.If(obs_valid & obs.last):
+            with m.If(markers == T - 1):
+                m.d.sync += [markers.eq(0), self.done.eq(1), self.result_valid.eq(1),
+                             self.cycles.eq(cycles)]
+                m.d.sync += [r.eq(c) for r, c in zip(res, cnt)] + [c.eq(0) for c in cnt]
+            with m.Else():
+                m.d.sync += markers.eq(markers + 1)
         with m.If(self.events.valid & self.events.ready):
             m.d.sync += running.eq(1)
-        with m.If((running | (self.events.valid & self.events.ready)) & ~self.done):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(running | (self.events.valid & self.events.ready)):
+            m.d.sync += cycles.eq(cycles + 1)
         with m.If(self.start):
-            m.d.sync += [markers.eq(0), running.eq(0), self.cycles.eq(0), obs_valid.eq(0)]
-            m.d.sync += [c.eq(0) for c in cnt]
+            m.d.sync += [markers.eq(0), running.eq(0), cycles.eq(0), self.cycles.eq(0),
+                         obs_valid.eq(0), self.done.eq(0), self.result_valid.eq(0)]
+            m.d.sync += [c.eq(0) for c in cnt] + [r.eq(0) for r in res]
 
         v = spec.voting
         for c in range(spec.classes):

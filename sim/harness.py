@@ -12,20 +12,26 @@ op   meaning
 ===  =======================================================================
 0    an input beat (event or end-of-step marker) for the DUT's ``events``
 1    begin an image: pulse ``start``, wait for the clear pass, then feed
-2    end of the stream: flush the trace and raise ``finished``
+     (``stream``: only for the first image; later images follow at once)
+2    end of the stream: wait for the outstanding results, flush the trace
+     and raise ``finished``
 ===  =======================================================================
 
 The clock and reset are generated inside the harness (built with
 ``--timing``), so the simulator advances without a callback per edge.
-After the last beat of an image the harness waits for ``done`` and writes the
-image's result.  With ``pause`` on, an LFSR withholds ``valid`` on about one
-cycle in four (the DUT must cope with gaps).
+Without ``stream``, after the last beat of an image the harness waits for
+``done`` and writes the image's result before the next image's ``start``;
+with ``stream`` (LIF / IF networks) images are fed back to back and a result
+is written whenever the DUT's ``result_valid`` strobes (input order).  With
+``pause`` on, an LFSR withholds ``valid`` on about one cycle in four (the DUT
+must cope with gaps).
 
-``trace.txt``: ``S img layer payload_hex`` for every beat leaving a layer
-(spikes and end-of-step markers, in order), then
-``D img prediction cycles counts_hex perf_hex clock`` when an image is done
-(``clock``: the harness's free-running cycle count, so the interval between
-image completions, set-up and clear passes included, is measured).
+``trace.txt``: ``B img clock`` when the harness begins feeding an image;
+``S img layer payload_hex`` for every beat leaving a layer (spikes and
+end-of-step markers, in order); ``D img prediction cycles counts_hex
+perf_hex clock`` when an image is done (``clock``: the harness's free-running
+cycle count, so latencies and the interval between completions are measured;
+``perf``: the counters since the last ``start``).
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ DUT_TOP = "sf_engine"
 OP_BEAT, OP_IMAGE, OP_END = 0, 1, 2
 
 
-def harness_verilog(top, depth: int, pause: bool) -> str:
-    """Verilog text of the harness for ``top`` (a NetworkTop) with a ROM of ``depth`` words."""
+def harness_verilog(top, depth: int, pause: bool, stream: bool = False) -> str:
+    """Verilog text of the harness for ``top`` (a NetworkTop) with a ROM of
+    ``depth`` words; ``stream``: images back to back (module docstring)."""
     pw = len(top.events.payload.as_value())
     layers = len(top.cores)
     mw = len(top.mem_write.payload.as_value())
@@ -59,7 +66,9 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
     fd = $fopen("trace.txt", "w");
   end
   reg [31:0] ptr;
-  reg [31:0] img;
+  reg [31:0] img;      // results written
+  reg [31:0] img_in;   // images begun
+  reg first_beat;      // the begun image's first beat is still to be taken
   reg [2:0] state;
   reg start;
   reg [15:0] lfsr;
@@ -68,7 +77,7 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
   wire [1:0] op = word[{ww - 1}:{pw}];
   wire gate = {"lfsr[0] | lfsr[5]" if pause else "1'b1"};
   wire ev_valid = (state == 3'd3) && (op == 2'd{OP_BEAT}) && gate;
-  wire ev_ready, clearing, done;
+  wire ev_ready, clearing, done, result_valid;
   wire [{layers - 1}:0] tap_valid;
   wire [{layers * pw - 1}:0] tap;
   wire [{len(top.counts.as_value()) - 1}:0] counts;
@@ -77,32 +86,46 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
   wire [31:0] cycles;
   wire [{len(top.perf.as_value()) - 1}:0] perf;
   wire mw_ready;
+  wire new_result = {"result_valid" if stream else "done && state == 3'd4"};
   {DUT_TOP} dut (
     .clk(clk), .rst(rst), .start(start), .clearing(clearing),
     .events__valid(ev_valid), .events__ready(ev_ready), .events__payload(word[{pw - 1}:0]),
     .mem_write__valid(1'b0), .mem_write__ready(mw_ready), .mem_write__payload({mw}'d0),
-    .done(done), .counts(counts), .scores(scores), .prediction(prediction), .cycles(cycles),
-    .perf(perf), .tap_valid(tap_valid), .tap(tap));
+    .done(done), .result_valid(result_valid), .counts(counts), .scores(scores),
+    .prediction(prediction), .cycles(cycles), .perf(perf), .tap_valid(tap_valid), .tap(tap));
 {taps}
   always @(posedge clk) begin
     lfsr <= {{lfsr[14:0], lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10]}};
     clock_count <= rst ? 64'd0 : clock_count + 64'd1;
     if (rst) begin
-      ptr <= 0; img <= 0; state <= 0; start <= 0; finished <= 0; lfsr <= 16'hACE1;
-    end else case (state)
-      3'd0: if (op == 2'd{OP_IMAGE}) begin start <= 1; ptr <= ptr + 1; state <= 1; end
-            else if (op == 2'd{OP_END}) begin $fflush(fd); finished <= 1; state <= 5; end
-      3'd1: begin start <= 0; state <= 2; end
-      3'd2: if (!clearing) state <= 3;
-      3'd3: if (op != 2'd{OP_BEAT}) state <= 4;
-            else if (ev_valid && ev_ready) ptr <= ptr + 1;
-      3'd4: if (done) begin
-              $fwrite(fd, "D %0d %0d %0d %h %h %0d\\n", img, prediction, cycles, counts, perf,
-                      clock_count);
-              img <= img + 1; state <= 0;
-            end
-      default: ;
-    endcase
+      ptr <= 0; img <= 0; img_in <= 0; first_beat <= 0; state <= 0; start <= 0;
+      finished <= 0; lfsr <= 16'hACE1;
+    end else begin
+      if (new_result) begin
+        $fwrite(fd, "D %0d %0d %0d %h %h %0d\\n", img, prediction, cycles, counts, perf,
+                clock_count);
+        img <= img + 1;
+      end
+      if (ev_valid && ev_ready && first_beat) begin
+        $fwrite(fd, "B %0d %0d\\n", img_in - 1, clock_count);
+        first_beat <= 0;
+      end
+      case (state)
+        3'd0: if (op == 2'd{OP_IMAGE}) begin
+                ptr <= ptr + 1; img_in <= img_in + 1; first_beat <= 1;
+                if ({"img_in == 0" if stream else "1'b1"}) begin start <= 1; state <= 1; end
+                else state <= 3;
+              end
+              else if (op == 2'd{OP_END}) state <= 6;
+        3'd1: begin start <= 0; state <= 2; end
+        3'd2: if (!clearing) state <= 3;
+        3'd3: if (op != 2'd{OP_BEAT}) state <= {"3'd0" if stream else "3'd4"};
+              else if (ev_valid && ev_ready) ptr <= ptr + 1;
+        3'd4: if (done) state <= 0;
+        3'd6: if (img == img_in) begin $fflush(fd); finished <= 1; state <= 5; end
+        default: ;
+      endcase
+    end
   end
 endmodule
 """

@@ -57,6 +57,7 @@ class SimBuild:
     depth: int
     build_seconds: float
     waves: bool = False    # built with tracing: run() writes RUN/.../dump.vcd
+    stream: bool = False   # images back to back (no start between them)
 
 
 @dataclass
@@ -168,8 +169,11 @@ def _verilator_build(where: Path, bdir: Path, toplevel: str, sources, waves: boo
 
 
 def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,
-          pause: bool = False, faults: dict | None = None, waves: bool = False) -> SimBuild:
-    """Export and build (or reuse) the Verilator model of ``net`` under ``root``."""
+          pause: bool = False, faults: dict | None = None, waves: bool = False,
+          stream: bool | None = None) -> SimBuild:
+    """Export and build (or reuse) the Verilator model of ``net`` under ``root``.
+    ``stream``: feed images back to back without ``start`` between them
+    (default: for LIF / IF networks; STCB networks are cleared per image)."""
     from amaranth.back import verilog
 
     from spikeforge.hw.network import NetworkTop
@@ -177,14 +181,17 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
     toolchain.require("verilator")
     toolchain.require("YOSYS")
     top = NetworkTop(net, lanes, faults=faults)
-    key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults, waves,
+    if stream is None:
+        stream = not top.stcb
+    key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults, waves, stream,
                                                   _engine_digest())).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
-    verilator_build(bdir, HARNESS_TOP, lambda: {DUT_TOP: verilog.convert(top, name=DUT_TOP),
-                                                HARNESS_TOP: harness_verilog(top, depth, pause)},
+    verilator_build(bdir, HARNESS_TOP,
+                    lambda: {DUT_TOP: verilog.convert(top, name=DUT_TOP),
+                             HARNESS_TOP: harness_verilog(top, depth, pause, stream)},
                     waves=waves)
-    return SimBuild(bdir, top, net, top.lanes, depth, time.perf_counter() - t0, waves)
+    return SimBuild(bdir, top, net, top.lanes, depth, time.perf_counter() - t0, waves, stream)
 
 
 def _words(sb: SimBuild, frames: torch.Tensor) -> list[int]:
@@ -241,38 +248,53 @@ def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
 
 
 def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageResult]:
+    """Results in input order.  A layer's beats belong to image ``markers // T``
+    of that layer (images may overlap in the pipeline); ``cycles`` is the
+    latency from the image's first input beat taken to its result; ``perf``
+    the counters' increase over the image (streaming: since the previous
+    result)."""
     from spikeforge.hw.network import beat_spikes
     fmt = sb.top.fmt
     T = sb.net.spec.timesteps
     n_layers = len(sb.net.layers)
     cw = len(sb.top.counts[0])
     n_out = len(sb.top.counts)
+    spikes = [[[[] for _ in range(T)] for _ in range(n_layers)] for _ in range(n_images)]
+    markers = [0] * n_layers
+    begun: dict[int, int] = {}
     results: list[ImageResult] = []
-    spikes = [[[] for _ in range(T)] for _ in range(n_layers)]
-    step = [0] * n_layers
+    prev = [dict.fromkeys(perf_fields, 0) for _ in range(n_layers)]
     for line in trace.read_text().splitlines():
         parts = line.split()
-        if parts[0] == "S":
+        if parts[0] == "B":
+            begun[int(parts[1])] = int(parts[2])
+        elif parts[0] == "S":
             layer, payload = int(parts[2]), int(parts[3], 16)
             c, y, x, _, last, mask = fmt.unpack(payload)
+            i, t = divmod(markers[layer], T)
+            if i >= n_images:
+                raise SimError(f"layer {layer} sent a beat after the last image's last step")
             if last:
-                step[layer] += 1
-            elif step[layer] < T:
-                spikes[layer][step[layer]] += beat_spikes(sb.top.params[layer], c, y, x, mask)
+                markers[layer] += 1
             else:
-                raise SimError(f"layer {layer} sent a spike after its last time step")
+                spikes[i][layer][t] += beat_spikes(sb.top.params[layer], c, y, x, mask)
         elif parts[0] == "D":
-            counts = _field(int(parts[4], 16), [(i * cw, cw) for i in range(n_out)])
+            i = len(results)
+            if i >= n_images:
+                raise SimError(f"the trace holds more than {n_images} results")
+            counts = _field(int(parts[4], 16), [(k * cw, cw) for k in range(n_out)])
             perf_val = int(parts[5], 16)
             perf = []
             for n in range(n_layers):
-                vals = _field(perf_val >> (n * 32 * len(perf_fields)),
-                              [(i * 32, 32) for i in range(len(perf_fields))])
-                perf.append(dict(zip(perf_fields, vals)))
-            results.append(ImageResult(int(parts[2]), int(parts[3]), counts, perf, spikes,
-                                       int(parts[6])))
-            spikes = [[[] for _ in range(T)] for _ in range(n_layers)]
-            step = [0] * n_layers
+                vals = dict(zip(perf_fields, _field(perf_val >> (n * 32 * len(perf_fields)),
+                                                    [(k * 32, 32) for k in
+                                                     range(len(perf_fields))])))
+                if sb.stream:  # cumulative since start: the increase over this image
+                    vals, prev[n] = {k: (v - prev[n][k]) % (1 << 32) for k, v in vals.items()}, vals
+                perf.append(vals)
+            done_at = int(parts[6])
+            cycles = done_at - begun[i] if sb.stream and i in begun else int(parts[3])
+            results.append(ImageResult(int(parts[2]), cycles, counts, perf, spikes[i], done_at))
     if len(results) != n_images:
         raise SimError(f"the trace holds {len(results)} results for {n_images} images")
     return results

@@ -77,9 +77,9 @@ def test_verify_command_on_a_trained_network(tmp_path, capsys):
     assert out["rtl_accuracy"] == out["golden_accuracy"]
     assert out["cycles_per_inference"]["min"] <= out["cycles_per_inference"]["mean"] \
         <= out["cycles_per_inference"]["max"]
-    # images back to back: the interval covers an image's latency plus the
-    # start pulse and clear pass before the next
-    assert out["interval_cycles"] > out["cycles_per_inference"]["min"]
+    # images back to back: they overlap in the pipeline, so completions come
+    # closer together than an image's latency
+    assert 0 < out["interval_cycles"] < out["cycles_per_inference"]["mean"]
     assert out["sim_cycles_per_second"] > 0 and out["energy"]["accumulates_per_inference"] > 0
     # bad input: more images than the test set has
     assert cli.main(["verify", str(run), "--images", "100000"]) == 2
