@@ -3,7 +3,8 @@
 It predicts, without elaborating or simulating any RTL, what the layer
 cores' counters will say for a network, its inputs and lane counts ``P``:
 per layer the in-bounds read-modify-writes (``updates``), the scan cycles,
-and the end-to-end cycles of an image.  It is checked against Verilator's
+and the end-to-end cycles of an image alone, and the interval between
+images fed back to back (the busiest layer's occupancy).  It is checked against Verilator's
 counters (``benchmarks/bench_engine.py`` prints both side by side) and is
 what :func:`choose_lanes` optimises: the planner grows from it.
 
@@ -121,7 +122,7 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
     cps = core_params(net, lane_counts(net, P))
     T = net.spec.timesteps
     L = len(cps)
-    e2e, per = [], [[0.0, 0.0] for _ in range(L)]
+    e2e, per, occupancy = [], [[0.0, 0.0] for _ in range(L)], [0.0] * L
     for img in work:
         syn_end = [[0.0] * T for _ in range(L)]
         scan_end = [[0.0] * T for _ in range(L)]
@@ -156,26 +157,42 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)
+            # streaming: with two current memories a layer's synapse phases and
+            # scans overlap, each side busy for its own total
+            syn = sum(taps[n]) * cp.groups + SYN_FILL * len(taps[n])
+            scan = sum(max(cp.acc_depth, s) + SCAN_FILL for s in img[n].spikes_out)
+            occupancy[n] += max(syn, scan) if cp.cur_banks > 1 else syn + scan
     k = len(work)
     return {
         "cycles_per_inference": sum(e2e) / k,
-        "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P}
-                   for (u, s), cp in zip(per, cps)],
+        # images back to back: the busiest layer sets the pace
+        "interval_cycles": max(occupancy) / k,
+        "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P, "occupancy": o / k}
+                   for (u, s), cp, o in zip(per, cps, occupancy)],
     }
 
 
-def choose_lanes(net, work: list[list[LayerTrace]], device: str = "ecp5-85f",
-                 max_lanes: int | None = None) -> list[int]:
-    """Per-layer lanes that minimise the predicted cycles per image among
-    power-of-two lane counts (and ``C_out``) whose memories fit ``device``
-    (:func:`~spikeforge.hw.fit.check_fit`), with at most ``max_lanes`` lanes in
-    all (a stand-in for logic: every lane has its own adders and neuron
-    datapath).  Greedy: start at one lane per layer and double the lanes of
-    the layer whose doubling gains most, while it fits."""
+def choose_lanes(net, work: list[list[LayerTrace]], device: str = "ecp5-85f") -> list[int]:
+    """Per-layer lanes that minimise the predicted interval between images
+    (images back to back) among power-of-two lane counts (and ``C_out``)
+    whose memories fit ``device`` (:func:`~spikeforge.hw.fit.check_fit`).
+
+    Greedy from one lane per layer: double the lanes of the layer whose
+    doubling most reduces the layers' occupancies, largest first (a layer's
+    lanes can also speed its consumer: wider words), while that improves and
+    fits; of the configurations visited, the one with the fewest lanes within
+    1% of the best interval is chosen (every lane costs its own adders and
+    neuron datapath)."""
     from .fit import FitError, check_fit
     outs = [l.spec.out_channels for l in net.layers]
+
+    def score(lanes):
+        r = predict(net, lanes, work)
+        return sorted((L["occupancy"] for L in r["layers"]), reverse=True), r["interval_cycles"]
+
     ps = [1] * len(outs)
-    best = predict(net, ps, work)["cycles_per_inference"]
+    cur, interval = score(ps)
+    seen = [(interval, sum(ps), ps)]
     while True:
         cands = []
         for n, c in enumerate(outs):
@@ -183,16 +200,15 @@ def choose_lanes(net, work: list[list[LayerTrace]], device: str = "ecp5-85f",
                 continue
             trial = ps[:]
             trial[n] = min(c, ps[n] * 2)
-            if max_lanes is not None and sum(trial) > max_lanes:
-                continue
             try:
                 check_fit(net, trial, device)
             except FitError:
                 continue
-            cands.append((predict(net, trial, work)["cycles_per_inference"], trial))
-        if not cands:
-            return ps
-        cyc, trial = min(cands, key=lambda c: c[0])
-        if cyc >= best * 0.99:
-            return ps
-        best, ps = cyc, trial
+            cands.append((*score(trial), trial))
+        better = [c for c in cands if c[0] < cur]
+        if not better:
+            break
+        cur, interval, ps = min(better, key=lambda c: c[0])
+        seen.append((interval, sum(ps), ps))
+    best = min(i for i, _, _ in seen)
+    return min((c for c in seen if c[0] <= best * 1.01), key=lambda c: c[1])[2]

@@ -69,9 +69,6 @@ def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
     qs[0] = net.layers[0].input_bits if planes else 1
     return [CoreParams.build(i, il, shapes[i], ps[i], fmt, faults.get(i), T,
                              static=i == 0 and not il.stcb, in_lanes=qs[i],
-                             # a held frame is scanned T times from one current
-                             # memory: a second would only serve the next image
-                             cur_banks=1 if i == 0 else 2,
                              in_planes=i == 0 and planes,
                              words_out=i + 1 < len(qs) and qs[i + 1] > 1)
             for i, il in enumerate(net.layers)]
