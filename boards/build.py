@@ -276,14 +276,16 @@ def _tail(path: Path, n: int = 15) -> str:
 
 def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
           link: LinkConfig = LinkConfig(), allow_timing_fail: bool = False,
-          pmod_leds: bool = True) -> dict:
+          pmod_leds: bool = True, clock_hz: float | None = None) -> dict:
     """Bitstream + ``report.json`` for ``board`` in ``out_dir``; returns the report.
 
     ``net_or_run``: an IntNetwork, a weight image path or a run folder
     (``RUN/weights.sfimg``).  ``lanes``: P, one or per layer (default 4).
     Raises :class:`~spikeforge.hw.fit.FitError` (block RAM), :class:`BuildError`
     (a tool failed, e.g. too many logic cells) or :class:`TimingError` (Fmax
-    below the board clock; not with ``allow_timing_fail``).
+    below the clock; not with ``allow_timing_fail``).  ``clock_hz``: the
+    design's clock, made by the ULX3S's PLL (default: the board oscillator;
+    the PLL's nearest frequency at or below it is used).
     """
     from spikeforge import toolchain
     from spikeforge.boards import protocol
@@ -294,10 +296,19 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     for tool in _TOOLS[board]:
         toolchain.require(tool)
     plat = mod.platform(pmod_leds) if board == "icebreaker" else mod.platform()
-    clock_hz = plat.default_clk_frequency
+    pll = None
+    if clock_hz is not None and clock_hz != plat.default_clk_frequency:
+        if board != "ulx3s":
+            raise BuildError(f"{board}: no PLL here yet; it runs on its "
+                             f"{plat.default_clk_frequency / 1e6:g} MHz oscillator")
+        from .pll import ecp5_pll
+        pll = ecp5_pll(int(plat.default_clk_frequency), clock_hz)
+        clock_hz = pll.f_out_hz
+    else:
+        clock_hz = plat.default_clk_frequency
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link)
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds) if board == "icebreaker"
-               else mod.ULX3SWrapper(top))
+               else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("top.report.json", "top.stat.json", mod.BITSTREAM, "report.json"):
@@ -318,11 +329,11 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
         raise BuildError(f"{board} build failed (exit {proc.returncode}); see {out}/top.tim, "
                          f"top.rpt, build.log:\n{detail}")
     report = _report(board, mod, out, top, net, lanes, fit, clock_hz, seconds, source,
-                     protocol.design_id(net, lanes))
+                     protocol.design_id(net, lanes), pll)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if not report["timing_met"] and not allow_timing_fail:
         raise TimingError(f"{board}: Fmax {report['fmax_mhz']:.1f} MHz is below the "
-                          f"{report['clock_mhz']:g} MHz board clock; see {out / 'report.json'}"
+                          f"{report['clock_mhz']:g} MHz clock; see {out / 'report.json'}"
                           " (fewer lanes or a smaller network shorten the critical path)",
                           report)
     return report
@@ -371,7 +382,7 @@ def summarize(board: str, out_dir: str | Path) -> dict:
 
 
 def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, source,
-            design_id) -> dict:
+            design_id, pll=None) -> dict:
     tools = summarize(board, out)
     bit = out / mod.BITSTREAM
     info = top.info
@@ -379,6 +390,9 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
         "board": board, "part": mod.PART, "device": mod.DEVICE,
         "network": net.spec.name, "source": source, "lanes": lanes,
         "design_id": design_id, "board_clock_mhz": clock_hz / 1e6,
+        "pll": None if pll is None else {"clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
+                                         "clkop_div": pll.clkop_div,
+                                         "vco_mhz": pll.f_vco_hz / 1e6},
         **tools,
         "fit": fit,
         "link": {"baud": top.link.baud, "divisor": top.divisor,
@@ -392,11 +406,16 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
     }
 
 
-def build_run(run_dir: Path, board: str, *, lanes=None) -> dict:
+AUTO_MARGIN = 0.95  # ``--clock-mhz auto``: the PLL at this fraction of the measured Fmax
+
+
+def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     """``spikeforge build RUN --board BOARD``: the run's weight image to
     ``RUN/build/BOARD/`` (bitstream + report.json).  ``lanes`` default: the
     lanes of ``RUN/hw/memories.json`` when the run was exported, else the
-    board default's."""
+    board default's.  ``clock_mhz``: the design clock (ULX3S: from the PLL;
+    default the oscillator); ``"auto"``: build at the oscillator, then again
+    with the PLL at ``AUTO_MARGIN`` of the Fmax nextpnr reported (two builds)."""
     run_dir = Path(run_dir)
     board = _board_name(board)
     if lanes is None:
@@ -407,8 +426,17 @@ def build_run(run_dir: Path, board: str, *, lanes=None) -> dict:
         else:
             lanes = DEFAULT_MODELS[board].lanes
     out = run_dir / "build" / board
+    if clock_mhz == "auto":
+        first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True)
+        clock_mhz = int(first["fmax_mhz"] * AUTO_MARGIN)
+        if clock_mhz <= first["board_clock_mhz"]:
+            if not first["timing_met"]:
+                raise TimingError(f"{board}: Fmax {first['fmax_mhz']:.1f} MHz is below the "
+                                  f"{first['board_clock_mhz']:g} MHz board clock", first)
+            return _add_performance(run_dir, first, out)
     try:
-        report = build(run_dir, board, out, lanes=lanes)
+        report = build(run_dir, board, out, lanes=lanes,
+                       clock_hz=None if clock_mhz is None else clock_mhz * 1e6)
     except TimingError as e:
         _add_performance(run_dir, e.report, out)
         raise

@@ -1,11 +1,11 @@
 """ULX3S (Lattice ECP5 LFE5U-85F, 25 MHz oscillator, FT231X USB-serial).
 
 The engine, the host bridge and the LEDs (:class:`~spikeforge.boards.top.BoardTop`)
-run on the board's 25 MHz clock directly: the engine's Fmax on this part is
-about twice that for the default networks (see :mod:`.build`), so no PLL is
-needed and timing closes with margin.  The UART is the FT231X's (``uart`` 0,
-pins M1 = FPGA rx, L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact
-divisor (25).  LEDs 0..7 are ``BoardTop.leds`` 0..7.
+run on the board's 25 MHz clock, or (``pll``) on a clock made from it by the
+ECP5's PLL (:mod:`.pll`; ``spikeforge build --clock-mhz F`` or ``auto``, see
+:mod:`.build`).  The UART is the FT231X's (``uart`` 0, pins M1 = FPGA rx,
+L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
+0..7 are ``BoardTop.leds`` 0..7.
 
 Flash with ``openFPGALoader --board ulx3s top.bit``.
 """
@@ -29,13 +29,20 @@ def platform():
 
 
 class ULX3SWrapper(Elaboratable):
-    """Pins of the ULX3S around a :class:`BoardTop`."""
+    """Pins of the ULX3S around a :class:`BoardTop`; ``pll``: a
+    :class:`~spikeforge.boards.pll.PLLParams` for the ``sync`` clock (None:
+    the 25 MHz oscillator)."""
 
-    def __init__(self, top: BoardTop):
+    def __init__(self, top: BoardTop, pll=None):
         self.top = top
+        self.pll = pll
 
     def elaborate(self, platform):
         m = Module()
+        if self.pll is not None:
+            from .pll import ECP5PLLDomain
+            m.domains.sync = cd = ClockDomain("sync")
+            m.submodules.pll = ECP5PLLDomain(self.pll, cd)
         m.submodules.board = top = self.top
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)

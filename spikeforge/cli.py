@@ -121,6 +121,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _clock_choice(text: str):
+    if text == "auto":
+        return text
+    v = _positive_float(text)
+    if not 3.125 <= v <= 400:
+        raise argparse.ArgumentTypeError(f"clock must be in 3.125..400 MHz or 'auto', not {text!r}")
+    return v
+
+
 def _run_dir(text: str):
     from pathlib import Path
     run = Path(text)
@@ -131,7 +140,7 @@ def _run_dir(text: str):
 
 def cmd_build(args) -> int:
     from spikeforge.boards.build import build_run
-    rep = build_run(_run_dir(args.run), args.board, lanes=args.lanes)
+    rep = build_run(_run_dir(args.run), args.board, lanes=args.lanes, clock_mhz=args.clock_mhz)
     print(json.dumps(rep, indent=2))
     return 0
 
@@ -230,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--board", required=True, choices=("ulx3s", "icebreaker"))
     p.add_argument("--lanes", type=_lanes, default=None,
                    help="lanes P (default: those of RUN/hw/memories.json, else the board's)")
+    p.add_argument("--clock-mhz", type=_clock_choice, default=None,
+                   help="design clock from the PLL (ULX3S), or 'auto': build, then build "
+                        "again at 95%% of the Fmax found (default: the board oscillator)")
     p.set_defaults(fn=cmd_build)
 
     p = add("infer", "send test images to a board over its UART, compare with the golden model")

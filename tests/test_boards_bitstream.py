@@ -1,7 +1,8 @@
 """Bitstreams for both boards with Yosys + nextpnr (YoWASP): well-formed files
 and a report.json filled from the tools' own machine-readable reports.
 
-Both builds use the small default network (the iCEBreaker's, a two-layer MLP
+Both builds use the small default network (the ULX3S one clocked at 40 MHz
+through its PLL) (the iCEBreaker's, a two-layer MLP
 on 8x8 digits) so that the two take about a minute each on 2 cores; the
 ULX3S's own default (convsnn 16-32 fc64) takes a few minutes and is built by
 benchmarks/bench_boards.py.  The iCEBreaker build goes through
@@ -34,7 +35,7 @@ def builds(tmp_path_factory, small):
                                                           "memories": []}))
     ice = B.build_run(run, "icebreaker")
     ulx_dir = tmp_path_factory.mktemp("ulx3s")
-    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes)
+    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes, clock_hz=40e6)  # through the PLL
     return {"icebreaker": (ice, run / "build" / "icebreaker"), "ulx3s": (ulx, ulx_dir)}
 
 
@@ -82,5 +83,11 @@ def test_report_is_read_from_the_tools(builds, small, board):
         assert rep["bram"] <= rep["fit"]["blocks_with_bridge"]
     net, lanes = small
     assert rep["design_id"] == P.design_id(net, [lanes] * len(net.layers))
-    assert rep["clock_mhz"] == pytest.approx({"ulx3s": 25, "icebreaker": 12}[board], rel=1e-3)
-    assert rep["link"]["divisor"] == {"ulx3s": 25, "icebreaker": 12}[board]
+    assert rep["clock_mhz"] == pytest.approx({"ulx3s": 40, "icebreaker": 12}[board], rel=1e-3)
+    assert rep["link"]["divisor"] == {"ulx3s": 40, "icebreaker": 12}[board]
+    if board == "ulx3s":  # 25 MHz * CLKFB_DIV / CLKI_DIV, VCO in range
+        pll = rep["pll"]
+        assert 25 * pll["clkfb_div"] / pll["clki_div"] == pytest.approx(40)
+        assert 400 <= pll["vco_mhz"] <= 800
+    else:
+        assert rep["pll"] is None

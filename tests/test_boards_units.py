@@ -4,6 +4,8 @@ an engine stub that never takes an event."""
 
 import random
 
+import pytest
+
 from amaranth import *
 from amaranth.sim import Simulator
 
@@ -119,3 +121,22 @@ def test_bridge_stall_watchdog_and_ping():
     assert info.design_id == 0xCAFE and info.timeout_cycles == 400 and info.clock_hz == 1_000_000
     e = P.parse_error(stall)
     assert (e.code, e.cmd, e.detail, e.seq) == (P.ErrorCode.STALL, P.Cmd.EVENTS, 0, 2)
+
+
+@pytest.mark.parametrize("f_in,f_out", [(25e6, 40e6), (25e6, 100e6), (25e6, 47.3e6),
+                                        (12e6, 48e6), (25e6, 133.33e6)])
+def test_ecp5_pll_dividers_meet_the_limits(f_in, f_out):
+    from spikeforge.boards.pll import ecp5_pll
+    p = ecp5_pll(int(f_in), f_out)
+    assert 0.99 * f_out <= p.f_out_hz <= f_out
+    assert p.f_out_hz == f_in * p.clkfb_div / p.clki_div
+    assert f_in / p.clki_div >= 3.125e6 and 400e6 <= p.f_vco_hz <= 800e6
+    assert all(1 <= d <= 128 for d in (p.clki_div, p.clkfb_div, p.clkop_div))
+
+
+def test_ecp5_pll_refuses_what_it_cannot_make():
+    from spikeforge.boards.pll import PLLError, ecp5_pll
+    with pytest.raises(PLLError, match="outside 3.125..400 MHz"):
+        ecp5_pll(25_000_000, 500e6)
+    with pytest.raises(PLLError, match="outside 8..400 MHz"):
+        ecp5_pll(1_000_000, 40e6)

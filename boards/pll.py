@@ -1,0 +1,109 @@
+"""ECP5 PLL (``EHXPLLL``): the engine's clock from the board oscillator.
+
+:func:`ecp5_pll` picks the dividers for a wanted output frequency; the
+:class:`ECP5PLLDomain` elaboratable drives a clock domain from the PLL's
+``CLKOP`` (feedback from ``CLKOP``), held in reset until the PLL locks.
+
+ECP5 limits (Lattice TN1263, as used by nextpnr's ``ecppll``): input 8..400
+MHz, phase detector ``f_in / CLKI_DIV`` at least 3.125 MHz, VCO
+``f_out * CLKOP_DIV`` in 400..800 MHz, output 3.125..400 MHz, dividers 1..128;
+``f_out = f_in * CLKFB_DIV / CLKI_DIV``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth import *
+from amaranth.lib import io
+from amaranth.lib.cdc import ResetSynchronizer
+
+from spikeforge.errors import SpikeforgeError
+
+__all__ = ["PLLError", "PLLParams", "ecp5_pll", "ECP5PLLDomain"]
+
+
+class PLLError(SpikeforgeError, ValueError):
+    """No divider setting makes the wanted frequency."""
+
+
+@dataclass(frozen=True)
+class PLLParams:
+    f_in_hz: int
+    clki_div: int
+    clkfb_div: int
+    clkop_div: int
+
+    @property
+    def f_out_hz(self) -> float:
+        return self.f_in_hz * self.clkfb_div / self.clki_div
+
+    @property
+    def f_vco_hz(self) -> float:
+        return self.f_out_hz * self.clkop_div
+
+
+def ecp5_pll(f_in_hz: int, f_out_hz: float) -> PLLParams:
+    """The setting whose output is closest to ``f_out_hz`` without exceeding
+    it (ties: the higher VCO); :class:`PLLError` when none is within 1%."""
+    if not 8e6 <= f_in_hz <= 400e6:
+        raise PLLError(f"PLL input {f_in_hz / 1e6:g} MHz is outside 8..400 MHz")
+    if not 3.125e6 <= f_out_hz <= 400e6:
+        raise PLLError(f"PLL output {f_out_hz / 1e6:g} MHz is outside 3.125..400 MHz")
+    best = None
+    for ci in range(1, 129):
+        if f_in_hz / ci < 3.125e6:
+            break
+        for fb in range(1, 129):
+            f = f_in_hz * fb / ci
+            if f > f_out_hz:
+                break
+            op = max(1, round(600e6 / f))       # VCO near the middle of its range
+            for div in (op - 1, op, op + 1):
+                if 1 <= div <= 128 and 400e6 <= f * div <= 800e6:
+                    key = (f, f * div)
+                    if best is None or key > best[0]:
+                        best = (key, PLLParams(int(f_in_hz), ci, fb, div))
+    if best is None or best[1].f_out_hz < 0.99 * f_out_hz:
+        raise PLLError(f"no ECP5 PLL setting makes {f_out_hz / 1e6:g} MHz from "
+                       f"{f_in_hz / 1e6:g} MHz")
+    return best[1]
+
+
+class ECP5PLLDomain(Elaboratable):
+    """Drives clock domain ``cd`` (defined by the parent) from an ``EHXPLLL``
+    on the board clock resource ``clk_resource`` (e.g. ``("clk25", 0)``); the
+    domain is held in reset until the PLL locks."""
+
+    def __init__(self, params: PLLParams, cd: ClockDomain, clk_resource=("clk25", 0)):
+        self.params = params
+        self.cd = cd
+        self._clk = clk_resource
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        pin = platform.request(*self._clk, dir="-")
+        m.submodules.clk_buf = buf = io.Buffer("i", pin)
+        cd = self.cd
+        locked = Signal()
+        clkop = Signal()
+        mhz = lambda hz: f"{hz / 1e6:.4f}".rstrip("0").rstrip(".")
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=mhz(p.f_in_hz), a_FREQUENCY_PIN_CLKOP=mhz(p.f_out_hz),
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+            p_CLKI_DIV=p.clki_div, p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p.clkop_div,
+            p_CLKOP_CPHASE=p.clkop_div - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+            p_CLKFB_DIV=p.clkfb_div,
+            i_RST=0, i_STDBY=0, i_CLKI=buf.i, o_CLKOP=clkop, i_CLKFB=clkop,
+            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+        m.d.comb += cd.clk.eq(clkop)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain=cd.name)
+        platform.add_clock_constraint(clkop, p.f_out_hz)
+        return m
