@@ -20,7 +20,9 @@ Counting rules:
   are single-port (a read-modify-write at one update a cycle needs a read
   and a write port) and Yosys does not infer them from a generic memory; using
   them for weights would need explicit ``SB_SPRAM256KA`` instances.
-* The event FIFOs (8 words) and registers are not counted.
+* The event FIFOs (8 words) and registers are not counted; nor is LUT RAM
+  (small weight memories of word-event layers: ``in_lanes * P * W`` bits wide,
+  ``k*k*G`` deep), which costs logic, not block RAM.
 """
 
 from __future__ import annotations

@@ -3,19 +3,23 @@
 One core per network layer, generated from the layer's
 :class:`~spikeforge.sw.golden.IntLayer` and a folding factor ``P``:
 
-* ``P`` membrane banks (``signed(A)`` x ``G*Hc*Wc``; bank ``j`` word
-  ``(g*Hc + y)*Wc + x`` is neuron ``(g*P + j, y, x)``), zeroed by the clear pass;
+* LIF / IF: two current memories and one state memory, ``P * R`` lanes a
+  word (``CoreParams.acc_depth`` words: word ``((g*Hc + y)*Wc + x) // R``
+  holds neuron ``(g*P + j, y, x)`` in lane ``(x % R)*P + j``); STCB: ``P``
+  accumulator banks; all zeroed by the clear pass after reset;
 * the weight memory ``L{n}_weights`` and the neuron memory ``L{n}_neurons`` in
   the layout of :mod:`spikeforge.image` (initialised from the network, writable
   at run time through ``mem_write``).
 
-Phases, one step at a time: the synapse unit takes the step's events until the
-end-of-step marker, then the neuron unit scans (threshold, reset, decay,
-write back, spikes out, marker out) and the synapse unit goes on with the next
-step's events.  An STCB layer (:class:`~spikeforge.hw.steb.StebUnit`) instead
-sums its whole input train (``T`` steps past layer 0, one at layer 0) and
-then sends ``T`` steps of STEB spikes.  Cores of different layers run concurrently on successive
-steps, joined by FIFOs in :class:`~spikeforge.hw.network.NetworkTop`.
+LIF / IF: the synapse unit sums a step's events into a current memory until
+the end-of-step marker, hands it to the neuron unit's scan (threshold, reset,
+decay, state write-back, spikes out, marker out) and goes on with the next
+step in the other current memory while the scan runs; layer 0, given one
+held frame, sums it once and the scan reads it at all ``T`` steps.  An STCB
+layer (:class:`~spikeforge.hw.steb.StebUnit`) instead sums its whole input
+train (``T`` steps past layer 0, one at layer 0) and then sends ``T`` steps
+of STEB spikes.  Cores of different layers run concurrently on successive
+steps (and images), joined by FIFOs in :class:`~spikeforge.hw.network.NetworkTop`.
 """
 
 from __future__ import annotations
