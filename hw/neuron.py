@@ -194,10 +194,12 @@ class NeuronUnit(wiring.Component):
         o2 = Signal(NL)
         for n in range(NL):
             m.d.comb += u2[n].eq(saturate(s2[n], S))
+            # sat(s) >= theta  <=>  s >= theta, as 1 <= theta <= 2**(S-1) - 1 (the
+            # contract): the comparison need not wait for the saturation
             if p.fault == "threshold":  # test-only: off-by-one comparison
-                m.d.comb += o2[n].eq(u2[n] > th2[n % P])
+                m.d.comb += o2[n].eq(s2[n] > th2[n % P])
             else:
-                m.d.comb += o2[n].eq(u2[n] >= th2[n % P])
+                m.d.comb += o2[n].eq(s2[n] >= th2[n % P])
 
         # ---------------------------------------------------------- write-back stage
         v3, win3 = Signal(), Signal()
