@@ -183,13 +183,7 @@ class LayerCore(wiring.Component):
         step = Signal.like(syn.step)
         m.d.comb += syn.step.eq(step)
         with m.FSM(init="CLEAR_GO"):
-            with m.State("CLEAR_GO"):
-                m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
-                m.next = "CLEAR_WAIT"
-            with m.State("CLEAR_WAIT"):
-                m.d.comb += clearing.eq(1)
-                with m.If(~neu.mem_busy):
-                    m.next = "ACCUM"
+            _clear_states(m, neu, clearing, "ACCUM")
             with m.State("ACCUM"):
                 m.d.comb += syn.enable.eq(1)
                 # the previous step's spikes must be out before the next scan
@@ -276,13 +270,7 @@ class LayerCore(wiring.Component):
 
         # the scan takes a full memory once the previous step's spikes are out
         with m.FSM(init="CLEAR_GO"):
-            with m.State("CLEAR_GO"):
-                m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
-                m.next = "CLEAR_WAIT"
-            with m.State("CLEAR_WAIT"):
-                m.d.comb += clearing.eq(1)
-                with m.If(~neu.mem_busy):
-                    m.next = "IDLE"
+            _clear_states(m, neu, clearing, "IDLE")
             with m.State("IDLE"):
                 with m.If(full.bit_select(scan_bank, 1) & ~neu.busy):
                     m.d.comb += [neu.start.eq(1), neu.final.eq(t == T - 1)]
@@ -297,3 +285,15 @@ class LayerCore(wiring.Component):
                             m.d.sync += scan_bank.eq(scan_bank + 1)
                     m.next = "IDLE"
         return clearing
+
+
+def _clear_states(m, neu, clearing, then: str) -> None:
+    """The first two states of a core's FSM: pulse the scan unit's clear pass,
+    hold ``clearing`` until it ends, then go to state ``then``."""
+    with m.State("CLEAR_GO"):
+        m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
+        m.next = "CLEAR_WAIT"
+    with m.State("CLEAR_WAIT"):
+        m.d.comb += clearing.eq(1)
+        with m.If(~neu.mem_busy):
+            m.next = then
