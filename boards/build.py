@@ -23,9 +23,11 @@ build RUN`` adds, from the run's co-simulation (``RUN/sim.json``, same lanes),
 ``inferences_per_second`` at Fmax (images back to back), and the same two at
 the board clock (``at_board_clock``).
 
-Clocks: both boards run the design on their oscillator (ULX3S 25 MHz,
-iCEBreaker 12 MHz); the engine's Fmax is about twice that on both (table
-below), so no PLL is used and a timing failure is reported, not hidden.
+Clocks: by default both boards run the design on their oscillator (ULX3S 25
+MHz, iCEBreaker 12 MHz).  On the ULX3S ``clock_hz`` (``spikeforge build
+--clock-mhz F``) puts the ECP5 PLL in front (:mod:`.pll`), and ``auto``
+(:func:`build_run`) builds once at the oscillator and again at 95% of the
+Fmax found.  A timing failure is reported, not hidden.
 
 Which networks fit which board
 ------------------------------
@@ -50,8 +52,8 @@ mlp fc32, digits, 4 bits              1      yes (3/208)      yes (23/30)
 Logic is the other limit on the iCE40: each layer core costs roughly 1000 to
 1500 of the UP5K's 5280 logic cells and the bridge about 600, so three layers
 is the practical maximum.  Placed and routed (``spikeforge.boards.build
---board``): mlp fc32 digits 3536 cells, 16 RAM, Fmax 20.0 MHz; convsnn 4 fc16
-digits 4503 cells, 14 RAM, 19.2 MHz (both meet the 12 MHz clock).
+--board``, ``benchmarks/bench_boards.py``): mlp fc32 digits 4317 cells, 21
+RAM, Fmax 19.2 MHz (meets the 12 MHz clock).
 
 Defaults (:data:`DEFAULT_MODELS`): ULX3S: the flow's default model
 (``spikeforge run``: convsnn 16-32 fc64 on mnist5k, 8-bit weights, P = 4);
