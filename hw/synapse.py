@@ -19,6 +19,17 @@ conv(sum_b plane_b << (B-1-b)) = conv(x)``, so multi-bit inputs need adds and
 a barrel shift only, and the order of the events does not matter.  An STCB
 layer's input spike train is accumulated the same way: step ``t`` of the
 train (MSB first) adds ``w << (T-1-t)`` and the whole train is one sum.
+
+Word events (``in_lanes = Q > 1``, :mod:`spikeforge.hw.streams`).  A LIF / IF
+layer 0 takes all ``B`` planes of a value at once (``mask`` = the value) and
+adds ``sum_i mask[i] * (w << i)``; a conv layer after a LIF / IF layer takes
+``Q`` channels' spikes at one position and adds, per lane, the sum of the
+weights of the channels in ``mask`` (the weight word holds ``Q * P``
+weights).  The terms go through a pipelined adder tree (a register every two
+levels); the memory read is issued as many cycles late, so the
+read-modify-write and its forwarding are unchanged.  A memory word may hold
+``R`` positions (``CoreParams.R``): the tap's position selects the lanes that
+add.
 """
 
 from __future__ import annotations
@@ -73,12 +84,12 @@ class SynapseUnit(wiring.Component):
         Strobe: one event (not a marker) entered the walker this cycle.
     rd_addr : Out(unsigned)
         Bank read address (all banks), data one cycle later.
-    rd_data : In(ArrayLayout(signed(cur_width), P))
-        Bank read data, lane ``j`` from bank ``j``.
+    rd_data : In(ArrayLayout(signed(cur_width), P * R))
+        Current memory read data (word of ``R`` positions x ``P`` lanes).
     wr_addr : Out(unsigned), wr_en : Out(1)
         Bank write address and enable (all banks).
-    wr_data : Out(ArrayLayout(signed(cur_width), P))
-        Bank write data per lane.
+    wr_data : Out(ArrayLayout(signed(cur_width), P * R))
+        Current memory write data (only the tap's position changes).
     w_addr : Out(unsigned)
         Weight memory read address, data one cycle later.
     w_data : In(unsigned(P * weight_bits))
@@ -225,8 +236,8 @@ class SynapseUnit(wiring.Component):
         if Q > 1:
             incs, n_stages = adder_trees(m, incs)
             delay = [(v1, a1)]
-            for k in range(n_stages):
-                v, a = Signal(name=f"v_t{k}"), Signal.like(a1, name=f"a_t{k}")
+            for st in range(n_stages):
+                v, a = Signal(name=f"v_t{st}"), Signal.like(a1, name=f"a_t{st}")
                 m.d.sync += [v.eq(delay[-1][0]), a.eq(delay[-1][1])]
                 delay.append((v, a))
             valid, a_u = delay[-1]
