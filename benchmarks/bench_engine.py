@@ -112,7 +112,6 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
     from spikeforge.hw import model
     from spikeforge.hw.network import core_params
     from spikeforge.sw import data as sfdata
-    from spikeforge.sw import golden
     net, meta = image.read_image(run / "weights.sfimg")
     ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
     x = ds.x_test[:images]
@@ -128,12 +127,13 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
         after = measure(run, images, lanes, d / "after")
         before = (measure_before(run, images, before_lanes, before_rev, d / "before")
                   if before_rev else None)
-    pred = model.predict(net, lanes, model.traces(net, x))
-    # accumulates per layer: every input spike's in-bounds taps x C_out; layer 0:
-    # every set bit of the input the engine is sent (a held frame once)
+    work = model.traces(net, x)
+    pred = model.predict(net, lanes, work)
+    # accumulates per layer: every input spike's in-bounds taps x C_out (the
+    # model's traces); layer 0: every set bit of the input the engine is sent
+    # (a held frame once)
     from spikeforge.hw.model import _in_bounds_taps
     from spikeforge.hw.network import input_events
-    res = golden.run(net, x)
     accs = []
     for n, layer in enumerate(net.spec.layers):
         total = 0
@@ -145,12 +145,7 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
                         total += bits * _in_bounds_taps(layer, torch.tensor([b.y]),
                                                         torch.tensor([b.x]))
             else:
-                prev = net.spec.layers[n - 1]
-                s = golden.unpack(res.spikes[n - 1][:, i], prev.out_features)
-                ho, wo = (1, 1) if prev.kind.value == "fc" else prev.out_size
-                for t in range(T):
-                    idx_ = s[t].nonzero().flatten()
-                    total += _in_bounds_taps(layer, idx_ // wo % ho, idx_ % wo)
+                total += sum(_in_bounds_taps(layer, y, xx) for y, xx in work[i][n].events())
         accs.append(total * layer.out_channels / images)
     cps = core_params(net, lanes)
     mean = lambda v: sum(v) / len(v)

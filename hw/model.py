@@ -2,10 +2,10 @@
 
 It predicts, without elaborating or simulating any RTL, what the layer
 cores' counters will say for a network, its inputs and lane counts ``P``:
-per layer the in-bounds read-modify-writes (``updates``), the scan cycles,
-and the end-to-end cycles of an image alone, and the interval between
-images fed back to back (the busiest layer's occupancy).  It is checked against Verilator's
-counters (``benchmarks/bench_engine.py`` prints both side by side) and is
+per layer the in-bounds read-modify-writes (``updates``) and the scan
+cycles, the end-to-end cycles of an image alone, and the interval between
+images fed back to back (the busiest layer's occupancy).  It is checked
+against Verilator's counters (``benchmarks/bench_engine.py`` prints both side by side) and is
 what :func:`choose_lanes` optimises: the planner grows from it.
 
 What it models (see :mod:`spikeforge.hw.layer`):
@@ -149,7 +149,6 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
                     s0 = max(syn_end[n][t], scan_end[n][t - 1] if t else 0.0)
                     end = s0 + max(scan_work, tr.spikes_out[t] + SCAN_FILL)
                     if n + 1 < L:                     # a slower consumer holds the scan
-                        nxt = img[n + 1]
                         end = max(end, syn_end[n + 1][t] - FIFO_SLACK * cps[n + 1].k ** 2
                                   * cps[n + 1].groups)
                     scan_end[n][t] = end

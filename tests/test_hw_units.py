@@ -549,6 +549,9 @@ CORE_CASES = [
     ("conv3x3-pool2-P2", 11, LayerKind.CONV, 2, (6, 6), 3, 3, 1, 2, 2, 2, 0.3, 0.5),
     ("conv1x1-P3-bitplanes", 12, LayerKind.CONV, 1, (5, 4), 5, 1, 0, 1, 3, 3, 0.1, 0.3),
     ("fc-P2", 13, LayerKind.FC, 12, None, 5, 1, 0, 1, 2, 1, 0.4, 0.6),
+    # one current memory: the synapse unit waits for each scan to release it
+    ("conv3x3-pool2-P2-one-current", 14, LayerKind.CONV, 2, (6, 6), 3, 3, 1, 2, 2, 2, 0.1,
+     0.5),
 ]
 
 
@@ -576,6 +579,8 @@ def test_layer_core_matches_golden_with_back_pressure(case):
     fmt = EventFormat.for_network(net)
     from spikeforge.hw.network import core_params as net_core_params
     cp = net_core_params(net, P)[0]
+    if "one-current" in name:
+        cp = dataclasses.replace(cp, cur_banks=1)
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
 
