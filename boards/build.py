@@ -421,12 +421,8 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     run_dir = Path(run_dir)
     board = _board_name(board)
     if lanes is None:
-        idx = run_dir / "hw" / "memories.json"
-        if idx.exists():
-            from spikeforge import files
-            lanes = files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
-        else:
-            lanes = DEFAULT_MODELS[board].lanes
+        from spikeforge.flow import recorded_lanes
+        lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True)

@@ -202,15 +202,21 @@ def planned_lanes(net, meta) -> list[int]:
     return model.choose_lanes(net, model.traces(net, ds.x_train[:PLAN_IMAGES]))
 
 
+def recorded_lanes(run: Path) -> list[int] | None:
+    """The lanes ``export`` recorded in ``RUN/hw/memories.json`` (the one
+    source for sim, verify and build), or None before an export."""
+    idx = run / "hw" / "memories.json"
+    if not idx.exists():
+        return None
+    return files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
+
+
 def run_lanes(run: Path, net, lanes) -> list[int]:
-    """The engine's lanes for ``run``: ``lanes`` when given, else those that
-    ``export`` recorded in ``RUN/hw/memories.json`` (the one source for
-    sim, verify and build)."""
-    from spikeforge import files
+    """The engine's lanes for ``run``: ``lanes`` when given, else the recorded ones."""
     from spikeforge.hw.network import lane_counts
     if lanes is None:
-        idx = _need(run, "hw/memories.json", "export")
-        lanes = files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
+        _need(run, "hw/memories.json", "export")
+        lanes = recorded_lanes(run)
     return lane_counts(net, lanes)
 
 
