@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from amaranth import *
 
+from spikeforge.sw.golden import signed_bits  # the one width rule, re-exported for the engine
+
 __all__ = ["const_mul", "saturate", "decay", "signed_bits", "adder_trees"]
-
-
-def signed_bits(lo: int, hi: int) -> int:
-    """Fewest two's complement bits holding every integer in ``[lo, hi]``."""
-    n = 1
-    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
-        n += 1
-    return n
 
 
 def const_mul(value, k: int):

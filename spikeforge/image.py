@@ -79,7 +79,7 @@ import torch
 
 from spikeforge.config import NetworkSpec, NeuronKind
 from spikeforge.errors import SpikeforgeError
-from spikeforge.sw.golden import ContractError, IntLayer, IntNetwork
+from spikeforge.sw.golden import ContractError, IntLayer, IntNetwork, signed_bits
 
 MAGIC = b"SFIMG\x00\r\n"
 VERSION = 1
@@ -102,11 +102,6 @@ class ImageError(SpikeforgeError, ValueError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _signed_bits(lo: int, hi: int) -> int:
-    """Fewest two's complement bits (at least 2) holding ``[lo, hi]``."""
-    return max(2, *((v if v >= 0 else ~v).bit_length() + 1 for v in (lo, hi)))
 
 
 def _fits(a: np.ndarray, bits: int) -> bool:
@@ -170,7 +165,7 @@ def dumps(net: IntNetwork, meta: dict | None = None) -> bytes:
             elif name == "shift":
                 bits = SHIFT_BITS
             else:
-                bits = _signed_bits(int(a.min()), int(a.max())) if a.size else 2
+                bits = max(2, signed_bits(int(a.min()), int(a.max()))) if a.size else 2
             if not _fits(a, bits):
                 raise ImageError(f"layers[{n}].{name}: values outside {bits} signed bits")
             blob += bytes(-len(blob) % 8)

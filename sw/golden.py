@@ -149,6 +149,15 @@ def decay(u: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
+def signed_bits(lo: int, hi: int) -> int:
+    """Fewest two's complement bits holding every integer in ``[lo, hi]``
+    (``signed_bits(-128, 127) == 8``, ``signed_bits(0, 0) == 1``): the one
+    width rule of the quantizer, the weight image and the engine."""
+    # a non-negative v needs its bit length plus a sign bit; a negative v
+    # as many as ~v = -v - 1 (the largest magnitude of its width)
+    return 1 + max((v if v >= 0 else ~v).bit_length() for v in (int(lo), int(hi)))
+
+
 def saturate(u: torch.Tensor, bits: int) -> torch.Tensor:
     return u.clamp(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 

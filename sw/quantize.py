@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 from spikeforge.config import LayerKind, NetworkSpec, NeuronKind, Reset
 from spikeforge.errors import SpikeforgeError
 from spikeforge.sw import golden
-from spikeforge.sw.golden import IntLayer, IntNetwork
+from spikeforge.sw.golden import IntLayer, IntNetwork, signed_bits
 from spikeforge.sw.models import SpikingNet
 
 
@@ -82,14 +82,6 @@ def decay_shifts(decay: float, max_terms: int = 3, max_shift: int = 12) -> tuple
 
 def effective_decay(shifts: tuple[int, ...]) -> float:
     return 1.0 - sum(2.0 ** -s for s in shifts)
-
-
-def signed_bits(lo: int, hi: int) -> int:
-    """Fewest two's complement bits holding ``[lo, hi]``."""
-    n = 1
-    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
-        n += 1
-    return n
 
 
 def state_range(i_lo: int, i_hi: int, theta: int, shifts: tuple[int, ...],

@@ -34,6 +34,22 @@ def test_signed_bits():
     assert signed_bits(-129, 0) == 9
     assert signed_bits(0, 128) == 9
     assert signed_bits(0, 0) == 1
+    assert signed_bits(-1, -1) == 1
+
+
+def test_signed_bits_is_the_fewest_that_hold_the_range():
+    # against the definition: n bits hold [-2**(n-1), 2**(n-1) - 1], n - 1 do not
+    for lo in range(-70, 70, 3):
+        for hi in range(lo, 140, 5):
+            n = signed_bits(lo, hi)
+            assert -(1 << (n - 1)) <= lo and hi < 1 << (n - 1)
+            assert n == 1 or not (-(1 << (n - 2)) <= lo and hi < 1 << (n - 2))
+
+
+def test_one_signed_bits_helper():
+    from spikeforge.hw import arith
+    from spikeforge.sw import golden
+    assert signed_bits is golden.signed_bits is arith.signed_bits
 
 
 def test_state_range_bounds():
