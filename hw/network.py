@@ -16,6 +16,7 @@ Verilog port names (Amaranth flattens members with ``__``): ``start``,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -375,12 +376,24 @@ def beat_spikes(cp: CoreParams, channel: int, y: int, x: int, mask: int) -> list
     return [(channel, y, x)]
 
 
-class Mismatch(NamedTuple):
+@dataclass(frozen=True)
+class Mismatch:
+    """The first difference between the engine and the golden model on one
+    image: at ``layer``'s output in time step ``step``, ``neuron`` (flattened
+    ``(channel, y, x)``) was seen ``got`` times where the golden model spiked
+    ``expected`` times; ``layer == len(layers)`` (``neuron = -1``) is a
+    differing class (``expected`` / ``got``: the classes)."""
+
+    image: int
     layer: int
     step: int
     neuron: int
     expected: int
     got: int
+
+    def __str__(self):
+        return (f"image {self.image}, layer {self.layer}, time step {self.step}, neuron "
+                f"{self.neuron}: expected {self.expected} spike(s), got {self.got}")
 
 
 def first_mismatch(net, packed: list[torch.Tensor], captured: list[list[list[tuple]]],
@@ -390,8 +403,9 @@ def first_mismatch(net, packed: list[torch.Tensor], captured: list[list[list[tup
     ``packed``: ``golden.run(...).spikes`` (per layer uint8 ``[T, B, ceil(n/8)]``);
     ``captured[layer][step]``: the ``(channel, y, x)`` spikes seen at the layer's
     tap during that step.  Returns the first difference in (layer, step,
-    neuron) order, ``got`` being the number of times the neuron was seen, or
-    ``None`` when every layer's spikes match at every step.
+    neuron) order (a :class:`Mismatch` of image ``sample``, ``got`` being the
+    number of times the neuron was seen), or ``None`` when every layer's spikes
+    match at every step.
     """
     T = net.spec.timesteps
     for li, layer in enumerate(net.spec.layers):
@@ -406,9 +420,9 @@ def first_mismatch(net, packed: list[torch.Tensor], captured: list[list[list[tup
                 if 0 <= i < n:
                     got[i] += 1
                 else:
-                    return Mismatch(li, t, i, 0, 1)
+                    return Mismatch(sample, li, t, i, 0, 1)
             diff = (got != expect[t].to(torch.int64)).nonzero()
             if len(diff):
                 i = int(diff[0])
-                return Mismatch(li, t, i, int(expect[t, i]), int(got[i]))
+                return Mismatch(sample, li, t, i, int(expect[t, i]), int(got[i]))
     return None

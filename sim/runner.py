@@ -27,6 +27,7 @@ import torch
 
 from spikeforge import image, toolchain
 from spikeforge.errors import SpikeforgeError
+from spikeforge.hw.network import Mismatch  # the one mismatch type, re-exported
 from spikeforge.sim.harness import DUT_TOP, HARNESS_TOP, OP_BEAT, OP_END, OP_IMAGE, harness_verilog
 from spikeforge.sw import golden
 
@@ -74,20 +75,6 @@ class ImageResult:
 class SimRun:
     images: list[ImageResult]
     wall_seconds: float
-
-
-@dataclass
-class Mismatch:
-    image: int
-    layer: int
-    step: int
-    neuron: int
-    expected: int
-    got: int
-
-    def __str__(self):
-        return (f"image {self.image}, layer {self.layer}, time step {self.step}, neuron "
-                f"{self.neuron}: expected {self.expected} spike(s), got {self.got}")
 
 
 def _engine_digest() -> str:
@@ -312,7 +299,7 @@ def compare(net: golden.IntNetwork, frames: torch.Tensor,
     for i, res in enumerate(sim.images):
         mm = first_mismatch(net, ref.spikes, res.spikes, sample=i)
         if mm is not None:
-            out.append(Mismatch(i, *mm))
+            out.append(mm)
         elif res.prediction != int(ref.classes[i]):
             out.append(Mismatch(i, len(net.layers), net.spec.timesteps, -1,
                                 int(ref.classes[i]), res.prediction))

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from spikeforge.hw.network import NetworkTop, first_mismatch, input_events
+from spikeforge.hw.network import Mismatch, NetworkTop, first_mismatch, input_events
 from spikeforge.hw.randnet import random_frames, random_network, random_stcb_network
 from spikeforge.hw.sim import simulate, simulate_many
 from spikeforge.image import input_lanes, memories
@@ -218,7 +218,11 @@ def test_first_mismatch_reports_layer_step_neuron():
     spikes[0][1].append((c, y, xx))  # a duplicate
     mm = first_mismatch(net, ref.spikes, spikes)
     ho, wo = net.spec.layers[0].out_size
-    assert mm == (0, 1, (c * ho + y) * wo + xx, 1, 2)
+    assert mm == Mismatch(0, 0, 1, (c * ho + y) * wo + xx, 1, 2)
+    assert str(mm) == f"image 0, layer 0, time step 1, neuron {mm.neuron}: expected 1 spike(s), got 2"
+    # the co-simulation's comparison reports the same type
+    from spikeforge.sim import runner
+    assert runner.Mismatch is Mismatch
 
 
 def test_random_suite_covers_the_space():
