@@ -320,3 +320,54 @@ class SpikingNet(nn.Module):
         scale = (1 << (self.spec.timesteps - 1)) / self.spec.layers[-1].neuron.theta
         scores = (h * scale).view(B, self.spec.classes, self.spec.voting).sum(2)
         return Trace(scores, spikes)
+
+
+# --------------------------------------------------------------------------- from weights
+
+
+def from_weights(spec: NetworkSpec, weights) -> SpikingNet:
+    """A :class:`SpikingNet` for any ``spec`` (no built-in model name) with the
+    given synapse weights: ``weights[l] = (w, b)`` per layer, ``w`` of shape
+    ``[C_out, C_in, k, k]`` (conv) or ``[out, in]`` (fc), ``b`` of shape
+    ``[C_out]`` or None (zeros).  Layers with batch norm or skips are refused:
+    fold batch norm into ``(w, b)`` first.
+
+    >>> from spikeforge.config import LayerSpec, NetworkSpec, NeuronSpec
+    >>> spec = NetworkSpec("tiny", (1, 2, 2), 3, (LayerSpec("fc", 4, 2, (1, 1),
+    ...                    neuron=NeuronSpec("if", theta=1.0)),), classes=2)
+    >>> net = from_weights(spec, [(torch.eye(2, 4), None)])
+    >>> net(torch.ones(3, 1, 1, 2, 2)).tolist()   # each output neuron fires every step
+    [[3.0, 3.0]]
+    """
+    weights = list(weights)
+    if len(weights) != len(spec.layers):
+        raise ModelError(f"{spec.name}: {len(weights)} weight pairs for {len(spec.layers)} layers")
+    net = SpikingNet(spec)
+    with torch.no_grad():
+        for n, (layer, pair) in enumerate(zip(net.layers, weights)):
+            s = layer.spec
+            if s.kind is LayerKind.RESBLOCK or s.batchnorm:
+                raise ModelError(f"layer {n}: {s.kind.value} with batch norm / skips cannot be "
+                                 "built from plain weights; fold them first")
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ModelError(f"layer {n}: expected a pair (weight, bias)")
+            w, b = (None if v is None else torch.as_tensor(v, dtype=torch.float32) for v in pair)
+            want = tuple(layer.syn.weight.shape)
+            if w is None or w.numel() != layer.syn.weight.numel() or (
+                    tuple(w.shape) != want and tuple(w.shape) != (want[0], s.fan_in)):
+                got = None if w is None else list(w.shape)
+                raise ModelError(f"layer {n}: weight has shape {got}, the spec needs {list(want)}")
+            if not bool(torch.isfinite(w).all()):
+                raise ModelError(f"layer {n}: weights are not all finite")
+            layer.syn.weight.copy_(w.reshape(want))
+            if layer.syn.bias is not None:
+                if b is None:
+                    b = torch.zeros(s.out_channels)
+                if tuple(b.shape) != (s.out_channels,) or not bool(torch.isfinite(b).all()):
+                    raise ModelError(f"layer {n}: bias must be {s.out_channels} finite numbers, "
+                                     f"not shape {list(b.shape)}")
+                layer.syn.bias.copy_(b)
+            elif b is not None and bool((b != 0).any()):
+                raise ModelError(f"layer {n}: the spec has no bias, a non-zero one was given")
+    net.eval()
+    return net
