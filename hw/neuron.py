@@ -35,6 +35,7 @@ from amaranth.hdl import ResetInserter
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.config import Reset
+from spikeforge.layouts import field_slices, neuron_layout
 
 from .arith import decay, saturate
 from .params import CoreParams
@@ -138,7 +139,7 @@ class NeuronUnit(wiring.Component):
         # runs one group ahead of the scan; cur[...] serve the sum stage
         consume = Signal()
         cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
-                                   {"theta": (0, S), "bias": (S, p.acc_bits)})
+                                   field_slices(neuron_layout(S, p.acc_bits), "theta", "bias"))
         cur_theta, cur_bias = cur["theta"], cur["bias"]
 
         # ---------------------------------------------------------- scan issue

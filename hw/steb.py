@@ -24,6 +24,8 @@ from amaranth import *
 from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 
+from spikeforge.layouts import field_slices, neuron_layout
+
 from .neuron import param_loader, queue_layout, scan_unit_members, spike_emitter, window_counters
 from .params import CoreParams
 from .streams import bits_for
@@ -79,7 +81,7 @@ class StebUnit(wiring.Component):
 
         consume = Signal()
         cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
-                                   {"bias": (S, p.acc_bits), "shift": (S + p.acc_bits, 6, False)})
+                                   field_slices(neuron_layout(S, p.acc_bits), "bias", "shift"))
 
         computing, emitting, clearing = Signal(), Signal(), Signal()
         marker_pending = Signal()

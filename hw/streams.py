@@ -43,6 +43,7 @@ from amaranth import *
 from amaranth.lib import data, fifo, stream, wiring
 
 from spikeforge.config import LayerKind
+from spikeforge.layouts import pack, unpack
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["EventFormat", "EventFIFO", "bits_for"]
@@ -111,23 +112,13 @@ class EventFormat:
 
     def pack(self, channel=0, y=0, x=0, shift=0, last=0, mask=0) -> int:
         """The payload as an integer (bit 0 first), e.g. for a Verilog testbench."""
-        out, pos = 0, 0
-        for value, bits in ((channel, self.channel_bits), (y, self.y_bits), (x, self.x_bits),
-                            (shift, self.shift_bits), (last, 1), (mask, self.mask_bits)):
-            if not 0 <= value < 1 << bits:
-                raise ValueError(f"{value} does not fit {bits} bits")
-            out |= value << pos
-            pos += bits
-        return out
+        return pack(self.layout, {"channel": channel, "y": y, "x": x, "shift": shift,
+                                  "last": last, "mask": mask})
 
     def unpack(self, word: int) -> tuple[int, int, int, int, int, int]:
         """``(channel, y, x, shift, last, mask)`` of a packed payload."""
-        out = []
-        for bits in (self.channel_bits, self.y_bits, self.x_bits, self.shift_bits, 1,
-                     self.mask_bits):
-            out.append(word & ((1 << bits) - 1))
-            word >>= bits
-        return tuple(out)
+        f = unpack(self.layout, word)
+        return f["channel"], f["y"], f["x"], f["shift"], f["last"], f["mask"]
 
 
 def mem_write_layout(select_bits: int, addr_bits: int, data_bits: int) -> data.StructLayout:

@@ -79,6 +79,7 @@ import torch
 
 from spikeforge.config import NetworkSpec, NeuronKind
 from spikeforge.errors import SpikeforgeError
+from spikeforge.layouts import SHIFT_BITS, neuron_layout
 from spikeforge.sw.golden import ContractError, IntLayer, IntNetwork, signed_bits
 
 MAGIC = b"SFIMG\x00\r\n"
@@ -87,7 +88,6 @@ FORMAT = "spikeforge-weight-image"
 HEADER = struct.Struct("<8sHHI")
 CRC = struct.Struct("<I")
 CONTAINERS = {"i1": 8, "i2": 16, "i4": 32, "i8": 64}
-SHIFT_BITS = 6
 ARRAYS = ("weight", "bias", "theta", "shift")
 TOP_KEYS = ("format", "spec", "layers", "blob_size", "meta")
 LAYER_KEYS = ("decay_shifts", "weight_bits", "state_bits", "acc_bits", "input_bits", "arrays")
@@ -501,15 +501,21 @@ def _lane_list(net: IntNetwork, P) -> list[int]:
 
 
 def neuron_words(layer: IntLayer) -> list[int]:
-    """The ``L{n}_neurons`` memory of ``layer``: ``theta | bias << S | shift << (S + A)``."""
-    t, b, s = (getattr(layer, n).detach().cpu().to(torch.int64).numpy()
-               for n in ("theta", "bias", "shift"))
-    for name, a, bits in (("theta", t, layer.state_bits), ("bias", b, layer.acc_bits)):
-        if not _fits(a, bits):
-            raise ImageError(f"{name} does not fit {bits} signed bits")
-    if s.size and (int(s.min()) < 0 or int(s.max()) >= 1 << SHIFT_BITS):
-        raise ImageError(f"shift does not fit {SHIFT_BITS} unsigned bits")
-    return _pack(np.stack([t, b, s], 1), [layer.state_bits, layer.acc_bits, SHIFT_BITS])
+    """The ``L{n}_neurons`` memory of ``layer``: one
+    :func:`~spikeforge.layouts.neuron_layout` word per channel (``theta |
+    bias << S | shift << (S + A)``)."""
+    lay = neuron_layout(layer.state_bits, layer.acc_bits)
+    fields = [(name, f.offset, f.shape) for name, f in lay]
+    arrays = []
+    for name, _, shape in fields:
+        a = getattr(layer, name).detach().cpu().to(torch.int64).numpy()
+        if shape.signed and not _fits(a, shape.width):
+            raise ImageError(f"{name} does not fit {shape.width} signed bits")
+        if not shape.signed and a.size and (int(a.min()) < 0 or int(a.max()) >> shape.width):
+            raise ImageError(f"{name} does not fit {shape.width} unsigned bits")
+        arrays.append(a)
+    # a StructLayout lays its fields out contiguously from bit 0, in order, as _pack does
+    return _pack(np.stack(arrays, 1), [shape.width for _, _, shape in fields])
 
 
 def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
@@ -519,7 +525,7 @@ def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[i
     out = {}
     for n, (il, p, q) in enumerate(zip(net.layers, ps, input_lanes(net, ps))):
         out[f"L{n}_weights"] = (q * p * il.weight_bits, weight_words(il, p, q))
-        out[f"L{n}_neurons"] = (il.state_bits + il.acc_bits + SHIFT_BITS, neuron_words(il))
+        out[f"L{n}_neurons"] = (neuron_layout(il.state_bits, il.acc_bits).size, neuron_words(il))
     return out
 
 

@@ -177,7 +177,7 @@ def test_event_format_packs_like_the_layout():
     v = Signal(fmt.layout, init={"channel": 17, "y": 5, "x": 9, "shift": 3, "last": 1,
                                  "mask": 0b101101})
     assert v.as_value().init == word
-    with pytest.raises(ValueError, match=r"^32 does not fit 5 bits$"):
+    with pytest.raises(ValueError, match=r"^channel: 32 does not fit unsigned\(5\)$"):
         fmt.pack(channel=32)
 
 
