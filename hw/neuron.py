@@ -72,8 +72,9 @@ class NeuronUnit(wiring.Component):
     """Scans the state and current memories at the end of a step; emits spikes and the marker.
 
     Pipeline (stalls as a whole only when the spike queue is full): issue
-    (memory read), sum (``base + cur + bias``), threshold (``u``, ``o``),
-    write-back (decay, reset) and pool OR.  No hazards: each neuron is read
+    (memory read), read (the words and the group's parameters registered),
+    sum (``base + cur + bias``), threshold (``u``, ``o``), write-back (decay,
+    reset) and pool OR.  No hazards: each neuron is read
     and written once per scan.  The per-lane ``theta`` and ``bias`` of the
     next channel group are loaded from the neuron memory (one word a cycle,
     image layout: word ``c`` is channel ``c``) while the current group is
@@ -161,8 +162,10 @@ class NeuronUnit(wiring.Component):
         with m.If(issue & last):
             m.d.sync += scanning.eq(0)
 
-        # ---------------------------------------------------------- sum stage
-        # (read data of the issued address; the group's parameters are current)
+        # ---------------------------------------------------------- read stage
+        # (read data of the issued address, registered with the group's
+        # parameters, which are current now; no memory output drives an adder)
+        NL = P * p.R  # lane n = r*P + j: channel lane j at the word's position r
         v1, win1 = Signal(), Signal()
         a1 = Signal.like(addr)
         py1, px1 = Signal.like(py), Signal.like(px)
@@ -171,8 +174,23 @@ class NeuronUnit(wiring.Component):
         with m.If(adv):
             m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
                          cb1.eq(cbase), g1.eq(g)]
+        vr, winr = Signal(), Signal()
+        ar = Signal.like(addr)
+        pyr, pxr = Signal.like(py), Signal.like(px)
+        cbr = Signal(cb_bits)
+        gr = Signal.like(g)
+        base_r = Signal.like(self.rd_data)
+        cur_r = Signal.like(self.cur_data)
+        bias_r = [Signal.like(b, name=f"bias_r{j}") for j, b in enumerate(cur_bias)]
+        th_r = [Signal.like(t, name=f"th_r{j}") for j, t in enumerate(cur_theta)]
+        with m.If(adv):
+            m.d.sync += [vr.eq(v1), winr.eq(win1), ar.eq(a1), pyr.eq(py1), pxr.eq(px1),
+                         cbr.eq(cb1), gr.eq(g1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
+            m.d.sync += [a.eq(b) for a, b in zip(bias_r + th_r, cur_bias + cur_theta)]
+
+        # ---------------------------------------------------------- sum stage
         sum_w = max(p.state_width, p.cur_width, p.acc_bits) + 2
-        mask1 = Cat(cb1 + j < p.c_out for j in range(P))
+        maskr = Cat(cbr + j < p.c_out for j in range(P))
 
         # ---------------------------------------------------------- threshold stage
         v2, win2 = Signal(), Signal()
@@ -181,16 +199,13 @@ class NeuronUnit(wiring.Component):
         cb2 = Signal(cb_bits)
         g2 = Signal.like(g)
         mask2 = Signal(P)
-        # lane n = r*P + j: channel lane j at the word's position r
-        NL = P * p.R
         s2 = [Signal(signed(sum_w), name=f"s2_{n}") for n in range(NL)]
         th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
         with m.If(adv):
-            m.d.sync += [v2.eq(v1), win2.eq(win1), a2.eq(a1), py2.eq(py1), px2.eq(px1),
-                         cb2.eq(cb1), g2.eq(g1), mask2.eq(mask1)]
-            m.d.sync += [s2[n].eq(self.rd_data[n] + self.cur_data[n] + cur_bias[n % P])
-                         for n in range(NL)]
-            m.d.sync += [a.eq(b) for a, b in zip(th2, cur_theta)]
+            m.d.sync += [v2.eq(vr), win2.eq(winr), a2.eq(ar), py2.eq(pyr), px2.eq(pxr),
+                         cb2.eq(cbr), g2.eq(gr), mask2.eq(maskr)]
+            m.d.sync += [s2[n].eq(base_r[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
+            m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
         u2 = [Signal(signed(S), name=f"u{n}") for n in range(NL)]
         o2 = Signal(NL)
         for n in range(NL):
@@ -263,7 +278,7 @@ class NeuronUnit(wiring.Component):
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
-        in_flight = v1 | v2 | v3
+        in_flight = v1 | vr | v2 | v3
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
                                marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
         with m.If(marker_sent):
@@ -275,7 +290,7 @@ class NeuronUnit(wiring.Component):
             m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
             m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
-                         v1.eq(0), v2.eq(0), v3.eq(0), sp_acc.eq(0)]
+                         v1.eq(0), vr.eq(0), v2.eq(0), v3.eq(0), sp_acc.eq(0)]
 
         m.d.comb += [
             self.mem_busy.eq(scanning | clearing | in_flight),

@@ -50,12 +50,16 @@ class SynapseUnit(wiring.Component):
 
     The memories live in the layer core; all ``P`` banks share one address.
     Pipeline: a two-stage event decoder (fc flattening, base addresses: sums of
-    shifts, no multiplier), the tap walker (issues the bank and weight reads),
-    then the update stage one cycle later (adds and writes back).  A bank read
-    issued in the cycle a write to the same word is committed returns the old
-    word, so the last written word is kept in a register and forwarded when the
-    next update hits the same address (read-after-write forwarding: back-to-back
-    events on one neuron, e.g. an fc layer with ``G = 1``, stay exact).
+    shifts, no multiplier), the tap walker (issues the weight read), the
+    weight register (or a word event's adder tree), then the update stage
+    (adds and writes back).  Neither memory's output drives logic directly:
+    the weight word and the bank word are registered first (timing), so the
+    bank read is issued two cycles before its update.  It returns the word as
+    it was before the writes of the two updates in between, so the last two
+    written words are kept in registers and forwarded, the newer first, when
+    the update hits the same address (read-after-write forwarding:
+    back-to-back events on one neuron, e.g. an fc layer with ``G = 1``, stay
+    exact).
 
     At an end-of-step marker the unit stops taking events, and once its last
     update is written it raises ``at_marker`` until ``resume``.
@@ -83,7 +87,8 @@ class SynapseUnit(wiring.Component):
     accepted : Out(1)
         Strobe: one event (not a marker) entered the walker this cycle.
     rd_addr : Out(unsigned)
-        Bank read address (all banks), data one cycle later.
+        Bank read address (all banks), data one cycle later (registered here:
+        the update uses it one more cycle later).
     rd_data : In(ArrayLayout(signed(cur_width), P * R))
         Current memory read data (word of ``R`` positions x ``P`` lanes).
     wr_addr : Out(unsigned), wr_en : Out(1)
@@ -211,57 +216,68 @@ class SynapseUnit(wiring.Component):
         ]
 
         # ---------------------------------------------------------- update stage
-        # weight data arrives one cycle after the walker; a word event's terms
-        # go through an adder tree of L register stages, and the bank read is
-        # issued L cycles late so that its data meets the tree's sum
+        # weight data arrives one cycle after the walker and is registered
+        # (a word event's terms go through an adder tree of several register
+        # stages); the bank read is issued two cycles before the update, its
+        # data registered, so neither memory's output drives the adder
         R, sb = p.R, (p.R - 1).bit_length()   # positions per word: word = addr >> sb
         v1 = Signal()
         a1 = Signal(bits_for(p.acc_depth * R - 1))  # position address
         s1 = Signal.like(shift)
         mask1 = Signal(Q)
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
-        incs = []
+        terms = []
         for j in range(p.P):
             if Q == 1:
                 w = self.w_data[j * W:(j + 1) * W].as_signed()
-                incs.append((w << s1) if p.max_shift > 0 else w)
+                terms.append([(w << s1) if p.max_shift > 0 else w])
             elif p.in_planes:  # sum_i mask[i] * (w << i) = w * x, by shifted adds
                 w = self.w_data[j * W:(j + 1) * W].as_signed()
-                incs.append([Mux(mask1[i], w << i, 0) for i in range(Q)])
+                terms.append([Mux(mask1[i], w << i, 0) for i in range(Q)])
             else:              # sum over the word's channels of their weights
-                incs.append([Mux(mask1[i], self.w_data[(i * p.P + j) * W:
-                                                      (i * p.P + j + 1) * W].as_signed(), 0)
-                             for i in range(Q)])
-        valid, a_u, n_stages = v1, a1, 0
-        if Q > 1:
-            incs, n_stages = adder_trees(m, incs)
-            delay = [(v1, a1)]
-            for st in range(n_stages):
-                v, a = Signal(name=f"v_t{st}"), Signal.like(a1, name=f"a_t{st}")
-                m.d.sync += [v.eq(delay[-1][0]), a.eq(delay[-1][1])]
-                delay.append((v, a))
-            valid, a_u = delay[-1]
-            rd_issue = delay[-2][1]  # the address one cycle before the update
-            m.d.comb += self.rd_addr.eq(rd_issue >> sb)
+                terms.append([Mux(mask1[i], self.w_data[(i * p.P + j) * W:
+                                                        (i * p.P + j + 1) * W].as_signed(), 0)
+                              for i in range(Q)])
+        if Q == 1:  # one term: a register stage of its own
+            incs = [Signal(signed(len(t[0])), name=f"inc{j}") for j, t in enumerate(terms)]
+            m.d.sync += [inc.eq(t[0]) for inc, t in zip(incs, terms)]
+            n_stages = 1
         else:
-            m.d.comb += self.rd_addr.eq(addr.as_unsigned() >> sb)
-        in_flight = Cat(*(v for v, _ in delay)).any() if Q > 1 else v1
+            incs, n_stages = adder_trees(m, terms)
+        delay = [(v1, a1)]  # delay[s]: the tap s + 1 cycles after the walker
+        for st in range(n_stages):
+            v, a = Signal(name=f"v_t{st}"), Signal.like(a1, name=f"a_t{st}")
+            m.d.sync += [v.eq(delay[-1][0]), a.eq(delay[-1][1])]
+            delay.append((v, a))
+        valid, a_u = delay[-1]
+        # the read is issued two cycles before the update: from the walker
+        # when the terms take one stage
+        rd_issue = addr.as_unsigned() if n_stages == 1 else delay[-3][1]
+        m.d.comb += self.rd_addr.eq(rd_issue >> sb)
+        rd_q = Signal.like(self.rd_data)
+        m.d.sync += rd_q.eq(self.rd_data)
+        in_flight = Cat(*(v for v, _ in delay)).any()
 
-        # the write committed at the end of the previous cycle is not in this
-        # cycle's read data: keep it and forward it on an address match
-        wb_valid = Signal()
-        wb_addr = Signal.like(self.wr_addr)
-        wb_data = Signal.like(self.wr_data)
+        # the writes committed at the end of the two previous cycles are not in
+        # this cycle's read data: keep them and forward on an address match
+        # (the newer first)
         word = a_u >> sb
-        hit = wb_valid & (wb_addr == word)
+        wbs = []
+        for age in (1, 2):
+            wb_valid = Signal(name=f"wb{age}_valid")
+            wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr")
+            wb_data = Signal.like(self.wr_data, name=f"wb{age}_data")
+            src = (valid, word, self.wr_data) if age == 1 else wbs[-1][:3]
+            m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2])]
+            wbs.append((wb_valid, wb_addr, wb_data, wb_valid & (wb_addr == word)))
+        (_, _, wb1, hit1), (_, _, wb2, hit2) = wbs
         for r in range(R):  # only the lanes of the tap's position add
             here = (a_u[:sb] == r) if R > 1 else C(1, 1)
             for j in range(p.P):
                 n = r * p.P + j
-                old = Mux(hit, wb_data[n], self.rd_data[n])
+                old = Mux(hit1, wb1[n], Mux(hit2, wb2[n], rd_q[n]))
                 m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
         m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
-        m.d.sync += [wb_valid.eq(valid), wb_addr.eq(word), wb_data.eq(self.wr_data)]
 
         m.d.comb += [
             self.at_marker.eq(marker_held & ~active & ~in_flight),
