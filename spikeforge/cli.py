@@ -152,6 +152,31 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from pathlib import Path
+
+    from spikeforge.sw import nir_io
+    opts = nir_io.ImportOptions(timesteps=args.timesteps, dt=args.dt, source=args.source,
+                                reset=args.reset, input_scale=args.input_scale,
+                                encoding=args.encoding, avgpool_as_max=args.avgpool_as_max,
+                                decay_tolerance=args.decay_tolerance)
+    rec = nir_io.import_run(Path(args.model), Path(args.out), opts, dataset=args.dataset,
+                            seed=args.seed)
+    for note in rec["notes"]:
+        print(f"note: {note}")
+    print(f"{len(rec['layers'])} layers from {args.model}: float test accuracy "
+          f"{100 * rec['float_test_accuracy']:.2f}% on {args.dataset} -> {args.out} "
+          f"(next: spikeforge quantize {args.out})")
+    return 0
+
+
+def cmd_export_nir(args) -> int:
+    from spikeforge.sw import nir_io
+    out = nir_io.export_run(_run_dir(args.run), args.out, dt=args.dt)
+    print(f"NIR graph -> {out}")
+    return 0
+
+
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=_int_in(2, 16), default=8,
                    help="2..16 (default %(default)s)")
@@ -251,6 +276,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baud", type=_int_in(1, 100_000_000), default=1_000_000)
     p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None)
     p.set_defaults(fn=cmd_infer)
+
+    p = add("import", "a run folder from a NIR graph (snnTorch, Norse, ...): then quantize, "
+                      "export, verify, build, report as for a trained run")
+    p.add_argument("model", help="the NIR file (HDF5)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--timesteps", type=_int_in(1, MAX_TIMESTEPS), default=None,
+                   help="time steps T (NIR does not carry them; default: the graph's metadata)")
+    p.add_argument("--dt", type=_positive_float, default=None,
+                   help="time step for tau: decay = 1 - dt/tau (default: the graph's metadata, "
+                        "else the source's)")
+    p.add_argument("--source", choices=("nir", "snntorch", "norse"), default="nir",
+                   help="the exporter's conventions: snntorch (dt 1e-4, reset by subtraction), "
+                        "norse (dt 1e-3, tau written as dt*tau) (default %(default)s)")
+    p.add_argument("--reset", choices=("zero", "subtract", "none"), default=None,
+                   help="reset of every spiking layer (NIR holds only v_reset; default: the "
+                        "source's)")
+    p.add_argument("--input-scale", type=_positive_float, default=1.0,
+                   help="the source saw S * pixel / 255 (default %(default)s)")
+    p.add_argument("--encoding", choices=("direct", "bitplane"), default="direct")
+    p.add_argument("--avgpool-as-max", action="store_true",
+                   help="read AvgPool2d nodes as max (OR) pooling: for a net trained with "
+                        "MaxPool2d and exported with AvgPool2d in its place (snnTorch 1.0)")
+    p.add_argument("--decay-tolerance", type=_positive_float, default=0.005,
+                   help="largest accepted error of the engine's shift-list decay "
+                        "(default %(default)s)")
+    p.add_argument("--dataset", default="mnist5k",
+                   help="data set for evaluation, calibration and verification (default "
+                        "%(default)s)")
+    p.add_argument("--seed", type=_int_in(0, SEED_LIMIT), default=0)
+    p.set_defaults(fn=cmd_import)
+
+    p = add("export-nir", "the run's float model as a NIR graph")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", default=None, help="NIR file (default RUN/model.nir)")
+    p.add_argument("--dt", type=_positive_float, default=1e-4,
+                   help="time step written with tau = dt / (1 - decay) (default %(default)s)")
+    p.set_defaults(fn=cmd_export_nir)
 
     p = add("run", "the whole flow on the embedded default")
     _add_train_args(p, flow.DEFAULT)

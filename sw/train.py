@@ -293,3 +293,37 @@ def plot_curve(path: Path, history: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_imported_run(run: Path, model: SpikingNet, *, dataset: str, seed: int = 0,
+                       ds: sfdata.Dataset | None = None, name: str | None = None) -> dict:
+    """A run folder for a model trained elsewhere (``spikeforge import``; any
+    :class:`SpikingNet`, e.g. from :func:`spikeforge.sw.models.from_weights`):
+    ``model.safetensors``, ``config.json`` and ``metrics.json`` as :func:`train`
+    writes them, with the float model's test accuracy, firing rates and energy
+    on ``dataset`` and ``train_seconds`` 0, so that quantize (QAT included),
+    export, verify, build and report take it unchanged."""
+    run = Path(run)
+    ds = ds if ds is not None else sfdata.load(dataset, seed=seed)
+    spec = model.spec
+    if tuple(spec.input_shape) != tuple(ds.shape) or spec.classes != ds.classes:
+        raise TrainError(f"the model takes {list(spec.input_shape)} and gives {spec.classes} "
+                         f"classes; the data set {dataset} has {list(ds.shape)} and "
+                         f"{ds.classes}")
+    cfg = TrainConfig(model=name or spec.name, dataset=dataset, epochs=1,
+                      timesteps=spec.timesteps, seed=seed)
+    ev = evaluate(model, ds.x_test, ds.y_test)
+    metrics = {"model": cfg.model, "dataset": dataset, "test_accuracy": ev["accuracy"],
+               "train_seconds": 0.0, "firing_rates": ev["firing_rates"],
+               "energy": energy.estimate(spec, ev["input_rates"]), "history": [],
+               "imported": True}
+    from safetensors.torch import save_file
+    run.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(run / "model.safetensors"))
+    (run / "config.json").write_text(json.dumps(
+        {"train": dataclasses.asdict(cfg), "spec": spec.to_dict()}, indent=2))
+    path = run / "metrics.json"
+    path.unlink(missing_ok=True)  # figures of an earlier model in this folder are stale
+    write_metrics(run, metrics)
+    return metrics
