@@ -528,6 +528,10 @@ def run(args) -> int:
     for step in STEPS_LIST:
         if step.name == args.from_step:
             redo = redo or f"--from-step {step.name}"
+        if step.name == "train" and (out / "import.json").exists():
+            # a model brought in by `spikeforge import`: never trained over
+            print(f"[train] {out} holds an imported model ({out / 'import.json'}); skipping")
+            continue
         why = redo or pending(out, step, args)
         if why is None and step.name != "report":
             print(f"[{step.name}] done earlier with these options and inputs "
