@@ -154,7 +154,7 @@ def read(path: str | Path):
     if not path.is_file():
         raise NIRError(f"{path}: no such file")
     try:
-        graph = nir.read(str(path))
+        graph = nir.read(str(path), type_check=False)  # shapes are checked here, node by node
     except Exception as e:  # h5py / nir raise anything from OSError to KeyError on bad files
         raise NIRError(f"{path}: not a readable NIR file ({type(e).__name__}: "
                        f"{str(e)[:200]})") from None
