@@ -36,18 +36,19 @@ def link_bytes(beats: int, info) -> int:
     """Bytes on the wire for one inference (both directions): START and its
     reply, the EVENTS frames and their replies, one RESULT and its reply."""
     from spikeforge.boards import protocol as P
+    from spikeforge.layouts import byte_size
     frame = P.HEADER_BYTES + P.CRC_BYTES
     n_ev = max(1, -(-beats // (P.MAX_PAYLOAD // info.event_bytes)))
     start = 2 * frame
     events = 2 * n_ev * frame + beats * info.event_bytes
-    result = 2 * frame + 6 + info.n_out * info.count_bytes
+    result = 2 * frame + byte_size(P.result_layout(info.n_out, info.count_bytes))
     return start + events + result
 
 
 def bench(board: str, run: Path | None, images: int, out: Path) -> dict:
     from spikeforge import image
     from spikeforge.boards import build as B
-    from spikeforge.boards.top import BoardTop
+    from spikeforge.boards.top import board_info
     from spikeforge.hw.network import input_events
     from spikeforge.sim import runner
     from spikeforge.sw import data as sfdata
@@ -73,7 +74,7 @@ def bench(board: str, run: Path | None, images: int, out: Path) -> dict:
     cycles = ((done[-1] - done[0]) / (images - 1) if sb.stream and images > 1
               else sum(r.cycles for r in sim.images) / images)
     beats = sum(len(input_events(net, x[i])) for i in range(images)) / images
-    info = BoardTop(net, lanes, clock_hz=rep["board_clock_mhz"] * 1e6).unused().info
+    info = board_info(net, lanes, clock_hz=rep["board_clock_mhz"] * 1e6)
     wire = link_bytes(int(beats), info)
     return {
         "board": board, "network": source, "lanes": rep["lanes"],

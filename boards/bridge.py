@@ -16,50 +16,107 @@ Bytes that arrive while the bridge executes or replies, or outside a frame,
 are counted and reported (DISCARDED) once the line has been idle for the
 receive timeout.  One state machine does everything (the host waits for each
 reply before it sends the next request), which keeps the gateware small: one
-block RAM, two CRC-16 trees, a few counters and the reply byte multiplexers.
+block RAM, two CRC-16 units (:mod:`amaranth.lib.crc`, the protocol's
+:data:`~spikeforge.boards.protocol.CRC_ALGORITHM`), a few counters and the
+reply byte multiplexers.  Records and replies are views of the protocol's
+layouts (:func:`~spikeforge.boards.protocol.write_layout`,
+:func:`~spikeforge.boards.protocol.result_layout`,
+:data:`~spikeforge.boards.protocol.ERROR_LAYOUT`), the same the host packs.
 """
 
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import crc, stream, wiring
+from amaranth.lib.enum import Enum
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from spikeforge.layouts import byte_size
 
 from . import protocol as P
 from .uart import UARTRx, UARTTx
 
-__all__ = ["HostBridge", "crc16_byte"]
+__all__ = ["HostBridge"]
 
 
-def _crc_step(crc: int, byte: int) -> int:
-    for i in range(8):
-        bit = ((crc >> 15) ^ (byte >> (7 - i))) & 1
-        crc = ((crc << 1) & 0xFFFF) ^ (0x1021 if bit else 0)
-    return crc
-
-
-# CRC-16 is linear over GF(2): output bit j of one byte step is the XOR of the
-# input bits marked in _CRC_TAPS[j] (bits 0..15: crc, 16..23: byte)
-_CRC_TAPS = [[i for i in range(24)
-              if (_crc_step(1 << i if i < 16 else 0, 1 << (i - 16) if i >= 16 else 0) >> j) & 1]
-             for j in range(16)]
-
-
-def crc16_byte(crc: Value, byte: Value) -> Value:
-    """CRC-16/CCITT-FALSE of ``crc`` after one more ``byte``, as flat XORs."""
-    bits_in = Cat(crc, byte)
-    out = []
-    for taps in _CRC_TAPS:
-        v = bits_in[taps[0]]
-        for t in taps[1:]:
-            v = v ^ bits_in[t]
-        out.append(v)
-    return Cat(*out)
+class Source(Enum, shape=3):
+    """Where the payload bytes of a reply come from."""
+    NONE = 0
+    INFO = 1
+    RESULT = 2
+    PERF = 3
+    ERROR = 4
 
 
 def _const_bytes(b: bytes) -> Const:
     return C(int.from_bytes(b, "little"), 8 * len(b))
+
+
+class _Link:
+    """The registers the bridge's state machine shares between its parts, and
+    the three actions every part takes on them (:meth:`take`, :meth:`reply`,
+    :meth:`error`).  Built inside :meth:`HostBridge.elaborate`."""
+
+    def __init__(self, m: Module, bridge: "HostBridge"):
+        lay = bridge.layout
+        self.m = m
+        self.urx = UARTRx(bridge._div)
+        self.utx = UARTTx(bridge._div)
+        # one data byte per cycle at most; the CRC register updates one cycle later
+        self.rx_crc = crc.Processor(P.CRC_ALGORITHM(data_width=8))
+        self.tx_crc = crc.Processor(P.CRC_ALGORITHM(data_width=8))
+        m.submodules.urx, m.submodules.utx = self.urx, self.utx
+        m.submodules.rx_crc, m.submodules.tx_crc = self.rx_crc, self.tx_crc
+        self.byte = self.urx.data
+        self.got = self.urx.valid
+        self.consumed = Signal()  # the state machine takes this byte
+        m.d.comb += self.rx_crc.data.eq(self.byte)
+        # request
+        self.cmd = Signal(8)
+        self.seq = Signal(8)
+        self.length = Signal(16)
+        self.idx = Signal(range(P.MAX_PAYLOAD + 1))
+        self.recmax = max(lay.write_record, lay.event_bytes)
+        self.rmod = Signal(range(self.recmax))  # payload byte index within its record
+        self.rcnt = Signal(range(self.recmax))
+        self.recbuf = Signal(8 * self.recmax)   # the record being assembled
+        self.crc_lo = Signal(8)
+        self.nbytes = Signal(range(P.MAX_PAYLOAD + 8))  # bytes of this frame (TIMEOUT detail)
+        self.timer = Signal(range(bridge._timeout + 1))  # cycles since the last byte, saturating
+        self.stall = Signal(range(bridge._stall + 1))
+        self.beats = Signal(16)
+        self.disc = Signal(16)
+        self.disc_clr = Signal()
+        # reply
+        self.r_cmd = Signal(8)
+        self.r_len = Signal(range(P.MAX_PAYLOAD + 1))
+        self.r_src = Signal(Source)
+        self.pidx = Signal(range(P.MAX_PAYLOAD + 1))
+        self.ridx = Signal(range(5))
+        self.err = Signal(P.ERROR_LAYOUT)
+        self.err_pulse = Signal()
+
+    def take(self) -> None:
+        """Consume the byte into the running CRC and the byte count."""
+        m = self.m
+        m.d.comb += [self.consumed.eq(1), self.rx_crc.valid.eq(1)]
+        m.d.sync += [self.timer.eq(0), self.nbytes.eq(self.nbytes + 1)]
+
+    def reply(self, code, src: Source, n) -> None:
+        """Send a reply frame ``code`` with ``n`` payload bytes from ``src``."""
+        m = self.m
+        m.d.comb += self.tx_crc.start.eq(1)
+        m.d.sync += [self.r_cmd.eq(code), self.r_src.eq(src), self.r_len.eq(n),
+                     self.ridx.eq(0), self.pidx.eq(0)]
+        m.next = "TX_HDR"
+
+    def error(self, code, detail=0, in_cmd=None) -> None:
+        """Send an error frame (``in_cmd``: the request's command, default ``cmd``)."""
+        m = self.m
+        m.d.sync += [self.err.code.eq(code), self.err.cmd.eq(self.cmd if in_cmd is None else in_cmd),
+                     self.err.detail.eq(detail), self.err_pulse.eq(1)]
+        self.reply(P.ERROR, Source.ERROR, byte_size(P.ERROR_LAYOUT))
 
 
 class HostBridge(wiring.Component):
@@ -67,8 +124,8 @@ class HostBridge(wiring.Component):
 
     Parameters
     ----------
-    engine : NetworkTop
-        The engine this bridge drives (for its port widths).
+    engine : NetworkTop or EngineGeometry
+        The engine this bridge drives (for its port widths only).
     divisor : int
         UART clock cycles per bit.
     clock_hz : int
@@ -97,7 +154,8 @@ class HostBridge(wiring.Component):
 
     def __init__(self, engine, *, divisor: int, clock_hz: int, timeout_cycles: int,
                  stall_cycles: int, design_id: int = 0):
-        self.layout = lay = P.link_layout(engine)
+        g = getattr(engine, "geometry", engine)
+        self.layout = lay = P.link_layout(g)
         for name, v in (("timeout_cycles", timeout_cycles), ("stall_cycles", stall_cycles)):
             if type(v) is not int or not 1 <= v < 1 << 32:
                 raise ValueError(f"{name} must be an integer in 1 .. 2**32 - 1, not {v!r}")
@@ -107,19 +165,18 @@ class HostBridge(wiring.Component):
         self.info = P.BoardInfo(P.VERSION, lay.layers, lay.classes, lay.n_out, lay.count_bytes,
                                 lay.event_bytes, lay.addr_bytes, lay.data_bytes, P.MAX_PAYLOAD,
                                 int(clock_hz), timeout_cycles, design_id & 0xFFFFFFFF)
-        esig = engine.signature.members
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
             "start": Out(1),
-            "events": Out(engine.fmt.signature),
-            "mem_write": Out(stream.Signature(engine.mem_layout)),
+            "events": Out(g.fmt.signature),
+            "mem_write": Out(stream.Signature(g.mem_layout)),
             "clearing": In(1),
             "done": In(1),
-            "prediction": In(len(engine.prediction)),
+            "prediction": In(g.prediction_bits),
             "cycles": In(32),
-            "counts": In(esig["counts"].shape),
-            "perf": In(esig["perf"].shape),
+            "counts": In(g.counts_layout),
+            "perf": In(g.perf_layout),
             "rx_strobe": Out(1),
             "error_strobe": Out(1),
             "active": Out(1),
@@ -127,239 +184,224 @@ class HostBridge(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lay = self.layout
-        m.submodules.urx = urx = UARTRx(self._div)
-        m.submodules.utx = utx = UARTTx(self._div)
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.rx_strobe.eq(urx.valid)]
+        k = _Link(m, self)
+        m.d.comb += [k.urx.rx.eq(self.rx), self.tx.eq(k.utx.tx), self.rx_strobe.eq(k.urx.valid),
+                     self.error_strobe.eq(k.err_pulse)]
+        m.d.sync += [self.start.eq(0), k.err_pulse.eq(0)]
+        self._line_watch(m, k)
+        buf = self._payload_buffer(m, k)
+        self._engine_beats(m, k)
+        hdr, pay = self._reply_bytes(m, k)
+        with m.FSM(name="bridge"):
+            self._receive(m, k, buf)
+            self._execute(m, k, buf)
+            self._transmit(m, k, hdr, pay)
+        return m
 
-        buf = Memory(shape=8, depth=P.MAX_PAYLOAD, init=[])
-        m.submodules.buf = buf
+    # ------------------------------------------------------------ parts
+
+    def _line_watch(self, m, k: _Link) -> None:
+        """The idle timer (receive timeout) and the count of discarded bytes."""
+        with m.If(k.got):
+            m.d.sync += k.timer.eq(0)
+        with m.Elif(k.timer != self._timeout):
+            m.d.sync += k.timer.eq(k.timer + 1)
+        lost = k.got & ~k.consumed
+        with m.If(k.disc_clr):
+            m.d.sync += k.disc.eq(lost)
+        with m.Elif(lost & (k.disc != 0xFFFF)):
+            m.d.sync += k.disc.eq(k.disc + 1)
+
+    def _payload_buffer(self, m, k: _Link):
+        """The request payload (one block RAM): written at ``idx`` as bytes
+        arrive, read back at ``idx`` (one cycle of read latency) to execute."""
+        m.submodules.buf = buf = Memory(shape=8, depth=P.MAX_PAYLOAD, init=[])
         wr = buf.write_port()
         rd = buf.read_port(transparent_for=())
+        m.d.comb += [wr.addr.eq(k.idx), wr.data.eq(k.byte), rd.addr.eq(k.idx)]
+        return wr, rd
 
-        byte = urx.data
-        got = urx.valid
-        consumed = Signal()  # the state machine takes this byte
-
-        # ------------------------------------------------------------ registers
-        cmd = Signal(8)
-        seq = Signal(8)
-        length = Signal(16)
-        idx = Signal(range(P.MAX_PAYLOAD + 1))
-        rw, re = lay.write_record, lay.event_bytes
-        recmax = max(rw, re)
-        rmod = Signal(range(recmax))
-        rcnt = Signal(range(recmax))
-        crc = Signal(16)
-        crc_lo = Signal(8)
-        nbytes = Signal(range(P.MAX_PAYLOAD + 8))  # bytes of this frame so far (TIMEOUT detail)
-        timer = Signal(range(self._timeout + 1))  # cycles since the last byte, saturating
-        stall = Signal(range(self._stall + 1))
-        beats = Signal(16)
-        disc = Signal(16)
-        disc_clr = Signal()
-        recbuf = Signal(8 * recmax)
-        start = Signal()
-
-        # reply
-        r_cmd = Signal(8)
-        r_len = Signal(range(P.MAX_PAYLOAD + 1))
-        SRC_NONE, SRC_INFO, SRC_RESULT, SRC_PERF, SRC_ERROR = range(5)
-        r_src = Signal(range(5))
-        pidx = Signal(range(P.MAX_PAYLOAD + 1))
-        ridx = Signal(range(5))
-        tcrc = Signal(16)
-        e_code = Signal(8)
-        e_cmd = Signal(8)
-        e_detail = Signal(16)
-        err_pulse = Signal()
-
-        m.d.comb += [self.start.eq(start), self.error_strobe.eq(err_pulse)]
-        m.d.sync += [start.eq(0), err_pulse.eq(0)]
-
-        with m.If(got):
-            m.d.sync += timer.eq(0)
-        with m.Elif(timer != self._timeout):
-            m.d.sync += timer.eq(timer + 1)
-        lost = got & ~consumed
-        with m.If(disc_clr):
-            m.d.sync += disc.eq(lost)
-        with m.Elif(lost & (disc != 0xFFFF)):
-            m.d.sync += disc.eq(disc + 1)
-
-        def reply(code, src, n):
-            m.d.sync += [r_cmd.eq(code), r_src.eq(src), r_len.eq(n), ridx.eq(0), pidx.eq(0),
-                         tcrc.eq(0xFFFF)]
-            m.next = "TX_HDR"
-
-        def error(code, detail=0, in_cmd=cmd):
-            m.d.sync += [e_code.eq(code), e_cmd.eq(in_cmd), e_detail.eq(detail), err_pulse.eq(1)]
-            reply(P.ERROR, SRC_ERROR, 4)
-
-        def take():  # consume the byte into the running CRC and the byte count
-            m.d.comb += consumed.eq(1)
-            m.d.sync += [crc.eq(crc16_byte(crc, byte)), timer.eq(0), nbytes.eq(nbytes + 1)]
-
-        recsize = Mux(cmd == P.Cmd.EVENTS, re, rw)
-        m.d.comb += [wr.addr.eq(idx), wr.data.eq(byte), rd.addr.eq(idx)]
-
-        # engine-side beat from the assembled record (the record occupies the top bytes)
-        wrec = recbuf[8 * (recmax - rw):]
-        erec = recbuf[8 * (recmax - re):]
+    def _engine_beats(self, m, k: _Link) -> None:
+        """The engine-side beat from the assembled record (which occupies the
+        top bytes of ``recbuf``): a WRITE record or an event payload."""
+        lay = self.layout
+        wrec = P.write_layout(lay.addr_bytes, lay.data_bytes)(
+            k.recbuf[8 * (k.recmax - lay.write_record):])
+        erec = k.recbuf[8 * (k.recmax - lay.event_bytes):]
         mw = self.mem_write.payload
         m.d.comb += [
-            mw.select.eq(wrec[:8]),
-            mw.addr.eq(wrec[8:8 + 8 * lay.addr_bytes]),
-            mw.data.eq(wrec[8 + 8 * lay.addr_bytes:]),
+            mw.select.eq(wrec.select),
+            mw.addr.eq(wrec.addr),
+            mw.data.eq(wrec.data),
             self.events.payload.eq(erec),
         ]
 
-        # ---------------------------------------------------------- reply
-        hdr = Array([C(P.SYNC, 8), r_cmd, seq, r_len[:8], Cat(r_len[8:], C(0, 8))[:8]])
-        info = _const_bytes(self.info.pack())
-        cnt_bits = 8 * lay.count_bytes
-        result = Cat(self.done, self.clearing, C(0, 6),
-                     self.prediction, C(0, 8 - len(self.prediction)), self.cycles,
-                     *[Cat(c, C(0, cnt_bits - len(c))) for c in self.counts])
-        perf = self.perf.as_value()
-        errp = Cat(e_code, e_cmd, e_detail)
+    def _reply_bytes(self, m, k: _Link):
+        """``(hdr, pay)``: the header byte ``ridx`` and payload byte ``pidx``
+        of the reply being sent."""
+        lay = self.layout
+        hdr = Array([C(P.SYNC, 8), k.r_cmd, k.seq, k.r_len[:8], Cat(k.r_len[8:], C(0, 8))[:8]])
+        result = Signal(P.result_layout(lay.n_out, lay.count_bytes))
+        m.d.comb += [result.status.done.eq(self.done), result.status.clearing.eq(self.clearing),
+                     result.prediction.eq(self.prediction), result.cycles.eq(self.cycles)]
+        m.d.comb += [result.counts[i].eq(c) for i, c in enumerate(self.counts)]
+        words = {Source.INFO: _const_bytes(self.info.pack()),
+                 Source.RESULT: result.as_value(),
+                 Source.PERF: self.perf.as_value(),
+                 Source.ERROR: k.err.as_value()}
         pay = Signal(8)
-        with m.Switch(r_src):
-            for src, word in ((SRC_INFO, info), (SRC_RESULT, result), (SRC_PERF, perf),
-                              (SRC_ERROR, errp)):
+        with m.Switch(k.r_src):
+            for src, word in words.items():
                 with m.Case(src):
-                    m.d.comb += pay.eq(word.word_select(pidx[:bits(len(word) // 8)], 8))
+                    m.d.comb += pay.eq(word.word_select(k.pidx[:bits(len(word) // 8)], 8))
+        return hdr, pay
 
+    # ------------------------------------------------------------ state machine
+
+    def _receive(self, m, k: _Link, buf) -> None:
+        """HUNT for ``SYNC``, then the frame's header, payload and CRC bytes."""
+        wr, _ = buf
+        byte = k.byte
+        with m.State("HUNT"):
+            with m.If(k.got):
+                with m.If(byte == P.SYNC):
+                    m.d.comb += [k.consumed.eq(1), k.rx_crc.start.eq(1)]
+                    m.d.sync += [k.cmd.eq(0), k.seq.eq(0), k.nbytes.eq(1)]
+                    m.next = "CMD"
+            with m.Elif((k.disc != 0) & (k.timer == self._timeout)):
+                m.d.comb += k.disc_clr.eq(1)
+                m.d.sync += [k.cmd.eq(0), k.seq.eq(0)]
+                k.error(P.ErrorCode.DISCARDED, k.disc, 0)
+        recsize = Mux(k.cmd == P.Cmd.EVENTS, self.layout.event_bytes, self.layout.write_record)
         frame_states = ("CMD", "SEQ", "LEN_LO", "LEN_HI", "PAYLOAD", "CRC_LO", "CRC_HI")
-        with m.FSM(name="bridge") as fsm:
-            with m.State("HUNT"):
-                with m.If(got):
-                    with m.If(byte == P.SYNC):
-                        m.d.comb += consumed.eq(1)
-                        m.d.sync += [crc.eq(0xFFFF), cmd.eq(0), seq.eq(0), nbytes.eq(1)]
-                        m.next = "CMD"
-                with m.Elif((disc != 0) & (timer == self._timeout)):
-                    m.d.comb += disc_clr.eq(1)
-                    m.d.sync += [cmd.eq(0), seq.eq(0)]
-                    error(P.ErrorCode.DISCARDED, disc, 0)
-            for name in frame_states:
-                with m.State(name):
-                    with m.If(got):
-                        if name != "CRC_LO" and name != "CRC_HI":
-                            take()
-                        else:
-                            m.d.comb += consumed.eq(1)
-                            m.d.sync += [timer.eq(0), nbytes.eq(nbytes + 1)]
-                        if name == "CMD":
-                            m.d.sync += cmd.eq(byte)
-                            m.next = "SEQ"
-                        elif name == "SEQ":
-                            m.d.sync += seq.eq(byte)
-                            m.next = "LEN_LO"
-                        elif name == "LEN_LO":
-                            m.d.sync += length[:8].eq(byte)
-                            m.next = "LEN_HI"
-                        elif name == "LEN_HI":
-                            n = Cat(length[:8], byte)
-                            m.d.sync += [length[8:].eq(byte), idx.eq(0), rmod.eq(0)]
-                            with m.If(n > P.MAX_PAYLOAD):
-                                error(P.ErrorCode.LENGTH, n)
-                            with m.Elif(n == 0):
-                                m.next = "CRC_LO"
-                            with m.Else():
-                                m.next = "PAYLOAD"
-                        elif name == "PAYLOAD":
-                            m.d.comb += wr.en.eq(1)
-                            m.d.sync += [idx.eq(idx + 1),
-                                         rmod.eq(Mux(rmod == recsize - 1, 0, rmod + 1))]
-                            with m.If(idx + 1 == length):
-                                m.next = "CRC_LO"
-                        elif name == "CRC_LO":
-                            m.d.sync += crc_lo.eq(byte)
-                            m.next = "CRC_HI"
-                        else:
-                            with m.If(Cat(crc_lo, byte) == crc):
-                                m.next = "CHECK"
-                            with m.Else():
-                                error(P.ErrorCode.CRC)
-                    with m.Elif(timer == self._timeout):
-                        error(P.ErrorCode.TIMEOUT, nbytes)
-            with m.State("CHECK"):
-                m.d.sync += [idx.eq(0), rcnt.eq(0), stall.eq(0), beats.eq(0)]
-                empty = length == 0
-                with m.Switch(cmd):
-                    for c, src, n in ((P.Cmd.PING, SRC_INFO, P.INFO.size),
-                                      (P.Cmd.START, SRC_NONE, 0),
-                                      (P.Cmd.RESULT, SRC_RESULT, lay.result_bytes),
-                                      (P.Cmd.PERF, SRC_PERF, lay.perf_bytes)):
-                        with m.Case(c):
-                            with m.If(empty):
-                                if c == P.Cmd.START:
-                                    m.d.sync += [start.eq(1), self.active.eq(0)]
-                                reply(c | P.REPLY, src, n)
-                            with m.Else():
-                                error(P.ErrorCode.LENGTH, length)
-                    with m.Case(P.Cmd.WRITE, P.Cmd.EVENTS):
-                        with m.If(~empty & (rmod == 0)):
-                            m.next = "FETCH"
+        for name in frame_states:
+            with m.State(name):
+                with m.If(k.got):
+                    if name in ("CRC_LO", "CRC_HI"):  # not part of the checksum
+                        m.d.comb += k.consumed.eq(1)
+                        m.d.sync += [k.timer.eq(0), k.nbytes.eq(k.nbytes + 1)]
+                    else:
+                        k.take()
+                    if name == "CMD":
+                        m.d.sync += k.cmd.eq(byte)
+                        m.next = "SEQ"
+                    elif name == "SEQ":
+                        m.d.sync += k.seq.eq(byte)
+                        m.next = "LEN_LO"
+                    elif name == "LEN_LO":
+                        m.d.sync += k.length[:8].eq(byte)
+                        m.next = "LEN_HI"
+                    elif name == "LEN_HI":
+                        n = Cat(k.length[:8], byte)
+                        m.d.sync += [k.length[8:].eq(byte), k.idx.eq(0), k.rmod.eq(0)]
+                        with m.If(n > P.MAX_PAYLOAD):
+                            k.error(P.ErrorCode.LENGTH, n)
+                        with m.Elif(n == 0):
+                            m.next = "CRC_LO"
                         with m.Else():
-                            error(P.ErrorCode.LENGTH, length)
-                    with m.Default():
-                        error(P.ErrorCode.UNKNOWN)
-            with m.State("FETCH"):  # rd.addr = idx; the byte is there next cycle
-                m.next = "SHIFT"
-            with m.State("SHIFT"):
-                m.d.sync += [recbuf.eq(Cat(recbuf[8:], rd.data)), idx.eq(idx + 1)]
-                with m.If(rcnt == recsize - 1):
-                    m.d.sync += rcnt.eq(0)
-                    m.next = "ISSUE"
-                with m.Else():
-                    m.d.sync += rcnt.eq(rcnt + 1)
-                    m.next = "FETCH"
-            with m.State("ISSUE"):
-                is_ev = cmd == P.Cmd.EVENTS
-                m.d.comb += [self.mem_write.valid.eq(~is_ev), self.events.valid.eq(is_ev)]
-                taken = Mux(is_ev, self.events.ready, self.mem_write.ready)
-                with m.If(taken):
-                    m.d.sync += stall.eq(0)
-                    with m.If(is_ev):
-                        m.d.sync += [beats.eq(beats + 1), self.active.eq(1)]
-                    with m.If(idx == length):
-                        reply(cmd | P.REPLY, SRC_NONE, 0)
-                    with m.Else():
-                        m.next = "FETCH"
-                with m.Elif(stall == self._stall):
-                    error(P.ErrorCode.STALL, beats)
-                with m.Else():
-                    m.d.sync += stall.eq(stall + 1)
+                            m.next = "PAYLOAD"
+                    elif name == "PAYLOAD":
+                        m.d.comb += wr.en.eq(1)
+                        m.d.sync += [k.idx.eq(k.idx + 1),
+                                     k.rmod.eq(Mux(k.rmod == recsize - 1, 0, k.rmod + 1))]
+                        with m.If(k.idx + 1 == k.length):
+                            m.next = "CRC_LO"
+                    elif name == "CRC_LO":
+                        m.d.sync += k.crc_lo.eq(byte)
+                        m.next = "CRC_HI"
+                    else:
+                        with m.If(Cat(k.crc_lo, byte) == k.rx_crc.crc):
+                            m.next = "CHECK"
+                        with m.Else():
+                            k.error(P.ErrorCode.CRC)
+                with m.Elif(k.timer == self._timeout):
+                    k.error(P.ErrorCode.TIMEOUT, k.nbytes)
 
-            with m.State("TX_HDR"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(hdr[ridx])]
-                with m.If(utx.i.ready):
-                    with m.If(ridx != 0):
-                        m.d.sync += tcrc.eq(crc16_byte(tcrc, hdr[ridx]))
-                    m.d.sync += ridx.eq(ridx + 1)
-                    with m.If(ridx == 4):
-                        with m.If(r_len == 0):
-                            m.next = "TX_CRC0"
+    def _execute(self, m, k: _Link, buf) -> None:
+        """CHECK the request's length for its command, then reply (PING, START,
+        RESULT, PERF) or FETCH / SHIFT each record out of the buffer and ISSUE
+        it to the engine (WRITE, EVENTS, with the stall watchdog)."""
+        _, rd = buf
+        lay = self.layout
+        recsize = Mux(k.cmd == P.Cmd.EVENTS, lay.event_bytes, lay.write_record)
+        with m.State("CHECK"):
+            m.d.sync += [k.idx.eq(0), k.rcnt.eq(0), k.stall.eq(0), k.beats.eq(0)]
+            empty = k.length == 0
+            with m.Switch(k.cmd):
+                for c, src, n in ((P.Cmd.PING, Source.INFO, P.INFO.size),
+                                  (P.Cmd.START, Source.NONE, 0),
+                                  (P.Cmd.RESULT, Source.RESULT, lay.result_bytes),
+                                  (P.Cmd.PERF, Source.PERF, lay.perf_bytes)):
+                    with m.Case(c):
+                        with m.If(empty):
+                            if c == P.Cmd.START:
+                                m.d.sync += [self.start.eq(1), self.active.eq(0)]
+                            k.reply(c | P.REPLY, src, n)
                         with m.Else():
-                            m.next = "TX_PAY"
-            with m.State("TX_PAY"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(pay)]
-                with m.If(utx.i.ready):
-                    m.d.sync += [tcrc.eq(crc16_byte(tcrc, pay)), pidx.eq(pidx + 1)]
-                    with m.If(pidx + 1 == r_len):
+                            k.error(P.ErrorCode.LENGTH, k.length)
+                with m.Case(P.Cmd.WRITE, P.Cmd.EVENTS):
+                    with m.If(~empty & (k.rmod == 0)):
+                        m.next = "FETCH"
+                    with m.Else():
+                        k.error(P.ErrorCode.LENGTH, k.length)
+                with m.Default():
+                    k.error(P.ErrorCode.UNKNOWN)
+        with m.State("FETCH"):  # rd.addr = idx; the byte is there next cycle
+            m.next = "SHIFT"
+        with m.State("SHIFT"):
+            m.d.sync += [k.recbuf.eq(Cat(k.recbuf[8:], rd.data)), k.idx.eq(k.idx + 1)]
+            with m.If(k.rcnt == recsize - 1):
+                m.d.sync += k.rcnt.eq(0)
+                m.next = "ISSUE"
+            with m.Else():
+                m.d.sync += k.rcnt.eq(k.rcnt + 1)
+                m.next = "FETCH"
+        with m.State("ISSUE"):
+            is_ev = k.cmd == P.Cmd.EVENTS
+            m.d.comb += [self.mem_write.valid.eq(~is_ev), self.events.valid.eq(is_ev)]
+            taken = Mux(is_ev, self.events.ready, self.mem_write.ready)
+            with m.If(taken):
+                m.d.sync += k.stall.eq(0)
+                with m.If(is_ev):
+                    m.d.sync += [k.beats.eq(k.beats + 1), self.active.eq(1)]
+                with m.If(k.idx == k.length):
+                    k.reply(k.cmd | P.REPLY, Source.NONE, 0)
+                with m.Else():
+                    m.next = "FETCH"
+            with m.Elif(k.stall == self._stall):
+                k.error(P.ErrorCode.STALL, k.beats)
+            with m.Else():
+                m.d.sync += k.stall.eq(k.stall + 1)
+
+    def _transmit(self, m, k: _Link, hdr, pay) -> None:
+        """The reply: header (``SYNC`` not in the checksum), payload, CRC."""
+        utx, tx_crc = k.utx, k.tx_crc
+        with m.State("TX_HDR"):
+            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(hdr[k.ridx]),
+                         tx_crc.data.eq(hdr[k.ridx])]
+            with m.If(utx.i.ready):
+                m.d.comb += tx_crc.valid.eq(k.ridx != 0)
+                m.d.sync += k.ridx.eq(k.ridx + 1)
+                with m.If(k.ridx == 4):
+                    with m.If(k.r_len == 0):
                         m.next = "TX_CRC0"
-            with m.State("TX_CRC0"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(tcrc[:8])]
-                with m.If(utx.i.ready):
-                    m.next = "TX_CRC1"
-            with m.State("TX_CRC1"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(tcrc[8:])]
-                with m.If(utx.i.ready):
-                    m.next = "HUNT"
-        self._fsm = fsm
-        return m
+                    with m.Else():
+                        m.next = "TX_PAY"
+        with m.State("TX_PAY"):
+            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(pay), tx_crc.data.eq(pay)]
+            with m.If(utx.i.ready):
+                m.d.comb += tx_crc.valid.eq(1)
+                m.d.sync += k.pidx.eq(k.pidx + 1)
+                with m.If(k.pidx + 1 == k.r_len):
+                    m.next = "TX_CRC0"
+        with m.State("TX_CRC0"):
+            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(tx_crc.crc[:8])]
+            with m.If(utx.i.ready):
+                m.next = "TX_CRC1"
+        with m.State("TX_CRC1"):
+            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(tx_crc.crc[8:])]
+            with m.If(utx.i.ready):
+                m.next = "HUNT"
 
 
 def bits(n: int) -> int:

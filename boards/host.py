@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikeforge.errors import SpikeforgeError
+from spikeforge.layouts import byte_size, from_bytes, to_bytes
 
 from . import protocol as P
 from .protocol import BoardError, BoardInfo, Cmd, ErrorCode, FrameError, ProtocolError, Result
@@ -356,13 +357,12 @@ class Board:
     def write_memory(self, select: int, words: list[int], addr: int = 0) -> None:
         """Write ``words`` into memory ``select`` from word ``addr`` on."""
         info = self._need_info()
-        a, d = info.addr_bytes, info.data_bytes
-        rec = 1 + a + d
-        per = P.MAX_PAYLOAD // rec
+        lay = P.write_layout(info.addr_bytes, info.data_bytes)
+        per = P.MAX_PAYLOAD // byte_size(lay)
         for s in range(0, len(words), per):
             chunk = words[s:s + per]
-            payload = b"".join(bytes([select]) + (addr + s + i).to_bytes(a, "little")
-                               + w.to_bytes(d, "little") for i, w in enumerate(chunk))
+            payload = b"".join(to_bytes(lay, {"select": select, "addr": addr + s + i, "data": w})
+                               for i, w in enumerate(chunk))
             self.request(Cmd.WRITE, payload)
 
     def load(self, net, lanes=None) -> int:
@@ -392,14 +392,12 @@ class Board:
 
     def perf(self) -> list[dict]:
         """Per-layer performance counters of the last inference."""
-        from spikeforge.hw.layer import PERF_FIELDS
         info = self._need_info()
+        lay = P.perf_layout(info.layers)
         raw = self.request(Cmd.PERF)
-        n = len(PERF_FIELDS)
-        if len(raw) != info.layers * n * 4:
-            raise FrameError(f"PERF reply of {len(raw)} bytes, expected {info.layers * n * 4}")
-        vals = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
-        return [dict(zip(PERF_FIELDS, vals[l * n:(l + 1) * n])) for l in range(info.layers)]
+        if len(raw) != byte_size(lay):
+            raise FrameError(f"PERF reply of {len(raw)} bytes, expected {byte_size(lay)}")
+        return from_bytes(lay, raw)
 
     def beats(self, frames) -> list[int]:
         """The packed event beats of one sample (uint8 ``[F, C, H, W]``)."""

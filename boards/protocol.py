@@ -13,8 +13,8 @@ offset    size    field
 3         2       ``LEN``: payload bytes, ``0 .. MAX_PAYLOAD`` (1024)
 5         LEN     payload
 5+LEN     2       CRC-16/CCITT-FALSE (poly ``0x1021``, init ``0xFFFF``, no
-                  reflection, no final XOR) of bytes ``1 .. 5+LEN`` (CMD to the
-                  end of the payload)
+                  reflection, no final XOR; :data:`CRC_ALGORITHM`) of bytes
+                  ``1 .. 5+LEN`` (CMD to the end of the payload)
 ========  ======  ============================================================
 
 Requests (host to board) and their replies:
@@ -23,12 +23,11 @@ Requests (host to board) and their replies:
 command    CMD    request payload                             reply payload
 =========  =====  ==========================================  ====================
 PING       0x01   none                                        :class:`BoardInfo`
-WRITE      0x02   records ``select u8, addr (A), data (D)``   none
+WRITE      0x02   :func:`write_layout` records                none
 EVENTS     0x03   records of ``E`` bytes: event beats         none
 START      0x04   none                                        none
-RESULT     0x05   none                                        :class:`Result`
-PERF       0x06   none                                        per layer, the
-                                                              6 counters u32
+RESULT     0x05   none                                        :func:`result_layout`
+PERF       0x06   none                                        :func:`perf_layout`
 =========  =====  ==========================================  ====================
 
 * WRITE: each record is one beat of the engine's ``mem_write`` port: memory
@@ -44,6 +43,11 @@ PERF       0x06   none                                        per layer, the
 * RESULT: ``status u8`` (bit 0 ``done``, bit 1 ``clearing``), ``prediction
   u8``, ``cycles u32`` and the output spike counts (``classes * voting``
   values of ``C`` bytes each).  It does not wait: the host polls until ``done``.
+* PERF: each layer's counters (:data:`~spikeforge.hw.layer.PERF_LAYOUT`, u32 each).
+
+Payload words are :mod:`amaranth.lib.data` layouts (:func:`write_layout`,
+:func:`result_layout`, :func:`perf_layout`, :data:`ERROR_LAYOUT`) that the
+bridge's gateware and this host side both use (:mod:`spikeforge.layouts`).
 * ``A``, ``D``, ``E``, ``C`` and the engine's shape are in the PING reply.
 
 The board executes a request only after its checksum has been checked: a
@@ -83,17 +87,25 @@ side (:class:`Parser`) uses the same receiver rules, and raises
 
 from __future__ import annotations
 
+import binascii
 import struct
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from amaranth import unsigned
+from amaranth.lib import data
+from amaranth.lib.crc import catalog
+
 from spikeforge.errors import SpikeforgeError
+from spikeforge.layouts import byte_size, from_bytes, to_bytes
 
 __all__ = ["SYNC", "VERSION", "MAX_PAYLOAD", "HEADER_BYTES", "CRC_BYTES", "REPLY", "ERROR",
            "Cmd", "ErrorCode", "ProtocolError", "FrameError", "BoardError", "Frame", "crc16",
            "encode", "decode", "Parser", "BoardInfo", "Result", "design_id", "link_layout",
-           "LinkLayout", "pack_records", "error_payload", "parse_error", "check_request"]
+           "LinkLayout", "pack_records", "error_payload", "parse_error", "check_request",
+           "CRC_ALGORITHM", "ERROR_LAYOUT", "STATUS_LAYOUT", "write_layout", "result_layout",
+           "perf_layout"]
 
 SYNC = 0xA5
 VERSION = 2  # 2: 16-bit data_bytes, 1024-byte payloads (word-event weight memories)
@@ -102,7 +114,35 @@ HEADER_BYTES = 5
 CRC_BYTES = 2
 REPLY = 0x80
 ERROR = 0xFF
-PERF_COUNTERS = 6
+#: The frame checksum, for the gateware (``amaranth.lib.crc``); the host
+#: computes the same with :func:`binascii.crc_hqx` (:func:`crc16`).
+CRC_ALGORITHM = catalog.CRC16_CCITT_FALSE
+
+#: Payload of an error frame.
+ERROR_LAYOUT = data.StructLayout({"code": unsigned(8), "cmd": unsigned(8), "detail": unsigned(16)})
+
+#: The status byte of the RESULT reply.
+STATUS_LAYOUT = data.StructLayout({"done": unsigned(1), "clearing": unsigned(1),
+                                   "reserved": unsigned(6)})
+
+
+def write_layout(addr_bytes: int, data_bytes: int) -> data.StructLayout:
+    """One WRITE record: memory ``select``, word ``addr``, ``data``."""
+    return data.StructLayout({"select": unsigned(8), "addr": unsigned(8 * addr_bytes),
+                              "data": unsigned(8 * data_bytes)})
+
+
+def result_layout(n_out: int, count_bytes: int) -> data.StructLayout:
+    """The RESULT reply: status, prediction, cycles, ``n_out`` output counts."""
+    return data.StructLayout({"status": STATUS_LAYOUT, "prediction": unsigned(8),
+                              "cycles": unsigned(32),
+                              "counts": data.ArrayLayout(unsigned(8 * count_bytes), n_out)})
+
+
+def perf_layout(layers: int) -> data.ArrayLayout:
+    """The PERF reply: each layer's performance counters, the engine's ``perf`` port."""
+    from spikeforge.hw.layer import PERF_LAYOUT
+    return data.ArrayLayout(PERF_LAYOUT, layers)
 
 
 class Cmd(IntEnum):
@@ -164,14 +204,10 @@ class BoardError(ProtocolError):
 # --------------------------------------------------------------------------- framing
 
 
-def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE (``crc16(b"123456789") == 0x29B1``)."""
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
+def crc16(data: bytes, crc: int = CRC_ALGORITHM.initial_crc) -> int:
+    """CRC-16/CCITT-FALSE (:data:`CRC_ALGORITHM`; ``crc16(b"123456789") == 0x29B1``),
+    continuing from ``crc``."""
+    return binascii.crc_hqx(data, crc)
 
 
 @dataclass(frozen=True)
@@ -289,7 +325,8 @@ def check_request(frame: Frame, info: "BoardInfo") -> tuple[ErrorCode, int] | No
         return ErrorCode.UNKNOWN, 0
     n = len(frame.payload)
     if cmd in (Cmd.WRITE, Cmd.EVENTS):
-        rec = 1 + info.addr_bytes + info.data_bytes if cmd is Cmd.WRITE else info.event_bytes
+        rec = (byte_size(write_layout(info.addr_bytes, info.data_bytes)) if cmd is Cmd.WRITE
+               else info.event_bytes)
         ok = n > 0 and n % rec == 0
     else:
         ok = n == 0
@@ -297,16 +334,16 @@ def check_request(frame: Frame, info: "BoardInfo") -> tuple[ErrorCode, int] | No
 
 
 def error_payload(code: int, cmd: int = 0, detail: int = 0) -> bytes:
-    return struct.pack("<BBH", code, cmd, min(detail, 0xFFFF))
+    return to_bytes(ERROR_LAYOUT, {"code": code, "cmd": cmd, "detail": min(detail, 0xFFFF)})
 
 
 def parse_error(frame: Frame) -> BoardError:
     """The :class:`BoardError` of an error frame."""
-    if frame.cmd != ERROR or len(frame.payload) != 4:
+    if frame.cmd != ERROR or len(frame.payload) != byte_size(ERROR_LAYOUT):
         raise FrameError(f"not an error frame: command 0x{frame.cmd:02x}, "
                          f"{len(frame.payload)} payload bytes")
-    code, cmd, detail = struct.unpack("<BBH", frame.payload)
-    return BoardError(code, cmd, detail, frame.seq)
+    e = from_bytes(ERROR_LAYOUT, frame.payload)
+    return BoardError(e["code"], e["cmd"], e["detail"], frame.seq)
 
 
 # --------------------------------------------------------------------------- payloads
@@ -331,7 +368,7 @@ class LinkLayout:
 
     @property
     def write_record(self) -> int:
-        return 1 + self.addr_bytes + self.data_bytes
+        return byte_size(write_layout(self.addr_bytes, self.data_bytes))
 
     @property
     def writes_per_frame(self) -> int:
@@ -343,33 +380,35 @@ class LinkLayout:
 
     @property
     def result_bytes(self) -> int:
-        return 6 + self.n_out * self.count_bytes
+        return byte_size(result_layout(self.n_out, self.count_bytes))
 
     @property
     def perf_bytes(self) -> int:
-        return self.layers * PERF_COUNTERS * 4
+        return byte_size(perf_layout(self.layers))
 
 
 def _nbytes(bits: int) -> int:
     return max(1, -(-bits // 8))
 
 
-def link_layout(top) -> LinkLayout:
-    """The :class:`LinkLayout` of a :class:`~spikeforge.hw.network.NetworkTop`
-    (or anything with its members)."""
-    ml = top.mem_layout
+def link_layout(engine) -> LinkLayout:
+    """The :class:`LinkLayout` of an engine: a
+    :class:`~spikeforge.hw.network.NetworkTop` or its
+    :class:`~spikeforge.hw.network.EngineGeometry`."""
+    g = getattr(engine, "geometry", engine)
+    ml = g.mem_layout
     sel = ml["select"].shape.width
     addr = ml["addr"].shape.width
-    data = ml["data"].shape.width
-    cw = len(top.counts[0])
-    pw = top.fmt.width
-    spec = top.net.spec
+    dbits = ml["data"].shape.width
+    cw = g.counts_layout.elem_shape.width
+    pw = g.fmt.width
+    spec = g.net.spec
     if sel > 8:
         raise ProtocolError(f"{sel} select bits do not fit the one-byte select field")
-    if len(top.prediction) > 8:
+    if g.prediction_bits > 8:
         raise ProtocolError(f"{spec.classes} classes do not fit the one-byte prediction field")
-    return LinkLayout(len(spec.layers), spec.classes, top.n_out, _nbytes(cw), _nbytes(pw),
-                      _nbytes(addr), _nbytes(data), sel, addr, data, cw, len(top.prediction))
+    return LinkLayout(len(spec.layers), spec.classes, g.n_out, _nbytes(cw), _nbytes(pw),
+                      _nbytes(addr), _nbytes(dbits), sel, addr, dbits, cw, g.prediction_bits)
 
 
 def design_id(net, lanes) -> int:
@@ -431,13 +470,12 @@ class Result:
 
     @classmethod
     def unpack(cls, payload: bytes, n_out: int, count_bytes: int) -> "Result":
-        want = 6 + n_out * count_bytes
-        if len(payload) != want:
-            raise FrameError(f"RESULT reply of {len(payload)} bytes, expected {want}")
-        status, pred, cycles = struct.unpack_from("<BBI", payload)
-        counts = [int.from_bytes(payload[6 + i * count_bytes:6 + (i + 1) * count_bytes],
-                                 "little") for i in range(n_out)]
-        return cls(bool(status & 1), bool(status & 2), pred, cycles, counts)
+        lay = result_layout(n_out, count_bytes)
+        if len(payload) != byte_size(lay):
+            raise FrameError(f"RESULT reply of {len(payload)} bytes, expected {byte_size(lay)}")
+        r = from_bytes(lay, payload)
+        return cls(bool(r["status"]["done"]), bool(r["status"]["clearing"]), r["prediction"],
+                   r["cycles"], r["counts"])
 
 
 def pack_records(values: list[int], nbytes: int) -> list[bytes]:

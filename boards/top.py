@@ -24,13 +24,13 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from spikeforge.hw.network import NetworkTop
+from spikeforge.hw.network import NetworkTop, engine_geometry
 
 from . import protocol
 from .bridge import HostBridge
 from .uart import divisor_for
 
-__all__ = ["BoardTop", "LinkConfig"]
+__all__ = ["BoardTop", "LinkConfig", "board_info"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,19 @@ class LinkConfig:
         return d, t, s
 
 
+def board_info(net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig()
+               ) -> protocol.BoardInfo:
+    """The PING reply of the :class:`BoardTop` that would be built for ``net``
+    with ``lanes`` at ``clock_hz``, computed without building it."""
+    g = engine_geometry(net, lanes)
+    lay = protocol.link_layout(g)
+    _, timeout, _ = link.cycles(clock_hz)
+    return protocol.BoardInfo(protocol.VERSION, lay.layers, lay.classes, lay.n_out,
+                              lay.count_bytes, lay.event_bytes, lay.addr_bytes, lay.data_bytes,
+                              protocol.MAX_PAYLOAD, int(clock_hz), timeout,
+                              protocol.design_id(net, g.lanes))
+
+
 class BoardTop(wiring.Component):
     """Engine, host bridge and LEDs for one network (module docstring).
 
@@ -71,8 +84,10 @@ class BoardTop(wiring.Component):
     clock_hz : float
         The clock of the ``sync`` domain.
     link : LinkConfig
-    device : str, optional
-        Block-RAM fit check of the engine (:func:`spikeforge.hw.fit.check_fit`).
+
+    A network that may not fit a device's block RAM is checked with
+    :func:`spikeforge.hw.fit.check_fit` before its top is built;
+    :func:`board_info` gives the PING reply without building one.
 
     Members
     -------
@@ -82,27 +97,20 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
-                 device: str | None = None, fifo_depth: int = 8):
-        self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, device=device)
+                 fifo_depth: int = 8):
+        self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth)
         self.clock_hz = int(clock_hz)
         self.link = link
         div, timeout, stall = link.cycles(clock_hz)
         self.divisor = div
         self.bridge = HostBridge(self.engine, divisor=div, clock_hz=self.clock_hz,
                                  timeout_cycles=timeout, stall_cycles=stall,
-                                 design_id=protocol.design_id(net, self.engine.lanes))
+                                 design_id=protocol.design_id(net, list(self.engine.lanes)))
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8)})
 
     @property
     def info(self) -> protocol.BoardInfo:
         return self.bridge.info
-
-    def unused(self) -> "BoardTop":
-        """Mark this top (and its parts) as knowingly not elaborated: no
-        UnusedElaboratable warning when it was built only for its widths."""
-        for obj in (self, self.engine, self.bridge, *self.engine.cores):
-            obj._MustUse__silence = True
-        return self
 
     def elaborate(self, platform):
         m = Module()

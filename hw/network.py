@@ -34,7 +34,7 @@ from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
 from .streams import EventFIFO, EventFormat, bits_for, mem_write_layout
 
-__all__ = ["NetworkTop", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
+__all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
            "lane_counts", "layer_input_shapes"]
 
 
@@ -84,6 +84,66 @@ def layer_input_shapes(spec) -> list[tuple[int, int, int]]:
     return shapes
 
 
+@dataclass(frozen=True)
+class EngineGeometry:
+    """The port shapes of the :class:`NetworkTop` of ``net`` with lanes
+    ``lanes``, computed without building any hardware: what the host link
+    (:func:`spikeforge.boards.protocol.link_layout`) and a board's PING reply
+    need.  :func:`engine_geometry` makes one; a :class:`NetworkTop` holds its
+    own as ``geometry``."""
+
+    net: object
+    lanes: tuple[int, ...]
+    fmt: EventFormat
+    params: tuple[CoreParams, ...]
+    mem_layout: data.StructLayout
+    n_out: int          # classes * voting output neurons
+    max_count: int      # the largest value of one output count
+
+    @property
+    def stcb(self) -> bool:
+        return self.net.layers[0].stcb
+
+    @property
+    def counts_layout(self) -> data.ArrayLayout:
+        return data.ArrayLayout(unsigned(bits_for(self.max_count)), self.n_out)
+
+    @property
+    def scores_layout(self) -> data.ArrayLayout:
+        spec = self.net.spec
+        return data.ArrayLayout(unsigned(bits_for(self.max_count * spec.voting)), spec.classes)
+
+    @property
+    def prediction_bits(self) -> int:
+        return bits_for(self.net.spec.classes - 1)
+
+    @property
+    def perf_layout(self) -> data.ArrayLayout:
+        return data.ArrayLayout(PERF_LAYOUT, len(self.params))
+
+
+def core_memory_bits(cp: CoreParams) -> tuple[int, int]:
+    """``(addr_bits, data_bits)`` of the memory write port of the core with
+    parameters ``cp``: the widths a :class:`~spikeforge.hw.layer.LayerCore`
+    gives itself (:class:`NetworkTop` checks that they agree)."""
+    return bits_for(max(cp.weight_depth, cp.c_out) - 1), max(cp.weight_width, cp.neuron_width)
+
+
+def engine_geometry(net, P=1, faults: dict | None = None) -> EngineGeometry:
+    """The :class:`EngineGeometry` of ``net`` with lanes ``P`` (no hardware built)."""
+    ps = lane_counts(net, P)
+    params = tuple(core_params(net, ps, faults))
+    spec = net.spec
+    stcb = net.layers[0].stcb
+    # an output neuron's count: spikes over T, or an STCB value sum_t s[t] << (T-1-t)
+    T = spec.timesteps
+    widths = [core_memory_bits(cp) for cp in params]
+    mem_layout = mem_write_layout(bits_for(2 * len(params) - 1), max(a for a, _ in widths),
+                                  max(d for _, d in widths))
+    return EngineGeometry(net, tuple(ps), EventFormat.for_network(net), params, mem_layout,
+                          spec.classes * spec.voting, (1 << T) - 1 if stcb else T)
+
+
 class NetworkTop(wiring.Component):
     """The whole engine for one network.
 
@@ -97,9 +157,6 @@ class NetworkTop(wiring.Component):
         Depth of the event FIFOs (input and between layers).
     faults : dict of int to str, optional
         Test-only deliberate faults per layer (see ``params.FAULTS``).
-    device : str, optional
-        Refuse (:class:`~spikeforge.hw.fit.FitError`) a network whose memories
-        do not fit this device's block RAM (:func:`~spikeforge.hw.fit.check_fit`).
 
     Members
     -------
@@ -148,33 +205,26 @@ class NetworkTop(wiring.Component):
         Layer ``n``'s output payload (a spike, or a marker with ``last = 1``).
     """
 
-    def __init__(self, net, P=1, *, fifo_depth: int = 8, faults: dict | None = None,
-                 device: str | None = None):
-        if device is not None:
-            from .fit import check_fit
-            try:
-                check_fit(net, P, device)
-            except Exception:
-                self._MustUse__silence = True  # refused: never to be elaborated
-                raise
+    def __init__(self, net, P=1, *, fifo_depth: int = 8, faults: dict | None = None):
+        self.geometry = g = engine_geometry(net, P, faults)
         self._net = net
-        self.stcb = net.layers[0].stcb
-        self.lanes = ps = lane_counts(net, P)
-        self.fmt = fmt = EventFormat.for_network(net)
-        self.params = core_params(net, ps, faults)
-        T = net.spec.timesteps
+        self.stcb = g.stcb
+        self.lanes = ps = list(g.lanes)
+        self.fmt = fmt = g.fmt
+        self.params = list(g.params)
         mems = memories(net, ps)
         self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1])
                       for i, cp in enumerate(self.params)]
+        for i, core in enumerate(self.cores):
+            if (core.addr_bits, core.data_bits) != core_memory_bits(core.params):
+                raise EngineError(f"layer {i}: the core's memory port is {core.addr_bits} x "
+                                  f"{core.data_bits} bits, core_memory_bits says "
+                                  f"{core_memory_bits(core.params)}")
         self._fifo_depth = fifo_depth
-        spec = net.spec
+        self.n_out = g.n_out
+        self.max_count = g.max_count
+        self.mem_layout = g.mem_layout
         n_layers = len(net.layers)
-        self.n_out = spec.classes * spec.voting
-        # an output neuron's count: spikes over T, or an STCB value sum_t s[t] << (T-1-t)
-        self.max_count = (1 << T) - 1 if self.stcb else T
-        self.mem_layout = mem_write_layout(bits_for(2 * n_layers - 1),
-                                           max(c.addr_bits for c in self.cores),
-                                           max(c.data_bits for c in self.cores))
         super().__init__({
             "start": In(1),
             "clearing": Out(1),
@@ -182,12 +232,11 @@ class NetworkTop(wiring.Component):
             "mem_write": In(stream.Signature(self.mem_layout)),
             "done": Out(1),
             "result_valid": Out(1),
-            "counts": Out(data.ArrayLayout(unsigned(bits_for(self.max_count)), self.n_out)),
-            "scores": Out(data.ArrayLayout(unsigned(bits_for(self.max_count * spec.voting)),
-                                           spec.classes)),
-            "prediction": Out(bits_for(spec.classes - 1)),
+            "counts": Out(g.counts_layout),
+            "scores": Out(g.scores_layout),
+            "prediction": Out(g.prediction_bits),
             "cycles": Out(32),
-            "perf": Out(data.ArrayLayout(PERF_LAYOUT, n_layers)),
+            "perf": Out(g.perf_layout),
             "tap_valid": Out(n_layers),
             "tap": Out(data.ArrayLayout(fmt.layout, n_layers)),
         })

@@ -195,17 +195,12 @@ def _words(sb: SimBuild, frames: torch.Tensor) -> list[int]:
     return words
 
 
-def _field(value: int, offs: list[tuple[int, int]]) -> list[int]:
-    return [(value >> o) & ((1 << w) - 1) for o, w in offs]
-
-
 def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
         max_cycles_per_image: int = 50_000_000) -> SimRun:
     """Play uint8 ``frames`` ``[N, F, C, H, W]`` through the built engine."""
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
-    from spikeforge.hw.layer import PERF_FIELDS
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     words = _words(sb, frames)
@@ -226,31 +221,34 @@ def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
                           hdl_toplevel_lang="verilog", build_dir=sb.build_dir / "obj",
                           test_dir=work, extra_env={"SF_TIMEOUT_NS": str(timeout_ns)},
                           waves=sb.waves, log_file=work / "sim.log")
-    except SystemExit:
-        xml = None
+    except SystemExit as e:  # cocotb's runner exits on a failed test or simulator
+        raise SimError(f"the co-simulation failed or hung (exit status {e.code}); see "
+                       f"{work / 'sim.log'}") from None
     wall = time.perf_counter() - t0
-    if xml is None or get_results(xml)[1]:
+    if get_results(xml)[1]:
         raise SimError(f"the co-simulation failed or hung; see {work / 'sim.log'}")
-    return SimRun(_parse(sb, trace, frames.shape[0], PERF_FIELDS), wall)
+    return SimRun(_parse(sb, trace, frames.shape[0]), wall)
 
 
-def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageResult]:
+def _parse(sb: SimBuild, trace: Path, n_images: int) -> list[ImageResult]:
     """Results in input order.  A layer's beats belong to image ``markers // T``
     of that layer (images may overlap in the pipeline); ``cycles`` is the
     latency from the image's first input beat taken to its result; ``perf``
     the counters' increase over the image (streaming: since the previous
     result)."""
     from spikeforge.hw.network import beat_spikes
-    fmt = sb.top.fmt
+    from spikeforge.hw.layer import PERF_FIELDS, PERF_LAYOUT
+    from spikeforge.layouts import unpack
+    g = sb.top.geometry
+    fmt = g.fmt
     T = sb.net.spec.timesteps
     n_layers = len(sb.net.layers)
-    cw = len(sb.top.counts[0])
-    n_out = len(sb.top.counts)
     spikes = [[[[] for _ in range(T)] for _ in range(n_layers)] for _ in range(n_images)]
     markers = [0] * n_layers
     begun: dict[int, int] = {}
     results: list[ImageResult] = []
-    prev = [dict.fromkeys(perf_fields, 0) for _ in range(n_layers)]
+    prev = [dict.fromkeys(PERF_FIELDS, 0) for _ in range(n_layers)]
+    wrap = {name: 1 << f.width for name, f in PERF_LAYOUT}  # the counters wrap around
     for line in trace.read_text().splitlines():
         parts = line.split()
         if parts[0] == "B":
@@ -269,15 +267,11 @@ def _parse(sb: SimBuild, trace: Path, n_images: int, perf_fields) -> list[ImageR
             i = len(results)
             if i >= n_images:
                 raise SimError(f"the trace holds more than {n_images} results")
-            counts = _field(int(parts[4], 16), [(k * cw, cw) for k in range(n_out)])
-            perf_val = int(parts[5], 16)
+            counts = unpack(g.counts_layout, int(parts[4], 16))
             perf = []
-            for n in range(n_layers):
-                vals = dict(zip(perf_fields, _field(perf_val >> (n * 32 * len(perf_fields)),
-                                                    [(k * 32, 32) for k in
-                                                     range(len(perf_fields))])))
+            for n, vals in enumerate(unpack(g.perf_layout, int(parts[5], 16))):
                 if sb.stream:  # cumulative since start: the increase over this image
-                    vals, prev[n] = {k: (v - prev[n][k]) % (1 << 32) for k, v in vals.items()}, vals
+                    vals, prev[n] = {k: (v - prev[n][k]) % wrap[k] for k, v in vals.items()}, vals
                 perf.append(vals)
             done_at = int(parts[6])
             cycles = done_at - begun[i] if sb.stream and i in begun else int(parts[3])

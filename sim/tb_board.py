@@ -66,6 +66,7 @@ def _scenario(t, case: dict) -> dict:
     from spikeforge import image
     from spikeforge.boards import protocol as P
     from spikeforge.boards.host import Board, infer_images
+    from spikeforge.errors import SpikeforgeError
 
     net, _ = image.read_image(case["image"])
     frames = torch.load(case["frames"])
@@ -103,7 +104,7 @@ def _scenario(t, case: dict) -> dict:
             out["flaky"] = b.t.done
             b.t = t
         out["ok"] = True
-    except Exception as e:  # reported to the pytest side
+    except SpikeforgeError as e:  # a link or board failure: reported to the pytest side
         import traceback
         out["failure"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
     return _finish(out, b, t, t0)
@@ -242,7 +243,7 @@ def _digest() -> str:
 @dataclasses.dataclass
 class BoardSim:
     build_dir: Path
-    top: object
+    info: object          # the board's PING reply (protocol.BoardInfo)
     net: object
     lanes: list[int]
     bit_ns: int
@@ -257,7 +258,8 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
     from amaranth.back import verilog
 
     from spikeforge import image, toolchain
-    from spikeforge.boards.top import BoardTop, LinkConfig
+    from spikeforge.boards.top import BoardTop, LinkConfig, board_info
+    from spikeforge.hw.network import lane_counts
     from spikeforge.sim import runner
     from spikeforge.sw.golden import IntNetwork
     toolchain.setup()
@@ -269,18 +271,20 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
     blank = IntNetwork(net.spec, tuple(dataclasses.replace(
         il, weight=torch.zeros_like(il.weight), bias=torch.zeros_like(il.bias),
         theta=torch.ones_like(il.theta), shift=torch.zeros_like(il.shift)) for il in net.layers))
-    top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link)
-    key = hashlib.sha256(image.dumps(blank) + repr((top.engine.lanes, divisor, timeout_cycles,
+    lanes = lane_counts(blank, lanes)
+    key = hashlib.sha256(image.dumps(blank) + repr((lanes, divisor, timeout_cycles,
                                                     stall_cycles, _digest())).encode()
                          ).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
-    built = runner.verilator_build(bdir, WRAP_TOP, lambda: {
-        DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)})
-    if not built:
-        top.unused()
-    return BoardSim(bdir, top, net, top.engine.lanes, divisor * CLOCK_NS,
-                    time.perf_counter() - t0)
+
+    def sources():  # the top is built only when the model is (not for a cached one)
+        top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link)
+        return {DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)}
+
+    runner.verilator_build(bdir, WRAP_TOP, sources)
+    return BoardSim(bdir, board_info(blank, lanes, clock_hz=clock_hz, link=link), net, lanes,
+                    divisor * CLOCK_NS, time.perf_counter() - t0)
 
 
 def run(bs: BoardSim, frames, work: str | Path, scenario: str = "infer", *,
@@ -304,16 +308,24 @@ def run(bs: BoardSim, frames, work: str | Path, scenario: str = "infer", *,
         out.unlink()
     case = {"image": str(work / "net.sfimg"), "frames": str(work / "frames.pt"),
             "lanes": bs.lanes, "bit_ns": bs.bit_ns, "timeout_s": timeout_s,
-            "quiet_s": 2.5 * bs.top.info.timeout_cycles * CLOCK_NS * 1e-9,
+            "quiet_s": 2.5 * bs.info.timeout_cycles * CLOCK_NS * 1e-9,
             "scenario": scenario, "out": str(out)}
     (work / "case.json").write_text(json.dumps(case))
+    exit_status = None
     try:
         get_runner("verilator").test(
             test_module="spikeforge.sim.tb_board", hdl_toplevel=WRAP_TOP,
             hdl_toplevel_lang="verilog", build_dir=bs.build_dir / "obj", test_dir=work,
             extra_env={"SF_BOARD_CASE": str(work / "case.json")}, log_file=work / "sim.log")
-    except SystemExit:
-        pass
+    except SystemExit as e:
+        # cocotb's runner exits (under pytest) when the cocotb test failed; the
+        # scenario's own verdict and failure, if it got that far, are in result.json
+        exit_status = e.code
     if not out.exists():
-        raise SimError(f"the board simulation did not finish; see {work / 'sim.log'}")
-    return json.loads(out.read_text())
+        raise SimError(f"the board simulation did not finish (exit status {exit_status}); "
+                       f"see {work / 'sim.log'}")
+    res = json.loads(out.read_text())
+    if exit_status is not None and res.get("ok"):
+        raise SimError(f"the board simulation exited with status {exit_status} after the "
+                       f"scenario passed; see {work / 'sim.log'}")
+    return res

@@ -8,7 +8,7 @@ import pytest
 
 from spikeforge.boards import build as B
 from spikeforge.boards import protocol as P
-from spikeforge.boards.top import BoardTop, LinkConfig
+from spikeforge.boards.top import LinkConfig, board_info
 from spikeforge.errors import SpikeforgeError
 from spikeforge.hw.fit import FitError
 
@@ -76,8 +76,7 @@ def test_link_config_divisors():
 
 def test_board_top_info():
     net, lanes = B.default_network("icebreaker")
-    top = BoardTop(net, lanes, clock_hz=12e6).unused()
-    info = top.info
+    info = board_info(net, lanes, clock_hz=12e6)
     assert info.version == P.VERSION and info.clock_hz == 12_000_000
     assert info.design_id == P.design_id(net, [lanes] * len(net.layers))
     assert info.layers == len(net.layers) and info.n_out == net.spec.classes

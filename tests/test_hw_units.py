@@ -643,9 +643,9 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
     assert set(use["per_memory"]) == {mu.name for mu in memory_plan(net, 2)}
     with pytest.raises(FitError, match=r"^unknown device 'x'; known: ecp5-85f"):
         check_fit(net, 1, "x")
-    top = NetworkTop(net, 2, device="ecp5-85f")  # fits: builds
-    for e in [top, *top.cores]:
-        e._MustUse__silence = True  # built only to check that it builds
+    # it fits: its top builds and elaborates
+    from amaranth.hdl import Fragment
+    assert isinstance(Fragment.get(NetworkTop(net, 2), None), Fragment)
     # a convsnn-sized network: 48-channel 3x3 convs on 28x28 and a 2352x128 fc
     from spikeforge.sw.models import build
     from spikeforge.sw.quantize import quantize, QuantConfig
@@ -657,4 +657,4 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
         check_fit(big, 4, "ice40up5k")
     with pytest.raises(FitError, match=r"^network does not fit ecp5-85f: .* L2_weights \(layer 2\) "
                                        r"32 bits x 75264 words = 2408448 bits -> 147 blocks"):
-        NetworkTop(big, [4, 4, 4, 5], device="ecp5-85f")
+        check_fit(big, [4, 4, 4, 5], "ecp5-85f")
