@@ -95,7 +95,7 @@ def _import_peer(name):
                 import spikingjelly as mod
                 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: F401
         return mod
-    except Exception as e:  # ImportError, or a broken install
+    except (ImportError, AttributeError, RuntimeError, OSError) as e:  # missing, or a broken install
         print(f"[skip] {name} not usable ({type(e).__name__}: {e}); install it with:\n"
               f"       {INSTALL[name]}")
         return None
@@ -106,10 +106,10 @@ def _version(mod):
         return "not installed"
     v = getattr(mod, "__version__", None)
     if v is None:
+        from importlib.metadata import PackageNotFoundError, version
         try:
-            from importlib.metadata import version
             v = version(mod.__name__)
-        except Exception:
+        except PackageNotFoundError:
             v = "?"
     return v
 

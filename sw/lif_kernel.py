@@ -115,7 +115,12 @@ def load(verbose: bool = False) -> bool:
             torch.ops.load_library(str(path))
             _state["path"] = path
             ok = _self_test()
-        except Exception as e:  # noqa: BLE001 -- any failure means: use the PyTorch path
+        except (RuntimeError, OSError, ImportError, AttributeError) as e:
+            # any of these means: use the PyTorch path.  RuntimeError: disabled,
+            # no compiler, the build or the self-test failed, torch refused the
+            # library; OSError: the cache folder or the compiler could not be
+            # used, or the library not loaded; ImportError: torch's C++ extension
+            # helpers missing; AttributeError: the library loaded without its ops
             warnings.warn(f"spikeforge: fused LIF kernel unavailable, using the PyTorch path "
                           f"({type(e).__name__}: {str(e).strip()[:500]})", RuntimeWarning,
                           stacklevel=3)
