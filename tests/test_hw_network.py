@@ -32,6 +32,17 @@ def check(net, x, P, *, seed=0, idle=0.1, faults=None):
     return ref, res, first_mismatch(net, ref.spikes, res.spikes)
 
 
+def layer_spikes(net, ref) -> list[int]:
+    """The golden model's spike count of each layer (all steps, sample 0)."""
+    return [int(golden.unpack(s[:, :1], l.out_features).sum())
+            for s, l in zip(ref.spikes, net.spec.layers)]
+
+
+def assert_spikes(net, ref):
+    """A comparison of silent layers proves nothing: the network must spike."""
+    assert sum(layer_spikes(net, ref)) > 0, "the golden model never spiked: a vacuous case"
+
+
 def assert_readout(net, ref, res):
     assert res.scores == ref.scores[0].tolist()
     assert res.prediction == int(ref.classes[0])
@@ -62,6 +73,7 @@ def test_random_network_matches_golden(seed, P):
     net = random_network(seed, size=(6, 8), channels=(2, 5))
     x = random_frames(net, seed)
     ref, res, mm = check(net, x, P, seed=seed)
+    assert_spikes(net, ref)
     assert mm is None, f"first mismatch {mm}"
     assert_readout(net, ref, res)
     assert_perf(net, P, res, sum(not e.last for e in input_events(net, x[0])))
@@ -76,6 +88,7 @@ def test_random_network_matches_golden_larger(seed, P):
     net = random_network(seed, size=(6, 10), channels=(2, 8))
     x = random_frames(net, seed)
     ref, res, mm = check(net, x, P, seed=seed, idle=0.0)
+    assert_spikes(net, ref)
     assert mm is None, f"first mismatch {mm}"
     assert_readout(net, ref, res)
 
@@ -112,6 +125,7 @@ def test_random_stcb_network_matches_golden(seed, P):
     net = random_stcb_network(seed)
     x = random_frames(net, seed)[:, :1]
     ref, res, mm = check(net, x, P, seed=seed)
+    assert_spikes(net, ref)
     assert mm is None, f"first mismatch {mm}"
     assert_readout_stcb(ref, res)
 
@@ -127,6 +141,7 @@ def test_random_stcb_network_matches_golden_larger(seed):
     net = random_stcb_network(seed, size=(6, 10), channels=(2, 8))
     x = random_frames(net, seed)[:, :1]
     ref, res, mm = check(net, x, 1 + seed % 4, seed=seed, idle=0.0)
+    assert_spikes(net, ref)
     assert mm is None, f"first mismatch {mm}"
     assert_readout_stcb(ref, res)
 
@@ -250,3 +265,23 @@ def test_random_suite_covers_the_space():
     assert seen["P"] == {1, 2, 3, 4} and seen["bits"] == {1, 2, 3, 4}
     assert seen["T"] == {2, 3, 4, 5} and seen["encoding"] == {"direct", "bitplane"}
     assert {0, 1, 2} <= seen["padding"] and min(seen["wbits"]) == 2 and max(seen["wbits"]) == 8
+
+
+def test_random_suites_spike_through_to_the_output():
+    """Equal silence is no evidence: the suites' networks, on their inputs,
+    spike in every layer position and, nearly always, at the output."""
+    suites = {
+        "fast": [(random_network(s, size=(6, 8), channels=(2, 5)), s, False) for s, _ in FAST],
+        "stcb": [(random_stcb_network(s), s, True) for s, _ in STCB],
+    }
+    for name, nets in suites.items():
+        per_layer = {}
+        outputs = 0
+        for net, seed, stcb in nets:
+            x = random_frames(net, seed)[:, :1] if stcb else random_frames(net, seed)
+            counts = layer_spikes(net, golden.run(net, x))
+            for i, c in enumerate(counts):
+                per_layer[i] = per_layer.get(i, 0) + (c > 0)
+            outputs += counts[-1] > 0
+        assert all(per_layer.values()), f"{name}: a layer position never spikes: {per_layer}"
+        assert outputs >= 0.8 * len(nets), f"{name}: only {outputs} of {len(nets)} output layers spike"
