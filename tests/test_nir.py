@@ -146,6 +146,7 @@ def test_hand_graph_matches_naive_nir_simulation(leak):
     assert torch.equal(ours, ref)
 
 
+@pytest.mark.slow
 def test_hand_graph_through_files_and_cli(tmp_path, capsys):
     path = tmp_path / "hand.nir"
     nir.write(str(path), hand_graph())
@@ -419,3 +420,28 @@ def test_average_pool_reaches_quantize_as_software_only(tmp_path, capsys):
     capsys.readouterr()
     rec = json.loads((Path(tmp_path / "m") / "import.json").read_text())
     assert any("AvgPool2d read as max" in n for n in rec["notes"])
+
+
+def test_input_scale_is_folded_into_layer_0_only():
+    g = hand_graph()
+    one = nir_io.import_graph(g, ImportOptions(timesteps=2, dt=1e-3, decay_tolerance=0.01))
+    two = nir_io.import_graph(g, ImportOptions(timesteps=2, dt=1e-3, decay_tolerance=0.01,
+                                               input_scale=2.0))
+    assert torch.allclose(two.weights[0][0], 2 * one.weights[0][0])
+    assert torch.equal(two.weights[0][1], one.weights[0][1])
+    assert torch.equal(two.weights[1][0], one.weights[1][0])
+
+
+@pytest.mark.slow
+def test_qat_runs_on_an_imported_model(tmp_path, capsys):
+    path = tmp_path / "hand.nir"
+    nir.write(str(path), hand_graph())
+    run = tmp_path / "run"
+    assert cli.main(["import", str(path), "--out", str(run), "--timesteps", "2", "--dt", "1e-3",
+                     "--dataset", "digits8x8", "--decay-tolerance", "0.01", "-q"]) == 0
+    assert cli.main(["quantize", "-q", str(run)]) == 0
+    plain = (run / "weights.sfimg").read_bytes()
+    assert cli.main(["quantize", "-q", str(run), "--qat-epochs", "1"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["quantization"]["qat_epochs"] == 1
+    assert (run / "weights.sfimg").read_bytes() != plain  # fine-tuning moved the weights
