@@ -1,0 +1,223 @@
+"""From snnTorch (and Norse) to spikeforge's integer golden model through NIR.
+
+    .venv/bin/python benchmarks/bench_nir.py [--framework snntorch|norse] [--steps 400]
+        [--timesteps 8] [--out runs/bench_nir] [--weight-bits 8,4] [--verify N]
+
+Trains a small conv net in the framework itself on mnist5k (conv16 3x3 -
+LIF - max pool 2 - conv32 3x3 - LIF - max pool 2 - fc64 - LIF - fc10 - LIF,
+pixel / 255 fed every step), exports it with the framework's own NIR
+exporter, brings it in with ``spikeforge import``, quantizes it with
+``spikeforge quantize`` and prints, on the 1,000 test images, each model's
+accuracy and its class agreement with the framework's own predictions
+(the class with most output spikes; ties to the lowest index, as both do).
+``--verify N`` also runs ``spikeforge export`` + ``verify`` (RTL under
+Verilator) on N test images and adds the RTL's agreement.
+
+snnTorch 1.0: trained with scalar beta 0.9, threshold 1, reset by
+subtraction; exported from a copy with per-neuron parameter tensors and
+AvgPool2d in place of MaxPool2d (its exporter refuses scalars and
+MaxPool2d), imported with ``--source snntorch --avgpool-as-max``.
+Norse 1.1: LIFBoxCell (tau_mem_inv 100 at dt 1e-3: decay 0.9), threshold
+0.5, reset to zero; ``to_nir`` writes None for MaxPool2d and Flatten, so
+those nodes are filled in as SumPool2d -> Threshold(0) and Flatten before
+the file is written; imported with ``--source norse``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spikeforge import cli, image
+from spikeforge.sw import data as sfdata
+from spikeforge.sw import golden
+from spikeforge.sw.train import load_run
+
+
+def conv_net(pool, neuron):
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), neuron((16, 28, 28)), pool(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), neuron((32, 14, 14)), pool(),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 7 * 7, 64), neuron((64,)),
+        torch.nn.Linear(64, 10), neuron((10,)))
+
+
+# --------------------------------------------------------------------------- snnTorch
+
+
+def snntorch_run(net, x, T):
+    from snntorch import utils
+    utils.reset(net)
+    return sum(net(x) for _ in range(T))
+
+
+def snntorch_model(args, ds, out: Path):
+    import snntorch as snn
+    from snntorch.export_nir import export_to_nir
+    T = args.timesteps
+    torch.manual_seed(args.seed)
+    spike_grad = snn.surrogate.atan()
+    net = conv_net(lambda: torch.nn.MaxPool2d(2), lambda shape: snn.Leaky(
+        beta=0.9, threshold=1.0, init_hidden=True, spike_grad=spike_grad,
+        reset_mechanism="subtract"))
+    train(args, ds, lambda x: snntorch_run(net, x, T), net)
+    # snnTorch 1.0 exports neither MaxPool2d nor scalar beta / threshold: a copy with
+    # the same weights, per-neuron parameters and AvgPool2d standing for the max pool
+    twin = conv_net(lambda: torch.nn.AvgPool2d(2), lambda shape: snn.Leaky(
+        beta=torch.full(shape, 0.9), threshold=torch.ones(shape), init_hidden=True,
+        reset_mechanism="subtract"))
+    for a, b in zip(net, twin):
+        if isinstance(a, (torch.nn.Conv2d, torch.nn.Linear)):
+            b.load_state_dict(a.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = export_to_nir(twin, torch.zeros(1, 1, 28, 28), ignore_dims=[0])
+    path = out / "snntorch.nir"
+    import nir
+    nir.write(str(path), graph)
+    net.eval()
+    return (lambda x: snntorch_run(net, x, T)), path, ["--source", "snntorch",
+                                                       "--avgpool-as-max"]
+
+
+# --------------------------------------------------------------------------- Norse
+
+
+def norse_model(args, ds, out: Path):
+    import nir
+    import norse.torch as norse
+    T = args.timesteps
+    torch.manual_seed(args.seed)
+    p = norse.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0), v_th=torch.tensor(0.5))
+    net = norse.SequentialState(*conv_net(lambda: torch.nn.MaxPool2d(2),
+                                          lambda shape: norse.LIFBoxCell(p)))
+
+    def run(x):
+        state, total = None, 0
+        for _ in range(T):
+            z, state = net(x, state)
+            total = total + z
+        return total
+
+    train(args, ds, run, net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = norse.to_nir(net, torch.zeros(1, 1, 28, 28))
+    # Norse 1.1 writes None for the modules it cannot convert: fill them in
+    shapes = {"2": (16, 28, 28), "5": (32, 14, 14)}
+    for key, node in list(graph.nodes.items()):
+        if node is None and key in shapes:
+            graph.nodes[key] = nir.SumPool2d(kernel_size=np.array([2, 2]),
+                                             stride=np.array([2, 2]), padding=np.array([0, 0]))
+            graph.nodes[key + "t"] = nir.Threshold(threshold=np.array(0.0))
+            succ = [(a, b) for a, b in graph.edges if a == key]
+            graph.edges = [e for e in graph.edges if e not in succ] + [(key, key + "t")] + \
+                [(key + "t", b) for _, b in succ]
+        elif node is None:
+            graph.nodes[key] = nir.Flatten(input_type={"input": np.array([32, 7, 7])},
+                                           start_dim=0)
+    path = out / "norse.nir"
+    nir.write(str(path), graph)
+    return run, path, ["--source", "norse"]
+
+
+# --------------------------------------------------------------------------- common
+
+
+def train(args, ds, run, net) -> None:
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    net.train()
+    for step in range(args.steps):
+        idx = torch.randint(0, len(ds.y_train), (args.batch,), generator=gen)
+        x = ds.x_train[idx][:, 0].float() / 255
+        counts = run(x)
+        loss = F.cross_entropy(counts * (5.0 / args.timesteps), ds.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            print(f"  step {step + 1}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
+    net.eval()
+
+
+@torch.no_grad()
+def predict(run, x, batch=200) -> torch.Tensor:
+    return torch.cat([run(x[i:i + batch][:, 0].float() / 255).argmax(1)
+                      for i in range(0, len(x), batch)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--framework", choices=("snntorch", "norse"), default="snntorch")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--timesteps", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weight-bits", default="8")
+    ap.add_argument("--verify", type=int, default=0, help="test images through the RTL")
+    ap.add_argument("--out", default="runs/bench_nir")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out) / args.framework
+    out.mkdir(parents=True, exist_ok=True)
+    ds = sfdata.load("mnist5k")
+    print(f"training in {args.framework} ({args.steps} steps of {args.batch}, T = "
+          f"{args.timesteps}) ...")
+    t0 = time.perf_counter()
+    make = snntorch_model if args.framework == "snntorch" else norse_model
+    run, path, extra = make(args, ds, out)
+    train_s = time.perf_counter() - t0
+    theirs = predict(run, ds.x_test)
+    y = ds.y_test
+    rows = [(f"{args.framework} (its own predictions)", float((theirs == y).float().mean()), 1.0)]
+    run_dir = out / "run"
+    rc = cli.main(["import", str(path), "--out", str(run_dir), "--timesteps",
+                   str(args.timesteps), *extra])
+    if rc:
+        raise SystemExit(rc)
+    _, model = load_run(run_dir)
+    with torch.no_grad():
+        ours = torch.cat([model(sfdata.encode(ds.x_test[i:i + 200], args.timesteps)).argmax(1)
+                          for i in range(0, len(y), 200)])
+    rows.append(("spikeforge float (imported)", float((ours == y).float().mean()),
+                 float((ours == theirs).float().mean())))
+    for bits in [int(b) for b in args.weight_bits.split(",")]:
+        if cli.main(["quantize", "-q", str(run_dir), "--weight-bits", str(bits)]):
+            raise SystemExit("quantize failed")
+        net, _ = image.read_image(run_dir / "weights.sfimg")
+        g = torch.cat([golden.run(net, ds.x_test[i:i + 250]).classes
+                       for i in range(0, len(y), 250)])
+        rows.append((f"spikeforge int{bits} golden", float((g == y).float().mean()),
+                     float((g == theirs).float().mean())))
+    if args.verify:
+        for cmd in (["export", "-q", str(run_dir)],
+                    ["verify", "-q", str(run_dir), "--images", str(args.verify)]):
+            if cli.main(cmd):
+                raise SystemExit(f"{cmd[0]} failed")
+        sim = json.loads((run_dir / "sim.json").read_text())
+        n = sim["images"]
+        # the RTL's classes are the golden model's when no image mismatches
+        agree = float((g[:n] == theirs[:n]).float().mean()) if sim["mismatches"] == 0 else None
+        rows.append((f"RTL int{bits} (Verilator, first {n} images, {sim['mismatches']} "
+                     "mismatching the golden model)", sim["rtl_accuracy"], agree))
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{args.framework} -> NIR -> spikeforge, mnist5k, 1,000 test images "
+          f"(training {train_s:.0f} s)")
+    print(f"{'model':<{w}}  accuracy  agreement with {args.framework}")
+    for name, acc, agree in rows:
+        print(f"{name:<{w}}  {100 * acc:7.2f} %  " + ("-" if agree is None else
+                                                   f"{100 * agree:.2f} %"))
+
+
+if __name__ == "__main__":
+    main()
