@@ -116,13 +116,18 @@ def norse_model(args, ds, out: Path):
         if node is None and key in shapes:
             graph.nodes[key] = nir.SumPool2d(kernel_size=np.array([2, 2]),
                                              stride=np.array([2, 2]), padding=np.array([0, 0]))
-            graph.nodes[key + "t"] = nir.Threshold(threshold=np.array(0.0))
+            graph.nodes[key + "t"] = nir.Threshold(threshold=np.zeros(1))
             succ = [(a, b) for a, b in graph.edges if a == key]
             graph.edges = [e for e in graph.edges if e not in succ] + [(key, key + "t")] + \
                 [(key + "t", b) for _, b in succ]
         elif node is None:
             graph.nodes[key] = nir.Flatten(input_type={"input": np.array([32, 7, 7])},
                                            start_dim=0)
+        elif isinstance(node, nir.Conv2d) and node.input_shape is None:
+            node.input_shape = (28, 28) if key == "0" else (14, 14)  # h5py cannot write None
+        elif isinstance(node, nir.LIF):  # 0-d parameters: nir.write's gzip refuses scalars
+            for name in ("tau", "r", "v_leak", "v_threshold", "v_reset"):
+                setattr(node, name, np.atleast_1d(np.asarray(getattr(node, name))))
     path = out / "norse.nir"
     nir.write(str(path), graph)
     return run, path, ["--source", "norse"]

@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                         "source's)")
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="the source saw S * pixel / 255 (default %(default)s)")
-    p.add_argument("--encoding", choices=("direct", "bitplane"), default="direct")
+    p.add_argument("--encoding", choices=("direct", "bitplane"), default=None,
+                   help="how the source fed pixels: direct (pixel/255 every step) or bit "
+                        "planes MSB first (default: the graph's metadata, else direct)")
     p.add_argument("--avgpool-as-max", action="store_true",
                    help="read AvgPool2d nodes as max (OR) pooling: for a net trained with "
                         "MaxPool2d and exported with AvgPool2d in its place (snnTorch 1.0)")

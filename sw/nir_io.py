@@ -102,7 +102,8 @@ class ImportOptions:
         The framework saw ``input_scale * pixel / 255`` (spikeforge's direct
         encoding feeds ``pixel / 255``): folded into layer 0's weights.
     encoding
-        ``direct`` or ``bitplane`` (:class:`NetworkSpec`).
+        ``direct`` or ``bitplane`` (:class:`NetworkSpec`; None: the graph's
+        ``encoding`` metadata, else ``direct``).
     avgpool_as_max
         Read AvgPool2d nodes as max (OR) pooling.
     decay_tolerance
@@ -114,7 +115,7 @@ class ImportOptions:
     source: str = "nir"
     reset: str | None = None
     input_scale: float = 1.0
-    encoding: str = "direct"
+    encoding: str | None = None
     avgpool_as_max: bool = False
     decay_tolerance: float = 0.005
 
@@ -133,7 +134,7 @@ class ImportOptions:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or v <= 0:
                 raise NIRError(f"{name} must be a finite number above 0, not {v!r:.40}")
-        if self.encoding not in ("direct", "bitplane"):
+        if self.encoding not in (None, "direct", "bitplane"):
             raise NIRError(f"encoding must be direct or bitplane, not {self.encoding!r:.40}")
 
 
@@ -477,6 +478,9 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
     if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float))
                            or not math.isfinite(dt) or dt <= 0):
         raise NIRError(f"the graph's dt metadata {dt!r:.40} is not a positive number")
+    encoding = opts.encoding or _meta_value(meta, "encoding") or "direct"
+    if encoding not in ("direct", "bitplane"):
+        raise NIRError(f"the graph's encoding metadata {encoding!r:.40} is not direct or bitplane")
     seq = _chain(graph)
     shape = _input_shape(graph, input_shape)
     in_shape = shape
@@ -587,7 +591,7 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
         raise NIRError("the graph has no layers (synapse -> LIF/IF)")
     try:
         spec = NetworkSpec(name, in_shape, T, tuple(layers), classes=layers[-1].out_features,
-                           encoding=opts.encoding)
+                           encoding=encoding)
     except SpecError as e:
         raise NIRError(f"the imported network: {e}") from None
     if opts.input_scale != 1.0:

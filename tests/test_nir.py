@@ -173,6 +173,12 @@ def test_spikeforge_metadata_needs_no_options(tmp_path):
     nir_io.write(tmp_path / "m.nir", nir_io.export_graph(model))
     imp = nir_io.import_graph(nir_io.read(tmp_path / "m.nir"), ImportOptions())
     assert imp.spec.layers == spec.layers and imp.spec.timesteps == 3
+    assert imp.spec.encoding == "direct"
+    bits = models.convsnn_spec(timesteps=4, channels=(4,), hidden=8, input_shape=(1, 8, 8),
+                               encoding="bitplane")
+    nir_io.write(tmp_path / "b.nir", nir_io.export_graph(models.SpikingNet(bits)))
+    assert nir_io.import_graph(nir_io.read(tmp_path / "b.nir"),
+                               ImportOptions()).spec.encoding == "bitplane"
     for (w, b), layer in zip(imp.weights, model.layers):
         assert torch.equal(w.reshape(layer.syn.weight.shape), layer.syn.weight)
         assert torch.equal(b, layer.syn.bias)
