@@ -63,6 +63,7 @@ digits8x8 --set channels=[] --set hidden=32 --input-bits 4 --lanes 1``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -300,16 +301,14 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     plat = mod.platform(pmod_leds) if board == "icebreaker" else mod.platform()
     pll = None
     if clock_hz is not None and clock_hz != plat.default_clk_frequency:
-        if board != "ulx3s":
-            raise BuildError(f"{board}: no PLL here yet; it runs on its "
-                             f"{plat.default_clk_frequency / 1e6:g} MHz oscillator")
-        from .pll import ecp5_pll
-        pll = ecp5_pll(int(plat.default_clk_frequency), clock_hz)
+        from .pll import ecp5_pll, ice40_pll
+        solve = ice40_pll if board == "icebreaker" else ecp5_pll
+        pll = solve(int(plat.default_clk_frequency), clock_hz)
         clock_hz = pll.f_out_hz
     else:
         clock_hz = plat.default_clk_frequency
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link)
-    wrapper = (mod.ICEBreakerWrapper(top, pmod_leds) if board == "icebreaker"
+    wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,8 +391,7 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
         "board": board, "part": mod.PART, "device": mod.DEVICE,
         "network": net.spec.name, "source": source, "lanes": lanes,
         "design_id": design_id, "board_clock_mhz": clock_hz / 1e6,
-        "pll": None if pll is None else {"clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
-                                         "clkop_div": pll.clkop_div,
+        "pll": None if pll is None else {**dataclasses.asdict(pll),
                                          "vco_mhz": pll.f_vco_hz / 1e6},
         **tools,
         "fit": fit,

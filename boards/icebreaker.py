@@ -37,14 +37,21 @@ def platform(pmod_leds: bool = True):
 
 
 class ICEBreakerWrapper(Elaboratable):
-    """Pins of the iCEBreaker around a :class:`BoardTop`."""
+    """Pins of the iCEBreaker around a :class:`BoardTop`; ``pll``: an
+    :class:`~spikeforge.boards.pll.ICE40PLLParams` for the ``sync`` clock
+    (None: the 12 MHz oscillator)."""
 
-    def __init__(self, top: BoardTop, pmod_leds: bool = True):
+    def __init__(self, top: BoardTop, pmod_leds: bool = True, pll=None):
         self.top = top
         self.pmod_leds = pmod_leds
+        self.pll = pll
 
     def elaborate(self, platform):
         m = Module()
+        if self.pll is not None:
+            from .pll import ICE40PLLDomain
+            m.domains.sync = cd = ClockDomain("sync")
+            m.submodules.pll = ICE40PLLDomain(self.pll, cd)
         m.submodules.board = top = self.top
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)

@@ -1,13 +1,21 @@
-"""ECP5 PLL (``EHXPLLL``): the engine's clock from the board oscillator.
+"""Board PLLs: the engine's clock from the board oscillator.
 
-:func:`ecp5_pll` picks the dividers for a wanted output frequency; the
-:class:`ECP5PLLDomain` elaboratable drives a clock domain from the PLL's
-``CLKOP`` (feedback from ``CLKOP``), held in reset until the PLL locks.
+ECP5 (``EHXPLLL``): :func:`ecp5_pll` picks the dividers for a wanted output
+frequency; the :class:`ECP5PLLDomain` elaboratable drives a clock domain from
+the PLL's ``CLKOP`` (feedback from ``CLKOP``), held in reset until the PLL
+locks.  iCE40 (``SB_PLL40_PAD``): :func:`ice40_pll` and :class:`ICE40PLLDomain`
+likewise.
 
 ECP5 limits (Lattice TN1263, as used by nextpnr's ``ecppll``): input 8..400
 MHz, phase detector ``f_in / CLKI_DIV`` at least 3.125 MHz, VCO
 ``f_out * CLKOP_DIV`` in 400..800 MHz, output 3.125..400 MHz, dividers 1..128;
 ``f_out = f_in * CLKFB_DIV / CLKI_DIV``.
+
+iCE40 limits (Lattice TN1251, as used by icepll), simple feedback: input
+10..133 MHz, phase detector ``f_in / (DIVR + 1)`` 10..133 MHz, VCO
+``f_pfd * (DIVF + 1)`` 533..1066 MHz, output ``f_vco / 2**DIVQ`` 16..275 MHz;
+DIVR 0..15, DIVF 0..127, DIVQ 1..6; the loop filter range follows the phase
+detector frequency.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from spikeforge.errors import SpikeforgeError
 
-__all__ = ["PLLError", "PLLParams", "ecp5_pll", "ECP5PLLDomain"]
+__all__ = ["PLLError", "PLLParams", "ecp5_pll", "ECP5PLLDomain", "ICE40PLLParams",
+           "ice40_pll", "ICE40PLLDomain"]
 
 
 class PLLError(SpikeforgeError, ValueError):
@@ -105,5 +114,82 @@ class ECP5PLLDomain(Elaboratable):
             i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
         m.d.comb += cd.clk.eq(clkop)
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain=cd.name)
-        platform.add_clock_constraint(clkop, p.f_out_hz)
+        # nextpnr derives CLKOP's constraint from the input's and the dividers
+        return m
+
+
+@dataclass(frozen=True)
+class ICE40PLLParams:
+    f_in_hz: int
+    divr: int
+    divf: int
+    divq: int
+
+    @property
+    def f_pfd_hz(self) -> float:
+        return self.f_in_hz / (self.divr + 1)
+
+    @property
+    def f_vco_hz(self) -> float:
+        return self.f_pfd_hz * (self.divf + 1)
+
+    @property
+    def f_out_hz(self) -> float:
+        return self.f_vco_hz / (1 << self.divq)
+
+    @property
+    def filter_range(self) -> int:
+        """The loop filter setting for the phase detector frequency."""
+        mhz = self.f_pfd_hz / 1e6
+        return 1 + sum(mhz >= edge for edge in (17, 26, 44, 66, 101))
+
+
+def ice40_pll(f_in_hz: int, f_out_hz: float) -> ICE40PLLParams:
+    """The iCE40 setting whose output is closest to ``f_out_hz`` without
+    exceeding it; :class:`PLLError` when none is within 1%."""
+    if not 10e6 <= f_in_hz <= 133e6:
+        raise PLLError(f"PLL input {f_in_hz / 1e6:g} MHz is outside 10..133 MHz")
+    if not 16e6 <= f_out_hz <= 275e6:
+        raise PLLError(f"PLL output {f_out_hz / 1e6:g} MHz is outside 16..275 MHz")
+    best = None
+    for divr in range(16):
+        for divf in range(128):
+            for divq in range(1, 7):
+                p = ICE40PLLParams(int(f_in_hz), divr, divf, divq)
+                if not (10e6 <= p.f_pfd_hz <= 133e6 and 533e6 <= p.f_vco_hz <= 1066e6):
+                    continue
+                if p.f_out_hz <= f_out_hz and (best is None or p.f_out_hz > best.f_out_hz):
+                    best = p
+    if best is None or best.f_out_hz < 0.99 * f_out_hz:
+        raise PLLError(f"no iCE40 PLL setting makes {f_out_hz / 1e6:g} MHz from "
+                       f"{f_in_hz / 1e6:g} MHz")
+    return best
+
+
+class ICE40PLLDomain(Elaboratable):
+    """Drives clock domain ``cd`` from an ``SB_PLL40_PAD`` on the board clock
+    pin ``clk_resource`` (the iCEBreaker's 12 MHz clock is on a PLL input
+    pad); the domain is held in reset until the PLL locks."""
+
+    def __init__(self, params: ICE40PLLParams, cd: ClockDomain, clk_resource=("clk12", 0)):
+        self.params = params
+        self.cd = cd
+        self._clk = clk_resource
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        pin = platform.request(*self._clk, dir="-")
+        locked = Signal()
+        clk = Signal()
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+            p_DIVR=C(p.divr, 4), p_DIVF=C(p.divf, 7), p_DIVQ=C(p.divq, 3),
+            p_FILTER_RANGE=C(p.filter_range, 3),
+            i_PACKAGEPIN=pin.io, i_RESETB=1, i_BYPASS=0,
+            o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        m.d.comb += self.cd.clk.eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain=self.cd.name)
+        # nextpnr derives the output's constraint from the input's and the dividers
         return m

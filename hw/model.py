@@ -42,8 +42,8 @@ __all__ = ["LayerTrace", "traces", "predict", "choose_lanes"]
 
 #: fixed costs (cycles), read off the RTL: decoder + walker + update stages
 #: before a marker is seen, the scan pipeline and marker, hand-over
-SYN_FILL = 4
-SCAN_FILL = 6
+SYN_FILL = 5
+SCAN_FILL = 7
 FIFO_SLACK = 8
 
 
@@ -122,6 +122,8 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
     cps = core_params(net, lane_counts(net, P))
     T = net.spec.timesteps
     L = len(cps)
+    # the readout: a register, then the argmax's (scores, one per tree level)
+    readout = 2 + 1 + (net.spec.classes - 1).bit_length()
     e2e, per, occupancy = [], [[0.0, 0.0] for _ in range(L)], [0.0] * L
     for img in work:
         syn_end = [[0.0] * T for _ in range(L)]
@@ -152,7 +154,7 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
                         end = max(end, syn_end[n + 1][t] - FIFO_SLACK * cps[n + 1].k ** 2
                                   * cps[n + 1].groups)
                     scan_end[n][t] = end
-        e2e.append(scan_end[-1][-1] + 2)
+        e2e.append(scan_end[-1][-1] + readout)
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)

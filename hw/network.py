@@ -313,13 +313,14 @@ class NetworkTop(wiring.Component):
         for n, c in enumerate(cnt):
             with m.If(hit & (idx == n)):
                 m.d.sync += c.eq(c + inc)
-        # the T-th marker of an image: latch its result, start counting the next
+        # the T-th marker of an image: latch its result, start counting the next;
+        # the result is announced once the pipelined argmax below has it
         cycles = Signal(32)
-        m.d.sync += self.result_valid.eq(0)
+        latched = Signal()
+        m.d.sync += latched.eq(0)
         with m.If(obs_valid & obs.last):
             with m.If(markers == T - 1):
-                m.d.sync += [markers.eq(0), self.done.eq(1), self.result_valid.eq(1),
-                             self.cycles.eq(cycles)]
+                m.d.sync += [markers.eq(0), latched.eq(1), self.cycles.eq(cycles)]
                 m.d.sync += [r.eq(c) for r, c in zip(res, cnt)] + [c.eq(0) for c in cnt]
             with m.Else():
                 m.d.sync += markers.eq(markers + 1)
@@ -329,7 +330,7 @@ class NetworkTop(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(self.start):
             m.d.sync += [markers.eq(0), running.eq(0), cycles.eq(0), self.cycles.eq(0),
-                         obs_valid.eq(0), self.done.eq(0), self.result_valid.eq(0)]
+                         obs_valid.eq(0)]
             m.d.sync += [c.eq(0) for c in cnt] + [r.eq(0) for r in res]
 
         v = spec.voting
@@ -338,22 +339,43 @@ class NetworkTop(wiring.Component):
             for n in range(c * v + 1, c * v + v):
                 total = total + self.counts[n]
             m.d.comb += self.scores[c].eq(total)
-        # argmax as a tree of comparisons; the right (higher-index) side wins
-        # only when strictly greater, so ties go to the lowest index
-        nodes = [(C(c, len(self.prediction)), self.scores[c]) for c in range(spec.classes)]
+        # argmax as a tree of comparisons, a register after the scores and
+        # after each level (timing: the result waits these cycles, ``latched``
+        # goes down the same delay line); the right (higher-index) side wins
+        # only when strictly greater, so ties go to the lowest index.  Images
+        # complete far more than ``levels + 1`` cycles apart (each takes T
+        # scans of the last layer), so the pipeline holds one result at a time.
+        sc0 = [Signal.like(self.scores[c], name=f"amax_in{c}") for c in range(spec.classes)]
+        m.d.sync += [r.eq(self.scores[c]) for c, r in enumerate(sc0)]
+        nodes = [(C(c, len(self.prediction)), sc0[c]) for c in range(spec.classes)]
+        strobe = Signal(name="amax_v0")
+        m.d.sync += strobe.eq(latched)
+        strobes = [latched, strobe]
         level = 0
         while len(nodes) > 1:
             nxt = []
             for i in range(0, len(nodes) - 1, 2):
                 (ia, sa), (ib, sb) = nodes[i], nodes[i + 1]
                 idx_s = Signal.like(self.prediction, name=f"amax{level}_{i // 2}")
-                sc_s = Signal.like(self.scores[0], name=f"amax{level}_{i // 2}_score")
-                m.d.comb += [idx_s.eq(Mux(sb > sa, ib, ia)), sc_s.eq(Mux(sb > sa, sb, sa))]
+                sc_s = Signal.like(sc0[0], name=f"amax{level}_{i // 2}_score")
+                m.d.sync += [idx_s.eq(Mux(sb > sa, ib, ia)), sc_s.eq(Mux(sb > sa, sb, sa))]
                 nxt.append((idx_s, sc_s))
             if len(nodes) % 2:
-                nxt.append(nodes[-1])
+                idx_s = Signal.like(self.prediction, name=f"amax{level}_{len(nodes) // 2}")
+                sc_s = Signal.like(sc0[0], name=f"amax{level}_{len(nodes) // 2}_score")
+                m.d.sync += [idx_s.eq(nodes[-1][0]), sc_s.eq(nodes[-1][1])]
+                nxt.append((idx_s, sc_s))
             nodes = nxt
+            nxt_strobe = Signal(name=f"amax_v{level + 1}")
+            m.d.sync += nxt_strobe.eq(strobe)
+            strobe = nxt_strobe
+            strobes.append(strobe)
             level += 1
+        m.d.sync += self.result_valid.eq(strobe)
+        with m.If(strobe):
+            m.d.sync += self.done.eq(1)
+        with m.If(self.start):
+            m.d.sync += [self.done.eq(0), self.result_valid.eq(0)] + [v.eq(0) for v in strobes]
         m.d.comb += self.prediction.eq(nodes[0][0])
         return m
 

@@ -151,3 +151,30 @@ def test_ecp5_pll_refuses_what_it_cannot_make():
         ecp5_pll(25_000_000, 500e6)
     with pytest.raises(PLLError, match="outside 8..400 MHz"):
         ecp5_pll(1_000_000, 40e6)
+
+
+@pytest.mark.parametrize("f_out", [16e6, 30e6, 36e6, 48e6, 96e6, 100e6, 264e6])
+def test_ice40_pll_dividers_meet_the_limits(f_out):
+    from spikeforge.boards.pll import ice40_pll
+    p = ice40_pll(12_000_000, f_out)
+    assert 0.99 * f_out <= p.f_out_hz <= f_out
+    assert p.f_out_hz == 12e6 * (p.divf + 1) / ((p.divr + 1) * 2 ** p.divq)
+    assert 10e6 <= p.f_pfd_hz <= 133e6 and 533e6 <= p.f_vco_hz <= 1066e6
+    assert 0 <= p.divr <= 15 and 0 <= p.divf <= 127 and 1 <= p.divq <= 6
+
+
+@pytest.mark.parametrize("f_in,divr,filter_range", [(12e6, 0, 1), (48e6, 2, 1), (48e6, 1, 2),
+                                                    (96e6, 2, 3), (48e6, 0, 4), (100e6, 0, 5),
+                                                    (120e6, 0, 6)])
+def test_ice40_pll_filter_range_follows_the_phase_detector(f_in, divr, filter_range):
+    # icepll's table: F_PFD 12 -> 1, 16 -> 1, 24 -> 2, 32 -> 3, 48 -> 4, 100 -> 5, 120 -> 6
+    from spikeforge.boards.pll import ICE40PLLParams
+    assert ICE40PLLParams(int(f_in), divr, 0, 1).filter_range == filter_range
+
+
+def test_ice40_pll_refuses_what_it_cannot_make():
+    from spikeforge.boards.pll import PLLError, ice40_pll
+    with pytest.raises(PLLError, match="outside 16..275 MHz"):
+        ice40_pll(12_000_000, 300e6)
+    with pytest.raises(PLLError, match="outside 10..133 MHz"):
+        ice40_pll(5_000_000, 40e6)
