@@ -137,6 +137,16 @@ def norse_model(args, ds, out: Path):
 
 
 def train(args, ds, run, net) -> None:
+    """Train ``net`` in its own framework, or load the weights an earlier run of
+    this script saved with the same settings (``--retrain`` to train again)."""
+    from safetensors.torch import load_file, save_file
+    tag = f"{args.framework}-s{args.steps}-b{args.batch}-T{args.timesteps}-seed{args.seed}"
+    saved = Path(args.out) / args.framework / f"{tag}.safetensors"
+    if saved.exists() and not args.retrain:
+        net.load_state_dict(load_file(str(saved)))
+        print(f"  weights from {saved}")
+        net.eval()
+        return
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -152,6 +162,7 @@ def train(args, ds, run, net) -> None:
         if (step + 1) % 100 == 0:
             print(f"  step {step + 1}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
     net.eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(saved))
 
 
 @torch.no_grad()
@@ -171,6 +182,7 @@ def main() -> None:
     ap.add_argument("--weight-bits", default="8")
     ap.add_argument("--verify", type=int, default=0, help="test images through the RTL")
     ap.add_argument("--out", default="runs/bench_nir")
+    ap.add_argument("--retrain", action="store_true", help="train even if weights are saved")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out) / args.framework
@@ -181,7 +193,7 @@ def main() -> None:
     t0 = time.perf_counter()
     make = snntorch_model if args.framework == "snntorch" else norse_model
     run, path, extra = make(args, ds, out)
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0  # training, or loading saved weights, and export
     theirs = predict(run, ds.x_test)
     y = ds.y_test
     rows = [(f"{args.framework} (its own predictions)", float((theirs == y).float().mean()), 1.0)]
