@@ -451,3 +451,20 @@ def test_qat_runs_on_an_imported_model(tmp_path, capsys):
     m = json.loads((run / "metrics.json").read_text())
     assert m["quantization"]["qat_epochs"] == 1
     assert (run / "weights.sfimg").read_bytes() != plain  # fine-tuning moved the weights
+
+
+def test_run_on_an_imported_folder_never_trains_over_it(tmp_path, monkeypatch, capsys):
+    from spikeforge import flow
+    path = tmp_path / "hand.nir"
+    nir.write(str(path), hand_graph())
+    run = tmp_path / "run"
+    assert cli.main(["import", str(path), "--out", str(run), "--timesteps", "2", "--dt", "1e-3",
+                     "--dataset", "digits8x8", "--decay-tolerance", "0.01", "-q"]) == 0
+    weights = (run / "model.safetensors").read_bytes()
+    calls = []
+    for name in flow.STEPS:  # the steps after train, faked: only their order matters here
+        monkeypatch.setattr(flow, f"step_{name}", lambda r, a, name=name: calls.append(name))
+    assert cli.main(["run", "-q", "--out", str(run)]) == 0
+    assert calls == ["quantize", "export", "verify", "report"]
+    assert (run / "model.safetensors").read_bytes() == weights
+    assert "holds an imported model" in capsys.readouterr().out
