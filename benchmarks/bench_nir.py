@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -198,6 +199,8 @@ def main() -> None:
     y = ds.y_test
     rows = [(f"{args.framework} (its own predictions)", float((theirs == y).float().mean()), 1.0)]
     run_dir = out / "run"
+    if run_dir.exists():  # this script's own folder: import refuses to write over a model
+        shutil.rmtree(run_dir)
     rc = cli.main(["import", str(path), "--out", str(run_dir), "--timesteps",
                    str(args.timesteps), *extra])
     if rc:

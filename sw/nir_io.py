@@ -713,6 +713,10 @@ def import_run(path: str | Path, run: str | Path, opts: ImportOptions, *, datase
     from spikeforge.sw import data as sfdata
     from spikeforge.sw.train import write_imported_run
     path, run = Path(path), Path(run)
+    held = [n for n in ("model.safetensors", "weights.sfimg", "hw") if (run / n).exists()]
+    if held:
+        raise NIRError(f"{run} already holds a model ({', '.join(held)}): import into a new "
+                       "folder (the steps after it would read stale files)")
     graph = read(path)
     ds = sfdata.load(dataset, seed=seed)
     imp = import_graph(graph, opts, input_shape=tuple(ds.shape), name=f"nir:{path.stem}")

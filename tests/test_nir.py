@@ -410,6 +410,10 @@ def test_bad_files_and_options(tmp_path, capsys):
     fails(["import", good, "--out", tmp_path / "r", "--timesteps", "4", "--dt", "1e-3",
            "--dataset", "digits8x8"], capsys, "7 outputs", "10 classes")
     fails(["export-nir", tmp_path / "nope"], capsys, "does not exist")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "weights.sfimg").write_bytes(b"")
+    fails(["import", good, "--out", tmp_path / "used", "--timesteps", "4", "--dt", "1e-3",
+           "--dataset", "digits8x8"], capsys, "already holds a model (weights.sfimg)")
 
 
 def test_average_pool_reaches_quantize_as_software_only(tmp_path, capsys):
