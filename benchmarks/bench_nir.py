@@ -1,7 +1,7 @@
 """From snnTorch (and Norse) to spikeforge's integer golden model through NIR.
 
     .venv/bin/python benchmarks/bench_nir.py [--framework snntorch|norse] [--steps 400]
-        [--timesteps 8] [--out runs/bench_nir] [--weight-bits 8,4] [--verify N]
+        [--timesteps 8] [--out runs/bench_nir] [--weight-bits 8,4] [--per-channel] [--verify N]
 
 Trains a small conv net in the framework itself on mnist5k (conv16 3x3 -
 LIF - max pool 2 - conv32 3x3 - LIF - max pool 2 - fc64 - LIF - fc10 - LIF,
@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weight-bits", default="8")
+    ap.add_argument("--per-channel", action="store_true", help="quantize per output channel")
     ap.add_argument("--verify", type=int, default=0, help="test images through the RTL")
     ap.add_argument("--out", default="runs/bench_nir")
     ap.add_argument("--retrain", action="store_true", help="train even if weights are saved")
@@ -196,6 +197,7 @@ def main() -> None:
     run, path, extra = make(args, ds, out)
     train_s = time.perf_counter() - t0  # training, or loading saved weights, and export
     theirs = predict(run, ds.x_test)
+    (out / "predictions.json").write_text(json.dumps(theirs.tolist()))  # for later comparisons
     y = ds.y_test
     rows = [(f"{args.framework} (its own predictions)", float((theirs == y).float().mean()), 1.0)]
     run_dir = out / "run"
@@ -212,7 +214,8 @@ def main() -> None:
     rows.append(("spikeforge float (imported)", float((ours == y).float().mean()),
                  float((ours == theirs).float().mean())))
     for bits in [int(b) for b in args.weight_bits.split(",")]:
-        if cli.main(["quantize", "-q", str(run_dir), "--weight-bits", str(bits)]):
+        if cli.main(["quantize", "-q", str(run_dir), "--weight-bits", str(bits),
+                     *(["--per-channel"] if args.per_channel else [])]):
             raise SystemExit("quantize failed")
         net, _ = image.read_image(run_dir / "weights.sfimg")
         g = torch.cat([golden.run(net, ds.x_test[i:i + 250]).classes
