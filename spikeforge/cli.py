@@ -177,6 +177,43 @@ def cmd_export_nir(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    from pathlib import Path
+
+    from spikeforge import regress
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("spikeforge regress: --workers and --scheduler exclude each other "
+                         "(a cluster brings its own workers)")
+    if args.seed + args.nets - 1 > regress.MAX_SEED:
+        raise UsageError(f"spikeforge regress: --seed + --nets must stay within "
+                         f"{regress.MAX_SEED + 1}, not {args.seed + args.nets}")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    show = (lambda rec: None) if args.quiet else (
+        lambda rec: print(regress.line(rec, args.images), flush=True))
+    s = regress.regress(range(args.seed, args.seed + args.nets), args.images,
+                        workers=args.workers or 1, scheduler=args.scheduler,
+                        build_root=args.build_dir, connect_timeout=args.connect_timeout,
+                        on_result=show)
+    for rec in s["results"]:  # the failures again, after the progress lines
+        if rec["mismatches"] or rec["error"]:
+            print(regress.line(rec, args.images), file=sys.stderr)
+    if out is not None:
+        (out / "regress.json").write_text(json.dumps(s, indent=1) + "\n")
+    print(f"{s['networks']} networks x {args.images} images = {s['cases']} cases: "
+          f"{s['mismatching_cases']} mismatching, {len(s['failed_networks'])} networks failed; "
+          f"{s['wall_seconds']:.0f} s wall on {s['workers']} worker(s), "
+          f"{s['cases_per_second_per_worker']:.2f} cases/s/worker"
+          + (f" -> {out / 'regress.json'}" if out else ""))
+    if s["mismatching_cases"] or s["failed_networks"]:
+        raise regress.RegressFailed(
+            f"{s['mismatching_cases']} cases differ from the golden model (networks "
+            f"{s['mismatching_networks']}), {len(s['failed_networks'])} networks failed "
+            f"({s['failed_networks']})")
+    return 0
+
+
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=_int_in(2, 16), default=8,
                    help="2..16 (default %(default)s)")
@@ -276,6 +313,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baud", type=_int_in(1, 100_000_000), default=1_000_000)
     p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None)
     p.set_defaults(fn=cmd_infer)
+
+    p = add("regress", "random networks through Verilator against the golden model, on "
+                       "worker processes or a Dask cluster")
+    p.add_argument("--nets", type=_int_in(1, 1_000_000), default=10,
+                   help="random networks (default %(default)s)")
+    p.add_argument("--images", type=_int_in(1, 100_000), default=50,
+                   help="random images per network (default %(default)s)")
+    p.add_argument("--workers", type=_int_in(1, 1024), default=None,
+                   help="local worker processes (default 1: in this process; more: a local "
+                        "Dask cluster)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster at ADDRESS, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--connect-timeout", type=_positive_float, default=20.0,
+                   help="seconds to wait for --scheduler (default %(default)s)")
+    p.add_argument("--seed", type=_int_in(0, (1 << 31) - 1), default=0,
+                   help="network k has the seed SEED + k (default %(default)s)")
+    p.add_argument("--out", default=None, help="folder for regress.json (the summary)")
+    p.add_argument("--build-dir", default=None,
+                   help="keep (and reuse) the Verilator builds here, on each worker's machine "
+                        "(default: a temporary folder per network)")
+    p.set_defaults(fn=cmd_regress)
 
     p = add("import", "a run folder from a NIR graph (snnTorch, Norse, ...): then quantize, "
                       "export, verify, build, report as for a trained run")
