@@ -190,8 +190,19 @@ def cmd_regress(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    show = (lambda rec: None) if args.quiet else (
-        lambda rec: print(regress.line(rec, args.images), flush=True))
+    import time
+    done, t0 = [], time.perf_counter()
+
+    def show(rec):
+        done.append(rec)
+        if not args.quiet:
+            print(regress.line(rec, args.images), flush=True)
+        if out is not None:  # the summary so far: a long run cut short still reports
+            part = regress.summarize(done, args.images, time.perf_counter() - t0,
+                                     args.workers or 1)
+            (out / "regress.json").write_text(json.dumps({**part, "complete": False},
+                                                         indent=1) + "\n")
+
     s = regress.regress(range(args.seed, args.seed + args.nets), args.images,
                         workers=args.workers or 1, scheduler=args.scheduler,
                         build_root=args.build_dir, connect_timeout=args.connect_timeout,
@@ -200,7 +211,7 @@ def cmd_regress(args) -> int:
         if rec["mismatches"] or rec["error"]:
             print(regress.line(rec, args.images), file=sys.stderr)
     if out is not None:
-        (out / "regress.json").write_text(json.dumps(s, indent=1) + "\n")
+        (out / "regress.json").write_text(json.dumps({**s, "complete": True}, indent=1) + "\n")
     print(f"{s['networks']} networks x {args.images} images = {s['cases']} cases: "
           f"{s['mismatching_cases']} mismatching, {len(s['failed_networks'])} networks failed; "
           f"{s['wall_seconds']:.0f} s wall on {s['workers']} worker(s), "

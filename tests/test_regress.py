@@ -86,6 +86,7 @@ def test_a_slice_on_a_local_dask_cluster(tmp_path, capsys):
     assert cli.main(["regress", "--nets", "2", "--images", "25", "--workers", "2", "--seed", "5",
                      "--out", str(out)]) == 0
     s = json.loads((out / "regress.json").read_text())
+    assert s["complete"] is True
     assert s["networks"] == 2 and s["cases"] == 50 and s["mismatching_cases"] == 0
     assert s["failed_networks"] == [] and s["mismatching_networks"] == []
     assert [r["seed"] for r in s["results"]] == [5, 6]
