@@ -129,11 +129,19 @@ class BoardTop(wiring.Component):
         beat = Signal(max(1, (hz // 2).bit_length()))
         m.d.sync += beat.eq(beat + 1)
 
+        # LED stretchers count ticks of about 1/256 s, not cycles: short
+        # counters (a 24-bit load-or-decrement counter was the iCE40's
+        # critical path)
+        k = max(0, min(len(beat), (hz // 256).bit_length() - 1))
+        tick = Signal()
+        m.d.sync += tick.eq(beat[:k].all() if k else 1)
+
         def stretch(trigger, cycles):
-            ctr = Signal(range(max(2, cycles + 1)))
+            n = max(1, cycles >> k)
+            ctr = Signal(range(n + 1))
             with m.If(trigger):
-                m.d.sync += ctr.eq(cycles)
-            with m.Elif(ctr != 0):
+                m.d.sync += ctr.eq(n)
+            with m.Elif(tick & (ctr != 0)):
                 m.d.sync += ctr.eq(ctr - 1)
             return ctr != 0
 

@@ -43,6 +43,10 @@ from .streams import bits_for
 
 __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "queue_layout"]
 
+#: entries of the spike queue between the scan and the emitter (the scan
+#: keeps room for its four pipeline stages)
+QUEUE_DEPTH = 8
+
 
 def scan_unit_members(p: CoreParams, width: int) -> dict:
     """The ports shared by the units that own a core's memories at the end of
@@ -71,15 +75,15 @@ def scan_unit_members(p: CoreParams, width: int) -> dict:
 class NeuronUnit(wiring.Component):
     """Scans the state and current memories at the end of a step; emits spikes and the marker.
 
-    Pipeline (stalls as a whole only when the spike queue is full): issue
-    (memory read), read (the words and the group's parameters registered),
-    sum (``base + cur + bias``), threshold (``u``, ``o``), write-back (decay,
-    reset) and pool OR.  No hazards: each neuron is read
-    and written once per scan.  The per-lane ``theta`` and ``bias`` of the
+    Pipeline (never stalls: the scan issues a word only while the spike
+    queue has room for every word in flight): issue (memory read), read (the
+    words and the group's parameters registered), sum (``base + cur +
+    bias``), threshold (``u``, ``o``), write-back (decay, reset) and pool
+    OR.  No hazards: each neuron is read and written once per scan.  The per-lane ``theta`` and ``bias`` of the
     next channel group are loaded from the neuron memory (one word a cycle,
     image layout: word ``c`` is channel ``c``) while the current group is
     scanned; a group of fewer positions than ``P + 1`` waits for them.
-    Spiking windows go into a 4-entry queue; the emitter sends one event per
+    Spiking windows go into a ``QUEUE_DEPTH``-entry queue; the emitter sends one event per
     spiking lane, lowest lane first, from a registered output (no
     combinational path from ``events.ready`` to ``events.valid``).
 
@@ -148,16 +152,16 @@ class NeuronUnit(wiring.Component):
         clearing = Signal()
         marker_pending = Signal()
         final = Signal()
-        adv = Signal()
+        room = Signal()   # the spike queue has room for everything the scan has issued
         issue = Signal()
         wc_ = window_counters(m, p, issue, self.start)
         g, py, px, addr, cbase = wc_.g, wc_.py, wc_.px, wc_.addr, wc_.cbase
         first, win_end, last = wc_.first, wc_.win_end, wc_.last
         m.d.comb += [
-            issue.eq(scanning & adv & (~first | l_full)),
+            issue.eq(scanning & room & (~first | l_full)),
             consume.eq(issue & first),
             self.rd_addr.eq(addr),
-            self.rd_en.eq(adv),
+            self.rd_en.eq(1),
         ]
         with m.If(issue & last):
             m.d.sync += scanning.eq(0)
@@ -171,9 +175,8 @@ class NeuronUnit(wiring.Component):
         py1, px1 = Signal.like(py), Signal.like(px)
         cb1 = Signal(cb_bits)
         g1 = Signal.like(g)
-        with m.If(adv):
-            m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
-                         cb1.eq(cbase), g1.eq(g)]
+        m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
+                     cb1.eq(cbase), g1.eq(g)]
         vr, winr = Signal(), Signal()
         ar = Signal.like(addr)
         pyr, pxr = Signal.like(py), Signal.like(px)
@@ -183,10 +186,9 @@ class NeuronUnit(wiring.Component):
         cur_r = Signal.like(self.cur_data)
         bias_r = [Signal.like(b, name=f"bias_r{j}") for j, b in enumerate(cur_bias)]
         th_r = [Signal.like(t, name=f"th_r{j}") for j, t in enumerate(cur_theta)]
-        with m.If(adv):
-            m.d.sync += [vr.eq(v1), winr.eq(win1), ar.eq(a1), pyr.eq(py1), pxr.eq(px1),
-                         cbr.eq(cb1), gr.eq(g1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
-            m.d.sync += [a.eq(b) for a, b in zip(bias_r + th_r, cur_bias + cur_theta)]
+        m.d.sync += [vr.eq(v1), winr.eq(win1), ar.eq(a1), pyr.eq(py1), pxr.eq(px1),
+                     cbr.eq(cb1), gr.eq(g1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
+        m.d.sync += [a.eq(b) for a, b in zip(bias_r + th_r, cur_bias + cur_theta)]
 
         # ---------------------------------------------------------- sum stage
         sum_w = max(p.state_width, p.cur_width, p.acc_bits) + 2
@@ -201,11 +203,10 @@ class NeuronUnit(wiring.Component):
         mask2 = Signal(P)
         s2 = [Signal(signed(sum_w), name=f"s2_{n}") for n in range(NL)]
         th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
-        with m.If(adv):
-            m.d.sync += [v2.eq(vr), win2.eq(winr), a2.eq(ar), py2.eq(pyr), px2.eq(pxr),
-                         cb2.eq(cbr), g2.eq(gr), mask2.eq(maskr)]
-            m.d.sync += [s2[n].eq(base_r[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
-            m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
+        m.d.sync += [v2.eq(vr), win2.eq(winr), a2.eq(ar), py2.eq(pyr), px2.eq(pxr),
+                     cb2.eq(cbr), g2.eq(gr), mask2.eq(maskr)]
+        m.d.sync += [s2[n].eq(base_r[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
+        m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
         u2 = [Signal(signed(S), name=f"u{n}") for n in range(NL)]
         o2 = Signal(NL)
         for n in range(NL):
@@ -226,10 +227,9 @@ class NeuronUnit(wiring.Component):
         u3 = [Signal(signed(S), name=f"u3_{n}") for n in range(NL)]
         th3 = [Signal(signed(S), name=f"th3_{j}") for j in range(P)]
         o3 = Signal(NL)
-        with m.If(adv):
-            m.d.sync += [v3.eq(v2), win3.eq(win2), a3.eq(a2), py3.eq(py2), px3.eq(px2),
-                         cb3.eq(cb2), g3.eq(g2), o3.eq(o2 & mask2.replicate(p.R))]
-            m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
+        m.d.sync += [v3.eq(v2), win3.eq(win2), a3.eq(a2), py3.eq(py2), px3.eq(px2),
+                     cb3.eq(cb2), g3.eq(g2), o3.eq(o2 & mask2.replicate(p.R))]
+        m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
         shifts = p.decay_shifts
         if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
             shifts = (shifts[0] + 1,) + shifts[1:]
@@ -246,7 +246,7 @@ class NeuronUnit(wiring.Component):
 
         # spikes of a window, ORed per lane; a spiking window goes to the queue
         q_layout = queue_layout(p)
-        queue = fifo.SyncFIFO(width=q_layout.size, depth=4)
+        queue = fifo.SyncFIFO(width=q_layout.size, depth=QUEUE_DEPTH)
         m.submodules.queue = ResetInserter(self.clear)(queue)
         sp_acc = Signal(P)
         vec = sp_acc
@@ -258,10 +258,15 @@ class NeuronUnit(wiring.Component):
             q_in.vec.eq(vec), q_in.cb.eq(g3 if p.words_out else cb3), q_in.py.eq(py3),
             q_in.px.eq(px3),
             queue.w_data.eq(q_in.as_value()),
-            queue.w_en.eq(push & adv),
-            adv.eq(~(push & ~queue.w_rdy)),
+            queue.w_en.eq(push),
         ]
-        with m.If(v3 & adv):
+        # credit: a scanned word pushes at most one window, so the scan issues
+        # only while the queue can take every word in flight; the pipeline
+        # itself never stalls (no enable fanning out from the queue's state).
+        # ``room`` is a cycle old, so it counts the word that cycle may issue.
+        in_pipe = v1 + vr + v2 + v3
+        m.d.sync += room.eq(queue.w_level + in_pipe + 1 < QUEUE_DEPTH)
+        with m.If(v3):
             m.d.sync += sp_acc.eq(Mux(win3, 0, vec))
 
         # ---------------------------------------------------------- clear pass
@@ -273,7 +278,7 @@ class NeuronUnit(wiring.Component):
             m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
             m.d.comb += [self.wr_data[n].eq(0) for n in range(NL)]
         with m.Else():
-            m.d.comb += [self.wr_addr.eq(a3), self.wr_en.eq(v3 & adv)]
+            m.d.comb += [self.wr_addr.eq(a3), self.wr_en.eq(v3)]
             m.d.comb += [self.wr_data[n].eq(base[n]) for n in range(NL)]
 
         # ---------------------------------------------------------- emitter
@@ -295,7 +300,7 @@ class NeuronUnit(wiring.Component):
         m.d.comb += [
             self.mem_busy.eq(scanning | clearing | in_flight),
             self.busy.eq(scanning | clearing | in_flight | e_busy | marker_pending),
-            self.stall.eq((out.valid & ~out.ready) | (v3 & ~adv)),
+            self.stall.eq((out.valid & ~out.ready) | (scanning & ~room)),
         ]
         return m
 
