@@ -157,6 +157,12 @@ class NetworkTop(wiring.Component):
         Depth of the event FIFOs (input and between layers).
     faults : dict of int to str, optional
         Test-only deliberate faults per layer (see ``params.FAULTS``).
+    contents : dict of str to (int, list of int), optional
+        The initial words of the weight and neuron memories, ``{name: (width,
+        words)}`` as :func:`spikeforge.image.read_exported` reads them from an
+        export (``RUN/hw``); their names, widths and depths must be those of
+        :func:`spikeforge.image.memories` for ``net`` and ``P``.  Default:
+        :func:`~spikeforge.image.memories` of ``net``.
 
     Members
     -------
@@ -205,7 +211,8 @@ class NetworkTop(wiring.Component):
         Layer ``n``'s output payload (a spike, or a marker with ``last = 1``).
     """
 
-    def __init__(self, net, P=1, *, fifo_depth: int = 8, faults: dict | None = None):
+    def __init__(self, net, P=1, *, fifo_depth: int = 8, faults: dict | None = None,
+                 contents: dict | None = None):
         self.geometry = g = engine_geometry(net, P, faults)
         self._net = net
         self.stcb = g.stcb
@@ -213,6 +220,9 @@ class NetworkTop(wiring.Component):
         self.fmt = fmt = g.fmt
         self.params = list(g.params)
         mems = memories(net, ps)
+        if contents is not None:
+            _check_contents(contents, mems)
+            mems = contents
         self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1])
                       for i, cp in enumerate(self.params)]
         for i, core in enumerate(self.cores):
@@ -378,6 +388,24 @@ class NetworkTop(wiring.Component):
             m.d.sync += [self.done.eq(0), self.result_valid.eq(0)] + [v.eq(0) for v in strobes]
         m.d.comb += self.prediction.eq(nodes[0][0])
         return m
+
+
+def _check_contents(contents, mems) -> None:
+    """Memory contents given to :class:`NetworkTop` fit the memories it builds."""
+    if not isinstance(contents, dict) or list(contents) != list(mems):
+        raise EngineError(f"memory contents must be a dict of the memories {list(mems)}, not "
+                          f"{list(contents) if isinstance(contents, dict) else contents!r:.60}")
+    for name, (width, words) in mems.items():
+        item = contents[name]
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], list)):
+            raise EngineError(f"memory {name}: contents must be (width, [words])")
+        w, ws = item
+        if w != width or len(ws) != len(words):
+            raise EngineError(f"memory {name}: contents of {len(ws)} words of {w} bits, the "
+                              f"memory has {len(words)} words of {width} bits")
+        bad = next((v for v in ws if type(v) is not int or not 0 <= v < 1 << width), None)
+        if bad is not None:
+            raise EngineError(f"memory {name}: word {bad!r} is not an unsigned {width}-bit value")
 
 
 # --------------------------------------------------------------------------- host side

@@ -235,6 +235,18 @@ def step_export(run: Path, args) -> None:
     print(f"{len(written)} memory images (P = {lanes}) -> {run / 'hw'}")
 
 
+def exported_memories(run: Path, net, lanes) -> dict | None:
+    """The memory images ``export`` wrote into ``RUN/hw`` (checked against the
+    network's memories for ``lanes``, :func:`spikeforge.image.read_exported`):
+    what the RTL loads.  None when the run was never exported (``--lanes``
+    given): then the RTL's memories hold the weight image's words."""
+    from spikeforge import image
+    if not (run / "hw" / "memories.json").exists():
+        print(f"note: {run / 'hw'} holds no export: the memories hold the words of {IMAGE}")
+        return None
+    return image.read_exported(run / "hw", net, lanes)
+
+
 def step_sim(run: Path, args) -> dict:
     """Play test images through the RTL (Verilator) and compare with the golden model."""
     import torch
@@ -255,8 +267,9 @@ def step_sim(run: Path, args) -> dict:
     words = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
     depth = 1 << max(12, (words - 1).bit_length())
     lanes = run_lanes(run, net, args.lanes)
+    contents = exported_memories(run, net, lanes)
     print(f"building the Verilator model (P = {lanes}) ...")
-    sb = runner.build(net, lanes, run / "sim_build", depth=depth)
+    sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents)
     print(f"simulating {n} images ...")
     sim = runner.run(sb, x, run / "sim_work")
     gold, per_image = runner.compare(net, x, sim)
@@ -266,7 +279,8 @@ def step_sim(run: Path, args) -> dict:
     if bad and getattr(args, "waves", False):
         # replay only the first mismatching image with tracing on
         i = bad[0].image
-        wb = runner.build(net, lanes, run / "sim_build", depth=depth, waves=True)
+        wb = runner.build(net, lanes, run / "sim_build", depth=depth, waves=True,
+                          contents=contents)
         runner.run(wb, x[i:i + 1], run / "sim_waves")
         waves = str(run / "sim_waves" / "dump.vcd")
         print(f"waveform of image {i}: {waves}")
@@ -412,8 +426,10 @@ STEPS_LIST = [
     Step("train", (), ("model.safetensors", "config.json"), _train_options, check_outputs=False),
     Step("quantize", ("model.safetensors", "config.json"), (IMAGE,),
          _pick("weight_bits", "qat_epochs", "per_channel", "input_bits")),
-    Step("export", (IMAGE,), ("hw/memories.json",), _pick("lanes")),
-    Step("verify", (IMAGE, "hw/memories.json"), ("sim.json",), _pick("lanes", "images")),
+    # the RTL loads the memory images: a changed hex file makes export and verify stale
+    Step("export", (IMAGE,), ("hw/memories.json", "hw/*.hex"), _pick("lanes")),
+    Step("verify", (IMAGE, "hw/memories.json", "hw/*.hex"), ("sim.json",),
+         _pick("lanes", "images")),
     Step("report", ("metrics.json", "sim.json", IMAGE), ("report.txt",), _pick("clock_mhz")),
 ]
 STEPS = tuple(s.name for s in STEPS_LIST)
@@ -441,7 +457,18 @@ def _sha256(path: Path) -> str | None:
 
 
 def _hashes(run: Path, names: tuple[str, ...]) -> dict:
-    return {n: _sha256(run / n) for n in names}
+    """sha256 per name; a name with ``*`` (``hw/*.hex``) stands for every file
+    it matches, hashed together with their names (no match: the empty hash)."""
+    out = {}
+    for n in names:
+        if "*" in n:
+            h = hashlib.sha256()
+            for p in sorted(Path(run).glob(n)):
+                h.update(f"{p.name}:{_sha256(p)}\n".encode())
+            out[n] = h.hexdigest()
+        else:
+            out[n] = _sha256(run / n)
+    return out
 
 
 def _options(step: Step, args) -> dict:

@@ -569,3 +569,66 @@ def read_hex(path: str | os.PathLike, width: int) -> list[int]:
             raise ImageError(f"{path}:{i}: word {s} is wider than {width} bits")
         words.append(int(s, 16))
     return words
+
+
+def read_exported(folder: str | os.PathLike, net: IntNetwork,
+                  P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
+    """The memory images :func:`export_hex` wrote into ``folder``, as
+    ``{name: (width, words)}`` like :func:`memories`: what the RTL loads.
+
+    ``memories.json`` must list, for the lanes ``P``, exactly the memories
+    :func:`memories` lays out for ``net`` (names, widths, depths, in order),
+    and each hex file must hold ``depth`` words of ``width`` bits; anything
+    else is an :class:`ImageError` naming the file and what differs.  The
+    words themselves are not compared with ``net``: a changed word is what
+    the RTL then computes with, and verification shows it."""
+    from spikeforge import files
+    folder = Path(folder)
+    index = folder / "memories.json"
+    if not index.exists():
+        raise ImageError(f"{index} is missing: run `spikeforge export` first")
+    try:
+        m = files.read_json(index)
+    except files.FileError as e:
+        raise ImageError(str(e)) from None
+    ps = _lane_list(net, P)
+    want = {name: (width, len(words)) for name, (width, words) in memories(net, ps).items()}
+    lanes = m.get("lanes")
+    if lanes != ps:
+        raise ImageError(f"{index}: memory images exported for lanes {reprlib.repr(lanes)}, "
+                         f"not {ps}: run `spikeforge export {folder.parent} --lanes "
+                         f"{','.join(map(str, ps))}`")
+    listing = m.get("memories")
+    if not isinstance(listing, list) or not all(isinstance(e, dict) for e in listing):
+        raise ImageError(f"{index}: 'memories' must be a list of objects, not "
+                         f"{reprlib.repr(listing)}")
+    names = [e.get("name") for e in listing]
+    if names != list(want):
+        raise ImageError(f"{index}: lists the memories {reprlib.repr(names)}, the network "
+                         f"has {list(want)}")
+    out = {}
+    for e in listing:
+        name = e["name"]
+        width, depth = want[name]
+        for key, value in (("width", width), ("depth", depth)):
+            if e.get(key) != value or type(e.get(key)) is not int:
+                raise ImageError(f"{index}: {name}: {key} {reprlib.repr(e.get(key))}, the "
+                                 f"network's is {value}")
+        fname = e.get("file")
+        if (not isinstance(fname, str) or not fname or Path(fname).name != fname
+                or fname in (".", "..")):
+            raise ImageError(f"{index}: {name}: 'file' must be a file name in {folder}, not "
+                             f"{reprlib.repr(fname)}")
+        path = folder / fname
+        if not path.is_file():
+            raise ImageError(f"{path} is missing (memory {name}): run `spikeforge export` again")
+        # at most one word a line of ceil(width / 4) digits with CR LF line ends
+        limit = depth * (-(-width // 4) + 2)
+        if path.stat().st_size > limit:
+            raise ImageError(f"{path}: larger than {depth} words of {width} bits "
+                             f"({path.stat().st_size} bytes)")
+        words = read_hex(path, width)
+        if len(words) != depth:
+            raise ImageError(f"{path}: {len(words)} words, memory {name} has {depth}")
+        out[name] = (width, words)
+    return out
