@@ -472,3 +472,25 @@ def test_run_on_an_imported_folder_never_trains_over_it(tmp_path, monkeypatch, c
     assert calls == ["quantize", "export", "verify", "report"]
     assert (run / "model.safetensors").read_bytes() == weights
     assert "holds an imported model" in capsys.readouterr().out
+
+
+def test_norse_iaf_mlp_imports_to_the_same_spike_counts():
+    norse = pytest.importorskip("norse.torch")
+    torch.manual_seed(1)
+    p = norse.IAFParameters(v_th=torch.tensor(0.5))
+    net = norse.SequentialState(torch.nn.Linear(64, 16), norse.IAFCell(p),
+                                torch.nn.Linear(16, 10), norse.IAFCell(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = norse.to_nir(net, torch.zeros(1, 64))
+    imp = nir_io.import_graph(graph, ImportOptions(timesteps=5, source="norse"),
+                              input_shape=(1, 8, 8))
+    assert [l.neuron.kind.value for l in imp.spec.layers] == ["if", "if"]
+    x = frames(40)
+    state, theirs = None, 0
+    with torch.no_grad():
+        for _ in range(5):
+            z, state = net(x.view(40, 64).float() / 255, state)
+            theirs = theirs + z
+    assert theirs.sum() > 20
+    assert torch.equal(float_counts(nir_io.to_model(imp), x), theirs.double())
