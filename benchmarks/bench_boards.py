@@ -62,7 +62,9 @@ def bench(board: str, run: Path | None, images: int, out: Path) -> dict:
         net, lanes = B.default_network(board)
         dataset, source = cfg.dataset, f"{cfg.label} (untrained weights)"
     t0 = time.perf_counter()
-    rep = B.build(net, board, out / board, lanes=lanes, allow_timing_fail=True)
+    mhz = B.DEFAULT_CLOCK_MHZ[board]
+    rep = B.build(net, board, out / board, lanes=lanes, allow_timing_fail=True,
+                  clock_hz=None if mhz is None else mhz * 1e6)
     build_s = time.perf_counter() - t0
     ds = sfdata.load(dataset, seed=0)
     x = ds.x_test[:images]

@@ -165,6 +165,11 @@ DEFAULT_MODELS = {
                               overrides={"channels": (), "hidden": 32}, input_bits=4, lanes=1),
 }
 
+#: the design clock a build uses unless told (MHz; None: the board
+#: oscillator).  The iCEBreaker's PLL runs the default MLP at 30 MHz (nextpnr:
+#: Fmax 31.1 MHz at 86% of the UP5K's logic cells).
+DEFAULT_CLOCK_MHZ = {"ulx3s": None, "icebreaker": 30.0}
+
 CANDIDATES = (
     ModelConfig("convsnn 48-48 fc128, mnist, 8 bits", lanes=4),
     ModelConfig("convsnn 48-48 fc128, mnist, 6 bits", weight_bits=6, lanes=4),
@@ -413,11 +418,13 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     """``spikeforge build RUN --board BOARD``: the run's weight image to
     ``RUN/build/BOARD/`` (bitstream + report.json).  ``lanes`` default: the
     lanes of ``RUN/hw/memories.json`` when the run was exported, else the
-    board default's.  ``clock_mhz``: the design clock (ULX3S: from the PLL;
-    default the oscillator); ``"auto"``: build at the oscillator, then again
+    board default's.  ``clock_mhz``: the design clock from the PLL
+    (default :data:`DEFAULT_CLOCK_MHZ`); ``"auto"``: build at the oscillator, then again
     with the PLL at ``AUTO_MARGIN`` of the Fmax nextpnr reported (two builds)."""
     run_dir = Path(run_dir)
     board = _board_name(board)
+    if clock_mhz is None:
+        clock_mhz = DEFAULT_CLOCK_MHZ[board]
     if lanes is None:
         from spikeforge.flow import recorded_lanes
         lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes

@@ -1,9 +1,10 @@
 """iCEBreaker (Lattice iCE40UP5K, 12 MHz oscillator, FT2232H USB-serial).
 
-:class:`~spikeforge.boards.top.BoardTop` runs on the board's 12 MHz clock
-directly (the engine of the default small network places at about twice that;
-see :mod:`.build`).  The UART is the FT2232H's second channel (``uart`` 0,
-pins 6 = FPGA rx, 9 = FPGA tx); 12 MHz / 1 Mbaud is an exact divisor (12).
+:class:`~spikeforge.boards.top.BoardTop` runs at 30 MHz by default, from the
+UP5K's PLL (``SB_PLL40_PAD`` on the 12 MHz clock pin, :mod:`.pll`;
+``spikeforge build --clock-mhz`` picks another).  The UART is the FT2232H's
+second channel (``uart`` 0, pins 6 = FPGA rx, 9 = FPGA tx); 30 MHz / 1 Mbaud
+is an exact divisor (30).
 
 LEDs: the red LED (pin 11) is the error LED (``leds[2]``), the green one
 (pin 37) the heartbeat (``leds[0]``).  With the snap-off LED/button section

@@ -313,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lanes", type=_lanes, default=None,
                    help="lanes P (default: those of RUN/hw/memories.json, else the board's)")
     p.add_argument("--clock-mhz", type=_clock_choice, default=None,
-                   help="design clock from the PLL (ULX3S), or 'auto': build, then build "
-                        "again at 95%% of the Fmax found (default: the board oscillator)")
+                   help="design clock from the board's PLL, or 'auto': build, then build "
+                        "again at 95%% of the Fmax found (default: ULX3S its 25 MHz "
+                        "oscillator, iCEBreaker 30 MHz)")
     p.set_defaults(fn=cmd_build)
 
     p = add("infer", "send test images to a board over its UART, compare with the golden model")
