@@ -146,13 +146,16 @@ def test_verify_runs_the_exported_images(tmp_path, capsys):
     ds = sfdata.load("digits8x8", seed=meta.get("seed", 0))
     x = ds.x_test[:12]
     l0 = net.layers[0]
-    theta = l0.theta.clone()
-    theta[0] = 1
-    tampered = dataclasses.replace(l0, theta=theta)
     ref = golden.run(net, x).spikes[0]
-    other = golden.run(dataclasses.replace(net, layers=(tampered, *net.layers[1:])), x).spikes[0]
-    assert not torch.equal(ref, other)
-    _set_theta(hw / "L0_neurons.hex", l0, 0, 1)
+
+    def spikes_with_theta_1(c):
+        theta = l0.theta.clone()
+        theta[c] = 1
+        layers = (dataclasses.replace(l0, theta=theta), *net.layers[1:])
+        return golden.run(dataclasses.replace(net, layers=layers), x).spikes[0]
+    channel = next(c for c in range(l0.spec.out_channels)
+                   if not torch.equal(ref, spikes_with_theta_1(c)))
+    _set_theta(hw / "L0_neurons.hex", l0, channel, 1)
     why = flow.pending(run, flow.STEP["verify"], _verify_args())
     assert why == "its input files changed"
     assert cli.main(["verify", str(run), "--images", "12"]) == 1
@@ -162,12 +165,15 @@ def test_verify_runs_the_exported_images(tmp_path, capsys):
     assert json.loads((run / "sim.json").read_text())["mismatches"] > 0
 
     # a damaged export is refused before any build, exit status 2
-    for name, text, message in (
-            ("L0_weights.hex", "zz\n", "L0_weights.hex:1: bad hex digit 'z'"),
-            ("memories.json", json.dumps({"lanes": [1, 1], "memories": []}),
-             "exported for lanes [1, 1], not [2, 2]")):
+    for name, text, extra, message in (
+            ("L0_weights.hex", "zz\n", [], "L0_weights.hex:1: bad hex digit 'z'"),
+            ("memories.json", json.dumps({"lanes": [2, 2, 2], "memories": []}), [],
+             "memories.json: lists the memories [], the network has ['L0_weights', "),
+            ("memories.json", saved["memories.json"].decode(), ["--lanes", "1"],
+             "memories.json: memory images exported for lanes [2, 2, 2], not [1, 1, 1]: run "
+             f"`spikeforge export {run} --lanes 1,1,1`")):
         (hw / name).write_text(text)
-        assert cli.main(["verify", str(run), "--images", "12"]) == 2
+        assert cli.main(["verify", str(run), "--images", "12", *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err
         (hw / name).write_bytes(saved[name])
