@@ -222,6 +222,16 @@ def main() -> None:
                        for i in range(0, len(y), 250)])
         rows.append((f"spikeforge int{bits} golden", float((g == y).float().mean()),
                      float((g == theirs).float().mean())))
+    # the quantizer's calibration picks weight clipping by accuracy on labels, which can
+    # move away from the source's decisions; without clipping, for comparison
+    from spikeforge.sw import quantize as q
+    for bits in [int(b) for b in args.weight_bits.split(",")]:
+        qc = q.QuantConfig(weight_bits=bits, per_channel=args.per_channel)
+        plain = q.quantize(model, qc, [1.0] * len(model.spec.layers))
+        gp = torch.cat([golden.run(plain, ds.x_test[i:i + 250]).classes
+                        for i in range(0, len(y), 250)])
+        rows.append((f"spikeforge int{bits} golden, no clipping", float((gp == y).float().mean()),
+                     float((gp == theirs).float().mean())))
     if args.verify:
         for cmd in (["export", "-q", str(run_dir)],
                     ["verify", "-q", str(run_dir), "--images", str(args.verify)]):
