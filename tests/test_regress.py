@@ -82,9 +82,9 @@ def test_bad_arguments_of_the_function():
 @pytest.mark.slow
 def test_a_slice_on_a_local_dask_cluster(tmp_path, capsys):
     # two networks on a local Dask cluster of two worker processes, through the CLI
-    out = tmp_path / "out"
+    out, builds = tmp_path / "out", tmp_path / "builds"
     assert cli.main(["regress", "--nets", "2", "--images", "25", "--workers", "2", "--seed", "5",
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--build-dir", str(builds)]) == 0
     s = json.loads((out / "regress.json").read_text())
     assert s["complete"] is True
     assert s["networks"] == 2 and s["cases"] == 50 and s["mismatching_cases"] == 0
@@ -102,6 +102,19 @@ def test_a_slice_on_a_local_dask_cluster(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "2 networks x 25 images = 50 cases: 0 mismatching, 0 networks failed" in text
     assert "net 5: " in text and "net 6: " in text
+
+    # the same slice on a running cluster, by its scheduler's address (as for
+    # workers on other machines), reusing the builds kept in --build-dir
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        assert cli.main(["regress", "--nets", "2", "--images", "25", "--seed", "5",
+                         "--scheduler", cluster.scheduler_address, "--out", str(out / "again"),
+                         "--build-dir", str(builds)]) == 0
+    again = json.loads((out / "again" / "regress.json").read_text())
+    assert again["workers"] == 1 and again["cases"] == 50 and again["mismatching_cases"] == 0
+    assert all(r["build_seconds"] < 10 for r in again["results"])  # nothing rebuilt
+    assert [r["first_mismatch"] for r in again["results"]] == [None, None]
 
 
 @pytest.mark.verilator
