@@ -27,11 +27,12 @@ simulation per network, seconds to minutes each) and independent, so all
 that is needed is "submit a function, collect results as they complete,
 workers on other machines"; both engines do that.  Dask is pure Python on
 top of tornado / msgpack / cloudpickle: installing ``distributed`` into
-this project's environment took 13 s and about 4 MB of wheels (25 MB on
-disk), no native services.  Ray ships a compiled core (raylet, GCS, plasma
-store, gRPC) in a wheel an order of magnitude larger and starts several
-daemon processes per node, which costs install time on CI's fresh 2-core
-machine and memory on the same cores that run the Verilator builds.  A
+this project's environment took 13 s, 4.5 MB of wheels (dask 1.5 MB,
+distributed 1.0 MB, the rest small; 25 MB on disk), no native services.
+Ray ships a compiled core (raylet, GCS, object store, gRPC) in a
+per-platform wheel of tens of MB (not installed here to measure) and starts
+several daemon processes per node, which costs install time on CI's fresh
+2-core machine and memory on the same cores that run the Verilator builds.  A
 Dask worker is a plain Python process that runs our function, which is what
 a Verilator build and a cocotb run (each a subprocess) want.
 """
