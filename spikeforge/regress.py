@@ -242,17 +242,24 @@ def regress(seeds: Iterable[int], images: int, *, workers: int = 1,
                 on_result(results[-1])
         used = 1
     else:
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
+        from distributed.client import FutureCancelledError
         client, cluster = _client(scheduler, workers, connect_timeout)
         try:
             used = len(client.scheduler_info(n_workers=-1)["workers"]) if scheduler else workers
             if used < 1:
                 raise RegressError(f"the Dask cluster at {scheduler} has no workers")
-            futures = [client.submit(check_network, s, images, build_root, faults, pure=False,
-                                     key=f"regress-net-{s}-{images}-{time.time_ns()}")
-                       for s in seeds]
-            for fut in as_completed(futures):
-                results.append(fut.result())
+            futures = {client.submit(check_network, s, images, build_root, faults, pure=False,
+                                     key=f"regress-net-{s}-{images}-{time.time_ns()}"): s
+                       for s in seeds}
+            for fut in as_completed(list(futures)):
+                try:
+                    results.append(fut.result())
+                except (KilledWorker, FutureCancelledError) as e:
+                    # a worker died (out of memory, killed) on this network: a failure of it
+                    results.append({"seed": futures[fut], "worker": "?", "cases": 0,
+                                    "mismatches": 0, "first_mismatch": None, "seconds": 0.0,
+                                    "error": f"{type(e).__name__}: {e}"})
                 if on_result:
                     on_result(results[-1])
         finally:
