@@ -17,8 +17,9 @@ snnTorch 1.0: trained with scalar beta 0.9, threshold 1, reset by
 subtraction; exported from a copy with per-neuron parameter tensors and
 AvgPool2d in place of MaxPool2d (its exporter refuses scalars and
 MaxPool2d), imported with ``--source snntorch --avgpool-as-max``.
-Norse 1.1: LIFBoxCell (tau_mem_inv 100 at dt 1e-3: decay 0.9), threshold
-0.5, reset to zero; ``to_nir`` writes None for MaxPool2d and Flatten, so
+Norse 1.1: LIFBoxCell (tau_mem_inv 100 at dt 1e-3: decay 0.9, input gain
+0.1), threshold 0.1 (1 in units of the gain, as the snnTorch net), reset to
+zero; ``to_nir`` writes None for MaxPool2d and Flatten, so
 those nodes are filled in as SumPool2d -> Threshold(0) and Flatten before
 the file is written; imported with ``--source norse``.
 """
@@ -96,7 +97,8 @@ def norse_model(args, ds, out: Path):
     import norse.torch as norse
     T = args.timesteps
     torch.manual_seed(args.seed)
-    p = norse.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0), v_th=torch.tensor(0.5))
+    # v_th 0.1 over the input gain dt * tau_mem_inv = 0.1: the snnTorch net's threshold 1
+    p = norse.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0), v_th=torch.tensor(0.1))
     net = norse.SequentialState(*conv_net(lambda: torch.nn.MaxPool2d(2),
                                           lambda shape: norse.LIFBoxCell(p)))
 
@@ -141,7 +143,8 @@ def train(args, ds, run, net) -> None:
     """Train ``net`` in its own framework, or load the weights an earlier run of
     this script saved with the same settings (``--retrain`` to train again)."""
     from safetensors.torch import load_file, save_file
-    tag = f"{args.framework}-s{args.steps}-b{args.batch}-T{args.timesteps}-seed{args.seed}"
+    version = "-v2" if args.framework == "norse" else ""  # v2: Norse threshold 0.1
+    tag = f"{args.framework}{version}-s{args.steps}-b{args.batch}-T{args.timesteps}-seed{args.seed}"
     saved = Path(args.out) / args.framework / f"{tag}.safetensors"
     if saved.exists() and not args.retrain:
         net.load_state_dict(load_file(str(saved)))
