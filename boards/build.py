@@ -273,6 +273,24 @@ def _resolve(net_or_run, lanes):
     return net, lane_counts(net, lanes), source
 
 
+def _exported(net_or_run, net, lanes) -> dict | None:
+    """A run folder's exported memory images (``RUN/hw``) when they were
+    exported for ``lanes``: what the bitstream's memories hold, as in
+    verification.  None otherwise (the weight image's words)."""
+    if not isinstance(net_or_run, (str, os.PathLike)) or not Path(net_or_run).is_dir():
+        return None
+    from spikeforge import image
+    from spikeforge.flow import recorded_lanes
+    run = Path(net_or_run)
+    recorded = recorded_lanes(run)
+    if recorded != list(lanes):
+        if recorded is not None:
+            print(f"note: {run / 'hw'} was exported for lanes {recorded}, not {list(lanes)}: "
+                  f"the memories hold the words of {run / 'weights.sfimg'}")
+        return None
+    return image.read_exported(run / "hw", net, lanes)
+
+
 def _tail(path: Path, n: int = 15) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -312,7 +330,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
         clock_hz = pll.f_out_hz
     else:
         clock_hz = plat.default_clk_frequency
-    top = BoardTop(net, lanes, clock_hz=clock_hz, link=link)
+    top = BoardTop(net, lanes, clock_hz=clock_hz, link=link,
+                   contents=_exported(net_or_run, net, lanes))
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)

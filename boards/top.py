@@ -84,6 +84,9 @@ class BoardTop(wiring.Component):
     clock_hz : float
         The clock of the ``sync`` domain.
     link : LinkConfig
+    contents : dict, optional
+        Power-up memory contents ``{name: (width, words)}`` (a run's exported
+        images, :func:`spikeforge.image.read_exported`); default: the network's.
 
     A network that may not fit a device's block RAM is checked with
     :func:`spikeforge.hw.fit.check_fit` before its top is built;
@@ -97,8 +100,8 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
-                 fifo_depth: int = 8):
-        self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth)
+                 fifo_depth: int = 8, contents: dict | None = None):
+        self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents)
         self.clock_hz = int(clock_hz)
         self.link = link
         div, timeout, stall = link.cycles(clock_hz)

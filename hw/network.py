@@ -223,6 +223,7 @@ class NetworkTop(wiring.Component):
         if contents is not None:
             _check_contents(contents, mems)
             mems = contents
+        self.contents = mems  # the memories' power-up words, {name: (width, words)}
         self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1])
                       for i, cp in enumerate(self.params)]
         for i, core in enumerate(self.cores):

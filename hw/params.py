@@ -171,7 +171,9 @@ class CoreParams:
 
     @property
     def neuron_width(self) -> int:
-        return self.state_bits + self.acc_bits + 6
+        """Bits of a neuron-memory word (:func:`spikeforge.layouts.neuron_layout`)."""
+        from spikeforge.layouts import neuron_layout
+        return neuron_layout(self.state_bits, self.acc_bits).size
 
     @property
     def out_size(self) -> tuple[int, int]:

@@ -30,9 +30,7 @@ def builds(tmp_path_factory, small):
     net, lanes = small
     run = tmp_path_factory.mktemp("run")
     image.write_image(run / "weights.sfimg", net)
-    (run / "hw").mkdir()
-    (run / "hw" / "memories.json").write_text(json.dumps({"lanes": [lanes] * len(net.layers),
-                                                          "memories": []}))
+    image.export_hex(net, run / "hw", [lanes] * len(net.layers))  # what the build loads
     ice = B.build_run(run, "icebreaker")
     ulx_dir = tmp_path_factory.mktemp("ulx3s")
     ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes, clock_hz=40e6)  # through the PLL

@@ -185,3 +185,28 @@ def test_verify_runs_the_exported_images(tmp_path, capsys):
 def _verify_args():
     import argparse
     return argparse.Namespace(lanes=None, images=12)
+
+
+def test_board_builds_load_the_exported_images(tmp_path, capsys):
+    """`spikeforge build RUN` puts the exported words into the bitstream's
+    memories (as verify simulates them), unless they were exported for other
+    lanes: then the weight image's, with a note."""
+    from spikeforge.boards import build as B
+    from spikeforge.boards.top import BoardTop
+    net = random_network(2)
+    run = tmp_path / "run"
+    run.mkdir()
+    image.write_image(run / "weights.sfimg", net)
+    export_hex(net, run / "hw", [2, 2])
+    layer = net.layers[0]
+    lay = layouts.neuron_layout(layer.state_bits, layer.acc_bits)
+    old = memories(net, [2, 2])["L0_neurons"][1][0]
+    theta = layouts.unpack(lay, old)["theta"]
+    _set_theta(run / "hw" / "L0_neurons.hex", layer, 0, theta + 1)
+    contents = B._exported(run, net, [2, 2])
+    top = BoardTop(net, [2, 2], clock_hz=25e6, contents=contents)
+    word = top.engine.contents["L0_neurons"][1][0]
+    assert word != old and layouts.unpack(lay, word)["theta"] == theta + 1
+    assert B._exported(run, net, [1, 1]) is None
+    assert "exported for lanes [2, 2], not [1, 1]" in capsys.readouterr().out
+    assert B._exported(net, net, [2, 2]) is None
