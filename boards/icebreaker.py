@@ -17,9 +17,9 @@ networks fit (module :mod:`.build`).  Flash with ``iceprog top.bin`` or
 """
 
 from amaranth import *
-from amaranth.lib import io
 
-from .top import BoardTop
+from .pll import ICE40PLLDomain
+from .top import BoardTop, led_output, wrap_board
 
 __all__ = ["ICEBreakerWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
 
@@ -49,25 +49,12 @@ class ICEBreakerWrapper(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        if self.pll is not None:
-            from .pll import ICE40PLLDomain
-            m.domains.sync = cd = ClockDomain("sync")
-            m.submodules.pll = ICE40PLLDomain(self.pll, cd)
-        m.submodules.board = top = self.top
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
-        m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
-        m.d.comb += [_led(m, platform, 0).eq(top.leds[2]),   # red: error
-                     _led(m, platform, 1).eq(top.leds[0])]   # green: heartbeat
+        top = self.top
+        wrap_board(m, platform, top, self.pll, ICE40PLLDomain)
+        m.d.comb += [led_output(m, platform, 0).eq(top.leds[2]),   # red: error
+                     led_output(m, platform, 1).eq(top.leds[0])]   # green: heartbeat
         if self.pmod_leds:
             for res, bit in zip(range(2, 7), (1, 3, 4, 5, 6)):
-                m.d.comb += _led(m, platform, res).eq(top.leds[bit])
+                m.d.comb += led_output(m, platform, res).eq(top.leds[bit])
         return m
 
-
-def _led(m, platform, n):
-    """The output of LED ``n`` (the resource's inversion is in its port)."""
-    buf = io.Buffer("o", platform.request("led", n, dir="-"))
-    m.submodules[f"led{n}_buf"] = buf
-    return buf.o

@@ -79,26 +79,39 @@ def ecp5_pll(f_in_hz: int, f_out_hz: float) -> PLLParams:
     return best[1]
 
 
-class ECP5PLLDomain(Elaboratable):
-    """Drives clock domain ``cd`` (defined by the parent) from an ``EHXPLLL``
-    on the board clock resource ``clk_resource`` (e.g. ``("clk25", 0)``); the
-    domain is held in reset until the PLL locks."""
+class _PLLDomain(Elaboratable):
+    """Drives clock domain ``cd`` (defined by the parent) from a PLL on the
+    board clock resource ``clk_resource``; the domain is held in reset until
+    the PLL locks.  Subclasses instantiate the PLL (:meth:`_pll`)."""
 
-    def __init__(self, params: PLLParams, cd: ClockDomain, clk_resource=("clk25", 0)):
+    def __init__(self, params, cd: ClockDomain, clk_resource):
         self.params = params
         self.cd = cd
         self._clk = clk_resource
 
     def elaborate(self, platform):
         m = Module()
-        p = self.params
         pin = platform.request(*self._clk, dir="-")
+        clk, locked = Signal(), Signal()
+        m.submodules.pll = self._pll(m, pin, clk, locked)
+        m.d.comb += self.cd.clk.eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain=self.cd.name)
+        # nextpnr derives the output's constraint from the input's and the dividers
+        return m
+
+
+class ECP5PLLDomain(_PLLDomain):
+    """An ``EHXPLLL`` on the board clock resource (e.g. ``("clk25", 0)``),
+    feedback from ``CLKOP``."""
+
+    def __init__(self, params: PLLParams, cd: ClockDomain, clk_resource=("clk25", 0)):
+        super().__init__(params, cd, clk_resource)
+
+    def _pll(self, m, pin, clkop, locked):
+        p = self.params
         m.submodules.clk_buf = buf = io.Buffer("i", pin)
-        cd = self.cd
-        locked = Signal()
-        clkop = Signal()
         mhz = lambda hz: f"{hz / 1e6:.4f}".rstrip("0").rstrip(".")
-        m.submodules.pll = Instance(
+        return Instance(
             "EHXPLLL",
             a_FREQUENCY_PIN_CLKI=mhz(p.f_in_hz), a_FREQUENCY_PIN_CLKOP=mhz(p.f_out_hz),
             a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
@@ -112,10 +125,6 @@ class ECP5PLLDomain(Elaboratable):
             i_RST=0, i_STDBY=0, i_CLKI=buf.i, o_CLKOP=clkop, i_CLKFB=clkop,
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
             i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
-        m.d.comb += cd.clk.eq(clkop)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain=cd.name)
-        # nextpnr derives CLKOP's constraint from the input's and the dividers
-        return m
 
 
 @dataclass(frozen=True)
@@ -166,30 +175,19 @@ def ice40_pll(f_in_hz: int, f_out_hz: float) -> ICE40PLLParams:
     return best
 
 
-class ICE40PLLDomain(Elaboratable):
-    """Drives clock domain ``cd`` from an ``SB_PLL40_PAD`` on the board clock
-    pin ``clk_resource`` (the iCEBreaker's 12 MHz clock is on a PLL input
-    pad); the domain is held in reset until the PLL locks."""
+class ICE40PLLDomain(_PLLDomain):
+    """An ``SB_PLL40_PAD`` on the board clock pin (the iCEBreaker's 12 MHz
+    clock is on a PLL input pad), simple feedback."""
 
     def __init__(self, params: ICE40PLLParams, cd: ClockDomain, clk_resource=("clk12", 0)):
-        self.params = params
-        self.cd = cd
-        self._clk = clk_resource
+        super().__init__(params, cd, clk_resource)
 
-    def elaborate(self, platform):
-        m = Module()
+    def _pll(self, m, pin, clk, locked):
         p = self.params
-        pin = platform.request(*self._clk, dir="-")
-        locked = Signal()
-        clk = Signal()
-        m.submodules.pll = Instance(
+        return Instance(
             "SB_PLL40_PAD",
             p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
             p_DIVR=C(p.divr, 4), p_DIVF=C(p.divf, 7), p_DIVQ=C(p.divq, 3),
             p_FILTER_RANGE=C(p.filter_range, 3),
             i_PACKAGEPIN=pin.io, i_RESETB=1, i_BYPASS=0,
             o_PLLOUTGLOBAL=clk, o_LOCK=locked)
-        m.d.comb += self.cd.clk.eq(clk)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain=self.cd.name)
-        # nextpnr derives the output's constraint from the input's and the dividers
-        return m

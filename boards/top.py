@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.hw.network import NetworkTop, engine_geometry
@@ -30,7 +30,7 @@ from . import protocol
 from .bridge import HostBridge
 from .uart import divisor_for
 
-__all__ = ["BoardTop", "LinkConfig", "board_info"]
+__all__ = ["BoardTop", "LinkConfig", "board_info", "wrap_board", "led_output"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +158,24 @@ class BoardTop(wiring.Component):
             Mux(e.done, pred, 0),
         ))
         return m
+
+
+def wrap_board(m, platform, top: BoardTop, pll=None, pll_domain=None) -> None:
+    """What every board wrapper does: the ``sync`` domain from a PLL
+    (``pll_domain(pll, cd)``, :mod:`.pll`) when ``pll`` is given, else the
+    platform's clock; ``top`` as submodule ``board``; its UART on ``uart`` 0."""
+    if pll is not None:
+        m.domains.sync = cd = ClockDomain("sync")
+        m.submodules.pll = pll_domain(pll, cd)
+    m.submodules.board = top
+    uart = platform.request("uart", 0, dir="-")
+    m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
+    m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
+    m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+
+
+def led_output(m, platform, n):
+    """The output of LED ``n`` (the resource's inversion is in its port)."""
+    buf = io.Buffer("o", platform.request("led", n, dir="-"))
+    m.submodules[f"led{n}_buf"] = buf
+    return buf.o

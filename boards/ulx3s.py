@@ -11,9 +11,9 @@ Flash with ``openFPGALoader --board ulx3s top.bit``.
 """
 
 from amaranth import *
-from amaranth.lib import io
 
-from .top import BoardTop
+from .pll import ECP5PLLDomain
+from .top import BoardTop, led_output, wrap_board
 
 __all__ = ["ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
 
@@ -39,22 +39,9 @@ class ULX3SWrapper(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        if self.pll is not None:
-            from .pll import ECP5PLLDomain
-            m.domains.sync = cd = ClockDomain("sync")
-            m.submodules.pll = ECP5PLLDomain(self.pll, cd)
-        m.submodules.board = top = self.top
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
-        m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+        top = self.top
+        wrap_board(m, platform, top, self.pll, ECP5PLLDomain)
         for i in range(8):
-            m.d.comb += _led(m, platform, i).eq(top.leds[i])
+            m.d.comb += led_output(m, platform, i).eq(top.leds[i])
         return m
 
-
-def _led(m, platform, n):
-    """The output of LED ``n`` (the resource's inversion is in its port)."""
-    buf = io.Buffer("o", platform.request("led", n, dir="-"))
-    m.submodules[f"led{n}_buf"] = buf
-    return buf.o
