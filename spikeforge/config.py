@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from spikeforge.errors import SpikeforgeError
+from spikeforge.errors import SpikeforgeError, shown
 
 
 class SpecError(SpikeforgeError, ValueError):
@@ -314,4 +314,4 @@ class NetworkSpec:
 def _known(d: dict, cls, where: str) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
-    _check(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}")
+    _check(not unknown, f"{where}: unknown field(s) {', '.join(map(shown, unknown))}")

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 
 from spikeforge.config import NetworkSpec, NeuronKind
-from spikeforge.errors import SpikeforgeError
+from spikeforge.errors import SpikeforgeError, shown
 from spikeforge.layouts import SHIFT_BITS, neuron_layout
 from spikeforge.sw.golden import ContractError, IntLayer, IntNetwork, signed_bits
 
@@ -120,7 +120,7 @@ def _obj(v: Any, where: str, keys: tuple[str, ...]) -> dict:
     if missing or unknown:
         raise ImageError(f"{where}: " + "; ".join(
             [f"missing field(s) {', '.join(missing)}"] * bool(missing)
-            + [f"unknown field(s) {', '.join(unknown)}"] * bool(unknown)))
+            + [f"unknown field(s) {', '.join(map(shown, unknown))}"] * bool(unknown)))
     return v
 
 

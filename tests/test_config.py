@@ -49,6 +49,9 @@ def test_from_dict_rejects_unknown_and_missing_fields():
     d = spec_for("convsnn").to_dict()
     with pytest.raises(SpecError, match=r"^layers\[0\]: unknown field\(s\) strid$"):
         NetworkSpec.from_dict({**d, "layers": [{**d["layers"][0], "strid": 2}] + d["layers"][1:]})
+    # a key with a line break (here NEL, U+0085) is shown escaped: the error stays one line
+    with pytest.raises(SpecError, match=r"^network: unknown field\(s\) '\\x850'$"):
+        NetworkSpec.from_dict({**d, "\x850": None})
     d2 = dict(d)
     del d2["classes"]
     with pytest.raises(SpecError, match="classes"):
