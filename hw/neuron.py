@@ -170,41 +170,29 @@ class NeuronUnit(wiring.Component):
         # (read data of the issued address, registered with the group's
         # parameters, which are current now; no memory output drives an adder)
         NL = P * p.R  # lane n = r*P + j: channel lane j at the word's position r
-        v1, win1 = Signal(), Signal()
-        a1 = Signal.like(addr)
-        py1, px1 = Signal.like(py), Signal.like(px)
-        cb1 = Signal(cb_bits)
-        g1 = Signal.like(g)
-        m.d.sync += [v1.eq(issue), win1.eq(win_end), a1.eq(addr), py1.eq(py), px1.eq(px),
-                     cb1.eq(cbase), g1.eq(g)]
-        vr, winr = Signal(), Signal()
-        ar = Signal.like(addr)
-        pyr, pxr = Signal.like(py), Signal.like(px)
-        cbr = Signal(cb_bits)
-        gr = Signal.like(g)
+        # what travels with a word down the pipeline: valid, window end,
+        # address, window position, group base channel and group
+        tag = data.StructLayout({"v": 1, "win": 1, "a": len(addr), "py": len(py),
+                                 "px": len(px), "cb": cb_bits, "g": len(g)})
+        t1, tr, t2, t3 = (Signal(tag, name=f"tag{n}") for n in ("1", "r", "2", "3"))
+        m.d.sync += [t1.v.eq(issue), t1.win.eq(win_end), t1.a.eq(addr), t1.py.eq(py),
+                     t1.px.eq(px), t1.cb.eq(cbase), t1.g.eq(g)]
         base_r = Signal.like(self.rd_data)
         cur_r = Signal.like(self.cur_data)
         bias_r = [Signal.like(b, name=f"bias_r{j}") for j, b in enumerate(cur_bias)]
         th_r = [Signal.like(t, name=f"th_r{j}") for j, t in enumerate(cur_theta)]
-        m.d.sync += [vr.eq(v1), winr.eq(win1), ar.eq(a1), pyr.eq(py1), pxr.eq(px1),
-                     cbr.eq(cb1), gr.eq(g1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
+        m.d.sync += [tr.eq(t1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
         m.d.sync += [a.eq(b) for a, b in zip(bias_r + th_r, cur_bias + cur_theta)]
 
         # ---------------------------------------------------------- sum stage
         sum_w = max(p.state_width, p.cur_width, p.acc_bits) + 2
-        maskr = Cat(cbr + j < p.c_out for j in range(P))
+        maskr = Cat(tr.cb + j < p.c_out for j in range(P))
 
         # ---------------------------------------------------------- threshold stage
-        v2, win2 = Signal(), Signal()
-        a2 = Signal.like(addr)
-        py2, px2 = Signal.like(py), Signal.like(px)
-        cb2 = Signal(cb_bits)
-        g2 = Signal.like(g)
         mask2 = Signal(P)
         s2 = [Signal(signed(sum_w), name=f"s2_{n}") for n in range(NL)]
         th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
-        m.d.sync += [v2.eq(vr), win2.eq(winr), a2.eq(ar), py2.eq(pyr), px2.eq(pxr),
-                     cb2.eq(cbr), g2.eq(gr), mask2.eq(maskr)]
+        m.d.sync += [t2.eq(tr), mask2.eq(maskr)]
         m.d.sync += [s2[n].eq(base_r[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
         m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
         u2 = [Signal(signed(S), name=f"u{n}") for n in range(NL)]
@@ -219,16 +207,10 @@ class NeuronUnit(wiring.Component):
                 m.d.comb += o2[n].eq(s2[n] >= th2[n % P])
 
         # ---------------------------------------------------------- write-back stage
-        v3, win3 = Signal(), Signal()
-        a3 = Signal.like(addr)
-        py3, px3 = Signal.like(py), Signal.like(px)
-        cb3 = Signal(cb_bits)
-        g3 = Signal.like(g)
         u3 = [Signal(signed(S), name=f"u3_{n}") for n in range(NL)]
         th3 = [Signal(signed(S), name=f"th3_{j}") for j in range(P)]
         o3 = Signal(NL)
-        m.d.sync += [v3.eq(v2), win3.eq(win2), a3.eq(a2), py3.eq(py2), px3.eq(px2),
-                     cb3.eq(cb2), g3.eq(g2), o3.eq(o2 & mask2.replicate(p.R))]
+        m.d.sync += [t3.eq(t2), o3.eq(o2 & mask2.replicate(p.R))]
         m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
         shifts = p.decay_shifts
         if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
@@ -252,11 +234,11 @@ class NeuronUnit(wiring.Component):
         vec = sp_acc
         for r in range(p.R):  # OR the word's positions: they share a pooling window
             vec = vec | o3[r * P:(r + 1) * P]
-        push = v3 & win3 & (vec != 0)
+        push = t3.v & t3.win & (vec != 0)
         q_in = Signal(q_layout)
         m.d.comb += [
-            q_in.vec.eq(vec), q_in.cb.eq(g3 if p.words_out else cb3), q_in.py.eq(py3),
-            q_in.px.eq(px3),
+            q_in.vec.eq(vec), q_in.cb.eq(t3.g if p.words_out else t3.cb), q_in.py.eq(t3.py),
+            q_in.px.eq(t3.px),
             queue.w_data.eq(q_in.as_value()),
             queue.w_en.eq(push),
         ]
@@ -264,10 +246,10 @@ class NeuronUnit(wiring.Component):
         # only while the queue can take every word in flight; the pipeline
         # itself never stalls (no enable fanning out from the queue's state).
         # ``room`` is a cycle old, so it counts the word that cycle may issue.
-        in_pipe = v1 + vr + v2 + v3
+        in_pipe = t1.v + tr.v + t2.v + t3.v
         m.d.sync += room.eq(queue.w_level + in_pipe + 1 < QUEUE_DEPTH)
-        with m.If(v3):
-            m.d.sync += sp_acc.eq(Mux(win3, 0, vec))
+        with m.If(t3.v):
+            m.d.sync += sp_acc.eq(Mux(t3.win, 0, vec))
 
         # ---------------------------------------------------------- clear pass
         c_addr = Signal.like(addr)
@@ -278,12 +260,12 @@ class NeuronUnit(wiring.Component):
             m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
             m.d.comb += [self.wr_data[n].eq(0) for n in range(NL)]
         with m.Else():
-            m.d.comb += [self.wr_addr.eq(a3), self.wr_en.eq(v3)]
+            m.d.comb += [self.wr_addr.eq(t3.a), self.wr_en.eq(t3.v)]
             m.d.comb += [self.wr_data[n].eq(base[n]) for n in range(NL)]
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
-        in_flight = v1 | vr | v2 | v3
+        in_flight = t1.v | tr.v | t2.v | t3.v
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
                                marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
         with m.If(marker_sent):
@@ -295,7 +277,7 @@ class NeuronUnit(wiring.Component):
             m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
             m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
-                         v1.eq(0), vr.eq(0), v2.eq(0), v3.eq(0), sp_acc.eq(0)]
+                         t1.v.eq(0), tr.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0)]
 
         m.d.comb += [
             self.mem_busy.eq(scanning | clearing | in_flight),
