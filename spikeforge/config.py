@@ -106,6 +106,12 @@ class NeuronSpec:
     threshold_law
         STCB only: ``pow2`` (``Vth[t] = theta >> t``, hardware) or ``exp``
         (``theta * exp(-t/tau)``, float training only).
+    strict
+        LIF / IF: fire when ``u > theta`` (snnTorch, Norse, NIR) instead of
+        ``u >= theta`` (the default).  One comparison for the float neurons,
+        the integer contract and the engine; the surrogate gradient and the
+        reset (subtraction takes ``theta``) are the same either way.  STCB
+        keeps the STEB's ``>=`` (its exact binary expansion).
     """
 
     kind: NeuronKind = NeuronKind.LIF
@@ -117,13 +123,14 @@ class NeuronSpec:
     bpta: float = 0.0
     threshold_law: str = "pow2"
     tau: float = 2.0
+    strict: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "kind", _enum(NeuronKind, self.kind, "neuron.kind"))
         object.__setattr__(self, "reset", _enum(Reset, self.reset, "neuron.reset"))
         _types(self, "neuron", decay=(int, float), theta=(int, float), surrogate=(str,),
                surrogate_width=(int, float, type(None)), bpta=(int, float),
-               threshold_law=(str,), tau=(int, float))
+               threshold_law=(str,), tau=(int, float), strict=(bool,))
         if self.kind is NeuronKind.IF:
             object.__setattr__(self, "decay", 1.0)
         if self.kind is NeuronKind.STCB:
@@ -131,6 +138,8 @@ class NeuronSpec:
         _check(0.0 < self.decay <= 1.0, f"neuron.decay must be in (0, 1], not {self.decay!r}")
         _check(self.theta > 0.0, f"neuron.theta must be positive, not {self.theta!r}")
         _check(self.bpta >= 0.0, f"neuron.bpta must be non-negative, not {self.bpta!r}")
+        _check(not (self.strict and self.kind is NeuronKind.STCB),
+               "neuron.strict is for LIF / IF neurons: the STCB's STEB compares with >=")
         _check(self.threshold_law in ("pow2", "exp"),
                f"neuron.threshold_law must be 'pow2' or 'exp', not {self.threshold_law!r}")
         from spikeforge.sw.surrogate import SURROGATES

@@ -18,7 +18,7 @@ both zero before ``t = 0``)::
     I[t] = sum of w[c_out, c_in, dy, dx] * x[c_in, y+dy-p, x+dx-p] + bias[c_out]
            (x binary for spikes: adds only)
     u[t] = sat(base[t-1] + I[t])            sat: clamp to [-2**(S-1), 2**(S-1) - 1]
-    o[t] = 1 if u[t] >= theta[c_out] else 0
+    o[t] = 1 if u[t] >= theta[c_out] else 0     (strict: u[t] > theta[c_out])
     base[t] = decay(u[t]) * (1 - o[t])      reset = zero
             = decay(u[t]) - theta * o[t]    reset = subtract
             = decay(u[t])                   reset = none
@@ -26,7 +26,11 @@ both zero before ``t = 0``)::
 
 ``S = state_bits``.  ``base + I`` is formed exactly (the hardware's
 accumulator is ``acc_bits`` wide, enough for ``|base| + |I|``) and saturated
-once per step.
+once per step.  The comparison is the layer's ``neuron.strict``: ``>=`` by
+default, ``>`` (snnTorch, Norse, NIR) when set; the saturated ``u`` is
+compared, so a strict neuron whose ``theta`` is the largest state
+``2**(S-1) - 1`` never fires.  Reset by subtraction subtracts ``theta`` in
+both modes.
 
 STCB layers (STCSNN), per neuron: the input is the previous layer's value
 ``x`` (a T-step spike train, MSB first; layer 0: the pixel planes), and::
@@ -250,11 +254,12 @@ def _lif_layer(layer: IntLayer, x: torch.Tensor) -> torch.Tensor:
     theta = _per_channel(layer.theta, cur[0]).to(dtype)
     lo, hi = -(1 << (layer.state_bits - 1)), (1 << (layer.state_bits - 1)) - 1
     reset = layer.spec.neuron.reset
+    strict = layer.spec.neuron.strict
     base = torch.zeros_like(cur[0])
     out = torch.empty(cur.shape, dtype=torch.bool)
     for t in range(T):
         u = (base + cur[t]).clamp_(lo, hi)
-        o = u >= theta
+        o = u > theta if strict else u >= theta
         out[t] = o
         base = decay(u, layer.decay_shifts)
         if reset is Reset.ZERO:

@@ -25,6 +25,9 @@ def test_if_forces_decay_one_and_stcb_forces_subtract():
     (dict(reset="soft"), r"^neuron.reset: 'soft' is not one of 'zero', 'subtract', 'none'$"),
     (dict(surrogate="erf"), r"^neuron.surrogate must be one of gaussian, rect, fast_sigmoid, bpsa"),
     (dict(theta="0.5"), r"^neuron.theta has the wrong type: str"),
+    (dict(strict="yes"), r"^neuron.strict has the wrong type: str"),
+    (dict(strict=1), r"^neuron.strict has the wrong type: int"),
+    (dict(kind="stcb", strict=True), r"^neuron.strict is for LIF / IF neurons"),
 ])
 def test_neuron_spec_errors(kwargs, message):
     with pytest.raises(SpecError, match=message):
@@ -58,3 +61,22 @@ def test_from_dict_rejects_unknown_and_missing_fields():
         NetworkSpec.from_dict(d2)
     with pytest.raises(SpecError, match="batchnorm has the wrong type"):
         NetworkSpec.from_dict({**d, "layers": [{**d["layers"][0], "batchnorm": [1]}] + d["layers"][1:]})
+
+
+def test_strict_comparison_round_trips_and_old_specs_default_to_inclusive():
+    import dataclasses
+    import json
+    spec = spec_for("convsnn")
+    assert all(not l.neuron.strict for l in spec.layers)
+    layers = list(spec.layers)
+    layers[1] = dataclasses.replace(layers[1], neuron=dataclasses.replace(layers[1].neuron,
+                                                                          strict=True))
+    strict = dataclasses.replace(spec, layers=tuple(layers))
+    d = json.loads(json.dumps(strict.to_dict()))
+    assert [l["neuron"]["strict"] for l in d["layers"]] == [False, True] + [False] * (len(layers) - 2)
+    again = NetworkSpec.from_dict(d)
+    assert again == strict and again != spec
+    # a spec written before the field existed loads with u >= theta
+    for l in d["layers"]:
+        del l["neuron"]["strict"]
+    assert NetworkSpec.from_dict(d) == spec

@@ -9,10 +9,11 @@ from spikeforge.sw.golden import ContractError, IntLayer, IntNetwork
 
 
 def one_neuron_net(weights, theta, shifts, reset="zero", state_bits=16, T=6, bias=0,
-                   kind=NeuronKind.LIF):
+                   kind=NeuronKind.LIF, strict=False):
     """fc network: len(weights) binary inputs -> 1 neuron."""
     n_in = len(weights)
-    ls = LayerSpec(LayerKind.FC, n_in, 1, (1, 1), neuron=NeuronSpec(kind, reset=reset))
+    ls = LayerSpec(LayerKind.FC, n_in, 1, (1, 1),
+                   neuron=NeuronSpec(kind, reset=reset, strict=strict))
     spec = NetworkSpec("t", (n_in, 1, 1), T, (ls,), classes=1, encoding="bitplane")
     il = IntLayer(ls, torch.tensor(weights).view(1, n_in, 1, 1), torch.tensor([bias]),
                   torch.tensor([theta]), torch.tensor([0]), tuple(shifts), 8, state_bits,
@@ -79,6 +80,33 @@ def test_saturation_at_the_top():
     # wider state fires at once
     spikes, _ = drive(one_neuron_net([50], 40, (), "none", state_bits=8, T=4), [[1]] * 4)
     assert spikes == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("reset,inclusive,strict", [
+    # IF, I = 50 a step, theta 100: u = 50, 100 (== theta: only >= fires), 150
+    ("zero", [0, 1, 0, 1, 0, 1], [0, 0, 1, 0, 0, 1]),        # strict: 50, 100, 150 S, 50, ...
+    ("subtract", [0, 1, 0, 1, 0, 1], [0, 0, 1, 0, 1, 0]),    # strict: 150 S -> 50, 100, 150 S
+    ("none", [0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]),
+])
+def test_strict_comparison_differs_exactly_at_u_equal_theta(reset, inclusive, strict):
+    for flag, want in ((False, inclusive), (True, strict)):
+        net = one_neuron_net([50], 100, (), reset, kind=NeuronKind.IF, strict=flag)
+        spikes, count = drive(net, [[1]] * 6)
+        assert spikes == want, (flag, spikes)
+        assert count == sum(want)
+    # one above theta: both comparisons fire alike
+    for flag in (False, True):
+        net = one_neuron_net([51], 101, (), reset, kind=NeuronKind.IF, strict=flag)
+        assert drive(net, [[1]] * 6)[0] == drive(one_neuron_net(
+            [51], 101, (), reset, kind=NeuronKind.IF, strict=not flag), [[1]] * 6)[0]
+
+
+def test_strict_neuron_with_theta_at_the_largest_state_never_fires():
+    # 8-bit state: u saturates at 127 = theta: u >= theta fires, u > theta never
+    spikes, _ = drive(one_neuron_net([100], 127, (), "none", state_bits=8, T=4), [[1]] * 4)
+    assert spikes == [0, 1, 1, 1]
+    net = one_neuron_net([100], 127, (), "none", state_bits=8, T=4, strict=True)
+    assert drive(net, [[1]] * 4)[0] == [0, 0, 0, 0]
 
 
 def test_saturation_at_the_bottom_never_wraps():
