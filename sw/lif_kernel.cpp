@@ -5,6 +5,8 @@
 // _LIFSequence (sw/neurons.py), which stays the reference and the fallback:
 //
 //   u[t] = f(u[t-1], o[t-1]) + I[t],  o[t] = [u[t] >= theta]   (or the hybrid leaky ReLU)
+//   (strict neurons: [u[t] > theta], computed as [u[t] >= fire] with fire the
+//   next value of T above theta: the same comparison, exactly)
 //   go[t] = dL/do[t] + gu[t+1] * df/do(u[t], o[t])
 //   gu[t] = go[t] * g'(u[t]) + gu[t+1] * df/du(u[t], o[t]),     dL/dI[t] = gu[t]
 //
@@ -38,6 +40,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -68,6 +71,7 @@ template <typename T>
 struct Params {
   int64_t mode, surrogate;
   T decay, theta, beta;
+  T fire;   // the least u that spikes: theta, or (strict) the next T above theta
   T dfdo;   // SUBTRACT/NONE: the constant df/do; ZERO: the constant part (decay * bpta)
   T neg_decay;
   T s_den, s_scale;  // surrogate constants (see surrogate_derivative)
@@ -99,34 +103,34 @@ inline double exp_neg(double x) { return std::exp(x); }
 template <typename T>
 inline void step(const Params<T>& p, T* __restrict u, T* __restrict o, const T* __restrict x,
                  int64_t n) {
-  const T d = p.decay, th = p.theta, beta = p.beta;
+  const T d = p.decay, th = p.theta, beta = p.beta, fire = p.fire;
   switch (p.mode) {
     case ZERO:
       for (int64_t j = 0; j < n; ++j) {
         const T v = d * (u[j] * (T(1) - o[j])) + x[j];
         u[j] = v;
-        o[j] = v >= th ? T(1) : T(0);
+        o[j] = v >= fire ? T(1) : T(0);
       }
       break;
     case SUBTRACT:
       for (int64_t j = 0; j < n; ++j) {
         const T v = (d * u[j] - th * o[j]) + x[j];
         u[j] = v;
-        o[j] = v >= th ? T(1) : T(0);
+        o[j] = v >= fire ? T(1) : T(0);
       }
       break;
     case NONE:
       for (int64_t j = 0; j < n; ++j) {
         const T v = d * u[j] + x[j];
         u[j] = v;
-        o[j] = v >= th ? T(1) : T(0);
+        o[j] = v >= fire ? T(1) : T(0);
       }
       break;
     default:  // HYBRID: shifted leaky ReLU, no reset
       for (int64_t j = 0; j < n; ++j) {
         const T v = d * u[j] + x[j];
         u[j] = v;
-        o[j] = v >= th ? v : beta * v;
+        o[j] = v >= fire ? v : beta * v;
       }
   }
 }
@@ -134,11 +138,11 @@ inline void step(const Params<T>& p, T* __restrict u, T* __restrict o, const T* 
 // The output o from u (as step computes it).
 template <typename T>
 inline void output_of(const Params<T>& p, const T* __restrict u, T* __restrict o, int64_t n) {
-  const T th = p.theta, beta = p.beta;
+  const T fire = p.fire, beta = p.beta;
   if (p.mode == HYBRID) {
-    for (int64_t j = 0; j < n; ++j) o[j] = u[j] >= th ? u[j] : beta * u[j];
+    for (int64_t j = 0; j < n; ++j) o[j] = u[j] >= fire ? u[j] : beta * u[j];
   } else {
-    for (int64_t j = 0; j < n; ++j) o[j] = u[j] >= th ? T(1) : T(0);
+    for (int64_t j = 0; j < n; ++j) o[j] = u[j] >= fire ? T(1) : T(0);
   }
 }
 
@@ -147,7 +151,8 @@ template <typename T>
 inline void surrogate_derivative(const Params<T>& p, const T* __restrict u, T* __restrict g,
                                  int64_t n) {
   // divisions by constants are multiplications by their reciprocals, as in ATen
-  const T th = p.theta, w = p.width, inv_den = T(1) / p.s_den, inv_scale = T(1) / p.s_scale;
+  const T th = p.theta, fire = p.fire, w = p.width, inv_den = T(1) / p.s_den,
+          inv_scale = T(1) / p.s_scale;
   switch (p.surrogate) {
     case GAUSSIAN:  // exp(-(x*x) / (2 w^2)) / sqrt(2 pi w)
       for (int64_t j = 0; j < n; ++j) {
@@ -168,9 +173,9 @@ inline void surrogate_derivative(const Params<T>& p, const T* __restrict u, T* _
         g[j] = T(1) / (y * y);
       }
       break;
-    default:  // BPSA: 1/u where the neuron spiked (u >= theta), else 0
+    default:  // BPSA: 1/u where the neuron spiked (u >= fire), else 0
       for (int64_t j = 0; j < n; ++j) {
-        const bool s = u[j] >= th;
+        const bool s = u[j] >= fire;
         g[j] = s ? T(1) / (s ? u[j] : T(1)) : T(0);
       }
   }
@@ -180,18 +185,18 @@ inline void surrogate_derivative(const Params<T>& p, const T* __restrict u, T* _
 template <typename T>
 inline void back_step(const Params<T>& p, const T* __restrict u, const T* __restrict go,
                       const T* __restrict sg, T* __restrict gn, int64_t n) {
-  const T d = p.decay, th = p.theta, beta = p.beta;
+  const T d = p.decay, fire = p.fire, beta = p.beta;
   switch (p.mode) {
     case HYBRID:
       for (int64_t j = 0; j < n; ++j) {
-        const T dodu = u[j] >= th ? T(1) : beta;
+        const T dodu = u[j] >= fire ? T(1) : beta;
         gn[j] = go[j] * dodu + gn[j] * d;
       }
       break;
     case ZERO: {
       const T nd = p.neg_decay, c = p.dfdo;
       for (int64_t j = 0; j < n; ++j) {
-        const T o = u[j] >= th ? T(1) : T(0);
+        const T o = u[j] >= fire ? T(1) : T(0);
         const T dfdu = d * (T(1) - o);
         const T dfdo = nd * u[j] + c;
         const T g = go[j] + gn[j] * dfdo;
@@ -347,12 +352,14 @@ inline void pool_backward(const Geometry& g, const T* o, const T* gp, int64_t nr
 
 template <typename T>
 Params<T> make_params(int64_t mode, int64_t surrogate, double decay, double theta, double beta,
-                      double bpta, double width) {
+                      bool strict, double bpta, double width) {
   Params<T> p;
   p.mode = mode;
   p.surrogate = surrogate;
   p.decay = T(decay);
   p.theta = T(theta);
+  // u > theta  <=>  u >= the next representable T above theta (finite theta)
+  p.fire = strict ? std::nextafter(p.theta, std::numeric_limits<T>::infinity()) : p.theta;
   p.beta = T(beta);
   p.neg_decay = T(-decay);
   if (mode == ZERO) p.dfdo = T(decay * bpta);
@@ -463,7 +470,7 @@ std::vector<int64_t> out_shape(const at::Tensor& i, int64_t steps, int64_t pool)
 
 // i: [T, ...] currents, or (steps > 0) the static current [...] for `steps` steps.
 at::Tensor lif_forward(const at::Tensor& i_, int64_t steps, int64_t pool, int64_t mode,
-                       double decay, double theta, double beta) {
+                       double decay, double theta, double beta, bool strict) {
   check_input(i_, steps, pool);
   const at::Tensor i = i_.contiguous();
   const bool st = steps > 0;
@@ -471,7 +478,7 @@ at::Tensor lif_forward(const at::Tensor& i_, int64_t steps, int64_t pool, int64_
   at::Tensor out = at::empty(out_shape(i, steps, pool), i.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(i.scalar_type(), "spikeforge_lif_forward", [&] {
-    const auto p = make_params<scalar_t>(mode, GAUSSIAN, decay, theta, beta, 0.0, 1.0);
+    const auto p = make_params<scalar_t>(mode, GAUSSIAN, decay, theta, beta, strict, 0.0, 1.0);
     const Geometry g(T, i, st, pool, sizeof(scalar_t));
     forward_impl<scalar_t>(p, g, i.data_ptr<scalar_t>(), st, out.data_ptr<scalar_t>());
   });
@@ -480,8 +487,8 @@ at::Tensor lif_forward(const at::Tensor& i_, int64_t steps, int64_t pool, int64_
 
 // grad of the input (shape of i) for grad of the output (shape of lif_forward's output).
 at::Tensor lif_backward(const at::Tensor& grad_, const at::Tensor& i_, int64_t steps, int64_t pool,
-                        int64_t mode, double decay, double theta, double beta, int64_t surrogate,
-                        double width, double bpta) {
+                        int64_t mode, double decay, double theta, double beta, bool strict,
+                        int64_t surrogate, double width, double bpta) {
   check_input(i_, steps, pool);
   const at::Tensor i = i_.contiguous();
   const at::Tensor grad = grad_.to(i.scalar_type()).contiguous();
@@ -492,7 +499,7 @@ at::Tensor lif_backward(const at::Tensor& grad_, const at::Tensor& i_, int64_t s
   if (gi.numel() == 0) return gi;
   if (grad.numel() == 0 || T == 0) return gi.zero_();
   AT_DISPATCH_FLOATING_TYPES(i.scalar_type(), "spikeforge_lif_backward", [&] {
-    const auto p = make_params<scalar_t>(mode, surrogate, decay, theta, beta, bpta, width);
+    const auto p = make_params<scalar_t>(mode, surrogate, decay, theta, beta, strict, bpta, width);
     const Geometry g(T, i, st, pool, sizeof(scalar_t));
     if (pool > 1 && (g.Ho * g.pool < g.H || g.Wo * g.pool < g.W)) gi.zero_();
     backward_impl<scalar_t>(p, g, i.data_ptr<scalar_t>(), st, grad.data_ptr<scalar_t>(),
@@ -504,9 +511,10 @@ at::Tensor lif_backward(const at::Tensor& grad_, const at::Tensor& i_, int64_t s
 }  // namespace
 
 TORCH_LIBRARY(spikeforge_lif, m) {
-  m.def("forward(Tensor i, int steps, int pool, int mode, float decay, float theta, float beta) -> Tensor",
+  m.def("forward(Tensor i, int steps, int pool, int mode, float decay, float theta, float beta, "
+        "bool strict) -> Tensor",
         &lif_forward);
   m.def("backward(Tensor grad, Tensor i, int steps, int pool, int mode, float decay, float theta, "
-        "float beta, int surrogate, float width, float bpta) -> Tensor",
+        "float beta, bool strict, int surrogate, float width, float bpta) -> Tensor",
         &lif_backward);
 }

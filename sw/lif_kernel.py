@@ -131,7 +131,12 @@ def load(verbose: bool = False) -> bool:
 def _self_test() -> bool:
     """A three-step sanity check of the loaded ops against hand values."""
     i = torch.tensor([[0.3], [0.3], [0.6]], dtype=torch.float64)
-    o = torch.ops.spikeforge_lif.forward(i, 0, 1, 0, 0.5, 0.5, 0.0)
+    o = torch.ops.spikeforge_lif.forward(i, 0, 1, 0, 0.5, 0.5, 0.0, False)
     if o.flatten().tolist() != [0.0, 0.0, 1.0]:   # u = 0.3, 0.45, 0.825
         raise RuntimeError(f"kernel self-test failed: {o.flatten().tolist()}")
+    i = torch.tensor([[0.5], [0.5]], dtype=torch.float32)
+    o = [torch.ops.spikeforge_lif.forward(i, 0, 1, 1, 1.0, 0.5, 0.0, s).flatten().tolist()
+         for s in (False, True)]
+    if o != [[1.0, 1.0], [0.0, 1.0]]:   # u = 0.5 (>= only), then 1.0 (both)
+        raise RuntimeError(f"kernel self-test (>= / >) failed: {o}")
     return True

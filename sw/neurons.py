@@ -10,7 +10,7 @@ LIF (ConvSNN Eq. 1-5, BPSTA Eq. 2-4), state ``(u, o)`` starting at zero::
     u[t] = decay * u[t-1] * (1 - o[t-1]) + I[t]      reset = zero
     u[t] = decay * u[t-1] - theta * o[t-1] + I[t]    reset = subtract
     u[t] = decay * u[t-1] + I[t]                     reset = none
-    o[t] = 1 if u[t] >= theta else 0
+    o[t] = 1 if u[t] >= theta else 0                (strict: u[t] > theta)
 
 IF is LIF with ``decay = 1``.  BPTA adds, without changing the forward
 value, a gradient path ``do[t]/do[t-1] += decay * a * g'(u[t])`` through the
@@ -22,7 +22,8 @@ uses the C++ kernel of ``lif_kernel.cpp`` (built at first use, see
 that follows) and falls back to :class:`_LIFSequence`, the PyTorch reference.
 
 ConvSNN hybrid pre-training (Eq. 6-7) replaces the step by a shifted leaky
-ReLU and disables the reset: ``o = u if u >= theta else beta * u``.
+ReLU and disables the reset: ``o = u if u >= theta else beta * u`` (strict:
+``u > theta``).
 
 STCB (STCSNN): the STEB encodes a value x as a spike train with a decaying
 threshold, ``u[0] = x; s[t] = [u[t] >= Vth[t]]; u[t+1] = u[t] - Vth[t] s[t]``;
@@ -59,12 +60,18 @@ class LIFParams:
     surrogate: str = "gaussian"
     width: float | None = None
     bpta: float = 0.0
+    strict: bool = False    # fire at u > theta (else u >= theta)
+
+    def fires(self, u: torch.Tensor) -> torch.Tensor:
+        """The spike comparison: ``u > theta`` (strict) or ``u >= theta``."""
+        return u > self.theta if self.strict else u >= self.theta
 
     @classmethod
     def from_spec(cls, spec: NeuronSpec) -> "LIFParams":
         if spec.kind is NeuronKind.STCB:
             raise ValueError("an STCB neuron has no LIF parameters")
-        return cls(spec.decay, spec.theta, spec.reset, spec.surrogate, spec.surrogate_width, spec.bpta)
+        return cls(spec.decay, spec.theta, spec.reset, spec.surrogate, spec.surrogate_width, spec.bpta,
+                   spec.strict)
 
 
 def lif_init(like: torch.Tensor) -> LIFState:
@@ -80,7 +87,7 @@ def lif_step(i: torch.Tensor, state: LIFState, p: LIFParams,
     u_prev, o_prev = state
     if hybrid_beta is not None:
         u = p.decay * u_prev + i
-        o = torch.where(u >= p.theta, u, hybrid_beta * u)
+        o = torch.where(p.fires(u), u, hybrid_beta * u)
         return o, LIFState(u, o)
     if p.reset is Reset.ZERO:
         base = p.decay * (u_prev * (1.0 - o_prev))
@@ -91,7 +98,7 @@ def lif_step(i: torch.Tensor, state: LIFState, p: LIFParams,
     if p.bpta:
         base = base + p.decay * p.bpta * (o_prev - o_prev.detach())
     u = base + i
-    o = sg.spike(u, p.theta, p.surrogate, p.width)
+    o = sg.spike(u, p.theta, p.surrogate, p.width, p.strict)
     return o, LIFState(u, o)
 
 
@@ -119,7 +126,7 @@ class _LIFSequence(torch.autograd.Function):
         for t in range(T):
             if hybrid_beta is not None:
                 u = p.decay * u + i[t]
-                o = torch.where(u >= p.theta, u, hybrid_beta * u)
+                o = torch.where(p.fires(u), u, hybrid_beta * u)
             else:
                 if p.reset is Reset.ZERO:
                     u = p.decay * (u * (1.0 - o)) + i[t]
@@ -127,7 +134,7 @@ class _LIFSequence(torch.autograd.Function):
                     u = p.decay * u - p.theta * o + i[t]
                 else:
                     u = p.decay * u + i[t]
-                o = (u >= p.theta).to(i.dtype)
+                o = p.fires(u).to(i.dtype)
             u_all[t] = u
             o_all[t] = o
         ctx.save_for_backward(u_all, o_all)
@@ -144,7 +151,7 @@ class _LIFSequence(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             u, o = u_all[t], o_all[t]
             if beta is not None:
-                dodu = torch.where(u >= p.theta, torch.ones_like(u), torch.full_like(u, beta))
+                dodu = torch.where(p.fires(u), torch.ones_like(u), torch.full_like(u, beta))
                 gu = grad_o[t] * dodu + gu_next * p.decay
             else:
                 if p.reset is Reset.ZERO:
@@ -173,9 +180,9 @@ class _LIFKernel(torch.autograd.Function):
         mode = _MODE_HYBRID if hybrid_beta is not None else _MODES[p.reset]
         beta = 0.0 if hybrid_beta is None else float(hybrid_beta)
         out = torch.ops.spikeforge_lif.forward(i, steps, pool, mode, float(p.decay),
-                                               float(p.theta), beta)
+                                               float(p.theta), beta, bool(p.strict))
         ctx.save_for_backward(i)
-        ctx.args = (steps, pool, mode, float(p.decay), float(p.theta), beta)
+        ctx.args = (steps, pool, mode, float(p.decay), float(p.theta), beta, bool(p.strict))
         ctx.surrogate = (_SURROGATES[p.surrogate],
                          float(sg.DEFAULT_WIDTH[p.surrogate] if p.width is None else p.width),
                          float(p.bpta))
@@ -326,7 +333,8 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.params
-        return f"decay={p.decay}, theta={p.theta}, reset={p.reset.value}, surrogate={p.surrogate}"
+        return (f"decay={p.decay}, theta={p.theta}, reset={p.reset.value}, surrogate={p.surrogate}"
+                + (", strict" if p.strict else ""))
 
 
 class STCB(nn.Module):

@@ -1,7 +1,8 @@
 """Surrogate gradients of the spike function ``o = H(u - theta)``.
 
-The forward value is always the Heaviside step (``u >= theta``); only the
-derivative ``do/du`` used in the backward pass differs:
+The forward value is always the Heaviside step (``u >= theta``, or ``u >
+theta`` for a strict neuron); only the derivative ``do/du`` used in the
+backward pass differs (the same for both comparisons):
 
 ``gaussian``      exp(-(u-theta)^2 / (2 sigma^2)) / sqrt(2 pi sigma),
                   sigma = 1/6 -- normalised as the ConvSNN code does
@@ -44,8 +45,8 @@ def derivative(kind: str, u: torch.Tensor, theta: float, spikes: torch.Tensor,
 
 class _Spike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, theta, kind, width):
-        o = (u >= theta).to(u.dtype)
+    def forward(ctx, u, theta, kind, width, strict):
+        o = ((u > theta) if strict else (u >= theta)).to(u.dtype)
         ctx.save_for_backward(u, o)
         ctx.theta, ctx.kind, ctx.width = theta, kind, width
         return o
@@ -53,11 +54,13 @@ class _Spike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, o = ctx.saved_tensors
-        return grad * derivative(ctx.kind, u, ctx.theta, o, ctx.width), None, None, None
+        return grad * derivative(ctx.kind, u, ctx.theta, o, ctx.width), None, None, None, None
 
 
-def spike(u: torch.Tensor, theta: float, kind: str = "gaussian", width: float | None = None):
-    """Heaviside spike ``o = [u >= theta]`` with the surrogate ``kind`` as gradient."""
+def spike(u: torch.Tensor, theta: float, kind: str = "gaussian", width: float | None = None,
+          strict: bool = False):
+    """Heaviside spike ``o = [u >= theta]`` (``strict``: ``[u > theta]``) with
+    the surrogate ``kind`` as gradient."""
     if kind not in SURROGATES:
         raise ValueError(f"unknown surrogate {kind!r}; expected one of {', '.join(SURROGATES)}")
-    return _Spike.apply(u, theta, kind, width)
+    return _Spike.apply(u, theta, kind, width, strict)

@@ -53,6 +53,18 @@ def test_threshold_is_inclusive():
     assert os_ == [1, 0]
 
 
+def test_strict_threshold_is_exclusive():
+    i = torch.tensor([0.5, 0.0, 0.25], dtype=torch.float64)
+    assert trajectory(LIFParams(decay=1.0, theta=0.5), i)[1] == [1, 0, 0]
+    # u = 0.5 (== theta: no spike), 0.5, 0.75 > theta
+    us, os_ = trajectory(LIFParams(decay=1.0, theta=0.5, strict=True), i)
+    assert us == pytest.approx([0.5, 0.5, 0.75]) and os_ == [0, 0, 1]
+    # the spec's field reaches the module's parameters
+    from spikeforge.config import NeuronSpec
+    assert neurons.LIF(NeuronSpec(strict=True)).params.strict
+    assert not neurons.LIF(NeuronSpec()).params.strict
+
+
 def test_if_integrates_without_leak():
     us, os_ = trajectory(LIFParams(decay=1.0, theta=1.0, reset=Reset.SUBTRACT),
                          torch.tensor([0.4, 0.4, 0.4, 0.4], dtype=torch.float64))
@@ -220,6 +232,36 @@ def test_kernel_equals_torch_path(dtype, reset, kind, bpta, hybrid, steps, pool)
     (gb,) = torch.autograd.grad((b * w).sum(), i)
     assert torch.equal(a, b)
     torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset", list(Reset))
+@pytest.mark.parametrize("kind", ["gaussian", "bpsa"])
+@pytest.mark.parametrize("hybrid", [None, 0.05])
+@pytest.mark.parametrize("steps,pool", [(None, 1), (6, 2)])
+def test_strict_comparison_in_every_path(dtype, reset, kind, hybrid, steps, pool):
+    """Currents on a grid of 1/8 with decay 0.5 and theta 0.5 (exact in
+    binary) put u on theta often: the stepwise path, the PyTorch sequence and
+    the kernel agree spike for spike under ``>`` too, and ``>`` differs from
+    ``>=`` there (else the case proves nothing)."""
+    torch.manual_seed(4)
+    shape = (3, 4, 10, 12)
+    i = torch.randint(-4, 7, (*(() if steps else (6,)), *shape)).to(dtype) / 8
+    i.requires_grad_()
+    out = {}
+    for strict in (False, True):
+        p = LIFParams(decay=0.5, theta=0.5, reset=reset, surrogate=kind, strict=strict)
+        a = lif_sequence_stepwise(i, p, hybrid, steps=steps, pool=pool)
+        w = torch.randn(a.shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+        (ga,) = torch.autograd.grad((a * w).sum(), i)
+        paths = [False] + ([True] if neurons.kernel() else [])
+        for k in paths:
+            b = lif_sequence(i, p, hybrid, steps=steps, pool=pool, use_kernel=k)
+            (gb,) = torch.autograd.grad((b * w).sum(), i)
+            assert torch.equal(a, b), (strict, k)
+            torch.testing.assert_close(ga, gb)
+        out[strict] = a
+    assert not torch.equal(out[False], out[True])
 
 
 def test_kernel_pool_gradient_goes_to_the_first_maximum():
