@@ -7,7 +7,7 @@ At an end-of-step marker the unit scans the layer's neurons ``P`` at a time
 the contract of :mod:`spikeforge.sw.golden` per neuron::
 
     u    = sat_S(base + cur + bias)
-    o    = u >= theta
+    o    = u >= theta                           (strict layers: u > theta)
     base = decay(u) * (1 - o)                   reset zero
          = decay(u) - theta * o                 reset subtract
          = decay(u)                             reset none (IF: no shifts)
@@ -197,12 +197,20 @@ class NeuronUnit(wiring.Component):
         m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
         u2 = [Signal(signed(S), name=f"u{n}") for n in range(NL)]
         o2 = Signal(NL)
+        # the comparison is the layer's (p.strict: u > theta, else u >= theta);
+        # the fault swaps it for the other one
+        strict = p.strict != (p.fault == "threshold")
+        if strict:
+            # sat(s) > theta  <=>  s > theta and theta < 2**(S-1) - 1 (a saturated
+            # u never exceeds the largest state): the flag is registered with theta
+            top2 = Signal(P, name="th2_below_top")
+            m.d.sync += top2.eq(Cat(t != (1 << (S - 1)) - 1 for t in th_r))
         for n in range(NL):
             m.d.comb += u2[n].eq(saturate(s2[n], S))
-            # sat(s) >= theta  <=>  s >= theta, as 1 <= theta <= 2**(S-1) - 1 (the
-            # contract): the comparison need not wait for the saturation
-            if p.fault == "threshold":  # test-only: off-by-one comparison
-                m.d.comb += o2[n].eq(s2[n] > th2[n % P])
+            # the comparison need not wait for the saturation: sat(s) >= theta
+            # <=>  s >= theta, as 1 <= theta <= 2**(S-1) - 1 (the contract)
+            if strict:
+                m.d.comb += o2[n].eq((s2[n] > th2[n % P]) & top2[n % P])
             else:
                 m.d.comb += o2[n].eq(s2[n] >= th2[n % P])
 

@@ -40,7 +40,8 @@ from .streams import EventFormat
 __all__ = ["EngineError", "CoreParams", "FAULTS"]
 
 #: Test-only deliberate faults (``fault=`` of the cores): the comparison with
-#: the golden model must catch each of them.
+#: the golden model must catch each of them.  ``threshold``: the other spike
+#: comparison (``>`` for ``>=`` and back); ``decay``: a wrong first decay shift.
 FAULTS = ("threshold", "decay")
 
 
@@ -79,6 +80,7 @@ class CoreParams:
     in_lanes: int = 1                # mask bits an input event carries (1: single events)
     in_planes: bool = False          # the mask is an input value's bit planes (layer 0)
     words_out: bool = False          # send one word event per spiking window
+    strict: bool = False             # LIF / IF: fire at u > theta (neuron.strict), else u >= theta
 
     @classmethod
     def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
@@ -118,7 +120,8 @@ class CoreParams:
                    s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
                    layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
                    s.neuron.reset, fmt, fault, stcb, timesteps, static,
-                   1 if stcb else cur_banks, cur_w, state_w, in_lanes, in_planes, words_out)
+                   1 if stcb else cur_banks, cur_w, state_w, in_lanes, in_planes, words_out,
+                   strict=s.neuron.strict)
 
     # ------------------------------------------------------------------ geometry
 

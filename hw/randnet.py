@@ -3,7 +3,8 @@
 :func:`random_network` draws a LIF/IF :class:`~spikeforge.sw.golden.IntNetwork`
 (conv layers, then one fc layer) from a seed: shapes, widths, thresholds,
 biases, decay shift lists and reset modes, with thresholds scaled to the
-layer's typical current so that spikes are neither absent nor everywhere.
+layer's typical current so that spikes are neither absent nor everywhere
+(and the spike comparison, ``>=`` unless asked: see ``strict``).
 :func:`random_frames` draws matching uint8 inputs.
 """
 
@@ -40,11 +41,11 @@ def int_layer(spec: LayerSpec, weight: torch.Tensor, bias: torch.Tensor, theta: 
                     weight_bits, state_bits, acc, input_bits)
 
 
-def _neuron(rng: random.Random) -> tuple[NeuronSpec, tuple[int, ...]]:
+def _neuron(rng: random.Random, strict: bool = False) -> tuple[NeuronSpec, tuple[int, ...]]:
     kind = rng.choice([NeuronKind.LIF, NeuronKind.LIF, NeuronKind.IF])
     reset = rng.choice(list(Reset))
     shifts = () if kind is NeuronKind.IF else rng.choice(SHIFT_LISTS)
-    return NeuronSpec(kind, reset=reset), shifts
+    return NeuronSpec(kind, reset=reset, strict=strict), shifts
 
 
 def random_int_layer(rng: random.Random, gen: torch.Generator, spec: LayerSpec, shifts, input_bits: int,
@@ -77,14 +78,19 @@ def random_int_layer(rng: random.Random, gen: torch.Generator, spec: LayerSpec, 
 def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int] = (6, 10),
                    channels: tuple[int, int] = (2, 6), T: tuple[int, int] = (2, 5),
                    input_bits: tuple[int, int] = (1, 4), classes: int | None = None,
-                   voting: int | None = None, density: float = 0.5) -> IntNetwork:
+                   voting: int | None = None, density: float = 0.5,
+                   strict: bool | None = False) -> IntNetwork:
     """A random LIF/IF network: 1..``max_layers_conv`` conv layers (k in {1, 3},
     random padding, pool 1 or 2), then an fc layer of ``classes * voting``.
 
     Thresholds are set from a calibration input drawn like :func:`random_frames`
-    (``density`` of the pixels non-zero).
+    (``density`` of the pixels non-zero).  ``strict``: every layer's spike
+    comparison (``neuron.strict``), or ``None`` for one drawn per layer (from
+    a generator of its own: the rest of the network is the seed's either way).
     """
     rng = random.Random(seed)
+    srng = random.Random(seed + 104729)
+    draw = lambda: srng.random() < 0.5 if strict is None else strict
     gen = torch.Generator().manual_seed(seed)
     c_in = rng.randint(1, 2)
     h = rng.randint(*size)
@@ -104,12 +110,12 @@ def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int]
         hc, wc = hh + 2 * pad - k + 1, ww + 2 * pad - k + 1
         pool = 2 if (hc % 2 == 0 and wc % 2 == 0 and hc >= 4 and wc >= 4
                      and rng.random() < 0.5) else 1
-        neuron, shifts = _neuron(rng)
+        neuron, shifts = _neuron(rng, draw())
         out = rng.randint(*channels)
         specs.append((LayerSpec(LayerKind.CONV, c, out, (hh, ww), kernel=k, padding=pad,
                                 pool=pool, neuron=neuron), shifts))
         c, (hh, ww) = out, specs[-1][0].out_size
-    neuron, shifts = _neuron(rng)
+    neuron, shifts = _neuron(rng, draw())
     specs.append((LayerSpec(LayerKind.FC, c * hh * ww, classes * voting, (1, 1), neuron=neuron),
                   shifts))
     nspec = NetworkSpec(f"rand{seed}", (c_in, h, wdt), steps, tuple(s for s, _ in specs),

@@ -78,14 +78,16 @@ def ev(fmt_payload):
 
 
 def make_layer(seed, kind, c_in, size, c_out, k=1, pad=0, pool=1, input_bits=1,
-               reset=Reset.ZERO, shifts=(1,), state_bits=None, neuron=NeuronKind.LIF):
+               reset=Reset.ZERO, shifts=(1,), state_bits=None, neuron=NeuronKind.LIF,
+               strict=False):
     """A random IntLayer (weights, bias, theta) of the given geometry."""
     gen = torch.Generator().manual_seed(seed)
+    ns = NeuronSpec(neuron, reset=reset, strict=strict)
     if kind is LayerKind.FC:
-        spec = LayerSpec(LayerKind.FC, c_in, c_out, (1, 1), neuron=NeuronSpec(neuron, reset=reset))
+        spec = LayerSpec(LayerKind.FC, c_in, c_out, (1, 1), neuron=ns)
     else:
         spec = LayerSpec(LayerKind.CONV, c_in, c_out, size, kernel=k, padding=pad, pool=pool,
-                         neuron=NeuronSpec(neuron, reset=reset))
+                         neuron=ns)
     wb = 6
     w = torch.randint(-32, 32, (c_out, spec.in_channels, spec.kernel, spec.kernel), generator=gen)
     sb = state_bits or 10
@@ -368,7 +370,7 @@ def neuron_model(p, layer, acc, cur=None, final=False):
                                 continue
                             c = cur[j][a] if cur else 0
                             u = max(-half, min(half - 1, acc[j][a] + c + bias[ch]))
-                            o = int(u >= theta[ch])
+                            o = int(u > theta[ch] if p.strict else u >= theta[ch])
                             d = u - sum(u >> s for s in p.decay_shifts)
                             if p.reset is Reset.ZERO:
                                 base = 0 if o else d
@@ -390,6 +392,10 @@ NEU_CASES = [
     ("fc-P4-none-if-group-waits", LayerKind.FC, 8, None, 1, 4, Reset.NONE, (), 10, 0.2),
     ("conv-P2-saturating", LayerKind.CONV, 5, (3, 3), 1, 2, Reset.SUBTRACT, (2, 5, 7), 6, 0.2),
     ("conv-pool2-P4-queue-full", LayerKind.CONV, 6, (6, 4), 2, 4, Reset.ZERO, (4, 12), 8, 0.9),
+    # neuron.strict (u > theta): the cases at u == theta below do not spike
+    ("conv-pool2-P3-subtract-strict", LayerKind.CONV, 5, (4, 4), 2, 3, Reset.SUBTRACT, (2,), 10,
+     0.3),
+    ("fc-P2-zero-saturating-strict", LayerKind.FC, 6, None, 1, 2, Reset.ZERO, (1, 3), 6, 0.2),
 ]
 
 
@@ -398,9 +404,11 @@ def test_neuron_unit_matches_model(case):
     name, kind, c_out, size, pool, P, reset, shifts, sb, stall = case
     seed = sum(map(ord, name))
     layer = make_layer(seed, kind, 3, size, c_out, pool=pool, reset=reset, shifts=shifts,
-                       state_bits=sb, neuron=NeuronKind.IF if not shifts else NeuronKind.LIF)
+                       state_bits=sb, neuron=NeuronKind.IF if not shifts else NeuronKind.LIF,
+                       strict="strict" in name)
     in_shape = (3, 1, 1) if kind is LayerKind.FC else (3, *size)
     p = core_params(layer, P, in_shape)
+    assert p.strict == ("strict" in name)
     rng = random.Random(seed)
     top = 1 << sb
     acc0 = [[rng.randrange(-top, top) for _ in range(p.acc_depth)] for _ in range(P)]
