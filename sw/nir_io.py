@@ -36,6 +36,12 @@ engine's shift list), thresholds and gains per output channel; a threshold
 that differs between channels is divided into that channel's weights, bias
 and leak (exact for every reset mode), leaving ``theta = 1``.
 
+The strict ``>`` is kept: imported layers set ``neuron.strict``, which the
+float model, the integer contract and the engine all honour (a node's
+``threshold_comparison`` metadata, ``">"`` or ``">="``, as
+:func:`export_graph` writes it, overrides it; so does the graph's, which
+older spikeforge exports wrote for the whole network).
+
 What NIR does not carry comes from :class:`ImportOptions`: the number of
 time steps, ``dt``, the reset (NIR has only ``v_reset``: snnTorch writes 0
 for its default reset by subtraction), the input scale and encoding.
@@ -44,11 +50,9 @@ subtraction), ``norse`` (dt 1e-3, reset to zero, and tau read as Norse 1.1.0
 writes it: ``dt / tau_mem_inv``, i.e. ``dt`` times the real tau).
 
 Nothing is approximated silently: :class:`Imported.notes` lists every
-reading that is not exact -- the strict ``>`` of the frameworks read as the
-contract's ``>=`` (they differ only when the potential equals the threshold
-exactly), each decay against the engine's nearest shift list (an error
-above ``decay_tolerance``), reset modes taken from options -- and the import
-command prints them and writes them to ``RUN/import.json``.
+reading that is not exact -- each decay against the engine's nearest shift
+list (an error above ``decay_tolerance``), reset modes taken from options --
+and the import command prints them and writes them to ``RUN/import.json``.
 """
 
 from __future__ import annotations
@@ -307,6 +311,7 @@ class _Neuron(NamedTuple):
     leak: np.ndarray       # per output channel, added to the current after the gain
     theta: np.ndarray      # per output channel
     reset: Reset
+    strict: bool           # spike at v > v_threshold (NIR), else v >= v_threshold
 
 
 def _per_channel(a: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> np.ndarray:
@@ -333,8 +338,22 @@ def _snap(v: np.ndarray, to: float) -> np.ndarray:
     return np.where(np.abs(v - to) <= 1e-6 * abs(to), to, v)
 
 
+#: Metadata key (graph or node) of the spike comparison, ``">"`` or ``">="``.
+COMPARISON_KEY = "threshold_comparison"
+
+
+def _comparison(meta: Any, where: str, default: bool) -> bool:
+    """``strict`` from ``meta``'s :data:`COMPARISON_KEY`, else ``default``."""
+    v = _meta_value(meta, COMPARISON_KEY)
+    if v is None:
+        return default
+    if v not in (">", ">="):
+        raise NIRError(f"{where}: {COMPARISON_KEY} metadata {v!r:.40} is not '>' or '>='")
+    return v == ">"
+
+
 def _neuron(name: str, node, shape: tuple[int, ...], opts: ImportOptions, dt: float | None,
-            notes: list[str], layer: int) -> _Neuron:
+            notes: list[str], layer: int, strict: bool = True) -> _Neuron:
     import nir
     _, src_reset, tau_times_dt = SOURCES[opts.source]
     C = shape[0]
@@ -387,7 +406,8 @@ def _neuron(name: str, node, shape: tuple[int, ...], opts: ImportOptions, dt: fl
     else:
         notes.append(f"layer {layer} (node {name!r}): reset {reset.value} from {why} "
                      f"(the graph's v_reset, {float(v_reset.reshape(-1)[0]):g}, is not used)")
-    return _Neuron(kind, decay, gain, leak, theta, reset)
+    strict = _comparison(getattr(node, "metadata", None), f"node {name!r}", strict)
+    return _Neuron(kind, decay, gain, leak, theta, reset, strict)
 
 
 def _conv_params(name: str, node, shape) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -484,8 +504,8 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
     seq = _chain(graph)
     shape = _input_shape(graph, input_shape)
     in_shape = shape
-    notes = [f"threshold comparison: the source fires at v > v_threshold, the integer contract "
-             f"at u >= theta; they differ only when a potential equals its threshold exactly"]
+    notes = []
+    strict = _comparison(meta, "the graph", True)   # NIR: v > v_threshold
     layers, weights, groups = [], [], []
     flat = False  # a Flatten seen since the last layer
     i = 0
@@ -520,7 +540,7 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
             _refuse(seq[i][0], seq[i][1], f"LIF or IF after the synapse {nm!r}")
         nn_, nnode = seq[i]
         names.append(nn_)
-        neu = _neuron(nn_, nnode, out_shape, opts, dt, notes, n)
+        neu = _neuron(nn_, nnode, out_shape, opts, dt, notes, n, strict)
         i += 1
         pool, pool_mode = 1, PoolMode.MAX
         if i < len(seq) and isinstance(seq[i][1], (nir.SumPool2d, nir.AvgPool2d)):
@@ -572,7 +592,8 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
             notes.append(f"layer {n} (node {nn_!r}): decay {neu.decay:.6g} -> engine shifts "
                          f"{list(shifts)} = {effective_decay(shifts):.6g} (error {err:+.2g}; "
                          "the float model keeps the exact decay)")
-        nspec = NeuronSpec(neu.kind, decay=neu.decay, theta=theta, reset=neu.reset)
+        nspec = NeuronSpec(neu.kind, decay=neu.decay, theta=theta, reset=neu.reset,
+                           strict=neu.strict)
         try:
             if kind is LayerKind.CONV:
                 ls = LayerSpec(kind, shape[0], out_shape[0], (shape[1], shape[2]), kernel=k,
@@ -620,8 +641,10 @@ def export_graph(model, dt: float = EXPORT_DT):
     (so ``gain = 1``), IF layers ``IF(r = 1)``, max pooling ``SumPool2d ->
     Threshold(0)``, average pooling ``AvgPool2d``; per-neuron parameter arrays
     (the shape snnTorch writes).  The graph's metadata records ``timesteps``,
-    ``dt`` and the encoding, each neuron node its ``reset``, so that
-    :func:`import_graph` reads the file back without options.
+    ``dt`` and the encoding, each neuron node its ``reset`` and its
+    ``threshold_comparison`` (``">"`` for a strict layer, else ``">="``: NIR
+    itself means ``>``), so that :func:`import_graph` reads the file back
+    without options.
     """
     import nir
 
@@ -657,7 +680,7 @@ def export_graph(model, dt: float = EXPORT_DT):
             nshape = (ls.out_channels, *ls.conv_size)
         ns = ls.neuron
         full = lambda v: np.full(nshape, float(v))
-        meta = {"reset": ns.reset.value}
+        meta = {"reset": ns.reset.value, COMPARISON_KEY: ">" if ns.strict else ">="}
         if ns.kind is NeuronKind.LIF and ns.decay < 1.0:
             tau = dt / (1.0 - ns.decay)
             add(f"lif{n}", nir.LIF(tau=full(tau), r=full(tau / dt), v_leak=full(0.0),
@@ -679,8 +702,7 @@ def export_graph(model, dt: float = EXPORT_DT):
     edges = list(zip(order[:-1], order[1:]))
     metadata = {"source": "spikeforge", "name": spec.name, "timesteps": spec.timesteps,
                 "dt": float(dt), "encoding": spec.encoding,
-                "input": "pixel / 255 every step (direct) or bit planes MSB first (bitplane)",
-                "threshold_comparison": ">="}
+                "input": "pixel / 255 every step (direct) or bit planes MSB first (bitplane)"}
     try:
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
     except Exception as e:  # nir's own checks

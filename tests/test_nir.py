@@ -5,6 +5,7 @@ equations, export -> import giving the same golden output, and refusals.
 The snnTorch / Norse tests skip when those packages are absent
 (``pip install -e '.[nir]'`` installs them)."""
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -184,17 +185,67 @@ def test_spikeforge_metadata_needs_no_options(tmp_path):
         assert torch.equal(b, layer.syn.bias)
 
 
+# --------------------------------------------------------------------------- the comparison
+
+
+def grid_graph(metadata=None, node_metadata=None):
+    """fc 4 -> 3 IF, weights multiples of 1/4, threshold 1: on 0 / 255 pixels
+    (inputs 0 and 1) the potential lands exactly on the threshold."""
+    w = np.array([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0]])
+    node = nir.IF(r=np.ones(3), v_threshold=np.ones(3), v_reset=np.zeros(3),
+                  metadata=node_metadata or {})
+    return chain((4,), nir.Affine(weight=w, bias=np.zeros(3)), node, metadata=metadata)
+
+
+def test_import_keeps_the_strict_comparison():
+    """NIR fires at v > v_threshold: the import sets neuron.strict (no note of
+    an approximation), and the float model then equals the NIR equations
+    where v == v_threshold, which the inclusive comparison does not."""
+    graph = grid_graph()
+    imp = nir_io.import_graph(graph, ImportOptions(timesteps=4))
+    assert [l.neuron.strict for l in imp.spec.layers] == [True]
+    assert not any(">=" in n or "comparison" in n for n in imp.notes), imp.notes
+    x = (torch.randint(0, 2, (64, 1, 1, 1, 4), generator=torch.Generator().manual_seed(2))
+         * 255).to(torch.uint8)
+    ref = naive(graph, (x[:, 0].double() / 255).unsqueeze(0).expand(4, *x[:, 0].shape), 1.0)
+    assert ref.sum() > 20
+    assert torch.equal(float_counts(nir_io.to_model(imp), x), ref)
+    ls = imp.spec.layers[0]
+    inclusive = dataclasses.replace(imp.spec, layers=(dataclasses.replace(
+        ls, neuron=dataclasses.replace(ls.neuron, strict=False)),))
+    assert not torch.equal(float_counts(models.from_weights(inclusive, imp.weights), x), ref)
+
+
+def test_comparison_metadata_of_the_graph_and_its_nodes():
+    opts = ImportOptions(timesteps=4)
+    # the graph-wide ">=" of files exported before neuron.strict existed
+    old = nir_io.import_graph(grid_graph(metadata={"threshold_comparison": ">="}), opts)
+    assert not old.spec.layers[0].neuron.strict
+    # a node's own metadata wins
+    node = nir_io.import_graph(grid_graph(metadata={"threshold_comparison": ">="},
+                                          node_metadata={"threshold_comparison": ">"}), opts)
+    assert node.spec.layers[0].neuron.strict
+    node = nir_io.import_graph(grid_graph(node_metadata={"threshold_comparison": ">="}), opts)
+    assert not node.spec.layers[0].neuron.strict
+    with pytest.raises(NIRError, match=r"^node 'n1': threshold_comparison metadata '=>' is not "):
+        nir_io.import_graph(grid_graph(node_metadata={"threshold_comparison": "=>"}), opts)
+    with pytest.raises(NIRError, match=r"^the graph: threshold_comparison metadata 1 is not "):
+        nir_io.import_graph(grid_graph(metadata={"threshold_comparison": 1}), opts)
+
+
 # --------------------------------------------------------------------------- round trip
 
 
+@pytest.mark.parametrize("strict", [False, True, "mixed"])
 @pytest.mark.parametrize("reset,decay", [("zero", 0.5), ("subtract", 0.875), ("none", 1.0)])
-def test_import_of_export_gives_identical_golden_output(tmp_path, reset, decay):
+def test_import_of_export_gives_identical_golden_output(tmp_path, reset, decay, strict):
     kind = "if" if decay == 1.0 else "lif"
-    neuron = NeuronSpec(kind, decay=decay, theta=0.5, reset=reset)
+    neurons = [NeuronSpec(kind, decay=decay, theta=0.5, reset=reset,
+                          strict=(n == 1) if strict == "mixed" else strict) for n in range(3)]
     spec = NetworkSpec("rt", (1, 8, 8), 4, (
-        LayerSpec("conv", 1, 4, (8, 8), kernel=3, padding=1, pool=2, neuron=neuron),
-        LayerSpec("conv", 4, 6, (4, 4), kernel=3, padding=0, neuron=neuron),
-        LayerSpec("fc", 24, 10, (1, 1), neuron=neuron)), classes=10)
+        LayerSpec("conv", 1, 4, (8, 8), kernel=3, padding=1, pool=2, neuron=neurons[0]),
+        LayerSpec("conv", 4, 6, (4, 4), kernel=3, padding=0, neuron=neurons[1]),
+        LayerSpec("fc", 24, 10, (1, 1), neuron=neurons[2])), classes=10)
     torch.manual_seed(3)
     model = models.SpikingNet(spec).eval()
     with torch.no_grad():

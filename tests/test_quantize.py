@@ -193,3 +193,36 @@ def test_stcb_network_quantizes_to_shifts_and_agrees_with_float():
         assert int(il.shift.min()) >= 0
     ag = agreement(m, net, random_frames(0, n=128))
     assert ag["float_int_class_agreement"] > 0.7
+
+
+def strict_copy(model):
+    """``model`` with every layer's comparison strict (``u > theta``)."""
+    import dataclasses
+    from spikeforge.sw.models import SpikingNet
+    spec = model.spec
+    layers = tuple(dataclasses.replace(l, neuron=dataclasses.replace(l.neuron, strict=True))
+                   for l in spec.layers)
+    out = SpikingNet(dataclasses.replace(spec, layers=layers))
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_strict_networks_quantize_with_their_comparison(seed):
+    """The spec's ``strict`` flows into the integer network unchanged; with
+    nothing rounding (IF, wide state) the float model with quantised weights
+    equals the golden model spike for spike, ties ``u == theta`` included,
+    where the inclusive contract spikes otherwise."""
+    import dataclasses
+    m = strict_copy(random_model(seed, decay=1.0, reset="zero"))
+    net = quantize(m, QuantConfig(weight_bits=6))
+    assert net.spec == m.spec and all(il.spec.neuron.strict for il in net.layers)
+    x = random_frames(seed)
+    ag = agreement(m, net, x)
+    assert ag["quantized_float_int_spike_agreement"] == 1.0
+    layers = tuple(dataclasses.replace(il, spec=dataclasses.replace(
+        il.spec, neuron=dataclasses.replace(il.spec.neuron, strict=False))) for il in net.layers)
+    inclusive = golden.IntNetwork(dataclasses.replace(net.spec, layers=tuple(
+        il.spec for il in layers)), layers)
+    a, b = golden.run(net, x), golden.run(inclusive, x)
+    assert any(not torch.equal(p, q) for p, q in zip(a.spikes, b.spikes))
