@@ -80,3 +80,5 @@ def test_strict_comparison_round_trips_and_old_specs_default_to_inclusive():
     for l in d["layers"]:
         del l["neuron"]["strict"]
     assert NetworkSpec.from_dict(d) == spec
+    # the convsnn builder takes it (train --set strict=true)
+    assert all(l.neuron.strict for l in spec_for("convsnn", strict=True).layers)
