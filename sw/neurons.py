@@ -70,8 +70,8 @@ class LIFParams:
     def from_spec(cls, spec: NeuronSpec) -> "LIFParams":
         if spec.kind is NeuronKind.STCB:
             raise ValueError("an STCB neuron has no LIF parameters")
-        return cls(spec.decay, spec.theta, spec.reset, spec.surrogate, spec.surrogate_width, spec.bpta,
-                   spec.strict)
+        return cls(spec.decay, spec.theta, spec.reset, spec.surrogate, spec.surrogate_width,
+                   spec.bpta, spec.strict)
 
 
 def lif_init(like: torch.Tensor) -> LIFState:

@@ -73,7 +73,8 @@ def test_strict_comparison_round_trips_and_old_specs_default_to_inclusive():
                                                                           strict=True))
     strict = dataclasses.replace(spec, layers=tuple(layers))
     d = json.loads(json.dumps(strict.to_dict()))
-    assert [l["neuron"]["strict"] for l in d["layers"]] == [False, True] + [False] * (len(layers) - 2)
+    flags = [l["neuron"]["strict"] for l in d["layers"]]
+    assert flags == [False, True] + [False] * (len(layers) - 2)
     again = NetworkSpec.from_dict(d)
     assert again == strict and again != spec
     # a spec written before the field existed loads with u >= theta

@@ -76,6 +76,31 @@ def test_a_broken_design_is_caught(build_root, tmp_path, fault):
         assert "$enddefinitions" in (tmp_path / "dump.vcd").read_text(errors="replace")[:100000]
 
 
+def test_a_mixed_strict_network_matches_the_golden_model(build_root, tmp_path):
+    """Layers 1 and 2 fire at u > theta, layer 0 at u >= theta: the Verilog
+    matches the golden model, and the golden model with the comparisons
+    swapped (ties u == theta occur here) would report a mismatch."""
+    import dataclasses
+    from spikeforge.sw.golden import IntNetwork
+    seed = 4
+    net = random_network(seed, strict=None)
+    assert [l.neuron.strict for l in net.spec.layers] == [False, True, True]
+    sb = runner.build(net, 2, build_root, depth=1 << 14)
+    x = frames_for(net, [100 * seed + i for i in range(6)])
+    sim = runner.run(sb, x, tmp_path)
+    ref, mismatches = runner.compare(net, x, sim)
+    assert mismatches == [None] * len(x), next(m for m in mismatches if m)
+    assert sum(ref.scores.flatten().tolist()) > 0
+    layers = []
+    for il in net.layers:
+        neuron = dataclasses.replace(il.spec.neuron, strict=not il.spec.neuron.strict)
+        layers.append(dataclasses.replace(il, spec=dataclasses.replace(il.spec, neuron=neuron)))
+    swapped = IntNetwork(dataclasses.replace(net.spec, layers=tuple(l.spec for l in layers)),
+                         tuple(layers))
+    _, other = runner.compare(swapped, x, sim)
+    assert any(m is not None for m in other)
+
+
 def test_verify_command_on_a_trained_network(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "1", "--batch-size", "16",
