@@ -82,7 +82,7 @@ def adder_trees(m, terms: list[list], levels_per_stage: int = 2):
             for n, r in enumerate(rows):
                 row = []
                 for i, v in enumerate(r):
-                    reg = Signal(v.shape(), name=f"tree{stages}_{n}_{i}")
+                    reg = Signal(v.shape(), name=f"tree{stages}_{n}_{i}", reset_less=True)  # data
                     m.d.sync += reg.eq(v)
                     row.append(reg)
                 regs.append(row)

@@ -142,16 +142,20 @@ class SynapseUnit(wiring.Component):
         # ---------------------------------------------------------- decode, 2 stages
         take = Signal()
         d1_valid, d1_last = Signal(), Signal()
-        d1_cin = Signal(cin_bits)
-        d1_oy, d1_ox = Signal(pos_bits), Signal(pos_bits)
-        d1_shift = Signal(p.fmt.shift_bits)
+        # data registers (here and below) are not reset: a valid bit or the
+        # walker's ``active`` says when they hold something, so ``start`` (a
+        # synchronous reset of the whole engine) fans out to control only
+        dreg = dict(reset_less=True)
+        d1_cin = Signal(cin_bits, **dreg)
+        d1_oy, d1_ox = Signal(pos_bits, **dreg), Signal(pos_bits, **dreg)
+        d1_shift = Signal(p.fmt.shift_bits, **dreg)
         Q, W = p.in_lanes, p.weight_bits
-        d1_mask, d2_mask = Signal(Q), Signal(Q)
+        d1_mask, d2_mask = Signal(Q, **dreg), Signal(Q, **dreg)
         d2_valid, d2_last = Signal(), Signal()
-        d2_wbase = Signal(waddr_bits)
-        d2_e0 = Signal(addr_shape)
-        d2_oy, d2_ox = Signal(signed(pos_bits + 1)), Signal(signed(pos_bits + 1))
-        d2_shift = Signal(p.fmt.shift_bits)
+        d2_wbase = Signal(waddr_bits, **dreg)
+        d2_e0 = Signal(addr_shape, **dreg)
+        d2_oy, d2_ox = Signal(signed(pos_bits + 1), **dreg), Signal(signed(pos_bits + 1), **dreg)
+        d2_shift = Signal(p.fmt.shift_bits, **dreg)
 
         d_adv = ~d2_valid | take
         ev = self.events.payload
@@ -177,13 +181,13 @@ class SynapseUnit(wiring.Component):
         # ---------------------------------------------------------- tap walker
         active = Signal()
         marker_held = Signal()
-        dy, dx, g = Signal(range(k)), Signal(range(k)), Signal(range(G))
-        oy, ox = Signal(signed(pos_bits + 1)), Signal(signed(pos_bits + 1))
-        ox0 = Signal(signed(pos_bits + 1))
-        addr = Signal(addr_shape)
-        waddr = Signal(waddr_bits)
-        shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)))
-        mask = Signal(Q)
+        dy, dx, g = Signal(range(k), **dreg), Signal(range(k), **dreg), Signal(range(G), **dreg)
+        oy, ox = Signal(signed(pos_bits + 1), **dreg), Signal(signed(pos_bits + 1), **dreg)
+        ox0 = Signal(signed(pos_bits + 1), **dreg)
+        addr = Signal(addr_shape, **dreg)
+        waddr = Signal(waddr_bits, **dreg)
+        shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)), **dreg)
+        mask = Signal(Q, **dreg)
 
         last_tap = (dy == k - 1) & (dx == k - 1) & (g == G - 1)
         m.d.comb += take.eq(self.enable & ~marker_held & (~active | last_tap))
@@ -222,9 +226,9 @@ class SynapseUnit(wiring.Component):
         # data registered, so neither memory's output drives the adder
         R, sb = p.R, (p.R - 1).bit_length()   # positions per word: word = addr >> sb
         v1 = Signal()
-        a1 = Signal(bits_for(p.acc_depth * R - 1))  # position address
+        a1 = Signal(bits_for(p.acc_depth * R - 1), **dreg)  # position address
         s1 = Signal.like(shift)
-        mask1 = Signal(Q)
+        mask1 = Signal(Q, **dreg)
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
         terms = []
         for j in range(p.P):
@@ -239,7 +243,7 @@ class SynapseUnit(wiring.Component):
                                                         (i * p.P + j + 1) * W].as_signed(), 0)
                               for i in range(Q)])
         if Q == 1:  # one term: a register stage of its own
-            incs = [Signal(signed(len(t[0])), name=f"inc{j}") for j, t in enumerate(terms)]
+            incs = [Signal(signed(len(t[0])), name=f"inc{j}", **dreg) for j, t in enumerate(terms)]
             m.d.sync += [inc.eq(t[0]) for inc, t in zip(incs, terms)]
             n_stages = 1
         else:
@@ -254,7 +258,7 @@ class SynapseUnit(wiring.Component):
         # when the terms take one stage
         rd_issue = addr.as_unsigned() if n_stages == 1 else delay[-3][1]
         m.d.comb += self.rd_addr.eq(rd_issue >> sb)
-        rd_q = Signal.like(self.rd_data)
+        rd_q = Signal.like(self.rd_data, **dreg)
         m.d.sync += rd_q.eq(self.rd_data)
         in_flight = Cat(*(v for v, _ in delay)).any()
 
@@ -265,8 +269,8 @@ class SynapseUnit(wiring.Component):
         wbs = []
         for age in (1, 2):
             wb_valid = Signal(name=f"wb{age}_valid")
-            wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr")
-            wb_data = Signal.like(self.wr_data, name=f"wb{age}_data")
+            wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr", **dreg)
+            wb_data = Signal.like(self.wr_data, name=f"wb{age}_data", **dreg)
             src = (valid, word, self.wr_data) if age == 1 else wbs[-1][:3]
             m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2])]
             wbs.append((wb_valid, wb_addr, wb_data, wb_valid & (wb_addr == word)))
