@@ -177,8 +177,11 @@ class NeuronUnit(wiring.Component):
         t1, tr, t2, t3 = (Signal(tag, name=f"tag{n}") for n in ("1", "r", "2", "3"))
         m.d.sync += [t1.v.eq(issue), t1.win.eq(win_end), t1.a.eq(addr), t1.py.eq(py),
                      t1.px.eq(px), t1.cb.eq(cbase), t1.g.eq(g)]
-        base_r = Signal.like(self.rd_data)
-        cur_r = Signal.like(self.cur_data)
+        # the words and every later data register are not reset (the tags'
+        # valid bits are): ``start`` fans out to control only
+        dreg = dict(reset_less=True)
+        base_r = Signal.like(self.rd_data, **dreg)
+        cur_r = Signal.like(self.cur_data, **dreg)
         bias_r = [Signal.like(b, name=f"bias_r{j}") for j, b in enumerate(cur_bias)]
         th_r = [Signal.like(t, name=f"th_r{j}") for j, t in enumerate(cur_theta)]
         m.d.sync += [tr.eq(t1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
@@ -189,9 +192,9 @@ class NeuronUnit(wiring.Component):
         maskr = Cat(tr.cb + j < p.c_out for j in range(P))
 
         # ---------------------------------------------------------- threshold stage
-        mask2 = Signal(P)
-        s2 = [Signal(signed(sum_w), name=f"s2_{n}") for n in range(NL)]
-        th2 = [Signal(signed(S), name=f"th2_{j}") for j in range(P)]
+        mask2 = Signal(P, **dreg)
+        s2 = [Signal(signed(sum_w), name=f"s2_{n}", **dreg) for n in range(NL)]
+        th2 = [Signal(signed(S), name=f"th2_{j}", **dreg) for j in range(P)]
         m.d.sync += [t2.eq(tr), mask2.eq(maskr)]
         m.d.sync += [s2[n].eq(base_r[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
         m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
@@ -203,7 +206,7 @@ class NeuronUnit(wiring.Component):
         if strict:
             # sat(s) > theta  <=>  s > theta and theta < 2**(S-1) - 1 (a saturated
             # u never exceeds the largest state): the flag is registered with theta
-            top2 = Signal(P, name="th2_below_top")
+            top2 = Signal(P, name="th2_below_top", **dreg)
             m.d.sync += top2.eq(Cat(t != (1 << (S - 1)) - 1 for t in th_r))
         for n in range(NL):
             m.d.comb += u2[n].eq(saturate(s2[n], S))
@@ -215,9 +218,9 @@ class NeuronUnit(wiring.Component):
                 m.d.comb += o2[n].eq(s2[n] >= th2[n % P])
 
         # ---------------------------------------------------------- write-back stage
-        u3 = [Signal(signed(S), name=f"u3_{n}") for n in range(NL)]
-        th3 = [Signal(signed(S), name=f"th3_{j}") for j in range(P)]
-        o3 = Signal(NL)
+        u3 = [Signal(signed(S), name=f"u3_{n}", **dreg) for n in range(NL)]
+        th3 = [Signal(signed(S), name=f"th3_{j}", **dreg) for j in range(P)]
+        o3 = Signal(NL, **dreg)
         m.d.sync += [t3.eq(t2), o3.eq(o2 & mask2.replicate(p.R))]
         m.d.sync += [a.eq(b) for a, b in zip(u3 + th3, u2 + th2)]
         shifts = p.decay_shifts
@@ -318,7 +321,8 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict)
     P, G = p.P, p.groups
     cb_bits = bits_for(G * P)
     shapes = {n: (f[0], f[1], f[2] if len(f) > 2 else True) for n, f in fields.items()}
-    cur = {n: [Signal(signed(w) if sg else unsigned(w), name=f"cur_{n}{j}") for j in range(P)]
+    cur = {n: [Signal(signed(w) if sg else unsigned(w), name=f"cur_{n}{j}", reset_less=True)
+               for j in range(P)]  # data: loaded before the group's first issue
            for n, (_, w, sg) in shapes.items()}
     nxt = {n: [Signal.like(c, name=f"nxt_{n}{j}") for j, c in enumerate(cur[n])] for n in cur}
     l_addr = Signal(cb_bits)
