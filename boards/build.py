@@ -216,7 +216,7 @@ def _blocks(net, lanes, device: str) -> tuple[int, int]:
     event FIFOs, which Yosys maps to block RAM there."""
     from spikeforge.hw.fit import DEVICES, memory_plan
     dev = DEVICES[device]
-    n = sum(dev.blocks_for(mu.width, mu.depth) for mu in memory_plan(net, lanes))
+    n = sum(dev.blocks_for(mu.width, mu.depth, mu.sliced) for mu in memory_plan(net, lanes))
     n += BRIDGE_BLOCKS + (len(net.layers) if dev.lutram_depth == 0 else 0)
     return n, dev.blocks
 

@@ -10,7 +10,8 @@ Counting rules:
 
 * A memory of width ``w`` and depth ``d`` takes, in one block configuration
   ``(cw, cd)``, ``ceil(w / cw) * ceil(d / cd)`` blocks; the cheapest
-  configuration counts.
+  configuration counts.  The weight memories are built as column slices
+  (:mod:`spikeforge.hw.memory`) and counted slice by slice.
 * ECP5: EBR of 18 kbit, configurations 16384x1 .. 512x36 (the 36-bit mode is
   the pseudo dual port one, which is what the engine's one-read one-write
   memories need).  Memories of at most ``64`` words are left to LUT RAM by
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 from spikeforge.errors import SpikeforgeError
 
+from .memory import ECP5_CONFIGS, slice_bits
 from .network import core_params
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit"]
@@ -49,13 +51,18 @@ class Device:
     lutram_depth: int                     # memories up to this depth go to LUT RAM
     note: str = ""
 
-    def blocks_for(self, width: int, depth: int) -> int:
+    def blocks_for(self, width: int, depth: int, sliced: bool = False) -> int:
+        """Blocks of a ``width x depth`` memory; ``sliced``: built as the
+        column slices of :func:`~spikeforge.hw.memory.slice_bits`."""
         if depth <= self.lutram_depth:
             return 0
+        if sliced:
+            sw = slice_bits(width, depth)
+            return sum(self.blocks_for(min(sw, width - lo), depth) for lo in range(0, width, sw))
         return min(-(-width // cw) * -(-depth // cd) for cw, cd in self.configs)
 
 
-_ECP5 = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
+_ECP5 = ECP5_CONFIGS
 DEVICES = {
     "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, 64),
     "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, 64),
@@ -71,6 +78,7 @@ class MemoryUse:
     name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}
     width: int
     depth: int
+    sliced: bool = False  # built as column slices (hw/memory.py): the weights
 
     @property
     def bits(self) -> int:
@@ -81,7 +89,7 @@ def memory_plan(net, P) -> list[MemoryUse]:
     """Every block-RAM candidate of the engine for ``net`` with lanes ``P``."""
     out = []
     for i, cp in enumerate(core_params(net, P)):
-        out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth))
+        out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth, sliced=True))
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
         if cp.stcb:
             out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]
@@ -101,7 +109,7 @@ def check_fit(net, P, device: str) -> dict:
         raise FitError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     dev = DEVICES[device]
     plan = memory_plan(net, P)
-    per = {mu.name: dev.blocks_for(mu.width, mu.depth) for mu in plan}
+    per = {mu.name: dev.blocks_for(mu.width, mu.depth, mu.sliced) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
     if total > dev.blocks:

@@ -29,6 +29,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
+from .memory import SlicedMemory
 from .neuron import NeuronUnit
 from .steb import StebUnit
 from .params import CoreParams
@@ -119,19 +120,20 @@ class LayerCore(wiring.Component):
         m.submodules.neu = neu = StebUnit(p) if p.stcb else NeuronUnit(p)
 
         # ---------------------------------------------------------- memories
-        wmem = Memory(shape=unsigned(p.weight_width), depth=p.weight_depth, init=self._weights)
+        # the weights in column slices of the block RAM's geometry (no
+        # multiplexer after a deep memory: see hw/memory.py)
+        wmem = SlicedMemory(p.weight_width, p.weight_depth, self._weights)
         nmem = Memory(shape=unsigned(p.neuron_width), depth=p.c_out, init=self._neurons)
         m.submodules.weights = wmem
         m.submodules.neurons = nmem
-        w_rd, w_wr = wmem.read_port(), wmem.write_port()
         n_rd, n_wr = nmem.read_port(), nmem.write_port()
         mw = self.mem_write
         m.d.comb += [
             mw.ready.eq(1),
-            w_rd.addr.eq(syn.w_addr), syn.w_data.eq(w_rd.data),
+            wmem.rd_addr.eq(syn.w_addr), syn.w_data.eq(wmem.rd_data),
             n_rd.addr.eq(neu.p_addr), neu.p_data.eq(n_rd.data),
-            w_wr.addr.eq(mw.payload.addr), w_wr.data.eq(mw.payload.data),
-            w_wr.en.eq(mw.valid & (mw.payload.which == 0)),
+            wmem.wr_addr.eq(mw.payload.addr), wmem.wr_data.eq(mw.payload.data),
+            wmem.wr_en.eq(mw.valid & (mw.payload.which == 0)),
             n_wr.addr.eq(mw.payload.addr), n_wr.data.eq(mw.payload.data),
             n_wr.en.eq(mw.valid & (mw.payload.which == 1)),
         ]

@@ -666,3 +666,47 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
     with pytest.raises(FitError, match=r"^network does not fit ecp5-85f: .* L2_weights \(layer 2\) "
                                        r"32 bits x 75264 words = 2408448 bits -> 147 blocks"):
         check_fit(big, [4, 4, 4, 5], "ecp5-85f")
+
+
+@pytest.mark.parametrize("width, depth", [(256, 3136), (16, 50176), (80, 600), (20, 300)])
+def test_sliced_memory_reads_what_was_written(width, depth):
+    """The weight memory in column slices: the init words, then written words,
+    read back whole; the slice width is the configuration holding the depth."""
+    from spikeforge.hw.memory import SlicedMemory, slice_bits
+    rng = random.Random(width * depth)
+    init = [rng.getrandbits(width) for _ in range(depth)]
+    mem = SlicedMemory(width, depth, init)
+    assert mem.slice == {3136: 4, 50176: 16, 600: 18, 300: 20}[depth] == slice_bits(width, depth)
+    writes = {rng.randrange(depth): rng.getrandbits(width) for _ in range(20)}
+    reads = [rng.randrange(depth) for _ in range(30)] + list(writes)
+    got = []
+
+    async def bench(ctx):
+        for a, v in writes.items():
+            ctx.set(mem.wr_addr, a)
+            ctx.set(mem.wr_data, v)
+            ctx.set(mem.wr_en, 1)
+            await ctx.tick()
+        ctx.set(mem.wr_en, 0)
+        for a in reads:
+            ctx.set(mem.rd_addr, a)
+            await ctx.tick()
+            got.append(ctx.get(mem.rd_data))
+
+    sim = Simulator(mem)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    want = [writes.get(a, init[a]) for a in reads]
+    assert got == want
+
+
+def test_fit_counts_the_weight_slices():
+    """The fc weights at 32 lanes (256 bits x 3,136 words): 64 blocks of
+    4096x4 as built, not the 56 of a 7-deep stack of 512x36."""
+    from spikeforge.hw.fit import DEVICES
+    dev = DEVICES["ecp5-85f"]
+    assert dev.blocks_for(256, 3136) == 56
+    assert dev.blocks_for(256, 3136, sliced=True) == 64
+    assert dev.blocks_for(36, 512, sliced=True) == dev.blocks_for(36, 512) == 1
+    assert dev.blocks_for(16, 50176, sliced=True) == dev.blocks_for(16, 50176) == 49

@@ -1,0 +1,78 @@
+"""Memories cut to the FPGA's block-RAM geometry.
+
+A memory deeper than one block configuration's depth is built by Yosys as a
+stack of blocks whose outputs go through a multiplexer: for the fc layer's
+weights (256 bits x 3,136 words at 32 lanes) that is a 7-input multiplexer on
+every output bit, fed from blocks spread along the block-RAM rows, and one
+of the most congested structures of the ULX3S build.  :class:`SlicedMemory`
+instead splits such a memory into column slices as wide as the block
+configuration that holds the whole depth (ECP5: 4 bits for up to 4,096
+words), so every slice is one column of blocks and no multiplexer follows:
+a few more blocks (64 instead of 56 there), far fewer wires.
+
+The rule is :func:`slice_bits`; :mod:`spikeforge.hw.fit` counts blocks with
+the same rule, so the fit check counts what synthesis builds.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["ECP5_CONFIGS", "slice_bits", "SlicedMemory"]
+
+#: ECP5 DP16KD configurations (width, depth), one read and one write port
+ECP5_CONFIGS = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
+
+
+def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
+    """Width of the column slices a ``width x depth`` memory is built from:
+    the widest configuration holding all ``depth`` words, when that is
+    narrower than the memory and deeper than one 36-bit block (a 512-word
+    memory is what Yosys builds well by itself); else ``width`` (one piece)."""
+    if depth <= configs[-1][1]:
+        return width
+    fits = [cw for cw, cd in configs if cd >= depth]
+    return min(max(fits), width) if fits else width
+
+
+class SlicedMemory(wiring.Component):
+    """One synchronous read port and one write port over a memory of
+    ``width x depth`` built as :func:`slice_bits` column slices (each a
+    :class:`~amaranth.lib.memory.Memory` with its bits of ``init``).
+
+    Members
+    -------
+    rd_addr : In(range(depth)), rd_data : Out(width)
+        Read address, and its word one cycle later.
+    wr_addr : In(range(depth)), wr_data : In(width), wr_en : In(1)
+        Write port.
+    """
+
+    def __init__(self, width: int, depth: int, init):
+        self.width, self.depth = width, depth
+        self._init = list(init)
+        self.slice = slice_bits(width, depth)
+        super().__init__({
+            "rd_addr": In(range(depth)),
+            "rd_data": Out(width),
+            "wr_addr": In(range(depth)),
+            "wr_data": In(width),
+            "wr_en": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        sw = self.slice
+        for n, lo in enumerate(range(0, self.width, sw)):
+            w = min(sw, self.width - lo)
+            mem = Memory(shape=unsigned(w), depth=self.depth,
+                         init=[(v >> lo) & ((1 << w) - 1) for v in self._init])
+            m.submodules[f"slice{n}"] = mem
+            rd, wr = mem.read_port(), mem.write_port()
+            m.d.comb += [rd.addr.eq(self.rd_addr), self.rd_data[lo:lo + w].eq(rd.data),
+                         wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data[lo:lo + w]),
+                         wr.en.eq(self.wr_en)]
+        return m
