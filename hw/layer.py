@@ -240,17 +240,25 @@ class LayerCore(wiring.Component):
         keep = Signal()                    # the scan leaves the current in place
         hold = Signal(nb)                  # memory b holds a frame for all T steps
         t = Signal(range(T))               # step of the scan (static layers: of the image)
+        # which memories the scan owns, kept in registers (timing: the owner
+        # selects every address, enable and data bit of a memory, hundreds of
+        # loads; a flip-flop drives them, not a comparison):
+        # own[b] == clearing | scan_on & (scan_bank == b) in every cycle, and
+        # free == ~own, a second register for the write data's zeroing (most
+        # of the loads), so the addresses do not wait on the data's net
+        own = Signal(nb, init=(1 << nb) - 1)
+        free = Signal(nb, init=0)
         for b in range(nb):
             mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
                          depth=p.acc_depth, init=[])
             m.submodules[f"cur{b}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
-            scan_owns = clearing | scan_on & (scan_bank == b)
+            scan_owns = own[b]
             m.d.comb += [
                 rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
                 rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
                 wr.addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
-                wr.data.eq(Mux(scan_owns, 0, syn.wr_data)),
+                wr.data.eq(Mux(free[b], syn.wr_data, 0)),
                 wr.en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
                              syn.wr_en & (syn_bank == b))),
             ]
@@ -271,16 +279,19 @@ class LayerCore(wiring.Component):
                 m.d.sync += syn_bank.eq(syn_bank + 1)
 
         # the scan takes a full memory once the previous step's spikes are out
+        none_owned = [own.eq(0), free.eq((1 << nb) - 1)]
         with m.FSM(init="CLEAR_GO"):
-            _clear_states(m, neu, clearing, "IDLE")
+            _clear_states(m, neu, clearing, "IDLE", done=none_owned)
             with m.State("IDLE"):
                 with m.If(full.bit_select(scan_bank, 1) & ~neu.busy):
                     m.d.comb += [neu.start.eq(1), neu.final.eq(t == T - 1)]
                     m.d.sync += [scan_on.eq(1), keep.eq(hold.bit_select(scan_bank, 1) & (t != T - 1))]
+                    onehot = Cat(scan_bank == b for b in range(nb))
+                    m.d.sync += [own.eq(onehot), free.eq(~onehot)]
                     m.next = "SCAN"
             with m.State("SCAN"):
                 with m.If(~neu.mem_busy):
-                    m.d.sync += [scan_on.eq(0), t.eq(Mux(t == T - 1, 0, t + 1))]
+                    m.d.sync += [scan_on.eq(0), t.eq(Mux(t == T - 1, 0, t + 1))] + none_owned
                     with m.If(~keep):
                         m.d.sync += full.bit_select(scan_bank, 1).eq(0)
                         if nb > 1:
@@ -289,13 +300,15 @@ class LayerCore(wiring.Component):
         return clearing
 
 
-def _clear_states(m, neu, clearing, then: str) -> None:
+def _clear_states(m, neu, clearing, then: str, done=()) -> None:
     """The first two states of a core's FSM: pulse the scan unit's clear pass,
-    hold ``clearing`` until it ends, then go to state ``then``."""
+    hold ``clearing`` until it ends, then go to state ``then`` (with the
+    ``sync`` statements ``done``)."""
     with m.State("CLEAR_GO"):
         m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
         m.next = "CLEAR_WAIT"
     with m.State("CLEAR_WAIT"):
         m.d.comb += clearing.eq(1)
         with m.If(~neu.mem_busy):
+            m.d.sync += list(done)
             m.next = then
