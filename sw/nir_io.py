@@ -27,7 +27,8 @@ form snnTorch and Norse run) are, per neuron::
     LIF   v[t] = v[t-1] + dt/tau * (v_leak - v[t-1] + r * I[t])
              = decay * v[t-1] + gain * I[t] + dt/tau * v_leak,
           decay = 1 - dt/tau,  gain = dt * r / tau
-    IF    v[t] = v[t-1] + r * I[t]              (snnTorch and Norse ignore dt here)
+    IF    v[t] = v[t-1] + r * I[t]              (snnTorch and Norse ignore dt here;
+                                                 SpikingJelly: dt * r * I[t])
     spike when v[t] > v_threshold, then v <- v_reset
 
 so ``gain`` multiplies the layer's weights and bias and the leak term is
@@ -36,8 +37,9 @@ engine's shift list), thresholds and gains per output channel; a threshold
 that differs between channels is divided into that channel's weights, bias
 and leak (exact for every reset mode), leaving ``theta = 1``.
 
-The strict ``>`` is kept: imported layers set ``neuron.strict``, which the
-float model, the integer contract and the engine all honour (a node's
+The strict ``>`` is kept (``>=`` for ``source`` spikingjelly): imported
+layers set ``neuron.strict``, which the float model, the integer contract
+and the engine all honour (a node's
 ``threshold_comparison`` metadata, ``">"`` or ``">="``, as
 :func:`export_graph` writes it, overrides it; so does the graph's, which
 older spikeforge exports wrote for the whole network).
@@ -47,7 +49,13 @@ time steps, ``dt``, the reset (NIR has only ``v_reset``: snnTorch writes 0
 for its default reset by subtraction), the input scale and encoding.
 ``source`` picks a framework's conventions: ``snntorch`` (dt 1e-4, reset by
 subtraction), ``norse`` (dt 1e-3, reset to zero, and tau read as Norse 1.1.0
-writes it: ``dt / tau_mem_inv``, i.e. ``dt`` times the real tau).
+writes it: ``dt / tau_mem_inv``, i.e. ``dt`` times the real tau),
+``spikingjelly`` (SpikingJelly 2.0's ``export_to_nir``: dt 1e-4, its
+argument's default; reset to zero, the only reset it exports (``v_reset``,
+also written as ``v_leak``); spike at ``v >= v_threshold``, as its
+Heaviside fires at 0, which the graph does not say; IF written as ``r =
+1/dt`` for its ``v += I``, so the gain is ``dt * r``; LIF as ``tau = dt *
+tau``, ``r = tau`` or 1 for ``decay_input`` False or True, read as any LIF).
 
 Nothing is approximated silently: :class:`Imported.notes` lists every
 reading that is not exact -- each decay against the engine's nearest shift
@@ -75,11 +83,20 @@ class NIRError(SpikeforgeError, ValueError):
     or a network that cannot be exported."""
 
 
+class Source(NamedTuple):
+    """What an exporter leaves out of its graphs (module docstring)."""
+    dt: float | None     # time step the exporter wrote tau with
+    reset: Reset         # reset of LIF/IF nodes without reset metadata
+    tau_times_dt: bool   # tau written as dt * tau (Norse 1.1.0's to_nir)
+    strict: bool         # spike at v > v_threshold (NIR), else v >= v_threshold
+    if_r_per_dt: bool    # IF written as r = 1/dt for v += I (SpikingJelly 2.0's export_to_nir)
+
+
 SOURCES = {
-    # dt, default reset, tau written as dt * tau (Norse 1.1.0's to_nir)
-    "nir": (None, Reset.ZERO, False),
-    "snntorch": (1e-4, Reset.SUBTRACT, False),
-    "norse": (1e-3, Reset.ZERO, True),
+    "nir": Source(None, Reset.ZERO, False, True, False),
+    "snntorch": Source(1e-4, Reset.SUBTRACT, False, True, False),
+    "norse": Source(1e-3, Reset.ZERO, True, True, False),
+    "spikingjelly": Source(1e-4, Reset.ZERO, False, False, True),
 }
 
 #: ``dt`` written into exported graphs (snnTorch's convention).
@@ -97,7 +114,7 @@ class ImportOptions:
         Time step for ``tau`` (None: the graph's ``dt`` metadata, else the
         source's).
     source
-        ``nir``, ``snntorch`` or ``norse`` (module docstring).
+        ``nir``, ``snntorch``, ``norse`` or ``spikingjelly`` (module docstring).
     reset
         ``zero``, ``subtract`` or ``none`` for every spiking layer (None: a
         node's ``reset`` metadata, else the source's default; ``zero``
@@ -355,7 +372,7 @@ def _comparison(meta: Any, where: str, default: bool) -> bool:
 def _neuron(name: str, node, shape: tuple[int, ...], opts: ImportOptions, dt: float | None,
             notes: list[str], layer: int, strict: bool = True) -> _Neuron:
     import nir
-    _, src_reset, tau_times_dt = SOURCES[opts.source]
+    src = SOURCES[opts.source]
     C = shape[0]
     p = lambda field: _arr(getattr(node, field), f"node {name!r}: {field}")
     theta = _per_channel(p("v_threshold"), shape, name, "v_threshold")
@@ -368,7 +385,7 @@ def _neuron(name: str, node, shape: tuple[int, ...], opts: ImportOptions, dt: fl
         tau = p("tau")
         if (tau <= 0).any():
             raise NIRError(f"node {name!r}: tau must be positive, not {tau.min():g}")
-        if tau_times_dt:
+        if src.tau_times_dt:
             tau = tau / dt
         ratio = _per_channel(dt / tau, shape, name, "dt / tau")
         if not np.allclose(ratio, ratio[0], rtol=1e-6, atol=1e-12):
@@ -386,6 +403,8 @@ def _neuron(name: str, node, shape: tuple[int, ...], opts: ImportOptions, dt: fl
     else:  # IF
         decay, kind = 1.0, NeuronKind.IF
         gain = _per_channel(p("r"), shape, name, "r")
+        if src.if_r_per_dt:  # such a source has a dt of its own
+            gain = _snap(gain * dt, 1.0)
         leak = np.zeros(C)
     if (gain <= 0).any():
         raise NIRError(f"node {name!r}: the input gain (dt * r / tau, or r for IF) must be "
@@ -398,7 +417,7 @@ def _neuron(name: str, node, shape: tuple[int, ...], opts: ImportOptions, dt: fl
     elif meta_reset in {r.value for r in Reset}:
         reset, why = Reset(meta_reset), "the node's reset metadata"
     else:
-        reset, why = src_reset, f"source {opts.source}"
+        reset, why = src.reset, f"source {opts.source}"
     if reset is Reset.ZERO:
         if (v_reset != 0).any():
             raise NIRError(f"node {name!r}: v_reset {float(v_reset.reshape(-1)[0]):g}: the engine "
@@ -494,7 +513,7 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
                        f"(1..{MAX_TIMESTEPS})")
     dt = opts.dt if opts.dt is not None else _meta_value(meta, "dt")
     if dt is None:
-        dt = SOURCES[opts.source][0]
+        dt = SOURCES[opts.source].dt
     if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float))
                            or not math.isfinite(dt) or dt <= 0):
         raise NIRError(f"the graph's dt metadata {dt!r:.40} is not a positive number")
@@ -505,7 +524,8 @@ def import_graph(graph, opts: ImportOptions, input_shape=None, name: str = "nir"
     shape = _input_shape(graph, input_shape)
     in_shape = shape
     notes = []
-    strict = _comparison(meta, "the graph", True)   # NIR: v > v_threshold
+    # NIR: v > v_threshold; SpikingJelly's exporter writes no comparison for its v >= v_threshold
+    strict = _comparison(meta, "the graph", SOURCES[opts.source].strict)
     layers, weights, groups = [], [], []
     flat = False  # a Flatten seen since the last layer
     i = 0

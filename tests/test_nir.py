@@ -1,9 +1,9 @@
-"""NIR in and out (issue 10): graphs as snnTorch 1.0 and Norse 1.1 write them,
+"""NIR in and out (issue 10): graphs as snnTorch 1.0, Norse 1.1 and SpikingJelly 2.0 write them,
 hand-written ones checked against a deliberately naive simulator of the NIR
 equations, export -> import giving the same golden output, and refusals.
 
-The snnTorch / Norse tests skip when those packages are absent
-(``pip install -e '.[nir]'`` installs them)."""
+The snnTorch / Norse / SpikingJelly tests skip when those packages are absent
+(``make setup`` installs them)."""
 
 import dataclasses
 import json
@@ -367,6 +367,98 @@ def test_norse_lifbox_imports_to_the_same_spike_counts():
     ours = float_counts(nir_io.to_model(imp), x)
     assert theirs.sum() > 20
     assert torch.equal(ours, theirs.double())
+
+
+def _spikingjelly():
+    """SpikingJelly 2.0's neuron / layer modules and its own NIR exporter (installed with
+    --no-deps by `make setup`); the modules log through loguru."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+    return functional, layer, neuron, surrogate, export_to_nir
+
+
+def _spikingjelly_counts(net, x, T, step_mode):
+    functional = _spikingjelly()[0]
+    xf = x[:, 0].float() / 255
+    functional.reset_net(net)
+    with torch.no_grad():
+        if step_mode == "m":
+            return net(xf.unsqueeze(0).repeat(T, *([1] * xf.ndim))).sum(0)
+        return sum(net(xf) for _ in range(T))
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+@pytest.mark.parametrize("kind", ["lif", "lif decay_input", "if"])
+def test_spikingjelly_export_imports_to_the_same_spike_counts(kind, step_mode):
+    """SpikingJelly's own export_to_nir of a conv net (LIFNode with either input
+    convention, or IFNode; hard reset to 0; AvgPool2d, as its exporter refuses
+    MaxPool2d) imported with source spikingjelly gives SpikingJelly's spike
+    counts (ties at the threshold: the next test)."""
+    functional, layer, neuron, surrogate, export_to_nir = _spikingjelly()
+    decay_input = kind == "lif decay_input"
+
+    def node():
+        if kind == "if":
+            return neuron.IFNode(surrogate_function=surrogate.ATan())
+        return neuron.LIFNode(tau=10.0, decay_input=decay_input,
+                              surrogate_function=surrogate.ATan())
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), node(), layer.AvgPool2d(2),
+                              layer.Flatten(), layer.Linear(64, 10), node())
+    with torch.no_grad():  # decay_input: the input is divided by tau
+        net[0].weight.mul_(30 if decay_input else 3)
+        net[4].weight.mul_(60 if decay_input else 6)
+    functional.set_step_mode(net, step_mode)
+    example = torch.zeros(1, 1, 8, 8) if step_mode == "s" else torch.zeros(2, 1, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = export_to_nir(net, example)
+    opts = ImportOptions(timesteps=6, source="spikingjelly")
+    imp = nir_io.import_graph(graph, opts)
+    want = ("if", 1.0) if kind == "if" else ("lif", 0.9)
+    for ls in imp.spec.layers:
+        assert (ls.neuron.kind.value, ls.neuron.decay) == pytest.approx(want)
+        assert ls.neuron.reset.value == "zero" and not ls.neuron.strict
+    assert imp.spec.layers[0].pool_mode.value == "avg"   # AvgPool2d: software only
+    x = frames(50)
+    theirs = _spikingjelly_counts(net, x, 6, step_mode)
+    ours = float_counts(nir_io.to_model(imp), x)
+    assert theirs.sum() > 100 and (theirs == 0).any()
+    assert torch.equal(ours, theirs.double())
+    if kind == "if":  # read as plain NIR (IF gain r = 1/dt), it is not SpikingJelly's network
+        plain = nir_io.import_graph(graph, ImportOptions(timesteps=6, dt=1e-4))
+        assert not torch.equal(float_counts(nir_io.to_model(plain), x), theirs.double())
+
+
+def test_spikingjelly_fires_at_the_threshold_and_so_does_the_import():
+    """SpikingJelly's Heaviside fires at v == v_threshold (its exporter does not
+    say so): weights of quarters on binary pixels reach the threshold exactly,
+    and the float model of the import (strict False; IF gain dt * r snapped to
+    1) counts those spikes; with strict layers it would not."""
+    functional, layer, neuron, surrogate, export_to_nir = _spikingjelly()
+    g = torch.Generator().manual_seed(3)
+    net = torch.nn.Sequential(layer.Flatten(), layer.Linear(16, 6, bias=False), neuron.IFNode(),
+                              layer.Linear(6, 4, bias=False), neuron.IFNode())
+    with torch.no_grad():
+        net[1].weight.copy_(torch.randint(-1, 4, (6, 16), generator=g) / 4)
+        net[3].weight.copy_(torch.randint(0, 5, (4, 6), generator=g) / 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = export_to_nir(net, torch.zeros(1, 1, 4, 4))
+    imp = nir_io.import_graph(graph, ImportOptions(timesteps=5, source="spikingjelly"))
+    assert [ls.neuron.strict for ls in imp.spec.layers] == [False, False]
+    x = (torch.randint(0, 2, (64, 1, 1, 4, 4), generator=g) * 255).to(torch.uint8)
+    theirs = _spikingjelly_counts(net, x, 5, "s")
+    model = nir_io.to_model(imp)
+    assert theirs.sum() > 50
+    assert torch.equal(float_counts(model, x), theirs.double())
+    # ties are common here: the strict comparison changes the counts
+    strict = dataclasses.replace(imp.spec, layers=tuple(
+        dataclasses.replace(ls, neuron=dataclasses.replace(ls.neuron, strict=True))
+        for ls in imp.spec.layers))
+    assert not torch.equal(float_counts(models.from_weights(strict, imp.weights), x),
+                           theirs.double())
 
 
 # --------------------------------------------------------------------------- refusals
