@@ -1,6 +1,6 @@
-"""From snnTorch (and Norse) to spikeforge's integer golden model through NIR.
+"""From snnTorch (Norse, SpikingJelly) to spikeforge's integer golden model through NIR.
 
-    .venv/bin/python benchmarks/bench_nir.py [--framework snntorch|norse] [--steps 400]
+    .venv/bin/python benchmarks/bench_nir.py [--framework snntorch|norse|spikingjelly] [--steps 400]
         [--timesteps 8] [--out runs/bench_nir] [--weight-bits 8,4] [--per-channel] [--verify N]
 
 Trains a small conv net in the framework itself on mnist5k (conv16 3x3 -
@@ -22,6 +22,12 @@ Norse 1.1: LIFBoxCell (tau_mem_inv 100 at dt 1e-3: decay 0.9, input gain
 zero; ``to_nir`` writes None for MaxPool2d and Flatten, so
 those nodes are filled in as SumPool2d -> Threshold(0) and Flatten before
 the file is written; imported with ``--source norse``.
+SpikingJelly 2.0 (``make setup`` installs it with --no-deps): LIFNode tau 10
+(decay 0.9), ``decay_input=False`` (input gain 1), threshold 1, reset to zero
+(its exporter refuses the soft reset), multi-step mode; exported with its
+``export_to_nir`` from a copy with AvgPool2d in place of MaxPool2d (which it
+cannot export), imported with ``--source spikingjelly --avgpool-as-max``
+(its neurons fire at ``v >= v_threshold``).
 """
 
 from __future__ import annotations
@@ -136,6 +142,49 @@ def norse_model(args, ds, out: Path):
     return run, path, ["--source", "norse"]
 
 
+# --------------------------------------------------------------------------- SpikingJelly
+
+
+def spikingjelly_model(args, ds, out: Path):
+    import copy
+
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+    T = args.timesteps
+    torch.manual_seed(args.seed)
+
+    def lif():  # decay 1 - 1/tau = 0.9, input not decayed (gain 1), hard reset to 0
+        return neuron.LIFNode(tau=10.0, decay_input=False, v_threshold=1.0, v_reset=0.0,
+                              surrogate_function=surrogate.ATan())
+
+    def sj_net(pool):
+        return torch.nn.Sequential(
+            layer.Conv2d(1, 16, 3, padding=1), lif(), pool(),
+            layer.Conv2d(16, 32, 3, padding=1), lif(), pool(),
+            layer.Flatten(), layer.Linear(32 * 7 * 7, 64), lif(),
+            layer.Linear(64, 10), lif())
+    net = sj_net(lambda: layer.MaxPool2d(2))
+    functional.set_step_mode(net, "m")  # [T, N, ...]: one call per layer for all steps
+
+    def run(x):
+        functional.reset_net(net)
+        return net(x.unsqueeze(0).repeat(T, *([1] * x.ndim))).sum(0)
+
+    train(args, ds, run, net)
+    # SpikingJelly 2.0's exporter (through nirtorch) refuses MaxPool2d: a copy with the
+    # same weights and AvgPool2d standing for the max pool, as for snnTorch
+    twin = sj_net(lambda: layer.AvgPool2d(2))
+    twin.load_state_dict(copy.deepcopy(net.state_dict()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = export_to_nir(twin, torch.zeros(1, 1, 28, 28))
+    path = out / "spikingjelly.nir"
+    import nir
+    nir.write(str(path), graph)
+    net.eval()
+    return run, path, ["--source", "spikingjelly", "--avgpool-as-max"]
+
+
 # --------------------------------------------------------------------------- common
 
 
@@ -177,7 +226,8 @@ def predict(run, x, batch=200) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--framework", choices=("snntorch", "norse"), default="snntorch")
+    ap.add_argument("--framework", choices=("snntorch", "norse", "spikingjelly"),
+                    default="snntorch")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -196,7 +246,8 @@ def main() -> None:
     print(f"training in {args.framework} ({args.steps} steps of {args.batch}, T = "
           f"{args.timesteps}) ...")
     t0 = time.perf_counter()
-    make = snntorch_model if args.framework == "snntorch" else norse_model
+    make = {"snntorch": snntorch_model, "norse": norse_model,
+            "spikingjelly": spikingjelly_model}[args.framework]
     run, path, extra = make(args, ds, out)
     train_s = time.perf_counter() - t0  # training, or loading saved weights, and export
     theirs = predict(run, ds.x_test)
