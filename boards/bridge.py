@@ -82,6 +82,7 @@ class _Link:
         self.rcnt = Signal(range(self.recmax))
         self.recbuf = Signal(8 * self.recmax)   # the record being assembled
         self.crc_lo = Signal(8)
+        self.crc_hi = Signal(8)
         self.nbytes = Signal(range(P.MAX_PAYLOAD + 8))  # bytes of this frame (TIMEOUT detail)
         self.timer = Signal(range(bridge._timeout + 1))  # cycles since the last byte, saturating
         self.stall = Signal(range(bridge._stall + 1))
@@ -292,14 +293,8 @@ class HostBridge(wiring.Component):
                         m.d.sync += k.length[:8].eq(byte)
                         m.next = "LEN_HI"
                     elif name == "LEN_HI":
-                        n = Cat(k.length[:8], byte)
                         m.d.sync += [k.length[8:].eq(byte), k.idx.eq(0), k.rmod.eq(0)]
-                        with m.If(n > P.MAX_PAYLOAD):
-                            k.error(P.ErrorCode.LENGTH, n)
-                        with m.Elif(n == 0):
-                            m.next = "CRC_LO"
-                        with m.Else():
-                            m.next = "PAYLOAD"
+                        m.next = "LEN_CHECK"
                     elif name == "PAYLOAD":
                         m.d.comb += wr.en.eq(1)
                         m.d.sync += [k.idx.eq(k.idx + 1),
@@ -310,12 +305,26 @@ class HostBridge(wiring.Component):
                         m.d.sync += k.crc_lo.eq(byte)
                         m.next = "CRC_HI"
                     else:
-                        with m.If(Cat(k.crc_lo, byte) == k.rx_crc.crc):
-                            m.next = "CHECK"
-                        with m.Else():
-                            k.error(P.ErrorCode.CRC)
+                        m.d.sync += k.crc_hi.eq(byte)
+                        m.next = "CRC_CHECK"
                 with m.Elif(k.timer == self._timeout):
                     k.error(P.ErrorCode.TIMEOUT, k.nbytes)
+        # the length and the checksum are checked in a cycle of their own, from
+        # registers (timing: a received byte's 16-bit comparisons into the
+        # reply's registers were the iCE40's critical path); the next byte is
+        # a whole UART character away
+        with m.State("LEN_CHECK"):
+            with m.If(k.length > P.MAX_PAYLOAD):
+                k.error(P.ErrorCode.LENGTH, k.length)
+            with m.Elif(k.length == 0):
+                m.next = "CRC_LO"
+            with m.Else():
+                m.next = "PAYLOAD"
+        with m.State("CRC_CHECK"):
+            with m.If(Cat(k.crc_lo, k.crc_hi) == k.rx_crc.crc):
+                m.next = "CHECK"
+            with m.Else():
+                k.error(P.ErrorCode.CRC)
 
     def _execute(self, m, k: _Link, buf) -> None:
         """CHECK the request's length for its command, then reply (PING, START,
