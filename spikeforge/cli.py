@@ -233,6 +233,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-channel", action="store_true", help="per-output-channel scales")
     p.add_argument("--input-bits", type=_int_in(1, 8), default=8,
                    help="pixel bits fed as bit planes to layer 0 (default %(default)s)")
+    p.add_argument("--calibrate", choices=("accuracy", "fidelity"), default=None,
+                   help="what the per-layer weight clipping is chosen by, on 500 training "
+                        "images: accuracy on their labels, or fidelity, the integer model's "
+                        "class agreement with the float model's own predictions (default: "
+                        "fidelity for a run made by `spikeforge import`, accuracy otherwise)")
 
 
 def _lanes(text: str):

@@ -61,6 +61,8 @@ class Step:
     # outputs changed since the step wrote them make it stale; train's need
     # only exist (a model put into the run folder is used, never retrained over)
     check_outputs: bool = True
+    # options that depend on the run folder too (quantize's default calibration)
+    run_options: Callable[[Path, object], dict] | None = None
 
     @property
     def output(self) -> str:
@@ -164,7 +166,8 @@ def step_quantize(run: Path, args) -> None:
                 label="QAT epoch")
         model.eval()
     n_cal = min(500, len(ds.y_train))
-    clips = q.calibrate(model, qc, ds.x_train[:n_cal], ds.y_train[:n_cal])
+    target = calibration_target(run, args)
+    clips = q.calibrate(model, qc, ds.x_train[:n_cal], ds.y_train[:n_cal], target)
     net = q.quantize(model, qc, clips)
     t0 = time.perf_counter()
     int_acc = q.golden_accuracy(net, ds.x_test, ds.y_test)
@@ -176,7 +179,8 @@ def step_quantize(run: Path, args) -> None:
                "current_bounds": list(l.current_bounds()), "clip": c}
               for l, c in zip(net.layers, clips)]
     quant = {"weight_bits": qc.weight_bits, "per_channel": qc.per_channel,
-             "input_bits": qc.input_bits, "qat_epochs": args.qat_epochs, "layers": layers}
+             "input_bits": qc.input_bits, "qat_epochs": args.qat_epochs,
+             "calibrate": target, "calibration_images": n_cal, "layers": layers}
     image.write_image(run / IMAGE, net, {"quantization": quant, "dataset": cfg.dataset,
                                         "seed": cfg.seed})
     m = write_metrics(run, {"float_accuracy_before_quantization": float_acc,
@@ -185,7 +189,31 @@ def step_quantize(run: Path, args) -> None:
                             **ag})
     print(f"integer accuracy {100 * int_acc:.2f}% (float {100 * float_acc:.2f}%), "
           f"{qc.weight_bits}-bit weights, class agreement float/int "
-          f"{100 * m['float_int_class_agreement']:.2f}% -> {run / IMAGE}")
+          f"{100 * m['float_int_class_agreement']:.2f}%, clipping {clips} calibrated by "
+          f"{CALIBRATION_WHAT[target]} on {n_cal} training images -> {run / IMAGE}")
+
+
+# what --calibrate scores the integer model by, as the quantize step prints it
+CALIBRATION_WHAT = {"accuracy": "accuracy on the labels",
+                    "fidelity": "fidelity (agreement with the float model's predictions)"}
+
+
+def calibration_target(run: Path, args) -> str:
+    """``--calibrate``, else the default: ``fidelity`` for a run brought in by
+    ``spikeforge import`` (RUN/import.json: the float model is the source
+    framework's, whose decisions the integer model should keep), ``accuracy``
+    (the labels) for a run trained here."""
+    target = getattr(args, "calibrate", None)
+    if target is None:
+        target = "fidelity" if (Path(run) / "import.json").exists() else "accuracy"
+    return target
+
+
+def _quantize_run_options(run: Path, args) -> dict:
+    # accuracy, the only calibration before --calibrate, is left out of the record:
+    # the records written then stay valid; an imported run calibrated then is redone
+    target = calibration_target(run, args)
+    return {} if target == "accuracy" else {"calibrate": target}
 
 
 PLAN_IMAGES = 16  # training images whose spike traces drive the lane choice
@@ -425,7 +453,8 @@ def _pick(*names):
 STEPS_LIST = [
     Step("train", (), ("model.safetensors", "config.json"), _train_options, check_outputs=False),
     Step("quantize", ("model.safetensors", "config.json"), (IMAGE,),
-         _pick("weight_bits", "qat_epochs", "per_channel", "input_bits")),
+         _pick("weight_bits", "qat_epochs", "per_channel", "input_bits"),
+         run_options=_quantize_run_options),
     # the RTL loads the memory images: a changed hex file makes export and verify stale
     Step("export", (IMAGE,), ("hw/memories.json", "hw/*.hex"), _pick("lanes")),
     Step("verify", (IMAGE, "hw/memories.json", "hw/*.hex"), ("sim.json",),
@@ -471,9 +500,12 @@ def _hashes(run: Path, names: tuple[str, ...]) -> dict:
     return out
 
 
-def _options(step: Step, args) -> dict:
+def _options(step: Step, args, run: Path) -> dict:
     # through JSON, as the record holds them (tuples become lists)
-    return json.loads(json.dumps(step.options(args)))
+    opts = step.options(args)
+    if step.run_options is not None:
+        opts = {**opts, **step.run_options(run, args)}
+    return json.loads(json.dumps(opts))
 
 
 def record_path(run: Path, name: str) -> Path:
@@ -499,10 +531,10 @@ def pending(run: Path, step: Step, args) -> str | None:
         return "not done yet"
     if rec.get("status") != "ok":
         return f"it {rec.get('status', 'did not finish')} last time"
-    if rec.get("options") != _options(step, args):
-        changed = sorted(k for k, v in _options(step, args).items()
-                         if not isinstance(rec.get("options"), dict)
-                         or rec["options"].get(k) != v)
+    now = _options(step, args, run)
+    if rec.get("options") != now:
+        old = rec.get("options") if isinstance(rec.get("options"), dict) else {}
+        changed = sorted(k for k in set(now) | set(old) if old.get(k) != now.get(k))
         return f"options changed: {', '.join(changed) or 'some'}"
     if rec.get("inputs") != _hashes(run, step.inputs):
         return "its input files changed"
@@ -529,7 +561,7 @@ def execute(step: Step, run: Path, args):
     run.mkdir(parents=True, exist_ok=True)
     path = record_path(run, step.name)
     path.unlink(missing_ok=True)  # from here on the step is not done until it ends well
-    record = {"step": step.name, "options": _options(step, args),
+    record = {"step": step.name, "options": _options(step, args, run),
               "inputs": _hashes(run, step.inputs)}
     t0 = time.time()
     try:

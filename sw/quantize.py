@@ -17,7 +17,10 @@ their values and choose per channel a power-of-two weight scale
 is the shift ``acc >> r``.
 
 Calibration picks, layer by layer, the weight clipping ratio (of max |w|)
-that gives the best integer-model accuracy on training samples.
+that gives the integer model the best score on training samples: its
+accuracy on their labels (``accuracy``) or its class agreement with the
+float model's own predictions (``fidelity``; for an imported model those are
+the source framework's).
 
 Widths are derived: from the worst-case current of the weights and fan-in
 (:meth:`IntLayer.current_bounds`), the decay and the reset, the state range
@@ -239,15 +242,45 @@ def golden_accuracy(net: IntNetwork, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / len(y)
 
 
-def calibrate(model: SpikingNet, qc: QuantConfig, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """Greedy per-layer choice of the clipping ratio by integer accuracy on ``(x, y)``."""
+CALIBRATION_TARGETS = ("accuracy", "fidelity")
+
+
+def float_classes(model: SpikingNet, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """The float model's own class (most output spikes) for each frame of ``x``."""
+    from spikeforge.sw import data as sfdata
+    spec = model.spec
+    with torch.no_grad():
+        return torch.cat([model(sfdata.encode(x[i:i + batch], spec.timesteps,
+                                              spec.encoding)).argmax(1)
+                          for i in range(0, len(x), batch)])
+
+
+def calibration_reference(model: SpikingNet, x: torch.Tensor, y: torch.Tensor,
+                          target: str = "accuracy") -> torch.Tensor:
+    """The classes calibration scores the integer model against: the labels
+    ``y`` (``accuracy``) or the float model's predictions on ``x`` (``fidelity``)."""
+    if target == "accuracy":
+        return y
+    if target == "fidelity":
+        return float_classes(model, x)
+    raise QuantizeError(f"calibration target must be one of {', '.join(CALIBRATION_TARGETS)}, "
+                        f"not {target!r}")
+
+
+def calibrate(model: SpikingNet, qc: QuantConfig, x: torch.Tensor, y: torch.Tensor,
+              target: str = "accuracy") -> list[float]:
+    """Greedy per-layer choice of the clipping ratio: the one whose integer
+    model's classes on ``x`` best match :func:`calibration_reference` -- the
+    labels ``y`` (``target="accuracy"``) or the float model's own predictions
+    (``target="fidelity"``); ties go to the larger ratio."""
+    ref = calibration_reference(model, x, y, target)
     clips = [1.0] * len(model.spec.layers)
     for n in range(len(clips)):
         scored = []
         for c in qc.clip_candidates:
             trial = clips[:n] + [c] + clips[n + 1:]
             try:
-                acc = golden_accuracy(quantize(model, qc, trial), x, y)
+                acc = golden_accuracy(quantize(model, qc, trial), x, ref)
             except QuantizeError:
                 continue
             scored.append((acc, c))

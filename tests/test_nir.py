@@ -637,3 +637,70 @@ def test_norse_iaf_mlp_imports_to_the_same_spike_counts():
             theirs = theirs + z
     assert theirs.sum() > 20
     assert torch.equal(float_counts(nir_io.to_model(imp), x), theirs.double())
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_target_defaults_to_fidelity_for_an_imported_run(tmp_path):
+    import argparse
+
+    from spikeforge import flow
+    assert flow.calibration_target(tmp_path, argparse.Namespace(calibrate=None)) == "accuracy"
+    assert flow.calibration_target(tmp_path, argparse.Namespace()) == "accuracy"
+    (tmp_path / nir_io.IMPORT_RECORD).write_text("{}")
+    assert flow.calibration_target(tmp_path, argparse.Namespace(calibrate=None)) == "fidelity"
+    assert flow.calibration_target(tmp_path,
+                                   argparse.Namespace(calibrate="accuracy")) == "accuracy"
+
+
+def test_imported_run_is_calibrated_for_fidelity_and_says_so(tmp_path, capsys):
+    """The hand graph is untrained (about chance on digits8x8): calibrating its
+    clips by the labels moves the integer model far from the float one, by
+    fidelity keeps it close; the mode is printed and recorded with the clips."""
+    from spikeforge import image
+    path = tmp_path / "hand.nir"
+    nir.write(str(path), hand_graph())
+    run = tmp_path / "run"
+    assert cli.main(["import", str(path), "--out", str(run), "--timesteps", "2", "--dt", "1e-3",
+                     "--dataset", "digits8x8", "--decay-tolerance", "0.01", "-q"]) == 0
+    capsys.readouterr()
+    got = {}
+    for mode, argv in (("fidelity", []), ("accuracy", ["--calibrate", "accuracy"])):
+        assert cli.main(["quantize", "-q", str(run), *argv]) == 0
+        assert f"calibrated by {mode}" in capsys.readouterr().out
+        m = json.loads((run / "metrics.json").read_text())
+        _, meta = image.read_image(run / "weights.sfimg")
+        assert m["quantization"]["calibrate"] == meta["quantization"]["calibrate"] == mode
+        got[mode] = ([layer["clip"] for layer in meta["quantization"]["layers"]],
+                     m["float_int_class_agreement"])
+        opts = json.loads((run / ".flow" / "quantize.json").read_text())["options"]
+        assert opts.get("calibrate") == (None if mode == "accuracy" else mode)
+    assert got["fidelity"][0] != got["accuracy"][0]
+    assert got["fidelity"][1] > got["accuracy"][1] + 0.1
+    fails(["quantize", "-q", run, "--calibrate", "labels"], capsys, "--calibrate",
+          "invalid choice", "'accuracy', 'fidelity'")
+
+
+def test_flow_records_the_calibration_of_an_imported_run(tmp_path, monkeypatch, capsys):
+    from spikeforge import flow
+    # quantize alone, faked: only its record matters here
+    monkeypatch.setattr(flow, "step_quantize", lambda r, a: (r / flow.IMAGE).write_text("net"))
+    monkeypatch.setattr(flow, "STEPS_LIST", [flow.STEP["quantize"]])
+    trained, imported = tmp_path / "trained", tmp_path / "imported"
+    for run in (trained, imported):
+        run.mkdir()
+        for name in ("model.safetensors", "config.json"):
+            (run / name).write_text("weights")
+    (imported / nir_io.IMPORT_RECORD).write_text("{}")
+    opts = lambda run: json.loads((run / ".flow" / "quantize.json").read_text())["options"]
+    for run in (trained, imported):
+        assert cli.main(["run", "-q", "--out", str(run)]) == 0
+    assert "calibrate" not in opts(trained)  # as recorded before --calibrate existed
+    assert opts(imported)["calibrate"] == "fidelity"
+    capsys.readouterr()
+    assert cli.main(["run", "-q", "--out", str(imported), "--calibrate", "accuracy"]) == 0
+    assert "options changed: calibrate" in capsys.readouterr().out
+    assert "calibrate" not in opts(imported)
+    assert cli.main(["run", "-q", "--out", str(trained), "--calibrate", "fidelity"]) == 0
+    assert "options changed: calibrate" in capsys.readouterr().out

@@ -226,3 +226,47 @@ def test_strict_networks_quantize_with_their_comparison(seed):
         il.spec for il in layers)), layers)
     a, b = golden.run(net, x), golden.run(inclusive, x)
     assert any(not torch.equal(p, q) for p, q in zip(a.spikes, b.spikes))
+
+
+# --------------------------------------------------------------------------- calibration targets
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_fidelity_calibration_scores_against_the_float_predictions(seed):
+    """Labels that are not the float model's decisions (random ones here):
+    ``accuracy`` chases them, ``fidelity`` ignores them and picks exactly the
+    clips that accuracy would pick were the float predictions the labels --
+    and those keep the integer model closer to the float one."""
+    from spikeforge.sw.quantize import calibrate, float_classes, golden_accuracy
+    m = random_model(seed).eval()
+    x = random_frames(seed, n=64)
+    qc = QuantConfig(weight_bits=4)
+    f = float_classes(m, x)
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(seed + 100))
+    assert (f != y).float().mean() > 0.5
+    by_labels = calibrate(m, qc, x, y, "accuracy")
+    by_float = calibrate(m, qc, x, y, "fidelity")
+    assert by_labels != by_float  # the two targets choose different clips here
+    assert by_float == calibrate(m, qc, x, f, "accuracy")
+    assert by_float == calibrate(m, qc, x, torch.zeros_like(y), "fidelity")  # labels unused
+    score = lambda clips, ref: golden_accuracy(quantize(m, qc, clips), x, ref)
+    assert score(by_float, f) > score(by_labels, f)
+    assert score(by_labels, y) > score(by_float, y)
+
+
+def test_fidelity_score_is_the_reported_float_int_class_agreement():
+    from spikeforge.sw.quantize import float_classes, golden_accuracy
+    m = random_model(2).eval()
+    x = random_frames(2, n=64)
+    net = quantize(m, QuantConfig(weight_bits=4), [0.6, 1.0, 1.0])
+    fid = golden_accuracy(net, x, float_classes(m, x))
+    assert 0 < fid < 1  # a case where they disagree on some frames
+    assert fid == agreement(m, net, x)["float_int_class_agreement"]
+
+
+def test_unknown_calibration_target_is_refused():
+    from spikeforge.sw.quantize import calibrate
+    m = random_model(0).eval()
+    x = random_frames(0, n=8)
+    with pytest.raises(QuantizeError, match="accuracy, fidelity"):
+        calibrate(m, QuantConfig(), x, torch.zeros(8, dtype=torch.int64), "labels")
