@@ -1,15 +1,20 @@
 """From snnTorch (Norse, SpikingJelly) to spikeforge's integer golden model through NIR.
 
     .venv/bin/python benchmarks/bench_nir.py [--framework snntorch|norse|spikingjelly] [--steps 400]
-        [--timesteps 8] [--out runs/bench_nir] [--weight-bits 8,4] [--per-channel] [--verify N]
+        [--timesteps 8] [--out runs/bench_nir] [--weight-bits 8,4] [--per-channel]
+        [--calibrate accuracy|fidelity] [--verify N]
 
 Trains a small conv net in the framework itself on mnist5k (conv16 3x3 -
 LIF - max pool 2 - conv32 3x3 - LIF - max pool 2 - fc64 - LIF - fc10 - LIF,
 pixel / 255 fed every step), exports it with the framework's own NIR
 exporter, brings it in with ``spikeforge import``, quantizes it with
-``spikeforge quantize`` and prints, on the 1,000 test images, each model's
-accuracy and its class agreement with the framework's own predictions
-(the class with most output spikes; ties to the lowest index, as both do).
+``spikeforge quantize`` (its default for an imported run: weight clipping
+calibrated for fidelity, the integer model's agreement with the float
+model's predictions; ``--calibrate accuracy`` for the labels) and prints, on
+the 1,000 test images, each model's accuracy and its class agreement with
+the framework's own predictions (the class with most output spikes; ties to
+the lowest index, as both do), and for comparison the integer models
+without clipping.
 ``--verify N`` also runs ``spikeforge export`` + ``verify`` (RTL under
 Verilator) on N test images and adds the RTL's agreement.
 
@@ -235,6 +240,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weight-bits", default="8")
     ap.add_argument("--per-channel", action="store_true", help="quantize per output channel")
+    ap.add_argument("--calibrate", choices=("accuracy", "fidelity"), default=None,
+                    help="spikeforge quantize --calibrate (default: its own, fidelity for an "
+                         "imported run)")
     ap.add_argument("--verify", type=int, default=0, help="test images through the RTL")
     ap.add_argument("--out", default="runs/bench_nir")
     ap.add_argument("--retrain", action="store_true", help="train even if weights are saved")
@@ -269,15 +277,19 @@ def main() -> None:
                  float((ours == theirs).float().mean())))
     for bits in [int(b) for b in args.weight_bits.split(",")]:
         if cli.main(["quantize", "-q", str(run_dir), "--weight-bits", str(bits),
-                     *(["--per-channel"] if args.per_channel else [])]):
+                     *(["--per-channel"] if args.per_channel else []),
+                     *(["--calibrate", args.calibrate] if args.calibrate else [])]):
             raise SystemExit("quantize failed")
-        net, _ = image.read_image(run_dir / "weights.sfimg")
+        net, meta = image.read_image(run_dir / "weights.sfimg")
         g = torch.cat([golden.run(net, ds.x_test[i:i + 250]).classes
                        for i in range(0, len(y), 250)])
-        rows.append((f"spikeforge int{bits} golden", float((g == y).float().mean()),
+        quant = meta["quantization"]
+        clips = ", ".join(f"{layer['clip']:g}" for layer in quant["layers"])
+        rows.append((f"spikeforge int{bits} golden ({quant['calibrate']} calibration, "
+                     f"clips {clips})", float((g == y).float().mean()),
                      float((g == theirs).float().mean())))
-    # the quantizer's calibration picks weight clipping by accuracy on labels, which can
-    # move away from the source's decisions; without clipping, for comparison
+    # calibrated clipping against none at all, for comparison (calibration by accuracy
+    # on labels can move away from the source's decisions)
     from spikeforge.sw import quantize as q
     for bits in [int(b) for b in args.weight_bits.split(",")]:
         qc = q.QuantConfig(weight_bits=bits, per_channel=args.per_channel)
