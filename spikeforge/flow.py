@@ -167,6 +167,7 @@ def step_quantize(run: Path, args) -> None:
         model.eval()
     n_cal = min(500, len(ds.y_train))
     target = calibration_target(run, args)
+    margin = q.calibration_margin(qc, target)
     clips = q.calibrate(model, qc, ds.x_train[:n_cal], ds.y_train[:n_cal], target)
     net = q.quantize(model, qc, clips)
     t0 = time.perf_counter()
@@ -180,7 +181,8 @@ def step_quantize(run: Path, args) -> None:
               for l, c in zip(net.layers, clips)]
     quant = {"weight_bits": qc.weight_bits, "per_channel": qc.per_channel,
              "input_bits": qc.input_bits, "qat_epochs": args.qat_epochs,
-             "calibrate": target, "calibration_images": n_cal, "layers": layers}
+             "calibrate": target, "clip_margin": margin, "calibration_images": n_cal,
+             "layers": layers}
     image.write_image(run / IMAGE, net, {"quantization": quant, "dataset": cfg.dataset,
                                         "seed": cfg.seed})
     m = write_metrics(run, {"float_accuracy_before_quantization": float_acc,
@@ -190,7 +192,9 @@ def step_quantize(run: Path, args) -> None:
     print(f"integer accuracy {100 * int_acc:.2f}% (float {100 * float_acc:.2f}%), "
           f"{qc.weight_bits}-bit weights, class agreement float/int "
           f"{100 * m['float_int_class_agreement']:.2f}%, clipping {clips} calibrated by "
-          f"{CALIBRATION_WHAT[target]} on {n_cal} training images -> {run / IMAGE}")
+          f"{CALIBRATION_WHAT[target]} on {n_cal} training images"
+          + (f" (a clip below 1.0 must win by more than {100 * margin:g}% of them)"
+             if margin else "") + f" -> {run / IMAGE}")
 
 
 # what --calibrate scores the integer model by, as the quantize step prints it
@@ -211,9 +215,13 @@ def calibration_target(run: Path, args) -> str:
 
 def _quantize_run_options(run: Path, args) -> dict:
     # accuracy, the only calibration before --calibrate, is left out of the record:
-    # the records written then stay valid; an imported run calibrated then is redone
+    # the records written then stay valid; an imported run calibrated then is redone.
+    # fidelity's clip margin is recorded: a run calibrated without it is redone
+    from spikeforge.sw import quantize as q
     target = calibration_target(run, args)
-    return {} if target == "accuracy" else {"calibrate": target}
+    if target == "accuracy":
+        return {}
+    return {"calibrate": target, "clip_margin": q.calibration_margin(q.QuantConfig(), target)}
 
 
 PLAN_IMAGES = 16  # training images whose spike traces drive the lane choice

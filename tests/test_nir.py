@@ -672,6 +672,8 @@ def test_imported_run_is_calibrated_for_fidelity_and_says_so(tmp_path, capsys):
         m = json.loads((run / "metrics.json").read_text())
         _, meta = image.read_image(run / "weights.sfimg")
         assert m["quantization"]["calibrate"] == meta["quantization"]["calibrate"] == mode
+        assert m["quantization"]["clip_margin"] == meta["quantization"]["clip_margin"] == (
+            0.0 if mode == "accuracy" else 0.005)
         got[mode] = ([layer["clip"] for layer in meta["quantization"]["layers"]],
                      m["float_int_class_agreement"])
         opts = json.loads((run / ".flow" / "quantize.json").read_text())["options"]
@@ -697,8 +699,17 @@ def test_flow_records_the_calibration_of_an_imported_run(tmp_path, monkeypatch, 
     for run in (trained, imported):
         assert cli.main(["run", "-q", "--out", str(run)]) == 0
     assert "calibrate" not in opts(trained)  # as recorded before --calibrate existed
+    assert "clip_margin" not in opts(trained)
     assert opts(imported)["calibrate"] == "fidelity"
+    assert opts(imported)["clip_margin"] == 0.005
+    # a fidelity calibration recorded before the clip margin existed is redone
+    rec = json.loads(flow.record_path(imported, "quantize").read_text())
+    del rec["options"]["clip_margin"]
+    flow.record_path(imported, "quantize").write_text(json.dumps(rec))
     capsys.readouterr()
+    assert cli.main(["run", "-q", "--out", str(imported)]) == 0
+    assert "options changed: clip_margin" in capsys.readouterr().out
+    assert opts(imported)["clip_margin"] == 0.005
     assert cli.main(["run", "-q", "--out", str(imported), "--calibrate", "accuracy"]) == 0
     assert "options changed: calibrate" in capsys.readouterr().out
     assert "calibrate" not in opts(imported)

@@ -270,3 +270,85 @@ def test_unknown_calibration_target_is_refused():
     x = random_frames(0, n=8)
     with pytest.raises(QuantizeError, match="accuracy, fidelity"):
         calibrate(m, QuantConfig(), x, torch.zeros(8, dtype=torch.int64), "labels")
+
+
+# --------------------------------------------------------------------------- clip margin
+
+
+def scripted_calibration(monkeypatch, n_images, table):
+    """``calibrate`` on scores given by ``table`` (trial clips -> frames matched;
+    100 for a trial not listed): quantize returns the trial, the golden model's
+    score is looked up, the float predictions are not computed."""
+    from spikeforge.sw import quantize as q
+    monkeypatch.setattr(q, "quantize", lambda model, qc, clips: tuple(clips))
+    monkeypatch.setattr(q, "golden_accuracy",
+                        lambda net, x, ref: table.get(net, 100) / len(ref))
+    monkeypatch.setattr(q, "float_classes", lambda model, x: torch.zeros(len(x), dtype=torch.int64))
+    m = random_model(0)  # three layers; only their number is used
+    x = torch.zeros(n_images, 1, 1, 8, 8, dtype=torch.uint8)
+    y = torch.zeros(n_images, dtype=torch.int64)
+    return lambda target, **kw: q.calibrate(m, QuantConfig(**kw), x, y, target)
+
+
+@pytest.mark.parametrize("win", [1, 2])
+def test_fidelity_keeps_no_clipping_against_a_win_within_the_margin(monkeypatch, win):
+    """snnTorch's layer 0: clip 0.8 agreed on 499 of 500 images, 1.0 on 498.
+    A win by one or two images (0.2 %, 0.4 % <= 0.5 %) is not taken under
+    fidelity; accuracy (margin 0) takes it as before."""
+    cal = scripted_calibration(monkeypatch, 500, {(1.0, 1.0, 1.0): 499 - win,
+                                                  (0.8, 1.0, 1.0): 499})
+    assert cal("fidelity") == [1.0, 1.0, 1.0]
+    assert cal("accuracy") == [0.8, 1.0, 1.0]
+    assert cal("fidelity", clip_margin=0.0) == [0.8, 1.0, 1.0]     # the margin decides
+    assert cal("accuracy", clip_margin=0.005) == [1.0, 1.0, 1.0]
+
+
+def test_fidelity_takes_a_clip_that_wins_by_more_than_the_margin(monkeypatch):
+    # 3 of 500 (0.6 %) in layer 0; in layer 2 (after layer 0's choice) 0.5 beats
+    # 0.9, which is within the margin of 1.0: the best clip beats no clipping by 4
+    cal = scripted_calibration(monkeypatch, 500, {(1.0, 1.0, 1.0): 480, (0.8, 1.0, 1.0): 483,
+                                                  (0.8, 1.0, 0.9): 485, (0.8, 1.0, 0.5): 487})
+    assert cal("fidelity") == cal("accuracy") == [0.8, 1.0, 0.5]
+
+
+def test_clip_margin_is_strict_and_counted_in_images(monkeypatch):
+    # 1,000 images: a win by 5 is exactly 0.5 % (not more), by 6 is more
+    for win, want in ((5, 1.0), (6, 0.7)):
+        cal = scripted_calibration(monkeypatch, 1000, {(1.0, 1.0, 1.0): 900,
+                                                       (0.7, 1.0, 1.0): 900 + win})
+        assert cal("fidelity")[0] == want
+        assert cal("accuracy")[0] == 0.7
+
+
+def test_clip_margin_defaults_and_range():
+    from spikeforge.sw.quantize import calibration_margin
+    assert calibration_margin(QuantConfig(), "fidelity") == 0.005
+    assert calibration_margin(QuantConfig(), "accuracy") == 0.0
+    assert calibration_margin(QuantConfig(clip_margin=0.02), "accuracy") == 0.02
+    for bad in (-0.1, 1.0):
+        with pytest.raises(QuantizeError, match="clip margin"):
+            QuantConfig(clip_margin=bad)
+    with pytest.raises(QuantizeError, match="accuracy, fidelity"):
+        calibration_margin(QuantConfig(), "labels")
+
+
+def test_clip_margin_on_a_real_model():
+    """The golden model itself: a clip that fidelity without a margin picks, by
+    a win of k frames, is kept at 1.0 with a margin of k frames and chosen with
+    one just below; accuracy on the float predictions picks it (margin 0)."""
+    from spikeforge.sw.quantize import calibrate, float_classes, golden_accuracy
+    m = random_model(3).eval()
+    x = random_frames(3, n=64)
+    f = float_classes(m, x)
+    free = calibrate(m, QuantConfig(weight_bits=4, clip_margin=0.0), x, f, "fidelity")
+    n = next(i for i, c in enumerate(free) if c < 1.0)  # the first layer clipped
+    score = lambda clips: round(64 * golden_accuracy(quantize(m, QuantConfig(weight_bits=4),
+                                                              clips), x, f))
+    before = free[:n] + [1.0] * (len(free) - n)
+    win = score(free[:n + 1] + [1.0] * (len(free) - n - 1)) - score(before)
+    assert win >= 1
+    kept = calibrate(m, QuantConfig(weight_bits=4, clip_margin=win / 64), x, f, "fidelity")
+    assert kept[:n + 1] == before[:n + 1]
+    assert calibrate(m, QuantConfig(weight_bits=4, clip_margin=(win - 0.5) / 64), x, f,
+                     "fidelity") == free
+    assert calibrate(m, QuantConfig(weight_bits=4), x, f, "accuracy") == free
