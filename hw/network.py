@@ -168,7 +168,7 @@ class NetworkTop(wiring.Component):
     -------
     start : In(1)
         Pulse: synchronous reset of every core, FIFO and counter (the cores
-        and FIFOs one cycle later, through a register), then the clear pass
+        and FIFOs one cycle later, from a register), then the clear pass
         over all membrane banks (weight and neuron memories are kept).
     clearing : Out(1)
         ``start``, its reset cycle or a clear pass; ``events.ready`` is low
@@ -262,18 +262,19 @@ class NetworkTop(wiring.Component):
         m = Module()
         spec = self._net.spec
         n_layers = len(self.cores)
-        # ``start`` resets each core and its input FIFO through a register of
-        # its own (timing: a reset net per core, driven by a flip-flop, not one
-        # net from the host logic to every control register of the engine);
-        # the cycle it takes counts as clearing, so no event is taken then
-        resets = [Signal(name=f"rst{i}") for i in range(n_layers)]
-        m.d.sync += [r.eq(self.start) for r in resets]
+        # ``start`` resets the cores and FIFOs one cycle later, from a register
+        # (timing: the reset net, thousands of control flip-flops, is driven by
+        # a flip-flop, not by the host's logic; copies per core would not help:
+        # Yosys merges identical flip-flops); the cycle it takes counts as
+        # clearing, so no event is taken then
+        rst = Signal()
+        m.d.sync += rst.eq(self.start)
 
         # ---------------------------------------------------------- dataflow chain
         fifos = [EventFIFO(self.fmt, self._fifo_depth) for _ in range(n_layers)]
-        for i, (core, f, r) in enumerate(zip(self.cores, fifos, resets)):
-            m.submodules[f"fifo{i}"] = ResetInserter(r)(f)
-            m.submodules[f"core{i}"] = ResetInserter(r)(core)
+        for i, (core, f) in enumerate(zip(self.cores, fifos)):
+            m.submodules[f"fifo{i}"] = ResetInserter(rst)(f)
+            m.submodules[f"core{i}"] = ResetInserter(rst)(core)
             wiring.connect(m, f.r, core.i_events)
             if i + 1 < n_layers:
                 wiring.connect(m, core.o_events, fifos[i + 1].w)
@@ -281,7 +282,7 @@ class NetworkTop(wiring.Component):
         m.d.comb += last.ready.eq(1)
 
         clearing = Signal()
-        m.d.comb += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | resets[0])
+        m.d.comb += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | rst)
         m.d.comb += [
             self.clearing.eq(clearing),
             fifos[0].w.payload.eq(self.events.payload),
