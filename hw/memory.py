@@ -3,8 +3,9 @@
 A memory deeper than one block configuration's depth is built by Yosys as a
 stack of blocks whose outputs go through a multiplexer: for the fc layer's
 weights (256 bits x 3,136 words at 32 lanes) that is a 7-input multiplexer on
-every output bit, fed from blocks spread along the block-RAM rows, and one
-of the most congested structures of the ULX3S build.  :class:`SlicedMemory`
+every output bit, fed from blocks spread along the block-RAM rows (in a
+routed probe of the engine, the selects of such stacks were among the most
+congested nets).  :class:`SlicedMemory`
 instead splits such a memory into column slices as wide as the block
 configuration that holds the whole depth (ECP5: 4 bits for up to 4,096
 words), so every slice is one column of blocks and no multiplexer follows:
