@@ -250,11 +250,17 @@ def golden_accuracy(net: IntNetwork, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / len(y)
 
 
-CALIBRATION_TARGETS = ("accuracy", "fidelity")
 # the default QuantConfig.clip_margin per target: accuracy (a run trained here)
 # keeps the plain best score; fidelity asks a clip to beat no clipping by more
 # than 0.5 % of the calibration images (3 of 500), one or two being noise
 CALIBRATION_MARGINS = {"accuracy": 0.0, "fidelity": 0.005}
+CALIBRATION_TARGETS = tuple(CALIBRATION_MARGINS)
+
+
+def _check_target(target: str) -> None:
+    if target not in CALIBRATION_TARGETS:
+        raise QuantizeError(f"calibration target must be one of "
+                            f"{', '.join(CALIBRATION_TARGETS)}, not {target!r}")
 
 
 def float_classes(model: SpikingNet, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
@@ -271,19 +277,13 @@ def calibration_reference(model: SpikingNet, x: torch.Tensor, y: torch.Tensor,
                           target: str = "accuracy") -> torch.Tensor:
     """The classes calibration scores the integer model against: the labels
     ``y`` (``accuracy``) or the float model's predictions on ``x`` (``fidelity``)."""
-    if target == "accuracy":
-        return y
-    if target == "fidelity":
-        return float_classes(model, x)
-    raise QuantizeError(f"calibration target must be one of {', '.join(CALIBRATION_TARGETS)}, "
-                        f"not {target!r}")
+    _check_target(target)
+    return y if target == "accuracy" else float_classes(model, x)
 
 
 def calibration_margin(qc: QuantConfig, target: str) -> float:
     """``qc.clip_margin``, or the target's default (:data:`CALIBRATION_MARGINS`)."""
-    if target not in CALIBRATION_MARGINS:
-        raise QuantizeError(f"calibration target must be one of "
-                            f"{', '.join(CALIBRATION_TARGETS)}, not {target!r}")
+    _check_target(target)
     return CALIBRATION_MARGINS[target] if qc.clip_margin is None else qc.clip_margin
 
 
