@@ -85,7 +85,13 @@ class _Link:
         self.crc_hi = Signal(8)
         self.nbytes = Signal(range(P.MAX_PAYLOAD + 8))  # bytes of this frame (TIMEOUT detail)
         self.timer = Signal(range(bridge._timeout + 1))  # cycles since the last byte, saturating
+        self.idle = Signal()  # timer == timeout, kept in a register (timing)
+        self.pay_end = Signal()  # idx + 1 == length, a cycle late (timing)
+        self.rec_end = Signal()  # rmod == record size - 1, a cycle late (timing)
         self.stall = Signal(range(bridge._stall + 1))
+        self.stalled = Signal()  # stall == stall_cycles, from a register (timing)
+        self.is_ev = Signal()    # cmd == EVENTS, from a register (timing)
+        self.last = Signal()     # the record in ISSUE ends the payload
         self.beats = Signal(16)
         self.disc = Signal(16)
         self.disc_clr = Signal()
@@ -102,7 +108,7 @@ class _Link:
         """Consume the byte into the running CRC and the byte count."""
         m = self.m
         m.d.comb += [self.consumed.eq(1), self.rx_crc.valid.eq(1)]
-        m.d.sync += [self.timer.eq(0), self.nbytes.eq(self.nbytes + 1)]
+        m.d.sync += self.nbytes.eq(self.nbytes + 1)  # (the timer restarts on any byte)
 
     def reply(self, code, src: Source, n) -> None:
         """Send a reply frame ``code`` with ``n`` payload bytes from ``src``."""
@@ -203,10 +209,13 @@ class HostBridge(wiring.Component):
 
     def _line_watch(self, m, k: _Link) -> None:
         """The idle timer (receive timeout) and the count of discarded bytes."""
+        # ``idle`` is ``timer == timeout`` a cycle early, from a register: the
+        # comparison into the state machine's error replies and ``start`` was
+        # the iCE40's critical path
         with m.If(k.got):
-            m.d.sync += k.timer.eq(0)
-        with m.Elif(k.timer != self._timeout):
-            m.d.sync += k.timer.eq(k.timer + 1)
+            m.d.sync += [k.timer.eq(0), k.idle.eq(0)]
+        with m.Elif(~k.idle):
+            m.d.sync += [k.timer.eq(k.timer + 1), k.idle.eq(k.timer == self._timeout - 1)]
         lost = k.got & ~k.consumed
         with m.If(k.disc_clr):
             m.d.sync += k.disc.eq(lost)
@@ -255,7 +264,12 @@ class HostBridge(wiring.Component):
             for src, word in words.items():
                 with m.Case(src):
                     m.d.comb += pay.eq(word.word_select(k.pidx[:bits(len(word) // 8)], 8))
-        return hdr, pay
+        # sent from a register (timing: the byte select into the UART and the
+        # CRC was the iCE40's critical path); a cycle late is soon enough,
+        # ``pidx`` moves once a character, >= 40 cycles
+        pay_r = Signal(8)
+        m.d.sync += pay_r.eq(pay)
+        return hdr, pay_r
 
     # ------------------------------------------------------------ state machine
 
@@ -269,18 +283,23 @@ class HostBridge(wiring.Component):
                     m.d.comb += [k.consumed.eq(1), k.rx_crc.start.eq(1)]
                     m.d.sync += [k.cmd.eq(0), k.seq.eq(0), k.nbytes.eq(1)]
                     m.next = "CMD"
-            with m.Elif((k.disc != 0) & (k.timer == self._timeout)):
+            with m.Elif((k.disc != 0) & k.idle):
                 m.d.comb += k.disc_clr.eq(1)
                 m.d.sync += [k.cmd.eq(0), k.seq.eq(0)]
                 k.error(P.ErrorCode.DISCARDED, k.disc, 0)
         recsize = Mux(k.cmd == P.Cmd.EVENTS, self.layout.event_bytes, self.layout.write_record)
+        # the payload's comparisons come from registers (timing: their carry
+        # chains into the state machine were the iCE40's critical path); a
+        # cycle late is soon enough, received bytes are >= 40 cycles apart
+        # (a divisor >= 4, ten bits a byte)
+        m.d.sync += [k.pay_end.eq(k.idx + 1 == k.length), k.rec_end.eq(k.rmod == recsize - 1)]
         frame_states = ("CMD", "SEQ", "LEN_LO", "LEN_HI", "PAYLOAD", "CRC_LO", "CRC_HI")
         for name in frame_states:
             with m.State(name):
                 with m.If(k.got):
                     if name in ("CRC_LO", "CRC_HI"):  # not part of the checksum
                         m.d.comb += k.consumed.eq(1)
-                        m.d.sync += [k.timer.eq(0), k.nbytes.eq(k.nbytes + 1)]
+                        m.d.sync += k.nbytes.eq(k.nbytes + 1)
                     else:
                         k.take()
                     if name == "CMD":
@@ -297,9 +316,8 @@ class HostBridge(wiring.Component):
                         m.next = "LEN_CHECK"
                     elif name == "PAYLOAD":
                         m.d.comb += wr.en.eq(1)
-                        m.d.sync += [k.idx.eq(k.idx + 1),
-                                     k.rmod.eq(Mux(k.rmod == recsize - 1, 0, k.rmod + 1))]
-                        with m.If(k.idx + 1 == k.length):
+                        m.d.sync += [k.idx.eq(k.idx + 1), k.rmod.eq(Mux(k.rec_end, 0, k.rmod + 1))]
+                        with m.If(k.pay_end):
                             m.next = "CRC_LO"
                     elif name == "CRC_LO":
                         m.d.sync += k.crc_lo.eq(byte)
@@ -307,7 +325,7 @@ class HostBridge(wiring.Component):
                     else:
                         m.d.sync += k.crc_hi.eq(byte)
                         m.next = "CRC_CHECK"
-                with m.Elif(k.timer == self._timeout):
+                with m.Elif(k.idle):
                     k.error(P.ErrorCode.TIMEOUT, k.nbytes)
         # the length and the checksum are checked in a cycle of their own, from
         # registers (timing: a received byte's 16-bit comparisons into the
@@ -333,8 +351,13 @@ class HostBridge(wiring.Component):
         _, rd = buf
         lay = self.layout
         recsize = Mux(k.cmd == P.Cmd.EVENTS, lay.event_bytes, lay.write_record)
+        # ISSUE decides from registers only, besides the engine's ``ready``
+        # (timing: the comparisons and ``ready`` into the reply's registers
+        # were the iCE40's critical path); ``cmd`` is set a whole frame before
+        m.d.sync += k.is_ev.eq(k.cmd == P.Cmd.EVENTS)
         with m.State("CHECK"):
-            m.d.sync += [k.idx.eq(0), k.rcnt.eq(0), k.stall.eq(0), k.beats.eq(0)]
+            m.d.sync += [k.idx.eq(0), k.rcnt.eq(0), k.stall.eq(0), k.stalled.eq(0),
+                         k.beats.eq(0)]
             empty = k.length == 0
             with m.Switch(k.cmd):
                 for c, src, n in ((P.Cmd.PING, Source.INFO, P.INFO.size),
@@ -358,7 +381,8 @@ class HostBridge(wiring.Component):
         with m.State("FETCH"):  # rd.addr = idx; the byte is there next cycle
             m.next = "SHIFT"
         with m.State("SHIFT"):
-            m.d.sync += [k.recbuf.eq(Cat(k.recbuf[8:], rd.data)), k.idx.eq(k.idx + 1)]
+            m.d.sync += [k.recbuf.eq(Cat(k.recbuf[8:], rd.data)), k.idx.eq(k.idx + 1),
+                         k.last.eq(k.idx + 1 == k.length)]
             with m.If(k.rcnt == recsize - 1):
                 m.d.sync += k.rcnt.eq(0)
                 m.next = "ISSUE"
@@ -366,21 +390,21 @@ class HostBridge(wiring.Component):
                 m.d.sync += k.rcnt.eq(k.rcnt + 1)
                 m.next = "FETCH"
         with m.State("ISSUE"):
-            is_ev = k.cmd == P.Cmd.EVENTS
+            is_ev = k.is_ev
             m.d.comb += [self.mem_write.valid.eq(~is_ev), self.events.valid.eq(is_ev)]
             taken = Mux(is_ev, self.events.ready, self.mem_write.ready)
             with m.If(taken):
-                m.d.sync += k.stall.eq(0)
+                m.d.sync += [k.stall.eq(0), k.stalled.eq(0)]
                 with m.If(is_ev):
                     m.d.sync += [k.beats.eq(k.beats + 1), self.active.eq(1)]
-                with m.If(k.idx == k.length):
+                with m.If(k.last):
                     k.reply(k.cmd | P.REPLY, Source.NONE, 0)
                 with m.Else():
                     m.next = "FETCH"
-            with m.Elif(k.stall == self._stall):
+            with m.Elif(k.stalled):
                 k.error(P.ErrorCode.STALL, k.beats)
             with m.Else():
-                m.d.sync += k.stall.eq(k.stall + 1)
+                m.d.sync += [k.stall.eq(k.stall + 1), k.stalled.eq(k.stall == self._stall - 1)]
 
     def _transmit(self, m, k: _Link, hdr, pay) -> None:
         """The reply: header (``SYNC`` not in the checksum), payload, CRC."""
