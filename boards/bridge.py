@@ -95,6 +95,7 @@ class _Link:
         self.beats = Signal(16)
         self.disc = Signal(16)
         self.disc_clr = Signal()
+        self.disc_any = Signal()  # disc != 0, from a register (timing)
         # reply
         self.r_cmd = Signal(8)
         self.r_len = Signal(range(P.MAX_PAYLOAD + 1))
@@ -218,9 +219,11 @@ class HostBridge(wiring.Component):
             m.d.sync += [k.timer.eq(k.timer + 1), k.idle.eq(k.timer == self._timeout - 1)]
         lost = k.got & ~k.consumed
         with m.If(k.disc_clr):
-            m.d.sync += k.disc.eq(lost)
-        with m.Elif(lost & (k.disc != 0xFFFF)):
-            m.d.sync += k.disc.eq(k.disc + 1)
+            m.d.sync += [k.disc.eq(lost), k.disc_any.eq(lost)]
+        with m.Elif(lost):
+            m.d.sync += k.disc_any.eq(1)
+            with m.If(k.disc != 0xFFFF):
+                m.d.sync += k.disc.eq(k.disc + 1)
 
     def _payload_buffer(self, m, k: _Link):
         """The request payload (one block RAM): written at ``idx`` as bytes
@@ -283,7 +286,7 @@ class HostBridge(wiring.Component):
                     m.d.comb += [k.consumed.eq(1), k.rx_crc.start.eq(1)]
                     m.d.sync += [k.cmd.eq(0), k.seq.eq(0), k.nbytes.eq(1)]
                     m.next = "CMD"
-            with m.Elif((k.disc != 0) & k.idle):
+            with m.Elif(k.disc_any & k.idle):
                 m.d.comb += k.disc_clr.eq(1)
                 m.d.sync += [k.cmd.eq(0), k.seq.eq(0)]
                 k.error(P.ErrorCode.DISCARDED, k.disc, 0)

@@ -268,20 +268,27 @@ class LayerCore(wiring.Component):
                 m.d.comb += neu.cur_data.eq(rd.data)
 
         # the synapse unit takes events into a free memory; at a marker it hands
-        # the memory over and goes on in the next one
-        m.d.comb += syn.enable.eq(~clearing & ~full.bit_select(syn_bank, 1))
-        with m.If(syn.at_marker & ~full.bit_select(syn_bank, 1) & ~clearing):
+        # the memory over and goes on in the next one.  ``enable`` ==
+        # ~clearing & ~full[syn_bank] in every cycle, from a register set from
+        # the next cycle's values (timing: it decides the input's ``ready``)
+        enable = Signal()
+        handover, release, leaving = Signal(), Signal(), Signal()
+        m.d.comb += [syn.enable.eq(enable), handover.eq(syn.at_marker & enable)]
+        with m.If(handover):
             m.d.comb += syn.resume.eq(1)
             m.d.sync += full.bit_select(syn_bank, 1).eq(1)
             if p.static:
                 m.d.sync += hold.bit_select(syn_bank, 1).eq(syn.hold)
             if nb > 1:
                 m.d.sync += syn_bank.eq(syn_bank + 1)
+        full_next = (full | (handover << syn_bank)) & ~(release << scan_bank)
+        bank_next = (syn_bank + handover)[:len(syn_bank)] if nb > 1 else syn_bank
+        m.d.sync += enable.eq((~clearing | leaving) & ~full_next.bit_select(bank_next, 1))
 
         # the scan takes a full memory once the previous step's spikes are out
         none_owned = [own.eq(0), free.eq((1 << nb) - 1)]
         with m.FSM(init="CLEAR_GO"):
-            _clear_states(m, neu, clearing, "IDLE", done=none_owned)
+            _clear_states(m, neu, clearing, "IDLE", done=none_owned, leaving=leaving)
             with m.State("IDLE"):
                 with m.If(full.bit_select(scan_bank, 1) & ~neu.busy):
                     m.d.comb += [neu.start.eq(1), neu.final.eq(t == T - 1)]
@@ -293,6 +300,7 @@ class LayerCore(wiring.Component):
                 with m.If(~neu.mem_busy):
                     m.d.sync += [scan_on.eq(0), t.eq(Mux(t == T - 1, 0, t + 1))] + none_owned
                     with m.If(~keep):
+                        m.d.comb += release.eq(1)
                         m.d.sync += full.bit_select(scan_bank, 1).eq(0)
                         if nb > 1:
                             m.d.sync += scan_bank.eq(scan_bank + 1)
@@ -300,10 +308,11 @@ class LayerCore(wiring.Component):
         return clearing
 
 
-def _clear_states(m, neu, clearing, then: str, done=()) -> None:
+def _clear_states(m, neu, clearing, then: str, done=(), leaving=None) -> None:
     """The first two states of a core's FSM: pulse the scan unit's clear pass,
     hold ``clearing`` until it ends, then go to state ``then`` (with the
-    ``sync`` statements ``done``)."""
+    ``sync`` statements ``done``; ``leaving``, if given, is raised in that
+    cycle)."""
     with m.State("CLEAR_GO"):
         m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
         m.next = "CLEAR_WAIT"
@@ -311,4 +320,6 @@ def _clear_states(m, neu, clearing, then: str, done=()) -> None:
         m.d.comb += clearing.eq(1)
         with m.If(~neu.mem_busy):
             m.d.sync += list(done)
+            if leaving is not None:
+                m.d.comb += leaving.eq(1)
             m.next = then

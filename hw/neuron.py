@@ -154,7 +154,11 @@ class NeuronUnit(wiring.Component):
         final = Signal()
         room = Signal()   # the spike queue has room for everything the scan has issued
         issue = Signal()
-        wc_ = window_counters(m, p, issue, self.start)
+        # the counters return to the first neuron as the scan issues its last
+        # one (or on a clear), not at ``start`` (timing: ``start`` comes from
+        # the core's state machine, a long way from these registers)
+        rewind = Signal()
+        wc_ = window_counters(m, p, issue, rewind)
         g, py, px, addr, cbase = wc_.g, wc_.py, wc_.px, wc_.addr, wc_.cbase
         first, win_end, last = wc_.first, wc_.win_end, wc_.last
         m.d.comb += [
@@ -163,6 +167,7 @@ class NeuronUnit(wiring.Component):
             self.rd_addr.eq(addr),
             self.rd_en.eq(1),
         ]
+        m.d.comb += rewind.eq((issue & last) | self.clear)
         with m.If(issue & last):
             m.d.sync += scanning.eq(0)
 
@@ -370,37 +375,52 @@ def window_counters(m, p: CoreParams, step, restart):
     ho, wo = p.out_size
     c = _Counters()
     c.g = g = Signal(range(G))
-    c.py, c.px = py, px = Signal(range(ho)), Signal(range(wo))
-    wy, wx = Signal(range(pool)), Signal(range(pool_x))
+    c.py, c.px = py, px = Signal(range(ho), name="py"), Signal(range(wo), name="px")
+    wy, wx = Signal(range(pool), name="wy"), Signal(range(pool_x), name="wx")
     c.addr = addr = Signal(bits_for(p.acc_depth - 1))
     c.cbase = cbase = Signal(bits_for(G * P))
-    c.first = (py == 0) & (px == 0) & (wy == 0) & (wx == 0)
-    c.win_end = win_end = (wy == pool - 1) & (wx == pool_x - 1)
-    c.last = win_end & (px == wo - 1) & (py == ho - 1) & (g == G - 1)
+    # each counter's end (``== n - 1``) and ``first`` (the group's first word)
+    # kept in registers, updated with the counters (timing: they decide the
+    # scan's issue, and the issue fans out wide)
+    sizes = {"wx": pool_x, "wy": pool, "px": wo, "py": ho, "g": G}
+    e = {n: Signal(name=f"{n}_end", init=int(v == 1)) for n, v in sizes.items()}
+    first = Signal(name="first", init=1)
+    c.first = first
+    c.win_end = win_end = e["wy"] & e["wx"]
+    c.last = win_end & e["px"] & e["py"] & e["g"]
+
+    def wrap(*names):  # the counters back at 0
+        return [e[n].eq(sizes[n] == 1) for n in names]
+
     with m.If(step):
         if pool > 1:
-            with m.If(wx != pool_x - 1):
-                m.d.sync += [wx.eq(wx + 1), addr.eq(addr + 1)]
-            with m.Elif(wy != pool - 1):
-                m.d.sync += [wx.eq(0), wy.eq(wy + 1), addr.eq(addr + (row - pool_x + 1))]
-            with m.Elif(px != wo - 1):
+            with m.If(~e["wx"]):
+                m.d.sync += [wx.eq(wx + 1), addr.eq(addr + 1), e["wx"].eq(wx == pool_x - 2)]
+            with m.Elif(~e["wy"]):
+                m.d.sync += [wx.eq(0), wy.eq(wy + 1), addr.eq(addr + (row - pool_x + 1)),
+                             e["wy"].eq(wy == pool - 2)] + wrap("wx")
+            with m.Elif(~e["px"]):
                 m.d.sync += [wx.eq(0), wy.eq(0), px.eq(px + 1),
-                             addr.eq(addr + (1 - (pool - 1) * row))]
+                             addr.eq(addr + (1 - (pool - 1) * row)),
+                             e["px"].eq(px == wo - 2)] + wrap("wx", "wy")
             with m.Else():
-                m.d.sync += [wx.eq(0), wy.eq(0), px.eq(0), addr.eq(addr + 1)]
+                m.d.sync += [wx.eq(0), wy.eq(0), px.eq(0), addr.eq(addr + 1)] + wrap("wx", "wy", "px")
         else:
             m.d.sync += addr.eq(addr + 1)
-            with m.If(px != wo - 1):
-                m.d.sync += px.eq(px + 1)
+            with m.If(~e["px"]):
+                m.d.sync += [px.eq(px + 1), e["px"].eq(px == wo - 2)]
             with m.Else():
-                m.d.sync += px.eq(0)
-        with m.If(win_end & (px == wo - 1)):
-            with m.If(py != ho - 1):
-                m.d.sync += py.eq(py + 1)
+                m.d.sync += [px.eq(0)] + wrap("px")
+        with m.If(win_end & e["px"]):
+            with m.If(~e["py"]):
+                m.d.sync += [py.eq(py + 1), e["py"].eq(py == ho - 2)]
             with m.Else():
-                m.d.sync += [py.eq(0), g.eq(g + 1), cbase.eq(cbase + P)]
+                m.d.sync += [py.eq(0), g.eq(g + 1), cbase.eq(cbase + P),
+                             e["g"].eq(g == G - 2)] + wrap("py")
+        m.d.sync += first.eq(win_end & e["px"] & e["py"])
     with m.If(restart):
-        m.d.sync += [g.eq(0), py.eq(0), px.eq(0), wy.eq(0), wx.eq(0), addr.eq(0), cbase.eq(0)]
+        m.d.sync += [g.eq(0), py.eq(0), px.eq(0), wy.eq(0), wx.eq(0), addr.eq(0), cbase.eq(0),
+                     first.eq(1)] + wrap(*sizes)
     return c
 
 

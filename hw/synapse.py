@@ -141,7 +141,7 @@ class SynapseUnit(wiring.Component):
 
         # ---------------------------------------------------------- decode, 2 stages
         take = Signal()
-        d1_valid, d1_last = Signal(), Signal()
+        d1_valid, d1_last = Signal(name="d1_valid"), Signal(name="d1_last")
         # data registers (here and below) are not reset: a valid bit or the
         # walker's ``active`` says when they hold something, so ``start`` (a
         # synchronous reset of the whole engine) fans out to control only
@@ -151,7 +151,7 @@ class SynapseUnit(wiring.Component):
         d1_shift = Signal(p.fmt.shift_bits, **dreg)
         Q, W = p.in_lanes, p.weight_bits
         d1_mask, d2_mask = Signal(Q, **dreg), Signal(Q, **dreg)
-        d2_valid, d2_last = Signal(), Signal()
+        d2_valid, d2_last = Signal(name="d2_valid"), Signal(name="d2_last")
         d2_wbase = Signal(waddr_bits, **dreg)
         d2_e0 = Signal(addr_shape, **dreg)
         d2_oy, d2_ox = Signal(signed(pos_bits + 1), **dreg), Signal(signed(pos_bits + 1), **dreg)
@@ -181,7 +181,10 @@ class SynapseUnit(wiring.Component):
         # ---------------------------------------------------------- tap walker
         active = Signal()
         marker_held = Signal()
-        dy, dx, g = Signal(range(k), **dreg), Signal(range(k), **dreg), Signal(range(G), **dreg)
+        dy, dx, g = (Signal(range(n), name=nm, **dreg) for n, nm in ((k, "dy"), (k, "dx"), (G, "g")))
+        # dy == k - 1, dx == k - 1, g == G - 1, kept in registers (timing: the
+        # walker's end decides ``take`` and so the input's ``ready``)
+        dy_end, dx_end, g_end = (Signal(name=nm, **dreg) for nm in ("dy_end", "dx_end", "g_end"))
         oy, ox = Signal(signed(pos_bits + 1), **dreg), Signal(signed(pos_bits + 1), **dreg)
         ox0 = Signal(signed(pos_bits + 1), **dreg)
         addr = Signal(addr_shape, **dreg)
@@ -189,27 +192,38 @@ class SynapseUnit(wiring.Component):
         shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)), **dreg)
         mask = Signal(Q, **dreg)
 
-        last_tap = (dy == k - 1) & (dx == k - 1) & (g == G - 1)
-        m.d.comb += take.eq(self.enable & ~marker_held & (~active | last_tap))
+        last_tap = dy_end & dx_end & g_end
+        # ``free`` == ~active | last_tap, a register (the input's ``ready``
+        # is decided from registers and ``enable``)
+        free = Signal(init=1)
+        single = (k == 1) and (G == 1)   # an event of one tap
+        m.d.comb += take.eq(self.enable & ~marker_held & free)
         inb = active & (oy >= 0) & (oy < p.hc) & (ox >= 0) & (ox < p.wc)
 
         with m.If(take & d2_valid):
             m.d.sync += [active.eq(~d2_last), marker_held.eq(d2_last),
                          dy.eq(0), dx.eq(0), g.eq(0), oy.eq(d2_oy), ox.eq(d2_ox),
+                         dy_end.eq(k == 1), dx_end.eq(k == 1), g_end.eq(G == 1),
+                         free.eq(d2_last | single),
                          ox0.eq(d2_ox), addr.eq(d2_e0), waddr.eq(d2_wbase), mask.eq(d2_mask),
                          shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
         with m.Elif(active & last_tap):
-            m.d.sync += active.eq(0)
+            m.d.sync += [active.eq(0), free.eq(1)]
         with m.Elif(active):
             m.d.sync += waddr.eq(waddr + 1)
-            with m.If(g != G - 1):
-                m.d.sync += [g.eq(g + 1), addr.eq(addr + hw)]
-            with m.Elif(dx != k - 1):
+            with m.If(~g_end):
+                m.d.sync += [g.eq(g + 1), addr.eq(addr + hw), g_end.eq(g == G - 2),
+                             free.eq(dy_end & dx_end & (g == G - 2))]
+            with m.Elif(~dx_end):
                 m.d.sync += [g.eq(0), dx.eq(dx + 1), ox.eq(ox - 1),
-                             addr.eq(addr - ((G - 1) * hw + 1))]
+                             addr.eq(addr - ((G - 1) * hw + 1)),
+                             g_end.eq(G == 1), dx_end.eq(dx == k - 2),
+                             free.eq(dy_end & (dx == k - 2) & (G == 1))]
             with m.Else():
                 m.d.sync += [g.eq(0), dx.eq(0), dy.eq(dy + 1), ox.eq(ox0), oy.eq(oy - 1),
-                             addr.eq(addr + (k - 1 - p.wc - (G - 1) * hw))]
+                             addr.eq(addr + (k - 1 - p.wc - (G - 1) * hw)),
+                             g_end.eq(G == 1), dx_end.eq(k == 1), dy_end.eq(dy == k - 2),
+                             free.eq((dy == k - 2) & single)]
         with m.If(self.resume):
             m.d.sync += marker_held.eq(0)
 
@@ -264,16 +278,21 @@ class SynapseUnit(wiring.Component):
 
         # the writes committed at the end of the two previous cycles are not in
         # this cycle's read data: keep them and forward on an address match
-        # (the newer first)
+        # (the newer first).  The matches are found a cycle early, against the
+        # address one stage before the update, and registered (timing: the
+        # selects drive every lane's bits)
         word = a_u >> sb
+        word_next = delay[-2][1] >> sb
         wbs = []
         for age in (1, 2):
             wb_valid = Signal(name=f"wb{age}_valid")
             wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr", **dreg)
             wb_data = Signal.like(self.wr_data, name=f"wb{age}_data", **dreg)
+            hit = Signal(name=f"hit{age}", **dreg)
             src = (valid, word, self.wr_data) if age == 1 else wbs[-1][:3]
-            m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2])]
-            wbs.append((wb_valid, wb_addr, wb_data, wb_valid & (wb_addr == word)))
+            m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2]),
+                         hit.eq(src[0] & (src[1] == word_next))]
+            wbs.append((wb_valid, wb_addr, wb_data, hit))
         (_, _, wb1, hit1), (_, _, wb2, hit2) = wbs
         for r in range(R):  # only the lanes of the tap's position add
             here = (a_u[:sb] == r) if R > 1 else C(1, 1)
