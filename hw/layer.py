@@ -268,22 +268,22 @@ class LayerCore(wiring.Component):
                 m.d.comb += neu.cur_data.eq(rd.data)
 
         # the synapse unit takes events into a free memory; at a marker it hands
-        # the memory over and goes on in the next one.  ``enable`` ==
-        # ~clearing & ~full[syn_bank] in every cycle, from a register set from
-        # the next cycle's values (timing: it decides the input's ``ready``)
+        # the memory over (``handover``) and goes on in the next one; the scan
+        # gives a memory back (``release``).  ``enable`` == ~clearing &
+        # ~full[syn_bank] in every cycle, a register set from the next cycle's
+        # values (timing: it decides the input's ``ready``)
         enable = Signal()
         handover, release, leaving = Signal(), Signal(), Signal()
-        m.d.comb += [syn.enable.eq(enable), handover.eq(syn.at_marker & enable)]
-        with m.If(handover):
-            m.d.comb += syn.resume.eq(1)
-            m.d.sync += full.bit_select(syn_bank, 1).eq(1)
-            if p.static:
-                m.d.sync += hold.bit_select(syn_bank, 1).eq(syn.hold)
-            if nb > 1:
-                m.d.sync += syn_bank.eq(syn_bank + 1)
-        full_next = (full | (handover << syn_bank)) & ~(release << scan_bank)
+        m.d.comb += [syn.enable.eq(enable), handover.eq(syn.at_marker & enable),
+                     syn.resume.eq(handover)]
+        full_next = Signal(nb)
         bank_next = (syn_bank + handover)[:len(syn_bank)] if nb > 1 else syn_bank
-        m.d.sync += enable.eq((~clearing | leaving) & ~full_next.bit_select(bank_next, 1))
+        m.d.comb += full_next.eq((full | (handover << syn_bank)) & ~(release << scan_bank))
+        m.d.sync += [full.eq(full_next), syn_bank.eq(bank_next),
+                     enable.eq((~clearing | leaving) & ~full_next.bit_select(bank_next, 1))]
+        if p.static:
+            with m.If(handover):
+                m.d.sync += hold.bit_select(syn_bank, 1).eq(syn.hold)
 
         # the scan takes a full memory once the previous step's spikes are out
         none_owned = [own.eq(0), free.eq((1 << nb) - 1)]
@@ -301,7 +301,6 @@ class LayerCore(wiring.Component):
                     m.d.sync += [scan_on.eq(0), t.eq(Mux(t == T - 1, 0, t + 1))] + none_owned
                     with m.If(~keep):
                         m.d.comb += release.eq(1)
-                        m.d.sync += full.bit_select(scan_bank, 1).eq(0)
                         if nb > 1:
                             m.d.sync += scan_bank.eq(scan_bank + 1)
                     m.next = "IDLE"
