@@ -116,9 +116,9 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
     ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
     x = ds.x_test[:images]
     idx = run / "hw" / "memories.json"
-    lanes = json.loads(idx.read_text())["lanes"] if idx.exists() else None
-    if lanes is None:
-        lanes = model.choose_lanes(net, model.traces(net, ds.x_train[:16]))
+    if not idx.exists():
+        sys.exit(f"{idx} is missing: run `spikeforge export {run}` first (the planned lanes)")
+    lanes = json.loads(idx.read_text())["lanes"]
     T = net.spec.timesteps
     print(f"## 1. {run}: {net.spec.name}, T = {T}, {images} test images, Verilator\n")
     with tempfile.TemporaryDirectory() as d:

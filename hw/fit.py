@@ -21,9 +21,15 @@ Counting rules:
   are single-port (a read-modify-write at one update a cycle needs a read
   and a write port) and Yosys does not infer them from a generic memory; using
   them for weights would need explicit ``SB_SPRAM256KA`` instances.
-* The event FIFOs (8 words) and registers are not counted; nor is LUT RAM
-  (small weight memories of word-event layers: ``in_lanes * P * W`` bits wide,
-  ``k*k*G`` deep), which costs logic, not block RAM.
+* The event FIFOs (7 words) and the neuron units' spike queues are not
+  block RAM: Yosys builds them in flip-flops on the iCE40 (``memory_libmap``:
+  "using FF mapping"; checked against it in ``tests/test_plan.py``) and in
+  LUT RAM or flip-flops on the ECP5.  They cost logic, which the planner's
+  cost model (:mod:`spikeforge.hw.cost`) counts with each core; so do LUT RAM
+  memories (small weight memories of word-event layers: ``in_lanes * P * W``
+  bits wide, ``k*k*G`` deep).
+* A board top adds the host bridge's payload buffer (``host_buffer`` bytes,
+  one memory of 8-bit words).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from spikeforge.errors import SpikeforgeError
 from .memory import ECP5_CONFIGS, slice_bits
 from .network import core_params
 
-__all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit"]
+__all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
+           "block_count"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -49,6 +56,7 @@ class Device:
     block_bits: int
     configs: tuple[tuple[int, int], ...]  # (width, depth) per block
     lutram_depth: int                     # memories up to this depth go to LUT RAM
+    logic_cells: int                      # ECP5 TRELLIS_COMB (LUT4s), iCE40 logic cells
     note: str = ""
 
     def blocks_for(self, width: int, depth: int, sliced: bool = False) -> int:
@@ -64,18 +72,18 @@ class Device:
 
 _ECP5 = ECP5_CONFIGS
 DEVICES = {
-    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, 64),
-    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, 64),
-    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, 64),
+    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, 64, 83640),
+    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, 64, 43848),
+    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, 64, 24288),
     "ice40up5k": Device("ice40up5k", 30, 4096, ((2, 2048), (4, 1024), (8, 512), (16, 256)), 0,
-                        "SPRAM not counted"),
+                        5280, "SPRAM not counted"),
 }
 
 
 @dataclass(frozen=True)
 class MemoryUse:
-    layer: int
-    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}
+    layer: int      # -1: the board top's (host_buffer)
+    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}, host_buffer
     width: int
     depth: int
     sliced: bool = False  # built as column slices (hw/memory.py): the weights
@@ -85,9 +93,10 @@ class MemoryUse:
         return self.width * self.depth
 
 
-def memory_plan(net, P) -> list[MemoryUse]:
-    """Every block-RAM candidate of the engine for ``net`` with lanes ``P``."""
-    out = []
+def memory_plan(net, P, host_buffer: int = 0) -> list[MemoryUse]:
+    """Every block-RAM candidate of the engine for ``net`` with lanes ``P``,
+    and with ``host_buffer`` > 0 a board top's payload buffer of that many bytes."""
+    out = [MemoryUse(-1, "host_buffer", 8, host_buffer)] if host_buffer else []
     for i, cp in enumerate(core_params(net, P)):
         out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth, sliced=True))
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
@@ -101,14 +110,25 @@ def memory_plan(net, P) -> list[MemoryUse]:
     return out
 
 
-def check_fit(net, P, device: str) -> dict:
+def _device(device: str) -> Device:
+    if device not in DEVICES:
+        raise FitError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    return DEVICES[device]
+
+
+def block_count(net, P, device: str, host_buffer: int = 0) -> int:
+    """Block RAMs the memories of :func:`memory_plan` take on ``device``."""
+    dev = _device(device)
+    return sum(dev.blocks_for(mu.width, mu.depth, mu.sliced)
+               for mu in memory_plan(net, P, host_buffer))
+
+
+def check_fit(net, P, device: str, host_buffer: int = 0) -> dict:
     """Refuse (:class:`FitError`) a network whose memories need more block RAM
     than ``device`` has; otherwise return the use: ``{"device", "blocks",
     "available", "bits", "per_memory": {name: blocks}}``."""
-    if device not in DEVICES:
-        raise FitError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
-    dev = DEVICES[device]
-    plan = memory_plan(net, P)
+    dev = _device(device)
+    plan = memory_plan(net, P, host_buffer)
     per = {mu.name: dev.blocks_for(mu.width, mu.depth, mu.sliced) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
@@ -120,7 +140,8 @@ def check_fit(net, P, device: str) -> dict:
         layers = {}
         for mu in plan:
             layers[mu.layer] = layers.get(mu.layer, 0) + per[mu.name]
-        by_layer = ", ".join(f"layer {i}: {n}" for i, n in layers.items())
+        by_layer = ", ".join(f"layer {i}: {n}" if i >= 0 else f"host buffer: {n}"
+                             for i, n in layers.items())
         raise FitError(f"network does not fit {device}: its memories need {total} block RAMs "
                        f"({kb} kbit each, {bits} bits in use), the device has {dev.blocks} "
                        f"({dev.blocks * dev.block_bits} bits)"

@@ -6,7 +6,8 @@ per layer the in-bounds read-modify-writes (``updates``) and the scan
 cycles, the end-to-end cycles of an image alone, and the interval between
 images fed back to back (the busiest layer's occupancy).  It is checked
 against Verilator's counters (``benchmarks/bench_engine.py`` prints both side by side) and is
-what :func:`choose_lanes` optimises: the planner grows from it.
+half of what the planner (:mod:`spikeforge.hw.plan`) optimises, with the
+cost model (:mod:`spikeforge.hw.cost`).
 
 What it models (see :mod:`spikeforge.hw.layer`):
 
@@ -29,7 +30,7 @@ It is a model: its error against the RTL is measured, not assumed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,7 +39,7 @@ from spikeforge.sw import golden
 
 from .network import core_params, input_events, lane_counts
 
-__all__ = ["LayerTrace", "traces", "predict", "choose_lanes"]
+__all__ = ["LayerTrace", "traces", "predict"]
 
 #: fixed costs (cycles), read off the RTL: decoder + walker + update stages
 #: before a marker is seen, the scan pipeline and marker, hand-over
@@ -56,10 +57,14 @@ class LayerTrace:
 
     inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per step: (c, y, x)
     spikes_out: list[int]  # per step: output spikes (after pooling)
+    # events(Q) computed once per Q (the planner predicts many lane choices)
+    _events: dict = field(default_factory=dict, compare=False, repr=False)
 
     def events(self, Q: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per step, ``(y, x)`` of the events when ``Q`` channels make a word."""
-        out = []
+        if Q in self._events:
+            return self._events[Q]
+        out = self._events[Q] = []
         for c, y, x in self.inputs:
             if Q > 1 and c.numel():
                 key = torch.unique(torch.stack([c // Q, y, x]), dim=1)
@@ -171,45 +176,3 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
         "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P, "occupancy": o / k}
                    for (u, s), cp, o in zip(per, cps, occupancy)],
     }
-
-
-def choose_lanes(net, work: list[list[LayerTrace]], device: str = "ecp5-85f") -> list[int]:
-    """Per-layer lanes that minimise the predicted interval between images
-    (images back to back) among power-of-two lane counts (and ``C_out``)
-    whose memories fit ``device`` (:func:`~spikeforge.hw.fit.check_fit`).
-
-    Greedy from one lane per layer: double the lanes of the layer whose
-    doubling most reduces the layers' occupancies, largest first (a layer's
-    lanes can also speed its consumer: wider words), while that improves and
-    fits; of the configurations visited, the one with the fewest lanes within
-    1% of the best interval is chosen (every lane costs its own adders and
-    neuron datapath)."""
-    from .fit import FitError, check_fit
-    outs = [l.spec.out_channels for l in net.layers]
-
-    def score(lanes):
-        r = predict(net, lanes, work)
-        return sorted((L["occupancy"] for L in r["layers"]), reverse=True), r["interval_cycles"]
-
-    ps = [1] * len(outs)
-    cur, interval = score(ps)
-    seen = [(interval, sum(ps), ps)]
-    while True:
-        cands = []
-        for n, c in enumerate(outs):
-            if ps[n] >= c:
-                continue
-            trial = ps[:]
-            trial[n] = min(c, ps[n] * 2)
-            try:
-                check_fit(net, trial, device)
-            except FitError:
-                continue
-            cands.append((*score(trial), trial))
-        better = [c for c in cands if c[0] < cur]
-        if not better:
-            break
-        cur, interval, ps = min(better, key=lambda c: c[0])
-        seen.append((interval, sum(ps), ps))
-    best = min(i for i, _, _ in seen)
-    return min((c for c in seen if c[0] <= best * 1.01), key=lambda c: c[1])[2]

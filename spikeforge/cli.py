@@ -254,8 +254,17 @@ def _lanes(text: str):
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=_lanes, default=None,
                    help="output-channel lanes P of the engine: one for all layers or one per "
-                        "layer, e.g. 4,8,2,2 (export's default: chosen by the cycle model; "
-                        "sim / verify: those export recorded in RUN/hw/memories.json)")
+                        "layer, e.g. 4,8,2,2 (plan / export: an override of the planner's "
+                        "choice, validated and recorded in RUN/plan.json; sim / verify: "
+                        "default those export recorded in RUN/hw/memories.json)")
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    from spikeforge.hw.fit import DEVICES
+    p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None,
+                   help="the board the lanes are planned for (default ulx3s)")
+    p.add_argument("--device", choices=tuple(DEVICES), default=None,
+                   help="another FPGA than the board's (e.g. ecp5-45f)")
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
@@ -311,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             extra(p)
         p.set_defaults(fn=_step(name))
+
+    p = add("plan", "lanes per layer for a board from the cycle and cost models: candidates, "
+                    "Pareto plot, RUN/plan.json (what export, verify and build use)")
+    p.add_argument("run", help="run folder")
+    _add_plan_args(p)
+    _add_export_args(p)
+    p.set_defaults(fn=_step("plan"))
 
     p = add("build", "bitstream + report.json for a board (Yosys + nextpnr from YoWASP)")
     p.add_argument("run", help="run folder")
@@ -396,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p = add("run", "the whole flow on the embedded default")
     _add_train_args(p, flow.DEFAULT)
     _add_quant_args(p)
+    _add_plan_args(p)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("--out", default="runs/default", help="run folder (default %(default)s)")

@@ -225,17 +225,50 @@ def _quantize_run_options(run: Path, args) -> dict:
 
 
 PLAN_IMAGES = 16  # training images whose spike traces drive the lane choice
+PLAN = "plan.json"
+#: the boards a plan is made for, and their devices (``--device`` overrides)
+PLAN_BOARDS = ("ulx3s", "icebreaker")
 
 
-def planned_lanes(net, meta) -> list[int]:
-    """Lanes per layer chosen by the engine's cycle model
-    (:func:`spikeforge.hw.model.choose_lanes`) from the spike traces of the
-    first training images of the run's data set, within the ULX3S's block RAM."""
+def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = None,
+              lanes=None) -> dict:
+    """The planner's choice of lanes for ``board`` (:func:`spikeforge.hw.plan.plan`,
+    from the spike traces of the first training images of the run's data
+    set), ``lanes`` as a validated override; written to ``RUN/plan.json``."""
+    from spikeforge.boards.build import BOARDS, HOST_BUFFER
     from spikeforge.hw import model
+    from spikeforge.hw import plan as planner
     from spikeforge.sw import data as sfdata
     dataset, seed = image_data(meta)
     ds = sfdata.load(dataset, seed=seed)
-    return model.choose_lanes(net, model.traces(net, ds.x_train[:PLAN_IMAGES]))
+    work = model.traces(net, ds.x_train[:PLAN_IMAGES])
+    device = device or BOARDS[board].DEVICE
+    p = planner.plan(net, work, device, HOST_BUFFER, lanes=lanes)
+    rec = {"board": board, **p, "traces": f"{PLAN_IMAGES} training images of {dataset}"}
+    (run / PLAN).write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+def planned_lanes(run: Path) -> list[int] | None:
+    """The lanes of ``RUN/plan.json`` (the override when one was given), or
+    None before a plan."""
+    path = run / PLAN
+    if not path.exists():
+        return None
+    return files.need(files.read_json(path), "lanes", files.POSITIVE_INTS, str(path))
+
+
+def step_plan(run: Path, args) -> dict:
+    """``spikeforge plan RUN``: lanes per layer for a board from the cycle and
+    cost models; prints the candidates, plots the Pareto fronts."""
+    from spikeforge import image, plots
+    from spikeforge.hw import plan as planner
+    net, meta = image.read_image(_need(run, IMAGE, "quantize"))
+    rec = make_plan(run, net, meta, getattr(args, "board", None) or "ulx3s",
+                    getattr(args, "device", None), args.lanes)
+    print(planner.table(rec))
+    plots.pareto(run / "plan.png", rec)
+    return rec
 
 
 def recorded_lanes(run: Path) -> list[int] | None:
@@ -258,17 +291,24 @@ def run_lanes(run: Path, net, lanes) -> list[int]:
 
 def step_export(run: Path, args) -> None:
     """Memory images of the weight image for the RTL ($readmemh hex + a manifest
-    that records the lanes: given by ``--lanes``, else chosen by the cycle model)."""
+    that records the lanes: those of ``RUN/plan.json``; ``--lanes`` or a
+    missing plan makes the plan first, the override validated and recorded)."""
     from spikeforge import image
-    from spikeforge.hw.network import lane_counts
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
-    if args.lanes is None:
-        lanes = planned_lanes(net, meta)
-        print(f"lanes chosen by the cycle model: {lanes}")
-    else:
-        lanes = lane_counts(net, args.lanes)  # what the engine (sim, verify, build) accepts
+    lanes = planned_lanes(run)
+    want = None if args.lanes is None else lane_counts_of(net, args.lanes)
+    if lanes is None or (want is not None and want != lanes):
+        old = files.read_json(run / PLAN) if lanes is not None else {}
+        rec = make_plan(run, net, meta, old.get("board", "ulx3s"), old.get("device"), want)
+        lanes = rec["lanes"]
+        print(f"lanes {'given' if want else 'planned'}: {lanes} -> {run / PLAN}")
     written = image.export_hex(net, run / "hw", lanes)
     print(f"{len(written)} memory images (P = {lanes}) -> {run / 'hw'}")
+
+
+def lane_counts_of(net, lanes) -> list[int]:
+    from spikeforge.hw.network import lane_counts
+    return lane_counts(net, lanes)  # what the engine (sim, verify, build) accepts
 
 
 def exported_memories(run: Path, net, lanes) -> dict | None:
@@ -464,7 +504,8 @@ STEPS_LIST = [
          _pick("weight_bits", "qat_epochs", "per_channel", "input_bits"),
          run_options=_quantize_run_options),
     # the RTL loads the memory images: a changed hex file makes export and verify stale
-    Step("export", (IMAGE,), ("hw/memories.json", "hw/*.hex"), _pick("lanes")),
+    Step("plan", (IMAGE,), (PLAN,), _pick("board", "device", "lanes")),
+    Step("export", (IMAGE, PLAN), ("hw/memories.json", "hw/*.hex"), _pick("lanes")),
     Step("verify", (IMAGE, "hw/memories.json", "hw/*.hex"), ("sim.json",),
          _pick("lanes", "images")),
     Step("report", ("metrics.json", "sim.json", IMAGE), ("report.txt",), _pick("clock_mhz")),

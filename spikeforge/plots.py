@@ -67,3 +67,35 @@ def bars(path: Path, series: dict[str, list[float]], ylabel: str, title: str,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def pareto(path: Path, plan: dict) -> None:
+    """The planner's candidates: inferences/s against logic cells and against
+    block RAM, the Pareto front drawn, those that do not fit hollow, the
+    chosen point (and a hand override) marked."""
+    from spikeforge.hw.plan import pareto as front
+    cands = plan["candidates"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, key, label in ((axes[0], "cells", "logic cells (predicted)"),
+                           (axes[1], "bram", "block RAM")):
+        for fits, style in ((True, dict(color="C0")), (False, dict(facecolors="none",
+                                                                     edgecolors="C7"))):
+            pts = [c for c in cands if c["fits"] == fits]
+            ax.scatter([c[key] for c in pts], [c["inferences_per_second"] for c in pts], s=16,
+                       label="fits" if fits else "does not fit", **style)
+        pf = front([c for c in cands if c["fits"]], key)
+        ax.plot([c[key] for c in pf], [c["inferences_per_second"] for c in pf], "C0-", lw=1,
+                alpha=0.6)
+        for which, mark in (("chosen", "C3*"), ("override", "C2D")):
+            c = plan.get(which)
+            if c:
+                ax.plot(c[key], c["inferences_per_second"], mark, ms=11,
+                        label=f"{which} {c['lanes']}")
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="inferences/s (predicted)",
+                title=f"plan for {plan['device']}")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

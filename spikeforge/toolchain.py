@@ -69,3 +69,23 @@ def require(tool: str) -> str:
         raise ToolchainError(f"{name} not found on PATH; install it with `{hint}` "
                              "(or run `make setup`)")
     return path
+
+
+def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
+    """Cells by type after running Yosys ``script`` (e.g. ``synth_ecp5 -abc9``)
+    on an RTLIL design (:func:`amaranth.back.rtlil.convert` with ``name=top``):
+    the whole design's ``stat -json`` counts, submodules included."""
+    import json
+    import subprocess
+    import tempfile
+    yosys = require("YOSYS")
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "top.il").write_text(rtlil)
+        # YoWASP tools see the working directory: run there, relative paths only
+        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {script} -top {top}; "
+                              "tee -q -o stat.json stat -json"],
+                             capture_output=True, text=True, cwd=d)
+        if out.returncode:
+            raise ToolchainError(f"yosys failed ({script}): {out.stderr.strip()[-2000:]}")
+        stat = json.loads((Path(d) / "stat.json").read_text())
+    return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}

@@ -31,6 +31,8 @@ class Fakes:
             elif name == "quantize":
                 src = (run / "model.safetensors").read_text()
                 (run / flow.IMAGE).write_text(f"{src} bits={args.weight_bits}")
+            elif name == "plan":
+                (run / flow.PLAN).write_text(json.dumps({"lanes": args.lanes}))
             elif name == "export":
                 (run / "hw").mkdir(exist_ok=True)
                 (run / "hw" / "memories.json").write_text(json.dumps({"lanes": args.lanes}))
@@ -56,7 +58,7 @@ def run_flow(out, *extra):
 
 def test_resume_skips_only_what_is_done(fakes, tmp_path):
     assert run_flow(tmp_path) == 0
-    assert fakes.calls == ["train", "quantize", "export", "verify", "report"]
+    assert fakes.calls == ["train", "quantize", "plan", "export", "verify", "report"]
     rec = json.loads((tmp_path / ".flow" / "quantize.json").read_text())
     assert rec["status"] == "ok" and rec["options"]["weight_bits"] == 8
     assert set(rec["inputs"]) == {"model.safetensors", "config.json"}
@@ -86,15 +88,15 @@ def test_changed_options_redo_the_step_and_all_after(fakes, tmp_path, capsys):
     assert run_flow(tmp_path) == 0
     fakes.calls.clear()
     assert run_flow(tmp_path, "--weight-bits", 4) == 0
-    assert fakes.calls == ["quantize", "export", "verify", "report"]
+    assert fakes.calls == ["quantize", "plan", "export", "verify", "report"]
     assert "options changed: weight_bits" in capsys.readouterr().out
     assert (tmp_path / flow.IMAGE).read_text().endswith("bits=4")
     fakes.calls.clear()
     assert run_flow(tmp_path, "--weight-bits", 4, "--lanes", 2) == 0
-    assert fakes.calls == ["export", "verify", "report"]
+    assert fakes.calls == ["plan", "export", "verify", "report"]
     fakes.calls.clear()
     assert run_flow(tmp_path, "--weight-bits", 4, "--lanes", 2, "--lr", "0.01") == 0
-    assert fakes.calls == ["train", "quantize", "export", "verify", "report"]
+    assert fakes.calls == ["train", "quantize", "plan", "export", "verify", "report"]
 
 
 def test_changed_or_missing_files_redo_the_steps_that_use_them(fakes, tmp_path):
@@ -103,7 +105,7 @@ def test_changed_or_missing_files_redo_the_steps_that_use_them(fakes, tmp_path):
     (tmp_path / "model.safetensors").write_text("other weights")
     fakes.calls.clear()
     assert run_flow(tmp_path) == 0
-    assert fakes.calls == ["quantize", "export", "verify", "report"]
+    assert fakes.calls == ["quantize", "plan", "export", "verify", "report"]
     # an output changed (sim.json rewritten by `spikeforge sim`): that step again
     (tmp_path / "sim.json").write_text(json.dumps({"mismatches": 5}))
     fakes.calls.clear()
@@ -137,6 +139,7 @@ def test_interrupted_step_is_not_done(fakes, tmp_path, monkeypatch):
     monkeypatch.setattr(flow, "step_export", interrupted)
     assert run_flow(tmp_path, "--lanes", 2) == 130
     assert not (tmp_path / ".flow" / "export.json").exists()
+    assert json.loads((tmp_path / ".flow" / "plan.json").read_text())["status"] == "ok"
     fakes.install(monkeypatch)
     fakes.calls.clear()
     assert run_flow(tmp_path, "--lanes", 2) == 0
@@ -146,8 +149,11 @@ def test_interrupted_step_is_not_done(fakes, tmp_path, monkeypatch):
 def test_sub_commands_leave_the_same_records(fakes, tmp_path):
     # a step run on its own counts for `run` when its options are the same
     assert run_flow(tmp_path) == 0
+    assert cli.main(["plan", str(tmp_path), "--lanes", "3"]) == 0
     assert cli.main(["export", str(tmp_path), "--lanes", "3"]) == 0
     assert json.loads((tmp_path / ".flow" / "export.json").read_text())["options"] == {"lanes": 3}
+    assert json.loads((tmp_path / ".flow" / "plan.json").read_text())["options"] == {
+        "board": None, "device": None, "lanes": 3}
     fakes.calls.clear()
     assert run_flow(tmp_path, "--lanes", 3) == 0
     assert fakes.calls == ["verify", "report"]

@@ -1,0 +1,201 @@
+"""Calibrate the planner's cost model (hw/cost.py) against Yosys, and measure it.
+
+    .venv/bin/python benchmarks/calibrate_cost.py            # synthesise, fit, write, check
+    .venv/bin/python benchmarks/calibrate_cost.py --refit    # fit again from the stored samples
+    .venv/bin/python benchmarks/calibrate_cost.py --check    # predicted vs Yosys + nextpnr only
+
+Calibration: every layer core of the configurations in ``CALIBRATE`` is
+synthesised on its own (Yosys ``synth_ecp5 -abc9`` / ``synth_ice40``, as the
+board builds run them); the cells per core and the core's features are the
+samples, and a non-negative least-squares fit per resource gives the
+coefficients.  The board top's own part (host bridge, event FIFOs, readout)
+is the whole top of the smallest configuration less its cores.  Samples,
+coefficients and commands go into ``hw/cost_model.json``; the routed-build
+figures there (Fmax against utilisation, build times) are kept.
+
+Check: the whole board top of each configuration in ``CHECK`` (different
+networks and lanes from the calibration set), synthesised as a build does,
+against the model's prediction: LUT4, CCU2C, FF, LUT RAM, and block RAM
+(the fit check's count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+C16 = {"channels": (16, 32), "hidden": 64}   # the default network
+#: (label, family, model configuration overrides, lanes) -- untrained weights:
+#: the datapath widths come from the quantized ranges, close to a trained run's
+CALIBRATE = [
+    ("convsnn 16-32 fc64", "ecp5", C16, [4, 4, 4, 1]),
+    ("convsnn 16-32 fc64", "ecp5", C16, [16, 32, 32, 1]),
+    ("convsnn 16-32 fc64", "ecp5", C16, [8, 16, 8, 1]),
+    ("mlp 128", "ecp5", {"channels": (), "hidden": 128}, [32, 10]),
+    ("convsnn 8 fc32 4b", "ecp5", {"channels": (8,), "hidden": 32, "weight_bits": 4,
+                                   "input_bits": 4}, [2, 2, 1]),
+    ("mlp 64 digits", "ice40", {"channels": (), "hidden": 64, "dataset": "digits8x8",
+                                "input_bits": 4}, [1, 1]),
+    ("mlp 32 digits", "ice40", {"channels": (), "hidden": 32, "dataset": "digits8x8",
+                                "input_bits": 4}, [2, 2]),
+    ("convsnn 4 fc16 digits", "ice40", {"channels": (4,), "hidden": 16,
+                                        "dataset": "digits8x8", "weight_bits": 4,
+                                        "input_bits": 4}, [1, 1, 1]),
+]
+#: configurations the fit never saw (other lanes or networks)
+CHECK = [
+    ("convsnn 16-32 fc64", "ecp5", C16, [2, 4, 2, 1]),
+    ("convsnn 16-32 fc64", "ecp5", C16, [16, 16, 16, 1]),
+    ("mlp 128", "ecp5", {"channels": (), "hidden": 128}, [8, 2]),
+    ("convsnn 8 fc32 4b", "ecp5", {"channels": (8,), "hidden": 32, "weight_bits": 4,
+                                   "input_bits": 4}, [8, 4, 2]),
+    ("convsnn 8-16 fc32", "ecp5", {"channels": (8, 16), "hidden": 32}, [4, 8, 4, 1]),
+    ("mlp 32 digits", "ice40", {"channels": (), "hidden": 32, "dataset": "digits8x8",
+                                "input_bits": 4}, [1, 1]),
+    ("mlp 48 digits", "ice40", {"channels": (), "hidden": 48, "dataset": "digits8x8",
+                                "input_bits": 4}, [2, 1]),
+]
+
+SYNTH = {"ecp5": "synth_ecp5 -abc9", "ice40": "synth_ice40"}
+DEVICE = {"ecp5": "ecp5-85f", "ice40": "ice40up5k"}
+BOARD = {"ecp5": "ulx3s", "ice40": "icebreaker"}
+
+
+def network(overrides: dict):
+    from spikeforge.boards.build import ModelConfig
+    kw = dict(overrides)
+    cfg = ModelConfig("cal", dataset=kw.pop("dataset", "mnist5k"),
+                      weight_bits=kw.pop("weight_bits", 8), input_bits=kw.pop("input_bits", 8),
+                      overrides=kw)
+    return cfg.network()
+
+
+def resources(cells: dict, fam: str) -> dict:
+    from spikeforge.hw.cost import CELL_MAP
+    out = {}
+    for cell, n in cells.items():
+        key = CELL_MAP[fam].get(cell)
+        if key is None and cell.startswith("SB_DFF"):
+            key = "ff"
+        if key is not None:
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def core_samples(label, fam, overrides, lanes) -> list[dict]:
+    from amaranth.back import rtlil
+
+    from spikeforge import toolchain
+    from spikeforge.hw import fit
+    from spikeforge.hw.cost import core_features
+    from spikeforge.hw.network import NetworkTop
+    net = network(overrides)
+    top = NetworkTop(net, lanes)
+    out = []
+    for i, core in enumerate(top.cores):
+        t0 = time.time()
+        cells = toolchain.yosys_cells(rtlil.convert(core, name="top"), SYNTH[fam])
+        f = core_features(core.params, fit.DEVICES[DEVICE[fam]].lutram_depth)
+        out.append({"config": label, "lanes": lanes, "layer": i, "features": f,
+                    "cells": resources(cells, fam), "seconds": round(time.time() - t0, 1)})
+        print(f"  {fam} {label} lanes {lanes} core {i}: {out[-1]['cells']} "
+              f"({out[-1]['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def board_top(fam, overrides, lanes):
+    from spikeforge.boards.top import BoardTop
+    net = network(overrides)
+    return net, BoardTop(net, lanes, clock_hz=25e6 if fam == "ecp5" else 30e6)
+
+
+def whole(fam, overrides, lanes) -> tuple[dict, float]:
+    from amaranth.back import rtlil
+
+    from spikeforge import toolchain
+    net, top = board_top(fam, overrides, lanes)
+    t0 = time.time()
+    cells = toolchain.yosys_cells(rtlil.convert(top, name="top"), SYNTH[fam])
+    return resources(cells, fam), time.time() - t0
+
+
+def calibrate() -> dict:
+    from spikeforge.hw.cost import RESOURCES, fit_coefficients
+    model = json.loads((ROOT / "hw" / "cost_model.json").read_text())
+    for fam in ("ecp5", "ice40"):
+        cfgs = [c for c in CALIBRATE if c[1] == fam]
+        samples = []
+        for label, _, ov, lanes in cfgs:
+            samples += core_samples(label, fam, ov, lanes)
+        # the top's own part: the smallest configuration's whole top less its cores
+        small = min(cfgs, key=lambda c: sum(c[3]))
+        tot, _ = whole(fam, small[2], small[3])
+        mine = [s for s in samples if s["config"] == small[0] and s["lanes"] == small[3]]
+        top = {r: max(0, tot.get(r, 0) - sum(s["cells"].get(r, 0) for s in mine))
+               for r in RESOURCES[fam]}
+        coef = fit_coefficients([(s["features"], s["cells"]) for s in samples], RESOURCES[fam])
+        model[fam].update(coef=coef, top=top)
+        model[fam]["calibration"] = {
+            "command": "python benchmarks/calibrate_cost.py",
+            "synth": SYNTH[fam], "top_from": f"{small[0]} lanes {small[3]}",
+            "samples": samples}
+    return model
+
+
+def refit(model: dict) -> dict:
+    from spikeforge.hw.cost import RESOURCES, fit_coefficients
+    for fam in ("ecp5", "ice40"):
+        s = model[fam]["calibration"]["samples"]
+        model[fam]["coef"] = fit_coefficients([(x["features"], x["cells"]) for x in s],
+                                              RESOURCES[fam])
+    return model
+
+
+def check() -> list[dict]:
+    from spikeforge.boards.build import HOST_BUFFER
+    from spikeforge.hw import cost
+    rows = []
+    for label, fam, ov, lanes in CHECK:
+        dev = DEVICE[fam]
+        net = network(ov)
+        pred = cost.estimate(net, lanes, dev, host_buffer=HOST_BUFFER)
+        got, dt = whole(fam, ov, lanes)
+        row = {"config": label, "family": fam, "lanes": lanes, "pred": pred, "yosys": got,
+               "synth_s": dt}
+        rows.append(row)
+        keys = cost.RESOURCES[fam]
+        print(f"{fam:<5} {label:<24} {str(lanes):<15} "
+              + "  ".join(f"{k} {pred[k]:>6}/{got.get(k, 0):<6} "
+                          f"({_err(pred[k], got.get(k, 0))})" for k in keys)
+              + f"  bram {pred['bram']}/{got.get('bram', 0)}  ({dt:.0f} s)", flush=True)
+    return rows
+
+
+def _err(p, g) -> str:
+    return f"{100 * (p - g) / g:+.0f}%" if g else "-"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--refit", action="store_true", help="fit the stored samples again")
+    ap.add_argument("--check", action="store_true", help="only compare with Yosys")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    path = ROOT / "hw" / "cost_model.json"
+    if not args.check:
+        model = refit(json.loads(path.read_text())) if args.refit else calibrate()
+        path.write_text(json.dumps(model, indent=1) + "\n")
+        print(f"coefficients -> {path}")
+        from spikeforge.hw import cost
+        cost._read.cache_clear()
+    print("\npredicted / Yosys per resource (error):")
+    check()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""A resource and clock cost model of the engine, for the planner.
+
+Per layer core, the logic cells Yosys maps the core to are predicted from
+the widths of its datapaths (:func:`core_features`), with coefficients
+fitted to Yosys's own per-module statistics of synthesised engines
+(``benchmarks/calibrate_cost.py`` writes them into ``cost_model.json`` beside
+this file, one set per FPGA family).  Block RAM is not modelled but counted,
+by :mod:`spikeforge.hw.fit` (the same slices synthesis builds).  The clock
+and the routability limit come from routed builds, listed in the same file
+with the commands that measured them.
+
+Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
+
+* ``upd``: ``PR * cur_width``, the read-modify-write: an adder, the
+  read-after-write forwarding multiplexers and their registers per lane
+  (STCB: ``P * acc_width``);
+* ``neu``: ``PR * state_width``, the neuron datapaths (add, saturate,
+  compare, decay shifts, reset);
+* ``tree``: ``P * Q * weight_bits``, the weight terms a word event adds
+  (``Q`` inputs per event; 1 for single events);
+* ``lutram``: bits of the core's memories shallow enough for LUT RAM
+  (ECP5; the iCE40 has none);
+* ``one``: the core's control, its input FIFO and counters.
+
+The totals add a fixed part per board top (the host bridge, the readout).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .network import core_params
+
+__all__ = ["FEATURES", "RESOURCES", "core_features", "CostModel", "load", "estimate",
+           "fit_coefficients"]
+
+FEATURES = ("upd", "neu", "tree", "lutram", "one")
+
+#: the logic cells modelled per family (Yosys cell names in the comments)
+RESOURCES = {
+    "ecp5": ("lut", "carry", "ff", "lutram"),   # LUT4, CCU2C, TRELLIS_FF, TRELLIS_DPR16X4
+    "ice40": ("lut", "carry", "ff"),            # SB_LUT4, SB_CARRY, SB_DFF*
+}
+
+#: Yosys cell types -> modelled resource
+CELL_MAP = {
+    "ecp5": {"LUT4": "lut", "CCU2C": "carry", "TRELLIS_FF": "ff", "TRELLIS_DPR16X4": "lutram",
+             "DP16KD": "bram"},
+    "ice40": {"SB_LUT4": "lut", "SB_CARRY": "carry", "SB_RAM40_4K": "bram"},
+}
+
+_FILE = Path(__file__).with_name("cost_model.json")
+
+
+def family(device: str) -> str:
+    return "ice40" if device.startswith("ice40") else "ecp5"
+
+
+def core_features(cp, lutram_depth: int) -> dict[str, float]:
+    """The features of one layer core (:class:`~spikeforge.hw.params.CoreParams`)."""
+    PR = cp.P * cp.R
+    if cp.stcb:
+        upd = neu = cp.P * cp.acc_width
+        mems = [(cp.acc_width, cp.acc_depth)] * cp.P
+    else:
+        upd, neu = PR * cp.cur_width, PR * cp.state_width
+        mems = [(PR * cp.cur_width, cp.acc_depth)] * cp.cur_banks
+        mems.append((PR * cp.state_width, cp.acc_depth))
+    mems += [(cp.weight_width, cp.weight_depth), (cp.neuron_width, cp.c_out)]
+    lutram = sum(w * d for w, d in mems if d <= lutram_depth)
+    return {"upd": float(upd), "neu": float(neu),
+            "tree": float(cp.P * cp.in_lanes * cp.weight_bits),
+            "lutram": float(lutram), "one": 1.0}
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Coefficients per resource and feature, the fixed part of a board top,
+    and the measured clock / routability figures of one FPGA family."""
+
+    family: str
+    coef: dict[str, dict[str, float]]       # resource -> feature -> cells per unit
+    top: dict[str, float]                   # resource -> cells outside the layer cores
+    fmax: list[dict]                        # routed builds: {"util", "fmax_mhz", "command"}
+    util_ceiling: float                     # the highest utilisation seen to route reliably
+    build_seconds: list[dict]               # {"cells", "seconds"}: measured build times
+    calibration: dict                       # how the coefficients were measured
+
+    def cores(self, net, P, lutram_depth: int) -> list[dict[str, float]]:
+        """Predicted cells per layer core."""
+        out = []
+        for cp in core_params(net, P):
+            f = core_features(cp, lutram_depth)
+            out.append({r: max(0.0, sum(c.get(k, 0.0) * f[k] for k in FEATURES))
+                        for r, c in self.coef.items()})
+        return out
+
+    def cells(self, res: dict[str, float]) -> float:
+        """Logic cells as nextpnr counts them, from Yosys's cells: ECP5
+        ``TRELLIS_COMB`` = LUT4 + 2 per CCU2C + 8 per DPR16X4 (nextpnr's count
+        on the default network's build: 56,815 against 56,851); iCE40
+        ``ICESTORM_LC`` = LUT4 + 0.55 per flip-flop (a flip-flop shares a cell
+        with a LUT or takes its own: 4,317 against 4,333 and 4,437 against
+        4,460 on the two iCEBreaker builds measured)."""
+        if self.family == "ice40":
+            return res.get("lut", 0.0) + 0.55 * res.get("ff", 0.0)
+        return res.get("lut", 0.0) + 2 * res.get("carry", 0.0) + 8 * res.get("lutram", 0.0)
+
+    def fmax_mhz(self, util: float) -> float:
+        """Fmax at a logic utilisation, interpolated between the measured
+        routed builds (flat beyond them)."""
+        pts = sorted((p["util"], p["fmax_mhz"]) for p in self.fmax)
+        if util <= pts[0][0]:
+            return pts[0][1]
+        for (u0, f0), (u1, f1) in zip(pts, pts[1:]):
+            if util <= u1:
+                return f0 + (f1 - f0) * (util - u0) / (u1 - u0)
+        return pts[-1][1]
+
+    def build_time_s(self, cells: float) -> float:
+        """Yosys + nextpnr wall time, proportional to the cells (the measured
+        builds' mean seconds per cell)."""
+        rate = sum(b["seconds"] for b in self.build_seconds) / sum(b["cells"]
+                                                                   for b in self.build_seconds)
+        return rate * cells
+
+
+@lru_cache(maxsize=None)
+def _read() -> dict:
+    return json.loads(_FILE.read_text())
+
+
+def load(device: str) -> CostModel:
+    """The calibrated model of ``device``'s family."""
+    fam = family(device)
+    d = _read()[fam]
+    return CostModel(fam, d["coef"], d["top"], d["fmax"],
+                     d["util_ceiling"], d["build_seconds"], d["calibration"])
+
+
+def estimate(net, P, device: str, host_buffer: int = 0) -> dict:
+    """Predicted resources of the board top for ``net`` with lanes ``P`` on
+    ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
+    "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
+    count, :func:`~spikeforge.hw.fit.block_count`, with a ``host_buffer``
+    of that many bytes; ``util``: ``cells`` over the device's logic cells)."""
+    from .fit import DEVICES, block_count
+    cm = load(device)
+    dev = DEVICES[device]
+    per = cm.cores(net, P, dev.lutram_depth)
+    tot = {r: cm.top.get(r, 0.0) + sum(c[r] for c in per) for r in cm.coef}
+    cells = cm.cells(tot)
+    util = cells / dev.logic_cells
+    return {**{r: round(v) for r, v in tot.items()}, "cells": round(cells), "util": util,
+            "bram": block_count(net, P, device, host_buffer), "fmax_mhz": cm.fmax_mhz(util),
+            "build_seconds": cm.build_time_s(cells), "per_core": per}
+
+
+def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
+                     resources) -> dict[str, dict[str, float]]:
+    """Non-negative least squares per resource over ``(features, cells)``
+    samples (one per synthesised core), weighted so that large and small
+    cores count alike (relative error)."""
+    import numpy as np
+    from scipy.optimize import nnls
+    A = np.array([[f[k] for k in FEATURES] for f, _ in samples])
+    out = {}
+    for r in resources:
+        y = np.array([c.get(r, 0.0) for _, c in samples])
+        w = 1.0 / np.maximum(y, 50.0)   # relative error, small cores not over-weighted
+        x, _ = nnls(A * w[:, None], y * w)
+        out[r] = {k: float(v) for k, v in zip(FEATURES, x)}
+    return out

@@ -1,0 +1,161 @@
+"""The planner: lanes per layer for a device, from the cycle and cost models.
+
+A candidate is a lane count ``P`` per layer (powers of two up to the layer's
+output channels, and the channels themselves).  For each, the cycle model
+(:mod:`~spikeforge.hw.model`, on the spike traces of a few training images)
+predicts the interval between images fed back to back and the latency of
+one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
+block RAM (the fit check's count, host buffer included), the clock at that
+utilisation and the build time.  A candidate *fits* when its block RAM is
+within the device's and its logic within the utilisation at which builds
+were measured to route (``util_ceiling``); among those the planner takes
+the most inferences per second (fewer cells on a tie).
+
+The search is a greedy climb from one lane per layer: each round doubles
+the lanes of every layer in turn and keeps the trial with the most
+inferences per second, while that improves; every trial is kept as a
+candidate, and so are the halvings and doublings of the chosen point.
+"""
+
+from __future__ import annotations
+
+from . import cost
+from .fit import DEVICES, FitError
+from .model import predict
+from .network import lane_counts
+
+__all__ = ["evaluate", "plan", "pareto", "table", "PlanError"]
+
+
+class PlanError(FitError):
+    """No candidate fits, or a hand-given lane count is not a valid plan."""
+
+
+def _options(c_out: int) -> list[int]:
+    out, p = [], 1
+    while p < c_out:
+        out.append(p)
+        p *= 2
+    return out + [c_out]
+
+
+def evaluate(net, lanes, work, device: str, host_buffer: int = 0) -> dict:
+    """One candidate: predicted cycles, resources, clock and throughput."""
+    lanes = lane_counts(net, lanes)
+    cyc = predict(net, lanes, work)
+    res = cost.estimate(net, lanes, device, host_buffer)
+    cm = cost.load(device)
+    dev = DEVICES[device]
+    fmax = res["fmax_mhz"]
+    why = []
+    if res["bram"] > dev.blocks:
+        why.append(f"block RAM {res['bram']} > {dev.blocks}")
+    if res["util"] > cm.util_ceiling:
+        why.append(f"logic {100 * res['util']:.0f} % > {100 * cm.util_ceiling:.0f} % "
+                   "(routability ceiling)")
+    return {
+        "lanes": lanes,
+        "interval_cycles": cyc["interval_cycles"],
+        "latency_cycles": cyc["cycles_per_inference"],
+        "fmax_mhz": fmax,
+        "inferences_per_second": fmax * 1e6 / cyc["interval_cycles"],
+        "latency_us": cyc["cycles_per_inference"] / fmax,
+        **{k: res[k] for k in cost.RESOURCES[cm.family]},
+        "cells": res["cells"], "util": res["util"], "bram": res["bram"],
+        "build_seconds": res["build_seconds"],
+        "fits": not why, "why_not": "; ".join(why),
+    }
+
+
+def _key(c: dict):
+    return (c["fits"], c["inferences_per_second"], -c["cells"])
+
+
+def plan(net, work, device: str, host_buffer: int = 0, lanes=None) -> dict:
+    """The plan for ``net`` on ``device``: ``{"device", "lanes", "chosen",
+    "override", "candidates"}``.  ``lanes`` given: that candidate is
+    validated (a :class:`PlanError` when its memories do not fit) and
+    recorded as an override beside the planner's own best."""
+    if device not in DEVICES:
+        raise PlanError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if lanes is not None:
+        lanes = lane_counts(net, lanes)   # a bad lane count is refused before the search
+    outs = [layer.spec.out_channels for layer in net.layers]
+    seen: dict[tuple, dict] = {}
+
+    def ev(ps) -> dict:
+        t = tuple(ps)
+        if t not in seen:
+            seen[t] = evaluate(net, list(ps), work, device, host_buffer)
+        return seen[t]
+
+    cur = [1] * len(outs)
+    best = ev(cur)
+    while True:
+        trials = []
+        for n, c in enumerate(outs):
+            opts = _options(c)
+            i = opts.index(cur[n])
+            if i + 1 < len(opts):
+                trial = cur[:]
+                trial[n] = opts[i + 1]
+                trials.append(ev(trial))
+        better = [t for t in trials if t["fits"] and _key(t) > _key(best)]
+        if not better:
+            break
+        best = max(better, key=_key)
+        cur = best["lanes"]
+    for n, c in enumerate(outs):   # the chosen point's neighbours
+        opts = _options(c)
+        i = opts.index(cur[n])
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(opts):
+                ev(cur[:n] + [opts[j]] + cur[n + 1:])
+    chosen = max(seen.values(), key=_key)
+    if not chosen["fits"]:
+        raise PlanError(f"no lane choice fits {device}: even one lane per layer needs "
+                        f"{seen[tuple([1] * len(outs))]['why_not']}")
+    out = {"device": device, "lanes": chosen["lanes"], "chosen": chosen, "override": None,
+           "candidates": sorted(seen.values(), key=_key, reverse=True)}
+    if lanes is not None:
+        mine = ev(lanes)
+        if mine["bram"] > DEVICES[device].blocks:
+            raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")
+        out.update(lanes=mine["lanes"], override=mine)
+    return out
+
+
+def pareto(cands: list[dict], cost_key: str = "cells") -> list[dict]:
+    """The candidates no other beats on both inferences/s and ``cost_key``."""
+    out = []
+    for c in sorted(cands, key=lambda c: (c[cost_key], -c["inferences_per_second"])):
+        if not out or c["inferences_per_second"] > out[-1]["inferences_per_second"]:
+            out.append(c)
+    return out
+
+
+def table(p: dict, limit: int = 12) -> str:
+    """The candidates as a text table, best first (the Pareto points on
+    cells marked ``*``), the chosen and the override named below."""
+    cands = p["candidates"]
+    front = {tuple(c["lanes"]) for c in pareto([c for c in cands if c["fits"]])}
+    head = (f"{'lanes':<18} {'interval':>8} {'latency':>8} {'Fmax':>6} {'inf/s':>8} "
+            f"{'cells':>7} {'util':>5} {'BRAM':>5} {'build':>6}  fits")
+    rows = [f"plan for {p['device']} ({len(cands)} candidates; interval and latency in "
+            "cycles, Fmax in MHz, build in minutes; * = Pareto front on cells)", head]
+    shown = cands[:limit] + [c for c in cands[limit:] if tuple(c["lanes"]) in front]
+    for c in shown:
+        rows.append(f"{','.join(map(str, c['lanes'])):<18} {c['interval_cycles']:>8.0f} "
+                    f"{c['latency_cycles']:>8.0f} {c['fmax_mhz']:>6.1f} "
+                    f"{c['inferences_per_second']:>8.0f} {c['cells']:>7} "
+                    f"{100 * c['util']:>4.0f}% {c['bram']:>5} {c['build_seconds'] / 60:>6.1f}  "
+                    + ("yes" if c["fits"] else "no: " + c["why_not"])
+                    + (" *" if tuple(c["lanes"]) in front else ""))
+    ch = p["chosen"]
+    rows.append(f"chosen: lanes {ch['lanes']}: {ch['inferences_per_second']:.0f} inferences/s "
+                f"at {ch['fmax_mhz']:.1f} MHz (predicted)")
+    if p.get("override"):
+        o = p["override"]
+        rows.append(f"override (--lanes): {o['lanes']}: {o['inferences_per_second']:.0f} "
+                    f"inferences/s" + ("" if o["fits"] else f"; warning: {o['why_not']}"))
+    return "\n".join(rows)
