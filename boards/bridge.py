@@ -10,7 +10,14 @@ next to a :class:`~spikeforge.hw.network.NetworkTop`:
   beats (waiting on ``ready``, with a stall watchdog), START -> a ``start``
   pulse, PING / RESULT / PERF -> a reply read from constants or from the
   engine's outputs;
-* transmitter: header, payload and CRC of the reply, generated on the fly.
+* transmitter: header, payload and CRC of the reply, generated on the fly;
+* batch mode (``batch_beats > 0``): LOAD records -> the image store (one
+  block RAM of ``batch_beats`` event beats), BATCH -> the stored beats fed to
+  the engine back to back from a prefetching read port (up to one beat a
+  cycle), each ``result_valid``'s prediction written into the payload buffer
+  (which becomes the reply's class bytes) and a board-side cycle counter.
+  With ``batch_beats = 0`` none of it is generated (the same netlist as
+  before batch mode, but for the protocol version in the PING constant).
 
 Bytes that arrive while the bridge executes or replies, or outside a frame,
 are counted and reported (DISCARDED) once the line has been idle for the
@@ -47,6 +54,8 @@ class Source(Enum, shape=3):
     RESULT = 2
     PERF = 3
     ERROR = 4
+    STORE = 5   # batch mode: the LOAD reply
+    BATCH = 6   # batch mode: the BATCH reply (head, then the payload buffer)
 
 
 def _const_bytes(b: bytes) -> Const:
@@ -104,6 +113,28 @@ class _Link:
         self.ridx = Signal(range(5))
         self.err = Signal(P.ERROR_LAYOUT)
         self.err_pulse = Signal()
+        # batch mode (only used, so only generated, with batch_beats > 0)
+        self.batch = bridge._batch
+        if self.batch:
+            nb = bridge._batch
+            self.is_ld = Signal()     # cmd == LOAD, from a register (timing)
+            self.fill = Signal(range(nb + 1))      # beats in the store
+            self.nrec = Signal(range(P.MAX_PAYLOAD + 1))  # records of the payload received
+            self.fits = Signal()      # fill + nrec <= batch_beats, from a register
+            self.fill_zero = Signal()  # fill == 0, from a register
+            self.tail = Signal(16)    # the payload's last two bytes (BATCH: images)
+            self.n_ok = Signal()      # 1 <= tail <= MAX_BATCH_IMAGES, from a register
+            self.tail_one = Signal()  # tail == 1, from a register
+            self.running = Signal()   # a BATCH is feeding the engine (payload from the store)
+            self.rptr = Signal(range(nb + 1))      # next store word to read
+            self.at_end = Signal()    # rptr == fill, from a register
+            self.vld = Signal()       # the store's read data is a beat not yet taken
+            self.rem = Signal(16)     # results still to come
+            self.rem_one = Signal()   # rem == 1, from a register
+            self.rlen = Signal(range(P.MAX_PAYLOAD + 1))  # the BATCH reply's length
+            self.images = Signal(16)
+            self.cyc = Signal(33)     # board cycles; bit 32: saturated
+            self.counting = Signal()  # the first beat has been taken
 
     def take(self) -> None:
         """Consume the byte into the running CRC and the byte count."""
@@ -145,6 +176,10 @@ class HostBridge(wiring.Component):
         An event beat not taken for this long aborts EVENTS (STALL).
     design_id : int
         Reported in the PING reply (:func:`protocol.design_id`).
+    batch_beats : int
+        Capacity of the image store in event beats (block RAM of
+        ``batch_beats`` x the event payload's width), reported in the PING
+        reply; 0 (the default): no batch mode, LOAD and BATCH are UNKNOWN.
 
     Members
     -------
@@ -154,6 +189,10 @@ class HostBridge(wiring.Component):
         Drive the engine's ports of the same names.
     clearing, done, prediction, cycles, counts, perf
         The engine's outputs.
+    result_valid : In(1)
+        The engine's ``result_valid`` (only with ``batch_beats > 0``).
+    batch_running : Out(1)
+        A BATCH is running (only with ``batch_beats > 0``).
     rx_strobe, error_strobe : Out(1)
         One cycle per byte received / per error frame started (for LEDs).
     active : Out(1)
@@ -161,18 +200,24 @@ class HostBridge(wiring.Component):
     """
 
     def __init__(self, engine, *, divisor: int, clock_hz: int, timeout_cycles: int,
-                 stall_cycles: int, design_id: int = 0):
+                 stall_cycles: int, design_id: int = 0, batch_beats: int = 0):
         g = getattr(engine, "geometry", engine)
         self.layout = lay = P.link_layout(g)
         for name, v in (("timeout_cycles", timeout_cycles), ("stall_cycles", stall_cycles)):
             if type(v) is not int or not 1 <= v < 1 << 32:
                 raise ValueError(f"{name} must be an integer in 1 .. 2**32 - 1, not {v!r}")
+        check_batch_beats(batch_beats)
         self._div = divisor
         self._timeout = timeout_cycles
         self._stall = stall_cycles
+        self._batch = batch_beats
+        self._fmt = g.fmt
+        self._stcb = g.stcb
         self.info = P.BoardInfo(P.VERSION, lay.layers, lay.classes, lay.n_out, lay.count_bytes,
                                 lay.event_bytes, lay.addr_bytes, lay.data_bytes, P.MAX_PAYLOAD,
-                                int(clock_hz), timeout_cycles, design_id & 0xFFFFFFFF)
+                                int(clock_hz), timeout_cycles, design_id & 0xFFFFFFFF,
+                                batch_beats)
+        batch_ports = {"result_valid": In(1), "batch_running": Out(1)} if batch_beats else {}
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
@@ -188,6 +233,7 @@ class HostBridge(wiring.Component):
             "rx_strobe": Out(1),
             "error_strobe": Out(1),
             "active": Out(1),
+            **batch_ports,
         })
 
     def elaborate(self, platform):
@@ -198,11 +244,14 @@ class HostBridge(wiring.Component):
         m.d.sync += [self.start.eq(0), k.err_pulse.eq(0)]
         self._line_watch(m, k)
         buf = self._payload_buffer(m, k)
-        self._engine_beats(m, k)
-        hdr, pay = self._reply_bytes(m, k)
+        store = self._image_store(m, k) if self._batch else None
+        self._engine_beats(m, k, store)
+        hdr, pay = self._reply_bytes(m, k, buf)
         with m.FSM(name="bridge"):
             self._receive(m, k, buf)
-            self._execute(m, k, buf)
+            self._execute(m, k, buf, store)
+            if self._batch:
+                self._run_batch(m, k, buf, store)
             self._transmit(m, k, hdr, pay)
         return m
 
@@ -234,13 +283,34 @@ class HostBridge(wiring.Component):
         m.d.comb += [wr.addr.eq(k.idx), wr.data.eq(k.byte), rd.addr.eq(k.idx)]
         return wr, rd
 
-    def _engine_beats(self, m, k: _Link) -> None:
+    def _image_store(self, m, k: _Link):
+        """Batch mode: the image store (one block RAM of ``batch_beats`` event
+        payloads), written at ``fill`` by LOAD, read at ``rptr`` by BATCH (the
+        read data is a prefetched beat: ``vld``)."""
+        w = self._fmt.width
+        m.submodules.store = store = Memory(shape=w, depth=self._batch, init=[])
+        wr = store.write_port()
+        rd = store.read_port(transparent_for=())
+        erec = k.recbuf[8 * (k.recmax - self.layout.event_bytes):][:w]
+        m.d.comb += [wr.addr.eq(k.fill), wr.data.eq(erec), rd.addr.eq(k.rptr)]
+        # the checks of LOAD and BATCH come from registers (the payload's last
+        # byte is two characters before the request executes)
+        m.d.sync += [k.fits.eq(k.fill + k.nrec <= self._batch), k.fill_zero.eq(k.fill == 0),
+                     k.n_ok.eq((k.tail != 0) & (k.tail <= P.MAX_BATCH_IMAGES)),
+                     k.tail_one.eq(k.tail == 1), k.is_ld.eq(k.cmd == P.Cmd.LOAD)]
+        m.d.comb += self.batch_running.eq(k.running)
+        return wr, rd
+
+    def _engine_beats(self, m, k: _Link, store=None) -> None:
         """The engine-side beat from the assembled record (which occupies the
-        top bytes of ``recbuf``): a WRITE record or an event payload."""
+        top bytes of ``recbuf``): a WRITE record or an event payload; in batch
+        mode, while a BATCH runs, the store's read data."""
         lay = self.layout
         wrec = P.write_layout(lay.addr_bytes, lay.data_bytes)(
             k.recbuf[8 * (k.recmax - lay.write_record):])
         erec = k.recbuf[8 * (k.recmax - lay.event_bytes):]
+        if store is not None:
+            erec = Mux(k.running, store[1].data, erec)
         mw = self.mem_write.payload
         m.d.comb += [
             mw.select.eq(wrec.select),
@@ -249,7 +319,7 @@ class HostBridge(wiring.Component):
             self.events.payload.eq(erec),
         ]
 
-    def _reply_bytes(self, m, k: _Link):
+    def _reply_bytes(self, m, k: _Link, buf):
         """``(hdr, pay)``: the header byte ``ridx`` and payload byte ``pidx``
         of the reply being sent."""
         lay = self.layout
@@ -262,11 +332,25 @@ class HostBridge(wiring.Component):
                  Source.RESULT: result.as_value(),
                  Source.PERF: self.perf.as_value(),
                  Source.ERROR: k.err.as_value()}
+        if self._batch:
+            st = Signal(P.STORE_LAYOUT)
+            head = Signal(P.BATCH_REPLY_LAYOUT)
+            m.d.comb += [st.beats.eq(k.fill), head.images.eq(k.images),
+                         head.cycles.eq(k.cyc[:32] | k.cyc[32].replicate(32))]
+            words[Source.STORE] = st.as_value()
         pay = Signal(8)
         with m.Switch(k.r_src):
             for src, word in words.items():
                 with m.Case(src):
                     m.d.comb += pay.eq(word.word_select(k.pidx[:bits(len(word) // 8)], 8))
+            if self._batch:
+                # the head, then the class bytes the run wrote into the payload
+                # buffer from byte HEAD on (read at idx, which follows pidx)
+                nh = P.BATCH_REPLY_LAYOUT.size // 8
+                with m.Case(Source.BATCH):
+                    hv = head.as_value()
+                    m.d.comb += pay.eq(Mux(k.pidx < nh, hv.word_select(k.pidx[:bits(nh)], 8),
+                                           buf[1].data))
         # sent from a register (timing: the byte select into the UART and the
         # CRC was the iCE40's critical path); a cycle late is soon enough,
         # ``pidx`` moves once a character, >= 40 cycles
@@ -290,7 +374,7 @@ class HostBridge(wiring.Component):
                 m.d.comb += k.disc_clr.eq(1)
                 m.d.sync += [k.cmd.eq(0), k.seq.eq(0)]
                 k.error(P.ErrorCode.DISCARDED, k.disc, 0)
-        recsize = Mux(k.cmd == P.Cmd.EVENTS, self.layout.event_bytes, self.layout.write_record)
+        recsize = Mux(self._beat_records(k), self.layout.event_bytes, self.layout.write_record)
         # the payload's comparisons come from registers (timing: their carry
         # chains into the state machine were the iCE40's critical path); a
         # cycle late is soon enough, received bytes are >= 40 cycles apart
@@ -316,10 +400,15 @@ class HostBridge(wiring.Component):
                         m.next = "LEN_HI"
                     elif name == "LEN_HI":
                         m.d.sync += [k.length[8:].eq(byte), k.idx.eq(0), k.rmod.eq(0)]
+                        if k.batch:
+                            m.d.sync += k.nrec.eq(0)
                         m.next = "LEN_CHECK"
                     elif name == "PAYLOAD":
                         m.d.comb += wr.en.eq(1)
                         m.d.sync += [k.idx.eq(k.idx + 1), k.rmod.eq(Mux(k.rec_end, 0, k.rmod + 1))]
+                        if k.batch:
+                            m.d.sync += [k.tail.eq(Cat(k.tail[8:], byte)),
+                                         k.nrec.eq(k.nrec + k.rec_end)]
                         with m.If(k.pay_end):
                             m.next = "CRC_LO"
                     elif name == "CRC_LO":
@@ -347,13 +436,20 @@ class HostBridge(wiring.Component):
             with m.Else():
                 k.error(P.ErrorCode.CRC)
 
-    def _execute(self, m, k: _Link, buf) -> None:
+    def _beat_records(self, k: _Link):
+        """Whether the request's records are event beats (EVENTS; LOAD in batch mode)."""
+        if k.batch:
+            return (k.cmd == P.Cmd.EVENTS) | (k.cmd == P.Cmd.LOAD)
+        return k.cmd == P.Cmd.EVENTS
+
+    def _execute(self, m, k: _Link, buf, store=None) -> None:
         """CHECK the request's length for its command, then reply (PING, START,
         RESULT, PERF) or FETCH / SHIFT each record out of the buffer and ISSUE
-        it to the engine (WRITE, EVENTS, with the stall watchdog)."""
+        it to the engine (WRITE, EVENTS, with the stall watchdog) or to the
+        image store (LOAD); BATCH starts the run (:meth:`_run_batch`)."""
         _, rd = buf
         lay = self.layout
-        recsize = Mux(k.cmd == P.Cmd.EVENTS, lay.event_bytes, lay.write_record)
+        recsize = Mux(self._beat_records(k), lay.event_bytes, lay.write_record)
         # ISSUE decides from registers only, besides the engine's ``ready``
         # (timing: the comparisons and ``ready`` into the reply's registers
         # were the iCE40's critical path); ``cmd`` is set a whole frame before
@@ -363,7 +459,7 @@ class HostBridge(wiring.Component):
                          k.beats.eq(0)]
             empty = k.length == 0
             with m.Switch(k.cmd):
-                for c, src, n in ((P.Cmd.PING, Source.INFO, P.INFO.size),
+                for c, src, n in ((P.Cmd.PING, Source.INFO, len(self.info.pack())),
                                   (P.Cmd.START, Source.NONE, 0),
                                   (P.Cmd.RESULT, Source.RESULT, lay.result_bytes),
                                   (P.Cmd.PERF, Source.PERF, lay.perf_bytes)):
@@ -379,6 +475,8 @@ class HostBridge(wiring.Component):
                         m.next = "FETCH"
                     with m.Else():
                         k.error(P.ErrorCode.LENGTH, k.length)
+                if k.batch:
+                    self._check_batch(m, k, empty)
                 with m.Default():
                     k.error(P.ErrorCode.UNKNOWN)
         with m.State("FETCH"):  # rd.addr = idx; the byte is there next cycle
@@ -394,20 +492,129 @@ class HostBridge(wiring.Component):
                 m.next = "FETCH"
         with m.State("ISSUE"):
             is_ev = k.is_ev
-            m.d.comb += [self.mem_write.valid.eq(~is_ev), self.events.valid.eq(is_ev)]
-            taken = Mux(is_ev, self.events.ready, self.mem_write.ready)
+            if k.batch:  # LOAD: a store write, always taken
+                is_ld = k.is_ld
+                m.d.comb += [self.mem_write.valid.eq(~is_ev & ~is_ld),
+                             self.events.valid.eq(is_ev)]
+                taken = Mux(is_ev, self.events.ready, is_ld | self.mem_write.ready)
+            else:
+                m.d.comb += [self.mem_write.valid.eq(~is_ev), self.events.valid.eq(is_ev)]
+                taken = Mux(is_ev, self.events.ready, self.mem_write.ready)
             with m.If(taken):
                 m.d.sync += [k.stall.eq(0), k.stalled.eq(0)]
                 with m.If(is_ev):
                     m.d.sync += [k.beats.eq(k.beats + 1), self.active.eq(1)]
+                if k.batch:
+                    with m.If(is_ld):
+                        m.d.comb += store[0].en.eq(1)
+                        m.d.sync += k.fill.eq(k.fill + 1)
                 with m.If(k.last):
-                    k.reply(k.cmd | P.REPLY, Source.NONE, 0)
+                    if k.batch:
+                        with m.If(is_ld):
+                            k.reply(k.cmd | P.REPLY, Source.STORE, P.STORE_LAYOUT.size // 8)
+                        with m.Else():
+                            k.reply(k.cmd | P.REPLY, Source.NONE, 0)
+                    else:
+                        k.reply(k.cmd | P.REPLY, Source.NONE, 0)
                 with m.Else():
                     m.next = "FETCH"
             with m.Elif(k.stalled):
                 k.error(P.ErrorCode.STALL, k.beats)
             with m.Else():
                 m.d.sync += [k.stall.eq(k.stall + 1), k.stalled.eq(k.stall == self._stall - 1)]
+
+    def _check_batch(self, m, k: _Link, empty) -> None:
+        """CHECK's cases for LOAD and BATCH (batch mode; inside its switch on ``cmd``)."""
+        nh = P.BATCH_REPLY_LAYOUT.size // 8
+        fill16 = (Mux(k.fill[16:].any(), 0xFFFF, k.fill[:16]) if len(k.fill) > 16 else k.fill)
+        with m.Case(P.Cmd.LOAD):
+            with m.If(empty):  # empty the store
+                m.d.sync += k.fill.eq(0)
+                k.reply(P.Cmd.LOAD | P.REPLY, Source.STORE, P.STORE_LAYOUT.size // 8)
+            with m.Elif(k.rmod != 0):
+                k.error(P.ErrorCode.LENGTH, k.length)
+            with m.Elif(~k.fits):  # refused whole: nothing appended
+                k.error(P.ErrorCode.STORE, fill16)
+            with m.Else():
+                m.next = "FETCH"
+        with m.Case(P.Cmd.BATCH):
+            with m.If(k.length != P.BATCH_LAYOUT.size // 8):
+                k.error(P.ErrorCode.LENGTH, k.length)
+            with m.Elif(~k.n_ok):
+                k.error(P.ErrorCode.RANGE, k.tail)
+            with m.Elif(k.fill_zero):
+                k.error(P.ErrorCode.STORE, 0)
+            with m.Else():
+                # the engine is reset (its first beat waits for the clear
+                # pass); the class bytes go into the payload buffer from byte
+                # ``nh`` on, after the reply's head
+                m.d.sync += [self.start.eq(1), self.active.eq(0), k.running.eq(1),
+                             k.rptr.eq(0), k.at_end.eq(0), k.vld.eq(0),
+                             k.rem.eq(k.tail), k.rem_one.eq(k.tail_one), k.images.eq(k.tail),
+                             k.rlen.eq(k.tail + nh), k.idx.eq(nh),
+                             k.cyc.eq(0), k.counting.eq(0)]
+                m.next = "RUN"
+
+    def _run_batch(self, m, k: _Link, buf, store) -> None:
+        """BATCH: feed the stored beats to the engine (RUN), collect a class
+        byte at each ``result_valid``, reply after the last one.  The store's
+        read port prefetches: its data is the beat offered (``vld``), and a
+        new word is read whenever that one is taken or there is none, so the
+        engine can take a beat every cycle.  An STCB network (no back-to-back
+        images) pauses after each image's marker (RESTART): its result, then a
+        ``start`` and the clear pass before the next image's beats."""
+        wr, _ = buf
+        _, srd = store
+        ev = self.events
+        take = Signal()
+        m.d.comb += take.eq(ev.valid & ev.ready)
+        last_at = self._fmt.layout["last"].offset
+
+        def step(offer: bool) -> None:
+            if offer:
+                m.d.comb += ev.valid.eq(k.vld)
+            adv = ~k.vld | take
+            m.d.comb += srd.en.eq(adv)
+            with m.If(adv):
+                m.d.sync += k.vld.eq(~k.at_end)
+                with m.If(~k.at_end):
+                    m.d.sync += [k.rptr.eq(k.rptr + 1), k.at_end.eq(k.rptr + 1 == k.fill)]
+            # board cycles: from the cycle the first beat is taken to the one
+            # the last result comes in, both included
+            with m.If((k.counting | take) & ~k.cyc[32]):
+                m.d.sync += k.cyc.eq(k.cyc + 1)
+            with m.If(take):
+                m.d.sync += [k.counting.eq(1), self.active.eq(1)]
+            with m.If(self.result_valid):
+                m.d.comb += [wr.en.eq(1), wr.data.eq(self.prediction)]
+                m.d.sync += [k.idx.eq(k.idx + 1), k.rem.eq(k.rem - 1), k.rem_one.eq(k.rem == 2)]
+            # the watchdog: neither a beat taken nor a result
+            with m.If(take | self.result_valid):
+                m.d.sync += [k.stall.eq(0), k.stalled.eq(0)]
+            with m.Elif(k.stalled):
+                m.d.sync += k.running.eq(0)
+                k.error(P.ErrorCode.STALL, k.idx - P.BATCH_REPLY_LAYOUT.size // 8)
+            with m.Else():
+                m.d.sync += [k.stall.eq(k.stall + 1), k.stalled.eq(k.stall == self._stall - 1)]
+
+        def finish() -> None:
+            with m.If(self.result_valid & k.rem_one):
+                m.d.sync += [k.running.eq(0), k.idx.eq(0)]  # idx follows pidx in TX_PAY
+                k.reply(P.Cmd.BATCH | P.REPLY, Source.BATCH, k.rlen)
+
+        with m.State("RUN"):
+            step(offer=True)
+            if self._stcb:
+                with m.If(take & srd.data[last_at]):
+                    m.next = "RESTART"
+            finish()
+        if self._stcb:
+            with m.State("RESTART"):
+                step(offer=False)
+                with m.If(self.result_valid & ~k.rem_one):
+                    m.d.sync += self.start.eq(1)
+                    m.next = "RUN"
+                finish()
 
     def _transmit(self, m, k: _Link, hdr, pay) -> None:
         """The reply: header (``SYNC`` not in the checksum), payload, CRC."""
@@ -428,6 +635,8 @@ class HostBridge(wiring.Component):
             with m.If(utx.i.ready):
                 m.d.comb += tx_crc.valid.eq(1)
                 m.d.sync += k.pidx.eq(k.pidx + 1)
+                if k.batch:  # the payload buffer is read at idx (the BATCH reply)
+                    m.d.sync += k.idx.eq(k.idx + 1)
                 with m.If(k.pidx + 1 == k.r_len):
                     m.next = "TX_CRC0"
         with m.State("TX_CRC0"):
@@ -438,6 +647,18 @@ class HostBridge(wiring.Component):
             m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(tx_crc.crc[8:])]
             with m.If(utx.i.ready):
                 m.next = "HUNT"
+
+
+def check_batch_beats(v) -> int:
+    """``batch_beats`` validated: an integer in ``0 .. MAX_BATCH_BEATS``."""
+    if type(v) is not int or not 0 <= v <= MAX_BATCH_BEATS:
+        raise ValueError(f"batch_beats must be an integer in 0 .. {MAX_BATCH_BEATS}, not {v!r}")
+    return v
+
+
+#: The largest image store (beats) a bridge takes: the LOAD reply's and the
+#: counters' widths allow more; this bounds a typo's block RAM.
+MAX_BATCH_BEATS = 1 << 20
 
 
 def bits(n: int) -> int:

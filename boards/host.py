@@ -20,6 +20,15 @@ request, then its reply (matched by command and sequence number).  Recovery:
   (START resets the engine);
 * DISCARDED notices (bytes the board dropped outside frames) are kept in
   :attr:`Board.notices`, never mistaken for a reply.
+
+Batch mode (a board with an image store, ``batch_beats > 0`` in its PING
+reply): :meth:`Board.batch` empties the store, LOADs the samples' event beats
+(as few frames as they fit), runs BATCH and reads each image's class and the
+board's cycle count; samples that do not fit one store (or one BATCH reply)
+run as several batches.  LOAD is not idempotent: an ambiguous failure during
+an upload starts the upload again from an empty store.  BATCH is (the store is
+kept), so it is resent like RESULT.  :func:`batch_images` adds the weights and
+the comparison with the golden model (``spikeforge infer --batch N``).
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from . import protocol as P
 from .protocol import BoardError, BoardInfo, Cmd, ErrorCode, FrameError, ProtocolError, Result
 
 __all__ = ["Board", "Inference", "SerialTransport", "CocotbTransport", "LinkTimeout", "golden_counts",
-           "BoardMismatch", "infer_run", "infer_images", "BoardResultMismatch"]
+           "BoardMismatch", "infer_run", "infer_images", "BoardResultMismatch", "BatchRun",
+           "batch_images", "class_mismatches", "plan_batches"]
 
 
 class LinkTimeout(ProtocolError):
@@ -52,6 +62,37 @@ class Inference:
     prediction: int
     counts: list[int]
     cycles: int
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """What :meth:`Board.batch` measured: each image's class (input order),
+    the board's cycles (summed over the batches), the transport time of the
+    uploads and of the BATCH requests."""
+
+    classes: list[int]
+    cycles: int
+    batches: int
+    beats: int
+    load_frames: int
+    upload_seconds: float
+    run_seconds: float
+    clock_hz: int
+
+    @property
+    def board_seconds(self) -> float:
+        return self.cycles / self.clock_hz
+
+    @property
+    def board_inferences_per_second(self) -> float | None:
+        """Images / (board cycles / clock): the engine's rate on the board."""
+        return len(self.classes) / self.board_seconds if self.cycles else None
+
+    @property
+    def wall_inferences_per_second(self) -> float | None:
+        """Images / (upload + BATCH round trips): the rate the link allows."""
+        t = self.upload_seconds + self.run_seconds
+        return len(self.classes) / t if t > 0 else None
 
 
 # --------------------------------------------------------------------------- transports
@@ -282,8 +323,9 @@ class Board:
             else:
                 self.notices.append(it)
 
-    def _await(self, cmd: int, seq: int) -> P.Frame:
-        deadline = self.t.now() + self.timeout
+    def _await(self, cmd: int, seq: int, timeout: float | None = None) -> P.Frame:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = self.t.now() + timeout
         while True:
             while self._items:
                 it = self._items.pop(0)
@@ -300,17 +342,19 @@ class Board:
                 self._collect(self._parser.expire())
                 if self._items:
                     continue
-                raise LinkTimeout(f"no reply to {Cmd(cmd).name} within {self.timeout:g} s")
+                raise LinkTimeout(f"no reply to {Cmd(cmd).name} within {timeout:g} s")
             self._collect(self._parser.feed(data))
 
-    def request(self, cmd: Cmd, payload: bytes = b"", *, idempotent: bool = True) -> bytes:
+    def request(self, cmd: Cmd, payload: bytes = b"", *, idempotent: bool = True,
+                timeout: float | None = None) -> bytes:
         """Send one request and return its reply's payload (module docstring
-        for the resend rules)."""
+        for the resend rules); ``timeout``: for this reply (default
+        :attr:`timeout`)."""
         for attempt in range(self.retries + 1):
             self._seq = (self._seq + 1) & 0xFF
             self.t.write(P.encode(cmd, self._seq, payload))
             try:
-                return self._await(cmd, self._seq).payload
+                return self._await(cmd, self._seq, timeout).payload
             except BoardError as e:
                 if not _not_executed(e) or attempt == self.retries:
                     raise
@@ -436,6 +480,89 @@ class Board:
             self.drain()
         raise AssertionError("unreachable")
 
+    # ------------------------------------------------------------------ batch mode
+
+    def _need_store(self) -> BoardInfo:
+        info = self._need_info()
+        if not info.batch_beats:
+            raise ProtocolError("the board has no image store (batch_beats = 0 in its PING "
+                                "reply): build it with one, or infer without --batch")
+        return info
+
+    def store_clear(self) -> None:
+        """Empty the board's image store (a LOAD without payload)."""
+        self._need_store()
+        n = self._store_reply(self.request(Cmd.LOAD))
+        if n != 0:
+            raise FrameError(f"the store holds {n} beats after emptying it")
+
+    def store_load(self, beats: list[int]) -> tuple[int, int]:
+        """Append event beats (packed payloads) to the store, as few LOAD
+        frames as they fit; ``(beats in the store, frames sent)``.  Not resent
+        on an ambiguous failure (see :meth:`batch`)."""
+        info = self._need_store()
+        frames, n = 0, None
+        for payload in P.pack_records(beats, info.event_bytes):
+            n = self._store_reply(self.request(Cmd.LOAD, payload, idempotent=False))
+            frames += 1
+        return n, frames
+
+    @staticmethod
+    def _store_reply(raw: bytes) -> int:
+        if len(raw) != byte_size(P.STORE_LAYOUT):
+            raise FrameError(f"LOAD reply of {len(raw)} bytes, expected "
+                             f"{byte_size(P.STORE_LAYOUT)}")
+        return from_bytes(P.STORE_LAYOUT, raw)["beats"]
+
+    def run_batch(self, images: int, *, timeout: float | None = None) -> P.BatchResult:
+        """BATCH: run the ``images`` stored images; their classes and the
+        board's cycles.  ``timeout``: for the reply (default 10 x
+        :attr:`timeout`: the board answers when the last result is in)."""
+        self._need_store()
+        payload = to_bytes(P.BATCH_LAYOUT, {"images": images})
+        raw = self.request(Cmd.BATCH, payload,
+                           timeout=self.timeout * 10 if timeout is None else timeout)
+        return P.BatchResult.unpack(raw, images)
+
+    def batch(self, samples, *, timeout: float | None = None) -> BatchRun:
+        """Batch mode on uint8 samples ``[N, F, C, H, W]``: each batch's beats
+        LOADed into the emptied store, then BATCH (module docstring); the
+        classes in input order and the board's cycles summed."""
+        info = self._need_store()
+        beats = [self.beats(samples[i]) for i in range(samples.shape[0])]
+        groups = plan_batches([len(b) for b in beats], info.batch_beats)
+        classes: list[int] = []
+        cycles = frames = 0
+        up = run = 0.0
+        for first, end in groups:
+            flat = [w for b in beats[first:end] for w in b]
+            for attempt in range(self.retries + 1):
+                t0 = self.t.now()
+                try:
+                    self.store_clear()
+                    n, k = self.store_load(flat)
+                    if n != len(flat):
+                        raise FrameError(f"the store holds {n} beats, {len(flat)} were loaded")
+                    break
+                except BoardError as e:
+                    if not _not_executed(e) or attempt == self.retries:
+                        raise
+                except ProtocolError:
+                    if attempt == self.retries:
+                        raise
+                finally:
+                    up += self.t.now() - t0
+                self.resends += 1
+                self.drain()
+            frames += k
+            t1 = self.t.now()
+            r = self.run_batch(end - first, timeout=timeout)
+            run += self.t.now() - t1
+            classes += r.classes
+            cycles += r.cycles
+        return BatchRun(classes, cycles, len(groups), sum(map(len, beats)), frames, up, run,
+                        info.clock_hz)
+
     def _need_info(self) -> BoardInfo:
         if self.info is None:
             self.ping()
@@ -446,12 +573,15 @@ class Board:
 
 
 def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
-              board: str | None = None, transport=None) -> dict:
+              board: str | None = None, transport=None, batch: bool = False) -> dict:
     """``spikeforge infer --port PORT RUN --images N``: load the run's weight
     image into the board at ``port``, play its first ``images`` test images,
     compare class and spike counts with the golden model; writes and returns
     ``RUN/board_infer.json``; raises :class:`BoardResultMismatch` (exit status
     1) when any image differs, :class:`ProtocolError` on a link failure.
+    ``batch`` (``--batch N``): the images in batch mode instead
+    (:func:`batch_images`: classes only, the board's own cycle count), written
+    to ``RUN/board_batch.json``.
 
     The lane count comes from ``RUN/build/<board>/report.json`` (the build the
     board was flashed with: with ``board=None`` each build found is tried
@@ -475,7 +605,9 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
     dataset, seed = image_data(meta)
     ds = sfdata.load(dataset, seed=seed)
     if type(images) is not int or not 1 <= images <= len(ds.y_test):
-        raise SpikeforgeError(f"--images must be in 1..{len(ds.y_test)}, not {images}")
+        flag = "--batch" if batch else "--images"
+        raise SpikeforgeError(f"{flag} must be in 1..{len(ds.y_test)} (the test images of "
+                              f"{dataset}), not {images}")
     from spikeforge import files
     cands = [files.read_json(p) for p in builds]
     for p, c in zip(builds, cands):
@@ -490,11 +622,23 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
                                 f"none of the builds of {run_dir}: flash "
                                 f"{run_dir / 'build' / '<board>'} first")
         rep = match[0]
-        out = infer_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images])
+        if batch:
+            out = batch_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images])
+        else:
+            out = infer_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images])
     finally:
         if transport is None:
             t.close()
     out = {"board": rep.get("board"), "port": port, **out}
+    if batch:
+        (run_dir / "board_batch.json").write_text(json.dumps(out, indent=2))
+        if out["class_mismatches"]:
+            first = out["mismatches"][0]
+            raise BoardResultMismatch(
+                f"{out['class_mismatches']} of {images} classes differ from the golden model "
+                f"(first: image {first['image']}, expected {first['expected']}, got "
+                f"{first['got']}); see {run_dir / 'board_batch.json'}")
+        return out
     (run_dir / "board_infer.json").write_text(json.dumps(out, indent=2))
     if out["counts_mismatches"] or out["class_mismatches"]:
         raise BoardResultMismatch(
@@ -542,6 +686,66 @@ def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False) -> dict
         "cycles_per_inference": sum(r["cycles"] for r in rows) / n,
         "link_inferences_per_second": n / wall if wall > 0 else None,
         "resends": b.resends, "notices": len(b.notices), "per_image": rows,
+    }
+
+
+def plan_batches(sizes: list[int], capacity: int) -> list[tuple[int, int]]:
+    """Images (their beat counts ``sizes``) grouped into batches ``(first,
+    end)`` in order: each group's beats fit a store of ``capacity`` beats and
+    at most :data:`~spikeforge.boards.protocol.MAX_BATCH_IMAGES` images."""
+    groups, first, used = [], 0, 0
+    for i, n in enumerate(sizes):
+        if n > capacity:
+            raise ProtocolError(f"image {i} has {n} event beats, the board's store holds "
+                                f"{capacity}")
+        if used + n > capacity or i - first == P.MAX_BATCH_IMAGES:
+            groups.append((first, i))
+            first, used = i, 0
+        used += n
+    if sizes:
+        groups.append((first, len(sizes)))
+    return groups
+
+
+def class_mismatches(got: list[int], expected: list[int]) -> list[dict]:
+    """Each image whose class differs: ``{"image", "expected", "got"}``."""
+    if len(got) != len(expected):
+        raise ProtocolError(f"{len(got)} classes from the board for {len(expected)} images")
+    return [{"image": i, "expected": int(e), "got": int(g)}
+            for i, (g, e) in enumerate(zip(got, expected)) if int(g) != int(e)]
+
+
+def batch_images(b: Board, net, lanes, x, y=None, *, expected=None,
+                 timeout: float | None = None) -> dict:
+    """Load ``net`` into the board, run uint8 samples ``x [N, F, C, H, W]``
+    in batch mode (:meth:`Board.batch`) and compare each class with the
+    golden model's (``expected``: these classes instead); the board's rate
+    (``N / (board cycles / clock)``) beside the rate with the upload."""
+    import torch
+
+    from spikeforge.sw import golden
+    t0 = b.t.now()
+    words = b.load(net, lanes)
+    load_s = b.t.now() - t0
+    ref = golden.run(net, x)
+    want = [int(c) for c in (ref.classes if expected is None else expected)]
+    r = b.batch(x, timeout=timeout)
+    bad = class_mismatches(r.classes, want)
+    n = x.shape[0]
+    preds = torch.tensor(r.classes)
+    return {
+        "images": n, "lanes": b.lanes, "words_loaded": words, "load_seconds": load_s,
+        "batch_beats": b.info.batch_beats, "batches": r.batches, "beats": r.beats,
+        "load_frames": r.load_frames, "board_cycles": r.cycles, "clock_hz": r.clock_hz,
+        "board_seconds": r.board_seconds,
+        "board_inferences_per_second": r.board_inferences_per_second,
+        "upload_seconds": r.upload_seconds, "batch_seconds": r.run_seconds,
+        "wall_inferences_per_second": r.wall_inferences_per_second,
+        "class_mismatches": len(bad), "mismatches": bad,
+        "board_accuracy": None if y is None else float((preds == y).float().mean()),
+        "golden_accuracy": None if y is None else float((ref.classes == y).float().mean()),
+        "resends": b.resends, "notices": len(b.notices),
+        "classes": r.classes, "expected": want,
     }
 
 

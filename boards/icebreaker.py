@@ -14,6 +14,10 @@ done, busy and prediction bits 0 and 1 (``leds[1], [3], [4], [5], [6]``).
 The UP5K has 30 block RAMs of 4 kbit and 5280 logic cells: only small
 networks fit (module :mod:`.build`).  Flash with ``iceprog top.bin`` or
 ``openFPGALoader --board icebreaker top.bin``.
+
+No batch mode by default (:data:`BATCH_BEATS` = 0): the default build uses 86%
+of the logic cells and must meet its 30 MHz clock, and the store's logic and
+block RAM do not fit beside it.
 """
 
 from amaranth import *
@@ -21,11 +25,13 @@ from amaranth import *
 from .pll import ICE40PLLDomain
 from .top import BoardTop, led_output, wrap_board
 
-__all__ = ["ICEBreakerWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
+__all__ = ["BATCH_BEATS", "ICEBreakerWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
 
 DEVICE = "ice40up5k"
 PART = "iCE40UP5K"
 BITSTREAM = "top.bin"
+#: The image store of batch mode in event beats (BoardTop's ``batch_beats``).
+BATCH_BEATS = 0
 CLOCK_HZ = 12_000_000
 
 

@@ -28,6 +28,8 @@ EVENTS     0x03   records of ``E`` bytes: event beats         none
 START      0x04   none                                        none
 RESULT     0x05   none                                        :func:`result_layout`
 PERF       0x06   none                                        :func:`perf_layout`
+LOAD       0x07   records of ``E`` bytes: event beats         :data:`STORE_LAYOUT`
+BATCH      0x08   :data:`BATCH_LAYOUT`                        :func:`batch_reply_layout`
 =========  =====  ==========================================  ====================
 
 * WRITE: each record is one beat of the engine's ``mem_write`` port: memory
@@ -44,11 +46,36 @@ PERF       0x06   none                                        :func:`perf_layout
   u8``, ``cycles u32`` and the output spike counts (``classes * voting``
   values of ``C`` bytes each).  It does not wait: the host polls until ``done``.
 * PERF: each layer's counters (:data:`~spikeforge.hw.layer.PERF_LAYOUT`, u32 each).
+* LOAD (batch mode): appends its records, event beats exactly as EVENTS sends
+  them (so images are separated by the engine's own end-of-step / hold
+  markers), to the board's image store (block RAM of ``batch_beats`` beats,
+  in the PING reply).  A LOAD with no payload empties the store.  The reply is
+  the store's length in beats (``beats u32``).  A LOAD whose records do not
+  all fit is refused whole (error STORE; nothing appended), so the store
+  stays usable.  LOAD is not idempotent: a host that loses its reply empties
+  the store and loads again.
+* BATCH (batch mode): ``images u16``, the number of images in the store
+  (``1 .. MAX_BATCH_IMAGES``).  The board pulses ``start``, feeds the stored
+  beats to the engine back to back at up to one beat a cycle (LIF / IF
+  networks stream; an STCB network gets a ``start`` and its clear pass after
+  each image's marker), records the engine's prediction at each
+  ``result_valid`` and replies when ``images`` results are in: ``images
+  u16``, ``cycles u32`` (clock cycles from the first beat the engine took to
+  the last result, inclusive, counted on the board; saturates at
+  ``2**32 - 1``), then one class byte per image, in input order.  A store
+  holding more images than ``images`` has the rest left unfed; fewer: no
+  result comes and the board answers STALL (``detail``: results got) after
+  the stall timeout.  BATCH may be repeated (the store is kept).
+
+A board built without a store (``batch_beats = 0``) answers LOAD and BATCH
+with UNKNOWN, as any command it does not have.
 
 Payload words are :mod:`amaranth.lib.data` layouts (:func:`write_layout`,
 :func:`result_layout`, :func:`perf_layout`, :data:`ERROR_LAYOUT`) that the
 bridge's gateware and this host side both use (:mod:`spikeforge.layouts`).
-* ``A``, ``D``, ``E``, ``C`` and the engine's shape are in the PING reply.
+* ``A``, ``D``, ``E``, ``C`` and the engine's shape are in the PING reply
+  (:class:`BoardInfo`: 24 bytes, ``INFO``; a board with an image store
+  appends ``batch_beats u32``, ``INFO_STORE``: 28 bytes).
 
 The board executes a request only after its checksum has been checked: a
 payload is received into a buffer first.
@@ -74,7 +101,14 @@ DISCARDED  5     bytes outside any frame (not ``SYNC`` while hunting, or sent
                  number (saturating).  Sent once the line has been idle for the
                  receive timeout: a notice, not the reply to a request.
 STALL      6     the engine did not take an event beat for the stall timeout;
-                 EVENTS aborted after ``detail`` beats (start again)
+                 EVENTS aborted after ``detail`` beats (start again); BATCH:
+                 no beat taken and no result for the stall timeout, aborted
+                 after ``detail`` results
+STORE      7     the image store cannot do it: a LOAD whose records do not fit
+                 (nothing appended) or a BATCH on an empty store; ``detail``:
+                 the beats in the store (saturating at 65535)
+RANGE      8     a request field out of range: BATCH ``images`` 0 or over
+                 ``MAX_BATCH_IMAGES`` (``detail``: the value)
 =========  ====  ==============================================================
 
 Every ``SYNC`` that starts a frame gets exactly one reply (its reply or an
@@ -105,10 +139,11 @@ __all__ = ["SYNC", "VERSION", "MAX_PAYLOAD", "HEADER_BYTES", "CRC_BYTES", "REPLY
            "encode", "decode", "Parser", "BoardInfo", "Result", "design_id", "link_layout",
            "LinkLayout", "pack_records", "error_payload", "parse_error", "check_request",
            "CRC_ALGORITHM", "ERROR_LAYOUT", "STATUS_LAYOUT", "write_layout", "result_layout",
-           "perf_layout"]
+           "perf_layout", "STORE_LAYOUT", "BATCH_LAYOUT", "BATCH_REPLY_LAYOUT",
+           "batch_reply_layout", "MAX_BATCH_IMAGES", "BatchResult", "INFO", "INFO_STORE"]
 
 SYNC = 0xA5
-VERSION = 2  # 2: 16-bit data_bytes, 1024-byte payloads (word-event weight memories)
+VERSION = 3  # 2: 16-bit data_bytes, 1024-byte payloads; 3: LOAD / BATCH (image store)
 MAX_PAYLOAD = 1024
 HEADER_BYTES = 5
 CRC_BYTES = 2
@@ -124,6 +159,26 @@ ERROR_LAYOUT = data.StructLayout({"code": unsigned(8), "cmd": unsigned(8), "deta
 #: The status byte of the RESULT reply.
 STATUS_LAYOUT = data.StructLayout({"done": unsigned(1), "clearing": unsigned(1),
                                    "reserved": unsigned(6)})
+
+
+#: The LOAD reply: the image store's length in beats after the request.
+STORE_LAYOUT = data.StructLayout({"beats": unsigned(32)})
+
+#: The BATCH request: the number of stored images to run.
+BATCH_LAYOUT = data.StructLayout({"images": unsigned(16)})
+
+#: The fixed head of the BATCH reply (the class bytes follow it).
+BATCH_REPLY_LAYOUT = data.StructLayout({"images": unsigned(16), "cycles": unsigned(32)})
+
+#: The most images one BATCH takes: their classes fill one reply.
+MAX_BATCH_IMAGES = MAX_PAYLOAD - BATCH_REPLY_LAYOUT.size // 8
+
+
+def batch_reply_layout(images: int) -> data.StructLayout:
+    """The BATCH reply for ``images`` images: :data:`BATCH_REPLY_LAYOUT`'s
+    fields, then one class byte per image."""
+    return data.StructLayout({**{name: f.shape for name, f in BATCH_REPLY_LAYOUT},
+                              "classes": data.ArrayLayout(unsigned(8), images)})
 
 
 def write_layout(addr_bytes: int, data_bytes: int) -> data.StructLayout:
@@ -152,6 +207,8 @@ class Cmd(IntEnum):
     START = 0x04
     RESULT = 0x05
     PERF = 0x06
+    LOAD = 0x07
+    BATCH = 0x08
 
 
 class ErrorCode(IntEnum):
@@ -161,6 +218,8 @@ class ErrorCode(IntEnum):
     TIMEOUT = 4
     DISCARDED = 5
     STALL = 6
+    STORE = 7
+    RANGE = 8
 
 
 class ProtocolError(SpikeforgeError, RuntimeError):
@@ -318,13 +377,23 @@ def check_request(frame: Frame, info: "BoardInfo") -> tuple[ErrorCode, int] | No
     """The board's verdict on a request whose checksum was good: ``None`` (it
     executes) or ``(code, detail)`` of the error frame it sends (UNKNOWN, or
     LENGTH: a payload for PING / START / RESULT / PERF, or a WRITE / EVENTS
-    payload that is empty or not a whole number of records)."""
+    payload that is empty or not a whole number of records, a LOAD payload
+    that is not a whole number of records, a BATCH payload that is not
+    :data:`BATCH_LAYOUT`).  LOAD and BATCH are UNKNOWN to a board without an
+    image store; the checks that depend on the store's state (STORE, RANGE)
+    are the board's."""
     try:
         cmd = Cmd(frame.cmd)
     except ValueError:
         return ErrorCode.UNKNOWN, 0
     n = len(frame.payload)
-    if cmd in (Cmd.WRITE, Cmd.EVENTS):
+    if cmd in (Cmd.LOAD, Cmd.BATCH) and not info.batch_beats:
+        return ErrorCode.UNKNOWN, 0
+    if cmd is Cmd.LOAD:
+        ok = n % info.event_bytes == 0
+    elif cmd is Cmd.BATCH:
+        ok = n == byte_size(BATCH_LAYOUT)
+    elif cmd in (Cmd.WRITE, Cmd.EVENTS):
         rec = (byte_size(write_layout(info.addr_bytes, info.data_bytes)) if cmd is Cmd.WRITE
                else info.event_bytes)
         ok = n > 0 and n % rec == 0
@@ -423,11 +492,15 @@ def design_id(net, lanes) -> int:
 
 
 INFO = struct.Struct("<BBBHBBBHHIII")
+#: The tail of the PING reply of a board with an image store: ``batch_beats``.
+INFO_STORE = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
 class BoardInfo:
-    """The PING reply (``INFO``: ``<BBBHBBBHHIII``, 24 bytes, in field order)."""
+    """The PING reply (``INFO``: ``<BBBHBBBHHIII``, 24 bytes, in field order;
+    a board with an image store, ``batch_beats > 0``, appends ``INFO_STORE``:
+    ``batch_beats u32``, 28 bytes in all)."""
 
     version: int
     layers: int
@@ -441,17 +514,21 @@ class BoardInfo:
     clock_hz: int
     timeout_cycles: int
     design_id: int
+    batch_beats: int = 0   # the image store's capacity in beats (0: no batch mode)
 
     def pack(self) -> bytes:
-        return INFO.pack(self.version, self.layers, self.classes, self.n_out, self.count_bytes,
+        head = INFO.pack(self.version, self.layers, self.classes, self.n_out, self.count_bytes,
                          self.event_bytes, self.addr_bytes, self.data_bytes, self.max_payload,
                          self.clock_hz, self.timeout_cycles, self.design_id)
+        return head + (INFO_STORE.pack(self.batch_beats) if self.batch_beats else b"")
 
     @classmethod
     def unpack(cls, payload: bytes) -> "BoardInfo":
-        if len(payload) != INFO.size:
-            raise FrameError(f"PING reply of {len(payload)} bytes, expected {INFO.size}")
-        return cls(*INFO.unpack(payload))
+        if len(payload) not in (INFO.size, INFO.size + INFO_STORE.size):
+            raise FrameError(f"PING reply of {len(payload)} bytes, expected {INFO.size} or "
+                             f"{INFO.size + INFO_STORE.size}")
+        store = INFO_STORE.unpack(payload[INFO.size:]) if len(payload) > INFO.size else (0,)
+        return cls(*INFO.unpack(payload[:INFO.size]), *store)
 
     @property
     def timeout_s(self) -> float:
@@ -476,6 +553,27 @@ class Result:
         r = from_bytes(lay, payload)
         return cls(bool(r["status"]["done"]), bool(r["status"]["clearing"]), r["prediction"],
                    r["cycles"], r["counts"])
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The BATCH reply: images run, board cycles, each image's class."""
+
+    images: int
+    cycles: int
+    classes: list[int] = field(default_factory=list)
+
+    @classmethod
+    def unpack(cls, payload: bytes, images: int) -> "BatchResult":
+        """The reply to a BATCH of ``images`` images."""
+        lay = batch_reply_layout(images)
+        if len(payload) != byte_size(lay):
+            raise FrameError(f"BATCH reply of {len(payload)} bytes, expected {byte_size(lay)} "
+                             f"for {images} images")
+        r = from_bytes(lay, payload)
+        if r["images"] != images:
+            raise FrameError(f"BATCH reply for {r['images']} images, {images} were asked for")
+        return cls(r["images"], r["cycles"], list(r["classes"]))
 
 
 def pack_records(values: list[int], nbytes: int) -> list[bytes]:

@@ -11,7 +11,8 @@ Status LEDs (``leds`` bit: meaning):
 1    UART activity (a received byte lights it for ~1/16 s)
 2    error (an error frame sent lights it for ~1/4 s)
 3    engine ``done``
-4    engine busy (clearing, or events sent since START and not done)
+4    engine busy (clearing, or events sent since START and not done, or a
+     BATCH running)
 5-7  prediction bits 0..2 while ``done``
 ===  ==========================================================================
 """
@@ -27,10 +28,10 @@ from amaranth.lib.wiring import In, Out
 from spikeforge.hw.network import NetworkTop, engine_geometry
 
 from . import protocol
-from .bridge import HostBridge
+from .bridge import HostBridge, check_batch_beats
 from .uart import divisor_for
 
-__all__ = ["BoardTop", "LinkConfig", "board_info", "wrap_board", "led_output"]
+__all__ = ["BoardTop", "LinkConfig", "board_info", "store_bits", "wrap_board", "led_output"]
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,25 @@ class LinkConfig:
         return d, t, s
 
 
-def board_info(net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig()
-               ) -> protocol.BoardInfo:
+def board_info(net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
+               batch_beats: int = 0) -> protocol.BoardInfo:
     """The PING reply of the :class:`BoardTop` that would be built for ``net``
-    with ``lanes`` at ``clock_hz``, computed without building it."""
+    with ``lanes`` at ``clock_hz`` (and an image store of ``batch_beats``),
+    computed without building it."""
     g = engine_geometry(net, lanes)
     lay = protocol.link_layout(g)
     _, timeout, _ = link.cycles(clock_hz)
     return protocol.BoardInfo(protocol.VERSION, lay.layers, lay.classes, lay.n_out,
                               lay.count_bytes, lay.event_bytes, lay.addr_bytes, lay.data_bytes,
                               protocol.MAX_PAYLOAD, int(clock_hz), timeout,
-                              protocol.design_id(net, g.lanes))
+                              protocol.design_id(net, g.lanes), check_batch_beats(batch_beats))
+
+
+def store_bits(net, batch_beats: int) -> int:
+    """Block RAM bits of the image store of a :class:`BoardTop` for ``net``
+    with ``batch_beats`` (one event payload a beat; 0 without a store)."""
+    from spikeforge.hw.streams import EventFormat
+    return check_batch_beats(batch_beats) * EventFormat.for_network(net).width
 
 
 class BoardTop(wiring.Component):
@@ -87,6 +96,12 @@ class BoardTop(wiring.Component):
     contents : dict, optional
         Power-up memory contents ``{name: (width, words)}`` (a run's exported
         images, :func:`spikeforge.image.read_exported`); default: the network's.
+    batch_beats : int
+        The image store of batch mode (LOAD / BATCH, :mod:`.protocol`), in
+        event beats: ``batch_beats`` x the event payload's width bits of block
+        RAM (:func:`store_bits`); 0 (the default): no batch mode and not a gate
+        of it.  The boards' defaults: ``BATCH_BEATS`` of :mod:`.ulx3s` and
+        :mod:`.icebreaker`.
 
     A network that may not fit a device's block RAM is checked with
     :func:`spikeforge.hw.fit.check_fit` before its top is built;
@@ -100,7 +115,8 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
-                 fifo_depth: int = 8, contents: dict | None = None):
+                 fifo_depth: int = 8, contents: dict | None = None, batch_beats: int = 0):
+        check_batch_beats(batch_beats)
         self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents)
         self.clock_hz = int(clock_hz)
         self.link = link
@@ -108,7 +124,9 @@ class BoardTop(wiring.Component):
         self.divisor = div
         self.bridge = HostBridge(self.engine, divisor=div, clock_hz=self.clock_hz,
                                  timeout_cycles=timeout, stall_cycles=stall,
-                                 design_id=protocol.design_id(net, list(self.engine.lanes)))
+                                 design_id=protocol.design_id(net, list(self.engine.lanes)),
+                                 batch_beats=batch_beats)
+        self.batch_beats = batch_beats
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8)})
 
     @property
@@ -127,6 +145,10 @@ class BoardTop(wiring.Component):
             b.clearing.eq(e.clearing), b.done.eq(e.done), b.prediction.eq(e.prediction),
             b.cycles.eq(e.cycles), b.counts.eq(e.counts), b.perf.eq(e.perf),
         ]
+        busy = e.clearing | (b.active & ~e.done)
+        if self.batch_beats:
+            m.d.comb += b.result_valid.eq(e.result_valid)
+            busy = busy | b.batch_running
 
         hz = self.clock_hz
         beat = Signal(max(1, (hz // 2).bit_length()))
@@ -154,7 +176,7 @@ class BoardTop(wiring.Component):
             stretch(b.rx_strobe, hz // 16),
             stretch(b.error_strobe, hz // 4),
             e.done,
-            e.clearing | (b.active & ~e.done),
+            busy,
             Mux(e.done, pred, 0),
         ))
         return m

@@ -8,6 +8,11 @@ L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
 0..7 are ``BoardTop.leds`` 0..7.
 
 Flash with ``openFPGALoader --board ulx3s top.bit``.
+
+Batch mode (``spikeforge infer --batch N``): an image store of
+:data:`BATCH_BEATS` event beats in block RAM (16,384 beats: about 100 images
+of the default MNIST network, 16 to 40 of the 85F's 208 EBRs depending on the
+event width).
 """
 
 from amaranth import *
@@ -15,11 +20,13 @@ from amaranth import *
 from .pll import ECP5PLLDomain
 from .top import BoardTop, led_output, wrap_board
 
-__all__ = ["ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
+__all__ = ["BATCH_BEATS", "ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
 
 DEVICE = "ecp5-85f"          # hw.fit device key
 PART = "LFE5U-85F"
 BITSTREAM = "top.bit"
+#: The image store of batch mode in event beats (BoardTop's ``batch_beats``).
+BATCH_BEATS = 16384
 CLOCK_HZ = 25_000_000
 
 

@@ -23,6 +23,16 @@ Scenarios (each writes ``result.json`` in the work folder):
     work.  Then inferences through a transport that damages one request (the
     board answers CRC, the driver resends) and one EVENTS reply (the driver
     starts the inference again); the results must still equal the golden model.
+``batch``
+    (a model built with ``batch_beats > 0``) the code path of ``spikeforge
+    infer --batch``: weights through WRITE, the samples through LOAD, one
+    BATCH (:func:`~spikeforge.boards.host.batch_images`); RESULT after it (the
+    engine's own counters); the store's errors (a LOAD that does not fit, then
+    the same BATCH again and a LOAD that fills the store exactly; BATCH with
+    0 / too many images, bad lengths, an empty store, more images than
+    stored: STALL); the samples twice over in batches that each fit the store
+    (:meth:`~spikeforge.boards.host.Board.batch`); and one inference through
+    EVENTS after all that.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import cocotb
 WRAP_TOP = "sf_board_tb"
 DUT_TOP = "sf_board"
 CLOCK_NS = 10          # the wrapper's clock period
-SCENARIOS = ("infer", "corrupt")
+SCENARIOS = ("infer", "corrupt", "batch")
 
 
 # --------------------------------------------------------------------------- cocotb side
@@ -81,6 +91,10 @@ def _scenario(t, case: dict) -> dict:
             out["words"] = res["words_loaded"]
             out["images"] = res["per_image"]
             out["summary"] = {k: v for k, v in res.items() if k != "per_image"}
+            out["ok"] = True
+            return _finish(out, b, t, t0)
+        if case["scenario"] == "batch":
+            out.update(_batch(b, net, case["lanes"], frames, P))
             out["ok"] = True
             return _finish(out, b, t, t0)
         out["words"] = b.load(net, case["lanes"])
@@ -160,6 +174,54 @@ class _Flaky:
 
     def now(self) -> float:
         return self.t.now()
+
+
+def _batch(b, net, lanes, frames, P) -> dict:
+    """The ``batch`` scenario (module docstring); board errors are recorded
+    as ``{"error", "detail"}``, replies as values."""
+    import torch
+
+    from spikeforge.boards.host import batch_images
+    out: dict = {}
+    n = frames.shape[0]
+    res = batch_images(b, net, lanes, frames)
+    out["batch"] = res
+    r = b.result()  # the engine's view of the same run
+    out["after"] = {"done": r.done, "prediction": r.prediction, "cycles": r.cycles}
+
+    def attempt(fn) -> dict:
+        try:
+            return {"value": fn()}
+        except P.BoardError as e:
+            return {"error": e.code.name, "cmd": e.cmd, "detail": e.detail}
+
+    beats = [b.beats(frames[i]) for i in range(n)]
+    flat = [w for bs in beats for w in bs]
+    cap = b.info.batch_beats
+    filler = (flat * (cap // len(flat) + 2))
+    steps = {}
+    # the store holds the samples' beats; a LOAD one beat too long is refused whole
+    steps["overflow"] = attempt(lambda: b.store_load(filler[:cap - len(flat) + 1]))
+    steps["rerun"] = attempt(lambda: dataclasses.asdict(b.run_batch(n)))
+    steps["fill"] = attempt(lambda: b.store_load(filler[:cap - len(flat)]))
+    steps["full"] = attempt(lambda: b.store_load(filler[:1]))
+    steps["rerun_full"] = attempt(lambda: dataclasses.asdict(b.run_batch(n)))
+    steps["images_0"] = attempt(lambda: b.run_batch(0))
+    steps["images_over"] = attempt(lambda: b.run_batch(P.MAX_BATCH_IMAGES + 1))
+    steps["batch_length"] = attempt(lambda: b.request(P.Cmd.BATCH, b"\x01\x00\x00"))
+    steps["load_length"] = attempt(lambda: b.request(P.Cmd.LOAD, bytes(b.info.event_bytes + 1)))
+    b.store_clear()
+    steps["empty"] = attempt(lambda: b.run_batch(1))
+    b.store_load(beats[0])
+    steps["too_many"] = attempt(lambda: b.run_batch(2))  # one image stored: STALL
+    out["steps"] = steps
+    # twice the samples: more beats than the store holds, so several batches
+    twice = torch.cat([frames, frames])
+    run = b.batch(twice)
+    out["twice"] = dataclasses.asdict(run)
+    r = b.infer(frames[-1])  # the EVENTS path after batch mode
+    out["infer"] = {"prediction": r.prediction, "counts": r.counts}
+    return out
 
 
 def _corrupt(b, t, P) -> list[dict]:
@@ -251,9 +313,10 @@ class BoardSim:
 
 
 def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int = 4000,
-          stall_cycles: int = 1 << 16) -> BoardSim:
+          stall_cycles: int = 1 << 16, batch_beats: int = 0) -> BoardSim:
     """Verilator model of the board top for ``net``'s structure (its memories
-    start zeroed: the host must load them), under ``root`` (cached)."""
+    start zeroed: the host must load them), under ``root`` (cached);
+    ``batch_beats``: its image store (batch mode)."""
     import torch
     from amaranth.back import verilog
 
@@ -273,17 +336,18 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
         theta=torch.ones_like(il.theta), shift=torch.zeros_like(il.shift)) for il in net.layers))
     lanes = lane_counts(blank, lanes)
     key = hashlib.sha256(image.dumps(blank) + repr((lanes, divisor, timeout_cycles,
-                                                    stall_cycles, _digest())).encode()
-                         ).hexdigest()[:16]
+                                                    stall_cycles, batch_beats, _digest())
+                                                   ).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
 
     def sources():  # the top is built only when the model is (not for a cached one)
-        top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link)
+        top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link, batch_beats=batch_beats)
         return {DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)}
 
     runner.verilator_build(bdir, WRAP_TOP, sources)
-    return BoardSim(bdir, board_info(blank, lanes, clock_hz=clock_hz, link=link), net, lanes,
+    return BoardSim(bdir, board_info(blank, lanes, clock_hz=clock_hz, link=link,
+                                     batch_beats=batch_beats), net, lanes,
                     divisor * CLOCK_NS, time.perf_counter() - t0)
 
 

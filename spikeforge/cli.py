@@ -147,7 +147,13 @@ def cmd_build(args) -> int:
 
 def cmd_infer(args) -> int:
     from spikeforge.boards.host import infer_run
-    out = infer_run(_run_dir(args.run), args.port, args.images, baud=args.baud, board=args.board)
+    if args.batch is not None and args.images is not None:
+        raise UsageError("infer: --images and --batch both give the number of images; use one "
+                         "(--batch N: N images in the board's batch mode)")
+    batch = args.batch is not None
+    images = args.batch if batch else (20 if args.images is None else args.images)
+    out = infer_run(_run_dir(args.run), args.port, images, baud=args.baud, board=args.board,
+                    batch=batch)
     print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2))
     return 0
 
@@ -342,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     p = add("infer", "send test images to a board over its UART, compare with the golden model")
     p.add_argument("run", help="run folder")
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
-    p.add_argument("--images", type=_int_in(1), default=20)
+    p.add_argument("--images", type=_int_in(1), default=None,
+                   help="test images, one at a time over the link (default 20)")
+    p.add_argument("--batch", type=_int_in(1), default=None, metavar="N",
+                   help="N test images in batch mode: loaded into the board's image store, "
+                        "run back to back, the board's own cycle count (ULX3S build)")
     p.add_argument("--baud", type=_int_in(1, 100_000_000), default=1_000_000)
     p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None)
     p.set_defaults(fn=cmd_infer)

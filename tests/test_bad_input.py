@@ -401,7 +401,7 @@ FLAGS = {
     "sim": ["--lanes", "--images"],
     "verify": ["--lanes", "--images"],
     "report": ["--clock-mhz"],
-    "infer": ["--baud", "--images", "--port"],
+    "infer": ["--baud", "--images", "--port", "--batch"],
     "build": ["--lanes", "--board"],
 }
 flag_text = st.one_of(st.text(max_size=12), st.integers(-2 ** 80, 2 ** 80).map(str),
