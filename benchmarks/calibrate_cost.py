@@ -25,7 +25,12 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from amaranth.hdl import UnusedElaboratable
+
+warnings.filterwarnings("ignore", category=UnusedElaboratable)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +92,8 @@ def resources(cells: dict, fam: str) -> dict:
     return out
 
 
-def core_samples(label, fam, overrides, lanes) -> list[dict]:
+def core_samples(label, fam, overrides, lanes) -> tuple[list[dict], bool]:
+    """Per-core samples of one configuration, and whether a core failed."""
     from amaranth.back import rtlil
 
     from spikeforge import toolchain
@@ -95,17 +101,22 @@ def core_samples(label, fam, overrides, lanes) -> list[dict]:
     from spikeforge.hw.cost import core_features
     from spikeforge.hw.network import NetworkTop
     net = network(overrides)
-    top = NetworkTop(net, lanes)
-    out = []
+    top = NetworkTop(net, lanes)   # only its cores are synthesised
+    out, failed = [], False
     for i, core in enumerate(top.cores):
         t0 = time.time()
-        cells = toolchain.yosys_cells(rtlil.convert(core, name="top"), SYNTH[fam])
+        try:
+            cells = toolchain.yosys_cells(rtlil.convert(core, name="top"), SYNTH[fam])
+        except toolchain.ToolchainError as e:   # reported, and the sample left out
+            print(f"  {fam} {label} lanes {lanes} core {i}: {e}", flush=True)
+            failed = True
+            continue
         f = core_features(core.params, fit.DEVICES[DEVICE[fam]].lutram_depth)
         out.append({"config": label, "lanes": lanes, "layer": i, "features": f,
                     "cells": resources(cells, fam), "seconds": round(time.time() - t0, 1)})
         print(f"  {fam} {label} lanes {lanes} core {i}: {out[-1]['cells']} "
               f"({out[-1]['seconds']:.0f} s)", flush=True)
-    return out
+    return out, failed
 
 
 def board_top(fam, overrides, lanes):
@@ -125,25 +136,33 @@ def whole(fam, overrides, lanes) -> tuple[dict, float]:
 
 
 def calibrate() -> dict:
-    from spikeforge.hw.cost import RESOURCES, fit_coefficients
+    from spikeforge.hw import fit
+    from spikeforge.hw.cost import core_features
+    from spikeforge.hw.network import core_params
+    from spikeforge.hw.cost import FEATURES, RESOURCES, fit_coefficients
     model = json.loads((ROOT / "hw" / "cost_model.json").read_text())
     for fam in ("ecp5", "ice40"):
         cfgs = [c for c in CALIBRATE if c[1] == fam]
         samples = []
-        for label, _, ov, lanes in cfgs:
-            samples += core_samples(label, fam, ov, lanes)
-        # the top's own part: the smallest configuration's whole top less its cores
+        # the smallest configuration's whole top fits the ``top`` part; a
+        # configuration whose cores Yosys cannot synthesise one by one (ABC9
+        # stops without a message on the widest word-event cores) is taken whole
         small = min(cfgs, key=lambda c: sum(c[3]))
-        tot, _ = whole(fam, small[2], small[3])
-        mine = [s for s in samples if s["config"] == small[0] and s["lanes"] == small[3]]
-        top = {r: max(0, tot.get(r, 0) - sum(s["cells"].get(r, 0) for s in mine))
-               for r in RESOURCES[fam]}
-        coef = fit_coefficients([(s["features"], s["cells"]) for s in samples], RESOURCES[fam])
-        model[fam].update(coef=coef, top=top)
-        model[fam]["calibration"] = {
-            "command": "python benchmarks/calibrate_cost.py",
-            "synth": SYNTH[fam], "top_from": f"{small[0]} lanes {small[3]}",
-            "samples": samples}
+        for label, _, ov, lanes in cfgs:
+            cores, failed = core_samples(label, fam, ov, lanes)
+            samples += cores
+            if failed or (label, lanes) == (small[0], small[3]):
+                tot, dt = whole(fam, ov, lanes)
+                feats = [core_features(cp, fit.DEVICES[DEVICE[fam]].lutram_depth)
+                         for cp in core_params(network(ov), lanes)]
+                f = {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
+                samples.append({"config": label, "lanes": lanes, "layer": "all",
+                                "features": f, "cells": tot, "seconds": round(dt, 1)})
+                print(f"  {fam} {label} lanes {lanes} whole top: {tot} ({dt:.0f} s)", flush=True)
+        model[fam]["coef"] = fit_coefficients([(s["features"], s["cells"]) for s in samples],
+                                              RESOURCES[fam])
+        model[fam]["calibration"] = {"command": "python benchmarks/calibrate_cost.py",
+                                     "synth": SYNTH[fam], "samples": samples}
     return model
 
 

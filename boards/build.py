@@ -75,6 +75,7 @@ from pathlib import Path
 from spikeforge import files
 from spikeforge.errors import SpikeforgeError
 from spikeforge.hw.fit import FitError, check_fit
+from spikeforge.toolchain import HIDE_ELEMENT_NAMES
 
 from . import icebreaker, protocol, ulx3s
 from .top import BoardTop, LinkConfig
@@ -87,13 +88,6 @@ BOARDS = {"ulx3s": ulx3s, "icebreaker": icebreaker}
 #: the bridge's payload buffer (bytes): one ECP5 EBR, two iCE40 RAM4K
 HOST_BUFFER = protocol.MAX_PAYLOAD
 
-# Amaranth names the elements of array-shaped signals ``x[0]``, ``x[1]``... as
-# aliases of slices of ``x``.  After flattening and optimisation such a name
-# can collide with the name of a bit of ``x`` (``x[1]`` = bit 1) in the JSON
-# netlist, and nextpnr-ecp5 then merges two nets ("multiply driven").  Making
-# the alias names private before synthesis avoids it (``[[]`` is a literal
-# ``[`` in Yosys patterns); the signals themselves are untouched.
-HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 
 # nextpnr utilisation keys per family: (lut, ff, bram, dsp)
 _CELLS = {

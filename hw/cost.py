@@ -20,9 +20,8 @@ Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
   (``Q`` inputs per event; 1 for single events);
 * ``lutram``: bits of the core's memories shallow enough for LUT RAM
   (ECP5; the iCE40 has none);
-* ``one``: the core's control, its input FIFO and counters.
-
-The totals add a fixed part per board top (the host bridge, the readout).
+* ``one``: the core's control, its input FIFO and counters;
+* ``top``: 1 for a whole board top (the host bridge, the readout), 0 for a core.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from .network import core_params
 __all__ = ["FEATURES", "RESOURCES", "core_features", "CostModel", "load", "estimate",
            "fit_coefficients"]
 
-FEATURES = ("upd", "neu", "tree", "lutram", "one")
+FEATURES = ("upd", "neu", "tree", "lutram", "one", "top")
 
 #: the logic cells modelled per family (Yosys cell names in the comments)
 RESOURCES = {
@@ -73,7 +72,7 @@ def core_features(cp, lutram_depth: int) -> dict[str, float]:
     lutram = sum(w * d for w, d in mems if d <= lutram_depth)
     return {"upd": float(upd), "neu": float(neu),
             "tree": float(cp.P * cp.in_lanes * cp.weight_bits),
-            "lutram": float(lutram), "one": 1.0}
+            "lutram": float(lutram), "one": 1.0, "top": 0.0}
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,6 @@ class CostModel:
 
     family: str
     coef: dict[str, dict[str, float]]       # resource -> feature -> cells per unit
-    top: dict[str, float]                   # resource -> cells outside the layer cores
     fmax: list[dict]                        # routed builds: {"util", "fmax_mhz", "command"}
     util_ceiling: float                     # the highest utilisation seen to route reliably
     build_seconds: list[dict]               # {"cells", "seconds"}: measured build times
@@ -137,7 +135,7 @@ def load(device: str) -> CostModel:
     """The calibrated model of ``device``'s family."""
     fam = family(device)
     d = _read()[fam]
-    return CostModel(fam, d["coef"], d["top"], d["fmax"],
+    return CostModel(fam, d["coef"], d["fmax"],
                      d["util_ceiling"], d["build_seconds"], d["calibration"])
 
 
@@ -151,7 +149,7 @@ def estimate(net, P, device: str, host_buffer: int = 0) -> dict:
     cm = load(device)
     dev = DEVICES[device]
     per = cm.cores(net, P, dev.lutram_depth)
-    tot = {r: cm.top.get(r, 0.0) + sum(c[r] for c in per) for r in cm.coef}
+    tot = {r: c.get("top", 0.0) + sum(p[r] for p in per) for r, c in cm.coef.items()}
     cells = cm.cells(tot)
     util = cells / dev.logic_cells
     return {**{r: round(v) for r, v in tot.items()}, "cells": round(cells), "util": util,

@@ -71,9 +71,20 @@ def require(tool: str) -> str:
     return path
 
 
+# Amaranth names the elements of array-shaped signals ``x[0]``, ``x[1]``... as
+# aliases of slices of ``x``.  After flattening and optimisation such a name
+# can collide with the name of a bit of ``x`` (``x[1]`` = bit 1) in the JSON
+# netlist, and nextpnr-ecp5 then merges two nets ("multiply driven"); ABC9
+# stops on such a collision in some designs (an exit without a message).
+# Making the alias names private before synthesis avoids both (``[[]`` is a
+# literal ``[`` in Yosys patterns); the signals themselves are untouched.
+HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
+
+
 def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
     """Cells by type after running Yosys ``script`` (e.g. ``synth_ecp5 -abc9``)
-    on an RTLIL design (:func:`amaranth.back.rtlil.convert` with ``name=top``):
+    on an RTLIL design (:func:`amaranth.back.rtlil.convert` with ``name=top``),
+    its alias names hidden first as in a build (:data:`HIDE_ELEMENT_NAMES`):
     the whole design's ``stat -json`` counts, submodules included."""
     import json
     import subprocess
@@ -82,10 +93,12 @@ def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "top.il").write_text(rtlil)
         # YoWASP tools see the working directory: run there, relative paths only
-        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {script} -top {top}; "
+        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {HIDE_ELEMENT_NAMES}; "
+                              f"{script} -top {top}; "
                               "tee -q -o stat.json stat -json"],
                              capture_output=True, text=True, cwd=d)
         if out.returncode:
-            raise ToolchainError(f"yosys failed ({script}): {out.stderr.strip()[-2000:]}")
+            raise ToolchainError(f"yosys failed ({script}, exit {out.returncode}): "
+                                 f"{(out.stderr + out.stdout).strip()[-2000:]}")
         stat = json.loads((Path(d) / "stat.json").read_text())
     return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
