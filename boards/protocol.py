@@ -49,30 +49,35 @@ BATCH      0x08   :data:`BATCH_LAYOUT`                        :func:`batch_reply
 * LOAD (batch mode): appends its records, event beats exactly as EVENTS sends
   them (so images are separated by the engine's own end-of-step / hold
   markers), to the board's image store (block RAM of ``batch_beats`` beats,
-  in the PING reply).  A LOAD with no payload empties the store.  The reply is
-  the store's length in beats (``beats u32``).  A LOAD whose records do not
-  all fit is refused whole (error STORE; nothing appended), so the store
-  stays usable.  LOAD is not idempotent: a host that loses its reply empties
+  in the PING reply).  A LOAD with no payload empties the store; a payload
+  that is not a whole number of records is a LENGTH error.  The reply is the
+  store's length in beats (``beats u32``).  A LOAD whose records do not all
+  fit is refused whole (error STORE; nothing appended), so the store stays
+  usable.  LOAD is not idempotent: a host that loses its reply empties
   the store and loads again.
 * BATCH (batch mode): ``images u16``, the number of images in the store
-  (``1 .. MAX_BATCH_IMAGES``).  The board pulses ``start``, feeds the stored
+  (``1 .. MAX_BATCH_IMAGES`` = 1018: their classes fill one reply).  The board pulses ``start``, feeds the stored
   beats to the engine back to back at up to one beat a cycle (LIF / IF
   networks stream; an STCB network gets a ``start`` and its clear pass after
   each image's marker), records the engine's prediction at each
   ``result_valid`` and replies when ``images`` results are in: ``images
   u16``, ``cycles u32`` (clock cycles from the first beat the engine took to
   the last result, inclusive, counted on the board; saturates at
-  ``2**32 - 1``), then one class byte per image, in input order.  A store
-  holding more images than ``images`` has the rest left unfed; fewer: no
-  result comes and the board answers STALL (``detail``: results got) after
-  the stall timeout.  BATCH may be repeated (the store is kept).
+  ``2**32 - 1``), then one class byte per image, in input order.  With more
+  images in the store than ``images``, the rest is not waited for (some of
+  its beats may go in before the last result; the next BATCH or START resets
+  the engine); with fewer, the missing results never come and the board
+  answers STALL (``detail``: results got) after the stall timeout.  BATCH may
+  be repeated (the store is kept), so a host resends it like RESULT.
 
 A board built without a store (``batch_beats = 0``) answers LOAD and BATCH
 with UNKNOWN, as any command it does not have.
 
 Payload words are :mod:`amaranth.lib.data` layouts (:func:`write_layout`,
-:func:`result_layout`, :func:`perf_layout`, :data:`ERROR_LAYOUT`) that the
-bridge's gateware and this host side both use (:mod:`spikeforge.layouts`).
+:func:`result_layout`, :func:`perf_layout`, :data:`ERROR_LAYOUT`,
+:data:`STORE_LAYOUT`, :data:`BATCH_LAYOUT`, :data:`BATCH_REPLY_LAYOUT` /
+:func:`batch_reply_layout`) that the bridge's gateware and this host side both
+use (:mod:`spikeforge.layouts`).
 * ``A``, ``D``, ``E``, ``C`` and the engine's shape are in the PING reply
   (:class:`BoardInfo`: 24 bytes, ``INFO``; a board with an image store
   appends ``batch_beats u32``, ``INFO_STORE``: 28 bytes).

@@ -31,8 +31,8 @@ Scenarios (each writes ``result.json`` in the work folder):
     the same BATCH again and a LOAD that fills the store exactly; BATCH with
     0 / too many images, bad lengths, an empty store, more images than
     stored: STALL); the samples twice over in batches that each fit the store
-    (:meth:`~spikeforge.boards.host.Board.batch`); and one inference through
-    EVENTS after all that.
+    (:meth:`~spikeforge.boards.host.Board.batch`); and each sample through
+    EVENTS after all that (one image per START: their latencies).
 """
 
 from __future__ import annotations
@@ -219,8 +219,11 @@ def _batch(b, net, lanes, frames, P) -> dict:
     twice = torch.cat([frames, frames])
     run = b.batch(twice)
     out["twice"] = dataclasses.asdict(run)
-    r = b.infer(frames[-1])  # the EVENTS path after batch mode
-    out["infer"] = {"prediction": r.prediction, "counts": r.counts}
+    # the EVENTS path after batch mode, one image per START: each one's latency
+    out["infer"] = []
+    for i in range(n):
+        r = b.infer(frames[i])
+        out["infer"].append({"prediction": r.prediction, "cycles": r.cycles})
     return out
 
 

@@ -310,3 +310,117 @@ def test_board_error_codes_that_are_not_retried():
     with pytest.raises(P.BoardError) as e:
         b.request(P.Cmd.START, b"x")
     assert e.value.code is P.ErrorCode.LENGTH
+
+
+# --------------------------------------------------------------------------- batch mode
+
+
+def test_batch_payloads_round_trip():
+    import dataclasses
+
+    from spikeforge.layouts import byte_size, from_bytes, to_bytes
+    store = dataclasses.replace(INFO, batch_beats=16384)
+    raw = store.pack()
+    assert len(raw) == P.INFO.size + P.INFO_STORE.size == 28 and raw[:24] == INFO.pack()
+    assert raw[24:] == (16384).to_bytes(4, "little")
+    assert P.BoardInfo.unpack(raw) == store and P.BoardInfo.unpack(INFO.pack()).batch_beats == 0
+    with pytest.raises(P.FrameError):
+        P.BoardInfo.unpack(raw[:-1])
+    assert to_bytes(P.STORE_LAYOUT, {"beats": 300}) == (300).to_bytes(4, "little")
+    assert to_bytes(P.BATCH_LAYOUT, {"images": 258}) == bytes([2, 1])
+    lay = P.batch_reply_layout(3)
+    raw = to_bytes(lay, {"images": 3, "cycles": 123456, "classes": [2, 0, 9]})
+    assert raw == bytes([3, 0]) + (123456).to_bytes(4, "little") + bytes([2, 0, 9])
+    assert from_bytes(lay, raw)["classes"] == [2, 0, 9]
+    assert P.BatchResult.unpack(raw, 3) == P.BatchResult(3, 123456, [2, 0, 9])
+    with pytest.raises(P.FrameError, match="9 bytes, expected 8 for 2 images"):
+        P.BatchResult.unpack(raw, 2)
+    with pytest.raises(P.FrameError, match="for 2 images, 3 were asked"):
+        P.BatchResult.unpack(bytes([2, 0]) + raw[2:], 3)
+    # the largest BATCH's classes fill one reply
+    assert byte_size(P.batch_reply_layout(P.MAX_BATCH_IMAGES)) == P.MAX_PAYLOAD
+    assert P.MAX_BATCH_IMAGES == 1018
+
+
+def test_batch_requests_by_the_board_rules():
+    import dataclasses
+    store = dataclasses.replace(INFO, batch_beats=64)
+    e = INFO.event_bytes
+    assert P.check_request(P.Frame(P.Cmd.LOAD, 1), store) is None  # empties the store
+    assert P.check_request(P.Frame(P.Cmd.LOAD, 1, bytes(3 * e)), store) is None
+    assert P.check_request(P.Frame(P.Cmd.LOAD, 1, bytes(e + 1)), store) == \
+        (P.ErrorCode.LENGTH, e + 1)
+    assert P.check_request(P.Frame(P.Cmd.BATCH, 1, bytes(2)), store) is None
+    assert P.check_request(P.Frame(P.Cmd.BATCH, 1, b"\x01"), store) == (P.ErrorCode.LENGTH, 1)
+    # a board without a store does not have the commands
+    for cmd in (P.Cmd.LOAD, P.Cmd.BATCH):
+        assert P.check_request(P.Frame(cmd, 1, bytes(2)), INFO) == (P.ErrorCode.UNKNOWN, 0)
+
+
+class FakeStoreBoard(FakeBoard):
+    """FakeBoard with an image store (Python stand-in of the bridge's LOAD /
+    BATCH rules): BATCH replies ``cycles`` = the beats stored, and class ``i %
+    classes`` for image ``i``, so a test sees what the store held."""
+
+    def __init__(self, info, faults=()):
+        super().__init__(faults)
+        self.info = info
+        self.store: list[bytes] = []
+
+    def _execute(self, f):
+        from spikeforge.layouts import from_bytes, to_bytes
+        if f.cmd == P.Cmd.PING:
+            return f.cmd | P.REPLY, f.seq, self.info.pack()
+        if f.cmd not in (P.Cmd.LOAD, P.Cmd.BATCH):
+            return super()._execute(f)
+        err = P.check_request(f, self.info)
+        if err:
+            return P.ERROR, f.seq, P.error_payload(err[0], f.cmd, err[1])
+        if f.cmd == P.Cmd.LOAD:
+            e = self.info.event_bytes
+            recs = [f.payload[i:i + e] for i in range(0, len(f.payload), e)]
+            if not recs:
+                self.store = []
+            elif len(self.store) + len(recs) > self.info.batch_beats:
+                return P.ERROR, f.seq, P.error_payload(P.ErrorCode.STORE, f.cmd, len(self.store))
+            self.store += recs
+            return f.cmd | P.REPLY, f.seq, to_bytes(P.STORE_LAYOUT, {"beats": len(self.store)})
+        n = from_bytes(P.BATCH_LAYOUT, f.payload)["images"]
+        return f.cmd | P.REPLY, f.seq, to_bytes(P.batch_reply_layout(n), {
+            "images": n, "cycles": len(self.store),
+            "classes": [i % self.info.classes for i in range(n)]})
+
+
+def test_driver_batch_reloads_after_a_lost_load_reply_and_resends_batch():
+    from spikeforge.boards.top import board_info
+    from spikeforge.hw.randnet import random_frames, random_network
+    net = random_network(3)
+    import torch
+    frames = torch.cat([random_frames(net, s)[:, :1] for s in (31, 32, 33, 34)])
+    info = board_info(net, 2, clock_hz=1e8, batch_beats=120)
+    sizes = [46, 47, 35, 47]  # beats: (46 + 47) and (35 + 47) fit the store of 120
+    # requests: 0 PING, 1 LOAD (empty), 2 LOAD (its reply lost: the upload
+    # starts again), 3 LOAD (empty), 4 LOAD, 5 BATCH, 6 LOAD (empty), 7 LOAD,
+    # 8 BATCH (its reply lost: resent)
+    fb = FakeStoreBoard(info, faults=[(2, "drop_reply"), (8, "drop_reply")])
+    b = Board(fb, timeout=0.5, quiet=0.01)
+    assert b.ping().batch_beats == 120
+    b.attach(net, 2)
+    assert [len(b.beats(frames[i])) for i in range(4)] == sizes
+    run = b.batch(frames)
+    assert run.batches == 2 and run.classes == [0, 1, 0, 1]
+    assert run.cycles == sum(sizes)  # each batch's store held its beats once
+    assert run.beats == sum(sizes) and run.load_frames == 2 and b.resends == 2
+    assert fb.frames_seen.count(P.Cmd.BATCH) == 3
+    assert run.board_inferences_per_second == pytest.approx(4 / (sum(sizes) / 1e8))
+    # a store one beat short of an image: refused before anything is sent
+    small = board_info(net, 2, clock_hz=1e8, batch_beats=46)
+    b = Board(FakeStoreBoard(small), timeout=0.5, quiet=0.01)
+    b.attach(net, 2)
+    with pytest.raises(P.ProtocolError, match="image 1 has 47 event beats"):
+        b.batch(frames)
+    # a board without a store says so
+    b = Board(FakeStoreBoard(board_info(net, 2, clock_hz=1e8)), timeout=0.5, quiet=0.01)
+    b.attach(net, 2)
+    with pytest.raises(P.ProtocolError, match="no image store"):
+        b.batch(frames)
