@@ -12,7 +12,7 @@ from spikeforge.hw import cost, plan as planner
 from spikeforge.hw.fit import DEVICES, block_count
 
 TINY = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "1", "--batch-size", "32",
-        "--set", "channels=[6]", "--set", "hidden=24", "--timesteps", "4"]
+        "--set", "channels=[]", "--set", "hidden=24", "--timesteps", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_plan_chooses_the_fastest_fitting_candidate_and_export_uses_it(run, caps
     assert (run / "plan.png").stat().st_size > 5000
     cands = p["candidates"]
     fitting = [c for c in cands if c["fits"]]
-    assert len(cands) >= 4 and fitting
+    assert len(cands) >= 3 and fitting   # the start, and each layer doubled
     best = max(c["inferences_per_second"] for c in fitting)
     assert p["chosen"]["inferences_per_second"] == best and p["lanes"] == p["chosen"]["lanes"]
     for c in cands:   # every candidate's figures are its own
@@ -45,30 +45,30 @@ def test_plan_chooses_the_fastest_fitting_candidate_and_export_uses_it(run, caps
 
 
 def test_an_override_is_validated_and_recorded(run, capsys):
-    assert cli.main(["plan", str(run), "--board", "icebreaker", "--lanes", "2,1,1"]) == 0
+    assert cli.main(["plan", str(run), "--board", "icebreaker", "--lanes", "2,1"]) == 0
     p = json.loads((run / "plan.json").read_text())
-    assert p["lanes"] == [2, 1, 1] and p["override"]["lanes"] == [2, 1, 1]
+    assert p["lanes"] == [2, 1] and p["override"]["lanes"] == [2, 1]
     assert p["chosen"]["fits"] and p["override"]["interval_cycles"] > 0
-    assert "override (--lanes): [2, 1, 1]" in capsys.readouterr().out
+    assert "override (--lanes): [2, 1]" in capsys.readouterr().out
     assert cli.main(["export", str(run)]) == 0
-    assert json.loads((run / "hw" / "memories.json").read_text())["lanes"] == [2, 1, 1]
+    assert json.loads((run / "hw" / "memories.json").read_text())["lanes"] == [2, 1]
     # export --lanes goes through the plan (recorded there, board kept)
     assert cli.main(["export", str(run), "--lanes", "1"]) == 0
     p = json.loads((run / "plan.json").read_text())
-    assert p["lanes"] == [1, 1, 1] and p["override"]["lanes"] == [1, 1, 1]
+    assert p["lanes"] == [1, 1] and p["override"]["lanes"] == [1, 1]
     assert p["board"] == "icebreaker"
-    assert flow.planned_lanes(run) == [1, 1, 1]
+    assert flow.planned_lanes(run) == [1, 1]
 
 
 def test_a_network_that_fits_nowhere_is_refused_with_the_numbers():
     net, _ = B.default_network("ulx3s")   # 16-32 fc64 on mnist: far over the UP5K's RAM
-    work = _work(net)
     with pytest.raises(planner.PlanError, match=r"no lane choice fits ice40up5k: .*block RAM "
                                                 r"\d+ > 30"):
-        planner.plan(net, work, "ice40up5k", B.HOST_BUFFER)
-    with pytest.raises(planner.PlanError, match=r"lanes \[16, 32, 64, 10\] do not fit "
-                                                r"ecp5-85f: block RAM \d+ > 208"):
-        planner.plan(net, work, "ecp5-85f", B.HOST_BUFFER, lanes=[16, 32, 64, 10])
+        planner.plan(net, _work(net), "ice40up5k", B.HOST_BUFFER)
+    mlp, _ = B.default_network("icebreaker")   # fits at one lane a layer, not at 32
+    with pytest.raises(planner.PlanError, match=r"lanes \[32, 10\] do not fit ice40up5k: "
+                                                r"block RAM 169 > 30"):
+        planner.plan(mlp, _work(mlp), "ice40up5k", B.HOST_BUFFER, lanes=[32, 10])
 
 
 def test_plan_bad_input(run, capsys):
@@ -117,4 +117,5 @@ def test_cost_model_and_fit_against_yosys():
 def _work(net):
     from spikeforge.hw import model
     from spikeforge.sw import data
-    return model.traces(net, data.load("mnist5k").x_train[:2])
+    x = data.load("digits8x8" if net.spec.input_shape[-1] == 8 else "mnist5k").x_train[:2]
+    return model.traces(net, x)
