@@ -1,8 +1,8 @@
 """Calibrate the planner's cost model (hw/cost.py) against Yosys, and measure it.
 
     .venv/bin/python benchmarks/calibrate_cost.py            # synthesise, fit, write, check
-    .venv/bin/python benchmarks/calibrate_cost.py --refit    # fit again from the stored samples
-    .venv/bin/python benchmarks/calibrate_cost.py --check    # predicted vs Yosys + nextpnr only
+    .venv/bin/python benchmarks/calibrate_cost.py --refit    # fit the stored samples again
+    .venv/bin/python benchmarks/calibrate_cost.py --check    # predicted vs Yosys only
 
 Calibration: every layer core of the configurations in ``CALIBRATE`` is
 synthesised on its own (Yosys ``synth_ecp5 -abc9`` / ``synth_ice40``, as the
@@ -16,7 +16,8 @@ figures there (Fmax against utilisation, build times) are kept.
 Check: the whole board top of each configuration in ``CHECK`` (different
 networks and lanes from the calibration set), synthesised as a build does,
 against the model's prediction: LUT4, CCU2C, FF, LUT RAM, and block RAM
-(the fit check's count).
+(the fit check's count).  ``--refit`` checks against the Yosys counts
+stored by the last check, without synthesis.
 """
 
 from __future__ import annotations
@@ -167,32 +168,52 @@ def calibrate() -> dict:
 
 
 def refit(model: dict) -> dict:
-    from spikeforge.hw.cost import RESOURCES, fit_coefficients
+    """Fit again from the stored samples' cells, their features computed
+    afresh from their configurations (a changed feature needs no Yosys run)."""
+    from spikeforge.hw import fit
+    from spikeforge.hw.cost import FEATURES, RESOURCES, core_features, fit_coefficients
+    from spikeforge.hw.network import core_params
+    overrides = {(label, tuple(lanes)): ov for label, _, ov, lanes in CALIBRATE}
     for fam in ("ecp5", "ice40"):
-        s = model[fam]["calibration"]["samples"]
-        model[fam]["coef"] = fit_coefficients([(x["features"], x["cells"]) for x in s],
+        depth = fit.DEVICES[DEVICE[fam]].lutram_depth
+        samples = model[fam]["calibration"]["samples"]
+        for s in samples:
+            cps = core_params(network(overrides[(s["config"], tuple(s["lanes"]))]), s["lanes"])
+            if s["layer"] == "all":
+                feats = [core_features(cp, depth) for cp in cps]
+                s["features"] = {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
+            else:
+                s["features"] = core_features(cps[s["layer"]], depth)
+        model[fam]["coef"] = fit_coefficients([(x["features"], x["cells"]) for x in samples],
                                               RESOURCES[fam])
     return model
 
 
-def check() -> list[dict]:
+def check(model: dict, synth: bool = True) -> None:
+    """Predicted against Yosys on the ``CHECK`` configurations; Yosys's
+    counts are stored in the model file (``check``) and, with ``synth``
+    False, taken from there (a refit is checked without synthesis)."""
     from spikeforge.boards.build import HOST_BUFFER
     from spikeforge.hw import cost
-    rows = []
+    cache = {(r["config"], tuple(r["lanes"])): r for fam in ("ecp5", "ice40")
+             for r in model[fam].get("check", [])}
+    for fam in ("ecp5", "ice40"):
+        model[fam]["check"] = []
     for label, fam, ov, lanes in CHECK:
-        dev = DEVICE[fam]
         net = network(ov)
-        pred = cost.estimate(net, lanes, dev, host_buffer=HOST_BUFFER)
-        got, dt = whole(fam, ov, lanes)
-        row = {"config": label, "family": fam, "lanes": lanes, "pred": pred, "yosys": got,
-               "synth_s": dt}
-        rows.append(row)
+        pred = cost.estimate(net, lanes, DEVICE[fam], host_buffer=HOST_BUFFER)
+        old = cache.get((label, tuple(lanes)))
+        if synth or old is None:
+            got, dt = whole(fam, ov, lanes)
+        else:
+            got, dt = old["yosys"], old["synth_s"]
+        model[fam]["check"].append({"config": label, "lanes": lanes, "yosys": got,
+                                    "synth_s": round(dt, 1)})
         keys = cost.RESOURCES[fam]
         print(f"{fam:<5} {label:<24} {str(lanes):<15} "
               + "  ".join(f"{k} {pred[k]:>6}/{got.get(k, 0):<6} "
                           f"({_err(pred[k], got.get(k, 0))})" for k in keys)
               + f"  bram {pred['bram']}/{got.get('bram', 0)}  ({dt:.0f} s)", flush=True)
-    return rows
 
 
 def _err(p, g) -> str:
@@ -206,14 +227,16 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     path = ROOT / "hw" / "cost_model.json"
+    model = json.loads(path.read_text())
     if not args.check:
-        model = refit(json.loads(path.read_text())) if args.refit else calibrate()
+        model = refit(model) if args.refit else calibrate()
         path.write_text(json.dumps(model, indent=1) + "\n")
         print(f"coefficients -> {path}")
         from spikeforge.hw import cost
         cost._read.cache_clear()
     print("\npredicted / Yosys per resource (error):")
-    check()
+    check(model, synth=not args.refit)
+    path.write_text(json.dumps(model, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
   compare, decay shifts, reset);
 * ``tree``: ``P * Q * weight_bits``, the weight terms a word event adds
   (``Q`` inputs per event; 1 for single events);
-* ``lutram``: bits of the core's memories shallow enough for LUT RAM
-  (ECP5; the iCE40 has none);
+* ``lutram``: the 16 x 4-bit LUT-RAM cells of the core's memories shallow
+  enough for LUT RAM (ECP5; the iCE40 has none);
 * ``one``: the core's control, its input FIFO and counters;
 * ``top``: 1 for a whole board top (the host bridge, the readout), 0 for a core.
 """
@@ -69,7 +69,8 @@ def core_features(cp, lutram_depth: int) -> dict[str, float]:
         mems = [(PR * cp.cur_width, cp.acc_depth)] * cp.cur_banks
         mems.append((PR * cp.state_width, cp.acc_depth))
     mems += [(cp.weight_width, cp.weight_depth), (cp.neuron_width, cp.c_out)]
-    lutram = sum(w * d for w, d in mems if d <= lutram_depth)
+    # LUT-RAM cells (ECP5 DPR16X4: 16 words x 4 bits) of the shallow memories
+    lutram = sum(-(-w // 4) * -(-d // 16) for w, d in mems if d <= lutram_depth)
     return {"upd": float(upd), "neu": float(neu),
             "tree": float(cp.P * cp.in_lanes * cp.weight_bits),
             "lutram": float(lutram), "one": 1.0, "top": 0.0}
@@ -169,6 +170,15 @@ def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
     for r in resources:
         y = np.array([c.get(r, 0.0) for _, c in samples])
         w = 1.0 / np.maximum(y, 50.0)   # relative error, small cores not over-weighted
+        if r == "lutram":
+            # the feature counts the LUT-RAM cells of the core's shallow memories
+            # exactly (coefficient 1; where Yosys puts one in block RAM instead
+            # this over-counts, the safe side); fitted: the FIFOs and queues
+            keep = [FEATURES.index(k) for k in ("one", "top")]
+            x, _ = nnls(A[:, keep] * w[:, None], (y - A[:, FEATURES.index("lutram")]) * w)
+            out[r] = {k: 0.0 for k in FEATURES} | {"lutram": 1.0}
+            out[r].update({FEATURES[i]: float(v) for i, v in zip(keep, x)})
+            continue
         x, _ = nnls(A * w[:, None], y * w)
         out[r] = {k: float(v) for k, v in zip(FEATURES, x)}
     return out

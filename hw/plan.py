@@ -11,10 +11,10 @@ within the device's and its logic within the utilisation at which builds
 were measured to route (``util_ceiling``); among those the planner takes
 the most inferences per second (fewer cells on a tie).
 
-The search is a greedy climb from one lane per layer: each round doubles
-the lanes of every layer in turn and keeps the trial with the most
-inferences per second, while that improves; every trial is kept as a
-candidate, and so are the halvings and doublings of the chosen point.
+The search climbs from one lane per layer: each step doubles the lanes of
+the busiest layer (the cycle model's occupancy) that can take more and still
+fits, until no layer can; every point tried is a candidate, and so are the
+halvings and doublings of the best one.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def evaluate(net, lanes, work, device: str, host_buffer: int = 0) -> dict:
     return {
         "lanes": lanes,
         "interval_cycles": cyc["interval_cycles"],
+        "occupancy": [L["occupancy"] for L in cyc["layers"]],
         "latency_cycles": cyc["cycles_per_inference"],
         "fmax_mhz": fmax,
         "inferences_per_second": fmax * 1e6 / cyc["interval_cycles"],
@@ -89,22 +90,25 @@ def plan(net, work, device: str, host_buffer: int = 0, lanes=None) -> dict:
             seen[t] = evaluate(net, list(ps), work, device, host_buffer)
         return seen[t]
 
+    # the climb: double the lanes of the busiest layer that can take more and
+    # still fits (the bottleneck first: doubling another layer cannot shorten
+    # the interval), until none can; every point on the way is a candidate
     cur = [1] * len(outs)
-    best = ev(cur)
     while True:
-        trials = []
-        for n, c in enumerate(outs):
-            opts = _options(c)
+        here = ev(cur)
+        step = None
+        for n in sorted(range(len(outs)), key=lambda n: -here["occupancy"][n]):
+            opts = _options(outs[n])
             i = opts.index(cur[n])
             if i + 1 < len(opts):
-                trial = cur[:]
-                trial[n] = opts[i + 1]
-                trials.append(ev(trial))
-        better = [t for t in trials if t["fits"] and _key(t) > _key(best)]
-        if not better:
+                trial = cur[:n] + [opts[i + 1]] + cur[n + 1:]
+                if ev(trial)["fits"]:
+                    step = trial
+                    break
+        if step is None:
             break
-        best = max(better, key=_key)
-        cur = best["lanes"]
+        cur = step
+    cur = max(seen.values(), key=_key)["lanes"]
     for n, c in enumerate(outs):   # the chosen point's neighbours
         opts = _options(c)
         i = opts.index(cur[n])
