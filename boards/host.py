@@ -724,6 +724,7 @@ def batch_images(b: Board, net, lanes, x, y=None, *, expected=None,
     import torch
 
     from spikeforge.sw import golden
+    b._need_store()  # a board without a store says so before the weights go in
     t0 = b.t.now()
     words = b.load(net, lanes)
     load_s = b.t.now() - t0

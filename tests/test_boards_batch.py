@@ -272,3 +272,34 @@ def test_stcb_batch_restarts_the_engine_between_images():
     assert len(s["starts"]) == 3
     assert s["results"][0] < s["starts"][1] < s["results"][1] < s["starts"][2]
     assert r.cycles == s["results"][-1] - s["takes"][0] + 1
+
+
+def test_a_bridge_without_a_store_does_not_have_the_commands():
+    """batch_beats = 0: LOAD and BATCH are UNKNOWN, the PING reply is the
+    24-byte one; the bridge alone (the testbench plays the engine)."""
+    from amaranth.sim import Simulator
+
+    from spikeforge.boards.bridge import HostBridge
+    from spikeforge.hw.network import engine_geometry
+    bridge = HostBridge(engine_geometry(small_net(), 1), divisor=DIV, clock_hz=1_000_000,
+                        timeout_cycles=400, stall_cycles=50)
+    assert not hasattr(bridge, "result_valid")  # nothing of batch mode is built
+    replies = []
+
+    async def bench(ctx):
+        ctx.set(bridge.rx, 1)
+        await ctx.tick().repeat(5)
+        for seq, (cmd, pay) in enumerate([(P.Cmd.PING, b""), (P.Cmd.LOAD, bytes(4)),
+                                          (P.Cmd.BATCH, bytes([1, 0]))]):
+            await send_bytes(ctx, bridge.rx, P.encode(cmd, seq, pay))
+            replies.append(await recv_frame(ctx, bridge.tx))
+
+    sim = Simulator(bridge)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    ping, load, batch = replies
+    assert len(ping.payload) == P.INFO.size and P.BoardInfo.unpack(ping.payload).batch_beats == 0
+    for f, cmd in ((load, P.Cmd.LOAD), (batch, P.Cmd.BATCH)):
+        e = P.parse_error(f)
+        assert (e.code, e.cmd) == (P.ErrorCode.UNKNOWN, cmd)
