@@ -56,14 +56,15 @@ BATCH      0x08   :data:`BATCH_LAYOUT`                        :func:`batch_reply
   usable.  LOAD is not idempotent: a host that loses its reply empties
   the store and loads again.
 * BATCH (batch mode): ``images u16``, the number of images in the store
-  (``1 .. MAX_BATCH_IMAGES`` = 1018: their classes fill one reply).  The board pulses ``start``, feeds the stored
-  beats to the engine back to back at up to one beat a cycle (LIF / IF
-  networks stream; an STCB network gets a ``start`` and its clear pass after
-  each image's marker), records the engine's prediction at each
-  ``result_valid`` and replies when ``images`` results are in: ``images
-  u16``, ``cycles u32`` (clock cycles from the first beat the engine took to
-  the last result, inclusive, counted on the board; saturates at
-  ``2**32 - 1``), then one class byte per image, in input order.  With more
+  (``1 .. MAX_BATCH_IMAGES`` = 1018: their classes fill one reply).  The
+  board pulses ``start``, feeds the stored beats to the engine back to back
+  at up to one beat a cycle (LIF / IF networks stream; an STCB network gets a
+  ``start`` and its clear pass after each image's marker), records the
+  engine's prediction at each ``result_valid`` and replies when ``images``
+  results are in: ``images u16``, ``cycles u32`` (clock cycles from the
+  first beat the engine took to the last result, both included, counted on
+  the board; saturates at ``2**32 - 1``), then one class byte per image, in
+  input order.  With more
   images in the store than ``images``, the rest is not waited for (some of
   its beats may go in before the last result; the next BATCH or START resets
   the engine); with fewer, the missing results never come and the board
