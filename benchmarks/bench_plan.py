@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     from bench_engine import measure
 
     from spikeforge import image
-    from spikeforge.boards.build import BOARDS, HOST_BUFFER
+    from spikeforge.boards.build import BOARDS, board_memories
     from spikeforge.flow import PLAN_IMAGES, image_data
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     ds = sfdata.load(dataset, seed=seed)
     t0 = time.time()
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
-    p = planner.plan(net, work, BOARDS[args.board].DEVICE, HOST_BUFFER)
+    p = planner.plan(net, work, BOARDS[args.board].DEVICE, board_memories(net, args.board))
     print(f"## {args.run}: {net.spec.name}, T = {net.spec.timesteps}, planned in "
           f"{time.time() - t0:.1f} s\n")
     print(planner.table(p, limit=len(p["candidates"])))

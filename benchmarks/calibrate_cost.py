@@ -193,7 +193,7 @@ def check(model: dict, synth: bool = True) -> None:
     """Predicted against Yosys on the ``CHECK`` configurations; Yosys's
     counts are stored in the model file (``check``) and, with ``synth``
     False, taken from there (a refit is checked without synthesis)."""
-    from spikeforge.boards.build import HOST_BUFFER
+    from spikeforge.boards.build import board_memories
     from spikeforge.hw import cost
     cache = {(r["config"], tuple(r["lanes"])): r for fam in ("ecp5", "ice40")
              for r in model[fam].get("check", [])}
@@ -201,7 +201,7 @@ def check(model: dict, synth: bool = True) -> None:
         model[fam]["check"] = []
     for label, fam, ov, lanes in CHECK:
         net = network(ov)
-        pred = cost.estimate(net, lanes, DEVICE[fam], host_buffer=HOST_BUFFER)
+        pred = cost.estimate(net, lanes, DEVICE[fam], board_memories(net, BOARD[fam], store=False))
         old = cache.get((label, tuple(lanes)))
         if synth or old is None:
             got, dt = whole(fam, ov, lanes)

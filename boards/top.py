@@ -31,7 +31,7 @@ from . import protocol
 from .bridge import HostBridge, check_batch_beats
 from .uart import divisor_for
 
-__all__ = ["BoardTop", "LinkConfig", "board_info", "store_bits", "store_blocks", "wrap_board",
+__all__ = ["BoardTop", "LinkConfig", "board_info", "store_bits", "wrap_board",
            "led_output"]
 
 
@@ -79,19 +79,6 @@ def store_bits(net, batch_beats: int) -> int:
     with ``batch_beats`` (one event payload a beat; 0 without a store)."""
     from spikeforge.hw.streams import EventFormat
     return check_batch_beats(batch_beats) * EventFormat.for_network(net).width
-
-
-def store_blocks(net, batch_beats: int, device: str) -> int:
-    """Block RAMs the image store takes on ``device`` (a
-    :data:`spikeforge.hw.fit.DEVICES` key), by the fit check's rules: what a
-    board's fit check adds to :func:`~spikeforge.hw.fit.block_count`."""
-    from spikeforge.hw.fit import DEVICES, FitError
-    from spikeforge.hw.streams import EventFormat
-    if device not in DEVICES:
-        raise FitError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
-    if not check_batch_beats(batch_beats):
-        return 0
-    return DEVICES[device].blocks_for(EventFormat.for_network(net).width, batch_beats)
 
 
 class BoardTop(wiring.Component):

@@ -12,7 +12,7 @@ Flash with ``openFPGALoader --board ulx3s top.bit``.
 Batch mode (``spikeforge infer --batch N``): an image store of
 :data:`BATCH_BEATS` event beats in block RAM (16,384 beats: about 100 images
 of the default MNIST network at ~150 beats each; with its 36-bit events 32 of
-the 85F's 208 EBRs, 167 with the engine's 135; :func:`.top.store_blocks`).
+the 85F's 208 EBRs, 167 with the engine's 135; :func:`.build.board_memories`).
 """
 
 from amaranth import *

@@ -140,12 +140,12 @@ def load(device: str) -> CostModel:
                      d["util_ceiling"], d["build_seconds"], d["calibration"])
 
 
-def estimate(net, P, device: str, host_buffer: int = 0) -> dict:
+def estimate(net, P, device: str, board=()) -> dict:
     """Predicted resources of the board top for ``net`` with lanes ``P`` on
     ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
     "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
-    count, :func:`~spikeforge.hw.fit.block_count`, with a ``host_buffer``
-    of that many bytes; ``util``: ``cells`` over the device's logic cells)."""
+    count, :func:`~spikeforge.hw.fit.block_count`, with the board top's
+    memories ``board``; ``util``: ``cells`` over the device's logic cells)."""
     from .fit import DEVICES, block_count
     cm = load(device)
     dev = DEVICES[device]
@@ -154,7 +154,7 @@ def estimate(net, P, device: str, host_buffer: int = 0) -> dict:
     cells = cm.cells(tot)
     util = cells / dev.logic_cells
     return {**{r: round(v) for r, v in tot.items()}, "cells": round(cells), "util": util,
-            "bram": block_count(net, P, device, host_buffer), "fmax_mhz": cm.fmax_mhz(util),
+            "bram": block_count(net, P, device, board), "fmax_mhz": cm.fmax_mhz(util),
             "build_seconds": cm.build_time_s(cells), "per_core": per}
 
 

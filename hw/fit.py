@@ -28,8 +28,9 @@ Counting rules:
   cost model (:mod:`spikeforge.hw.cost`) counts with each core; so do LUT RAM
   memories (small weight memories of word-event layers: ``in_lanes * P * W``
   bits wide, ``k*k*G`` deep).
-* A board top adds the host bridge's payload buffer (``host_buffer`` bytes,
-  one memory of 8-bit words).
+* A board top adds its own memories (``board``: ``(name, width, depth)``
+  each, :func:`spikeforge.boards.build.board_memories`: the host bridge's
+  payload buffer, the batch mode's image store), counted by the same rules.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ DEVICES = {
 
 @dataclass(frozen=True)
 class MemoryUse:
-    layer: int      # -1: the board top's (host_buffer)
-    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}, host_buffer
+    layer: int      # -1: the board top's
+    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}; board's
     width: int
     depth: int
     sliced: bool = False  # built as column slices (hw/memory.py): the weights
@@ -93,10 +94,10 @@ class MemoryUse:
         return self.width * self.depth
 
 
-def memory_plan(net, P, host_buffer: int = 0) -> list[MemoryUse]:
+def memory_plan(net, P, board=()) -> list[MemoryUse]:
     """Every block-RAM candidate of the engine for ``net`` with lanes ``P``,
-    and with ``host_buffer`` > 0 a board top's payload buffer of that many bytes."""
-    out = [MemoryUse(-1, "host_buffer", 8, host_buffer)] if host_buffer else []
+    and the board top's memories ``board`` (``(name, width, depth)`` each)."""
+    out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     for i, cp in enumerate(core_params(net, P)):
         out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth, sliced=True))
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
@@ -116,19 +117,19 @@ def _device(device: str) -> Device:
     return DEVICES[device]
 
 
-def block_count(net, P, device: str, host_buffer: int = 0) -> int:
+def block_count(net, P, device: str, board=()) -> int:
     """Block RAMs the memories of :func:`memory_plan` take on ``device``."""
     dev = _device(device)
     return sum(dev.blocks_for(mu.width, mu.depth, mu.sliced)
-               for mu in memory_plan(net, P, host_buffer))
+               for mu in memory_plan(net, P, board))
 
 
-def check_fit(net, P, device: str, host_buffer: int = 0) -> dict:
+def check_fit(net, P, device: str, board=()) -> dict:
     """Refuse (:class:`FitError`) a network whose memories need more block RAM
     than ``device`` has; otherwise return the use: ``{"device", "blocks",
     "available", "bits", "per_memory": {name: blocks}}``."""
     dev = _device(device)
-    plan = memory_plan(net, P, host_buffer)
+    plan = memory_plan(net, P, board)
     per = {mu.name: dev.blocks_for(mu.width, mu.depth, mu.sliced) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
@@ -140,7 +141,7 @@ def check_fit(net, P, device: str, host_buffer: int = 0) -> dict:
         layers = {}
         for mu in plan:
             layers[mu.layer] = layers.get(mu.layer, 0) + per[mu.name]
-        by_layer = ", ".join(f"layer {i}: {n}" if i >= 0 else f"host buffer: {n}"
+        by_layer = ", ".join(f"layer {i}: {n}" if i >= 0 else f"board: {n}"
                              for i, n in layers.items())
         raise FitError(f"network does not fit {device}: its memories need {total} block RAMs "
                        f"({kb} kbit each, {bits} bits in use), the device has {dev.blocks} "

@@ -39,11 +39,11 @@ def _options(c_out: int) -> list[int]:
     return out + [c_out]
 
 
-def evaluate(net, lanes, work, device: str, host_buffer: int = 0) -> dict:
+def evaluate(net, lanes, work, device: str, board=()) -> dict:
     """One candidate: predicted cycles, resources, clock and throughput."""
     lanes = lane_counts(net, lanes)
     cyc = predict(net, lanes, work)
-    res = cost.estimate(net, lanes, device, host_buffer)
+    res = cost.estimate(net, lanes, device, board)
     cm = cost.load(device)
     dev = DEVICES[device]
     fmax = res["fmax_mhz"]
@@ -72,7 +72,7 @@ def _key(c: dict):
     return (c["fits"], c["inferences_per_second"], -c["cells"])
 
 
-def plan(net, work, device: str, host_buffer: int = 0, lanes=None) -> dict:
+def plan(net, work, device: str, board=(), lanes=None) -> dict:
     """The plan for ``net`` on ``device``: ``{"device", "lanes", "chosen",
     "override", "candidates"}``.  ``lanes`` given: that candidate is
     validated (a :class:`PlanError` when its memories do not fit) and
@@ -87,7 +87,7 @@ def plan(net, work, device: str, host_buffer: int = 0, lanes=None) -> dict:
     def ev(ps) -> dict:
         t = tuple(ps)
         if t not in seen:
-            seen[t] = evaluate(net, list(ps), work, device, host_buffer)
+            seen[t] = evaluate(net, list(ps), work, device, board)
         return seen[t]
 
     # the climb: double the lanes of the busiest layer that can take more and

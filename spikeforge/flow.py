@@ -235,7 +235,7 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     """The planner's choice of lanes for ``board`` (:func:`spikeforge.hw.plan.plan`,
     from the spike traces of the first training images of the run's data
     set), ``lanes`` as a validated override; written to ``RUN/plan.json``."""
-    from spikeforge.boards.build import BOARDS, HOST_BUFFER
+    from spikeforge.boards.build import BOARDS, board_memories
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
     from spikeforge.sw import data as sfdata
@@ -243,7 +243,7 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     ds = sfdata.load(dataset, seed=seed)
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
     device = device or BOARDS[board].DEVICE
-    p = planner.plan(net, work, device, HOST_BUFFER, lanes=lanes)
+    p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes)
     rec = {"board": board, **p, "traces": f"{PLAN_IMAGES} training images of {dataset}"}
     (run / PLAN).write_text(json.dumps(rec, indent=1) + "\n")
     return rec

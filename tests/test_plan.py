@@ -64,11 +64,12 @@ def test_a_network_that_fits_nowhere_is_refused_with_the_numbers():
     net, _ = B.default_network("ulx3s")   # 16-32 fc64 on mnist: far over the UP5K's RAM
     with pytest.raises(planner.PlanError, match=r"no lane choice fits ice40up5k: .*block RAM "
                                                 r"\d+ > 30"):
-        planner.plan(net, _work(net), "ice40up5k", B.HOST_BUFFER)
+        planner.plan(net, _work(net), "ice40up5k", B.board_memories(net, "icebreaker"))
     mlp, _ = B.default_network("icebreaker")   # fits at one lane a layer, not at 32
     with pytest.raises(planner.PlanError, match=r"lanes \[32, 10\] do not fit ice40up5k: "
                                                 r"block RAM 169 > 30"):
-        planner.plan(mlp, _work(mlp), "ice40up5k", B.HOST_BUFFER, lanes=[32, 10])
+        planner.plan(mlp, _work(mlp), "ice40up5k", B.board_memories(mlp, "icebreaker"),
+                     lanes=[32, 10])
 
 
 def test_plan_bad_input(run, capsys):
@@ -85,11 +86,21 @@ def test_pareto_front():
         (5, 1), (10, 5), (30, 9)]
 
 
-def test_host_buffer_blocks():
-    # 1 KiB of bytes: one 18 kbit EBR (2048 x 9), two 4 kbit RAM4K (512 x 8)
+def test_board_memories_are_counted():
+    # the host buffer (1 KiB of bytes): one 18 kbit EBR (2048 x 9), two 4 kbit
+    # RAM4K (512 x 8); the ULX3S's batch-mode image store by the same rules
+    from spikeforge.boards import ulx3s
+    from spikeforge.hw.streams import EventFormat
     net, lanes = B.default_network("icebreaker")
-    for dev, extra in (("ecp5-85f", 1), ("ice40up5k", 2)):
-        assert block_count(net, lanes, dev, B.HOST_BUFFER) == block_count(net, lanes, dev) + extra
+    assert block_count(net, lanes, "ice40up5k", B.board_memories(net, "icebreaker")) == \
+        block_count(net, lanes, "ice40up5k") + 2
+    width = EventFormat.for_network(net).width
+    store = DEVICES["ecp5-85f"].blocks_for(width, ulx3s.BATCH_BEATS)
+    assert store >= width * ulx3s.BATCH_BEATS // 18432
+    assert block_count(net, lanes, "ecp5-85f", B.board_memories(net, "ulx3s")) == \
+        block_count(net, lanes, "ecp5-85f") + 1 + store
+    assert B.check_board_fit(net, lanes, "ulx3s")["blocks"] == \
+        block_count(net, lanes, "ecp5-85f") + 1 + store
 
 
 @pytest.mark.slow
@@ -104,7 +115,7 @@ def test_cost_model_and_fit_against_yosys():
     from spikeforge import toolchain
     from spikeforge.boards.top import BoardTop
     net, lanes = B.default_network("icebreaker")
-    pred = cost.estimate(net, lanes, "ice40up5k", B.HOST_BUFFER)
+    pred = cost.estimate(net, lanes, "ice40up5k", B.board_memories(net, "icebreaker"))
     cells = toolchain.yosys_cells(rtlil.convert(BoardTop(net, lanes, clock_hz=30e6),
                                                 name="top"), "synth_ice40")
     ff = sum(n for k, n in cells.items() if k.startswith("SB_DFF"))
