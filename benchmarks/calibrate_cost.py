@@ -15,8 +15,9 @@ figures there (Fmax against utilisation, build times) are kept.
 
 Check: the whole board top of each configuration in ``CHECK`` (different
 networks and lanes from the calibration set), synthesised as a build does,
-against the model's prediction: LUT4, CCU2C, FF, LUT RAM, and block RAM
-(the fit check's count).  ``--refit`` checks against the Yosys counts
+against the model's prediction: LUT4, CCU2C, FF, LUT RAM, the logic cells
+nextpnr would count from them (:meth:`CostModel.cells`), and block RAM (the
+fit check's count, without the ULX3S's batch store: the tops here have none).  ``--refit`` checks against the Yosys counts
 stored by the last check, without synthesis.
 """
 
@@ -213,6 +214,8 @@ def check(model: dict, synth: bool = True) -> None:
         print(f"{fam:<5} {label:<24} {str(lanes):<15} "
               + "  ".join(f"{k} {pred[k]:>6}/{got.get(k, 0):<6} "
                           f"({_err(pred[k], got.get(k, 0))})" for k in keys)
+              + f"  cells {pred['cells']}/{cost.load(DEVICE[fam]).cells(got):.0f} "
+                f"({_err(pred['cells'], cost.load(DEVICE[fam]).cells(got))})"
               + f"  bram {pred['bram']}/{got.get('bram', 0)}  ({dt:.0f} s)", flush=True)
 
 
