@@ -10,9 +10,11 @@ L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
 Flash with ``openFPGALoader --board ulx3s top.bit``.
 
 Batch mode (``spikeforge infer --batch N``): an image store of
-:data:`BATCH_BEATS` event beats in block RAM (16,384 beats: about 100 images
-of the default MNIST network at ~150 beats each; with its 36-bit events 32 of
-the 85F's 208 EBRs, 167 with the engine's 135; :func:`.build.board_memories`).
+:data:`BATCH_BEATS` event beats in block RAM (8,192 beats: about 50 images
+of the default MNIST network at ~150 beats each; with its 36-bit events 16 of
+the 85F's 208 EBRs, counted by :func:`.build.board_memories`).  Not more:
+the planned default engine already takes 167 of them, and the builds near
+full block-RAM rows were the hardest to route.
 """
 
 from amaranth import *
@@ -26,7 +28,7 @@ DEVICE = "ecp5-85f"          # hw.fit device key
 PART = "LFE5U-85F"
 BITSTREAM = "top.bit"
 #: The image store of batch mode in event beats (BoardTop's ``batch_beats``).
-BATCH_BEATS = 16384
+BATCH_BEATS = 8192
 CLOCK_HZ = 25_000_000
 
 
