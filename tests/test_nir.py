@@ -612,7 +612,7 @@ def test_run_on_an_imported_folder_never_trains_over_it(tmp_path, monkeypatch, c
     for name in flow.STEPS:  # the steps after train, faked: only their order matters here
         monkeypatch.setattr(flow, f"step_{name}", lambda r, a, name=name: calls.append(name))
     assert cli.main(["run", "-q", "--out", str(run)]) == 0
-    assert calls == ["quantize", "export", "verify", "report"]
+    assert calls == ["quantize", "plan", "export", "verify", "report"]
     assert (run / "model.safetensors").read_bytes() == weights
     assert "holds an imported model" in capsys.readouterr().out
 
