@@ -90,3 +90,23 @@ def test_report_is_read_from_the_tools(builds, small, board):
     else:  # the default clock: 12 MHz * (DIVF + 1) / ((DIVR + 1) * 2**DIVQ)
         assert 12 * (pll["divf"] + 1) / ((pll["divr"] + 1) * 2 ** pll["divq"]) == 30
         assert 533 <= pll["vco_mhz"] <= 1066
+
+
+@pytest.mark.parametrize("board", ["ulx3s", "icebreaker"])
+def test_cost_model_against_the_builds(builds, small, board):
+    """The planner's cost model (hw/cost.py, fitted on other configurations)
+    against the builds: Yosys's cells and nextpnr's logic cells within 15 %,
+    block RAM the fit check's count or at most one less (Yosys drops a block
+    whose bits are never read)."""
+    from spikeforge.hw import cost
+    rep, out = builds[board]
+    net, lanes = small
+    mod = B.BOARDS[board]
+    pred = cost.estimate(net, lanes, mod.DEVICE, B.board_memories(net, board))
+    got = json.loads((out / "top.stat.json").read_text())["design"]["num_cells_by_type"]
+    lut = got["LUT4" if board == "ulx3s" else "SB_LUT4"]
+    ff = sum(n for c, n in got.items() if c == "TRELLIS_FF" or c.startswith("SB_DFF"))
+    assert pred["lut"] == pytest.approx(lut, rel=0.15)
+    assert pred["ff"] == pytest.approx(ff, rel=0.15)
+    assert pred["cells"] == pytest.approx(rep["lut"], rel=0.15)   # nextpnr's count
+    assert pred["bram"] - 1 <= rep["bram"] <= pred["bram"]
