@@ -13,7 +13,8 @@ that leaves the same record.
 
     train     RUN/model.safetensors, config.json, metrics.json, training_curve.png
     quantize  RUN/weights.sfimg (the integer network), metrics: int_accuracy ...
-    export    RUN/hw/*.hex + memories.json (memory images for the RTL)
+    plan      RUN/plan.json (lanes per layer for a board: hw/plan.py), plan.png
+    export    RUN/hw/*.hex + memories.json (memory images for the RTL, the plan's lanes)
     verify    RUN/sim.json: the RTL under Verilator on test images, spike for spike
               against the golden model (``spikeforge sim`` writes the same file
               without failing on a mismatch)
@@ -226,8 +227,6 @@ def _quantize_run_options(run: Path, args) -> dict:
 
 PLAN_IMAGES = 16  # training images whose spike traces drive the lane choice
 PLAN = "plan.json"
-#: the boards a plan is made for, and their devices (``--device`` overrides)
-PLAN_BOARDS = ("ulx3s", "icebreaker")
 
 
 def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = None,
