@@ -54,8 +54,8 @@ mlp fc32, digits, 4 bits              1      yes (11/208)     yes (22/30)
 Logic is the other limit on the iCE40: each layer core costs roughly 1000 to
 1500 of the UP5K's 5280 logic cells and the bridge about 600, so three layers
 is the practical maximum.  Placed and routed (``spikeforge.boards.build
---board``, ``benchmarks/bench_boards.py``): mlp fc32 digits 4549 cells, 21
-RAM, Fmax 32.3 MHz (meets the 30 MHz PLL clock).
+--board``, ``benchmarks/bench_boards.py``): mlp fc32 digits 4554 cells, 21
+RAM, Fmax 31.7 MHz (meets the 30 MHz PLL clock).
 
 Defaults (:data:`DEFAULT_MODELS`): ULX3S: the flow's default model
 (``spikeforge run``: convsnn 16-32 fc64 on mnist5k, 8-bit weights, P = 4);
@@ -175,7 +175,7 @@ DEFAULT_MODELS = {
 
 #: the design clock a build uses unless told (MHz; None: the board
 #: oscillator).  The iCEBreaker's PLL runs the default MLP at 30 MHz (nextpnr:
-#: Fmax 32.3 MHz at 86% of the UP5K's logic cells).
+#: Fmax 31.7 MHz at 86% of the UP5K's logic cells).
 DEFAULT_CLOCK_MHZ = {"ulx3s": None, "icebreaker": 30.0}
 
 CANDIDATES = (
