@@ -22,6 +22,7 @@ from spikeforge.hw.network import EventFormat, input_events
 from spikeforge.hw.randnet import random_frames, random_network, random_stcb_network
 from spikeforge.sim import tb_board
 from spikeforge.sw import golden
+from test_boards_units import DIV, recv_byte, send_bytes  # the same bit-level UART
 
 
 def small_net():
@@ -155,30 +156,10 @@ def test_batches_fit_the_store_and_the_reply():
 
 # --------------------------------------------------------------------------- Amaranth sim
 
-DIV = 4
-
-
-async def send_bytes(ctx, pin, data):
-    for b in data:
-        for bit in [0] + [(b >> i) & 1 for i in range(8)] + [1]:
-            ctx.set(pin, bit)
-            await ctx.tick().repeat(DIV)
-
 
 async def recv_frame(ctx, pin, limit=200_000):
     async def byte():
-        n = 0
-        while ctx.get(pin):
-            await ctx.tick()
-            n += 1
-            assert n < limit, "no reply"
-        await ctx.tick().repeat(DIV // 2)
-        v = 0
-        for i in range(8):
-            await ctx.tick().repeat(DIV)
-            v |= ctx.get(pin) << i
-        await ctx.tick().repeat(DIV)
-        return v
+        return await recv_byte(ctx, pin, DIV, limit)
     head = bytes([await byte() for _ in range(5)])
     rest = bytes([await byte() for _ in range(head[3] + (head[4] << 8) + 2)])
     return P.decode(head + rest)
