@@ -5,7 +5,7 @@ output channels, and the channels themselves).  For each, the cycle model
 (:mod:`~spikeforge.hw.model`, on the spike traces of a few training images)
 predicts the interval between images fed back to back and the latency of
 one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
-block RAM (the fit check's count, host buffer included), the clock at that
+block RAM (the fit check's count, the board's own memories included), the clock at that
 utilisation and the build time.  A candidate *fits* when its block RAM is
 within the device's and its logic within the utilisation at which builds
 were measured to route (``util_ceiling``); among those the planner takes
