@@ -2,7 +2,7 @@
 
 Per layer core, the logic cells Yosys maps the core to are predicted from
 the widths of its datapaths (:func:`core_features`), with coefficients
-fitted to Yosys's own per-module statistics of synthesised engines
+fitted to Yosys's own synthesis of single cores and whole board tops
 (``benchmarks/calibrate_cost.py`` writes them into ``cost_model.json`` beside
 this file, one set per FPGA family).  Block RAM is not modelled but counted,
 by :mod:`spikeforge.hw.fit` (the same slices synthesis builds).  The clock
@@ -78,8 +78,9 @@ def core_features(cp, lutram_depth: int) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Coefficients per resource and feature, the fixed part of a board top,
-    and the measured clock / routability figures of one FPGA family."""
+    """Coefficients per resource and feature (the board top's part is the
+    ``top`` feature's) and the measured clock / routability figures of one
+    FPGA family."""
 
     family: str
     coef: dict[str, dict[str, float]]       # resource -> feature -> cells per unit
