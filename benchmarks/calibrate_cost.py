@@ -139,9 +139,8 @@ def whole(fam, overrides, lanes) -> tuple[dict, float]:
 
 def calibrate() -> dict:
     from spikeforge.hw import fit
-    from spikeforge.hw.cost import core_features
+    from spikeforge.hw.cost import FEATURES, RESOURCES, core_features, fit_coefficients
     from spikeforge.hw.network import core_params
-    from spikeforge.hw.cost import FEATURES, RESOURCES, fit_coefficients
     model = json.loads((ROOT / "hw" / "cost_model.json").read_text())
     for fam in ("ecp5", "ice40"):
         cfgs = [c for c in CALIBRATE if c[1] == fam]

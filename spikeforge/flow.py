@@ -293,9 +293,10 @@ def step_export(run: Path, args) -> None:
     that records the lanes: those of ``RUN/plan.json``; ``--lanes`` or a
     missing plan makes the plan first, the override validated and recorded)."""
     from spikeforge import image
+    from spikeforge.hw.network import lane_counts  # what the engine accepts
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
     lanes = planned_lanes(run)
-    want = None if args.lanes is None else lane_counts_of(net, args.lanes)
+    want = None if args.lanes is None else lane_counts(net, args.lanes)
     if lanes is None or (want is not None and want != lanes):
         old = files.read_json(run / PLAN) if lanes is not None else {}
         rec = make_plan(run, net, meta, old.get("board", "ulx3s"), old.get("device"), want)
@@ -303,11 +304,6 @@ def step_export(run: Path, args) -> None:
         print(f"lanes {'given' if want else 'planned'}: {lanes} -> {run / PLAN}")
     written = image.export_hex(net, run / "hw", lanes)
     print(f"{len(written)} memory images (P = {lanes}) -> {run / 'hw'}")
-
-
-def lane_counts_of(net, lanes) -> list[int]:
-    from spikeforge.hw.network import lane_counts
-    return lane_counts(net, lanes)  # what the engine (sim, verify, build) accepts
 
 
 def exported_memories(run: Path, net, lanes) -> dict | None:
