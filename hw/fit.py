@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from spikeforge.errors import SpikeforgeError
 
-from .memory import ECP5_CONFIGS, slice_bits
+from .memory import ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, slice_bits
 from .network import core_params
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
@@ -73,9 +73,9 @@ class Device:
 
 _ECP5 = ECP5_CONFIGS
 DEVICES = {
-    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, 64, 83640),
-    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, 64, 43848),
-    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, 64, 24288),
+    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 83640),
+    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 43848),
+    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 24288),
     "ice40up5k": Device("ice40up5k", 30, 4096, ((2, 2048), (4, 1024), (8, 512), (16, 256)), 0,
                         5280, "SPRAM not counted"),
 }

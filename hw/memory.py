@@ -22,10 +22,16 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ECP5_CONFIGS", "slice_bits", "SlicedMemory"]
+__all__ = ["ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH", "slice_bits", "SlicedMemory"]
 
 #: ECP5 DP16KD configurations (width, depth), one read and one write port
 ECP5_CONFIGS = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
+
+#: memories of at most this many words Yosys leaves to the ECP5's LUT RAM,
+#: whose synchronous read is a fabric flip-flop; deeper ones are block RAM,
+#: whose output (no output register: Yosys maps DP16KD as ``NOREG``) takes
+#: 5.8 ns from the clock edge in nextpnr's timing model
+ECP5_LUTRAM_DEPTH = 64
 
 
 def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:

@@ -39,6 +39,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import adder_trees, const_mul, signed_bits
+from .memory import ECP5_LUTRAM_DEPTH
 from .params import CoreParams
 from .streams import bits_for
 
@@ -244,17 +245,28 @@ class SynapseUnit(wiring.Component):
         s1 = Signal.like(shift)
         mask1 = Signal(Q, **dreg)
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
+        # a block-RAM weight word that feeds logic (a barrel shift, the masks
+        # and an adder tree) is registered first: the block's output is slow
+        # (see ECP5_LUTRAM_DEPTH) and often far from the logic.  A LUT-RAM
+        # word is already a flip-flop's output; a plain weight goes straight
+        # into its register below.
+        w_word, pre = self.w_data, 0
+        if p.weight_depth > ECP5_LUTRAM_DEPTH and (Q > 1 or p.max_shift > 0):
+            w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
+            s2, mask2 = Signal.like(s1, name="s2"), Signal.like(mask1, name="mask2", **dreg)
+            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask2.eq(mask1)]
+            s1, mask1 = s2, mask2
         terms = []
         for j in range(p.P):
             if Q == 1:
-                w = self.w_data[j * W:(j + 1) * W].as_signed()
+                w = w_word[j * W:(j + 1) * W].as_signed()
                 terms.append([(w << s1) if p.max_shift > 0 else w])
             elif p.in_planes:  # sum_i mask[i] * (w << i) = w * x, by shifted adds
-                w = self.w_data[j * W:(j + 1) * W].as_signed()
+                w = w_word[j * W:(j + 1) * W].as_signed()
                 terms.append([Mux(mask1[i], w << i, 0) for i in range(Q)])
             else:              # sum over the word's channels of their weights
-                terms.append([Mux(mask1[i], self.w_data[(i * p.P + j) * W:
-                                                        (i * p.P + j + 1) * W].as_signed(), 0)
+                terms.append([Mux(mask1[i], w_word[(i * p.P + j) * W:
+                                                   (i * p.P + j + 1) * W].as_signed(), 0)
                               for i in range(Q)])
         if Q == 1:  # one term: a register stage of its own
             incs = [Signal(signed(len(t[0])), name=f"inc{j}", **dreg) for j, t in enumerate(terms)]
@@ -262,6 +274,7 @@ class SynapseUnit(wiring.Component):
             n_stages = 1
         else:
             incs, n_stages = adder_trees(m, terms)
+        n_stages += pre
         delay = [(v1, a1)]  # delay[s]: the tap s + 1 cycles after the walker
         for st in range(n_stages):
             v, a = Signal(name=f"v_t{st}"), Signal.like(a1, name=f"a_t{st}")
