@@ -291,10 +291,13 @@ class NetworkTop(wiring.Component):
         ]
 
         # ---------------------------------------------------------- memory writes
+        # (registered at each core: the write data is as wide as the widest
+        # memory word, 2,048 bits on the default engine, and reaches every
+        # core's memories from one record buffer in the host bridge)
         mw = self.mem_write
         m.d.comb += mw.ready.eq(1)
         for i, core in enumerate(self.cores):
-            m.d.comb += [
+            m.d.sync += [
                 core.mem_write.valid.eq(mw.valid & (mw.payload.select[1:] == i)),
                 core.mem_write.payload.which.eq(mw.payload.select[0]),
                 core.mem_write.payload.addr.eq(mw.payload.addr),
