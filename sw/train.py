@@ -11,6 +11,16 @@ Loss: MSE between the output rate (score / T, or / (2**T - 1) for STCB) and the
 one-hot target (both papers' code) or cross-entropy on the scores.  Adam.
 Same seed on the same machine gives the same result: data order, init and
 dropout all come from seeded generators, and torch's deterministic mode is on.
+
+Training runs on ``cuda:LOCAL_RANK`` when torch sees a CUDA device (where the
+neurons take their PyTorch path: the fused LIF kernel is CPU-only), else on
+the CPU; ``SPIKEFORGE_DEVICE=cpu`` keeps to the CPU.  Under ``torchrun``
+(``WORLD_SIZE`` > 1) the processes form a process group (gloo on the CPU,
+NCCL on CUDA) and train one model with DistributedDataParallel: every
+process draws the same shuffled global batch of ``batch_size`` samples,
+takes its slice of it and scales its loss so that the step is the one a
+single process takes on the whole batch (:func:`batch_loss`); rank 0 alone
+evaluates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import reprlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +144,198 @@ def _loss(cfg: TrainConfig, model: SpikingNet, scores, y):
     return F.mse_loss(rate, F.one_hot(y, model.spec.classes).to(rate.dtype))
 
 
+# --------------------------------------------------------------------------- devices, processes
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a ``torchrun`` launch of ``world`` > 1 processes."""
+    world: int
+    rank: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, lo: int, hi: int | None, world: int) -> int:
+    text = os.environ.get(name)
+    hint = (f"start the processes with torchrun (e.g. torchrun --nproc_per_node {world} "
+            f"--no-python spikeforge train ...), which sets WORLD_SIZE, RANK, LOCAL_RANK, "
+            f"MASTER_ADDR and MASTER_PORT")
+    if text is None:
+        raise TrainError(f"WORLD_SIZE={world} but {name} is not set: {hint}")
+    try:
+        v = int(text)
+    except ValueError:
+        raise TrainError(f"{name} must be an integer, not {text!r:.40}: {hint}") from None
+    if v < lo or hi is not None and v > hi:
+        raise TrainError(f"{name}={v} is outside {lo}..{'' if hi is None else hi}: {hint}")
+    return v
+
+
+def distributed_env() -> Processes | None:
+    """The ``torchrun`` launch this process belongs to, from its environment
+    (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``),
+    checked; None for a single process (``WORLD_SIZE`` unset or 1)."""
+    text = os.environ.get("WORLD_SIZE")
+    if text is None:
+        return None
+    try:
+        world = int(text)
+    except ValueError:
+        raise TrainError(f"WORLD_SIZE must be a positive integer, not {text!r:.40}") from None
+    if world < 1:
+        raise TrainError(f"WORLD_SIZE must be a positive integer, not {world}")
+    if world == 1:
+        return None
+    rank = _env_int("RANK", 0, world - 1, world)
+    local_rank = _env_int("LOCAL_RANK", 0, world - 1, world)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise TrainError(f"WORLD_SIZE={world} but {name} is not set: start the processes "
+                             f"with torchrun (e.g. torchrun --nproc_per_node {world} "
+                             f"--no-python spikeforge train ...)")
+    if not torch.distributed.is_available():
+        raise TrainError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    return Processes(world, rank, local_rank)
+
+
+def is_main_process() -> bool:
+    """True unless this is a process of a ``torchrun`` launch other than rank 0
+    (those train beside rank 0 and write nothing)."""
+    procs = distributed_env()
+    return procs is None or procs.main
+
+
+def train_device(local_rank: int = 0) -> torch.device:
+    """``cuda:LOCAL_RANK`` when torch sees a CUDA device, else the CPU;
+    ``SPIKEFORGE_DEVICE=cpu`` (or ``cuda``) chooses."""
+    choice = os.environ.get("SPIKEFORGE_DEVICE", "") or "auto"
+    if choice not in ("auto", "cpu", "cuda"):
+        raise TrainError(f"SPIKEFORGE_DEVICE must be cpu, cuda or unset, not {choice!r:.40}")
+    if choice == "cpu" or choice == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainError("SPIKEFORGE_DEVICE=cuda but torch sees no CUDA device")
+    n = torch.cuda.device_count()
+    if local_rank >= n:
+        raise TrainError(f"LOCAL_RANK {local_rank} needs a CUDA device {local_rank}; this machine "
+                         f"has {n}: start at most {n} processes per machine, or set "
+                         f"SPIKEFORGE_DEVICE=cpu")
+    return torch.device("cuda", local_rank)
+
+
+def _deterministic(device: torch.device) -> None:
+    if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace; ops with no
+        # deterministic CUDA kernel warn instead of stopping the run
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+
+
+_GROUP = {"owned": False}  # whether this module opened the default process group
+
+
+def _join(procs: Processes, device: torch.device) -> None:
+    """Join the launch's process group (gloo on the CPU, NCCL on CUDA) unless
+    it is open already.  A group opened here stays open for the later
+    commands of the process and is closed when the process exits
+    (:func:`end_processes`): under torchrun a default group opened a second
+    time in a process can find the first one's addresses in the launch's
+    store and wait for them."""
+    dist = torch.distributed
+    if dist.is_initialized():
+        if (dist.get_world_size(), dist.get_rank()) != (procs.world, procs.rank):
+            raise TrainError(f"the open process group is rank {dist.get_rank()} of "
+                             f"{dist.get_world_size()}, the environment says {procs.rank} of "
+                             f"{procs.world}")
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    except (RuntimeError, ValueError) as e:
+        raise TrainError(f"cannot join the {procs.world} processes' {backend} group at "
+                         f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                         f"({str(e).strip()[:300]})") from None
+    if not _GROUP["owned"]:
+        import atexit
+        atexit.register(end_processes)
+    _GROUP["owned"] = True
+
+
+def end_processes() -> None:
+    """Close the process group this module opened (nothing otherwise); runs
+    when the process exits."""
+    if _GROUP["owned"] and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _GROUP["owned"] = False
+
+
+def share_train_decision(train_now: bool) -> bool:
+    """Under ``torchrun``: rank 0's ``train_now`` on every process (the others'
+    argument is ignored).  One process: ``train_now``."""
+    procs = distributed_env()
+    if procs is None:
+        return train_now
+    device = train_device(procs.local_rank)
+    _join(procs, device)
+    flag = torch.tensor([int(train_now) if procs.main else 0], device=device)
+    torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _shard(n: int, procs: Processes) -> tuple[int, int]:
+    """This process's slice ``[lo, hi)`` of a global batch of ``n`` samples:
+    ``n`` cut into ``world`` contiguous parts whose sizes differ by at most
+    one, the larger first (``torch.tensor_split``'s cut)."""
+    q, r = divmod(n, procs.world)
+    lo = procs.rank * q + min(procs.rank, r)
+    return lo, lo + q + (1 if procs.rank < r else 0)
+
+
+def batch_loss(cfg: TrainConfig, model: SpikingNet, net: torch.nn.Module, xb: torch.Tensor,
+               yb: torch.Tensor, beta: float | None = None,
+               procs: Processes | None = None) -> tuple[torch.Tensor, float]:
+    """The loss to back-propagate for one global batch (``xb`` ``[T, B, ...]``
+    and ``yb`` ``[B]``, encoded on the CPU) and the sum of the per-sample
+    losses this process computed.  ``net`` is ``model`` or its
+    DistributedDataParallel wrapper.
+
+    One process: :func:`_loss` (a mean) on the batch.  Under ``torchrun``
+    each process takes its slice of ``b`` samples (:func:`_shard`) and
+    multiplies its mean loss by ``world * b / B``: DDP averages the gradients
+    over the ``world`` processes, so the step is that of the mean over the B
+    samples, whether or not B splits evenly.  A process whose slice is empty
+    (a last batch smaller than the number of processes) runs one sample of
+    the batch with weight 0: DDP needs a backward from every process.
+    """
+    device = _device_of(model)
+    if procs is None:
+        xs, ys, count, weight = xb, yb, len(yb), 1.0
+    else:
+        lo, hi = _shard(len(yb), procs)
+        count = hi - lo
+        weight = procs.world * count / len(yb)
+        if count == 0:
+            lo, hi = 0, 1
+        xs, ys = xb[:, lo:hi].contiguous(), yb[lo:hi]
+    xs, ys = xs.to(device), ys.to(device)
+    loss = _loss(cfg, model, net(xs, beta) if beta else net(xs), ys)
+    seen = loss.item() * count
+    return (loss if weight == 1.0 else loss * weight), seen
+
+
 def _batches(n: int, batch: int, gen: torch.Generator | None):
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
     for i in range(0, n, batch):
@@ -144,13 +348,14 @@ def evaluate(model: SpikingNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1
     after pooling) and the input rates the energy estimate needs."""
     model.eval()
     spec = model.spec
+    device = _device_of(model)
     correct, n = 0, len(y)
     sums = [0.0] * len(spec.layers)
     in_rate0 = 0.0
     for idx in _batches(n, batch, None):
-        xb = sfdata.encode(x[idx], spec.timesteps, spec.encoding)
+        xb = sfdata.encode(x[idx], spec.timesteps, spec.encoding).to(device)
         tr = model.run(xb)
-        correct += int((tr.scores.argmax(1) == y[idx]).sum())
+        correct += int((tr.scores.argmax(1).cpu() == y[idx]).sum())
         for l, s in enumerate(tr.spikes):
             if model.stcb:
                 s = steb_encode(s, model.layers[l].neuron.thresholds)
@@ -170,9 +375,20 @@ def train_data(cfg: TrainConfig, ds: sfdata.Dataset) -> tuple[torch.Tensor, torc
 
 def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
         lr: float | None = None, hybrid_epochs: int = 0, progress: bool = True,
-        label: str = "epoch") -> list[dict]:
-    """Train ``model`` in place for ``epochs`` epochs; the per-epoch history."""
+        label: str = "epoch", procs: Processes | None = None) -> list[dict]:
+    """Train ``model`` in place, on the device it is on, for ``epochs`` epochs;
+    the per-epoch history.  ``procs``: one of the processes of a ``torchrun``
+    launch (its process group open), which train ``model`` together under
+    DistributedDataParallel (:func:`batch_loss`); rank 0 alone evaluates and
+    returns the history, the others an empty list."""
     spec = model.spec
+    net = model
+    if procs is not None:
+        from torch.nn.parallel import DistributedDataParallel
+        device = _device_of(model)
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
+    main = procs is None or procs.main
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_train, y_train = train_data(cfg, ds)
@@ -181,20 +397,29 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     for epoch in range(epochs):
         model.train()
         beta = cfg.hybrid_beta if epoch < hybrid_epochs else None
-        total, seen = 0.0, 0
+        total, seen, here = 0.0, 0, 0
         steps = _batches(len(y_train), cfg.batch_size, gen)
         bar = tqdm(steps, total=-(-len(y_train) // cfg.batch_size), disable=not progress,
                    desc=f"{label} {epoch + 1}/{epochs}" + (" (hybrid)" if beta else ""),
                    leave=False)
         for idx in bar:
+            # every process encodes the whole global batch: the same draws as one process
             xb = sfdata.encode(x_train[idx], spec.timesteps, spec.encoding, generator=gen)
-            loss = _loss(cfg, model, model(xb, beta) if beta else model(xb), y_train[idx])
+            loss, part = batch_loss(cfg, model, net, xb, y_train[idx], beta, procs)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += part
             seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+            lo, hi = (0, len(idx)) if procs is None else _shard(len(idx), procs)
+            here += hi - lo  # the samples this process saw: its running loss
+            bar.set_postfix(loss=f"{total / max(here, 1):.4f}")
+        if procs is not None:  # the global batch's loss: every process's part
+            t = torch.tensor([total], dtype=torch.float64, device=_device_of(model))
+            torch.distributed.all_reduce(t)
+            total = float(t.item())
+        if not main:
+            continue
         ev = evaluate(model, ds.x_test, ds.y_test)
         history.append({"epoch": epoch + 1, "loss": total / seen, "test_accuracy": ev["accuracy"],
                         "hybrid": beta is not None, "seconds": time.perf_counter() - t0})
@@ -204,17 +429,49 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     return history
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict | None:
+    """Train a model of ``cfg`` and write the run folder; its metrics.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the
+    same ``cfg``: they train one model together (the module docstring), rank 0
+    writes the run folder and returns the metrics, the other processes write
+    nothing and return None.  The process group is opened here unless it is
+    open already (:func:`_join`: it stays open until the process exits)."""
+    procs = distributed_env()
+    if procs is not None and cfg.batch_size < procs.world:
+        raise TrainError(f"the batch size ({cfg.batch_size}) is the global batch, split over "
+                         f"the {procs.world} processes: use --batch-size {procs.world} or more, "
+                         f"or fewer processes")
+    device = train_device(procs.local_rank if procs is not None else 0)
+    main = procs is None or procs.main
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+    if procs is not None:
+        _join(procs, device)
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
+    _deterministic(device)
     ds = sfdata.load(cfg.dataset, seed=cfg.seed)
     spec = network_spec(cfg, ds)
-    model = SpikingNet(spec, dropout=cfg.dropout)
+    model = SpikingNet(spec, dropout=cfg.dropout).to(device)
+    if procs is not None:
+        # the same initial weights everywhere; then the other processes' own
+        # dropout masks (rank 0 keeps one process's stream: a rate-encoded
+        # evaluation draws from it)
+        if not main:
+            torch.manual_seed(cfg.seed + procs.rank)
+        apart = ((["draws its own dropout masks"] if cfg.dropout else [])
+                 + (["normalises with its own slice's batch statistics"]
+                    if any(l.batchnorm for l in spec.layers) else []))
+        if main and apart:
+            print(f"note: each of the {procs.world} processes {' and '.join(apart)}: the "
+                  f"result is close to one process's, not equal", file=sys.stderr)
     t0 = time.perf_counter()
-    history = fit(model, cfg, ds, cfg.epochs, hybrid_epochs=cfg.hybrid_epochs, progress=progress)
+    history = fit(model, cfg, ds, cfg.epochs, hybrid_epochs=cfg.hybrid_epochs,
+                  progress=progress and main, procs=procs)
     train_seconds = time.perf_counter() - t0
+    if not main:
+        return None
     ev = evaluate(model, ds.x_test, ds.y_test)
     metrics = {
         "model": cfg.model, "dataset": cfg.dataset,
@@ -230,7 +487,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict:
 
 def save_run(run: Path, cfg: TrainConfig, model: SpikingNet, metrics: dict) -> None:
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(run / "model.safetensors"))
     (run / "config.json").write_text(json.dumps(
         {"train": dataclasses.asdict(cfg), "spec": model.spec.to_dict()}, indent=2))
