@@ -116,6 +116,12 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from spikeforge import flow
+    from spikeforge.sw.train import is_main_process
+    if not is_main_process():
+        # a process of a torchrun launch other than rank 0: it trains beside
+        # rank 0, which alone writes the run folder and its record
+        flow.step_train(Path(args.out), args)
+        return 0
     m = flow.execute(flow.STEP["train"], Path(args.out), args)
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  ({m['train_seconds']:.0f} s) -> {args.out}")
     return 0

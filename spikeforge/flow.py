@@ -624,7 +624,16 @@ def run(args) -> int:
     """All steps in order on ``args.out``: a step that is done (:func:`pending`)
     is skipped unless an earlier one was redone or ``--from-step`` names it or
     an earlier one; report always runs.  The exit status is the verification's
-    (a mismatch raises :class:`VerifyFailed`, exit status 1)."""
+    (a mismatch raises :class:`VerifyFailed`, exit status 1).
+
+    Under torchrun, rank 0 runs the flow as above and tells the other
+    processes whether it trains: they train beside it, or not, and stop
+    there, having written nothing."""
+    from spikeforge.sw import train as sftrain
+    if not sftrain.is_main_process():
+        if sftrain.share_train_decision(False):
+            step_train(Path(args.out), args)
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     redo = None  # why every remaining step is redone
@@ -633,9 +642,12 @@ def run(args) -> int:
             redo = redo or f"--from-step {step.name}"
         if step.name == "train" and (out / "import.json").exists():
             # a model brought in by `spikeforge import`: never trained over
+            sftrain.share_train_decision(False)
             print(f"[train] {out} holds an imported model ({out / 'import.json'}); skipping")
             continue
         why = redo or pending(out, step, args)
+        if step.name == "train":  # torchrun's other processes train with rank 0, or stop
+            sftrain.share_train_decision(why is not None)
         if why is None and step.name != "report":
             print(f"[{step.name}] done earlier with these options and inputs "
                   f"({out / step.output}); skipping")
