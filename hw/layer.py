@@ -171,10 +171,12 @@ class LayerCore(wiring.Component):
             bank = Memory(shape=signed(p.acc_width), depth=p.acc_depth, init=[])
             m.submodules[f"bank{j}"] = bank
             rd, wr = bank.read_port(), bank.write_port()
+            rd_q = Signal.like(rd.data, name=f"bank{j}_q", reset_less=True)  # synapse side
+            m.d.sync += rd_q.eq(rd.data)
             m.d.comb += [
                 rd.addr.eq(Mux(own, neu.rd_addr, syn.rd_addr)),
                 rd.en.eq(Mux(own, neu.rd_en, 1)),
-                syn.rd_data[j].eq(rd.data),
+                syn.rd_data[j].eq(rd_q),
                 neu.rd_data[j].eq(rd.data),
                 wr.addr.eq(Mux(own, neu.wr_addr, syn.wr_addr)),
                 wr.data.eq(Mux(own, neu.wr_data[j], syn.wr_data[j])),
@@ -262,10 +264,17 @@ class LayerCore(wiring.Component):
                 wr.en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
                              syn.wr_en & (syn_bank == b))),
             ]
+            # each memory's word is registered before the units' selects
+            # (timing: a block's output is slow and the multiplexer was the
+            # critical path of a core routed alone); the selects are stable
+            # while a read is in flight (they change only at a handover or
+            # a scan's end, with none in flight)
+            rd_q = Signal.like(rd.data, name=f"cur{b}_q", reset_less=True)
+            m.d.sync += rd_q.eq(rd.data)
             with m.If(syn_bank == b):
-                m.d.comb += syn.rd_data.eq(rd.data)
+                m.d.comb += syn.rd_data.eq(rd_q)
             with m.If(scan_bank == b):
-                m.d.comb += neu.cur_data.eq(rd.data)
+                m.d.comb += neu.cur_data.eq(rd_q)
 
         # the synapse unit takes events into a free memory; at a marker it hands
         # the memory over (``handover``) and goes on in the next one; the scan

@@ -111,7 +111,9 @@ class NeuronUnit(wiring.Component):
     rd_data : In(ArrayLayout(signed(state_width), P))
         State words (``base``).
     cur_data : In(ArrayLayout(signed(cur_width), P))
-        Current words of the step being scanned.
+        Current words of the step being scanned, two cycles after their
+        address (registered by the core after each current memory, then
+        selected: no block-RAM output drives the multiplexer).
     wr_addr : Out(unsigned), wr_en : Out(1)
         Write address and enable (state; the core also zeroes the current).
     wr_data : Out(ArrayLayout(signed(state_width), P))
@@ -186,10 +188,10 @@ class NeuronUnit(wiring.Component):
         # valid bits are): ``start`` fans out to control only
         dreg = dict(reset_less=True)
         base_r = Signal.like(self.rd_data, **dreg)
-        cur_r = Signal.like(self.cur_data, **dreg)
+        cur_r = self.cur_data   # registered by the core, memory by memory
         bias_r = [Signal.like(b, name=f"bias_r{j}") for j, b in enumerate(cur_bias)]
         th_r = [Signal.like(t, name=f"th_r{j}") for j, t in enumerate(cur_theta)]
-        m.d.sync += [tr.eq(t1), base_r.eq(self.rd_data), cur_r.eq(self.cur_data)]
+        m.d.sync += [tr.eq(t1), base_r.eq(self.rd_data)]
         m.d.sync += [a.eq(b) for a, b in zip(bias_r + th_r, cur_bias + cur_theta)]
 
         # ---------------------------------------------------------- sum stage

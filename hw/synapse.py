@@ -54,8 +54,8 @@ class SynapseUnit(wiring.Component):
     shifts, no multiplier), the tap walker (issues the weight read), the
     weight register (or a word event's adder tree), then the update stage
     (adds and writes back).  Neither memory's output drives logic directly:
-    the weight word and the bank word are registered first (timing), so the
-    bank read is issued two cycles before its update.  It returns the word as
+    the weight word and the bank word are registered first (timing; the bank
+    word by the core), so the bank read is issued two cycles before its update.  It returns the word as
     it was before the writes of the two updates in between, so the last two
     written words are kept in registers and forwarded, the newer first, when
     the update hits the same address (read-after-write forwarding:
@@ -88,10 +88,11 @@ class SynapseUnit(wiring.Component):
     accepted : Out(1)
         Strobe: one event (not a marker) entered the walker this cycle.
     rd_addr : Out(unsigned)
-        Bank read address (all banks), data one cycle later (registered here:
-        the update uses it one more cycle later).
+        Bank read address (all banks), data two cycles later.
     rd_data : In(ArrayLayout(signed(cur_width), P * R))
-        Current memory read data (word of ``R`` positions x ``P`` lanes).
+        Current memory read data (word of ``R`` positions x ``P`` lanes),
+        registered by the core after each memory (so no block-RAM output
+        drives a multiplexer or this unit's adders).
     wr_addr : Out(unsigned), wr_en : Out(1)
         Bank write address and enable (all banks).
     wr_data : Out(ArrayLayout(signed(cur_width), P * R))
@@ -285,8 +286,7 @@ class SynapseUnit(wiring.Component):
         # when the terms take one stage
         rd_issue = addr.as_unsigned() if n_stages == 1 else delay[-3][1]
         m.d.comb += self.rd_addr.eq(rd_issue >> sb)
-        rd_q = Signal.like(self.rd_data, **dreg)
-        m.d.sync += rd_q.eq(self.rd_data)
+        rd_q = self.rd_data   # registered by the core, bank by bank
         in_flight = Cat(*(v for v, _ in delay)).any()
 
         # the writes committed at the end of the two previous cycles are not in

@@ -205,7 +205,8 @@ class SynHarness(Elaboratable):
         for j, bank in enumerate(self.banks):
             m.submodules[f"bank{j}"] = bank
             r, w = bank.read_port(), bank.write_port()
-            m.d.comb += [r.addr.eq(syn.rd_addr), syn.rd_data[j].eq(r.data),
+            m.d.sync += syn.rd_data[j].eq(r.data)   # registered, as the core does
+            m.d.comb += [r.addr.eq(syn.rd_addr),
                          w.addr.eq(syn.wr_addr), w.data.eq(syn.wr_data[j]), w.en.eq(syn.wr_en)]
         return m
 
@@ -344,7 +345,8 @@ class NeuHarness(Elaboratable):
         for j, mem in enumerate(self.cur):
             m.submodules[f"cur{j}"] = mem
             r = mem.read_port()
-            m.d.comb += [r.addr.eq(neu.rd_addr), r.en.eq(neu.rd_en), neu.cur_data[j].eq(r.data)]
+            m.d.comb += [r.addr.eq(neu.rd_addr), r.en.eq(neu.rd_en)]
+            m.d.sync += neu.cur_data[j].eq(r.data)   # registered, as the core does
         return m
 
 
