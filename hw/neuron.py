@@ -165,7 +165,9 @@ class NeuronUnit(wiring.Component):
         first, win_end, last = wc_.first, wc_.win_end, wc_.last
         m.d.comb += [
             issue.eq(scanning & room & (~first | l_full)),
-            consume.eq(issue & first),
+            # == issue & first, written from the registers: one LUT in front
+            # of the enable of every lane's parameter registers (timing)
+            consume.eq(scanning & room & first & l_full),
             self.rd_addr.eq(addr),
             self.rd_en.eq(1),
         ]

@@ -92,7 +92,7 @@ class StebUnit(wiring.Component):
         wc_ = window_counters(m, p, issue, self.start)
         widx = Signal(abits)          # index of the window being read
         m.d.comb += [issue.eq(computing & (~wc_.first | l_full)),
-                     consume.eq(issue & wc_.first)]
+                     consume.eq(computing & wc_.first & l_full)]   # == issue & first
         with m.If(issue):
             with m.If(wc_.win_end):
                 m.d.sync += widx.eq(widx + 1)
