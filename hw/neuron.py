@@ -44,8 +44,8 @@ from .streams import bits_for
 __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "queue_layout"]
 
 #: entries of the spike queue between the scan and the emitter (the scan
-#: keeps room for its four pipeline stages)
-QUEUE_DEPTH = 8
+#: keeps room for its five pipeline stages)
+QUEUE_DEPTH = 9
 
 
 def scan_unit_members(p: CoreParams, width: int) -> dict:
@@ -77,9 +77,10 @@ class NeuronUnit(wiring.Component):
 
     Pipeline (never stalls: the scan issues a word only while the spike
     queue has room for every word in flight): issue (memory read), read (the
-    words and the group's parameters registered), sum (``base + cur +
-    bias``), threshold (``u``, ``o``), write-back (decay, reset) and pool
-    OR.  No hazards: each neuron is read and written once per scan.  The per-lane ``theta`` and ``bias`` of the
+    words registered), select (the current memory's word and the group's
+    parameters registered: no multiplexer and no parameter enable in front
+    of the adders), sum (``base + cur + bias``), threshold (``u``, ``o``),
+    write-back (decay, reset) and pool OR.  No hazards: each neuron is read and written once per scan.  The per-lane ``theta`` and ``bias`` of the
     next channel group are loaded from the neuron memory (one word a cycle,
     image layout: word ``c`` is channel ``c``) while the current group is
     scanned; a group of fewer positions than ``P + 1`` waits for them.
@@ -143,10 +144,15 @@ class NeuronUnit(wiring.Component):
         cb_bits = bits_for(G * P)
 
         # ---------------------------------------------------------- parameter loader
-        # runs one group ahead of the scan; cur[...] serve the sum stage
-        consume = Signal()
+        # runs one group ahead of the scan; cur[...] serve the select stage,
+        # loaded a cycle after the group's first issue (``load``, a register:
+        # its net enables every lane's parameter registers, spread over the
+        # core's lanes; a decode in front of it was a core's critical path)
+        consume, load = Signal(), Signal()
+        m.d.sync += load.eq(consume)
         cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
-                                   field_slices(neuron_layout(S, p.acc_bits), "theta", "bias"))
+                                   field_slices(neuron_layout(S, p.acc_bits), "theta", "bias"),
+                                   load=load)
         cur_theta, cur_bias = cur["theta"], cur["bias"]
 
         # ---------------------------------------------------------- scan issue
@@ -183,29 +189,35 @@ class NeuronUnit(wiring.Component):
         # address, window position, group base channel and group
         tag = data.StructLayout({"v": 1, "win": 1, "a": len(addr), "py": len(py),
                                  "px": len(px), "cb": cb_bits, "g": len(g)})
-        t1, tr, t2, t3 = (Signal(tag, name=f"tag{n}") for n in ("1", "r", "2", "3"))
+        t1, tr, ts, t2, t3 = (Signal(tag, name=f"tag{n}") for n in ("1", "r", "s", "2", "3"))
         m.d.sync += [t1.v.eq(issue), t1.win.eq(win_end), t1.a.eq(addr), t1.py.eq(py),
                      t1.px.eq(px), t1.cb.eq(cbase), t1.g.eq(g)]
         # the words and every later data register are not reset (the tags'
         # valid bits are): ``start`` fans out to control only
         dreg = dict(reset_less=True)
         base_r = Signal.like(self.rd_data, **dreg)
-        cur_r = self.cur_data   # registered by the core, memory by memory
-        bias_r = [Signal.like(b, name=f"bias_r{j}") for j, b in enumerate(cur_bias)]
-        th_r = [Signal.like(t, name=f"th_r{j}") for j, t in enumerate(cur_theta)]
         m.d.sync += [tr.eq(t1), base_r.eq(self.rd_data)]
+
+        # ---------------------------------------------------------- select stage
+        # the current word (registered by the core, memory by memory, then
+        # selected: ``cur_data``) and the group's parameters, registered
+        base_s = Signal.like(self.rd_data, **dreg)
+        cur_r = Signal.like(self.cur_data, **dreg)
+        bias_r = [Signal.like(b, name=f"bias_r{j}", **dreg) for j, b in enumerate(cur_bias)]
+        th_r = [Signal.like(t, name=f"th_r{j}", **dreg) for j, t in enumerate(cur_theta)]
+        m.d.sync += [ts.eq(tr), base_s.eq(base_r), cur_r.eq(self.cur_data)]
         m.d.sync += [a.eq(b) for a, b in zip(bias_r + th_r, cur_bias + cur_theta)]
 
         # ---------------------------------------------------------- sum stage
         sum_w = max(p.state_width, p.cur_width, p.acc_bits) + 2
-        maskr = Cat(tr.cb + j < p.c_out for j in range(P))
+        maskr = Cat(ts.cb + j < p.c_out for j in range(P))
 
         # ---------------------------------------------------------- threshold stage
         mask2 = Signal(P, **dreg)
         s2 = [Signal(signed(sum_w), name=f"s2_{n}", **dreg) for n in range(NL)]
         th2 = [Signal(signed(S), name=f"th2_{j}", **dreg) for j in range(P)]
-        m.d.sync += [t2.eq(tr), mask2.eq(maskr)]
-        m.d.sync += [s2[n].eq(base_r[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
+        m.d.sync += [t2.eq(ts), mask2.eq(maskr)]
+        m.d.sync += [s2[n].eq(base_s[n] + cur_r[n] + bias_r[n % P]) for n in range(NL)]
         m.d.sync += [a.eq(b) for a, b in zip(th2, th_r)]
         u2 = [Signal(signed(S), name=f"u{n}") for n in range(NL)]
         o2 = Signal(NL)
@@ -266,7 +278,7 @@ class NeuronUnit(wiring.Component):
         # only while the queue can take every word in flight; the pipeline
         # itself never stalls (no enable fanning out from the queue's state).
         # ``room`` is a cycle old, so it counts the word that cycle may issue.
-        in_pipe = t1.v + tr.v + t2.v + t3.v
+        in_pipe = t1.v + tr.v + ts.v + t2.v + t3.v
         m.d.sync += room.eq(queue.w_level + in_pipe + 1 < QUEUE_DEPTH)
         with m.If(t3.v):
             m.d.sync += sp_acc.eq(Mux(t3.win, 0, vec))
@@ -285,7 +297,7 @@ class NeuronUnit(wiring.Component):
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
-        in_flight = t1.v | tr.v | t2.v | t3.v
+        in_flight = t1.v | tr.v | ts.v | t2.v | t3.v
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
                                marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
         with m.If(marker_sent):
@@ -297,7 +309,7 @@ class NeuronUnit(wiring.Component):
             m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
             m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
-                         t1.v.eq(0), tr.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0)]
+                         t1.v.eq(0), tr.v.eq(0), ts.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0)]
 
         m.d.comb += [
             self.mem_busy.eq(scanning | clearing | in_flight),
@@ -317,14 +329,15 @@ def queue_layout(p: CoreParams) -> data.StructLayout:
                               "py": unsigned(bits_for(ho - 1)), "px": unsigned(bits_for(wo - 1))})
 
 
-def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict):
+def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict, load=None):
     """Per-lane parameter registers, loaded one group ahead from the neuron memory.
 
     ``fields``: ``{name: (lsb, width)}`` of signed fields of a neuron word (a
     ``(lsb, width, False)`` triple for an unsigned one).  Returns ``(cur,
     full)``: ``cur[name][j]`` is lane ``j``'s value for the group being scanned
-    (updated by ``consume``, the issue of a group's first neuron), ``full``
-    says the next group's words are loaded.  Word ``c`` of the memory is
+    (updated by ``load``, default ``consume``, the issue of a group's first
+    neuron; a ``load`` at most one cycle after ``consume`` still copies the
+    group's words), ``full`` says the next group's words are loaded.  Word ``c`` of the memory is
     channel ``c``: the loader reads ``g*P .. g*P + P-1`` one a cycle.
     """
     P, G = p.P, p.groups
@@ -358,6 +371,7 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict)
             m.d.sync += l_full.eq(1)
     with m.If(consume):
         m.d.sync += [l_full.eq(0), l_issuing.eq(1)]
+    with m.If(consume if load is None else load):
         m.d.sync += [cur[n][j].eq(nxt[n][j]) for n in cur for j in range(P)]
     with m.If(clear):
         m.d.sync += [l_addr.eq(0), l_lane.eq(0), l_issuing.eq(1), l_pend.eq(0), l_full.eq(0)]
