@@ -12,7 +12,8 @@ from amaranth import *
 
 from spikeforge.sw.golden import signed_bits  # the one width rule, re-exported for the engine
 
-__all__ = ["const_mul", "saturate", "decay", "signed_bits", "adder_trees"]
+__all__ = ["const_mul", "saturate", "decay", "signed_bits", "adder_trees", "copies",
+           "COPIES"]
 
 
 def const_mul(value, k: int):
@@ -91,3 +92,29 @@ def adder_trees(m, terms: list[list], levels_per_stage: int = 2):
         if done:
             break
     return [r[0] for r in rows], stages
+
+
+#: how many copies :func:`copies` makes: the flip-flop variants Yosys keeps
+#: apart (its ``opt_merge`` merges flip-flops of one input, type and initial
+#: value): initial value all zeros or all ones, with or without the domain's
+#: reset
+COPIES = 4
+
+
+def copies(m, value, name: str) -> list:
+    """:data:`COPIES` registered copies of ``value`` (one cycle later), for a
+    control that drives hundreds of lanes' bits: each copy drives a quarter
+    of them, and the placer puts each near its own.  The copies differ in
+    their initial value and whether the domain's reset resets them, so
+    synthesis keeps them apart; a copy equals ``value`` one cycle late from
+    the second cycle after a reset on (its users must not depend on the
+    first)."""
+    value = Value.cast(value)
+    ones = (1 << len(value)) - 1
+    out = []
+    for k in range(COPIES):
+        reg = Signal(len(value), name=f"{name}_copy{k}", init=ones if k % 2 else 0,
+                     reset_less=k >= 2)
+        m.d.sync += reg.eq(value)
+        out.append(reg)
+    return out

@@ -29,6 +29,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
+from .arith import COPIES, copies
 from .memory import SlicedMemory
 from .neuron import NeuronUnit
 from .steb import StebUnit
@@ -250,6 +251,7 @@ class LayerCore(wiring.Component):
         # of the loads), so the addresses do not wait on the data's net
         own = Signal(nb, init=(1 << nb) - 1)
         free = Signal(nb, init=0)
+        words = []
         for b in range(nb):
             mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
                          depth=p.acc_depth, init=[])
@@ -266,15 +268,24 @@ class LayerCore(wiring.Component):
             ]
             # each memory's word is registered before the units' selects
             # (timing: a block's output is slow and the multiplexer was the
-            # critical path of a core routed alone); the selects are stable
-            # while a read is in flight (they change only at a handover or
-            # a scan's end, with none in flight)
+            # critical path of a core routed alone)
             rd_q = Signal.like(rd.data, name=f"cur{b}_q", reset_less=True)
             m.d.sync += rd_q.eq(rd.data)
-            with m.If(syn_bank == b):
-                m.d.comb += syn.rd_data.eq(rd_q)
-            with m.If(scan_bank == b):
-                m.d.comb += neu.cur_data.eq(rd_q)
+            words.append(rd_q)
+
+        # the selects of the units' words, from copies of ``syn_bank`` and
+        # ``scan_bank`` (``copies``: each drives a quarter of the lanes; a
+        # select drives every bit of a word, and the routed default engine's
+        # critical path was ``syn_bank`` reaching a far lane: 13 ns of
+        # routing).  The copies are a cycle late: a bank changes only at a
+        # hand-over or a scan's end, with no read in flight, and the unit's
+        # next read data comes three or more cycles later
+        NL = p.P * p.R
+        for unit_data, bank, nm in ((syn.rd_data, syn_bank, "syn_bank"),
+                                    (neu.cur_data, scan_bank, "scan_bank")):
+            sel = copies(m, bank, nm) if nb > 1 else [C(0, 1)] * COPIES
+            for n in range(NL):
+                m.d.comb += unit_data[n].eq(Array(w[n] for w in words)[sel[n * COPIES // NL]])
 
         # the synapse unit takes events into a free memory; at a marker it hands
         # the memory over (``handover``) and goes on in the next one; the scan

@@ -38,7 +38,7 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import adder_trees, const_mul, signed_bits
+from .arith import COPIES, adder_trees, const_mul, copies, signed_bits
 from .memory import ECP5_LUTRAM_DEPTH
 from .params import CoreParams
 from .streams import bits_for
@@ -296,22 +296,24 @@ class SynapseUnit(wiring.Component):
         # selects drive every lane's bits)
         word = a_u >> sb
         word_next = delay[-2][1] >> sb
+        # (the match in ``copies``: each lane's bits take their quarter's)
         wbs = []
         for age in (1, 2):
             wb_valid = Signal(name=f"wb{age}_valid")
             wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr", **dreg)
             wb_data = Signal.like(self.wr_data, name=f"wb{age}_data", **dreg)
-            hit = Signal(name=f"hit{age}", **dreg)
             src = (valid, word, self.wr_data) if age == 1 else wbs[-1][:3]
-            m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2]),
-                         hit.eq(src[0] & (src[1] == word_next))]
+            m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2])]
+            hit = copies(m, src[0] & (src[1] == word_next), f"hit{age}")
             wbs.append((wb_valid, wb_addr, wb_data, hit))
         (_, _, wb1, hit1), (_, _, wb2, hit2) = wbs
+        NL = R * p.P
         for r in range(R):  # only the lanes of the tap's position add
             here = (a_u[:sb] == r) if R > 1 else C(1, 1)
             for j in range(p.P):
                 n = r * p.P + j
-                old = Mux(hit1, wb1[n], Mux(hit2, wb2[n], rd_q[n]))
+                c = n * COPIES // NL
+                old = Mux(hit1[c], wb1[n], Mux(hit2[c], wb2[n], rd_q[n]))
                 m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
         m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
 
