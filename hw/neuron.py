@@ -44,8 +44,8 @@ from .streams import bits_for
 __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "queue_layout"]
 
 #: entries of the spike queue between the scan and the emitter (the scan
-#: keeps room for its five pipeline stages)
-QUEUE_DEPTH = 9
+#: keeps room for its five pipeline stages and the push register)
+QUEUE_DEPTH = 10
 
 
 def scan_unit_members(p: CoreParams, width: int) -> dict:
@@ -266,19 +266,22 @@ class NeuronUnit(wiring.Component):
         vec = sp_acc
         for r in range(p.R):  # OR the word's positions: they share a pooling window
             vec = vec | o3[r * P:(r + 1) * P]
-        push = t3.v & t3.win & (vec != 0)
-        q_in = Signal(q_layout)
-        m.d.comb += [
+        # the window goes into the queue a cycle later, from registers
+        # (timing: the OR of the lanes' spikes into the queue's level logic
+        # was a core's critical path)
+        push = Signal()
+        q_in = Signal(q_layout, reset_less=True)
+        m.d.sync += [
+            push.eq(t3.v & t3.win & (vec != 0)),
             q_in.vec.eq(vec), q_in.cb.eq(t3.g if p.words_out else t3.cb), q_in.py.eq(t3.py),
             q_in.px.eq(t3.px),
-            queue.w_data.eq(q_in.as_value()),
-            queue.w_en.eq(push),
         ]
+        m.d.comb += [queue.w_data.eq(q_in.as_value()), queue.w_en.eq(push)]
         # credit: a scanned word pushes at most one window, so the scan issues
         # only while the queue can take every word in flight; the pipeline
         # itself never stalls (no enable fanning out from the queue's state).
         # ``room`` is a cycle old, so it counts the word that cycle may issue.
-        in_pipe = t1.v + tr.v + ts.v + t2.v + t3.v
+        in_pipe = t1.v + tr.v + ts.v + t2.v + t3.v + push
         m.d.sync += room.eq(queue.w_level + in_pipe + 1 < QUEUE_DEPTH)
         with m.If(t3.v):
             m.d.sync += sp_acc.eq(Mux(t3.win, 0, vec))
@@ -297,7 +300,8 @@ class NeuronUnit(wiring.Component):
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
-        in_flight = t1.v | tr.v | ts.v | t2.v | t3.v
+        mem_flight = t1.v | tr.v | ts.v | t2.v | t3.v   # words still to be written
+        in_flight = mem_flight | push
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
                                marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
         with m.If(marker_sent):
@@ -309,10 +313,11 @@ class NeuronUnit(wiring.Component):
             m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
             m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
-                         t1.v.eq(0), tr.v.eq(0), ts.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0)]
+                         t1.v.eq(0), tr.v.eq(0), ts.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0),
+                         push.eq(0)]
 
         m.d.comb += [
-            self.mem_busy.eq(scanning | clearing | in_flight),
+            self.mem_busy.eq(scanning | clearing | mem_flight),
             self.busy.eq(scanning | clearing | in_flight | e_busy | marker_pending),
             self.stall.eq((out.valid & ~out.ready) | (scanning & ~room)),
         ]
