@@ -185,9 +185,10 @@ DEFAULT_CLOCK_MHZ = {"ulx3s": None, "icebreaker": 30.0}
 #: the frequency ``spikeforge build`` asks nextpnr to meet (MHz; ``build``'s
 #: ``target_mhz``): the engine's goal on the ULX3S, whatever the clock.  Its
 #: timing-driven placer and router work on the critical paths only when they
-#: fail the constraint: the default engine's Fmax was 54.3 MHz with a 100 MHz
-#: target where a 25 MHz constraint left it near 45 (the cost model's
-#: interpolation of the 25 MHz builds).  The iCEBreaker builds at its clock.
+#: fail the constraint (the default engine of commit aceaf72: 54.3 MHz with a
+#: 100 MHz target, where the cost model, interpolating builds made at 25 MHz,
+#: predicted 44.9; not measured side by side).  The iCEBreaker builds at its
+#: clock.
 TARGET_MHZ = {"ulx3s": 100.0, "icebreaker": None}
 
 CANDIDATES = (

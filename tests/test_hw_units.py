@@ -631,6 +631,34 @@ def test_no_multiplier_cells_in_a_network(kind):
     assert "$mul" not in text and "$div" not in text and "$mod" not in text
 
 
+@pytest.mark.slow
+def test_control_copies_survive_synthesis():
+    """``copies``' four registers stay four flip-flops through Yosys's ECP5
+    synthesis (each drives its own loads), where four plain registers of
+    the same input are merged into one: the check can fail."""
+    from spikeforge import toolchain
+    from spikeforge.hw.arith import COPIES, copies
+
+    def ffs(use_copies: bool) -> int:
+        m = Module()
+        a, b = Signal(), Signal()
+        d, q = Signal(4 * COPIES), Signal(4 * COPIES)
+        if use_copies:
+            regs = copies(m, a & b, "sel")
+        else:
+            regs = [Signal(name=f"plain{k}") for k in range(COPIES)]
+            m.d.sync += [r.eq(a & b) for r in regs]
+        for k, r in enumerate(regs):  # each copy enables a quarter of q
+            with m.If(r):
+                m.d.sync += q[4 * k:4 * k + 4].eq(d[4 * k:4 * k + 4])
+        cells = toolchain.yosys_cells(rtlil.convert(m, ports=[a, b, d, q], name="top"),
+                                      "synth_ecp5 -noabc9")
+        return cells["TRELLIS_FF"] - len(q)
+
+    assert ffs(True) == COPIES
+    assert ffs(False) == 1
+
+
 def test_params_refuse_bad_lanes_and_faults():
     layer = make_layer(1, LayerKind.CONV, 2, (4, 4), 3)
     with pytest.raises(EngineError, match=r"^layer 0: lane count P must be an integer in "
