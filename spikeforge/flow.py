@@ -413,8 +413,6 @@ class VerifyFailed(SpikeforgeError):
 
 def step_report(run: Path, args) -> None:
     """The summary table (RUN/report.txt) and the plots of a run."""
-    import torch
-
     from spikeforge import image, plots
     from spikeforge.sw import data as sfdata
     from spikeforge.sw import golden
