@@ -244,11 +244,8 @@ class SynapseUnit(wiring.Component):
         v1 = Signal()
         a1 = Signal(bits_for(p.acc_depth * R - 1), **dreg)  # position address
         s1 = Signal.like(shift)
-        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift)]
-        # the mask gates every lane's terms: ``copies``, each a quarter of the
-        # lanes (the routed default engine's critical path was one mask
-        # register reaching a far lane of layer 1: 9.2 ns of routing)
-        masks = copies(m, mask, "mask1")
+        mask1 = Signal(Q, **dreg)
+        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
         # a block-RAM weight word that feeds logic (a barrel shift, the masks
         # and an adder tree) is registered first: the block's output is slow
         # (see ECP5_LUTRAM_DEPTH) and often far from the logic.  A LUT-RAM
@@ -257,14 +254,11 @@ class SynapseUnit(wiring.Component):
         w_word, pre = self.w_data, 0
         if p.weight_depth > ECP5_LUTRAM_DEPTH and (Q > 1 or p.max_shift > 0):
             w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
-            s2 = Signal.like(s1, name="s2")
-            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1)]
-            later = [Signal(Q, name=f"mask2_{k}", **dreg) for k in range(COPIES)]
-            m.d.sync += [b.eq(a) for a, b in zip(masks, later)]   # apart: each its own input
-            s1, masks = s2, later
+            s2, mask2 = Signal.like(s1, name="s2"), Signal.like(mask1, name="mask2", **dreg)
+            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask2.eq(mask1)]
+            s1, mask1 = s2, mask2
         terms = []
         for j in range(p.P):
-            mask1 = masks[j * COPIES // p.P]
             if Q == 1:
                 w = w_word[j * W:(j + 1) * W].as_signed()
                 terms.append([(w << s1) if p.max_shift > 0 else w])
