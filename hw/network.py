@@ -281,13 +281,18 @@ class NetworkTop(wiring.Component):
         last = self.cores[-1].o_events
         m.d.comb += last.ready.eq(1)
 
-        clearing = Signal()
-        m.d.comb += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | rst)
+        # ``clearing`` is a register, a cycle behind the cores' clear passes
+        # (timing: the OR of every core's state machine reached the host
+        # bridge's logic through the input's ``ready``, across the chip: the
+        # critical path of a routed default engine); ``start`` and ``rst``
+        # cover the cycles before a clear pass shows
+        clearing = Signal(init=1)
+        m.d.sync += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | rst)
         m.d.comb += [
             self.clearing.eq(clearing),
             fifos[0].w.payload.eq(self.events.payload),
-            fifos[0].w.valid.eq(self.events.valid & ~clearing),
-            self.events.ready.eq(fifos[0].w.ready & ~clearing),
+            fifos[0].w.valid.eq(self.events.valid & ~clearing & ~self.start),
+            self.events.ready.eq(fifos[0].w.ready & ~clearing & ~self.start),
         ]
 
         # ---------------------------------------------------------- memory writes
