@@ -38,7 +38,7 @@ from spikeforge.sw.train import TrainConfig
 # The embedded default: ConvSNN on the 5,000 shipped MNIST digits, sized so
 # that the whole flow finishes in minutes on 2 CPU cores.  Bigger:
 # `spikeforge run --set channels=[48,48] --set hidden=128 --epochs 20`.
-DEFAULT = TrainConfig(model="convsnn", dataset="mnist5k", epochs=8, timesteps=5, batch_size=20,
+DEFAULT = TrainConfig(model="convsnn", dataset="mnist5k", epochs=8, timesteps=4, batch_size=20,
                       overrides={"channels": (16, 32), "hidden": 64})
 
 IMAGE = "weights.sfimg"
