@@ -90,10 +90,34 @@ def _revision_tree(rev: str, root: Path) -> Path:
     return root / "pkg"
 
 
+def _image_for_before(run: Path, root: Path) -> Path:
+    """A run folder for the older revision: the run's image with the fields
+    that revision predates left out (a neuron's ``strict``, when false, the
+    only meaning it had then); refused for a network that needs them."""
+    import zlib
+
+    from spikeforge import image
+    data = (run / "weights.sfimg").read_bytes()
+    magic, version, flags, mlen = image.HEADER.unpack_from(data)
+    mend = image.HEADER.size + mlen
+    manifest = json.loads(data[image.HEADER.size:mend])
+    for n, layer in enumerate(manifest["spec"]["layers"]):
+        if layer["neuron"].pop("strict", False):
+            raise SystemExit(f"layer {n} fires at u > theta (neuron.strict), which the engine "
+                             "before predates: measure it with --before ''")
+    text = json.dumps(manifest).encode()
+    body = image.HEADER.pack(magic, version, flags, len(text)) + text + data[mend:-image.CRC.size]
+    out = root / "run"
+    out.mkdir(parents=True)
+    (out / "weights.sfimg").write_bytes(body + image.CRC.pack(zlib.crc32(body)))
+    return out
+
+
 def measure_before(run: Path, images: int, lanes: str, rev: str, root: Path) -> dict:
     pkg = _revision_tree(rev, root)
     out = root / "before.json"
     env = {**os.environ, "PYTHONPATH": str(pkg)}
+    run = _image_for_before(run, root)
     proc = subprocess.run([sys.executable, __file__, "--measure", str(run.resolve()),
                            "--images", str(images), "--lanes", lanes, "--json", str(out),
                            "--work", str(root / "work")], env=env, cwd=root,

@@ -13,11 +13,11 @@ Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
 
 * ``upd``: ``PR * cur_width``, the read-modify-write: an adder, the
   read-after-write forwarding multiplexers and their registers per lane
-  (STCB: ``P * acc_width``);
+  (STCB: ``P * acc_width``), times the synapse units;
 * ``neu``: ``PR * state_width``, the neuron datapaths (add, saturate,
   compare, decay shifts, reset);
 * ``tree``: ``P * Q * weight_bits``, the weight terms a word event adds
-  (``Q`` inputs per event; 1 for single events);
+  (``Q`` inputs per event; 1 for single events), times the synapse units;
 * ``lutram``: the 16 x 4-bit LUT-RAM cells of the core's memories shallow
   enough for LUT RAM (ECP5; the iCE40 has none);
 * ``one``: the core's control, its input FIFO and counters;
@@ -60,19 +60,19 @@ def family(device: str) -> str:
 
 def core_features(cp, lutram_depth: int) -> dict[str, float]:
     """The features of one layer core (:class:`~spikeforge.hw.params.CoreParams`)."""
-    PR = cp.P * cp.R
+    PR, U = cp.P * cp.R, cp.units   # U synapse units: each its datapath and memory copies
     if cp.stcb:
         upd = neu = cp.P * cp.acc_width
         mems = [(cp.acc_width, cp.acc_depth)] * cp.P
     else:
-        upd, neu = PR * cp.cur_width, PR * cp.state_width
-        mems = [(PR * cp.cur_width, cp.acc_depth)] * cp.cur_banks
+        upd, neu = U * PR * cp.cur_width, PR * cp.state_width
+        mems = [(PR * cp.cur_width, cp.acc_depth)] * (cp.cur_banks * U)
         mems.append((PR * cp.state_width, cp.acc_depth))
-    mems += [(cp.weight_width, cp.weight_depth), (cp.neuron_width, cp.c_out)]
+    mems += [(cp.weight_width, cp.weight_depth)] * U + [(cp.neuron_width, cp.c_out)]
     # LUT-RAM cells (ECP5 DPR16X4: 16 words x 4 bits) of the shallow memories
     lutram = sum(-(-w // 4) * -(-d // 16) for w, d in mems if d <= lutram_depth)
     return {"upd": float(upd), "neu": float(neu),
-            "tree": float(cp.P * cp.in_lanes * cp.weight_bits),
+            "tree": float(U * cp.P * cp.in_lanes * cp.weight_bits),
             "lutram": float(lutram), "one": 1.0, "top": 0.0}
 
 

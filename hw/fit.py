@@ -99,14 +99,17 @@ def memory_plan(net, P, board=()) -> list[MemoryUse]:
     and the board top's memories ``board`` (``(name, width, depth)`` each)."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     for i, cp in enumerate(core_params(net, P)):
-        out.append(MemoryUse(i, f"L{i}_weights", cp.weight_width, cp.weight_depth, sliced=True))
+        # a copy of the weights and of each current memory per synapse unit
+        sfx = [""] + [f"_{u}" for u in range(1, cp.units)]
+        out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width, cp.weight_depth, sliced=True)
+                for x in sfx]
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
         if cp.stcb:
             out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]
         else:
             lanes = cp.P * cp.R
-            out += [MemoryUse(i, f"L{i}_cur{b}", lanes * cp.cur_width, cp.acc_depth)
-                    for b in range(cp.cur_banks)]
+            out += [MemoryUse(i, f"L{i}_cur{b}{x}", lanes * cp.cur_width, cp.acc_depth)
+                    for b in range(cp.cur_banks) for x in sfx]
             out.append(MemoryUse(i, f"L{i}_state", lanes * cp.state_width, cp.acc_depth))
     return out
 

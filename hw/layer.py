@@ -117,44 +117,62 @@ class LayerCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self._p
-        m.submodules.syn = syn = SynapseUnit(p)
+        # the synapse units (``p.units``: each walks its share of the kernel
+        # taps of every event, into its own copy of the current memories)
+        syns = [SynapseUnit(p, u) for u in range(p.units)]
+        for u, unit in enumerate(syns):
+            m.submodules["syn" if u == 0 else f"syn{u}"] = unit
+        syn = syns[0]
         m.submodules.neu = neu = StebUnit(p) if p.stcb else NeuronUnit(p)
 
         # ---------------------------------------------------------- memories
         # the weights in column slices of the block RAM's geometry (no
-        # multiplexer after a deep memory: see hw/memory.py)
-        wmem = SlicedMemory(p.weight_width, p.weight_depth, self._weights)
+        # multiplexer after a deep memory: see hw/memory.py); a copy per
+        # synapse unit, all written alike
         nmem = Memory(shape=unsigned(p.neuron_width), depth=p.c_out, init=self._neurons)
-        m.submodules.weights = wmem
         m.submodules.neurons = nmem
         n_rd, n_wr = nmem.read_port(), nmem.write_port()
         mw = self.mem_write
+        for u, unit in enumerate(syns):
+            wmem = SlicedMemory(p.weight_width, p.weight_depth, self._weights)
+            m.submodules["weights" if u == 0 else f"weights{u}"] = wmem
+            m.d.comb += [
+                wmem.rd_addr.eq(unit.w_addr), unit.w_data.eq(wmem.rd_data),
+                wmem.wr_addr.eq(mw.payload.addr), wmem.wr_data.eq(mw.payload.data),
+                wmem.wr_en.eq(mw.valid & (mw.payload.which == 0)),
+            ]
         m.d.comb += [
             mw.ready.eq(1),
-            wmem.rd_addr.eq(syn.w_addr), syn.w_data.eq(wmem.rd_data),
             n_rd.addr.eq(neu.p_addr), neu.p_data.eq(n_rd.data),
-            wmem.wr_addr.eq(mw.payload.addr), wmem.wr_data.eq(mw.payload.data),
-            wmem.wr_en.eq(mw.valid & (mw.payload.which == 0)),
             n_wr.addr.eq(mw.payload.addr), n_wr.data.eq(mw.payload.data),
             n_wr.en.eq(mw.valid & (mw.payload.which == 1)),
         ]
-        wiring.connect(m, syn.events, flipped(self.i_events))
+        if len(syns) == 1:
+            wiring.connect(m, syn.events, flipped(self.i_events))
+        else:   # every unit takes every event, all in the same cycle
+            i = self.i_events
+            ready = [unit.events.ready for unit in syns]
+            m.d.comb += i.ready.eq(Cat(ready).all())
+            for u, unit in enumerate(syns):
+                others = Cat(r for v, r in enumerate(ready) if v != u).all()
+                m.d.comb += [unit.events.valid.eq(i.valid & others),
+                             unit.events.payload.eq(i.payload)]
         wiring.connect(m, flipped(self.o_events), neu.events)
         if p.stcb:
             clearing = self._stcb_banks(m, syn, neu)
         else:
-            clearing = self._lif_memories(m, syn, neu)
+            clearing = self._lif_memories(m, syns, neu)
         m.d.comb += self.clearing.eq(clearing)
 
         # ---------------------------------------------------------- counters
         perf = self.perf
         o = self.o_events
-        with m.If((syn.busy | neu.busy) & ~clearing):
+        syn_busy = Cat(unit.busy for unit in syns).any()
+        with m.If((syn_busy | neu.busy) & ~clearing):
             m.d.sync += perf.busy.eq(perf.busy + 1)
-        with m.If(neu.stall & ~syn.busy):
+        with m.If(neu.stall & ~syn_busy):
             m.d.sync += perf.stall.eq(perf.stall + 1)
-        with m.If(syn.update):
-            m.d.sync += perf.updates.eq(perf.updates + 1)
+        m.d.sync += perf.updates.eq(perf.updates + sum(unit.update for unit in syns))
         with m.If(syn.accepted):
             m.d.sync += perf.events_in.eq(perf.events_in + 1)
         with m.If(o.valid & o.ready & ~o.payload.last):
@@ -211,7 +229,7 @@ class LayerCore(wiring.Component):
                     m.next = "ACCUM"
         return clearing
 
-    def _lif_memories(self, m, syn, neu):
+    def _lif_memories(self, m, syns, neu):
         """LIF / IF: ``cur_banks`` current memories and one state memory, all
         lanes of a word side by side.
 
@@ -251,27 +269,30 @@ class LayerCore(wiring.Component):
         # of the loads), so the addresses do not wait on the data's net
         own = Signal(nb, init=(1 << nb) - 1)
         free = Signal(nb, init=0)
-        words = []
+        words = []   # words[b][u]: current memory b's copy of synapse unit u, registered
         for b in range(nb):
-            mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
-                         depth=p.acc_depth, init=[])
-            m.submodules[f"cur{b}"] = mem
-            rd, wr = mem.read_port(), mem.write_port()
-            scan_owns = own[b]
-            m.d.comb += [
-                rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
-                rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
-                wr.addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
-                wr.data.eq(Mux(free[b], syn.wr_data, 0)),
-                wr.en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
-                             syn.wr_en & (syn_bank == b))),
-            ]
-            # each memory's word is registered before the units' selects
-            # (timing: a block's output is slow and the multiplexer was the
-            # critical path of a core routed alone)
-            rd_q = Signal.like(rd.data, name=f"cur{b}_q", reset_less=True)
-            m.d.sync += rd_q.eq(rd.data)
-            words.append(rd_q)
+            words.append([])
+            for u, syn in enumerate(syns):
+                mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
+                             depth=p.acc_depth, init=[])
+                m.submodules[f"cur{b}" if u == 0 else f"cur{b}_{u}"] = mem
+                rd, wr = mem.read_port(), mem.write_port()
+                scan_owns = own[b]
+                m.d.comb += [
+                    rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
+                    rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
+                    wr.addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
+                    wr.data.eq(Mux(free[b], syn.wr_data, 0)),
+                    wr.en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
+                                 syn.wr_en & (syn_bank == b))),
+                ]
+                # each memory's word is registered before the units' selects
+                # (timing: a block's output is slow and the multiplexer was the
+                # critical path of a core routed alone)
+                rd_q = Signal.like(rd.data, name=f"cur{b}_q" if u == 0 else f"cur{b}_{u}_q",
+                                   reset_less=True)
+                m.d.sync += rd_q.eq(rd.data)
+                words[b].append(rd_q)
 
         # the selects of the units' words, from copies of ``syn_bank`` and
         # ``scan_bank`` (``copies``: each drives a quarter of the lanes; a
@@ -280,12 +301,21 @@ class LayerCore(wiring.Component):
         # routing).  The copies are a cycle late: a bank changes only at a
         # hand-over or a scan's end, with no read in flight, and the unit's
         # next read data comes three or more cycles later
+        # The scan's current is the sum of the units' copies (each holds the
+        # sum over its taps; the whole sum fits ``cur_width``, so the copies'
+        # partial sums do too)
         NL = p.P * p.R
-        for unit_data, bank, nm in ((syn.rd_data, syn_bank, "syn_bank"),
-                                    (neu.cur_data, scan_bank, "scan_bank")):
-            sel = copies(m, bank, nm) if nb > 1 else [C(0, 1)] * COPIES
-            for n in range(NL):
-                m.d.comb += unit_data[n].eq(Array(w[n] for w in words)[sel[n * COPIES // NL]])
+        sels = {nm: copies(m, bank, nm) if nb > 1 else [C(0, 1)] * COPIES
+                for bank, nm in ((syn_bank, "syn_bank"), (scan_bank, "scan_bank"))}
+
+        def word(u, n, nm):
+            return Array(w[u][n] for w in words)[sels[nm][n * COPIES // NL]]
+        for n in range(NL):
+            m.d.comb += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
+            total = word(0, n, "scan_bank")
+            for u in range(1, len(syns)):
+                total = total + word(u, n, "scan_bank")
+            m.d.comb += neu.cur_data[n].eq(total)
 
         # the synapse unit takes events into a free memory; at a marker it hands
         # the memory over (``handover``) and goes on in the next one; the scan
@@ -294,8 +324,10 @@ class LayerCore(wiring.Component):
         # values (timing: it decides the input's ``ready``)
         enable = Signal()
         handover, release, leaving = Signal(), Signal(), Signal()
-        m.d.comb += [syn.enable.eq(enable), handover.eq(syn.at_marker & enable),
-                     syn.resume.eq(handover)]
+        at_marker = Cat(syn.at_marker for syn in syns).all()
+        m.d.comb += [syn.enable.eq(enable) for syn in syns]
+        m.d.comb += [syn.resume.eq(handover) for syn in syns]
+        m.d.comb += handover.eq(at_marker & enable)
         full_next = Signal(nb)
         bank_next = (syn_bank + handover)[:len(syn_bank)] if nb > 1 else syn_bank
         m.d.comb += full_next.eq((full | (handover << syn_bank)) & ~(release << scan_bank))
@@ -303,7 +335,7 @@ class LayerCore(wiring.Component):
                      enable.eq((~clearing | leaving) & ~full_next.bit_select(bank_next, 1))]
         if p.static:
             with m.If(handover):
-                m.d.sync += hold.bit_select(syn_bank, 1).eq(syn.hold)
+                m.d.sync += hold.bit_select(syn_bank, 1).eq(syns[0].hold)
 
         # the scan takes a full memory once the previous step's spikes are out
         none_owned = [own.eq(0), free.eq((1 << nb) - 1)]

@@ -13,6 +13,7 @@ What it models (see :mod:`spikeforge.hw.layer`):
 
 * synapse unit: one kernel tap of one channel group per cycle, out-of-bounds
   taps included (``events * k*k * G``; ``updates`` counts the in-bounds ones),
+  or ``ceil(k*k / units)`` taps a cycle per unit when a layer splits them,
   where an event is a word of ``Q`` channels at one position for a layer that
   takes words and one non-zero input value (its bit planes) at layer 0;
 * neuron scan: one position of one group per cycle (``G * Hc * Wc``), never
@@ -134,8 +135,9 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
         syn_end = [[0.0] * T for _ in range(L)]
         scan_end = [[0.0] * T for _ in range(L)]
         evs = [img[n].events(cp.word_channels) for n, cp in enumerate(cps)]
-        # cycles: every tap of every event (out-of-bounds ones too) per group
-        taps = [[y.numel() * cp.k ** 2 for y, _ in ev] for ev, cp in zip(evs, cps)]
+        # cycles: every tap of every event (out-of-bounds ones too) per group,
+        # the longest synapse unit's share when the taps are split
+        taps = [[y.numel() * cp.walk_taps for y, _ in ev] for ev, cp in zip(evs, cps)]
         upd = [sum(_in_bounds_taps(net.spec.layers[n], y, x) for y, x in ev) * cp.groups
                for n, (ev, cp) in enumerate(zip(evs, cps))]
         for _ in range(3):  # back-pressure couples neighbours: iterate to a fixed point

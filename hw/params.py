@@ -81,6 +81,7 @@ class CoreParams:
     in_planes: bool = False          # the mask is an input value's bit planes (layer 0)
     words_out: bool = False          # send one word event per spiking window
     strict: bool = False             # LIF / IF: fire at u > theta (neuron.strict), else u >= theta
+    units: int = 1                   # synapse units, each walking its share of the kernel taps
 
     @classmethod
     def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
@@ -116,12 +117,20 @@ class CoreParams:
             raise EngineError(f"layer {index}: only layer 0 of a LIF / IF network is static")
         cur_w = width if stcb else signed_bits(-conv, conv)
         state_w = width if stcb else signed_bits(-base, base)
+        # a LIF / IF conv layer taking word events with a lane per output
+        # channel splits its kernel taps over two synapse units, each with its
+        # own copy of the current memories (the scan adds the copies): its
+        # events take half the cycles.  Such a layer has no more lanes to
+        # give, and its cycles per event are taps, however few spikes a word
+        # carries (the default network's layer 1 set the pace this way)
+        units = 2 if (not stcb and s.kind is LayerKind.CONV and in_lanes > 1 and not in_planes
+                      and P == s.out_channels and s.kernel > 1) else 1
         return cls(index, s.kind, tuple(in_shape), s.in_channels, s.out_channels, s.kernel,
                    s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
                    layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
                    s.neuron.reset, fmt, fault, stcb, timesteps, static,
                    1 if stcb else cur_banks, cur_w, state_w, in_lanes, in_planes, words_out,
-                   strict=s.neuron.strict)
+                   strict=s.neuron.strict, units=units)
 
     # ------------------------------------------------------------------ geometry
 
@@ -134,6 +143,20 @@ class CoreParams:
     def taps(self) -> int:
         """Read-modify-write steps per input event: ``k * k * G``."""
         return self.k * self.k * self.groups
+
+    def tap_range(self, unit: int) -> tuple[int, int]:
+        """Kernel taps ``[t0, t1)`` (raster order, ``t = dy*k + dx``) that
+        synapse unit ``unit`` walks: ``k*k`` split into ``units`` runs, the
+        longer ones first."""
+        n, u = self.k * self.k, self.units
+        size = [n // u + (i < n % u) for i in range(u)]
+        t0 = sum(size[:unit])
+        return t0, t0 + size[unit]
+
+    @property
+    def walk_taps(self) -> int:
+        """Cycles per input event and channel group: the longest unit's taps."""
+        return -(-self.k * self.k // self.units)
 
     @property
     def R(self) -> int:

@@ -79,9 +79,9 @@ def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int]
                    channels: tuple[int, int] = (2, 6), T: tuple[int, int] = (2, 5),
                    input_bits: tuple[int, int] = (1, 4), classes: int | None = None,
                    voting: int | None = None, density: float = 0.5,
-                   strict: bool | None = False) -> IntNetwork:
-    """A random LIF/IF network: 1..``max_layers_conv`` conv layers (k in {1, 3},
-    random padding, pool 1 or 2), then an fc layer of ``classes * voting``.
+                   strict: bool | None = False, kernels: tuple[int, ...] = (1, 3)) -> IntNetwork:
+    """A random LIF/IF network: 1..``max_layers_conv`` conv layers (k drawn from
+    ``kernels``, random padding, pool 1 or 2), then an fc layer of ``classes * voting``.
 
     Thresholds are set from a calibration input drawn like :func:`random_frames`
     (``density`` of the pixels non-zero).  ``strict``: every layer's spike
@@ -103,7 +103,7 @@ def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int]
     specs = []
     c, hh, ww = c_in, h, wdt
     for _ in range(rng.randint(1, max_layers_conv)):
-        k = rng.choice([1, 3])
+        k = rng.choice(list(kernels))
         pad = rng.randint(0, k - 1)
         if min(hh, ww) + 2 * pad < k:  # the kernel must fit the (padded) input
             pad = k - 1
@@ -177,7 +177,7 @@ def random_stcb_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int,
     specs = []
     c, hh, ww = c_in, h, wdt
     for _ in range(rng.randint(1, max_layers_conv)):
-        k = rng.choice([1, 3])
+        k = rng.choice(list(kernels))
         pad = rng.randint(0, k - 1)
         if min(hh, ww) + 2 * pad < k:  # the kernel must fit the (padded) input
             pad = k - 1

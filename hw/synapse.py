@@ -108,8 +108,9 @@ class SynapseUnit(wiring.Component):
     Reset: idle, no marker held; the decoder and walker empty.
     """
 
-    def __init__(self, params: CoreParams):
+    def __init__(self, params: CoreParams, unit: int = 0):
         self._p = p = params
+        self._taps = p.tap_range(unit)
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -198,16 +199,24 @@ class SynapseUnit(wiring.Component):
         # ``free`` == ~active | last_tap, a register (the input's ``ready``
         # is decided from registers and ``enable``)
         free = Signal(init=1)
-        single = (k == 1) and (G == 1)   # an event of one tap
+        # this unit's taps: from (dy0, dx0) to (dy1, dx1) in raster order;
+        # ``dx_end``: the last column of the row in the range, ``dy_end``: the
+        # range's last row
+        t0, t1 = self._taps
+        dy0, dx0 = divmod(t0, k)
+        dy1, dx1 = divmod(t1 - 1, k)
+        single = (t1 - t0 == 1) and (G == 1)   # an event of one tap
         m.d.comb += take.eq(self.enable & ~marker_held & free)
         inb = active & (oy >= 0) & (oy < p.hc) & (ox >= 0) & (ox < p.wc)
 
         with m.If(take & d2_valid):
             m.d.sync += [active.eq(~d2_last), marker_held.eq(d2_last),
-                         dy.eq(0), dx.eq(0), g.eq(0), oy.eq(d2_oy), ox.eq(d2_ox),
-                         dy_end.eq(k == 1), dx_end.eq(k == 1), g_end.eq(G == 1),
-                         free.eq(d2_last | single),
-                         ox0.eq(d2_ox), addr.eq(d2_e0), waddr.eq(d2_wbase), mask.eq(d2_mask),
+                         dy.eq(dy0), dx.eq(dx0), g.eq(0), oy.eq(d2_oy - dy0),
+                         ox.eq(d2_ox - dx0),
+                         dy_end.eq(dy0 == dy1), dx_end.eq(dx0 == (dx1 if dy0 == dy1 else k - 1)),
+                         g_end.eq(G == 1), free.eq(d2_last | single),
+                         ox0.eq(d2_ox), addr.eq(d2_e0 - (dy0 * p.wc + dx0)),
+                         waddr.eq(d2_wbase + t0 * G), mask.eq(d2_mask),
                          shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
         with m.Elif(active & last_tap):
             m.d.sync += [active.eq(0), free.eq(1)]
@@ -217,15 +226,18 @@ class SynapseUnit(wiring.Component):
                 m.d.sync += [g.eq(g + 1), addr.eq(addr + hw), g_end.eq(g == G - 2),
                              free.eq(dy_end & dx_end & (g == G - 2))]
             with m.Elif(~dx_end):
+                row_end = Mux(dy_end, dx == dx1 - 1, dx == k - 2)   # dx + 1 ends the row
                 m.d.sync += [g.eq(0), dx.eq(dx + 1), ox.eq(ox - 1),
                              addr.eq(addr - ((G - 1) * hw + 1)),
-                             g_end.eq(G == 1), dx_end.eq(dx == k - 2),
-                             free.eq(dy_end & (dx == k - 2) & (G == 1))]
+                             g_end.eq(G == 1), dx_end.eq(row_end),
+                             free.eq(dy_end & row_end & (G == 1))]
             with m.Else():
+                last_row = dy == dy1 - 1                               # dy + 1 is the last
                 m.d.sync += [g.eq(0), dx.eq(0), dy.eq(dy + 1), ox.eq(ox0), oy.eq(oy - 1),
                              addr.eq(addr + (k - 1 - p.wc - (G - 1) * hw)),
-                             g_end.eq(G == 1), dx_end.eq(k == 1), dy_end.eq(dy == k - 2),
-                             free.eq((dy == k - 2) & single)]
+                             g_end.eq(G == 1), dx_end.eq(Mux(last_row, dx1 == 0, k == 1)),
+                             dy_end.eq(last_row),
+                             free.eq(last_row & (dx1 == 0) & (G == 1))]
         with m.If(self.resume):
             m.d.sync += marker_held.eq(0)
 

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from spikeforge.hw.network import Mismatch, NetworkTop, first_mismatch, input_events
+from spikeforge.hw.network import Mismatch, NetworkTop, core_params, first_mismatch, input_events
 from spikeforge.hw.randnet import random_frames, random_network, random_stcb_network
 from spikeforge.hw.sim import simulate, simulate_many
 from spikeforge.image import input_lanes, memories
@@ -21,6 +21,9 @@ from spikeforge.sw.golden import IntNetwork
 
 
 def lanes(net, P):
+    """``P`` (one for all layers, capped at each layer's channels) or a list."""
+    if isinstance(P, list):
+        return P
     return [min(P, l.spec.out_channels) for l in net.layers]
 
 
@@ -71,6 +74,30 @@ FAST = [(seed, 1 + seed % 4) for seed in range(25)]
 @pytest.mark.parametrize("seed,P", FAST, ids=[f"seed{s}-P{p}" for s, p in FAST])
 def test_random_network_matches_golden(seed, P):
     net = random_network(seed, size=(6, 8), channels=(2, 5))
+    x = random_frames(net, seed)
+    ref, res, mm = check(net, x, P, seed=seed)
+    assert_spikes(net, ref)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout(net, ref, res)
+    assert_perf(net, P, res, sum(not e.last for e in input_events(net, x[0])))
+
+
+#: random networks with kernels 2, 3 and 5 whose word-taking conv layers split
+#: their taps over two synapse units (a lane per output channel: full lanes)
+SPLIT = (301, 305, 306, 307, 311, 321, 326, 340)
+
+
+@pytest.mark.parametrize("seed", SPLIT, ids=[f"split-seed{s}" for s in SPLIT])
+def test_split_taps_match_golden(seed):
+    net = random_network(seed, size=(6, 9), channels=(2, 5), max_layers_conv=3,
+                         kernels=(2, 3, 5))
+    P = [layer.spec.out_channels for layer in net.layers]
+    split = [cp for cp in core_params(net, P) if cp.units > 1]
+    assert split, "no layer splits its taps: a vacuous case"
+    # every tap is walked by exactly one unit
+    for cp in split:
+        ranges = [cp.tap_range(u) for u in range(cp.units)]
+        assert [t for a, b in ranges for t in range(a, b)] == list(range(cp.k * cp.k))
     x = random_frames(net, seed)
     ref, res, mm = check(net, x, P, seed=seed)
     assert_spikes(net, ref)
