@@ -10,11 +10,12 @@ L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
 Flash with ``openFPGALoader --board ulx3s top.bit``.
 
 Batch mode (``spikeforge infer --batch N``): an image store of
-:data:`BATCH_BEATS` event beats in block RAM (8,192 beats: about 50 images
-of the default MNIST network at ~150 beats each; with its 36-bit events 16 of
+:data:`BATCH_BEATS` event beats in block RAM (4,096 beats: about 26 images
+of the default MNIST network at ~153 beats each; with its 36-bit events 8 of
 the 85F's 208 EBRs, counted by :func:`.build.board_memories`).  Not more:
-the planned default engine already takes 167 of them, and the builds near
-full block-RAM rows were the hardest to route.
+the planned default engine takes 188 of them (its layer 1's two synapse
+units hold two copies of its current memories), and the builds near full
+block-RAM rows were the hardest to route.
 """
 
 from amaranth import *
@@ -28,7 +29,7 @@ DEVICE = "ecp5-85f"          # hw.fit device key
 PART = "LFE5U-85F"
 BITSTREAM = "top.bit"
 #: The image store of batch mode in event beats (BoardTop's ``batch_beats``).
-BATCH_BEATS = 8192
+BATCH_BEATS = 4096
 CLOCK_HZ = 25_000_000
 
 

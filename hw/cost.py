@@ -68,7 +68,8 @@ def core_features(cp, lutram_depth: int) -> dict[str, float]:
         upd, neu = U * PR * cp.cur_width, PR * cp.state_width
         mems = [(PR * cp.cur_width, cp.acc_depth)] * (cp.cur_banks * U)
         mems.append((PR * cp.state_width, cp.acc_depth))
-    mems += [(cp.weight_width, cp.weight_depth)] * U + [(cp.neuron_width, cp.c_out)]
+    mems += [(cp.weight_width, hi - lo) for lo, hi in map(cp.weight_rows, range(U))]
+    mems.append((cp.neuron_width, cp.c_out))
     # LUT-RAM cells (ECP5 DPR16X4: 16 words x 4 bits) of the shallow memories
     lutram = sum(-(-w // 4) * -(-d // 16) for w, d in mems if d <= lutram_depth)
     return {"upd": float(upd), "neu": float(neu),

@@ -99,10 +99,11 @@ def memory_plan(net, P, board=()) -> list[MemoryUse]:
     and the board top's memories ``board`` (``(name, width, depth)`` each)."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     for i, cp in enumerate(core_params(net, P)):
-        # a copy of the weights and of each current memory per synapse unit
+        # per synapse unit: the weights of its taps and a copy of each current memory
         sfx = [""] + [f"_{u}" for u in range(1, cp.units)]
-        out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width, cp.weight_depth, sliced=True)
-                for x in sfx]
+        out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width,
+                          cp.weight_rows(u)[1] - cp.weight_rows(u)[0], sliced=True)
+                for u, x in enumerate(sfx)]
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
         if cp.stcb:
             out += [MemoryUse(i, f"L{i}_bank{j}", cp.acc_width, cp.acc_depth) for j in range(cp.P)]

@@ -127,19 +127,22 @@ class LayerCore(wiring.Component):
 
         # ---------------------------------------------------------- memories
         # the weights in column slices of the block RAM's geometry (no
-        # multiplexer after a deep memory: see hw/memory.py); a copy per
-        # synapse unit, all written alike
+        # multiplexer after a deep memory: see hw/memory.py); each synapse
+        # unit holds the words of its own taps
         nmem = Memory(shape=unsigned(p.neuron_width), depth=p.c_out, init=self._neurons)
         m.submodules.neurons = nmem
         n_rd, n_wr = nmem.read_port(), nmem.write_port()
         mw = self.mem_write
         for u, unit in enumerate(syns):
-            wmem = SlicedMemory(p.weight_width, p.weight_depth, self._weights)
+            lo, hi = p.weight_rows(u)
+            wmem = SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
             m.submodules["weights" if u == 0 else f"weights{u}"] = wmem
+            a = mw.payload.addr
+            mine = (a >= lo) & (a < hi) if p.units > 1 else C(1, 1)
             m.d.comb += [
                 wmem.rd_addr.eq(unit.w_addr), unit.w_data.eq(wmem.rd_data),
-                wmem.wr_addr.eq(mw.payload.addr), wmem.wr_data.eq(mw.payload.data),
-                wmem.wr_en.eq(mw.valid & (mw.payload.which == 0)),
+                wmem.wr_addr.eq(a - lo), wmem.wr_data.eq(mw.payload.data),
+                wmem.wr_en.eq(mw.valid & (mw.payload.which == 0) & mine),
             ]
         m.d.comb += [
             mw.ready.eq(1),

@@ -35,19 +35,32 @@ from .params import CoreParams, EngineError
 from .streams import EventFIFO, EventFormat, bits_for, mem_write_layout
 
 __all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
-           "lane_counts", "layer_input_shapes"]
+           "lane_counts", "split_capable", "layer_input_shapes"]
+
+
+def split_capable(net, n: int) -> bool:
+    """Whether layer ``n`` can split its kernel taps over two synapse units:
+    a LIF / IF conv layer (kernel > 1) after a LIF / IF layer."""
+    il = net.layers[n]
+    return (n > 0 and il.spec.kind is LayerKind.CONV and not il.stcb
+            and not net.layers[n - 1].stcb and il.spec.kernel > 1)
 
 
 def lane_counts(net, P) -> list[int]:
-    """``P`` as one lane count per layer (validated against the output channels)."""
+    """``P`` as one lane count per layer, validated: ``1 .. C_out`` output-channel
+    lanes, or ``2 * C_out`` for a layer that can split its kernel taps
+    (:func:`split_capable`): a lane per channel in each of two synapse units."""
     n = len(net.layers)
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * n
     if len(ps) != n:
         raise EngineError(f"{len(ps)} lane counts for {n} layers")
     for i, (p, il) in enumerate(zip(ps, net.layers)):
-        if type(p) is not int or not 1 <= p <= il.spec.out_channels:
-            raise EngineError(f"layer {i}: lane count P must be an integer in "
-                              f"1..{il.spec.out_channels} (its output channels), not {p!r}")
+        c = il.spec.out_channels
+        split = split_capable(net, i)
+        if type(p) is not int or not (1 <= p <= c or split and p == 2 * c):
+            raise EngineError(f"layer {i}: lane count P must be an integer in 1..{c} (its output "
+                              "channels)" + (f" or {2 * c} (its taps split over two synapse "
+                                             "units)" if split else "") + f", not {p!r}")
     return ps
 
 
@@ -65,13 +78,16 @@ def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
     shapes = layer_input_shapes(net.spec)
     faults = dict(faults or {})
     T = net.spec.timesteps
-    qs = input_lanes(net, ps)
+    # lanes beyond a layer's channels are a second synapse unit
+    chans = [min(p, il.spec.out_channels) for p, il in zip(ps, net.layers)]
+    qs = input_lanes(net, chans)
     planes = plane_words(net)
     qs[0] = net.layers[0].input_bits if planes else 1
-    return [CoreParams.build(i, il, shapes[i], ps[i], fmt, faults.get(i), T,
+    return [CoreParams.build(i, il, shapes[i], chans[i], fmt, faults.get(i), T,
                              static=i == 0 and not il.stcb, in_lanes=qs[i],
                              in_planes=i == 0 and planes,
-                             words_out=i + 1 < len(qs) and qs[i + 1] > 1)
+                             words_out=i + 1 < len(qs) and qs[i + 1] > 1,
+                             units=ps[i] // chans[i])
             for i, il in enumerate(net.layers)]
 
 

@@ -87,7 +87,7 @@ class CoreParams:
     def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
               fault: str | None = None, timesteps: int = 1, static: bool = False,
               cur_banks: int = 2, in_lanes: int = 1, in_planes: bool = False,
-              words_out: bool = False) -> "CoreParams":
+              words_out: bool = False, units: int = 1) -> "CoreParams":
         s = layer.spec
         stcb = s.neuron.kind is NeuronKind.STCB
         if stcb and fault is not None:
@@ -117,14 +117,19 @@ class CoreParams:
             raise EngineError(f"layer {index}: only layer 0 of a LIF / IF network is static")
         cur_w = width if stcb else signed_bits(-conv, conv)
         state_w = width if stcb else signed_bits(-base, base)
-        # a LIF / IF conv layer taking word events with a lane per output
-        # channel splits its kernel taps over two synapse units, each with its
-        # own copy of the current memories (the scan adds the copies): its
-        # events take half the cycles.  Such a layer has no more lanes to
-        # give, and its cycles per event are taps, however few spikes a word
-        # carries (the default network's layer 1 set the pace this way)
-        units = 2 if (not stcb and s.kind is LayerKind.CONV and in_lanes > 1 and not in_planes
-                      and P == s.out_channels and s.kernel > 1) else 1
+        # ``units`` 2: a LIF / IF conv layer with a lane per output channel
+        # splits its kernel taps over two synapse units, each with its own
+        # copy of the weights and current memories (the scan adds the
+        # copies): its events take about half the cycles.  Such a layer has
+        # no more channel lanes to give, and its cycles per event are taps,
+        # however few spikes a word carries (the default network's layer 1
+        # set the pace this way)
+        if units not in (1, 2) or units == 2 and (stcb or s.kind is not LayerKind.CONV
+                                                  or index == 0 or s.kernel < 2
+                                                  or P != s.out_channels):
+            raise EngineError(f"layer {index}: {units!r} synapse units; two are for a LIF / IF "
+                              "conv layer past layer 0 (kernel > 1) with a lane per output "
+                              "channel")
         return cls(index, s.kind, tuple(in_shape), s.in_channels, s.out_channels, s.kernel,
                    s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
                    layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
@@ -152,6 +157,13 @@ class CoreParams:
         size = [n // u + (i < n % u) for i in range(u)]
         t0 = sum(size[:unit])
         return t0, t0 + size[unit]
+
+    def weight_rows(self, unit: int) -> tuple[int, int]:
+        """Words ``[lo, hi)`` of ``L{n}_weights`` that synapse unit ``unit``
+        holds: those of its taps (the tap is the address's outermost part)."""
+        t0, t1 = self.tap_range(unit)
+        per_tap = self.in_groups * self.groups
+        return t0 * per_tap, t1 * per_tap
 
     @property
     def walk_taps(self) -> int:

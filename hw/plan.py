@@ -1,7 +1,8 @@
 """The planner: lanes per layer for a device, from the cycle and cost models.
 
 A candidate is a lane count ``P`` per layer (powers of two up to the layer's
-output channels, and the channels themselves).  For each, the cycle model
+output channels, the channels themselves, and twice them for a layer that
+can split its kernel taps over two synapse units).  For each, the cycle model
 (:mod:`~spikeforge.hw.model`, on the spike traces of a few training images)
 predicts the interval between images fed back to back and the latency of
 one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
@@ -22,7 +23,7 @@ from __future__ import annotations
 from . import cost
 from .fit import DEVICES, FitError
 from .model import predict
-from .network import lane_counts
+from .network import lane_counts, split_capable
 
 __all__ = ["evaluate", "plan", "pareto", "table", "PlanError"]
 
@@ -31,12 +32,15 @@ class PlanError(FitError):
     """No candidate fits, or a hand-given lane count is not a valid plan."""
 
 
-def _options(c_out: int) -> list[int]:
+def _options(net, n: int) -> list[int]:
+    """Lane counts of layer ``n``: powers of two below its channels, the
+    channels, and twice them where it can split its taps."""
+    c_out = net.layers[n].spec.out_channels
     out, p = [], 1
     while p < c_out:
         out.append(p)
         p *= 2
-    return out + [c_out]
+    return out + [c_out] + ([2 * c_out] if split_capable(net, n) else [])
 
 
 def evaluate(net, lanes, work, device: str, board=()) -> dict:
@@ -98,7 +102,7 @@ def plan(net, work, device: str, board=(), lanes=None) -> dict:
         here = ev(cur)
         step = None
         for n in sorted(range(len(outs)), key=lambda n: -here["occupancy"][n]):
-            opts = _options(outs[n])
+            opts = _options(net, n)
             i = opts.index(cur[n])
             if i + 1 < len(opts):
                 trial = cur[:n] + [opts[i + 1]] + cur[n + 1:]
@@ -109,8 +113,8 @@ def plan(net, work, device: str, board=(), lanes=None) -> dict:
             break
         cur = step
     cur = max(seen.values(), key=_key)["lanes"]
-    for n, c in enumerate(outs):   # the chosen point's neighbours
-        opts = _options(c)
+    for n in range(len(outs)):   # the chosen point's neighbours
+        opts = _options(net, n)
         i = opts.index(cur[n])
         for j in (i - 1, i + 1):
             if 0 <= j < len(opts):

@@ -9,7 +9,8 @@ membrane banks (lane ``j`` holds the neurons of channel ``g*P + j``)::
 
 One update per lane per cycle: the weight word and the accumulator are read
 in the walk cycle and written back in the next; the weight address is
-``((c*k + dy)*k + dx)*G + g``, i.e. a running count from ``c * k*k*G``.
+``((dy*k + dx)*C_in + c)*G + g`` (:mod:`spikeforge.image`), counted from the
+unit's first tap: a unit that walks taps ``[t0, t1)`` holds those words only.
 
 The CAB shift.  Layer 0 takes a ``B``-bit pixel as ``B`` bit-plane events
 (MSB first); plane ``b`` carries ``shift = B - 1 - b`` and adds
@@ -98,7 +99,8 @@ class SynapseUnit(wiring.Component):
     wr_data : Out(ArrayLayout(signed(cur_width), P * R))
         Current memory write data (only the tap's position changes).
     w_addr : Out(unsigned)
-        Weight memory read address, data one cycle later.
+        Weight memory read address (in this unit's words,
+        :meth:`CoreParams.weight_rows`), data one cycle later.
     w_data : In(unsigned(P * weight_bits))
         Weight word, lane ``j`` in bits ``[j*W, (j+1)*W)``.
     step : In(range(in_steps))
@@ -111,6 +113,7 @@ class SynapseUnit(wiring.Component):
     def __init__(self, params: CoreParams, unit: int = 0):
         self._p = p = params
         self._taps = p.tap_range(unit)
+        self._unit = unit
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -176,7 +179,7 @@ class SynapseUnit(wiring.Component):
             m.d.sync += [
                 d2_valid.eq(d1_valid), d2_last.eq(d1_last), d2_shift.eq(d1_shift),
                 d2_mask.eq(d1_mask),
-                d2_wbase.eq(const_mul(d1_cin, p.taps)),
+                d2_wbase.eq(const_mul(d1_cin, G)),
                 d2_e0.eq(const_mul(d1_oy, p.wc) + d1_ox),
                 d2_oy.eq(d1_oy), d2_ox.eq(d1_ox),
             ]
@@ -216,12 +219,13 @@ class SynapseUnit(wiring.Component):
                          dy_end.eq(dy0 == dy1), dx_end.eq(dx0 == (dx1 if dy0 == dy1 else k - 1)),
                          g_end.eq(G == 1), free.eq(d2_last | single),
                          ox0.eq(d2_ox), addr.eq(d2_e0 - (dy0 * p.wc + dx0)),
-                         waddr.eq(d2_wbase + t0 * G), mask.eq(d2_mask),
+                         waddr.eq(d2_wbase), mask.eq(d2_mask),
                          shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
         with m.Elif(active & last_tap):
             m.d.sync += [active.eq(0), free.eq(1)]
         with m.Elif(active):
-            m.d.sync += waddr.eq(waddr + 1)
+            # the next group's word, or the next tap's first group
+            m.d.sync += waddr.eq(waddr + Mux(g_end, p.in_groups * G - (G - 1), 1))
             with m.If(~g_end):
                 m.d.sync += [g.eq(g + 1), addr.eq(addr + hw), g_end.eq(g == G - 2),
                              free.eq(dy_end & dx_end & (g == G - 2))]
@@ -264,7 +268,8 @@ class SynapseUnit(wiring.Component):
         # word is already a flip-flop's output; a plain weight goes straight
         # into its register below.
         w_word, pre = self.w_data, 0
-        if p.weight_depth > ECP5_LUTRAM_DEPTH and (Q > 1 or p.max_shift > 0):
+        lo, hi = p.weight_rows(self._unit)
+        if hi - lo > ECP5_LUTRAM_DEPTH and (Q > 1 or p.max_shift > 0):
             w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
             s2, mask2 = Signal.like(s1, name="s2"), Signal.like(mask1, name="mask2", **dreg)
             m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask2.eq(mask1)]

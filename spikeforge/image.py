@@ -43,13 +43,14 @@ and ``c_in`` runs over the flattened inputs in (channel, row, column) order)
 has ``G = ceil(C_out / P)`` channel groups and two read-only memories:
 
 ``L{n}_weights``: width ``P * W`` (``W = weight_bits``), depth
-``C_in * k * k * G``.  Address ``((c_in * k + dy) * k + dx) * G + g`` holds in
-lane ``j`` (bits ``[j*W, (j+1)*W)``, two's complement) the weight
-``w[g*P + j, c_in, dy, dx]``; lanes past ``C_out`` are 0.  A layer that takes
-word events of ``Q`` input channels (:func:`input_lanes`; ``Q = 1`` above)
-has ``G_in = ceil(C_in / Q)`` input groups, width ``Q * P * W`` and depth
-``G_in * k * k * G``: address ``((gi * k + dy) * k + dx) * G + g`` holds at
-bits ``[(i*P + j)*W, ...)`` the weight ``w[g*P + j, gi*Q + i, dy, dx]``.
+``k * k * C_in * G``.  Address ``((dy * k + dx) * C_in + c_in) * G + g`` (the
+kernel tap outermost: a synapse unit that walks some of the taps holds those
+words only) holds in lane ``j`` (bits ``[j*W, (j+1)*W)``, two's complement)
+the weight ``w[g*P + j, c_in, dy, dx]``; lanes past ``C_out`` are 0.  A layer
+that takes word events of ``Q`` input channels (:func:`input_lanes`; ``Q = 1``
+above) has ``G_in = ceil(C_in / Q)`` input groups, width ``Q * P * W`` and
+depth ``k * k * G_in * G``: address ``((dy * k + dx) * G_in + gi) * G + g``
+holds at bits ``[(i*P + j)*W, ...)`` the weight ``w[g*P + j, gi*Q + i, dy, dx]``.
 
 ``L{n}_neurons``: width ``S + A + 6`` (``S = state_bits``, ``A = acc_bits``),
 depth ``C_out``.  Word ``c`` holds ``theta[c]`` in bits ``[0, S)`` and
@@ -488,16 +489,19 @@ def weight_words(layer: IntLayer, P: int, Q: int = 1) -> list[int]:
     w = np.pad(w, ((0, G * P - c_out), (0, Gi * Q - c_in), (0, 0), (0, 0)))
     if not _fits(w, layer.weight_bits):
         raise ImageError(f"weights outside {layer.weight_bits} signed bits")
-    # [g, j, gi, i, dy, dx] -> address (gi, dy, dx, g), word (i, j)
-    lanes = w.reshape(G, P, Gi, Q, k, k).transpose(2, 4, 5, 0, 3, 1).reshape(-1, Q * P)
+    # [g, j, gi, i, dy, dx] -> address (dy, dx, gi, g), word (i, j)
+    lanes = w.reshape(G, P, Gi, Q, k, k).transpose(4, 5, 2, 0, 3, 1).reshape(-1, Q * P)
     return _pack(lanes, [layer.weight_bits] * (Q * P))
 
 
 def _lane_list(net: IntNetwork, P) -> list[int]:
+    """Output-channel lanes per layer: lanes beyond a layer's channels are a
+    second synapse unit (``spikeforge.hw.network.lane_counts``), which holds
+    the same memories."""
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
     if len(ps) != len(net.layers):
         raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers")
-    return [_lanes(p) for p in ps]
+    return [min(_lanes(p), il.spec.out_channels) for p, il in zip(ps, net.layers)]
 
 
 def neuron_words(layer: IntLayer) -> list[int]:

@@ -12,7 +12,8 @@ import dataclasses
 import pytest
 import torch
 
-from spikeforge.hw.network import Mismatch, NetworkTop, core_params, first_mismatch, input_events
+from spikeforge.hw.network import (Mismatch, NetworkTop, core_params, first_mismatch,
+                                   input_events, split_capable)
 from spikeforge.hw.randnet import random_frames, random_network, random_stcb_network
 from spikeforge.hw.sim import simulate, simulate_many
 from spikeforge.image import input_lanes, memories
@@ -82,8 +83,8 @@ def test_random_network_matches_golden(seed, P):
     assert_perf(net, P, res, sum(not e.last for e in input_events(net, x[0])))
 
 
-#: random networks with kernels 2, 3 and 5 whose word-taking conv layers split
-#: their taps over two synapse units (a lane per output channel: full lanes)
+#: random networks with kernels 2, 3 and 5 whose conv layers past the first
+#: split their taps over two synapse units (lanes: twice the channels)
 SPLIT = (301, 305, 306, 307, 311, 321, 326, 340)
 
 
@@ -91,7 +92,7 @@ SPLIT = (301, 305, 306, 307, 311, 321, 326, 340)
 def test_split_taps_match_golden(seed):
     net = random_network(seed, size=(6, 9), channels=(2, 5), max_layers_conv=3,
                          kernels=(2, 3, 5))
-    P = [layer.spec.out_channels for layer in net.layers]
+    P = split_lanes(net)
     split = [cp for cp in core_params(net, P) if cp.units > 1]
     assert split, "no layer splits its taps: a vacuous case"
     # every tap is walked by exactly one unit
@@ -215,10 +216,20 @@ def test_comparison_catches_a_broken_design(seed, fault, layer):
     assert check(net, x, 2)[2] is None
 
 
-def test_runtime_memory_writes_and_back_to_back_inferences():
+def split_lanes(net) -> list[int]:
+    """Twice the channels where a layer can split its taps, else the channels."""
+    return [layer.spec.out_channels * (2 if split_capable(net, n) else 1)
+            for n, layer in enumerate(net.layers)]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["lanes2", "split-taps"])
+def test_runtime_memory_writes_and_back_to_back_inferences(split):
     """Build the top for one network, write another's memories through
-    ``mem_write``, then run two inferences (``start`` clears the state)."""
-    net_a = random_network(4, size=(6, 8), channels=(2, 4))
+    ``mem_write``, then run two inferences (``start`` clears the state);
+    split: the weight words go to the synapse unit that holds their tap."""
+    net_a = (random_network(306, size=(6, 9), channels=(2, 5), max_layers_conv=3,
+                            kernels=(2, 3, 5)) if split
+             else random_network(4, size=(6, 8), channels=(2, 4)))
     gen = torch.Generator().manual_seed(9)
     layers = []
     for il in net_a.layers:
@@ -226,7 +237,7 @@ def test_runtime_memory_writes_and_back_to_back_inferences():
         w = torch.randint(-lim, lim, il.weight.shape, generator=gen)
         layers.append(dataclasses.replace(il, weight=w, theta=(il.theta + 1) // 2 + 1))
     net_b = IntNetwork(net_a.spec, tuple(layers))
-    P = lanes(net_a, 2)
+    P = split_lanes(net_a) if split else lanes(net_a, 2)
     writes = []
     for sel, (name, (_, words)) in enumerate(memories(net_b, P).items()):
         writes += [(sel, addr, word) for addr, word in enumerate(words)]

@@ -419,6 +419,17 @@ def test_weight_words_kernel_order():
         weight_words(layer, 0)
 
 
+def test_weight_words_tap_outermost():
+    # conv 2 -> 1, k = 2: address (dy * 2 + dx) * C_in + c_in (the tap outermost,
+    # so a synapse unit walking some taps holds a run of words); Q = 2: one word
+    # per tap, channel i at bits [8i, 8i + 8)
+    spec = LayerSpec(LayerKind.CONV, 2, 1, (2, 2), kernel=2)
+    w = t(1, 2, 3, 4, 5, 6, 7, 8).view(1, 2, 2, 2)   # w[0, c, dy, dx]
+    layer = IntLayer(spec, w, t(0), t(1), t(0), (1,), 8, 8, 8, 1)
+    assert weight_words(layer, 1) == [1, 5, 2, 6, 3, 7, 4, 8]
+    assert weight_words(layer, 1, 2) == [0x0501, 0x0602, 0x0703, 0x0804]
+
+
 def test_neuron_words_by_hand():
     # S = 4, A = 5: theta bits [0, 4), bias bits [4, 9), shift bits [9, 15)
     layer = fc_layer([[1], [1]], 2, theta=t(3, 7), bias=t(-1, 5), shift=t(2, 0), state=4, acc=5)
