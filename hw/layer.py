@@ -11,6 +11,12 @@ One core per network layer, generated from the layer's
   the layout of :mod:`spikeforge.image` (initialised from the network, writable
   at run time through ``mem_write``).
 
+A LIF / IF conv layer may have two synapse units (``CoreParams.units``; lanes
+``2 * C_out`` in a plan): each takes every event and walks its run of the
+kernel taps (:meth:`CoreParams.tap_range`), from the weight words of those
+taps, into its own copy of each current memory; the scan reads the copies
+side by side and adds them.
+
 LIF / IF: the synapse unit sums a step's events into a current memory until
 the end-of-step marker, hands it to the neuron unit's scan (threshold, reset,
 decay, state write-back, spikes out, marker out) and goes on with the next
