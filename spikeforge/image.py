@@ -470,7 +470,7 @@ def input_lanes(net: IntNetwork, P: int | list[int]) -> list[int]:
     """Input channels per event of each layer: ``Q`` = the previous layer's
     lanes for a conv layer after a LIF / IF layer (a word of ``Q`` spikes at
     one position), else 1."""
-    ps = _lane_list(net, P)
+    ps = _channel_lanes(net, P)
     out = [1]
     for n in range(1, len(net.layers)):
         il = net.layers[n]
@@ -495,13 +495,17 @@ def weight_words(layer: IntLayer, P: int, Q: int = 1) -> list[int]:
 
 
 def _lane_list(net: IntNetwork, P) -> list[int]:
-    """Output-channel lanes per layer: lanes beyond a layer's channels are a
-    second synapse unit (``spikeforge.hw.network.lane_counts``), which holds
-    the same memories."""
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
     if len(ps) != len(net.layers):
         raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers")
-    return [min(_lanes(p), il.spec.out_channels) for p, il in zip(ps, net.layers)]
+    return [_lanes(p) for p in ps]
+
+
+def _channel_lanes(net: IntNetwork, P) -> list[int]:
+    """Output-channel lanes per layer, what the memories' geometry follows:
+    lanes beyond a layer's channels are a second synapse unit
+    (``spikeforge.hw.network.lane_counts``), with the same memories."""
+    return [min(p, il.spec.out_channels) for p, il in zip(_lane_list(net, P), net.layers)]
 
 
 def neuron_words(layer: IntLayer) -> list[int]:
@@ -525,7 +529,7 @@ def neuron_words(layer: IntLayer) -> list[int]:
 def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
     """``{name: (width, words)}`` for every layer, ``P`` one lane count or one per
     layer; ready for ``Memory(shape=unsigned(width), depth=len(words), init=words)``."""
-    ps = _lane_list(net, P)
+    ps = _channel_lanes(net, P)
     out = {}
     for n, (il, p, q) in enumerate(zip(net.layers, ps, input_lanes(net, ps))):
         out[f"L{n}_weights"] = (q * p * il.weight_bits, weight_words(il, p, q))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spikeforge import cli, flow, image, layouts
-from spikeforge.hw.network import NetworkTop
+from spikeforge.hw.network import NetworkTop, split_capable
 from spikeforge.hw.params import EngineError
 from spikeforge.hw.randnet import random_network
 from spikeforge.image import ImageError, export_hex, memories, read_exported
@@ -28,6 +28,21 @@ def exported(tmp_path):
 def test_read_exported_gives_the_networks_memories(exported):
     net, lanes, hw = exported
     assert read_exported(hw, net, lanes) == memories(net, lanes)
+
+
+def test_split_lanes_export_the_channel_lanes_memories(tmp_path):
+    """Lanes 2 x C_out (a second synapse unit) hold the memories of C_out lanes,
+    and the export records the lanes as given."""
+    net = random_network(306, size=(6, 9), channels=(2, 5), max_layers_conv=3,
+                         kernels=(2, 3, 5))
+    chans = [layer.spec.out_channels for layer in net.layers]
+    lanes = [c * (2 if split_capable(net, n) else 1) for n, c in enumerate(chans)]
+    assert lanes != chans
+    export_hex(net, tmp_path / "hw", lanes)
+    assert json.loads((tmp_path / "hw" / "memories.json").read_text())["lanes"] == lanes
+    assert read_exported(tmp_path / "hw", net, lanes) == memories(net, chans)
+    with pytest.raises(ImageError, match="exported for lanes"):
+        read_exported(tmp_path / "hw", net, chans)
 
 
 def _edit_index(hw, fn):
