@@ -346,24 +346,31 @@ class HostBridge(wiring.Component):
             m.d.comb += [st.beats.eq(k.fill), head.images.eq(k.images),
                          head.cycles.eq(k.cyc[:32] | k.cyc[32].replicate(32))]
             words[Source.STORE] = st.as_value()
-        pay = Signal(8)
-        with m.Switch(k.r_src):
-            for src, word in words.items():
-                with m.Case(src):
-                    m.d.comb += pay.eq(word.word_select(k.pidx[:bits(len(word) // 8)], 8))
-            if self._batch:
-                # the head, then the class bytes the run wrote into the payload
-                # buffer from byte HEAD on (read at idx, which follows pidx)
-                nh = P.BATCH_REPLY_LAYOUT.size // 8
-                with m.Case(Source.BATCH):
-                    hv = head.as_value()
-                    m.d.comb += pay.eq(Mux(k.pidx < nh, hv.word_select(k.pidx[:bits(nh)], 8),
-                                           buf[1].data))
-        # sent from a register (timing: the byte select into the UART and the
-        # CRC was the iCE40's critical path); a cycle late is soon enough,
-        # ``pidx`` moves once a character, >= 40 cycles
+        # two register stages (timing: the byte select into the UART and the
+        # CRC was the iCE40's critical path, and a one-stage select of the
+        # source's byte and of the source, eight LUT levels, became it
+        # again): each source's byte at ``pidx``, registered, then the
+        # source's.  Two cycles late is soon enough: ``pidx`` moves once a
+        # character, >= 40 cycles
+        byte = {}
+        for src, word in words.items():
+            byte[src] = Signal(8, name=f"pay_{src.name.lower()}")
+            m.d.sync += byte[src].eq(word.word_select(k.pidx[:bits(len(word) // 8)], 8))
+        if self._batch:
+            # the head, then the class bytes the run wrote into the payload
+            # buffer from byte HEAD on (read at idx, which follows pidx)
+            nh = P.BATCH_REPLY_LAYOUT.size // 8
+            hv = head.as_value()
+            byte[Source.BATCH] = Signal(8, name="pay_batch")
+            m.d.sync += byte[Source.BATCH].eq(
+                Mux(k.pidx < nh, hv.word_select(k.pidx[:bits(nh)], 8), buf[1].data))
         pay_r = Signal(8)
-        m.d.sync += pay_r.eq(pay)
+        with m.Switch(k.r_src):
+            for src, b in byte.items():
+                with m.Case(src):
+                    m.d.sync += pay_r.eq(b)
+            with m.Default():
+                m.d.sync += pay_r.eq(0)
         return hdr, pay_r
 
     # ------------------------------------------------------------ state machine

@@ -132,7 +132,13 @@ class UARTTx(wiring.Component):
         ctr = Signal(range(d))
         left = Signal(range(11))
         shift = Signal(10, init=0x3FF)
-        m.d.comb += [self.i.ready.eq(left == 0), self.tx.eq(shift[0])]
+        # the pin from a register of its own, with no enable (timing: nextpnr
+        # puts the pin's register in the I/O cell, and the shift register's
+        # enable, from the sender's valid, was the iCE40's critical path into
+        # that fixed corner)
+        tx = Signal(init=1)
+        m.d.sync += tx.eq(shift[0])
+        m.d.comb += [self.i.ready.eq(left == 0), self.tx.eq(tx)]
         with m.If(left == 0):
             with m.If(self.i.valid):
                 m.d.sync += [shift.eq(Cat(C(0, 1), self.i.payload, C(1, 1))), left.eq(10),
