@@ -13,9 +13,10 @@ Batch mode (``spikeforge infer --batch N``): an image store of
 :data:`BATCH_BEATS` event beats in block RAM (4,096 beats: about 26 images
 of the default MNIST network at ~153 beats each; with its 36-bit events 8 of
 the 85F's 208 EBRs, counted by :func:`.build.board_memories`).  Not more:
-the planned default engine takes 188 of them (its layer 1's two synapse
-units hold two copies of its current memories), and the builds near full
-block-RAM rows were the hardest to route.
+the planned default engine takes 166 of them, and a plan keeps the engine
+with the board's memories within the 183 EBRs a ULX3S build has been seen
+to route at (``bram_ceiling`` in ``hw/cost_model.json``: a build at 205 did
+not route).
 """
 
 from amaranth import *

@@ -89,6 +89,11 @@ class CostModel:
     util_ceiling: float                     # the highest utilisation seen to route reliably
     build_seconds: list[dict]               # {"cells", "seconds"}: measured build times
     calibration: dict                       # how the coefficients were measured
+    bram_ceiling: float = 1.0               # the highest share of block RAM seen to route
+
+    def bram_limit(self, blocks: int) -> int:
+        """The block RAMs of a device with ``blocks`` a plan may use."""
+        return int(self.bram_ceiling * blocks + 1e-9)
 
     def cores(self, net, P, lutram_depth: int) -> list[dict[str, float]]:
         """Predicted cells per layer core."""
@@ -139,7 +144,8 @@ def load(device: str) -> CostModel:
     fam = family(device)
     d = _read()[fam]
     return CostModel(fam, d["coef"], d["fmax"],
-                     d["util_ceiling"], d["build_seconds"], d["calibration"])
+                     d["util_ceiling"], d["build_seconds"], d["calibration"],
+                     d.get("bram_ceiling", 1.0))
 
 
 def estimate(net, P, device: str, board=()) -> dict:

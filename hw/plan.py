@@ -7,9 +7,9 @@ can split its kernel taps over two synapse units).  For each, the cycle model
 predicts the interval between images fed back to back and the latency of
 one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
 block RAM (the fit check's count, the board's own memories included), the clock at that
-utilisation and the build time.  A candidate *fits* when its block RAM is
-within the device's and its logic within the utilisation at which builds
-were measured to route (``util_ceiling``); among those the planner takes
+utilisation and the build time.  A candidate *fits* when its block RAM and
+its logic are within the shares of the device at which builds were measured
+to route (``bram_ceiling``, ``util_ceiling``); among those the planner takes
 the most inferences per second (fewer cells on a tie).
 
 The search climbs from one lane per layer: each step doubles the lanes of
@@ -54,6 +54,9 @@ def evaluate(net, lanes, work, device: str, board=()) -> dict:
     why = []
     if res["bram"] > dev.blocks:
         why.append(f"block RAM {res['bram']} > {dev.blocks}")
+    elif res["bram"] > cm.bram_limit(dev.blocks):
+        why.append(f"block RAM {res['bram']} > {cm.bram_limit(dev.blocks)} "
+                   f"({100 * cm.bram_ceiling:.0f} %, routability ceiling)")
     if res["util"] > cm.util_ceiling:
         why.append(f"logic {100 * res['util']:.0f} % > {100 * cm.util_ceiling:.0f} % "
                    "(routability ceiling)")

@@ -103,6 +103,24 @@ def test_board_memories_are_counted():
         block_count(net, lanes, "ecp5-85f") + 1 + store
 
 
+def test_block_ram_beyond_the_routability_ceiling_does_not_fit(monkeypatch):
+    # the ULX3S builds route up to 183 of the 85F's 208 EBR (hw/cost_model.json)
+    import dataclasses
+    cm = cost.load("ecp5-85f")
+    assert cm.bram_limit(208) == 183 and cost.load("ice40up5k").bram_limit(30) == 30
+    net, _ = B.default_network("ulx3s")
+    work, board = _work(net), B.board_memories(net, "ulx3s")
+    c = planner.evaluate(net, [1, 1, 1, 1], work, "ecp5-85f", board)
+    assert c["fits"] and c["bram"] <= 183
+    # one block under this candidate's: refused, the numbers named
+    monkeypatch.setattr(cost, "load", lambda device: dataclasses.replace(
+        cm, bram_ceiling=(c["bram"] - 1) / 208))
+    c2 = planner.evaluate(net, [1, 1, 1, 1], work, "ecp5-85f", board)
+    assert c2["bram"] == c["bram"] and not c2["fits"]
+    assert f"block RAM {c['bram']} > {c['bram'] - 1}" in c2["why_not"]
+    assert "routability ceiling" in c2["why_not"]
+
+
 def _work(net):
     from spikeforge.hw import model
     from spikeforge.sw import data
