@@ -85,9 +85,12 @@ def _call(argv: list[str]) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
+def _last(text: str) -> str:
+    return (text.strip().splitlines() or ["(no output)"])[-1]
+
+
 def _fail(what: str, text: str) -> None:
-    tail = text.strip().splitlines()[-1:] or ["(no output)"]
-    print(f"{what}: {tail[0]}", file=sys.stderr)
+    print(f"{what}: {_last(text)}", file=sys.stderr)
 
 
 def _run(net: Net, dataset: str, data_arg: str, run: Path, args, limit: int | None = None) -> dict:
@@ -134,7 +137,7 @@ def _rtl(net: Net, run: Path, images: int, row: dict) -> None:
             row["note"] = f"lanes {net.lanes} (the planner found no ULX3S fit)"
         if rc:
             _fail(f"{run}: export", text)
-            row["note"] = "export failed"
+            row["note"] = "no RTL: " + _last(text).removeprefix("error: ")
             return
         rc, text = _call(["verify", "-q", str(run), "--images", str(images)])
         if not sim.exists():
