@@ -69,6 +69,16 @@ def assert_perf(net, P, res, n_input_events):
         assert p["busy"] <= res.sim_cycles
 
 
+def check_exact(net, x, P, seed):
+    """The engine against the golden model: every spike, the readout, and the
+    cycle counters' bounds."""
+    ref, res, mm = check(net, x, P, seed=seed)
+    assert_spikes(net, ref)
+    assert mm is None, f"first mismatch {mm}"
+    assert_readout(net, ref, res)
+    assert_perf(net, P, res, sum(not e.last for e in input_events(net, x[0])))
+
+
 FAST = [(seed, 1 + seed % 4) for seed in range(25)]
 
 
@@ -76,11 +86,7 @@ FAST = [(seed, 1 + seed % 4) for seed in range(25)]
 def test_random_network_matches_golden(seed, P):
     net = random_network(seed, size=(6, 8), channels=(2, 5))
     x = random_frames(net, seed)
-    ref, res, mm = check(net, x, P, seed=seed)
-    assert_spikes(net, ref)
-    assert mm is None, f"first mismatch {mm}"
-    assert_readout(net, ref, res)
-    assert_perf(net, P, res, sum(not e.last for e in input_events(net, x[0])))
+    check_exact(net, x, P, seed)
 
 
 #: random networks with kernels 2, 3 and 5 whose conv layers past the first
@@ -100,11 +106,7 @@ def test_split_taps_match_golden(seed):
         ranges = [cp.tap_range(u) for u in range(cp.units)]
         assert [t for a, b in ranges for t in range(a, b)] == list(range(cp.k * cp.k))
     x = random_frames(net, seed)
-    ref, res, mm = check(net, x, P, seed=seed)
-    assert_spikes(net, ref)
-    assert mm is None, f"first mismatch {mm}"
-    assert_readout(net, ref, res)
-    assert_perf(net, P, res, sum(not e.last for e in input_events(net, x[0])))
+    check_exact(net, x, P, seed)
 
 
 SLOW = [(seed, 1 + seed % 4) for seed in range(100, 125)]
