@@ -291,15 +291,11 @@ class SynapseUnit(wiring.Component):
             m.d.sync += [inc.eq(t[0]) for inc, t in zip(incs, terms)]
             n_stages = 1
         else:
-            # the masked terms are registered before the tree (timing: one
-            # mask register drives Q terms of every lane, and in the routed
-            # default engine its routing to a far lane's first adders was the
-            # critical path; now it ends at a flip-flop after one LUT)
-            regs = [[Signal(Value.cast(t).shape(), name=f"term{j}_{i}", **dreg)
-                     for i, t in enumerate(row)] for j, row in enumerate(terms)]
-            m.d.sync += [r.eq(t) for rr, row in zip(regs, terms) for r, t in zip(rr, row)]
-            incs, n_stages = adder_trees(m, regs)
-            n_stages += 1
+            # the masked terms go straight into the tree: registering them
+            # (commit 9d3493c, for a mask-to-far-lane path) added ~2,600
+            # flip-flops to the default engine, whose ULX3S build then did not
+            # route (router2 diverged); without them it routed at 66.2 MHz
+            incs, n_stages = adder_trees(m, terms)
         n_stages += pre
         delay = [(v1, a1)]  # delay[s]: the tap s + 1 cycles after the walker
         for st in range(n_stages):
