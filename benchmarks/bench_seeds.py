@@ -61,13 +61,12 @@ class Net:
     options: tuple[str, ...] = ()     # further `spikeforge train` options
     datasets: tuple[str, ...] = ("mnist5k",)
     hardware: bool = True             # has an integer contract (quantize, RTL)
-    lanes: str | None = None          # export lanes when the planner finds no fit
     other_rows: tuple[str, ...] = field(default=())
 
 
 NETS = {
     "convsnn48": Net("convsnn", "ConvSNN 48-48", ("channels=[48,48]", "hidden=128"),
-                     ("--timesteps", "10"), ("mnist5k", *SEQUENCES), lanes="8",
+                     ("--timesteps", "10"), ("mnist5k", *SEQUENCES),
                      other_rows=("STS-ResNet",)),
     "sts-resnet": Net("sts-resnet", "STS-ResNet", (), ("--timesteps", "10"),
                       ("mnist5k", *SEQUENCES), hardware=False, other_rows=("ConvSNN 48-48",)),
@@ -131,10 +130,7 @@ def _run(net: Net, dataset: str, data_arg: str, run: Path, args, limit: int | No
 def _rtl(net: Net, run: Path, images: int, row: dict) -> None:
     sim = run / "sim.json"
     if not (sim.exists() and json.loads(sim.read_text()).get("images") == images):
-        rc, text = _call(["export", "-q", str(run)])
-        if rc and net.lanes:       # no planned fit on the ULX3S: the given lanes
-            rc, text = _call(["export", "-q", str(run), "--lanes", net.lanes])
-            row["note"] = f"lanes {net.lanes} (the planner found no ULX3S fit)"
+        rc, text = _call(["export", "-q", str(run)])   # the lanes the planner finds
         if rc:
             _fail(f"{run}: export", text)
             row["note"] = "no RTL: " + _last(text).removeprefix("error: ")
