@@ -271,9 +271,22 @@ def _join(procs: Processes, device: torch.device) -> None:
 
 def end_processes() -> None:
     """Close the process group this module opened (nothing otherwise); runs
-    when the process exits."""
-    if _GROUP["owned"] and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    when the process exits.  The processes meet first (at most a minute), so
+    none closes its end while a peer's collective still runs on it: a gloo
+    process closing the group under a peer's work aborted at exit
+    ("terminate called without an active exception") after all its work was
+    done, and torchrun then reported the launch as failed."""
+    dist = torch.distributed
+    if _GROUP["owned"] and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                from datetime import timedelta
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except RuntimeError:
+            pass   # a peer is gone: close this end anyway
+        dist.destroy_process_group()
     _GROUP["owned"] = False
 
 
