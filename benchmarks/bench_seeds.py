@@ -34,7 +34,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from spikeforge import cli
@@ -61,7 +61,7 @@ class Net:
     options: tuple[str, ...] = ()     # further `spikeforge train` options
     datasets: tuple[str, ...] = ("mnist5k",)
     hardware: bool = True             # has an integer contract (quantize, RTL)
-    other_rows: tuple[str, ...] = field(default=())
+    other_rows: tuple[str, ...] = ()  # further paper rows shown beside
 
 
 NETS = {
@@ -92,7 +92,7 @@ def _fail(what: str, text: str) -> None:
     print(f"{what}: {_last(text)}", file=sys.stderr)
 
 
-def _run(net: Net, dataset: str, data_arg: str, run: Path, args, limit: int | None = None) -> dict:
+def _run(net: Net, data_arg: str, run: Path, args, limit: int | None = None) -> dict:
     """Train (quantize, verify) one run folder; its accuracies and seconds."""
     row = {"float": None, "int8": None, "rtl": None, "mismatches": None, "seconds": 0.0,
            "note": ""}
@@ -120,14 +120,14 @@ def _run(net: Net, dataset: str, data_arg: str, run: Path, args, limit: int | No
         if "int_accuracy" in metrics:
             row["int8"] = 100 * metrics["int_accuracy"]
         if args.rtl and row["int8"] is not None:
-            _rtl(net, run, args.rtl, row)
+            _rtl(run, args.rtl, row)
     elif not net.hardware:
         row["note"] = "software only (residual blocks)"
     row["seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - t0
     return row
 
 
-def _rtl(net: Net, run: Path, images: int, row: dict) -> None:
+def _rtl(run: Path, images: int, row: dict) -> None:
     sim = run / "sim.json"
     if not (sim.exists() and json.loads(sim.read_text()).get("images") == images):
         rc, text = _call(["export", "-q", str(run)])   # the lanes the planner finds
@@ -157,8 +157,7 @@ def _table(rows: list[tuple[str, str, dict, Net]], rtl: int) -> None:
           "plus this invocation's quantize and RTL steps)\n")
     print(head)
     for name, ds, r, net in rows:
-        paper_key = ds if ds in PAPER[net.paper_row] else None
-        paper = PAPER[net.paper_row].get(paper_key) if paper_key else None
+        paper = PAPER[net.paper_row].get(ds)
         ours = r["int8"] if r["int8"] is not None else r["float"]
         gap = "-" if paper is None or ours is None else f"{ours - paper:+.2f}"
         other = ", ".join(f"{o} {PAPER[o][ds]}" for o in net.other_rows if ds in PAPER[o])
@@ -196,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--idx {item!r}: expected NAME=DIR")
         idx[name] = folder
     only = set(args.datasets.split(",")) if args.datasets else None
+    sizes = [int(s) for s in (args.curve or "").split(",") if s.isdigit() and int(s) > 0]
+    if args.curve and len(sizes) != len(args.curve.split(",")):
+        ap.error(f"--curve {args.curve!r}: expected positive sample counts N1,N2,...")
     out = Path(args.out)
 
     rows = []
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         for ds, data_arg in plan:
             if only is not None and ds not in only:
                 continue
-            row = _run(net, ds, data_arg, out / name / ds, args)
+            row = _run(net, data_arg, out / name / ds, args)
             rows.append((name, ds, row, net))
             print(f"{name} on {ds}: float {_pct(row['float'])} %, int8 {_pct(row['int8'])} %, "
                   f"RTL {_pct(row['rtl'])} %, {row['seconds']:.0f} s", file=sys.stderr)
@@ -216,12 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--curve: no network and data set selected")
         name, ds, full, net = rows[0]
         data_arg = f"idx:{idx[ds]}" if ds in idx else ds
-        sizes = [int(s) for s in args.curve.split(",")]
         print(f"\n## Learning curve: {name} on {ds}, float test accuracy against "
               f"training samples ({args.epochs} epochs)\n")
         print(f"{'samples':>8} {'float %':>8} {'s':>6}")
         for n in sizes:
-            r = _run(net, ds, data_arg, out / "curve" / name / ds / str(n), args, limit=n)
+            r = _run(net, data_arg, out / "curve" / name / ds / str(n), args, limit=n)
             print(f"{n:>8} {_pct(r['float']):>8} {r['seconds']:6.0f}")
         print(f"{'all':>8} {_pct(full['float']):>8} {full['seconds']:6.0f}")
     return 0

@@ -52,10 +52,11 @@ def evaluate(net, lanes, work, device: str, board=()) -> dict:
     dev = DEVICES[device]
     fmax = res["fmax_mhz"]
     why = []
+    bram_limit = cm.bram_limit(dev.blocks)
     if res["bram"] > dev.blocks:
         why.append(f"block RAM {res['bram']} > {dev.blocks}")
-    elif res["bram"] > cm.bram_limit(dev.blocks):
-        why.append(f"block RAM {res['bram']} > {cm.bram_limit(dev.blocks)} "
+    elif res["bram"] > bram_limit:
+        why.append(f"block RAM {res['bram']} > {bram_limit} "
                    f"({100 * cm.bram_ceiling:.0f} %, routability ceiling)")
     if res["util"] > cm.util_ceiling:
         why.append(f"logic {100 * res['util']:.0f} % > {100 * cm.util_ceiling:.0f} % "
