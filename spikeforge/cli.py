@@ -43,15 +43,25 @@ def _int_in(lo: int, hi: int | None = None):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number above 0."""
+def _finite_float(text: str, zero_ok: bool) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    if not math.isfinite(v) or v < 0 or v == 0 and not zero_ok:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'of 0 or more' if zero_ok else 'above 0'}, not {text}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    return _finite_float(text, zero_ok=False)
+
+
+def _nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number of 0 or more."""
+    return _finite_float(text, zero_ok=True)
 
 
 SEED_LIMIT = (1 << 63) - 1
@@ -87,13 +97,18 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--loss", choices=("mse", "ce"), default=defaults.loss)
     p.add_argument("--hybrid-epochs", type=_int_in(0, 100_000), default=defaults.hybrid_epochs,
                    help="ConvSNN hybrid pre-training epochs (leaky ReLU, no reset)")
+    p.add_argument("--rate-penalty", type=_nonnegative_float, default=None,
+                   help="loss += this x the hidden layers' mean firing rate: fewer events, "
+                        "fewer engine cycles (default 0"
+                        + (f"; {defaults.rate_penalty} for {defaults.model}"
+                           if defaults.rate_penalty else "") + ")")
     p.add_argument("--train-limit", type=_int_in(1), default=None,
                    help="train on the first N samples only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model builder override, e.g. --set channels=[16,32] (repeatable)"
                         + (f"; defaults: {defaults.overrides}" if defaults.overrides else ""))
     p.set_defaults(base_overrides=dict(defaults.overrides), base_model=defaults.model,
-                   base_timesteps=defaults.timesteps)
+                   base_timesteps=defaults.timesteps, base_rate_penalty=defaults.rate_penalty)
 
 
 def train_config(args, **fixed):
@@ -105,10 +120,13 @@ def train_config(args, **fixed):
     timesteps = args.timesteps
     if timesteps is None and own:
         timesteps = getattr(args, "base_timesteps", None)
+    rate_penalty = args.rate_penalty
+    if rate_penalty is None:
+        rate_penalty = getattr(args, "base_rate_penalty", 0.0) if own else 0.0
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                        timesteps=timesteps, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, loss=args.loss, hybrid_epochs=args.hybrid_epochs,
-                       train_limit=args.train_limit,
+                       rate_penalty=rate_penalty, train_limit=args.train_limit,
                        overrides={**base, **_overrides(args.set)}, **fixed)
 
 

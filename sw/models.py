@@ -250,8 +250,12 @@ class SpikingNet(nn.Module):
             raise ModelError(f"{s.name}: input must be [T, B, C, H, W] = "
                              f"[{', '.join(map(str, want))}], got {list(x.shape)}")
 
-    def forward(self, x: torch.Tensor, hybrid_beta: float | None = None) -> torch.Tensor:
-        return self.run(x, hybrid_beta).scores
+    def forward(self, x: torch.Tensor, hybrid_beta: float | None = None,
+                trace: bool = False) -> torch.Tensor | Trace:
+        """The class scores, or with ``trace`` the :class:`Trace` (scores and
+        spikes: what a loss on firing rates needs, through DDP's wrapper)."""
+        tr = self.run(x, hybrid_beta)
+        return tr if trace else tr.scores
 
     def run(self, x: torch.Tensor, hybrid_beta: float | None = None) -> Trace:
         """Scores and every layer's output spikes.  ``hybrid_beta`` selects

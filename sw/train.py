@@ -65,6 +65,7 @@ class TrainConfig:
     hybrid_epochs: int = 0            # ConvSNN hybrid pre-training epochs
     hybrid_beta: float = 0.05
     dropout: float = 0.0
+    rate_penalty: float = 0.0         # loss += this x the hidden layers' mean firing rate
     train_limit: int | None = None    # use only the first N training samples
     overrides: dict = field(default_factory=dict)  # model builder keyword overrides
 
@@ -100,6 +101,9 @@ class TrainConfig:
                              f"not {self.hybrid_beta!r:.40}")
         if not is_real(self.dropout) or not 0 <= self.dropout < 1:
             raise TrainError(f"dropout must be a number in [0, 1), not {self.dropout!r:.40}")
+        if not is_real(self.rate_penalty) or self.rate_penalty < 0:
+            raise TrainError(f"rate_penalty must be a non-negative finite number, "
+                             f"not {self.rate_penalty!r:.40}")
         if self.train_limit is not None and (not is_int(self.train_limit)
                                              or self.train_limit < 1):
             raise TrainError(f"train_limit must be null or a positive integer, "
@@ -142,6 +146,16 @@ def _loss(cfg: TrainConfig, model: SpikingNet, scores, y):
         return F.cross_entropy(scores, y)
     rate = scores / _score_scale(model.spec, model.stcb)
     return F.mse_loss(rate, F.one_hot(y, model.spec.classes).to(rate.dtype))
+
+
+def _rate_loss(cfg: TrainConfig, trace) -> torch.Tensor:
+    """``rate_penalty`` x the mean firing rate of the layers before the last
+    (their pooled outputs: the events the next layer's synapse unit takes,
+    whose count sets the engine's cycles; the surrogate gradient carries it)."""
+    hidden = trace.spikes[:-1]
+    if cfg.rate_penalty == 0 or not hidden:
+        return trace.scores.new_zeros(())
+    return cfg.rate_penalty * sum(s.float().mean() for s in hidden) / len(hidden)
 
 
 # --------------------------------------------------------------------------- devices, processes
@@ -344,7 +358,8 @@ def batch_loss(cfg: TrainConfig, model: SpikingNet, net: torch.nn.Module, xb: to
             lo, hi = 0, 1
         xs, ys = xb[:, lo:hi].contiguous(), yb[lo:hi]
     xs, ys = xs.to(device), ys.to(device)
-    loss = _loss(cfg, model, net(xs, beta) if beta else net(xs), ys)
+    trace = net(xs, beta, trace=True)
+    loss = _loss(cfg, model, trace.scores, ys) + _rate_loss(cfg, trace)
     seen = loss.item() * count
     return (loss if weight == 1.0 else loss * weight), seen
 

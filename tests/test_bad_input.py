@@ -153,6 +153,8 @@ FLAG_CASES = {
     "train-limit-neg": (["train", "--train-limit", "-5"], ["--train-limit", "at least 1"]),
     "lr-nan": (["train", "--lr", "nan"], ["--lr", "finite number above 0"]),
     "lr-neg": (["train", "--lr", "-1"], ["--lr", "finite number above 0"]),
+    "rate-penalty-neg": (["train", "--rate-penalty", "-0.1"], ["--rate-penalty", "of 0 or more"]),
+    "rate-penalty-inf": (["run", "--rate-penalty", "inf"], ["--rate-penalty", "finite number"]),
     "seed-huge": (["train", "--seed", str(2 ** 70)], ["--seed", str(2 ** 70)]),
     "seed-expr": (["train", "--seed", "2**70"], ["--seed", "expected an integer"]),
     "epochs-0": (["train", "--epochs", "0"], ["--epochs"]),
@@ -394,7 +396,7 @@ def test_fuzz_metrics_and_sim_json(base, tmp_path_factory, capsys, path, value, 
 
 FLAGS = {
     "train": ["--epochs", "--timesteps", "--batch-size", "--lr", "--seed", "--hybrid-epochs",
-              "--train-limit", "--loss", "--model"],
+              "--rate-penalty", "--train-limit", "--loss", "--model"],
     "quantize": ["--weight-bits", "--qat-epochs", "--input-bits"],
     "export": ["--lanes"],
     "plan": ["--lanes", "--board", "--device"],

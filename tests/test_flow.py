@@ -45,6 +45,20 @@ def test_same_seed_same_result(run_dir, tmp_path):
         assert torch.equal(va, vb), k
 
 
+def test_rate_penalty_lowers_the_hidden_layers_firing_rates(run_dir, tmp_path):
+    """The penalty reaches the hidden layers through the surrogate gradient:
+    the same run with it spikes less there (and so sends the engine fewer
+    events); a bad value is refused."""
+    plain = json.loads((run_dir / "metrics.json").read_text())
+    m = train(TrainConfig(**TINY, rate_penalty=0.02), tmp_path / "sparse", progress=False)
+    assert len(m["firing_rates"]) == len(plain["firing_rates"])
+    for r, r0 in zip(m["firing_rates"][:-1], plain["firing_rates"][:-1]):
+        assert r < 0.7 * r0, (m["firing_rates"], plain["firing_rates"])
+    assert m["test_accuracy"] > 0.7
+    with pytest.raises(ValueError, match="rate_penalty"):
+        TrainConfig(**TINY, rate_penalty=-1.0)
+
+
 def test_quantize_and_export_from_the_command_line(run_dir, capsys):
     assert cli.main(["quantize", "-q", str(run_dir), "--weight-bits", "8"]) == 0
     m = json.loads((run_dir / "metrics.json").read_text())
