@@ -122,59 +122,88 @@ def traces(net, x: torch.Tensor) -> list[list[LayerTrace]]:
     return out
 
 
+def _schedule(cps, T: int, taps: list, spikes: list) -> list[list[float]]:
+    """Scan ends per layer and global step for images fed back to back
+    (``taps[i][n]``: image ``i``'s synapse cycles per input step of layer
+    ``n``, one group; ``spikes[i][n]``: its output spikes per step): image
+    ``i``'s step ``t`` is global step ``i * T + t``, each layer going from one
+    image to the next as from one step to the next."""
+    L, S = len(cps), len(taps) * T
+    syn_end = [[0.0] * S for _ in range(L)]
+    scan_end = [[0.0] * S for _ in range(L)]
+    for _ in range(3):  # back-pressure couples neighbours: iterate to a fixed point
+        for n, cp in enumerate(cps):
+            G, B = cp.groups, cp.cur_banks
+            scan_work = cp.acc_depth + SCAN_FILL
+            for g in range(S):
+                i, t = divmod(g, T)
+                tp = taps[i][n]
+                if n == 0 and len(tp) == 1:           # a held frame: accumulated once
+                    if t:
+                        syn_end[n][g] = syn_end[n][g - t]
+                    else:  # after the last frame, into a free current memory
+                        start = syn_end[n][g - 1] if g else 0.0
+                        free = g - (B - 1) * T - 1    # the last scan of image i - B
+                        if free >= 0:
+                            start = max(start, scan_end[n][free])
+                        syn_end[n][g] = start + tp[0] * G + SYN_FILL
+                else:
+                    arrive = scan_end[n - 1][g] if n else 0.0
+                    start = syn_end[n][g - 1] if g else 0.0
+                    if g >= B:                        # a free current memory
+                        start = max(start, scan_end[n][g - B])
+                    syn_end[n][g] = max(start + tp[t] * G, arrive) + SYN_FILL
+                s0 = max(syn_end[n][g], scan_end[n][g - 1] if g else 0.0)
+                end = s0 + max(scan_work, spikes[i][n][t] + SCAN_FILL)
+                if n + 1 < L:                         # a slower consumer holds the scan
+                    end = max(end, syn_end[n + 1][g] - FIFO_SLACK * cps[n + 1].k ** 2
+                              * cps[n + 1].groups)
+                scan_end[n][g] = end
+    return scan_end
+
+
 def predict(net, P, work: list[list[LayerTrace]]) -> dict:
-    """Predicted per-layer counters (means over the images of ``work``) and
-    end-to-end cycles per image for lanes ``P``."""
+    """Predicted per-layer counters (means over the images of ``work``), the
+    end-to-end cycles of an image alone and the interval between image
+    completions when the images of ``work`` are fed back to back, for lanes
+    ``P``."""
     cps = core_params(net, lane_counts(net, P))
     T = net.spec.timesteps
     L = len(cps)
     # the readout: a register, then the argmax's (scores, one per tree level)
     readout = 2 + 1 + (net.spec.classes - 1).bit_length()
     e2e, per, occupancy = [], [[0.0, 0.0] for _ in range(L)], [0.0] * L
+    all_taps, all_spikes = [], []
     for img in work:
-        syn_end = [[0.0] * T for _ in range(L)]
-        scan_end = [[0.0] * T for _ in range(L)]
         evs = [img[n].events(cp.word_channels) for n, cp in enumerate(cps)]
         # cycles: every tap of every event (out-of-bounds ones too) per group,
         # the longest synapse unit's share when the taps are split
         taps = [[y.numel() * cp.walk_taps for y, _ in ev] for ev, cp in zip(evs, cps)]
         upd = [sum(_in_bounds_taps(net.spec.layers[n], y, x) for y, x in ev) * cp.groups
                for n, (ev, cp) in enumerate(zip(evs, cps))]
-        for _ in range(3):  # back-pressure couples neighbours: iterate to a fixed point
-            for n, cp in enumerate(cps):
-                tr = img[n]
-                G = cp.groups
-                scan_work = cp.acc_depth + SCAN_FILL
-                in_steps = len(taps[n])
-                for t in range(T):
-                    if n == 0 and in_steps == 1:      # a held frame: accumulated once
-                        syn_end[n][t] = taps[n][0] * G + SYN_FILL if t == 0 else syn_end[n][0]
-                    else:
-                        arrive = scan_end[n - 1][t] if n else 0.0
-                        start = syn_end[n][t - 1] if t else 0.0
-                        if t >= cp.cur_banks:         # a free current memory
-                            start = max(start, scan_end[n][t - cp.cur_banks])
-                        syn_end[n][t] = max(start + taps[n][t] * G, arrive) + SYN_FILL
-                    s0 = max(syn_end[n][t], scan_end[n][t - 1] if t else 0.0)
-                    end = s0 + max(scan_work, tr.spikes_out[t] + SCAN_FILL)
-                    if n + 1 < L:                     # a slower consumer holds the scan
-                        end = max(end, syn_end[n + 1][t] - FIFO_SLACK * cps[n + 1].k ** 2
-                                  * cps[n + 1].groups)
-                    scan_end[n][t] = end
-        e2e.append(scan_end[-1][-1] + readout)
+        spikes = [img[n].spikes_out for n in range(L)]
+        all_taps.append(taps)
+        all_spikes.append(spikes)
+        e2e.append(_schedule(cps, T, [taps], [spikes])[-1][-1] + readout)
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)
-            # streaming: with two current memories a layer's synapse phases and
-            # scans overlap, each side busy for its own total
+            # each layer's own share alone: with two current memories its
+            # synapse phases and scans overlap, each side busy for its own total
             syn = sum(taps[n]) * cp.groups + SYN_FILL * len(taps[n])
             scan = sum(max(cp.acc_depth, s) + SCAN_FILL for s in img[n].spikes_out)
             occupancy[n] += max(syn, scan) if cp.cur_banks > 1 else syn + scan
     k = len(work)
+    if k > 1:
+        # streaming: the mean time between completions after the first, the
+        # layers coupled step by step through their FIFOs and current memories
+        done = _schedule(cps, T, all_taps, all_spikes)[-1]
+        interval = (done[-1] - done[T - 1]) / (k - 1)
+    else:
+        interval = max(occupancy)
     return {
         "cycles_per_inference": sum(e2e) / k,
-        # images back to back: the busiest layer sets the pace
-        "interval_cycles": max(occupancy) / k,
+        "interval_cycles": max(interval, max(occupancy) / k),
         "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P, "occupancy": o / k}
                    for (u, s), cp, o in zip(per, cps, occupancy)],
     }
