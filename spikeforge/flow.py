@@ -41,7 +41,7 @@ from spikeforge.sw.train import TrainConfig
 # The rate penalty: 2-4x fewer spikes out of layers 0 and 1, so fewer events
 # for the engine to take (its cycles), at about the same accuracy (README).
 DEFAULT = TrainConfig(model="convsnn", dataset="mnist5k", epochs=16, timesteps=4, batch_size=20,
-                      rate_penalty=0.01, overrides={"channels": (16, 32), "hidden": 64})
+                      rate_penalty=0.02, overrides={"channels": (16, 32), "hidden": 64})
 
 IMAGE = "weights.sfimg"
 
