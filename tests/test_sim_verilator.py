@@ -116,6 +116,13 @@ def test_verify_command_on_a_trained_network(tmp_path, capsys):
     # images back to back: they overlap in the pipeline, so completions come
     # closer together than an image's latency
     assert 0 < out["interval_cycles"] < out["cycles_per_inference"]["mean"]
+    # the cycle model (the planner's) on the same images, fed back to back
+    from spikeforge import image
+    from spikeforge.hw import model
+    from spikeforge.sw.data import load
+    net, _ = image.read_image(run / "weights.sfimg")
+    pred = model.predict(net, out["lanes"], model.traces(net, load("digits8x8").x_test[:12]))
+    assert pred["interval_cycles"] == pytest.approx(out["interval_cycles"], rel=0.15)
     assert out["sim_cycles_per_second"] > 0 and out["energy"]["accumulates_per_inference"] > 0
     # bad input: more images than the test set has
     assert cli.main(["verify", str(run), "--images", "100000"]) == 2
