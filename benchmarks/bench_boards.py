@@ -69,7 +69,8 @@ def bench(board: str, run: Path | None, images: int, out: Path) -> dict:
     ds = sfdata.load(dataset, seed=0)
     x = ds.x_test[:images]
     words = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
-    sb = runner.build(net, lanes, out / "sim" / board, depth=1 << max(12, words.bit_length()))
+    sb = runner.build(net, lanes, out / "sim" / board, depth=1 << max(12, words.bit_length()),
+                      fifo_depth=rep["fifo_depth"])
     sim = runner.run(sb, x, out / "sim" / f"{board}_work")
     # images back to back (LIF / IF streams): the interval between completions
     done = [r.done_at for r in sim.images]

@@ -49,8 +49,11 @@ BEFORE_REV = "06b9b42"  # the engine before the throughput work (one tap, one sp
 #  only APIs that both have)
 
 
-def measure(run: Path, images: int, lanes, work: Path) -> dict:
+def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = None) -> dict:
+    """The run's engine (event FIFOs of ``fifo_depth``, default the run's
+    export's) on its first test images, back to back under Verilator."""
     from spikeforge import image
+    from spikeforge.flow import recorded_fifo_depth
     from spikeforge.hw.network import input_events
     from spikeforge.sim import runner
     from spikeforge.sw import data as sfdata
@@ -60,7 +63,8 @@ def measure(run: Path, images: int, lanes, work: Path) -> dict:
     words = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
     depth = 1 << max(12, (words - 1).bit_length())
     t0 = time.time()
-    sb = runner.build(net, lanes, work / "build", depth=depth)
+    fifo = recorded_fifo_depth(run) if fifo_depth is None else fifo_depth
+    sb = runner.build(net, lanes, work / "build", depth=depth, fifo_depth=fifo)
     build_s = time.time() - t0
     sim = runner.run(sb, x, work / "sim")
     done_at = [getattr(r, "done_at", None) for r in sim.images]
@@ -132,6 +136,7 @@ def measure_before(run: Path, images: int, lanes: str, rev: str, root: Path) -> 
 
 def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: str) -> None:
     from spikeforge import image
+    from spikeforge.flow import recorded_fifo_depth
     from spikeforge.hw import model
     from spikeforge.hw.network import core_params
     from spikeforge.sw import data as sfdata
@@ -151,7 +156,7 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
         before = (measure_before(run, images, before_lanes, before_rev, d / "before")
                   if before_rev else None)
     work = model.traces(net, x)
-    pred = model.predict(net, lanes, work)
+    pred = model.predict(net, lanes, work, recorded_fifo_depth(run))
     # accumulates per layer: every input spike's in-bounds taps x C_out (the
     # model's traces); layer 0: every set bit of the input the engine is sent
     # (a held frame once)
@@ -230,12 +235,13 @@ def table_synth(run: Path) -> None:
     from amaranth.back import rtlil
 
     from spikeforge import image, toolchain
+    from spikeforge.flow import recorded_fifo_depth
     from spikeforge.hw.fit import check_fit
     from spikeforge.hw.network import NetworkTop
     toolchain.setup()
     net, _ = image.read_image(run / "weights.sfimg")
     lanes = json.loads((run / "hw" / "memories.json").read_text())["lanes"]
-    top = NetworkTop(net, lanes)
+    top = NetworkTop(net, lanes, fifo_depth=recorded_fifo_depth(run))
     t0 = time.time()
     text = rtlil.convert(top, name="engine")
     print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): RTLIL export "

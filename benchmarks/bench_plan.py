@@ -66,10 +66,10 @@ def main(argv=None) -> None:
     print(f"{'lanes':<16} {'interval pred':>13} {'measured':>9} {'error':>6} "
           f"{'latency pred':>12} {'measured':>9} {'error':>6}  (build s)")
     for lanes in choices:
-        pred = model.predict(net, lanes, test)
-        first = model.predict(net, lanes, test[:1])["cycles_per_inference"]
+        pred = model.predict(net, lanes, test, p["fifo_depth"])
+        first = model.predict(net, lanes, test[:1], p["fifo_depth"])["cycles_per_inference"]
         with tempfile.TemporaryDirectory() as d:
-            m = measure(args.run, args.images, lanes, Path(d))
+            m = measure(args.run, args.images, lanes, Path(d), p["fifo_depth"])
         done = m["done_at"]
         interval = (done[-1] - done[0]) / (len(done) - 1)
         alone = m["cycles"][0]

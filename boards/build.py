@@ -83,7 +83,7 @@ from pathlib import Path
 
 from spikeforge import files
 from spikeforge.errors import SpikeforgeError
-from spikeforge.hw.fit import FitError, check_fit
+from spikeforge.hw.fit import DEVICES, FitError, check_fit
 from spikeforge.toolchain import HIDE_ELEMENT_NAMES
 
 from . import icebreaker, protocol, ulx3s
@@ -240,8 +240,8 @@ def check_board_fit(net, lanes, board: str) -> dict:
 
 def _blocks(net, lanes, board: str) -> tuple[int, int]:
     """``(blocks needed, available)`` on ``board``: the engine's memories and
-    the board's own (check_fit's rules; the event FIFOs are flip-flops)."""
-    from spikeforge.hw.fit import DEVICES, block_count
+    the board's own (check_fit's rules; the event FIFOs are not block RAM)."""
+    from spikeforge.hw.fit import block_count
     dev = BOARDS[board].DEVICE
     return block_count(net, lanes, dev, board_memories(net, board)), DEVICES[dev].blocks
 
@@ -368,8 +368,11 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
         # through the PLL's dividers to the design clock
         pin_hz = plat.default_clk_frequency * target_mhz * 1e6 / clock_hz
         prefs = f'FREQUENCY PORT "{plat.default_clk}_0__io" {pin_hz:.1f} HZ;'
+    # the event FIFOs the board's device holds cheaply (what a run planned
+    # for this board was simulated with: RUN/hw/memories.json)
+    fifo = DEVICES[mod.DEVICE].event_fifo_depth
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link, batch_beats=mod.BATCH_BEATS,
-                   contents=_exported(net_or_run, net, lanes))
+                   contents=_exported(net_or_run, net, lanes), fifo_depth=fifo)
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
@@ -458,7 +461,7 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
     return {
         "board": board, "part": mod.PART, "device": mod.DEVICE,
         "network": net.spec.name, "source": source, "lanes": lanes,
-        "design_id": design_id, "board_clock_mhz": clock_hz / 1e6,
+        "fifo_depth": top.engine.fifo_depth, "design_id": design_id, "board_clock_mhz": clock_hz / 1e6,
         "pll": None if pll is None else {**dataclasses.asdict(pll),
                                          "vco_mhz": pll.f_vco_hz / 1e6},
         **tools,
@@ -526,7 +529,8 @@ def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
     if not sim_path.exists():
         return report
     sim = files.read_json(sim_path)
-    if sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim:
+    if (sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim
+            or sim.get("fifo_depth", 8) != report.get("fifo_depth", 8)):
         return report
     fmax = report["fmax_mhz"]
     lat = sim.get("first_image_cycles", sim["cycles_per_inference"]["mean"])

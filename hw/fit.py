@@ -21,7 +21,8 @@ Counting rules:
   are single-port (a read-modify-write at one update a cycle needs a read
   and a write port) and Yosys does not infer them from a generic memory; using
   them for weights would need explicit ``SB_SPRAM256KA`` instances.
-* The event FIFOs (7 words) and the neuron units' spike queues are not
+* The event FIFOs (``Device.event_fifo_depth`` - 1 words: 31 on the ECP5,
+  7 on the iCE40) and the neuron units' spike queues are not
   block RAM: Yosys builds them in flip-flops on the iCE40 (``memory_libmap``:
   "using FF mapping"; checked against it in ``tests/test_plan.py``) and in
   LUT RAM or flip-flops on the ECP5.  They cost logic, which the planner's
@@ -59,6 +60,10 @@ class Device:
     lutram_depth: int                     # memories up to this depth go to LUT RAM
     logic_cells: int                      # ECP5 TRELLIS_COMB (LUT4s), iCE40 logic cells
     note: str = ""
+    # depth of the event FIFOs between layers: in LUT RAM on the ECP5 (a
+    # deeper FIFO lets a layer's bursts of spikes queue instead of stalling
+    # its scan), in flip-flops on the iCE40, where depth costs logic cells
+    event_fifo_depth: int = 8
 
     def blocks_for(self, width: int, depth: int, sliced: bool = False) -> int:
         """Blocks of a ``width x depth`` memory; ``sliced``: built as the
@@ -73,9 +78,12 @@ class Device:
 
 _ECP5 = ECP5_CONFIGS
 DEVICES = {
-    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 83640),
-    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 43848),
-    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 24288),
+    "ecp5-85f": Device("ecp5-85f", 208, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 83640,
+                       event_fifo_depth=32),
+    "ecp5-45f": Device("ecp5-45f", 108, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 43848,
+                       event_fifo_depth=32),
+    "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 24288,
+                       event_fifo_depth=32),
     "ice40up5k": Device("ice40up5k", 30, 4096, ((2, 2048), (4, 1024), (8, 512), (16, 256)), 0,
                         5280, "SPRAM not counted"),
 }

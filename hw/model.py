@@ -46,7 +46,7 @@ __all__ = ["LayerTrace", "traces", "predict"]
 #: before a marker is seen, the scan pipeline and marker, hand-over
 SYN_FILL = 5
 SCAN_FILL = 7
-FIFO_SLACK = 8
+FIFO_DEPTH = 8   # NetworkTop's default event FIFOs
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def traces(net, x: torch.Tensor) -> list[list[LayerTrace]]:
     return out
 
 
-def _schedule(cps, T: int, taps: list, spikes: list) -> list[list[float]]:
+def _schedule(cps, T: int, taps: list, spikes: list, fifo: int) -> list[list[float]]:
     """Scan ends per layer and global step for images fed back to back
     (``taps[i][n]``: image ``i``'s synapse cycles per input step of layer
     ``n``, one group; ``spikes[i][n]``: its output spikes per step): image
@@ -156,17 +156,17 @@ def _schedule(cps, T: int, taps: list, spikes: list) -> list[list[float]]:
                 s0 = max(syn_end[n][g], scan_end[n][g - 1] if g else 0.0)
                 end = s0 + max(scan_work, spikes[i][n][t] + SCAN_FILL)
                 if n + 1 < L:                         # a slower consumer holds the scan
-                    end = max(end, syn_end[n + 1][g] - FIFO_SLACK * cps[n + 1].k ** 2
+                    end = max(end, syn_end[n + 1][g] - fifo * cps[n + 1].k ** 2
                               * cps[n + 1].groups)
                 scan_end[n][g] = end
     return scan_end
 
 
-def predict(net, P, work: list[list[LayerTrace]]) -> dict:
+def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = FIFO_DEPTH) -> dict:
     """Predicted per-layer counters (means over the images of ``work``), the
     end-to-end cycles of an image alone and the interval between image
     completions when the images of ``work`` are fed back to back, for lanes
-    ``P``."""
+    ``P`` and event FIFOs of ``fifo_depth`` between the layers."""
     cps = core_params(net, lane_counts(net, P))
     T = net.spec.timesteps
     L = len(cps)
@@ -184,7 +184,7 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
         spikes = [img[n].spikes_out for n in range(L)]
         all_taps.append(taps)
         all_spikes.append(spikes)
-        e2e.append(_schedule(cps, T, [taps], [spikes])[-1][-1] + readout)
+        e2e.append(_schedule(cps, T, [taps], [spikes], fifo_depth)[-1][-1] + readout)
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)
@@ -197,7 +197,7 @@ def predict(net, P, work: list[list[LayerTrace]]) -> dict:
     if k > 1:
         # streaming: the mean time between completions after the first, the
         # layers coupled step by step through their FIFOs and current memories
-        done = _schedule(cps, T, all_taps, all_spikes)[-1]
+        done = _schedule(cps, T, all_taps, all_spikes, fifo_depth)[-1]
         interval = (done[-1] - done[T - 1]) / (k - 1)
     else:
         interval = max(occupancy)

@@ -249,7 +249,7 @@ class NetworkTop(wiring.Component):
                 raise EngineError(f"layer {i}: the core's memory port is {core.addr_bits} x "
                                   f"{core.data_bits} bits, core_memory_bits says "
                                   f"{core_memory_bits(core.params)}")
-        self._fifo_depth = fifo_depth
+        self.fifo_depth = fifo_depth
         self.n_out = g.n_out
         self.max_count = g.max_count
         self.mem_layout = g.mem_layout
@@ -287,7 +287,7 @@ class NetworkTop(wiring.Component):
         m.d.sync += rst.eq(self.start)
 
         # ---------------------------------------------------------- dataflow chain
-        fifos = [EventFIFO(self.fmt, self._fifo_depth) for _ in range(n_layers)]
+        fifos = [EventFIFO(self.fmt, self.fifo_depth) for _ in range(n_layers)]
         for i, (core, f) in enumerate(zip(self.cores, fifos)):
             m.submodules[f"fifo{i}"] = ResetInserter(rst)(f)
             m.submodules[f"core{i}"] = ResetInserter(rst)(core)

@@ -46,10 +46,10 @@ def _options(net, n: int) -> list[int]:
 def evaluate(net, lanes, work, device: str, board=()) -> dict:
     """One candidate: predicted cycles, resources, clock and throughput."""
     lanes = lane_counts(net, lanes)
-    cyc = predict(net, lanes, work)
+    dev = DEVICES[device]
+    cyc = predict(net, lanes, work, dev.event_fifo_depth)
     res = cost.estimate(net, lanes, device, board)
     cm = cost.load(device)
-    dev = DEVICES[device]
     fmax = res["fmax_mhz"]
     why = []
     bram_limit = cm.bram_limit(dev.blocks)
@@ -127,7 +127,8 @@ def plan(net, work, device: str, board=(), lanes=None) -> dict:
     if not chosen["fits"]:
         raise PlanError(f"no lane choice fits {device}: even one lane per layer needs "
                         f"{seen[tuple([1] * len(outs))]['why_not']}")
-    out = {"device": device, "lanes": chosen["lanes"], "chosen": chosen, "override": None,
+    out = {"device": device, "lanes": chosen["lanes"],
+           "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
            "candidates": sorted(seen.values(), key=_key, reverse=True)}
     if lanes is not None:
         mine = ev(lanes)

@@ -272,6 +272,30 @@ def step_plan(run: Path, args) -> dict:
     return rec
 
 
+FIFO_DEPTH = ("an integer of at least 2", lambda v: files.is_int(v) and v >= 2)
+
+
+def planned_fifo_depth(run: Path) -> int | None:
+    """The event FIFO depth of ``RUN/plan.json`` (its device's), or None
+    (no plan, or one written before plans recorded it)."""
+    path = run / PLAN
+    if not path.exists():
+        return None
+    return files.need(files.read_json(path), "fifo_depth", FIFO_DEPTH, str(path), optional=True)
+
+
+def recorded_fifo_depth(run: Path) -> int:
+    """The event FIFO depth ``export`` recorded in ``RUN/hw/memories.json``
+    (the engine sim and verify build); the engine's default (8) when it
+    recorded none."""
+    from spikeforge.hw.model import FIFO_DEPTH as default
+    idx = run / "hw" / "memories.json"
+    if not idx.exists():
+        return default
+    depth = files.need(files.read_json(idx), "fifo_depth", FIFO_DEPTH, str(idx), optional=True)
+    return default if depth is None else depth
+
+
 def recorded_lanes(run: Path) -> list[int] | None:
     """The lanes ``export`` recorded in ``RUN/hw/memories.json`` (the one
     source for sim, verify and build), or None before an export."""
@@ -304,8 +328,10 @@ def step_export(run: Path, args) -> None:
         rec = make_plan(run, net, meta, old.get("board", "ulx3s"), old.get("device"), want)
         lanes = rec["lanes"]
         print(f"lanes {'given' if want else 'planned'}: {lanes} -> {run / PLAN}")
-    written = image.export_hex(net, run / "hw", lanes)
-    print(f"{len(written)} memory images (P = {lanes}) -> {run / 'hw'}")
+    fifo = planned_fifo_depth(run)
+    written = image.export_hex(net, run / "hw", lanes, fifo)
+    print(f"{len(written)} memory images (P = {lanes}"
+          + (f", event FIFOs {fifo} deep" if fifo else "") + f") -> {run / 'hw'}")
 
 
 def exported_memories(run: Path, net, lanes) -> dict | None:
@@ -341,8 +367,10 @@ def step_sim(run: Path, args) -> dict:
     depth = 1 << max(12, (words - 1).bit_length())
     lanes = run_lanes(run, net, args.lanes)
     contents = exported_memories(run, net, lanes)
-    print(f"building the Verilator model (P = {lanes}) ...")
-    sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents)
+    fifo = recorded_fifo_depth(run)
+    print(f"building the Verilator model (P = {lanes}, event FIFOs {fifo} deep) ...")
+    sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents,
+                      fifo_depth=fifo)
     print(f"simulating {n} images ...")
     sim = runner.run(sb, x, run / "sim_work")
     gold, per_image = runner.compare(net, x, sim)
@@ -353,7 +381,7 @@ def step_sim(run: Path, args) -> dict:
         # replay only the first mismatching image with tracing on
         i = bad[0].image
         wb = runner.build(net, lanes, run / "sim_build", depth=depth, waves=True,
-                          contents=contents)
+                          contents=contents, fifo_depth=fifo)
         runner.run(wb, x[i:i + 1], run / "sim_waves")
         waves = str(run / "sim_waves" / "dump.vcd")
         print(f"waveform of image {i}: {waves}")
@@ -366,7 +394,7 @@ def step_sim(run: Path, args) -> dict:
     acs = sum(L["updates"] * L["lanes"] for L in layers)
     total_cycles = sum(cycles)
     out = {
-        "images": n, "lanes": sb.lanes, "mismatches": mismatches, "first_mismatch": first,
+        "images": n, "lanes": sb.lanes, "fifo_depth": fifo, "mismatches": mismatches, "first_mismatch": first,
         "waveform": waves,
         "rtl_accuracy": float((preds == y).float().mean()),
         "golden_accuracy": float((gold.classes == y).float().mean()),

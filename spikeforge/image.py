@@ -537,9 +537,11 @@ def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[i
     return out
 
 
-def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int]) -> list[Path]:
+def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int],
+               fifo_depth: int | None = None) -> list[Path]:
     """Write ``{name}.hex`` per memory and ``memories.json`` into ``out_dir``;
-    return the paths written (the hex files, then ``memories.json``)."""
+    return the paths written (the hex files, then ``memories.json``).
+    ``fifo_depth``: the engine's event FIFO depth, recorded beside the lanes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mems = memories(net, P)
@@ -552,7 +554,8 @@ def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int]) 
         listing.append({"name": name, "width": width, "depth": len(words), "file": path.name})
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
     index = out / "memories.json"
-    index.write_text(json.dumps({"lanes": ps, "memories": listing}, indent=1) + "\n")
+    rec = {"lanes": ps} | ({} if fifo_depth is None else {"fifo_depth": fifo_depth})
+    index.write_text(json.dumps(rec | {"memories": listing}, indent=1) + "\n")
     return paths + [index]
 
 

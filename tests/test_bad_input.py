@@ -139,6 +139,20 @@ def test_bad_run_folder_file(run, capsys, case):
     fails([cmd, run, *extra], capsys, *needles)
 
 
+def test_bad_fifo_depth_in_the_plan_or_the_export(run, capsys):
+    """The event FIFO depth travels plan -> export -> verify; a damaged one
+    is refused by the step that reads it, before any Verilator build."""
+    assert cli.main(["export", str(run)]) == 0
+    idx = run / "hw" / "memories.json"
+    assert json.loads(idx.read_text())["fifo_depth"] == 32   # planned for the ULX3S
+    write(idx, {**json.loads(idx.read_text()), "fifo_depth": 1})
+    fails(["verify", run, "--images", "2"], capsys, "memories.json",
+          "'fifo_depth' must be an integer of at least 2")
+    plan = run / "plan.json"
+    write(plan, {**json.loads(plan.read_text()), "fifo_depth": "deep"})
+    fails(["export", run], capsys, "plan.json", "'fifo_depth' must be an integer of at least 2")
+
+
 def test_report_runs_on_the_untouched_folder(run, capsys):
     # the file checks above refuse only what is wrong: the same folder reports
     write(run / "sim.json", valid_sim() | {"layers": [{"busy": 1, "scan": 2, "stall": 0}] * 3})

@@ -127,3 +127,20 @@ def test_verify_command_on_a_trained_network(tmp_path, capsys):
     # bad input: more images than the test set has
     assert cli.main(["verify", str(run), "--images", "100000"]) == 2
     assert "--images must be in 1..359" in capsys.readouterr().err
+
+
+def test_event_fifo_depth_changes_cycles_not_spikes(build_root, tmp_path):
+    """The FIFO depth a plan records reaches the Verilator engine: deeper
+    FIFOs between the layers absorb bursts (fewer cycles for the same
+    images back to back), and the spikes stay the golden model's."""
+    net = random_network(3)
+    x = frames_for(net, [300 + i for i in range(8)])
+    end = {}
+    for d in (2, 32):
+        sb = runner.build(net, 2, build_root, depth=1 << 14, fifo_depth=d)
+        assert sb.top.fifo_depth == d
+        sim = runner.run(sb, x, tmp_path / str(d))
+        _, mismatches = runner.compare(net, x, sim)
+        assert mismatches == [None] * len(x), next(m for m in mismatches if m)
+        end[d] = sim.images[-1].done_at
+    assert end[32] < end[2], end
