@@ -38,8 +38,8 @@ from spikeforge.sw.train import TrainConfig
 # The embedded default: ConvSNN on the 5,000 shipped MNIST digits, sized so
 # that the whole flow finishes in minutes on 2 CPU cores.  Bigger:
 # `spikeforge run --set channels=[48,48] --set hidden=128 --epochs 20`.
-# The rate penalty: 2-4x fewer spikes out of layers 0 and 1, so fewer events
-# for the engine to take (its cycles), at about the same accuracy (README).
+# The rate penalty: 3-7x fewer spikes out of layers 0 and 1, so fewer events
+# for the engine to take (its cycles), for a few tenths of a point (README).
 DEFAULT = TrainConfig(model="convsnn", dataset="mnist5k", epochs=16, timesteps=4, batch_size=20,
                       rate_penalty=0.02, overrides={"channels": (16, 32), "hidden": 64})
 
