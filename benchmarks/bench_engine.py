@@ -51,9 +51,10 @@ BEFORE_REV = "06b9b42"  # the engine before the throughput work (one tap, one sp
 
 def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = None) -> dict:
     """The run's engine (event FIFOs of ``fifo_depth``, default the run's
-    export's) on its first test images, back to back under Verilator."""
+    export's) on its first test images, back to back under Verilator.  Also
+    run by the revision before (``measure_before``), whose package may have
+    no FIFO depth to set."""
     from spikeforge import image
-    from spikeforge.flow import recorded_fifo_depth
     from spikeforge.hw.network import input_events
     from spikeforge.sim import runner
     from spikeforge.sw import data as sfdata
@@ -63,8 +64,15 @@ def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = 
     words = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
     depth = 1 << max(12, (words - 1).bit_length())
     t0 = time.time()
-    fifo = recorded_fifo_depth(run) if fifo_depth is None else fifo_depth
-    sb = runner.build(net, lanes, work / "build", depth=depth, fifo_depth=fifo)
+    kw = {} if fifo_depth is None else {"fifo_depth": fifo_depth}
+    if fifo_depth is None:
+        try:
+            from spikeforge.flow import recorded_fifo_depth
+        except ImportError:   # an earlier revision: its engine's FIFOs are fixed
+            pass
+        else:
+            kw["fifo_depth"] = recorded_fifo_depth(run)
+    sb = runner.build(net, lanes, work / "build", depth=depth, **kw)
     build_s = time.time() - t0
     sim = runner.run(sb, x, work / "sim")
     done_at = [getattr(r, "done_at", None) for r in sim.images]
