@@ -84,6 +84,7 @@ from pathlib import Path
 from spikeforge import files
 from spikeforge.errors import SpikeforgeError
 from spikeforge.hw.fit import DEVICES, FitError, check_fit
+from spikeforge.hw.streams import EVENT_FIFO_DEPTH
 from spikeforge.toolchain import HIDE_ELEMENT_NAMES
 
 from . import icebreaker, protocol, ulx3s
@@ -461,7 +462,8 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
     return {
         "board": board, "part": mod.PART, "device": mod.DEVICE,
         "network": net.spec.name, "source": source, "lanes": lanes,
-        "fifo_depth": top.engine.fifo_depth, "design_id": design_id, "board_clock_mhz": clock_hz / 1e6,
+        "fifo_depth": top.engine.fifo_depth, "design_id": design_id,
+        "board_clock_mhz": clock_hz / 1e6,
         "pll": None if pll is None else {**dataclasses.asdict(pll),
                                          "vco_mhz": pll.f_vco_hz / 1e6},
         **tools,
@@ -530,7 +532,8 @@ def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
         return report
     sim = files.read_json(sim_path)
     if (sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim
-            or sim.get("fifo_depth", 8) != report.get("fifo_depth", 8)):
+            or sim.get("fifo_depth", EVENT_FIFO_DEPTH)
+            != report.get("fifo_depth", EVENT_FIFO_DEPTH)):
         return report
     fmax = report["fmax_mhz"]
     lat = sim.get("first_image_cycles", sim["cycles_per_inference"]["mean"])

@@ -26,6 +26,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.hw.network import NetworkTop, engine_geometry
+from spikeforge.hw.streams import EVENT_FIFO_DEPTH
 
 from . import protocol
 from .bridge import HostBridge, check_batch_beats
@@ -116,7 +117,7 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
-                 fifo_depth: int = 8, contents: dict | None = None, batch_beats: int = 0):
+                 fifo_depth: int = EVENT_FIFO_DEPTH, contents: dict | None = None, batch_beats: int = 0):
         check_batch_beats(batch_beats)
         self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents)
         self.clock_hz = int(clock_hz)

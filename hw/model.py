@@ -39,6 +39,7 @@ from spikeforge.config import LayerKind
 from spikeforge.sw import golden
 
 from .network import core_params, input_events, lane_counts
+from .streams import EVENT_FIFO_DEPTH
 
 __all__ = ["LayerTrace", "traces", "predict"]
 
@@ -46,7 +47,6 @@ __all__ = ["LayerTrace", "traces", "predict"]
 #: before a marker is seen, the scan pipeline and marker, hand-over
 SYN_FILL = 5
 SCAN_FILL = 7
-FIFO_DEPTH = 8   # NetworkTop's default event FIFOs
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def _schedule(cps, T: int, taps: list, spikes: list, fifo: int) -> list[list[flo
     return scan_end
 
 
-def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = FIFO_DEPTH) -> dict:
+def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_DEPTH) -> dict:
     """Predicted per-layer counters (means over the images of ``work``), the
     end-to-end cycles of an image alone and the interval between image
     completions when the images of ``work`` are fed back to back, for lanes

@@ -32,7 +32,7 @@ from spikeforge.sw import golden
 from .arith import const_mul
 from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
-from .streams import EventFIFO, EventFormat, bits_for, mem_write_layout
+from .streams import EVENT_FIFO_DEPTH, EventFIFO, EventFormat, bits_for, mem_write_layout
 
 __all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
            "lane_counts", "split_capable", "layer_input_shapes"]
@@ -229,7 +229,7 @@ class NetworkTop(wiring.Component):
         Layer ``n``'s output payload (a spike, or a marker with ``last = 1``).
     """
 
-    def __init__(self, net, P=1, *, fifo_depth: int = 8, faults: dict | None = None,
+    def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH, faults: dict | None = None,
                  contents: dict | None = None):
         self.geometry = g = engine_geometry(net, P, faults)
         self._net = net

@@ -46,7 +46,10 @@ from spikeforge.config import LayerKind
 from spikeforge.layouts import pack, unpack
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["EventFormat", "EventFIFO", "bits_for"]
+__all__ = ["EventFormat", "EventFIFO", "EVENT_FIFO_DEPTH", "bits_for"]
+
+#: the event FIFOs' depth where nothing sets it (a plan records its device's)
+EVENT_FIFO_DEPTH = 8
 
 
 def bits_for(n: int) -> int:
@@ -153,7 +156,7 @@ class EventFIFO(wiring.Component):
         Entries held.
     """
 
-    def __init__(self, fmt: EventFormat, depth: int = 8):
+    def __init__(self, fmt: EventFormat, depth: int = EVENT_FIFO_DEPTH):
         if type(depth) is not int or depth < 2:
             raise TypeError(f"FIFO depth must be an integer of at least 2, not {depth!r}")
         self._fmt = fmt

@@ -288,7 +288,7 @@ def recorded_fifo_depth(run: Path) -> int:
     """The event FIFO depth ``export`` recorded in ``RUN/hw/memories.json``
     (the engine sim and verify build); the engine's default (8) when it
     recorded none."""
-    from spikeforge.hw.model import FIFO_DEPTH as default
+    from spikeforge.hw.streams import EVENT_FIFO_DEPTH as default
     idx = run / "hw" / "memories.json"
     if not idx.exists():
         return default
@@ -394,7 +394,8 @@ def step_sim(run: Path, args) -> dict:
     acs = sum(L["updates"] * L["lanes"] for L in layers)
     total_cycles = sum(cycles)
     out = {
-        "images": n, "lanes": sb.lanes, "fifo_depth": fifo, "mismatches": mismatches, "first_mismatch": first,
+        "images": n, "lanes": sb.lanes, "fifo_depth": fifo,
+        "mismatches": mismatches, "first_mismatch": first,
         "waveform": waves,
         "rtl_accuracy": float((preds == y).float().mean()),
         "golden_accuracy": float((gold.classes == y).float().mean()),
