@@ -33,7 +33,10 @@ from spikeforge.sw.models import SpikingNet
 # epoch; rate encoding, so every process must draw the same random spikes
 ARGS = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "2", "--hybrid-epochs", "1",
         "--batch-size", "16", "--train-limit", "301", "--lr", "2e-3", "--timesteps", "6",
-        "--set", "channels=[6]", "--set", "hidden=24", "--set", "encoding=rate"]
+        "--set", "channels=[6]", "--set", "hidden=24", "--set", "encoding=rate",
+        # given, so `train` (default 0) and `run` (default 0.02 for convsnn)
+        # train the same; the penalty's gradient goes through DDP too
+        "--rate-penalty", "0.02"]
 ATOL = 1e-5          # weights after 38 Adam steps at lr 2e-3
 GRAD_RTOL = 1e-5     # one step's gradient, relative to its largest element
 GRAD_CASES = (("mse", 5), ("ce", 5), ("mse", 1))
