@@ -114,3 +114,20 @@ def test_quantization_aware_fine_tuning_from_the_command_line(run_dir, tmp_path)
     net, _ = image.read_image(run / "weights.sfimg")
     assert all(int(l.weight.abs().max()) <= 8 for l in net.layers)
     assert m["int_accuracy"] > 0.5
+
+
+def test_rate_penalty_default_is_the_default_runs_only(monkeypatch, tmp_path):
+    """`run`'s default model trains with the default run's rate penalty;
+    another model under `run`, and `train`, take 0 unless it is given."""
+    from spikeforge import flow
+    seen = []
+    record = lambda args: seen.append(cli.train_config(args).rate_penalty) or 0
+    monkeypatch.setattr(flow, "run", record)
+    monkeypatch.setattr(cli, "cmd_train", record)
+    out = ["--out", str(tmp_path)]
+    for argv in (["run"], ["run", "--model", "bpsta-small"], ["run", "--rate-penalty", "0"],
+                 ["train", *out], ["train", "--rate-penalty", "0.5", *out],
+                 ["run", "--model", "bpsta-small", "--rate-penalty", "0.01"]):
+        assert cli.main(argv) == 0
+    assert flow.DEFAULT.rate_penalty > 0
+    assert seen == [flow.DEFAULT.rate_penalty, 0.0, 0.0, 0.0, 0.5, 0.01]
