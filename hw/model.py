@@ -4,7 +4,8 @@ It predicts, without elaborating or simulating any RTL, what the layer
 cores' counters will say for a network, its inputs and lane counts ``P``:
 per layer the in-bounds read-modify-writes (``updates``) and the scan
 cycles, the end-to-end cycles of an image alone, and the interval between
-images fed back to back (the busiest layer's occupancy).  It is checked
+images fed back to back (the trace's images scheduled one after another,
+the layers coupled step by step; at least the busiest layer's own total).  It is checked
 against Verilator's counters (``benchmarks/bench_engine.py`` prints both side by side) and is
 half of what the planner (:mod:`spikeforge.hw.plan`) optimises, with the
 cost model (:mod:`spikeforge.hw.cost`).
@@ -22,9 +23,11 @@ What it models (see :mod:`spikeforge.hw.layer`):
   ``t + 1``); layer 0 accumulates a held frame once and scans it ``T`` times;
 * dataflow: a step's synapse phase ends no earlier than its input's last
   event arrives (the producer's scan end); a scan is slowed by a consumer
-  that takes its spikes more slowly (the FIFO between them is small), which
-  is approximated by making a scan end no earlier than the consumer's synapse
-  phase for that step, less the FIFO's slack.
+  that takes its spikes more slowly (the FIFO between them holds
+  ``fifo_depth`` events), which is approximated by making a scan end no
+  earlier than the consumer's synapse phase for that step, less the
+  FIFO's slack (its depth x the consumer's cycles per event); the order of
+  the spikes within a step (bursts) is not modelled.
 
 It is a model: its error against the RTL is measured, not assumed.
 """
