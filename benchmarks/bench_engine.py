@@ -64,14 +64,13 @@ def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = 
     words = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
     depth = 1 << max(12, (words - 1).bit_length())
     t0 = time.time()
-    kw = {} if fifo_depth is None else {"fifo_depth": fifo_depth}
     if fifo_depth is None:
         try:
             from spikeforge.flow import recorded_fifo_depth
+            fifo_depth = recorded_fifo_depth(run)
         except ImportError:   # an earlier revision: its engine's FIFOs are fixed
             pass
-        else:
-            kw["fifo_depth"] = recorded_fifo_depth(run)
+    kw = {} if fifo_depth is None else {"fifo_depth": fifo_depth}
     sb = runner.build(net, lanes, work / "build", depth=depth, **kw)
     build_s = time.time() - t0
     sim = runner.run(sb, x, work / "sim")

@@ -197,16 +197,15 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
             scan = sum(max(cp.acc_depth, s) + SCAN_FILL for s in img[n].spikes_out)
             occupancy[n] += max(syn, scan) if cp.cur_banks > 1 else syn + scan
     k = len(work)
+    interval = max(occupancy) / k   # no faster than the busiest layer alone
     if k > 1:
         # streaming: the mean time between completions after the first, the
         # layers coupled step by step through their FIFOs and current memories
         done = _schedule(cps, T, all_taps, all_spikes, fifo_depth)[-1]
-        interval = (done[-1] - done[T - 1]) / (k - 1)
-    else:
-        interval = max(occupancy)
+        interval = max(interval, (done[-1] - done[T - 1]) / (k - 1))
     return {
         "cycles_per_inference": sum(e2e) / k,
-        "interval_cycles": max(interval, max(occupancy) / k),
+        "interval_cycles": interval,
         "layers": [{"updates": u / k, "scan": s / k, "lanes": cp.P, "occupancy": o / k}
                    for (u, s), cp, o in zip(per, cps, occupancy)],
     }

@@ -229,8 +229,8 @@ class NetworkTop(wiring.Component):
         Layer ``n``'s output payload (a spike, or a marker with ``last = 1``).
     """
 
-    def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH, faults: dict | None = None,
-                 contents: dict | None = None):
+    def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
+                 faults: dict | None = None, contents: dict | None = None):
         self.geometry = g = engine_geometry(net, P, faults)
         self._net = net
         self.stcb = g.stcb
