@@ -226,13 +226,13 @@ def board_memories(net, board: str, store: bool = True) -> tuple:
     return tuple(mems)
 
 
-def check_board_fit(net, lanes, board: str) -> dict:
+def check_board_fit(net, lanes, board: str, words=None) -> dict:
     """:func:`~spikeforge.hw.fit.check_fit` on the board's device with the
     board top's memories (:func:`board_memories`); a :class:`FitError`
     naming the board and the candidate models that fit it otherwise."""
     mod = BOARDS[_board_name(board)]
     try:
-        use = check_fit(net, lanes, mod.DEVICE, board_memories(net, board))
+        use = check_fit(net, lanes, mod.DEVICE, board_memories(net, board), words)
     except FitError as e:
         raise FitError(f"{board} ({mod.PART}), with its host bridge: {e}; models that fit "
                        f"{board}: {', '.join(c.label for c in _fitting(board))}") from None
@@ -298,7 +298,7 @@ def _resolve(net_or_run, lanes):
     return net, lane_counts(net, lanes), source
 
 
-def _exported(net_or_run, net, lanes) -> dict | None:
+def _exported(net_or_run, net, lanes, words=None) -> dict | None:
     """A run folder's exported memory images (``RUN/hw``) when they were
     exported for ``lanes``: what the bitstream's memories hold, as in
     verification.  None otherwise (the weight image's words)."""
@@ -313,7 +313,7 @@ def _exported(net_or_run, net, lanes) -> dict | None:
             print(f"note: {run / 'hw'} was exported for lanes {recorded}, not {list(lanes)}: "
                   f"the memories hold the words of {run / 'weights.sfimg'}")
         return None
-    return image.read_exported(run / "hw", net, lanes)
+    return image.read_exported(run / "hw", net, lanes, words)
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -328,11 +328,12 @@ def _tail(path: Path, n: int = 15) -> str:
 def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
           link: LinkConfig = LinkConfig(), allow_timing_fail: bool = False,
           pmod_leds: bool = True, clock_hz: float | None = None,
-          target_mhz: float | None = None) -> dict:
+          target_mhz: float | None = None, words=None) -> dict:
     """Bitstream + ``report.json`` for ``board`` in ``out_dir``; returns the report.
 
     ``net_or_run``: an IntNetwork, a weight image path or a run folder
-    (``RUN/weights.sfimg``).  ``lanes``: P, one or per layer (default 4).
+    (``RUN/weights.sfimg``).  ``lanes``: P, one or per layer (default 4);
+    ``words``: input channels per event (default: whole lane groups).
     Raises :class:`~spikeforge.hw.fit.FitError` (block RAM), :class:`BuildError`
     (a tool failed, e.g. too many logic cells) or :class:`TimingError` (Fmax
     below the clock; not with ``allow_timing_fail``).  ``clock_hz``: the
@@ -349,7 +350,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     board = _board_name(board)
     mod = BOARDS[board]
     net, lanes, source = _resolve(net_or_run, lanes)
-    fit = check_board_fit(net, lanes, board)
+    fit = check_board_fit(net, lanes, board, words)
     for tool in _TOOLS[board]:
         toolchain.require(tool)
     plat = mod.platform(pmod_leds) if board == "icebreaker" else mod.platform()
@@ -373,7 +374,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     # for this board was simulated with: RUN/hw/memories.json)
     fifo = DEVICES[mod.DEVICE].event_fifo_depth
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link, batch_beats=mod.BATCH_BEATS,
-                   contents=_exported(net_or_run, net, lanes), fifo_depth=fifo)
+                   contents=_exported(net_or_run, net, lanes, words), fifo_depth=fifo,
+                   words=words)
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
@@ -399,7 +401,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
         raise BuildError(f"{board} build failed (exit {proc.returncode}); see {out}/top.tim, "
                          f"top.rpt, build.log:\n{detail}")
     report = _report(board, mod, out, top, net, lanes, fit, clock_hz, seconds, source,
-                     protocol.design_id(net, lanes), pll)
+                     protocol.design_id(net, lanes, words), pll)
     if prefs:  # nextpnr's constraint was the target: timing is met at the clock
         report.update(clock_mhz=clock_hz / 1e6, target_mhz=target_mhz,
                       timing_met=report["fmax_mhz"] >= clock_hz / 1e6)
@@ -462,6 +464,7 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
     return {
         "board": board, "part": mod.PART, "device": mod.DEVICE,
         "network": net.spec.name, "source": source, "lanes": lanes,
+        "words": top.engine.words,
         "fifo_depth": top.engine.fifo_depth, "design_id": design_id,
         "board_clock_mhz": clock_hz / 1e6,
         "pll": None if pll is None else {**dataclasses.asdict(pll),
@@ -494,18 +497,21 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     board = _board_name(board)
     if clock_mhz is None:
         clock_mhz = DEFAULT_CLOCK_MHZ[board]
+    from spikeforge.flow import PLAN, recorded_lanes, recorded_words
+    recorded = recorded_lanes(run_dir)
     if lanes is None:
-        from spikeforge.flow import PLAN, recorded_lanes
-        lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes
+        lanes = recorded or DEFAULT_MODELS[board].lanes
         planned = run_dir / PLAN
         if planned.exists() and files.read_json(planned).get("board") not in (None, board):
             print(f"note: {planned} planned the lanes {lanes} for another board: "
                   f"`spikeforge plan {run_dir} --board {board}`, then export and verify, "
                   f"plans them for {board}")
+    # the words export recorded go with the lanes it recorded
+    words = recorded_words(run_dir) if recorded is not None and lanes == recorded else None
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,
-                      target_mhz=TARGET_MHZ[board])
+                      target_mhz=TARGET_MHZ[board], words=words)
         clock_mhz = int(first["fmax_mhz"] * AUTO_MARGIN)
         if clock_mhz <= first["board_clock_mhz"]:
             if not first["timing_met"]:
@@ -515,7 +521,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     try:
         report = build(run_dir, board, out, lanes=lanes,
                        clock_hz=None if clock_mhz is None else clock_mhz * 1e6,
-                       target_mhz=TARGET_MHZ[board])
+                       target_mhz=TARGET_MHZ[board], words=words)
     except TimingError as e:
         _add_performance(run_dir, e.report, out)
         raise
@@ -532,6 +538,7 @@ def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
         return report
     sim = files.read_json(sim_path)
     if (sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim
+            or sim.get("words") != report.get("words")
             or sim.get("fifo_depth", EVENT_FIFO_DEPTH)
             != report.get("fifo_depth", EVENT_FIFO_DEPTH)):
         return report

@@ -279,6 +279,7 @@ class Board:
         self.info: BoardInfo | None = None
         self.net = None
         self.lanes: list[int] | None = None
+        self.words: list[int] | None = None
         self._fmt = None
         self.notices: list = []
         self.resends = 0
@@ -376,10 +377,10 @@ class Board:
                                 f"{P.VERSION}")
         return self.info
 
-    def attach(self, net, lanes=None) -> None:
-        """Use ``net`` with ``lanes`` on this board (checks the bitstream's design
-        id, writes nothing).  ``lanes=None``: the one lane count for all layers
-        whose design id the board reports."""
+    def attach(self, net, lanes=None, words=None) -> None:
+        """Use ``net`` with ``lanes`` (and ``words``, as built) on this board
+        (checks the bitstream's design id, writes nothing).  ``lanes=None``:
+        the one lane count for all layers whose design id the board reports."""
         from spikeforge.hw.network import lane_counts
         from spikeforge.hw.streams import EventFormat
         if self.info is None:
@@ -390,13 +391,14 @@ class Board:
                      if P.design_id(net, [p] * len(net.layers)) == self.info.design_id]
             lanes = found[0] if found else 1
         lanes = lane_counts(net, lanes)
-        want = P.design_id(net, lanes)
+        want = P.design_id(net, lanes, words)
         if self.info.design_id != want:
             raise BoardMismatch(
                 f"the board's bitstream was built for another network (design id "
                 f"0x{self.info.design_id:08x}, this network with lanes {lanes}: 0x{want:08x}); "
                 "rebuild it with `spikeforge build` or load a matching weight image")
         self.net, self.lanes, self._fmt = net, lanes, EventFormat.for_network(net)
+        self.words = None if words is None else list(words)
 
     def write_memory(self, select: int, words: list[int], addr: int = 0) -> None:
         """Write ``words`` into memory ``select`` from word ``addr`` on."""
@@ -409,14 +411,15 @@ class Board:
                                for i, w in enumerate(chunk))
             self.request(Cmd.WRITE, payload)
 
-    def load(self, net, lanes=None) -> int:
+    def load(self, net, lanes=None, words=None) -> int:
         """Write every memory of ``net`` (:func:`spikeforge.image.memories`)
-        into the board (``lanes``: see :meth:`attach`); returns the number of
-        words written."""
+        into the board (``lanes``, ``words``: see :meth:`attach`); returns the
+        number of words written."""
         from spikeforge import image
-        self.attach(net, lanes)
+        self.attach(net, lanes, words)
         n = 0
-        for i, (name, (_, words)) in enumerate(image.memories(net, self.lanes).items()):
+        for i, (name, (_, words)) in enumerate(image.memories(net, self.lanes,
+                                                              self.words).items()):
             self.write_memory(i, words)  # L0_weights, L0_neurons, L1_weights, ... = 0, 1, 2, ...
             n += len(words)
         return n
@@ -616,16 +619,19 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
     try:
         b = Board(t)
         info = b.ping()
-        match = [c for c in cands if _design_id(net, c["lanes"]) == info.design_id]
+        match = [c for c in cands
+                 if _design_id(net, c["lanes"], c.get("words")) == info.design_id]
         if not match:
             raise BoardMismatch(f"the board at {port} (design id 0x{info.design_id:08x}) runs "
                                 f"none of the builds of {run_dir}: flash "
                                 f"{run_dir / 'build' / '<board>'} first")
         rep = match[0]
         if batch:
-            out = batch_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images])
+            out = batch_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images],
+                               words=rep.get("words"))
         else:
-            out = infer_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images])
+            out = infer_images(b, net, rep["lanes"], ds.x_test[:images], ds.y_test[:images],
+                               words=rep.get("words"))
     finally:
         if transport is None:
             t.close()
@@ -647,16 +653,17 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
     return out
 
 
-def _design_id(net, lanes) -> int | None:
-    """The design id of ``net`` with ``lanes``; None for lanes it cannot take."""
+def _design_id(net, lanes, words=None) -> int | None:
+    """The design id of ``net`` with ``lanes`` and ``words``; None for lanes
+    it cannot take."""
     from spikeforge.hw.network import lane_counts
     try:
-        return P.design_id(net, lane_counts(net, lanes))
+        return P.design_id(net, lane_counts(net, lanes), words)
     except SpikeforgeError:
         return None
 
 
-def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False) -> dict:
+def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False, words=None) -> dict:
     """Load ``net`` into the board, infer uint8 samples ``x [N, F, C, H, W]``
     and compare each class and output count vector with the golden model
     (``perf``: also read each inference's per-layer counters)."""
@@ -664,7 +671,7 @@ def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False) -> dict
 
     from spikeforge.sw import golden
     t0 = b.t.now()
-    words = b.load(net, lanes)
+    loaded = b.load(net, lanes, words)
     load_s = b.t.now() - t0
     ref = golden.run(net, x)
     rows, t1 = [], b.t.now()
@@ -678,7 +685,7 @@ def infer_images(b: Board, net, lanes, x, y=None, *, perf: bool = False) -> dict
     preds = torch.tensor([r["prediction"] for r in rows])
     n = x.shape[0]
     return {
-        "images": n, "lanes": b.lanes, "words_loaded": words, "load_seconds": load_s,
+        "images": n, "lanes": b.lanes, "words_loaded": loaded, "load_seconds": load_s,
         "class_mismatches": int((preds != ref.classes).sum()),
         "counts_mismatches": sum(not r["counts_match"] for r in rows),
         "board_accuracy": None if y is None else float((preds == y).float().mean()),
@@ -716,7 +723,7 @@ def class_mismatches(got: list[int], expected: list[int]) -> list[dict]:
 
 
 def batch_images(b: Board, net, lanes, x, y=None, *, expected=None,
-                 timeout: float | None = None) -> dict:
+                 timeout: float | None = None, words=None) -> dict:
     """Load ``net`` into the board, run uint8 samples ``x [N, F, C, H, W]``
     in batch mode (:meth:`Board.batch`) and compare each class with the
     golden model's (``expected``: these classes instead); the board's rate
@@ -726,7 +733,7 @@ def batch_images(b: Board, net, lanes, x, y=None, *, expected=None,
     from spikeforge.sw import golden
     b._need_store()  # a board without a store says so before the weights go in
     t0 = b.t.now()
-    words = b.load(net, lanes)
+    loaded = b.load(net, lanes, words)
     load_s = b.t.now() - t0
     ref = golden.run(net, x)
     want = [int(c) for c in (ref.classes if expected is None else expected)]
@@ -735,7 +742,7 @@ def batch_images(b: Board, net, lanes, x, y=None, *, expected=None,
     n = x.shape[0]
     preds = torch.tensor(r.classes)
     return {
-        "images": n, "lanes": b.lanes, "words_loaded": words, "load_seconds": load_s,
+        "images": n, "lanes": b.lanes, "words_loaded": loaded, "load_seconds": load_s,
         "batch_beats": b.info.batch_beats, "batches": r.batches, "beats": r.beats,
         "load_frames": r.load_frames, "board_cycles": r.cycles, "clock_hz": r.clock_hz,
         "board_seconds": r.board_seconds,

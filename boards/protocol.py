@@ -486,14 +486,16 @@ def link_layout(engine) -> LinkLayout:
                       _nbytes(addr), _nbytes(dbits), sel, addr, dbits, cw, g.prediction_bits)
 
 
-def design_id(net, lanes) -> int:
+def design_id(net, lanes, words=None) -> int:
     """CRC-32 of everything the bitstream fixes about a network (spec, integer
-    widths, decay shifts, lanes): a board built for another network says so
-    before weights are written into it."""
+    widths, decay shifts, lanes, and the words when they are not whole lane
+    groups: they lay out the weight memories): a board built for another
+    network says so before weights are written into it."""
     import json
     layers = [[il.weight_bits, il.state_bits, il.acc_bits, il.input_bits,
                list(il.decay_shifts)] for il in net.layers]
-    text = json.dumps([net.spec.to_dict(), layers, list(lanes)], sort_keys=True)
+    fixed = [net.spec.to_dict(), layers, list(lanes)] + ([] if words is None else [list(words)])
+    text = json.dumps(fixed, sort_keys=True)
     return zlib.crc32(text.encode())
 
 

@@ -62,17 +62,18 @@ class LinkConfig:
 
 
 def board_info(net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
-               batch_beats: int = 0) -> protocol.BoardInfo:
+               batch_beats: int = 0, words=None) -> protocol.BoardInfo:
     """The PING reply of the :class:`BoardTop` that would be built for ``net``
     with ``lanes`` at ``clock_hz`` (and an image store of ``batch_beats``),
     computed without building it."""
-    g = engine_geometry(net, lanes)
+    g = engine_geometry(net, lanes, words=words)
     lay = protocol.link_layout(g)
     _, timeout, _ = link.cycles(clock_hz)
     return protocol.BoardInfo(protocol.VERSION, lay.layers, lay.classes, lay.n_out,
                               lay.count_bytes, lay.event_bytes, lay.addr_bytes, lay.data_bytes,
                               protocol.MAX_PAYLOAD, int(clock_hz), timeout,
-                              protocol.design_id(net, g.lanes), check_batch_beats(batch_beats))
+                              protocol.design_id(net, g.lanes, words),
+                              check_batch_beats(batch_beats))
 
 
 def store_bits(net, batch_beats: int) -> int:
@@ -117,16 +118,19 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
-                 fifo_depth: int = EVENT_FIFO_DEPTH, contents: dict | None = None, batch_beats: int = 0):
+                 fifo_depth: int = EVENT_FIFO_DEPTH, contents: dict | None = None, batch_beats: int = 0,
+                 words=None):
         check_batch_beats(batch_beats)
-        self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents)
+        self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents,
+                                 words=words)
         self.clock_hz = int(clock_hz)
         self.link = link
         div, timeout, stall = link.cycles(clock_hz)
         self.divisor = div
         self.bridge = HostBridge(self.engine, divisor=div, clock_hz=self.clock_hz,
                                  timeout_cycles=timeout, stall_cycles=stall,
-                                 design_id=protocol.design_id(net, list(self.engine.lanes)),
+                                 design_id=protocol.design_id(net, list(self.engine.lanes),
+                                                              self.engine.words),
                                  batch_beats=batch_beats)
         self.batch_beats = batch_beats
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8)})

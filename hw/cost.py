@@ -95,10 +95,10 @@ class CostModel:
         """The block RAMs of a device with ``blocks`` a plan may use."""
         return int(self.bram_ceiling * blocks + 1e-9)
 
-    def cores(self, net, P, lutram_depth: int) -> list[dict[str, float]]:
+    def cores(self, net, P, lutram_depth: int, words=None) -> list[dict[str, float]]:
         """Predicted cells per layer core."""
         out = []
-        for cp in core_params(net, P):
+        for cp in core_params(net, P, words=words):
             f = core_features(cp, lutram_depth)
             out.append({r: max(0.0, sum(c.get(k, 0.0) * f[k] for k in FEATURES))
                         for r, c in self.coef.items()})
@@ -148,21 +148,21 @@ def load(device: str) -> CostModel:
                      d.get("bram_ceiling", 1.0))
 
 
-def estimate(net, P, device: str, board=()) -> dict:
-    """Predicted resources of the board top for ``net`` with lanes ``P`` on
-    ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
+def estimate(net, P, device: str, board=(), words=None) -> dict:
+    """Predicted resources of the board top for ``net`` with lanes ``P`` (and
+    ``words``, :func:`~spikeforge.hw.network.core_params`) on ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
     "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
     count, :func:`~spikeforge.hw.fit.block_count`, with the board top's
     memories ``board``; ``util``: ``cells`` over the device's logic cells)."""
     from .fit import DEVICES, block_count
     cm = load(device)
     dev = DEVICES[device]
-    per = cm.cores(net, P, dev.lutram_depth)
+    per = cm.cores(net, P, dev.lutram_depth, words)
     tot = {r: c.get("top", 0.0) + sum(p[r] for p in per) for r, c in cm.coef.items()}
     cells = cm.cells(tot)
     util = cells / dev.logic_cells
     return {**{r: round(v) for r, v in tot.items()}, "cells": round(cells), "util": util,
-            "bram": block_count(net, P, device, board), "fmax_mhz": cm.fmax_mhz(util),
+            "bram": block_count(net, P, device, board, words), "fmax_mhz": cm.fmax_mhz(util),
             "build_seconds": cm.build_time_s(cells), "per_core": per}
 
 

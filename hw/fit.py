@@ -102,11 +102,12 @@ class MemoryUse:
         return self.width * self.depth
 
 
-def memory_plan(net, P, board=()) -> list[MemoryUse]:
-    """Every block-RAM candidate of the engine for ``net`` with lanes ``P``,
-    and the board top's memories ``board`` (``(name, width, depth)`` each)."""
+def memory_plan(net, P, board=(), words=None) -> list[MemoryUse]:
+    """Every block-RAM candidate of the engine for ``net`` with lanes ``P``
+    (and ``words``, :func:`~spikeforge.hw.network.core_params`), and the
+    board top's memories ``board`` (``(name, width, depth)`` each)."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
-    for i, cp in enumerate(core_params(net, P)):
+    for i, cp in enumerate(core_params(net, P, words=words)):
         # per synapse unit: the weights of its taps and a copy of each current memory
         sfx = [""] + [f"_{u}" for u in range(1, cp.units)]
         out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width,
@@ -129,19 +130,19 @@ def _device(device: str) -> Device:
     return DEVICES[device]
 
 
-def block_count(net, P, device: str, board=()) -> int:
+def block_count(net, P, device: str, board=(), words=None) -> int:
     """Block RAMs the memories of :func:`memory_plan` take on ``device``."""
     dev = _device(device)
     return sum(dev.blocks_for(mu.width, mu.depth, mu.sliced)
-               for mu in memory_plan(net, P, board))
+               for mu in memory_plan(net, P, board, words))
 
 
-def check_fit(net, P, device: str, board=()) -> dict:
+def check_fit(net, P, device: str, board=(), words=None) -> dict:
     """Refuse (:class:`FitError`) a network whose memories need more block RAM
     than ``device`` has; otherwise return the use: ``{"device", "blocks",
     "available", "bits", "per_memory": {name: blocks}}``."""
     dev = _device(device)
-    plan = memory_plan(net, P, board)
+    plan = memory_plan(net, P, board, words)
     per = {mu.name: dev.blocks_for(mu.width, mu.depth, mu.sliced) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])

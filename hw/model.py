@@ -165,12 +165,14 @@ def _schedule(cps, T: int, taps: list, spikes: list, fifo: int) -> list[list[flo
     return scan_end
 
 
-def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_DEPTH) -> dict:
+def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_DEPTH,
+            words: list[int] | None = None) -> dict:
     """Predicted per-layer counters (means over the images of ``work``), the
     end-to-end cycles of an image alone and the interval between image
     completions when the images of ``work`` are fed back to back, for lanes
-    ``P`` and event FIFOs of ``fifo_depth`` between the layers."""
-    cps = core_params(net, lane_counts(net, P))
+    ``P``, ``words`` (:func:`~spikeforge.hw.network.core_params`) and event
+    FIFOs of ``fifo_depth`` between the layers."""
+    cps = core_params(net, lane_counts(net, P), words=words)
     T = net.spec.timesteps
     L = len(cps)
     # the readout: a register, then the argmax's (scores, one per tree level)

@@ -26,7 +26,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.config import LayerKind
-from spikeforge.image import input_lanes, memories
+from spikeforge.image import ImageError, input_lanes, memories
 from spikeforge.sw import golden
 
 from .arith import const_mul
@@ -70,9 +70,12 @@ def plane_words(net) -> bool:
     return not net.layers[0].stcb and net.layers[0].input_bits > 1
 
 
-def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
+def core_params(net, P, faults: dict | None = None,
+                words: list[int] | None = None) -> list[CoreParams]:
     """The :class:`CoreParams` of every layer core of ``net`` with lanes ``P``
-    (what :class:`NetworkTop` builds and :mod:`~spikeforge.hw.fit` counts)."""
+    and ``words`` input channels per event (:func:`spikeforge.image.input_lanes`;
+    None: a word is the previous layer's whole lane group) (what
+    :class:`NetworkTop` builds and :mod:`~spikeforge.hw.fit` counts)."""
     ps = lane_counts(net, P)
     fmt = EventFormat.for_network(net)
     shapes = layer_input_shapes(net.spec)
@@ -80,13 +83,16 @@ def core_params(net, P, faults: dict | None = None) -> list[CoreParams]:
     T = net.spec.timesteps
     # lanes beyond a layer's channels are a second synapse unit
     chans = [min(p, il.spec.out_channels) for p, il in zip(ps, net.layers)]
-    qs = input_lanes(net, chans)
+    try:
+        qs = input_lanes(net, chans, words)
+    except ImageError as e:
+        raise EngineError(str(e)) from None
     planes = plane_words(net)
     qs[0] = net.layers[0].input_bits if planes else 1
     return [CoreParams.build(i, il, shapes[i], chans[i], fmt, faults.get(i), T,
                              static=i == 0 and not il.stcb, in_lanes=qs[i],
                              in_planes=i == 0 and planes,
-                             words_out=i + 1 < len(qs) and qs[i + 1] > 1,
+                             words_out=qs[i + 1] if i + 1 < len(qs) else 1,
                              units=ps[i] // chans[i])
             for i, il in enumerate(net.layers)]
 
@@ -115,6 +121,7 @@ class EngineGeometry:
     mem_layout: data.StructLayout
     n_out: int          # classes * voting output neurons
     max_count: int      # the largest value of one output count
+    words: tuple[int, ...] | None = None   # input channels per event (None: whole lane groups)
 
     @property
     def stcb(self) -> bool:
@@ -145,10 +152,12 @@ def core_memory_bits(cp: CoreParams) -> tuple[int, int]:
     return bits_for(max(cp.weight_depth, cp.c_out) - 1), max(cp.weight_width, cp.neuron_width)
 
 
-def engine_geometry(net, P=1, faults: dict | None = None) -> EngineGeometry:
-    """The :class:`EngineGeometry` of ``net`` with lanes ``P`` (no hardware built)."""
+def engine_geometry(net, P=1, faults: dict | None = None,
+                    words: list[int] | None = None) -> EngineGeometry:
+    """The :class:`EngineGeometry` of ``net`` with lanes ``P`` and ``words``
+    (:func:`core_params`; no hardware built)."""
     ps = lane_counts(net, P)
-    params = tuple(core_params(net, ps, faults))
+    params = tuple(core_params(net, ps, faults, words))
     spec = net.spec
     stcb = net.layers[0].stcb
     # an output neuron's count: spikes over T, or an STCB value sum_t s[t] << (T-1-t)
@@ -157,7 +166,8 @@ def engine_geometry(net, P=1, faults: dict | None = None) -> EngineGeometry:
     mem_layout = mem_write_layout(bits_for(2 * len(params) - 1), max(a for a, _ in widths),
                                   max(d for _, d in widths))
     return EngineGeometry(net, tuple(ps), EventFormat.for_network(net), params, mem_layout,
-                          spec.classes * spec.voting, (1 << T) - 1 if stcb else T)
+                          spec.classes * spec.voting, (1 << T) - 1 if stcb else T,
+                          None if words is None else tuple(words))
 
 
 class NetworkTop(wiring.Component):
@@ -230,14 +240,16 @@ class NetworkTop(wiring.Component):
     """
 
     def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
-                 faults: dict | None = None, contents: dict | None = None):
-        self.geometry = g = engine_geometry(net, P, faults)
+                 faults: dict | None = None, contents: dict | None = None,
+                 words: list[int] | None = None):
+        self.geometry = g = engine_geometry(net, P, faults, words)
         self._net = net
         self.stcb = g.stcb
         self.lanes = ps = list(g.lanes)
+        self.words = None if words is None else list(words)
         self.fmt = fmt = g.fmt
         self.params = list(g.params)
-        mems = memories(net, ps)
+        mems = memories(net, ps, words)
         if contents is not None:
             _check_contents(contents, mems)
             mems = contents
@@ -502,9 +514,11 @@ def input_events(net, frames: torch.Tensor) -> list[Event]:
 
 def beat_spikes(cp: CoreParams, channel: int, y: int, x: int, mask: int) -> list[tuple]:
     """The spikes ``(channel, y, x)`` of one output beat of the core with
-    parameters ``cp``: one, or (``cp.words_out``) one per set bit of a word's mask."""
-    if cp.words_out:
-        return [(channel * cp.P + i, y, x) for i in range(cp.P) if mask >> i & 1]
+    parameters ``cp``: one, or (words of ``Q = cp.words_out`` channels) one per
+    set bit of a word's mask."""
+    Q = cp.words_out
+    if Q > 1:
+        return [(channel * Q + i, y, x) for i in range(Q) if mask >> i & 1]
     return [(channel, y, x)]
 
 

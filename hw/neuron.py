@@ -273,7 +273,7 @@ class NeuronUnit(wiring.Component):
         q_in = Signal(q_layout, reset_less=True)
         m.d.sync += [
             push.eq(t3.v & t3.win & (vec != 0)),
-            q_in.vec.eq(vec), q_in.cb.eq(t3.g if p.words_out else t3.cb), q_in.py.eq(t3.py),
+            q_in.vec.eq(vec), q_in.cb.eq(word_base(p, t3.g, t3.cb)), q_in.py.eq(t3.py),
             q_in.px.eq(t3.px),
         ]
         m.d.comb += [queue.w_data.eq(q_in.as_value()), queue.w_en.eq(push)]
@@ -447,23 +447,44 @@ def window_counters(m, p: CoreParams, step, restart):
     return c
 
 
+def word_base(p: CoreParams, g, cbase):
+    """The queue's ``cb`` for the window of group ``g`` (base channel
+    ``cbase = g * P``): the index of its first output event's channel group,
+    ``cbase // Q`` for words of ``Q = p.words_out`` channels (``g`` when a
+    word is the whole lane group, ``cbase`` for single spikes; ``Q`` a power
+    of two otherwise, so a shift)."""
+    Q = p.words_out
+    if Q == p.P:
+        return g
+    return cbase >> (Q.bit_length() - 1)
+
+
 def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sent, clear):
-    """Sends each queued window's spiking lanes (lowest lane first) as events
-    from a registered output, then, once ``marker_req`` holds and nothing is
-    left, one end-of-step marker (strobing ``marker_sent``).  Returns a busy
-    flag (queue or current window not empty).  With ``p.words_out`` a window
-    goes out as one word event: ``channel`` its group (the queue's ``cb``
-    holds the group index then), ``mask`` its spiking lanes."""
-    P = p.P
+    """Sends each queued window's spiking lanes as events from a registered
+    output, then, once ``marker_req`` holds and nothing is left, one
+    end-of-step marker (strobing ``marker_sent``).  Returns a busy flag
+    (queue or current window not empty).  The ``P`` lanes are ``P / Q``
+    words of ``Q = p.words_out`` channels; each word with a spike goes out as
+    one event, the lowest first: ``channel`` its channel group (the queue's
+    ``cb`` (:func:`word_base`) + the word's index), ``mask`` its lanes (for
+    ``Q = 1``: one event per spiking lane, ``mask`` 0)."""
+    P, Q = p.P, p.words_out
+    K = P // Q
     e_vec = Signal(P)
     e_cb = Signal(bits_for(p.groups * P))
     e_py = Signal(q_layout.members["py"])
     e_px = Signal(q_layout.members["px"])
-    rest = C(0, P) if p.words_out else e_vec & (e_vec - 1)
-    lane = Signal(range(P))
-    for j in reversed(range(P)):
-        with m.If(e_vec[j]):
-            m.d.comb += lane.eq(j)
+    parts = [e_vec[k * Q:(k + 1) * Q] for k in range(K)]
+    lane = Signal(range(K))   # the lowest word with a spike
+    for k in reversed(range(K)):
+        with m.If(parts[k].any()):
+            m.d.comb += lane.eq(k)
+    if K == 1:
+        rest = C(0, P)
+    elif Q == 1:
+        rest = e_vec & (e_vec - 1)
+    else:   # e_vec without its lowest non-empty word
+        rest = Cat(Mux(lane == k, 0, part) for k, part in enumerate(parts))
     q_out = Signal(q_layout)
     m.d.comb += q_out.eq(queue.r_data)
     slot_free = ~out.valid | out.ready
@@ -479,10 +500,13 @@ def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sen
         with m.If(e_vec != 0):
             m.d.sync += [out.valid.eq(1), out.payload.y.eq(e_py), out.payload.x.eq(e_px),
                          out.payload.shift.eq(0), out.payload.last.eq(0)]
-            if p.words_out:
+            if Q == 1:
+                m.d.sync += [out.payload.channel.eq(e_cb + lane), out.payload.mask.eq(0)]
+            elif K == 1:
                 m.d.sync += [out.payload.channel.eq(e_cb), out.payload.mask.eq(e_vec)]
             else:
-                m.d.sync += [out.payload.channel.eq(e_cb + lane), out.payload.mask.eq(0)]
+                m.d.sync += [out.payload.channel.eq(e_cb + lane),
+                             out.payload.mask.eq(Array(parts)[lane])]
         with m.Elif(marker_go):
             m.d.sync += [out.valid.eq(1), out.payload.eq(0), out.payload.last.eq(1)]
             m.d.comb += marker_sent.eq(1)

@@ -79,7 +79,7 @@ class CoreParams:
     state_width: int = 0             # LIF / IF: bits of a state word (base)
     in_lanes: int = 1                # mask bits an input event carries (1: single events)
     in_planes: bool = False          # the mask is an input value's bit planes (layer 0)
-    words_out: bool = False          # send one word event per spiking window
+    words_out: int = 1               # channels per output event: 1 single spikes, Q > 1 words
     strict: bool = False             # LIF / IF: fire at u > theta (neuron.strict), else u >= theta
     units: int = 1                   # synapse units, each walking its share of the kernel taps
 
@@ -87,7 +87,7 @@ class CoreParams:
     def build(cls, index: int, layer, in_shape: tuple[int, int, int], P, fmt: EventFormat,
               fault: str | None = None, timesteps: int = 1, static: bool = False,
               cur_banks: int = 2, in_lanes: int = 1, in_planes: bool = False,
-              words_out: bool = False, units: int = 1) -> "CoreParams":
+              words_out: int = 1, units: int = 1) -> "CoreParams":
         s = layer.spec
         stcb = s.neuron.kind is NeuronKind.STCB
         if stcb and fault is not None:
@@ -113,6 +113,10 @@ class CoreParams:
         if in_lanes < 1 or in_lanes > 1 and (stcb or in_planes and index != 0):
             raise EngineError(f"layer {index}: word events (in_lanes {in_lanes}) are for "
                               "LIF / IF layers (bit planes: layer 0 only)")
+        if (type(words_out) is not int or words_out < 1 or P % words_out
+                or words_out != P and words_out & (words_out - 1)):
+            raise EngineError(f"layer {index}: output words of {words_out!r} channels; a word "
+                              f"must be a power of two that divides the lanes ({P}), or {P}")
         if static and (stcb or index != 0):
             raise EngineError(f"layer {index}: only layer 0 of a LIF / IF network is static")
         cur_w = width if stcb else signed_bits(-conv, conv)

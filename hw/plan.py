@@ -2,7 +2,10 @@
 
 A candidate is a lane count ``P`` per layer (powers of two up to the layer's
 output channels, the channels themselves, and twice them for a layer that
-can split its kernel taps over two synapse units).  For each, the cycle model
+can split its kernel taps over two synapse units) and, for each conv layer
+that takes word events, the channels ``Q`` a word carries (powers of two
+dividing the previous layer's lanes, or those lanes: a smaller ``Q`` means a
+smaller adder tree and more, sparser-skipping events).  For each, the cycle model
 (:mod:`~spikeforge.hw.model`, on the spike traces of a few training images)
 predicts the interval between images fed back to back and the latency of
 one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
@@ -15,10 +18,14 @@ the most inferences per second (fewer cells on a tie).
 The search climbs from one lane per layer: each step doubles the lanes of
 the busiest layer (the cycle model's occupancy) that can take more and still
 fits, until no layer can; every point tried is a candidate, and so are the
-halvings and doublings of the best one.
+halvings and doublings of the best one.  For each lane choice the words are
+chosen layer by layer (each word layer's best ``Q`` with the others fixed,
+starting from whole lane groups).
 """
 
 from __future__ import annotations
+
+from spikeforge.image import input_lanes, takes_words, word_lanes
 
 from . import cost
 from .fit import DEVICES, FitError
@@ -43,12 +50,28 @@ def _options(net, n: int) -> list[int]:
     return out + [c_out] + ([2 * c_out] if split_capable(net, n) else [])
 
 
-def evaluate(net, lanes, work, device: str, board=()) -> dict:
-    """One candidate: predicted cycles, resources, clock and throughput."""
+def _word_options(net, lanes, n: int) -> list[int]:
+    """Channels per word event of layer ``n``: powers of two dividing the
+    previous layer's channel lanes, and those lanes (1 for a layer that takes
+    single events)."""
+    if n == 0 or not takes_words(net, n):
+        return [1]
+    prev = min(lanes[n - 1], net.layers[n - 1].spec.out_channels)
+    out, q = [], 1
+    while q < prev and prev % q == 0:
+        out.append(q)
+        q *= 2
+    return out + [prev]
+
+
+def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
+    """One candidate: predicted cycles, resources, clock and throughput
+    (``words`` None: whole lane groups, :func:`~spikeforge.image.input_lanes`)."""
     lanes = lane_counts(net, lanes)
+    words = input_lanes(net, lanes) if words is None else word_lanes(net, lanes, words)
     dev = DEVICES[device]
-    cyc = predict(net, lanes, work, dev.event_fifo_depth)
-    res = cost.estimate(net, lanes, device, board)
+    cyc = predict(net, lanes, work, dev.event_fifo_depth, words)
+    res = cost.estimate(net, lanes, device, board, words)
     cm = cost.load(device)
     fmax = res["fmax_mhz"]
     why = []
@@ -63,6 +86,7 @@ def evaluate(net, lanes, work, device: str, board=()) -> dict:
                    "(routability ceiling)")
     return {
         "lanes": lanes,
+        "words": words,
         "interval_cycles": cyc["interval_cycles"],
         "occupancy": [L["occupancy"] for L in cyc["layers"]],
         "latency_cycles": cyc["cycles_per_inference"],
@@ -80,23 +104,40 @@ def _key(c: dict):
     return (c["fits"], c["inferences_per_second"], -c["cells"])
 
 
-def plan(net, work, device: str, board=(), lanes=None) -> dict:
-    """The plan for ``net`` on ``device``: ``{"device", "lanes", "chosen",
-    "override", "candidates"}``.  ``lanes`` given: that candidate is
+def plan(net, work, device: str, board=(), lanes=None, words=None) -> dict:
+    """The plan for ``net`` on ``device``: ``{"device", "lanes", "words",
+    "fifo_depth", "chosen", "override", "candidates"}``.  ``lanes`` given:
+    that candidate (with ``words``, or the best words for those lanes) is
     validated (a :class:`PlanError` when its memories do not fit) and
     recorded as an override beside the planner's own best."""
     if device not in DEVICES:
         raise PlanError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     if lanes is not None:
         lanes = lane_counts(net, lanes)   # a bad lane count is refused before the search
+        if words is not None:
+            words = word_lanes(net, lanes, words)
+    elif words is not None:
+        raise PlanError("words are given with the lanes they split (--lanes)")
     outs = [layer.spec.out_channels for layer in net.layers]
     seen: dict[tuple, dict] = {}
+    best: dict[tuple, dict] = {}   # per lane choice, its best words
+
+    def one(ps, qs) -> dict:
+        t = (tuple(ps), tuple(qs))
+        if t not in seen:
+            seen[t] = evaluate(net, list(ps), work, device, board, list(qs))
+        return seen[t]
 
     def ev(ps) -> dict:
+        """The lanes ``ps`` with their best words (each word layer in turn)."""
         t = tuple(ps)
-        if t not in seen:
-            seen[t] = evaluate(net, list(ps), work, device, board)
-        return seen[t]
+        if t not in best:
+            qs = input_lanes(net, list(ps))
+            for n in range(1, len(qs)):
+                qs[n] = max(_word_options(net, ps, n),
+                            key=lambda q: _key(one(ps, qs[:n] + [q] + qs[n + 1:])))
+            best[t] = one(ps, qs)
+        return best[t]
 
     # the climb: double the lanes of the busiest layer that can take more and
     # still fits (the bottleneck first: doubling another layer cannot shorten
@@ -126,15 +167,15 @@ def plan(net, work, device: str, board=(), lanes=None) -> dict:
     chosen = max(seen.values(), key=_key)
     if not chosen["fits"]:
         raise PlanError(f"no lane choice fits {device}: even one lane per layer needs "
-                        f"{seen[tuple([1] * len(outs))]['why_not']}")
-    out = {"device": device, "lanes": chosen["lanes"],
+                        f"{best[tuple([1] * len(outs))]['why_not']}")
+    out = {"device": device, "lanes": chosen["lanes"], "words": chosen["words"],
            "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
            "candidates": sorted(seen.values(), key=_key, reverse=True)}
     if lanes is not None:
-        mine = ev(lanes)
+        mine = ev(lanes) if words is None else one(lanes, words)
         if mine["bram"] > DEVICES[device].blocks:
             raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")
-        out.update(lanes=mine["lanes"], override=mine)
+        out.update(lanes=mine["lanes"], words=mine["words"], override=mine)
     return out
 
 
@@ -147,28 +188,41 @@ def pareto(cands: list[dict], cost_key: str = "cells") -> list[dict]:
     return out
 
 
+def _name(c: dict) -> tuple:
+    return tuple(c["lanes"]), tuple(c.get("words") or ())
+
+
 def table(p: dict, limit: int = 12) -> str:
     """The candidates as a text table, best first (the Pareto points on
-    cells marked ``*``), the chosen and the override named below."""
+    cells marked ``*``), the chosen and the override named below; the words
+    column where a candidate's layer takes words of more than one channel."""
     cands = p["candidates"]
-    front = {tuple(c["lanes"]) for c in pareto([c for c in cands if c["fits"]])}
-    head = (f"{'lanes':<18} {'interval':>8} {'latency':>8} {'Fmax':>6} {'inf/s':>8} "
+    front = {_name(c) for c in pareto([c for c in cands if c["fits"]])}
+    wide = any(q != 1 for c in cands for q in (c.get("words") or [])[1:])
+    head = (f"{'lanes':<18} " + (f"{'words':<12} " if wide else "")
+            + f"{'interval':>8} {'latency':>8} {'Fmax':>6} {'inf/s':>8} "
             f"{'cells':>7} {'util':>5} {'BRAM':>5} {'build':>6}  fits")
     rows = [f"plan for {p['device']} ({len(cands)} candidates; interval and latency in "
-            "cycles, Fmax in MHz, build in minutes; * = Pareto front on cells)", head]
-    shown = cands[:limit] + [c for c in cands[limit:] if tuple(c["lanes"]) in front]
+            "cycles, Fmax in MHz, build in minutes; * = Pareto front on cells"
+            + ("; words: input channels per event" if wide else "") + ")", head]
+    shown = cands[:limit] + [c for c in cands[limit:] if _name(c) in front]
     for c in shown:
-        rows.append(f"{','.join(map(str, c['lanes'])):<18} {c['interval_cycles']:>8.0f} "
+        rows.append(f"{','.join(map(str, c['lanes'])):<18} "
+                    + (f"{','.join(map(str, c.get('words') or [])):<12} " if wide else "")
+                    + f"{c['interval_cycles']:>8.0f} "
                     f"{c['latency_cycles']:>8.0f} {c['fmax_mhz']:>6.1f} "
                     f"{c['inferences_per_second']:>8.0f} {c['cells']:>7} "
                     f"{100 * c['util']:>4.0f}% {c['bram']:>5} {c['build_seconds'] / 60:>6.1f}  "
                     + ("yes" if c["fits"] else "no: " + c["why_not"])
-                    + (" *" if tuple(c["lanes"]) in front else ""))
+                    + (" *" if _name(c) in front else ""))
+
+    def said(c):
+        return f"{c['lanes']}" + (f", words {c['words']}" if wide else "")
     ch = p["chosen"]
-    rows.append(f"chosen: lanes {ch['lanes']}: {ch['inferences_per_second']:.0f} inferences/s "
+    rows.append(f"chosen: lanes {said(ch)}: {ch['inferences_per_second']:.0f} inferences/s "
                 f"at {ch['fmax_mhz']:.1f} MHz (predicted)")
     if p.get("override"):
         o = p["override"]
-        rows.append(f"override (--lanes): {o['lanes']}: {o['inferences_per_second']:.0f} "
+        rows.append(f"override (--lanes): {said(o)}: {o['inferences_per_second']:.0f} "
                     f"inferences/s" + ("" if o["fits"] else f"; warning: {o['why_not']}"))
     return "\n".join(rows)

@@ -159,28 +159,30 @@ def _verilator_build(where: Path, bdir: Path, toplevel: str, sources, waves: boo
 def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,
           pause: bool = False, faults: dict | None = None, waves: bool = False,
           stream: bool | None = None, contents: dict | None = None,
-          fifo_depth: int | None = None) -> SimBuild:
+          fifo_depth: int | None = None, words: list[int] | None = None) -> SimBuild:
     """Export and build (or reuse) the Verilator model of ``net`` under ``root``.
     ``stream``: feed images back to back without ``start`` between them
     (default: for LIF / IF networks; STCB networks are cleared per image).
     ``contents``: the memories' initial words (``NetworkTop``'s ``contents``,
     e.g. :func:`spikeforge.image.read_exported` of ``RUN/hw``); default:
-    those of ``net``.  ``fifo_depth``: the event FIFOs' (default ``NetworkTop``'s)."""
+    those of ``net``.  ``fifo_depth``: the event FIFOs' (default ``NetworkTop``'s);
+    ``words``: input channels per event (``NetworkTop``'s)."""
     from amaranth.back import verilog
 
     from spikeforge.hw.network import NetworkTop
     toolchain.setup()
     toolchain.require("verilator")
     toolchain.require("YOSYS")
-    top = NetworkTop(net, lanes, faults=faults, contents=contents,
+    top = NetworkTop(net, lanes, faults=faults, contents=contents, words=words,
                      **({} if fifo_depth is None else {"fifo_depth": fifo_depth}))
     if stream is None:
         stream = not top.stcb
     # contents equal to the network's own share its build
-    mem = (None if contents is None or contents == image.memories(net, top.lanes)
+    mem = (None if contents is None or contents == image.memories(net, top.lanes, words)
            else hashlib.sha256(repr(contents).encode()).hexdigest())
     key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults, waves, stream,
-                                                  mem, top.fifo_depth, _engine_digest())).encode()).hexdigest()[:16]
+                                                  mem, top.fifo_depth, top.words,
+                                                  _engine_digest())).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
     verilator_build(bdir, HARNESS_TOP,

@@ -281,12 +281,28 @@ def _lanes(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _words(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, not {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"channels per event must be positive, not {text!r}")
+    return values
+
+
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=_lanes, default=None,
                    help="output-channel lanes P of the engine: one for all layers or one per "
                         "layer, e.g. 4,8,2,2 (plan / export: an override of the planner's "
                         "choice, validated and recorded in RUN/plan.json; sim / verify: "
                         "default those export recorded in RUN/hw/memories.json)")
+    p.add_argument("--words", type=_words, default=None,
+                   help="with --lanes: input channels per event, one per layer, e.g. 1,4,1,1 "
+                        "(1 for layers that take single events; for a conv layer after a "
+                        "LIF / IF layer a power of two dividing the previous layer's lanes, "
+                        "or those lanes; plan / export: default the planner's best for the "
+                        "lanes; sim / verify: a word per lane group)")
 
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:

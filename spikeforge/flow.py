@@ -232,10 +232,11 @@ PLAN = "plan.json"
 
 
 def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = None,
-              lanes=None) -> dict:
-    """The planner's choice of lanes for ``board`` (:func:`spikeforge.hw.plan.plan`,
-    from the spike traces of the first training images of the run's data
-    set), ``lanes`` as a validated override; written to ``RUN/plan.json``."""
+              lanes=None, words=None) -> dict:
+    """The planner's choice of lanes and words for ``board``
+    (:func:`spikeforge.hw.plan.plan`, from the spike traces of the first
+    training images of the run's data set), ``lanes`` (and ``words``) as a
+    validated override; written to ``RUN/plan.json``."""
     from spikeforge.boards.build import BOARDS, board_memories
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
@@ -244,7 +245,7 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     ds = sfdata.load(dataset, seed=seed)
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
     device = device or BOARDS[board].DEVICE
-    p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes)
+    p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes, words=words)
     rec = {"board": board, **p, "traces": f"{PLAN_IMAGES} training images of {dataset}"}
     (run / PLAN).write_text(json.dumps(rec, indent=1) + "\n")
     return rec
@@ -266,7 +267,7 @@ def step_plan(run: Path, args) -> dict:
     from spikeforge.hw import plan as planner
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
     rec = make_plan(run, net, meta, getattr(args, "board", None) or "ulx3s",
-                    getattr(args, "device", None), args.lanes)
+                    getattr(args, "device", None), args.lanes, _given_words(args))
     print(planner.table(rec))
     plots.pareto(run / "plan.png", rec)
     return rec
@@ -296,6 +297,34 @@ def recorded_fifo_depth(run: Path) -> int:
     return default if depth is None else depth
 
 
+def planned_words(run: Path) -> list[int] | None:
+    """The words (input channels per event) of ``RUN/plan.json``, or None (no
+    plan, or one written before plans recorded them: whole lane groups)."""
+    path = run / PLAN
+    if not path.exists():
+        return None
+    return files.need(files.read_json(path), "words", files.POSITIVE_INTS, str(path),
+                      optional=True)
+
+
+def recorded_words(run: Path) -> list[int] | None:
+    """The words ``export`` recorded in ``RUN/hw/memories.json`` beside the
+    lanes, or None (none recorded: whole lane groups)."""
+    idx = run / "hw" / "memories.json"
+    if not idx.exists():
+        return None
+    return files.need(files.read_json(idx), "words", files.POSITIVE_INTS, str(idx),
+                      optional=True)
+
+
+def _given_words(args) -> list[int] | None:
+    """``--words``, which only goes with ``--lanes`` (the lanes it splits)."""
+    words = getattr(args, "words", None)
+    if words is not None and getattr(args, "lanes", None) is None:
+        raise FlowError("--words is given with the lanes it splits: add --lanes")
+    return words
+
+
 def recorded_lanes(run: Path) -> list[int] | None:
     """The lanes ``export`` recorded in ``RUN/hw/memories.json`` (the one
     source for sim, verify and build), or None before an export."""
@@ -321,20 +350,23 @@ def step_export(run: Path, args) -> None:
     from spikeforge import image
     from spikeforge.hw.network import lane_counts  # what the engine accepts
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
-    lanes = planned_lanes(run)
+    lanes, words = planned_lanes(run), planned_words(run)
     want = None if args.lanes is None else lane_counts(net, args.lanes)
-    if lanes is None or (want is not None and want != lanes):
+    want_words = _given_words(args)
+    if lanes is None or (want is not None and (want != lanes or want_words not in (None, words))):
         old = files.read_json(run / PLAN) if lanes is not None else {}
-        rec = make_plan(run, net, meta, old.get("board", "ulx3s"), old.get("device"), want)
-        lanes = rec["lanes"]
-        print(f"lanes {'given' if want else 'planned'}: {lanes} -> {run / PLAN}")
+        rec = make_plan(run, net, meta, old.get("board", "ulx3s"), old.get("device"), want,
+                        want_words)
+        lanes, words = rec["lanes"], rec["words"]
+        print(f"lanes {'given' if want else 'planned'}: {lanes}, words {words} -> {run / PLAN}")
     fifo = planned_fifo_depth(run)
-    written = image.export_hex(net, run / "hw", lanes, fifo)
+    written = image.export_hex(net, run / "hw", lanes, fifo, words)
     print(f"{len(written)} memory images (P = {lanes}"
+          + ("" if words is None else f", words {words}")
           + (f", event FIFOs {fifo} deep" if fifo else "") + f") -> {run / 'hw'}")
 
 
-def exported_memories(run: Path, net, lanes) -> dict | None:
+def exported_memories(run: Path, net, lanes, words=None) -> dict | None:
     """The memory images ``export`` wrote into ``RUN/hw`` (checked against the
     network's memories for ``lanes``, :func:`spikeforge.image.read_exported`):
     what the RTL loads.  None when the run was never exported (``--lanes``
@@ -343,7 +375,7 @@ def exported_memories(run: Path, net, lanes) -> dict | None:
     if not (run / "hw" / "memories.json").exists():
         print(f"note: {run / 'hw'} holds no export: the memories hold the words of {IMAGE}")
         return None
-    return image.read_exported(run / "hw", net, lanes)
+    return image.read_exported(run / "hw", net, lanes, words)
 
 
 def step_sim(run: Path, args) -> dict:
@@ -366,11 +398,13 @@ def step_sim(run: Path, args) -> dict:
     words = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
     depth = 1 << max(12, (words - 1).bit_length())
     lanes = run_lanes(run, net, args.lanes)
-    contents = exported_memories(run, net, lanes)
+    words = recorded_words(run) if args.lanes is None else _given_words(args)
+    contents = exported_memories(run, net, lanes, words)
     fifo = recorded_fifo_depth(run)
-    print(f"building the Verilator model (P = {lanes}, event FIFOs {fifo} deep) ...")
+    print(f"building the Verilator model (P = {lanes}"
+          + ("" if words is None else f", words {words}") + f", event FIFOs {fifo} deep) ...")
     sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents,
-                      fifo_depth=fifo)
+                      fifo_depth=fifo, words=words)
     print(f"simulating {n} images ...")
     sim = runner.run(sb, x, run / "sim_work")
     gold, per_image = runner.compare(net, x, sim)
@@ -381,7 +415,7 @@ def step_sim(run: Path, args) -> dict:
         # replay only the first mismatching image with tracing on
         i = bad[0].image
         wb = runner.build(net, lanes, run / "sim_build", depth=depth, waves=True,
-                          contents=contents, fifo_depth=fifo)
+                          contents=contents, fifo_depth=fifo, words=words)
         runner.run(wb, x[i:i + 1], run / "sim_waves")
         waves = str(run / "sim_waves" / "dump.vcd")
         print(f"waveform of image {i}: {waves}")
@@ -394,7 +428,7 @@ def step_sim(run: Path, args) -> dict:
     acs = sum(L["updates"] * L["lanes"] for L in layers)
     total_cycles = sum(cycles)
     out = {
-        "images": n, "lanes": sb.lanes, "fifo_depth": fifo,
+        "images": n, "lanes": sb.lanes, "words": words, "fifo_depth": fifo,
         "mismatches": mismatches, "first_mismatch": first,
         "waveform": waves,
         "rtl_accuracy": float((preds == y).float().mean()),

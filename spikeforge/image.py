@@ -466,17 +466,51 @@ def _lanes(P: Any) -> int:
     return P
 
 
-def input_lanes(net: IntNetwork, P: int | list[int]) -> list[int]:
-    """Input channels per event of each layer: ``Q`` = the previous layer's
-    lanes for a conv layer after a LIF / IF layer (a word of ``Q`` spikes at
-    one position), else 1."""
+def input_lanes(net: IntNetwork, P: int | list[int], words: list[int] | None = None) -> list[int]:
+    """Input channels per event of each layer: ``Q`` for a conv layer after a
+    LIF / IF layer (a word of ``Q`` spikes at one position), else 1.  ``Q``
+    is ``words[n]`` when ``words`` is given (:func:`word_lanes`), else the
+    previous layer's lanes (a whole lane group in one word)."""
     ps = _channel_lanes(net, P)
     out = [1]
     for n in range(1, len(net.layers)):
-        il = net.layers[n]
-        word = il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
-        out.append(ps[n - 1] if word else 1)
-    return out
+        out.append(ps[n - 1] if takes_words(net, n) else 1)
+    if words is None:
+        return out
+    return word_lanes(net, ps, words)
+
+
+def takes_words(net: IntNetwork, n: int) -> bool:
+    """Whether layer ``n > 0`` takes word events: a LIF / IF conv layer after
+    a LIF / IF layer."""
+    il = net.layers[n]
+    return il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
+
+
+def word_lanes(net: IntNetwork, P, words) -> list[int]:
+    """``words`` (input channels per event, one per layer) checked against
+    the lanes ``P``: 1 for a layer that takes single events (layer 0, fc
+    layers, STCB), and for a conv layer after a LIF / IF layer a power of two
+    that divides the previous layer's channel lanes, or those lanes (the
+    previous layer sends its lane group's spikes at a position as
+    ``lanes / Q`` words, the empty ones skipped)."""
+    ps = _channel_lanes(net, P)
+    ws = list(words) if isinstance(words, (list, tuple)) else None
+    if ws is None or len(ws) != len(ps):
+        raise ImageError(f"words must be a list of {len(ps)} integers (input channels per "
+                         f"event, one per layer), not {reprlib.repr(words)}")
+    for n, q in enumerate(ws):
+        if n == 0 or not takes_words(net, n):
+            if q != 1 or type(q) is not int:
+                raise ImageError(f"layer {n} takes single events: its words entry must be 1, "
+                                 f"not {q!r}")
+            continue
+        prev = ps[n - 1]
+        if (type(q) is not int or q < 1 or prev % q
+                or q != prev and q & (q - 1)):
+            raise ImageError(f"layer {n}: words must be a power of two that divides the lanes "
+                             f"of layer {n - 1} ({prev}), or {prev}, not {q!r}")
+    return ws
 
 
 def weight_words(layer: IntLayer, P: int, Q: int = 1) -> list[int]:
@@ -526,35 +560,39 @@ def neuron_words(layer: IntLayer) -> list[int]:
     return _pack(np.stack(arrays, 1), [shape.width for _, _, shape in fields])
 
 
-def memories(net: IntNetwork, P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
+def memories(net: IntNetwork, P: int | list[int],
+             words: list[int] | None = None) -> dict[str, tuple[int, list[int]]]:
     """``{name: (width, words)}`` for every layer, ``P`` one lane count or one per
-    layer; ready for ``Memory(shape=unsigned(width), depth=len(words), init=words)``."""
+    layer, ``words`` the input channels per event (:func:`input_lanes`); ready
+    for ``Memory(shape=unsigned(width), depth=len(words), init=words)``."""
     ps = _channel_lanes(net, P)
     out = {}
-    for n, (il, p, q) in enumerate(zip(net.layers, ps, input_lanes(net, ps))):
+    for n, (il, p, q) in enumerate(zip(net.layers, ps, input_lanes(net, ps, words))):
         out[f"L{n}_weights"] = (q * p * il.weight_bits, weight_words(il, p, q))
         out[f"L{n}_neurons"] = (neuron_layout(il.state_bits, il.acc_bits).size, neuron_words(il))
     return out
 
 
 def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int],
-               fifo_depth: int | None = None) -> list[Path]:
+               fifo_depth: int | None = None, words: list[int] | None = None) -> list[Path]:
     """Write ``{name}.hex`` per memory and ``memories.json`` into ``out_dir``;
     return the paths written (the hex files, then ``memories.json``).
-    ``fifo_depth``: the engine's event FIFO depth, recorded beside the lanes."""
+    ``fifo_depth``: the engine's event FIFO depth, and ``words`` the input
+    channels per event (:func:`input_lanes`), recorded beside the lanes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mems = memories(net, P)
+    mems = memories(net, P, words)
     paths, listing = [], []
-    for name, (width, words) in mems.items():
+    for name, (width, ws) in mems.items():
         digits = -(-width // 4)
         path = out / f"{name}.hex"
-        path.write_text("".join(f"{w:0{digits}x}\n" for w in words))
+        path.write_text("".join(f"{w:0{digits}x}\n" for w in ws))
         paths.append(path)
-        listing.append({"name": name, "width": width, "depth": len(words), "file": path.name})
+        listing.append({"name": name, "width": width, "depth": len(ws), "file": path.name})
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
     index = out / "memories.json"
-    rec = {"lanes": ps} | ({} if fifo_depth is None else {"fifo_depth": fifo_depth})
+    rec = ({"lanes": ps} | ({} if fifo_depth is None else {"fifo_depth": fifo_depth})
+           | ({} if words is None else {"words": list(words)}))
     index.write_text(json.dumps(rec | {"memories": listing}, indent=1) + "\n")
     return paths + [index]
 
@@ -582,12 +620,12 @@ def read_hex(path: str | os.PathLike, width: int) -> list[int]:
     return words
 
 
-def read_exported(folder: str | os.PathLike, net: IntNetwork,
-                  P: int | list[int]) -> dict[str, tuple[int, list[int]]]:
+def read_exported(folder: str | os.PathLike, net: IntNetwork, P: int | list[int],
+                  words: list[int] | None = None) -> dict[str, tuple[int, list[int]]]:
     """The memory images :func:`export_hex` wrote into ``folder``, as
     ``{name: (width, words)}`` like :func:`memories`: what the RTL loads.
 
-    ``memories.json`` must list, for the lanes ``P``, exactly the memories
+    ``memories.json`` must list, for the lanes ``P`` and ``words``, exactly the memories
     :func:`memories` lays out for ``net`` (names, widths, depths, in order),
     and each hex file must hold ``depth`` words of ``width`` bits; anything
     else is an :class:`ImageError` naming the file and what differs.  The
@@ -603,11 +641,14 @@ def read_exported(folder: str | os.PathLike, net: IntNetwork,
     except files.FileError as e:
         raise ImageError(str(e)) from None
     ps = _lane_list(net, P)
-    want = {name: (width, len(words)) for name, (width, words) in memories(net, ps).items()}
+    want = {name: (width, len(w)) for name, (width, w) in memories(net, ps, words).items()}
     lanes = m.get("lanes")
-    if lanes != ps:
-        raise ImageError(f"{index}: memory images exported for lanes {reprlib.repr(lanes)}, "
-                         f"not {ps}: run `spikeforge export {folder.parent} --lanes "
+    if lanes != ps or m.get("words") != (None if words is None else list(words)):
+        got = reprlib.repr(lanes) + ("" if m.get("words") is None
+                                     else f", words {reprlib.repr(m.get('words'))}")
+        raise ImageError(f"{index}: memory images exported for lanes {got}, not {ps}"
+                         + ("" if words is None else f", words {list(words)}")
+                         + f": run `spikeforge export {folder.parent} --lanes "
                          f"{','.join(map(str, ps))}`")
     listing = m.get("memories")
     if not isinstance(listing, list) or not all(isinstance(e, dict) for e in listing):
@@ -638,8 +679,8 @@ def read_exported(folder: str | os.PathLike, net: IntNetwork,
         if path.stat().st_size > limit:
             raise ImageError(f"{path}: larger than {depth} words of {width} bits "
                              f"({path.stat().st_size} bytes)")
-        words = read_hex(path, width)
-        if len(words) != depth:
-            raise ImageError(f"{path}: {len(words)} words, memory {name} has {depth}")
-        out[name] = (width, words)
+        ws = read_hex(path, width)
+        if len(ws) != depth:
+            raise ImageError(f"{path}: {len(ws)} words, memory {name} has {depth}")
+        out[name] = (width, ws)
     return out

@@ -144,3 +144,35 @@ def test_event_fifo_depth_changes_cycles_not_spikes(build_root, tmp_path):
         assert mismatches == [None] * len(x), next(m for m in mismatches if m)
         end[d] = sim.images[-1].done_at
     assert end[32] < end[2], end
+
+
+# (network seed, lanes, words): layer 1 takes words of fewer channels than
+# layer 0's lanes (2 of 4, 2 of 6: three words a window, 2 of 4 with two
+# lane groups of 6 channels) or single spikes from a conv layer
+WORD_CASES = [(16, [4, 4, 4], [1, 2, 1]), (25, [6, 6, 3], [1, 2, 1]),
+              (25, [4, 6, 3], [1, 2, 1]), (16, [4, 4, 4], [1, 1, 1])]
+
+
+@pytest.mark.parametrize("seed,lanes,words", WORD_CASES,
+                         ids=[f"net{s}-P{','.join(map(str, p))}-Q{q[1]}" for s, p, q in WORD_CASES])
+def test_words_narrower_than_the_lane_group_match_the_golden_model(build_root, tmp_path, seed,
+                                                                   lanes, words):
+    """A producer splits its lane group's spikes into words of ``Q``
+    channels (the empty ones skipped): spike for spike the golden model's,
+    and layer 1 takes one event per non-empty word of ``Q`` channels at a
+    position (the cycle model's event count), not one per lane group."""
+    from spikeforge.hw import model
+    net = random_network(seed)
+    sb = runner.build(net, lanes, build_root, depth=1 << 14, words=words)
+    assert sb.top.params[0].words_out == words[1] and sb.top.params[1].in_lanes == words[1]
+    x = frames_for(net, [500 + 10 * seed + i for i in range(6)])
+    sim = runner.run(sb, x, tmp_path)
+    _, mismatches = runner.compare(net, x, sim)
+    assert mismatches == [None] * len(x), next(m for m in mismatches if m)
+    # (over all images: streamed, an image's counters also hold the next one's start)
+    work = model.traces(net, x)
+    got = sum(r.perf[1]["events_in"] for r in sim.images)
+    assert got == sum(r.perf[0]["events_out"] for r in sim.images)
+    assert got == sum(y.numel() for img in work for y, _ in img[1].events(words[1]))
+    # the words were narrower: a word per lane group would have been fewer events
+    assert got > sum(y.numel() for img in work for y, _ in img[1].events(lanes[0]))
