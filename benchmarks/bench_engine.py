@@ -17,8 +17,8 @@ Per layer:
   kernel taps times the output channels; layer 0: every set bit of the input
   the engine is sent, a held frame once);
 * ``adders``: accumulates the layer can do per cycle, ``P * Q`` (``Q`` the
-  inputs of an event: bit planes at layer 0, the previous layer's lanes for a
-  layer that takes word events, else 1);
+  inputs of an event: bit planes at layer 0, the channels of a word for a
+  layer that takes word events (the run's recorded words), else 1);
 * ``bound``: ``max(acc / adders, neuron updates / neuron datapaths)``, the
   neuron updates being ``T * neurons`` (``R * P`` datapaths);
 * ``busy``, ``stall``, ``scan``: the core's counters (:data:`PERF_FIELDS`);
@@ -49,11 +49,13 @@ BEFORE_REV = "06b9b42"  # the engine before the throughput work (one tap, one sp
 #  only APIs that both have)
 
 
-def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = None) -> dict:
+def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = None,
+            words=None) -> dict:
     """The run's engine (event FIFOs of ``fifo_depth``, default the run's
-    export's) on its first test images, back to back under Verilator.  Also
-    run by the revision before (``measure_before``), whose package may have
-    no FIFO depth to set."""
+    export's; ``words`` per layer, default a word per lane group) on its
+    first test images, back to back under Verilator.  Also run by the
+    revision before (``measure_before``), whose package may have no FIFO
+    depth or words to set."""
     from spikeforge import image
     from spikeforge.hw.network import input_events
     from spikeforge.sim import runner
@@ -61,8 +63,8 @@ def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = 
     net, meta = image.read_image(run / "weights.sfimg")
     ds = sfdata.load(meta.get("dataset", "mnist5k"), seed=meta.get("seed", 0))
     x = ds.x_test[:images]
-    words = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
-    depth = 1 << max(12, (words - 1).bit_length())
+    beats = sum(len(input_events(net, x[i])) + 1 for i in range(images)) + 1
+    depth = 1 << max(12, (beats - 1).bit_length())
     t0 = time.time()
     if fifo_depth is None:
         try:
@@ -70,7 +72,8 @@ def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = 
             fifo_depth = recorded_fifo_depth(run)
         except ImportError:   # an earlier revision: its engine's FIFOs are fixed
             pass
-    kw = {} if fifo_depth is None else {"fifo_depth": fifo_depth}
+    kw = ({} if fifo_depth is None else {"fifo_depth": fifo_depth}) | (
+        {} if words is None else {"words": words})
     sb = runner.build(net, lanes, work / "build", depth=depth, **kw)
     build_s = time.time() - t0
     sim = runner.run(sb, x, work / "sim")
@@ -143,7 +146,7 @@ def measure_before(run: Path, images: int, lanes: str, rev: str, root: Path) -> 
 
 def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: str) -> None:
     from spikeforge import image
-    from spikeforge.flow import recorded_fifo_depth
+    from spikeforge.flow import recorded_fifo_depth, recorded_words
     from spikeforge.hw import model
     from spikeforge.hw.network import core_params
     from spikeforge.sw import data as sfdata
@@ -159,11 +162,12 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         (d / "after").mkdir()
-        after = measure(run, images, lanes, d / "after")
+        after = measure(run, images, lanes, d / "after", words=recorded_words(run))
         before = (measure_before(run, images, before_lanes, before_rev, d / "before")
                   if before_rev else None)
     work = model.traces(net, x)
-    pred = model.predict(net, lanes, work, recorded_fifo_depth(run))
+    words = recorded_words(run)
+    pred = model.predict(net, lanes, work, recorded_fifo_depth(run), words)
     # accumulates per layer: every input spike's in-bounds taps x C_out (the
     # model's traces); layer 0: every set bit of the input the engine is sent
     # (a held frame once)
@@ -182,13 +186,14 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
             else:
                 total += sum(_in_bounds_taps(layer, y, xx) for y, xx in work[i][n].events())
         accs.append(total * layer.out_channels / images)
-    cps = core_params(net, lanes)
+    cps = core_params(net, lanes, words=words)
     mean = lambda v: sum(v) / len(v)
 
     def side(m, l):
         return {k: mean([p[k] for p in m["perf"][l]]) for k in ("busy", "stall", "scan")}
 
-    print(f"lanes: after {lanes}" + (f", before {before['lanes']} (revision {before_rev})"
+    print(f"lanes: after {lanes}" + ("" if words is None else f", words {words}")
+          + (f", before {before['lanes']} (revision {before_rev})"
                                       if before else ""))
     head = (f"{'layer':>5} {'acc':>9} {'adders':>6} {'bound':>7} {'busy':>8} {'stall':>7} "
             f"{'scan':>7} {'model':>7}" + (f" | {'busy before':>11} {'stall':>8} {'scan':>8}"
@@ -242,13 +247,14 @@ def table_synth(run: Path) -> None:
     from amaranth.back import rtlil
 
     from spikeforge import image, toolchain
-    from spikeforge.flow import recorded_fifo_depth
+    from spikeforge.flow import recorded_fifo_depth, recorded_words
     from spikeforge.hw.fit import check_fit
     from spikeforge.hw.network import NetworkTop
     toolchain.setup()
     net, _ = image.read_image(run / "weights.sfimg")
     lanes = json.loads((run / "hw" / "memories.json").read_text())["lanes"]
-    top = NetworkTop(net, lanes, fifo_depth=recorded_fifo_depth(run))
+    words = recorded_words(run)
+    top = NetworkTop(net, lanes, fifo_depth=recorded_fifo_depth(run), words=words)
     t0 = time.time()
     text = rtlil.convert(top, name="engine")
     print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): RTLIL export "
@@ -260,7 +266,7 @@ def table_synth(run: Path) -> None:
     muls = sum(cells.get(k, 0) for k in ("MULT18X18D", "$mul", "$__MUL18X18"))
     print(f"ecp5 (synth_ecp5, {dt:.0f} s): " + ", ".join(f"{k} {cells.get(k, 0)}" for k in keys))
     print(f"multiplier cells: {muls}; block RAM predicted by check_fit: "
-          f"{check_fit(net, lanes, 'ecp5-85f')['blocks']}")
+          f"{check_fit(net, lanes, 'ecp5-85f', words=words)['blocks']}")
 
 
 def main(argv=None) -> None:

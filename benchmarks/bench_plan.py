@@ -23,7 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-OTHERS = ([4, 4, 4, 1], [8, 16, 8, 1], [16, 16, 16, 1], [16, 32, 32, 1])
+# (lanes, words; None: a word per lane group)
+OTHERS = (([4, 4, 4, 1], None), ([8, 16, 8, 1], [1, 2, 1, 1]), ([16, 16, 16, 1], None),
+          ([16, 32, 8, 1], [1, 4, 1, 1]), ([16, 32, 32, 1], None))
 
 
 def main(argv=None) -> None:
@@ -57,23 +59,25 @@ def main(argv=None) -> None:
     print(planner.table(p, limit=len(p["candidates"])))
     if args.no_sim:
         return
-    choices = ([lane_counts(net, [int(v) for v in s.split(",")]) for s in args.lanes]
-               if args.lanes else [p["lanes"]] + [list(o) for o in OTHERS
-                                                  if len(o) == len(net.layers)
-                                                  and list(o) != p["lanes"]])
+    choices = ([(lane_counts(net, [int(v) for v in s.split(",")]), None) for s in args.lanes]
+               if args.lanes else [(p["lanes"], p.get("words"))]
+               + [(lanes, words) for lanes, words in OTHERS
+                  if len(lanes) == len(net.layers) and (lanes, words) != (p["lanes"], p.get("words"))])
     test = model.traces(net, ds.x_test[:args.images])
     print(f"\n## cycle model against Verilator ({args.images} test images back to back)\n")
-    print(f"{'lanes':<16} {'interval pred':>13} {'measured':>9} {'error':>6} "
+    print(f"{'lanes':<16} {'words':<10} {'interval pred':>13} {'measured':>9} {'error':>6} "
           f"{'latency pred':>12} {'measured':>9} {'error':>6}  (build s)")
-    for lanes in choices:
-        pred = model.predict(net, lanes, test, p["fifo_depth"])
-        first = model.predict(net, lanes, test[:1], p["fifo_depth"])["cycles_per_inference"]
+    for lanes, words in choices:
+        pred = model.predict(net, lanes, test, p["fifo_depth"], words)
+        first = model.predict(net, lanes, test[:1], p["fifo_depth"],
+                              words)["cycles_per_inference"]
         with tempfile.TemporaryDirectory() as d:
-            m = measure(args.run, args.images, lanes, Path(d), p["fifo_depth"])
+            m = measure(args.run, args.images, lanes, Path(d), p["fifo_depth"], words)
         done = m["done_at"]
         interval = (done[-1] - done[0]) / (len(done) - 1)
         alone = m["cycles"][0]
-        print(f"{','.join(map(str, lanes)):<16} {pred['interval_cycles']:>13.0f} "
+        shown = "groups" if words is None else ",".join(map(str, words))
+        print(f"{','.join(map(str, lanes)):<16} {shown:<10} {pred['interval_cycles']:>13.0f} "
               f"{interval:>9.0f} {100 * (pred['interval_cycles'] / interval - 1):>+5.0f}% "
               f"{first:>12.0f} {alone:>9.0f} {100 * (first / alone - 1):>+5.0f}%  "
               f"({m['build_seconds']:.0f})", flush=True)
