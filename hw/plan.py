@@ -32,7 +32,7 @@ from .fit import DEVICES, FitError
 from .model import predict
 from .network import lane_counts, split_capable
 
-__all__ = ["evaluate", "plan", "pareto", "table", "PlanError"]
+__all__ = ["evaluate", "plan", "pareto", "table", "word_options", "PlanError"]
 
 
 class PlanError(FitError):
@@ -50,7 +50,7 @@ def _options(net, n: int) -> list[int]:
     return out + [c_out] + ([2 * c_out] if split_capable(net, n) else [])
 
 
-def _word_options(net, lanes, n: int) -> list[int]:
+def word_options(net, lanes, n: int) -> list[int]:
     """Channels per word event of layer ``n``: powers of two dividing the
     previous layer's channel lanes, and those lanes (1 for a layer that takes
     single events)."""
@@ -134,7 +134,7 @@ def plan(net, work, device: str, board=(), lanes=None, words=None) -> dict:
         if t not in best:
             qs = input_lanes(net, list(ps))
             for n in range(1, len(qs)):
-                qs[n] = max(_word_options(net, ps, n),
+                qs[n] = max(word_options(net, ps, n),
                             key=lambda q: _key(one(ps, qs[:n] + [q] + qs[n + 1:])))
             best[t] = one(ps, qs)
         return best[t]

@@ -30,9 +30,14 @@ Word events.  A layer's synapse unit takes ``Q`` inputs per event
 (:attr:`~spikeforge.hw.params.CoreParams.in_lanes`): on layer 0 of a LIF / IF
 network the ``B`` bit planes of one input value (``mask`` is the value; the
 weight adds as ``sum_i mask[i] * (w << i) = w * x`` through an adder tree of
-shifted copies), on a conv layer after a LIF / IF layer with ``Q`` lanes the
-spikes of ``Q`` channels at one position (``channel`` is the channel group
-``c // Q``, bit ``i`` of ``mask`` the spike of channel ``c*Q + i``).
+shifted copies), on a conv layer after a LIF / IF layer the spikes of ``Q``
+channels at one position (``channel`` is the channel group ``c // Q``, bit
+``i`` of ``mask`` the spike of channel ``c*Q + i``).  ``Q`` is the layer's
+entry of the plan's ``words``: the previous layer's lanes (a word per lane
+group and position), or a power of two dividing them, when the previous
+layer sends its lane group's spikes at a position as ``lanes / Q`` words and
+skips the empty ones (``Q = 1``: single spikes).  A narrower word means a
+smaller adder tree and, with sparse spikes, hardly more events.
 """
 
 from __future__ import annotations

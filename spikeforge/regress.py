@@ -5,7 +5,8 @@ draws ``N`` random integer networks (:func:`draw`: LIF / IF networks from
 :func:`~spikeforge.hw.randnet.random_network`, with every reset mode, decay
 shift lists, weight / state / input widths, pooling, bit-plane and per-step
 inputs, or STCB networks from :func:`~spikeforge.hw.randnet.random_stcb_network`;
-one to three conv layers; random lanes per layer; a harness that withholds
+one to three conv layers; random lanes per layer and, for a conv layer after
+a LIF / IF layer, random word widths (:func:`draw_words`); a harness that withholds
 ``valid`` on some cycles or not), builds each one's engine with Verilator
 (:mod:`spikeforge.sim.runner`), plays ``M`` random images through it and
 compares every layer's spikes at every time step, and the class, with the
@@ -96,6 +97,24 @@ def draw(seed: int):
     return net, lanes, pause, net.spec.timesteps if per_step else 1
 
 
+def draw_words(seed: int, net, lanes) -> tuple[list[int], int]:
+    """The words of network ``seed`` with ``lanes`` (input channels per event,
+    :func:`spikeforge.hw.plan.word_options`): for a layer that takes words,
+    a whole lane group half the time, else any narrower width; and how many
+    layers took a narrower one."""
+    from spikeforge.hw.network import lane_counts
+    from spikeforge.hw.plan import word_options
+    rng = _rng(seed, "words")
+    ps = lane_counts(net, lanes)
+    out, narrow = [], 0
+    for n in range(len(ps)):
+        opts = word_options(net, ps, n)
+        q = opts[-1] if len(opts) == 1 or rng.random() < 0.5 else rng.choice(opts[:-1])
+        narrow += q != opts[-1]
+        out.append(q)
+    return out, narrow
+
+
 def _image_seed(seed: int, i: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:7], "little")
 
@@ -118,7 +137,7 @@ def frames(net, seed: int, n: int, per_image: int):
     return torch.cat(out)
 
 
-def _describe(net, lanes, pause, per_image) -> dict:
+def _describe(net, lanes, pause, per_image, words=None, narrow: int = 0) -> dict:
     spec = net.spec
     return {"layers": [f"{l.kind.value}{'/pool' if l.pool > 1 else ''} {l.neuron.kind.value}"
                        + ("" if l.neuron.kind.value == "stcb" else f" reset={l.neuron.reset.value}")
@@ -127,7 +146,7 @@ def _describe(net, lanes, pause, per_image) -> dict:
             "encoding": spec.encoding, "frames_per_image": per_image,
             "widths": [{"weight": il.weight_bits, "state": il.state_bits, "acc": il.acc_bits,
                         "input": il.input_bits} for il in net.layers],
-            "lanes": lanes, "pause": pause}
+            "lanes": lanes, "words": words, "narrow_words": narrow, "pause": pause}
 
 
 def _chunks(counts: list[int], limit: int) -> list[tuple[int, int]]:
@@ -161,14 +180,16 @@ def check_network(seed: int, images: int, build_root: str | None = None,
     root = Path(build_root) if build_root else scratch / "build"
     try:
         net, lanes, pause, per_image = draw(seed)
-        rec.update(_describe(net, lanes, pause, per_image))
+        words, narrow = draw_words(seed, net, lanes)
+        rec.update(_describe(net, lanes, pause, per_image, words, narrow))
         x = frames(net, seed, images, per_image)
         counts = [len(input_events(net, x[i])) + 1 for i in range(images)]
         parts = _chunks(counts, CHUNK_WORDS)
         need = max(sum(counts[a:b]) + 1 for a, b in parts)
         depth = 1 << max(10, (need - 1).bit_length())
         toolchain.setup()
-        sb = runner.build(net, lanes, root, depth=depth, pause=pause, faults=faults)
+        sb = runner.build(net, lanes, root, depth=depth, pause=pause, faults=faults,
+                          words=words)
         rec["build_seconds"] = sb.build_seconds
         sim_s, silent, spikes = 0.0, 0, 0
         for a, b in parts:
@@ -304,6 +325,7 @@ def summarize(results: list[dict], images: int, wall: float, workers: int) -> di
             "bitplane_networks": sum(r.get("encoding") == "bitplane" for r in results),
             "per_step_frame_networks": sum(r.get("frames_per_image", 1) > 1 for r in results),
             "multi_lane_layers": sum(p > 1 for r in results for p in r.get("lanes", [])),
+            "narrow_word_layers": sum(r.get("narrow_words", 0) for r in results),
             "paused_harness_networks": sum(bool(r.get("pause")) for r in results),
             "weight_bits": sorted({w["weight"] for r in results for w in r.get("widths", [])}),
             "input_bits": sorted({w["input"] for r in results for w in r.get("widths", [])}),

@@ -10,6 +10,7 @@ import torch
 
 from spikeforge import cli, regress
 from spikeforge.config import NeuronKind, Reset
+from spikeforge.hw.network import core_params
 
 
 def test_draw_is_a_function_of_the_seed_and_covers_the_engine():
@@ -17,8 +18,13 @@ def test_draw_is_a_function_of_the_seed_and_covers_the_engine():
     assert a[1:] == b[1:] and a[0].spec == b[0].spec
     assert all(torch.equal(x.weight, y.weight) for x, y in zip(a[0].layers, b[0].layers))
     kinds, resets, convs, pooled, multi, paused, per_step, bitplane = (set() for _ in range(8))
+    narrow_words = 0
     for s in range(40):
         net, lanes, pause, F = regress.draw(s)
+        words, narrow = regress.draw_words(s, net, lanes)
+        assert (words, narrow) == regress.draw_words(s, net, lanes)
+        assert core_params(net, lanes, words=words)   # a valid choice for the lanes
+        narrow_words += narrow
         layers = net.spec.layers
         assert len(lanes) == len(layers)
         assert all(1 <= p <= l.out_channels for p, l in zip(lanes, layers))
@@ -33,6 +39,7 @@ def test_draw_is_a_function_of_the_seed_and_covers_the_engine():
     assert kinds == set(NeuronKind) and resets == set(Reset)
     assert convs == {1, 2, 3} and pooled == {1, 2} and multi == paused == per_step == {False, True}
     assert bitplane == {"direct", "bitplane"}
+    assert narrow_words >= 3   # words narrower than the lane group are drawn too (4 of 40)
 
 
 def test_images_depend_on_the_seed_and_index_only():

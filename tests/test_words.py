@@ -119,10 +119,10 @@ def test_the_design_id_tells_words_apart(run):
 def test_planner_words_options():
     from spikeforge.boards.build import default_network
     net, _ = default_network("ulx3s")   # conv16 - conv32 - fc64 - fc10
-    assert planner._word_options(net, [16, 32, 8, 1], 1) == [1, 2, 4, 8, 16]
-    assert planner._word_options(net, [8, 32, 8, 1], 1) == [1, 2, 4, 8]
-    assert planner._word_options(net, [16, 32, 8, 1], 2) == [1]
-    assert planner._word_options(net, [16, 32, 8, 1], 0) == [1]
+    assert planner.word_options(net, [16, 32, 8, 1], 1) == [1, 2, 4, 8, 16]
+    assert planner.word_options(net, [8, 32, 8, 1], 1) == [1, 2, 4, 8]
+    assert planner.word_options(net, [16, 32, 8, 1], 2) == [1]
+    assert planner.word_options(net, [16, 32, 8, 1], 0) == [1]
 
 
 @pytest.mark.slow
