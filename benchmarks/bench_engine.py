@@ -227,7 +227,7 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
             ("model: interval / latency alone", f"{pred['interval_cycles']:.0f} / "
              f"{pred['cycles_per_inference']:.0f}", None),
             ("largest per-layer bound", max(bounds), None),
-            ("interval / largest bound", interval / max(bounds), None)]
+            ("interval / largest bound", f"{interval / max(bounds):.3f}", None)]
     for name, a, b in rows:
         line = f"{name:<40} {a:>10.1f}" if not isinstance(a, str) else f"{name:<40} {a:>10}"
         if before and b is not None:
