@@ -113,7 +113,7 @@ def core_samples(label, fam, overrides, lanes) -> tuple[list[dict], bool]:
             print(f"  {fam} {label} lanes {lanes} core {i}: {e}", flush=True)
             failed = True
             continue
-        f = core_features(core.params, fit.DEVICES[DEVICE[fam]].lutram_depth)
+        f = core_features(core.params, fit.DEVICES[DEVICE[fam]])
         out.append({"config": label, "lanes": lanes, "layer": i, "features": f,
                     "cells": resources(cells, fam), "seconds": round(time.time() - t0, 1)})
         print(f"  {fam} {label} lanes {lanes} core {i}: {out[-1]['cells']} "
@@ -154,7 +154,7 @@ def calibrate() -> dict:
             samples += cores
             if failed or (label, lanes) == (small[0], small[3]):
                 tot, dt = whole(fam, ov, lanes)
-                feats = [core_features(cp, fit.DEVICES[DEVICE[fam]].lutram_depth)
+                feats = [core_features(cp, fit.DEVICES[DEVICE[fam]])
                          for cp in core_params(network(ov), lanes)]
                 f = {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
                 samples.append({"config": label, "lanes": lanes, "layer": "all",
@@ -175,15 +175,15 @@ def refit(model: dict) -> dict:
     from spikeforge.hw.network import core_params
     overrides = {(label, tuple(lanes)): ov for label, _, ov, lanes in CALIBRATE}
     for fam in ("ecp5", "ice40"):
-        depth = fit.DEVICES[DEVICE[fam]].lutram_depth
+        dev = fit.DEVICES[DEVICE[fam]]
         samples = model[fam]["calibration"]["samples"]
         for s in samples:
             cps = core_params(network(overrides[(s["config"], tuple(s["lanes"]))]), s["lanes"])
             if s["layer"] == "all":
-                feats = [core_features(cp, depth) for cp in cps]
+                feats = [core_features(cp, dev) for cp in cps]
                 s["features"] = {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
             else:
-                s["features"] = core_features(cps[s["layer"]], depth)
+                s["features"] = core_features(cps[s["layer"]], dev)
         model[fam]["coef"] = fit_coefficients([(x["features"], x["cells"]) for x in samples],
                                               RESOURCES[fam])
     return model

