@@ -92,10 +92,19 @@ class CostModel:
     build_seconds: list[dict]               # {"cells", "seconds"}: measured build times
     calibration: dict                       # how the coefficients were measured
     bram_ceiling: float = 1.0               # the highest share of block RAM seen to route
+    # with more than ``bram_share`` of the block RAM in use, the lower logic
+    # ceiling ``util_ceiling`` (the block-RAM columns' wires are then crowded)
+    full_bram: dict | None = None
 
     def bram_limit(self, blocks: int) -> int:
         """The block RAMs of a device with ``blocks`` a plan may use."""
         return int(self.bram_ceiling * blocks + 1e-9)
+
+    def util_limit(self, bram_share: float) -> float:
+        """The logic ceiling of a plan using ``bram_share`` of the block RAM."""
+        if self.full_bram is not None and bram_share > self.full_bram["bram_share"]:
+            return min(self.util_ceiling, self.full_bram["util_ceiling"])
+        return self.util_ceiling
 
     def cores(self, net, P, dev, words=None) -> list[dict[str, float]]:
         """Predicted cells per layer core on device ``dev``."""
@@ -147,7 +156,7 @@ def load(device: str) -> CostModel:
     d = _read()[fam]
     return CostModel(fam, d["coef"], d["fmax"],
                      d["util_ceiling"], d["build_seconds"], d["calibration"],
-                     d.get("bram_ceiling", 1.0))
+                     d.get("bram_ceiling", 1.0), d.get("full_bram"))
 
 
 def estimate(net, P, device: str, board=(), words=None) -> dict:

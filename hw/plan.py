@@ -12,7 +12,8 @@ one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
 block RAM (the fit check's count, the board's own memories included), the clock at that
 utilisation and the build time.  A candidate *fits* when its block RAM and
 its logic are within the shares of the device at which builds were measured
-to route (``bram_ceiling``, ``util_ceiling``); among those the planner takes
+to route (``bram_ceiling``, ``util_ceiling``, a lower logic ceiling when the
+block RAM is nearly full: ``full_bram``); among those the planner takes
 the most inferences per second (fewer cells on a tie).
 
 The search climbs from one lane per layer: each step doubles the lanes of
@@ -81,9 +82,11 @@ def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
     elif res["bram"] > bram_limit:
         why.append(f"block RAM {res['bram']} > {bram_limit} "
                    f"({100 * cm.bram_ceiling:.0f} %, routability ceiling)")
-    if res["util"] > cm.util_ceiling:
-        why.append(f"logic {100 * res['util']:.0f} % > {100 * cm.util_ceiling:.0f} % "
-                   "(routability ceiling)")
+    ceiling = cm.util_limit(res["bram"] / dev.blocks)
+    if res["util"] > ceiling:
+        why.append(f"logic {100 * res['util']:.0f} % > {100 * ceiling:.0f} % "
+                   "(routability ceiling" + ("" if ceiling == cm.util_ceiling else
+                                             f" with {res['bram']} block RAMs") + ")")
     return {
         "lanes": lanes,
         "words": words,
