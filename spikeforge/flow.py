@@ -395,10 +395,13 @@ def step_sim(run: Path, args) -> dict:
                         f"{meta.get('dataset')}), not {n}")
     x, y = ds.x_test[:n], ds.y_test[:n]
     from spikeforge.hw.network import input_events
-    words = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
-    depth = 1 << max(12, (words - 1).bit_length())
+    beats = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
+    depth = 1 << max(12, (beats - 1).bit_length())
     lanes = run_lanes(run, net, args.lanes)
-    words = recorded_words(run) if args.lanes is None else _given_words(args)
+    # the words export recorded go with the lanes it recorded
+    words = _given_words(args)
+    if words is None and lanes == recorded_lanes(run):
+        words = recorded_words(run)
     contents = exported_memories(run, net, lanes, words)
     fifo = recorded_fifo_depth(run)
     print(f"building the Verilator model (P = {lanes}"

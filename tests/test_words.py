@@ -136,3 +136,6 @@ def test_verify_runs_the_recorded_words(run, capsys):
     sim = json.loads((run / "sim.json").read_text())
     assert sim["words"] == [1, 2, 1, 1] and sim["lanes"] == [4, 4, 4, 1]
     assert sim["mismatches"] == 0 and sim["layers"][1]["events_in"] > 0
+    # the recorded lanes given again take the recorded words with them
+    assert cli.main(["verify", str(run), "--images", "5", "--lanes", "4,4,4,1"]) == 0
+    assert json.loads((run / "sim.json").read_text())["words"] == [1, 2, 1, 1]
