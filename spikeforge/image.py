@@ -59,8 +59,10 @@ depth ``C_out``.  Word ``c`` holds ``theta[c]`` in bits ``[0, S)`` and
 
 :func:`export_hex` writes each memory to ``{name}.hex`` for ``$readmemh``: one
 word a line, ``ceil(width / 4)`` lower-case hex digits, no address markers;
-and ``memories.json``: ``{"lanes": [P per layer], "memories": [{"name",
-"width", "depth", "file"}, ...]}``.
+and ``memories.json``: ``{"lanes": [P per layer], "fifo_depth": D,
+"words": [Q per layer], "memories": [{"name", "width", "depth", "file"},
+...]}`` (``fifo_depth`` and ``words`` when the plan gave them; ``words``,
+the input channels of each layer's events, is not about memory words).
 """
 
 from __future__ import annotations
