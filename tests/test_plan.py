@@ -5,6 +5,7 @@ against Yosys and nextpnr: tests/test_boards_bitstream.py (on its builds)."""
 import json
 
 import pytest
+from conftest import quantized_run
 
 from spikeforge import cli, flow
 from spikeforge.boards import build as B
@@ -17,10 +18,7 @@ TINY = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "1", "--batc
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    r = tmp_path_factory.mktemp("plan")
-    assert cli.main(["train", "-q", *TINY, "--out", str(r)]) == 0
-    assert cli.main(["quantize", "-q", str(r), "--input-bits", "4"]) == 0
-    return r
+    return quantized_run(tmp_path_factory, "plan", TINY)
 
 
 def test_plan_chooses_the_fastest_fitting_candidate_and_export_uses_it(run, capsys):

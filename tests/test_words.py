@@ -6,6 +6,7 @@ link.  Spike-exactness under Verilator: tests/test_sim_verilator.py."""
 import json
 
 import pytest
+from conftest import quantized_run
 
 from spikeforge import cli, flow, image
 from spikeforge.boards import protocol
@@ -19,10 +20,7 @@ CONV = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "1", "--batc
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    r = tmp_path_factory.mktemp("words")
-    assert cli.main(["train", "-q", *CONV, "--out", str(r)]) == 0
-    assert cli.main(["quantize", "-q", str(r), "--input-bits", "4"]) == 0
-    return r
+    return quantized_run(tmp_path_factory, "words", CONV)
 
 
 def _net(run):
