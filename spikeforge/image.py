@@ -645,13 +645,17 @@ def read_exported(folder: str | os.PathLike, net: IntNetwork, P: int | list[int]
     ps = _lane_list(net, P)
     want = {name: (width, len(w)) for name, (width, w) in memories(net, ps, words).items()}
     lanes = m.get("lanes")
-    if lanes != ps or m.get("words") != (None if words is None else list(words)):
-        got = reprlib.repr(lanes) + ("" if m.get("words") is None
-                                     else f", words {reprlib.repr(m.get('words'))}")
-        raise ImageError(f"{index}: memory images exported for lanes {got}, not {ps}"
-                         + ("" if words is None else f", words {list(words)}")
-                         + f": run `spikeforge export {folder.parent} --lanes "
+    if lanes != ps:
+        raise ImageError(f"{index}: memory images exported for lanes {reprlib.repr(lanes)}, "
+                         f"not {ps}: run `spikeforge export {folder.parent} --lanes "
                          f"{','.join(map(str, ps))}`")
+    got, want_words = m.get("words"), None if words is None else list(words)
+    if got != want_words:
+        raise ImageError(f"{index}: memory images exported for lanes {ps} with words "
+                         f"{reprlib.repr(got)}, not {want_words}: run `spikeforge export "
+                         f"{folder.parent} --lanes {','.join(map(str, ps))}"
+                         + ("" if want_words is None else
+                            f" --words {','.join(map(str, want_words))}") + "`")
     listing = m.get("memories")
     if not isinstance(listing, list) or not all(isinstance(e, dict) for e in listing):
         raise ImageError(f"{index}: 'memories' must be a list of objects, not "

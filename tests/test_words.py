@@ -58,8 +58,9 @@ def test_a_words_override_is_recorded_and_exported(run, capsys):
         image.memories(net, [4, 4, 4, 1], [1, 2, 1, 1]).keys()
     # the export is for these words, not others
     with pytest.raises(image.ImageError, match=r"memories.json: memory images exported for "
-                                               r"lanes \[4, 4, 4, 1\], words \[1, 2, 1, 1\], "
-                                               r"not \[4, 4, 4, 1\], words \[1, 4, 1, 1\]"):
+                                               r"lanes \[4, 4, 4, 1\] with words \[1, 2, 1, 1\], "
+                                               r"not \[1, 4, 1, 1\]: run `spikeforge export .* "
+                                               r"--lanes 4,4,4,1 --words 1,4,1,1`"):
         image.read_exported(run / "hw", net, [4, 4, 4, 1], [1, 4, 1, 1])
     # the cores take what the words say
     cps = core_params(net, [4, 4, 4, 1], words=[1, 2, 1, 1])
