@@ -5,7 +5,8 @@ output channels, the channels themselves, and twice them for a layer that
 can split its kernel taps over two synapse units) and, for each conv layer
 that takes word events, the channels ``Q`` a word carries (powers of two
 dividing the previous layer's lanes, or those lanes: a smaller ``Q`` means a
-smaller adder tree and more, sparser-skipping events).  For each, the cycle model
+smaller adder tree and, with sparse spikes, hardly more events).  For each,
+the cycle model
 (:mod:`~spikeforge.hw.model`, on the spike traces of a few training images)
 predicts the interval between images fed back to back and the latency of
 one image, and the cost model (:mod:`~spikeforge.hw.cost`) the logic cells,
