@@ -13,7 +13,7 @@ into its own folder under ``--out`` (finished steps are reused) and prints,
 side by side: float / int8 accuracy (1,000 test images), the RTL's (= the
 golden model's, with the mismatch count), the firing rates out of layers 0
 and 1, the events into layers 1 and 2 per image (the RTL's counters), the
-planned lanes, the interval between images the planner predicted and the one
+planned lanes and words, the interval between images the planner predicted and the one
 Verilator measured (images back to back), and inferences/s at the plan's
 predicted Fmax.  The README's "Sparsity" table is this script's output.
 """
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## The rate penalty: default network, {args.epochs} epochs, RTL on "
           f"{args.images} test images (Verilator, images back to back), board {args.board}\n")
     head = (f"{'penalty':>7} {'seed':>4} {'float %':>7} {'int8 %':>6} {'RTL %':>6} {'mism':>4} "
-            f"{'rate L0':>7} {'rate L1':>7} {'ev->L1':>6} {'ev->L2':>6} {'lanes':>10} "
+            f"{'rate L0':>7} {'rate L1':>7} {'ev->L1':>6} {'ev->L2':>6} {'lanes':>10} {'words':>8} "
             f"{'interval':>8} {'model':>6} {'MHz':>5} {'inf/s':>6} {'s':>5}")
     rows = []
     for p in penalties:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * sim['rtl_accuracy']:>6.1f} {sim['mismatches']:>4} "
                 f"{m['firing_rates'][0]:>7.3f} {m['firing_rates'][1]:>7.3f} "
                 f"{ev[0]:>6.0f} {ev[1]:>6.0f} {','.join(map(str, chosen['lanes'])):>10} "
+                f"{','.join(map(str, chosen.get('words') or [])):>8} "
                 f"{sim['interval_cycles']:>8.0f} {chosen['interval_cycles']:>6.0f} "
                 f"{chosen['fmax_mhz']:>5.1f} "
                 f"{1e6 * chosen['fmax_mhz'] / sim['interval_cycles']:>6.0f} {secs:>5.0f}")
