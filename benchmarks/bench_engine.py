@@ -157,16 +157,16 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
     if not idx.exists():
         sys.exit(f"{idx} is missing: run `spikeforge export {run}` first (the planned lanes)")
     lanes = json.loads(idx.read_text())["lanes"]
+    words = recorded_words(run)
     T = net.spec.timesteps
     print(f"## 1. {run}: {net.spec.name}, T = {T}, {images} test images, Verilator\n")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         (d / "after").mkdir()
-        after = measure(run, images, lanes, d / "after", words=recorded_words(run))
+        after = measure(run, images, lanes, d / "after", words=words)
         before = (measure_before(run, images, before_lanes, before_rev, d / "before")
                   if before_rev else None)
     work = model.traces(net, x)
-    words = recorded_words(run)
     pred = model.predict(net, lanes, work, recorded_fifo_depth(run), words)
     # accumulates per layer: every input spike's in-bounds taps x C_out (the
     # model's traces); layer 0: every set bit of the input the engine is sent

@@ -497,17 +497,15 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     board = _board_name(board)
     if clock_mhz is None:
         clock_mhz = DEFAULT_CLOCK_MHZ[board]
-    from spikeforge.flow import PLAN, recorded_lanes, recorded_words
-    recorded = recorded_lanes(run_dir)
+    from spikeforge.flow import PLAN, recorded_lanes, words_for
     if lanes is None:
-        lanes = recorded or DEFAULT_MODELS[board].lanes
+        lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes
         planned = run_dir / PLAN
         if planned.exists() and files.read_json(planned).get("board") not in (None, board):
             print(f"note: {planned} planned the lanes {lanes} for another board: "
                   f"`spikeforge plan {run_dir} --board {board}`, then export and verify, "
                   f"plans them for {board}")
-    # the words export recorded go with the lanes it recorded
-    words = recorded_words(run_dir) if recorded is not None and lanes == recorded else None
+    words = words_for(run_dir, lanes)
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,

@@ -70,7 +70,7 @@ def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
     """One candidate: predicted cycles, resources, clock and throughput
     (``words`` None: whole lane groups, :func:`~spikeforge.image.input_lanes`)."""
     lanes = lane_counts(net, lanes)
-    words = input_lanes(net, lanes) if words is None else word_lanes(net, lanes, words)
+    words = input_lanes(net, lanes, words)
     dev = DEVICES[device]
     cyc = predict(net, lanes, work, dev.event_fifo_depth, words)
     res = cost.estimate(net, lanes, device, board, words)

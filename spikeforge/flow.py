@@ -251,13 +251,23 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     return rec
 
 
+def _field(path: Path, key: str, kind, optional: bool = False):
+    """Field ``key`` of the JSON file ``path`` (checked to be ``kind``,
+    :func:`spikeforge.files.need`), or None when the file does not exist
+    (or, ``optional``, has no such field)."""
+    if not path.exists():
+        return None
+    return files.need(files.read_json(path), key, kind, str(path), optional=optional)
+
+
+def _memories_json(run: Path) -> Path:
+    return run / "hw" / "memories.json"
+
+
 def planned_lanes(run: Path) -> list[int] | None:
     """The lanes of ``RUN/plan.json`` (the override when one was given), or
     None before a plan."""
-    path = run / PLAN
-    if not path.exists():
-        return None
-    return files.need(files.read_json(path), "lanes", files.POSITIVE_INTS, str(path))
+    return _field(run / PLAN, "lanes", files.POSITIVE_INTS)
 
 
 def step_plan(run: Path, args) -> dict:
@@ -279,10 +289,7 @@ FIFO_DEPTH = ("an integer of at least 2", lambda v: files.is_int(v) and v >= 2)
 def planned_fifo_depth(run: Path) -> int | None:
     """The event FIFO depth of ``RUN/plan.json`` (its device's), or None
     (no plan, or one written before plans recorded it)."""
-    path = run / PLAN
-    if not path.exists():
-        return None
-    return files.need(files.read_json(path), "fifo_depth", FIFO_DEPTH, str(path), optional=True)
+    return _field(run / PLAN, "fifo_depth", FIFO_DEPTH, optional=True)
 
 
 def recorded_fifo_depth(run: Path) -> int:
@@ -290,31 +297,26 @@ def recorded_fifo_depth(run: Path) -> int:
     (the engine sim and verify build); the engine's default (8) when it
     recorded none."""
     from spikeforge.hw.streams import EVENT_FIFO_DEPTH as default
-    idx = run / "hw" / "memories.json"
-    if not idx.exists():
-        return default
-    depth = files.need(files.read_json(idx), "fifo_depth", FIFO_DEPTH, str(idx), optional=True)
+    depth = _field(_memories_json(run), "fifo_depth", FIFO_DEPTH, optional=True)
     return default if depth is None else depth
 
 
 def planned_words(run: Path) -> list[int] | None:
     """The words (input channels per event) of ``RUN/plan.json``, or None (no
     plan, or one written before plans recorded them: whole lane groups)."""
-    path = run / PLAN
-    if not path.exists():
-        return None
-    return files.need(files.read_json(path), "words", files.POSITIVE_INTS, str(path),
-                      optional=True)
+    return _field(run / PLAN, "words", files.POSITIVE_INTS, optional=True)
 
 
 def recorded_words(run: Path) -> list[int] | None:
     """The words ``export`` recorded in ``RUN/hw/memories.json`` beside the
     lanes, or None (none recorded: whole lane groups)."""
-    idx = run / "hw" / "memories.json"
-    if not idx.exists():
-        return None
-    return files.need(files.read_json(idx), "words", files.POSITIVE_INTS, str(idx),
-                      optional=True)
+    return _field(_memories_json(run), "words", files.POSITIVE_INTS, optional=True)
+
+
+def words_for(run: Path, lanes) -> list[int] | None:
+    """The words export recorded, when ``lanes`` are the lanes it recorded
+    (they go together); else None (a word per lane group)."""
+    return recorded_words(run) if lanes == recorded_lanes(run) else None
 
 
 def _given_words(args) -> list[int] | None:
@@ -328,10 +330,7 @@ def _given_words(args) -> list[int] | None:
 def recorded_lanes(run: Path) -> list[int] | None:
     """The lanes ``export`` recorded in ``RUN/hw/memories.json`` (the one
     source for sim, verify and build), or None before an export."""
-    idx = run / "hw" / "memories.json"
-    if not idx.exists():
-        return None
-    return files.need(files.read_json(idx), "lanes", files.POSITIVE_INTS, str(idx))
+    return _field(_memories_json(run), "lanes", files.POSITIVE_INTS)
 
 
 def run_lanes(run: Path, net, lanes) -> list[int]:
@@ -398,10 +397,9 @@ def step_sim(run: Path, args) -> dict:
     beats = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
     depth = 1 << max(12, (beats - 1).bit_length())
     lanes = run_lanes(run, net, args.lanes)
-    # the words export recorded go with the lanes it recorded
     words = _given_words(args)
-    if words is None and lanes == recorded_lanes(run):
-        words = recorded_words(run)
+    if words is None:
+        words = words_for(run, lanes)
     contents = exported_memories(run, net, lanes, words)
     fifo = recorded_fifo_depth(run)
     print(f"building the Verilator model (P = {lanes}"

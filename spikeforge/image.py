@@ -474,12 +474,9 @@ def input_lanes(net: IntNetwork, P: int | list[int], words: list[int] | None = N
     is ``words[n]`` when ``words`` is given (:func:`word_lanes`), else the
     previous layer's lanes (a whole lane group in one word)."""
     ps = _channel_lanes(net, P)
-    out = [1]
-    for n in range(1, len(net.layers)):
-        out.append(ps[n - 1] if takes_words(net, n) else 1)
-    if words is None:
-        return out
-    return word_lanes(net, ps, words)
+    if words is not None:
+        return word_lanes(net, ps, words)
+    return [1] + [ps[n - 1] if takes_words(net, n) else 1 for n in range(1, len(net.layers))]
 
 
 def takes_words(net: IntNetwork, n: int) -> bool:
