@@ -17,10 +17,12 @@ to route (``bram_ceiling``, ``util_ceiling``, a lower logic ceiling when the
 block RAM is nearly full: ``full_bram``); among those the planner takes
 the most inferences per second (fewer cells on a tie).
 
-The search climbs from one lane per layer: each step doubles the lanes of
-the busiest layer (the cycle model's occupancy) that can take more and still
-fits, until no layer can; every point tried is a candidate, and so are the
-halvings and doublings of the best one.  For each lane choice the words are
+The search climbs from one lane per layer: each step doubles (or, where
+that is refused, quadruples) the lanes of the busiest layer (the cycle
+model's occupancy) that can take more and still fits; when none can, it
+trades (doubles a busy layer and halves a less busy one) if that is faster,
+until neither move is left; every point tried is a candidate, and so are
+the halvings and doublings of the best one.  For each lane choice the words are
 chosen layer by layer (each word layer's best ``Q`` with the others fixed,
 starting from whole lane groups).
 """
@@ -133,45 +135,57 @@ def plan(net, work, device: str, board=(), lanes=None, words=None) -> dict:
         return seen[t]
 
     def ev(ps) -> dict:
-        """The lanes ``ps`` with their best words (each word layer in turn)."""
+        """The lanes ``ps`` with their best words: each word layer in turn,
+        from whole lane groups and from single spikes (the one start can
+        miss a fitting choice, the other a faster one)."""
         t = tuple(ps)
         if t not in best:
-            qs = input_lanes(net, list(ps))
-            for n in range(1, len(qs)):
-                qs[n] = max(word_options(net, ps, n),
-                            key=lambda q: _key(one(ps, qs[:n] + [q] + qs[n + 1:])))
-            best[t] = one(ps, qs)
+            ends = []
+            for start in (input_lanes(net, list(ps)), input_lanes(net, list(ps), [1] * len(ps))):
+                qs = list(start)
+                for n in range(1, len(qs)):
+                    qs[n] = max(word_options(net, ps, n),
+                                key=lambda q: _key(one(ps, qs[:n] + [q] + qs[n + 1:])))
+                ends.append(one(ps, qs))
+            best[t] = max(ends, key=_key)
         return best[t]
 
     # the climb: double the lanes of the busiest layer that can take more and
     # still fits (the bottleneck first: doubling another layer cannot shorten
     # the interval), until none can; every point on the way is a candidate
-    cur = [1] * len(outs)
-    while True:
+    # (a trade when no doubling fits: see _trade); a point is stood on once
+    cur, stood = [1] * len(outs), set()
+    while tuple(cur) not in stood:
+        stood.add(tuple(cur))
         here = ev(cur)
+        order = sorted(range(len(outs)), key=lambda n: -here["occupancy"][n])
         step = None
-        for n in sorted(range(len(outs)), key=lambda n: -here["occupancy"][n]):
-            opts = _options(net, n)
-            i = opts.index(cur[n])
-            if i + 1 < len(opts):
-                trial = cur[:n] + [opts[i + 1]] + cur[n + 1:]
-                if ev(trial)["fits"]:
-                    step = trial
-                    break
+        for n in order:
+            # its next lane count, or the one after where that is refused
+            # (block RAM is not monotonic in the lanes: a wider, shallower
+            # memory can take fewer blocks, or become LUT RAM)
+            trials = (_moved(net, cur, {n: +1}), _moved(net, cur, {n: +2}))
+            step = next((t for t in trials if t and ev(t)["fits"]), None)
+            if step:
+                break
+        if step is None:
+            step = _trade(net, cur, here, order, ev)
         if step is None:
             break
         cur = step
     cur = max(seen.values(), key=_key)["lanes"]
     for n in range(len(outs)):   # the chosen point's neighbours
-        opts = _options(net, n)
-        i = opts.index(cur[n])
-        for j in (i - 1, i + 1):
-            if 0 <= j < len(opts):
-                ev(cur[:n] + [opts[j]] + cur[n + 1:])
+        for d in (-1, +1):
+            trial = _moved(net, cur, {n: d})
+            if trial:
+                ev(trial)
     chosen = max(seen.values(), key=_key)
     if not chosen["fits"]:
-        raise PlanError(f"no lane choice fits {device}: even one lane per layer needs "
-                        f"{best[tuple([1] * len(outs))]['why_not']}")
+        least = min(seen.values(), key=lambda c: (c["bram"], c["cells"]))
+        raise PlanError(f"no lane choice fits {device}: one lane per layer needs "
+                        f"{best[tuple([1] * len(outs))]['why_not']}; of the {len(seen)} "
+                        f"tried, the fewest block RAMs ({least['bram']}) are lanes "
+                        f"{least['lanes']}'s: {least['why_not']}")
     out = {"device": device, "lanes": chosen["lanes"], "words": chosen["words"],
            "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
            "candidates": sorted(seen.values(), key=_key, reverse=True)}
@@ -181,6 +195,35 @@ def plan(net, work, device: str, board=(), lanes=None, words=None) -> dict:
             raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")
         out.update(lanes=mine["lanes"], words=mine["words"], override=mine)
     return out
+
+
+def _moved(net, lanes, moves: dict) -> list | None:
+    """``lanes`` with layer ``n`` moved ``moves[n]`` steps along its options
+    (None past either end)."""
+    out = list(lanes)
+    for n, d in moves.items():
+        opts = _options(net, n)
+        i = opts.index(lanes[n]) + d
+        if not 0 <= i < len(opts):
+            return None
+        out[n] = opts[i]
+    return out
+
+
+def _trade(net, cur, here, order, ev) -> list | None:
+    """When no layer's doubling fits: double a busy layer and halve a less
+    busy one, the first such trade (the busiest first, each with the least
+    busy first) that fits and is faster than ``here``.  Without it the climb
+    stops at the first ceiling its bottleneck's doubling crosses, although
+    the lanes of an idle layer would pay for it (the network trained without
+    the rate penalty stopped at 4,32,4,1 (12,019 cycles) where 8,32,16,1
+    (4,038) fitted)."""
+    for n in order:
+        for m in reversed(order):
+            trial = _moved(net, cur, {n: +1, m: -1}) if m != n else None
+            if trial and ev(trial)["fits"] and _key(ev(trial)) > _key(here):
+                return trial
+    return None
 
 
 def pareto(cands: list[dict], cost_key: str = "cells") -> list[dict]:

@@ -148,3 +148,52 @@ def test_a_lower_logic_ceiling_when_the_block_ram_is_nearly_full():
     # what differs)
     assert narrow["bram"] == wide["bram"] and narrow["util"] <= 0.38
     assert "logic" not in narrow["why_not"]
+
+
+def _ceilings(monkeypatch, blocks: int, util: float):
+    """The 85F's cost model with other routability ceilings (the real model's
+    cells and cycles; only where a plan stops fitting moves)."""
+    import dataclasses
+    cm = cost.load("ecp5-85f")
+    monkeypatch.setattr(cost, "load", lambda device: dataclasses.replace(
+        cm, bram_ceiling=blocks / 208, util_ceiling=util))
+
+
+def _fits(net, lanes, work, board) -> bool:
+    """Whether ``lanes`` fit the 85F with any of their word choices."""
+    import itertools
+    qs = [planner.word_options(net, lanes, n) for n in range(len(lanes))]
+    return any(planner.evaluate(net, lanes, work, "ecp5-85f", board, list(q))["fits"]
+               for q in itertools.product(*qs))
+
+
+def test_the_climb_steps_past_a_refused_doubling(monkeypatch):
+    """Block RAM is not monotonic in the lanes: under a ceiling of 140 blocks
+    neither one lane per layer nor any of its doublings fits the default
+    network, but wider memories, shallower, do; the climb goes on past a
+    refused doubling instead of refusing the network."""
+    _ceilings(monkeypatch, 140, 0.5)
+    net, _ = B.default_network("ulx3s")
+    work, board = _work(net), B.board_memories(net, "ulx3s")
+    ones = [1, 1, 1, 1]
+    assert not _fits(net, ones, work, board)
+    for n in range(4):
+        doubled = planner._moved(net, ones, {n: +1})
+        assert doubled is None or not _fits(net, doubled, work, board)
+    p = planner.plan(net, work, "ecp5-85f", board)
+    assert p["chosen"]["fits"] and p["chosen"]["bram"] <= 140
+
+
+def test_the_climb_trades_lanes_when_no_doubling_fits(monkeypatch):
+    """Under ceilings of 174 blocks and 30 % of the logic the doublings alone
+    end at 3,377 inferences/s (4,32,4,1: the last doubling that fits,
+    8,32,4,1, is no faster); doubling a busy layer and halving a less busy
+    one goes on to a faster plan."""
+    _ceilings(monkeypatch, 174, 0.3)
+    net, _ = B.default_network("ulx3s")
+    work, board = _work(net), B.board_memories(net, "ulx3s")
+    chosen = planner.plan(net, work, "ecp5-85f", board)["chosen"]
+    monkeypatch.setattr(planner, "_trade", lambda *a: None)
+    climbed = planner.plan(net, work, "ecp5-85f", board)["chosen"]
+    assert climbed["fits"] and chosen["fits"]
+    assert chosen["inferences_per_second"] > 1.02 * climbed["inferences_per_second"]
