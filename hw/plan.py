@@ -39,6 +39,12 @@ from .network import lane_counts, split_capable
 __all__ = ["evaluate", "plan", "pareto", "table", "word_options", "PlanError"]
 
 
+#: the climb's moves: double the busiest layer that can grow; "skip": past a
+#: refused doubling, quadruple it; "trade": double a busy layer and halve a
+#: less busy one
+MOVES = ("double", "skip", "trade")
+
+
 class PlanError(FitError):
     """No candidate fits, or a hand-given lane count is not a valid plan."""
 
@@ -110,12 +116,13 @@ def _key(c: dict):
     return (c["fits"], c["inferences_per_second"], -c["cells"])
 
 
-def plan(net, work, device: str, board=(), lanes=None, words=None) -> dict:
+def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) -> dict:
     """The plan for ``net`` on ``device``: ``{"device", "lanes", "words",
     "fifo_depth", "chosen", "override", "candidates"}``.  ``lanes`` given:
     that candidate (with ``words``, or the best words for those lanes) is
     validated (a :class:`PlanError` when its memories do not fit) and
-    recorded as an override beside the planner's own best."""
+    recorded as an override beside the planner's own best.  ``moves``: the
+    climb's moves (:data:`MOVES`; fewer for comparing searches)."""
     if device not in DEVICES:
         raise PlanError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     if lanes is not None:
@@ -164,11 +171,12 @@ def plan(net, work, device: str, board=(), lanes=None, words=None) -> dict:
             # its next lane count, or the one after where that is refused
             # (block RAM is not monotonic in the lanes: a wider, shallower
             # memory can take fewer blocks, or become LUT RAM)
-            trials = (_moved(net, cur, {n: +1}), _moved(net, cur, {n: +2}))
+            trials = (_moved(net, cur, {n: +1}),
+                      _moved(net, cur, {n: +2}) if "skip" in moves else None)
             step = next((t for t in trials if t and ev(t)["fits"]), None)
             if step:
                 break
-        if step is None:
+        if step is None and "trade" in moves:
             step = _trade(net, cur, here, order, ev)
         if step is None:
             break
@@ -215,9 +223,10 @@ def _trade(net, cur, here, order, ev) -> list | None:
     busy one, the first such trade (the busiest first, each with the least
     busy first) that fits and is faster than ``here``.  Without it the climb
     stops at the first ceiling its bottleneck's doubling crosses, although
-    the lanes of an idle layer would pay for it (the network trained without
-    the rate penalty stopped at 4,32,4,1 (12,019 cycles) where 8,32,16,1
-    (4,038) fitted)."""
+    the lanes of a less busy layer would pay for it (the network trained
+    with rate penalty 0.005 under ceilings of 168 blocks and 50 % of the
+    logic: 4,32,4,1 at 9,480 inferences/s by doublings, 16,16,8,2 at 16,752
+    with trades; ``benchmarks/bench_plan_search.py``)."""
     for n in order:
         for m in reversed(order):
             trial = _moved(net, cur, {n: +1, m: -1}) if m != n else None
