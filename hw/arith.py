@@ -101,20 +101,25 @@ def adder_trees(m, terms: list[list], levels_per_stage: int = 2):
 COPIES = 4
 
 
-def copies(m, value, name: str) -> list:
-    """:data:`COPIES` registered copies of ``value`` (one cycle later), for a
-    control that drives hundreds of lanes' bits: each copy drives a quarter
-    of them, and the placer puts each near its own.  The copies differ in
-    their initial value and whether the domain's reset resets them, so
-    synthesis keeps them apart; a copy equals ``value`` one cycle late from
-    the second cycle after a reset on (its users must not depend on the
-    first)."""
-    value = Value.cast(value)
-    ones = (1 << len(value)) - 1
-    out = []
-    for k in range(COPIES):
-        reg = Signal(len(value), name=f"{name}_copy{k}", init=ones if k % 2 else 0,
-                     reset_less=k >= 2)
-        m.d.sync += reg.eq(value)
-        out.append(reg)
+def copies(m, value, name: str, levels: int = 1) -> list:
+    """``COPIES ** levels`` registered copies of ``value`` (``levels`` cycles
+    later), for a control that drives hundreds of lanes' bits: each copy
+    drives its share of them, and the placer puts each near its own.  The
+    copies of one level differ in their initial value and whether the
+    domain's reset resets them, so synthesis keeps them apart; a level's
+    copies of different parents differ in their input.  A copy equals
+    ``value`` ``levels`` cycles late from the ``levels + 1``-th cycle after a
+    reset on (its users must not depend on the first)."""
+    out = [Value.cast(value)]
+    for lv in range(levels):
+        nxt = []
+        for p, src in enumerate(out):
+            ones = (1 << len(src)) - 1
+            for k in range(COPIES):
+                tag = f"{p}_{k}" if lv else f"{k}"
+                reg = Signal(len(src), name=f"{name}_copy{tag}", init=ones if k % 2 else 0,
+                             reset_less=k >= 2)
+                m.d.sync += reg.eq(src)
+                nxt.append(reg)
+        out = nxt
     return out

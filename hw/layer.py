@@ -35,7 +35,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
-from .arith import COPIES, copies
+from .arith import copies
 from .memory import SlicedMemory
 from .neuron import NeuronUnit
 from .steb import StebUnit
@@ -44,6 +44,12 @@ from .streams import bits_for
 from .synapse import SynapseUnit
 
 __all__ = ["LayerCore", "PERF_LAYOUT", "PERF_FIELDS", "core_write_layout"]
+
+#: cycles between the synapse unit's write and a LIF / IF current memory's
+#: (a register in front of each memory: see ``_lif_memories``)
+WRITE_STAGE = 1
+#: levels of registered copies of the scan's ownership for the write data
+FREE_LEVELS = 2
 
 PERF_FIELDS = ("busy", "stall", "updates", "events_in", "events_out", "scan")
 
@@ -125,7 +131,8 @@ class LayerCore(wiring.Component):
         p = self._p
         # the synapse units (``p.units``: each walks its share of the kernel
         # taps of every event, into its own copy of the current memories)
-        syns = [SynapseUnit(p, u) for u in range(p.units)]
+        syns = [SynapseUnit(p, u, write_latency=0 if p.stcb else WRITE_STAGE)
+                for u in range(p.units)]
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
         syn = syns[0]
@@ -278,6 +285,11 @@ class LayerCore(wiring.Component):
         # of the loads), so the addresses do not wait on the data's net
         own = Signal(nb, init=(1 << nb) - 1)
         free = Signal(nb, init=0)
+        # and ``free`` in two levels of copies for the write data (two cycles
+        # late: the scan writes a memory three or more cycles after it takes
+        # it, the synapse unit four or more after the scan gives it back)
+        NL = p.P * p.R
+        frees = [copies(m, free[b], f"free{b}", levels=FREE_LEVELS) for b in range(nb)]
         words = []   # words[b][u]: current memory b's copy of synapse unit u, registered
         for b in range(nb):
             words.append([])
@@ -290,11 +302,24 @@ class LayerCore(wiring.Component):
                 m.d.comb += [
                     rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
                     rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
-                    wr.addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
-                    wr.data.eq(Mux(free[b], syn.wr_data, 0)),
-                    wr.en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
+                ]
+                # the write, registered in front of the memory (timing: the
+                # selects and the update's adders, then a wide word's route to
+                # blocks spread over the block-RAM rows, took the routed
+                # default engine's whole period); the synapse unit forwards
+                # the write in flight, and a scan writes an address after its
+                # read and never reads it again
+                wr_addr = Signal.like(wr.addr, name=f"cur{b}_{u}_wa", reset_less=True)
+                wr_data = Signal.like(wr.data, name=f"cur{b}_{u}_wd", reset_less=True)
+                wr_en = Signal(name=f"cur{b}_{u}_we")
+                m.d.sync += [
+                    wr_addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
+                    wr_en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
                                  syn.wr_en & (syn_bank == b))),
                 ]
+                m.d.sync += [wr_data[n].eq(Mux(frees[b][n * len(frees[b]) // NL], syn.wr_data[n], 0))
+                             for n in range(NL)]
+                m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(wr_data), wr.en.eq(wr_en)]
                 # each memory's word is registered before the units' selects
                 # (timing: a block's output is slow and the multiplexer was the
                 # critical path of a core routed alone)
@@ -304,21 +329,20 @@ class LayerCore(wiring.Component):
                 words[b].append(rd_q)
 
         # the selects of the units' words, from copies of ``syn_bank`` and
-        # ``scan_bank`` (``copies``: each drives a quarter of the lanes; a
-        # select drives every bit of a word, and the routed default engine's
-        # critical path was ``syn_bank`` reaching a far lane: 13 ns of
-        # routing).  The copies are a cycle late: a bank changes only at a
-        # hand-over or a scan's end, with no read in flight, and the unit's
+        # ``scan_bank`` (``copies``, two levels: each drives a sixteenth of the
+        # lanes; a select drives every bit of a word, and the routed default
+        # engine's critical path was ``syn_bank`` reaching a far lane: 13 ns
+        # of routing).  The copies are two cycles late: a bank changes only at
+        # a hand-over or a scan's end, with no read in flight, and the unit's
         # next read data comes three or more cycles later
         # The scan's current is the sum of the units' copies (each holds the
         # sum over its taps; the whole sum fits ``cur_width``, so the copies'
         # partial sums do too)
-        NL = p.P * p.R
-        sels = {nm: copies(m, bank, nm) if nb > 1 else [C(0, 1)] * COPIES
+        sels = {nm: copies(m, bank, nm, levels=2) if nb > 1 else [C(0, 1)]
                 for bank, nm in ((syn_bank, "syn_bank"), (scan_bank, "scan_bank"))}
 
         def word(u, n, nm):
-            return Array(w[u][n] for w in words)[sels[nm][n * COPIES // NL]]
+            return Array(w[u][n] for w in words)[sels[nm][n * len(sels[nm]) // NL]]
         for n in range(NL):
             m.d.comb += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
             total = word(0, n, "scan_bank")
@@ -349,7 +373,9 @@ class LayerCore(wiring.Component):
         # the scan takes a full memory once the previous step's spikes are out
         none_owned = [own.eq(0), free.eq((1 << nb) - 1)]
         with m.FSM(init="CLEAR_GO"):
-            _clear_states(m, neu, clearing, "IDLE", done=none_owned, leaving=leaving)
+            # (the clear pass waits for the copies of ``free`` after a reset)
+            _clear_states(m, neu, clearing, "IDLE", done=none_owned, leaving=leaving,
+                          wait=FREE_LEVELS)
             with m.State("IDLE"):
                 with m.If(full.bit_select(scan_bank, 1) & ~neu.busy):
                     m.d.comb += [neu.start.eq(1), neu.final.eq(t == T - 1)]
@@ -368,12 +394,16 @@ class LayerCore(wiring.Component):
         return clearing
 
 
-def _clear_states(m, neu, clearing, then: str, done=(), leaving=None) -> None:
-    """The first two states of a core's FSM: pulse the scan unit's clear pass,
-    hold ``clearing`` until it ends, then go to state ``then`` (with the
-    ``sync`` statements ``done``; ``leaving``, if given, is raised in that
-    cycle)."""
-    with m.State("CLEAR_GO"):
+def _clear_states(m, neu, clearing, then: str, done=(), leaving=None, wait: int = 0) -> None:
+    """The first states of a core's FSM: ``wait`` cycles, pulse the scan
+    unit's clear pass, hold ``clearing`` until it ends, then go to state
+    ``then`` (with the ``sync`` statements ``done``; ``leaving``, if given, is
+    raised in that cycle)."""
+    for k in range(wait):
+        with m.State("CLEAR_GO" if k == 0 else f"CLEAR_PRE{k}"):
+            m.d.comb += clearing.eq(1)
+            m.next = f"CLEAR_PRE{k + 1}" if k + 1 < wait else "CLEAR_PASS"
+    with m.State("CLEAR_PASS" if wait else "CLEAR_GO"):
         m.d.comb += [neu.clear.eq(1), clearing.eq(1)]
         m.next = "CLEAR_WAIT"
     with m.State("CLEAR_WAIT"):

@@ -39,7 +39,7 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import COPIES, adder_trees, const_mul, copies, signed_bits
+from .arith import adder_trees, const_mul, copies, signed_bits
 from .memory import ecp5_in_lutram
 from .params import CoreParams
 from .streams import bits_for
@@ -56,19 +56,26 @@ class SynapseUnit(wiring.Component):
     weight register (or a word event's adder tree), then the update stage
     (adds and writes back).  Neither memory's output drives logic directly:
     the weight word and the bank word are registered first (timing; the bank
-    word by the core), so the bank read is issued two cycles before its update.  It returns the word as
-    it was before the writes of the two updates in between, so the last two
-    written words are kept in registers and forwarded, the newer first, when
-    the update hits the same address (read-after-write forwarding:
-    back-to-back events on one neuron, e.g. an fc layer with ``G = 1``, stay
-    exact).
+    word by the core), so the bank read is issued two cycles before its
+    update.  It returns the word as it was before the writes of the two
+    updates in between, so the last two written words are kept in registers
+    and forwarded, the newer first, when the update hits the same address
+    (read-after-write forwarding: back-to-back events on one neuron, e.g. an
+    fc layer with ``G = 1``, stay exact).  A core that registers the writes
+    in front of its memories (``write_latency`` = 1) has one more write in
+    flight: the last three are forwarded.
 
     At an end-of-step marker the unit stops taking events, and once its last
-    update is written it raises ``at_marker`` until ``resume``.
+    update is written (into the memory, past the core's write register) it
+    raises ``at_marker`` until ``resume``.
 
     Parameters
     ----------
     params : CoreParams
+    unit : int
+        Which share of the kernel taps (:meth:`CoreParams.tap_range`).
+    write_latency : int
+        Cycles between ``wr_*`` and the memory's write (0 or 1).
 
     Members
     -------
@@ -110,10 +117,11 @@ class SynapseUnit(wiring.Component):
     Reset: idle, no marker held; the decoder and walker empty.
     """
 
-    def __init__(self, params: CoreParams, unit: int = 0):
+    def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0):
         self._p = p = params
         self._taps = p.tap_range(unit)
         self._unit = unit
+        self._wlat = write_latency
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -308,35 +316,45 @@ class SynapseUnit(wiring.Component):
         rd_issue = addr.as_unsigned() if n_stages == 1 else delay[-3][1]
         m.d.comb += self.rd_addr.eq(rd_issue >> sb)
         rd_q = self.rd_data   # registered by the core, bank by bank
-        in_flight = Cat(*(v for v, _ in delay)).any()
 
-        # the writes committed at the end of the two previous cycles are not in
-        # this cycle's read data: keep them and forward on an address match
-        # (the newer first).  The matches are found a cycle early, against the
-        # address one stage before the update, and registered (timing: the
-        # selects drive every lane's bits)
+        # the writes of the two previous updates (and of ``write_latency``
+        # more, which the core holds in a register in front of the memory) are
+        # not in this cycle's read data: keep them and forward on an address
+        # match (the newest first).  The matches are found two cycles early,
+        # against the address two stages before the update, and go through
+        # two levels of registered copies (timing: the selects drive every
+        # lane's bits; a copy of 16 drives two lanes' or so)
         word = a_u >> sb
-        word_next = delay[-2][1] >> sb
-        # (the match in ``copies``: each lane's bits take their quarter's)
+        # stage[k]: (valid, word) of the tap k stages before the update
+        stage = [(valid, word), (delay[-2][0], delay[-2][1] >> sb)]
+        stage.append((inb, addr.as_unsigned()[:len(a1)] >> sb) if n_stages == 1
+                     else (delay[-3][0], delay[-3][1] >> sb))
         wbs = []
-        for age in (1, 2):
+        for age in range(1, 3 + self._wlat):
             wb_valid = Signal(name=f"wb{age}_valid")
             wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr", **dreg)
             wb_data = Signal.like(self.wr_data, name=f"wb{age}_data", **dreg)
             src = (valid, word, self.wr_data) if age == 1 else wbs[-1][:3]
             m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2])]
-            hit = copies(m, src[0] & (src[1] == word_next), f"hit{age}")
-            wbs.append((wb_valid, wb_addr, wb_data, hit))
-        (_, _, wb1, hit1), (_, _, wb2, hit2) = wbs
+            wbs.append((wb_valid, wb_addr, wb_data))
+        hits = []
+        for age in range(1, 3 + self._wlat):
+            # the update of ``age`` cycles before the target's, two cycles
+            # before the target is updated: still in the pipeline, or written
+            v, a = stage[2 - age] if age <= 2 else wbs[age - 3][:2]
+            hits.append(copies(m, v & (a == stage[2][1]), f"hit{age}", levels=2))
         NL = R * p.P
         for r in range(R):  # only the lanes of the tap's position add
             here = (a_u[:sb] == r) if R > 1 else C(1, 1)
             for j in range(p.P):
                 n = r * p.P + j
-                c = n * COPIES // NL
-                old = Mux(hit1[c], wb1[n], Mux(hit2[c], wb2[n], rd_q[n]))
+                old = rd_q[n]
+                for (_, _, wb), hit in reversed(list(zip(wbs, hits))):
+                    old = Mux(hit[n * len(hit) // NL], wb[n], old)
                 m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
         m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
+        # an update is in flight until the memory holds it
+        in_flight = Cat(*(v for v, _ in delay), *(v for v, *_ in wbs[:self._wlat])).any()
 
         m.d.comb += [
             self.at_marker.eq(marker_held & ~active & ~in_flight),
