@@ -101,21 +101,26 @@ def adder_trees(m, terms: list[list], levels_per_stage: int = 2):
 COPIES = 4
 
 
-def copies(m, value, name: str, levels: int = 1) -> list:
-    """``COPIES ** levels`` registered copies of ``value`` (``levels`` cycles
-    later), for a control that drives hundreds of lanes' bits: each copy
-    drives its share of them, and the placer puts each near its own.  The
-    copies of one level differ in their initial value and whether the
+def copies(m, value, name: str, levels: int = 1, bits: int | None = None) -> list:
+    """Registered copies of ``value``, ``levels`` cycles later, for a control
+    that drives hundreds of lanes' bits: each copy drives its share of them,
+    and the placer puts each near its own.  Each level makes up to
+    :data:`COPIES` copies of each copy of the level before; with ``bits``
+    (the bits the control drives), only as many as :func:`copies_for` those
+    bits (the later levels then plain delays), else ``COPIES ** levels``.
+    The copies of one level differ in their initial value and whether the
     domain's reset resets them, so synthesis keeps them apart; a level's
     copies of different parents differ in their input.  A copy equals
     ``value`` ``levels`` cycles late from the ``levels + 1``-th cycle after a
     reset on (its users must not depend on the first)."""
+    want = COPIES ** levels if bits is None else copies_for(bits, levels)
     out = [Value.cast(value)]
     for lv in range(levels):
+        fan = min(COPIES, max(1, want // len(out)))
         nxt = []
         for p, src in enumerate(out):
             ones = (1 << len(src)) - 1
-            for k in range(COPIES):
+            for k in range(fan):
                 tag = f"{p}_{k}" if lv else f"{k}"
                 reg = Signal(len(src), name=f"{name}_copy{tag}", init=ones if k % 2 else 0,
                              reset_less=k >= 2)
@@ -123,3 +128,19 @@ def copies(m, value, name: str, levels: int = 1) -> list:
                 nxt.append(reg)
         out = nxt
     return out
+
+
+#: the bits one copy of a control may drive (:func:`copies_for`)
+BITS_PER_COPY = 48
+
+
+def copies_for(bits: int, levels: int) -> int:
+    """How many copies :func:`copies` makes for a control driving ``bits``
+    bits: the power of :data:`COPIES` (at most ``COPIES ** levels``) that
+    brings each copy's share to :data:`BITS_PER_COPY` bits or under (a small
+    core's control keeps one copy: copies cost logic cells, which the
+    iCE40 has few of)."""
+    n = 1
+    while n < COPIES ** levels and bits > n * BITS_PER_COPY:
+        n *= COPIES
+    return n

@@ -12,8 +12,9 @@ with the commands that measured them.
 Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
 
 * ``upd``: ``PR * cur_width``, the read-modify-write: an adder, the
-  read-after-write forwarding multiplexers and their registers per lane
-  (STCB: ``P * acc_width``), times the synapse units;
+  read-after-write forwarding multiplexers and their registers per lane,
+  the current memories' read and write registers (STCB: ``P * acc_width``),
+  times the synapse units;
 * ``neu``: ``PR * state_width``, the neuron datapaths (add, saturate,
   compare, decay shifts, reset);
 * ``tree``: ``P * Q * weight_bits``, the weight terms a word event adds

@@ -45,10 +45,8 @@ from .synapse import SynapseUnit
 
 __all__ = ["LayerCore", "PERF_LAYOUT", "PERF_FIELDS", "core_write_layout"]
 
-#: cycles between the synapse unit's write and a LIF / IF current memory's
-#: (a register in front of each memory: see ``_lif_memories``)
-WRITE_STAGE = 1
 #: levels of registered copies of the scan's ownership for the write data
+#: (with a write stage: :attr:`CoreParams.write_stage`)
 FREE_LEVELS = 2
 
 PERF_FIELDS = ("busy", "stall", "updates", "events_in", "events_out", "scan")
@@ -131,8 +129,7 @@ class LayerCore(wiring.Component):
         p = self._p
         # the synapse units (``p.units``: each walks its share of the kernel
         # taps of every event, into its own copy of the current memories)
-        syns = [SynapseUnit(p, u, write_latency=0 if p.stcb else WRITE_STAGE)
-                for u in range(p.units)]
+        syns = [SynapseUnit(p, u, write_latency=p.write_stage) for u in range(p.units)]
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
         syn = syns[0]
@@ -289,7 +286,8 @@ class LayerCore(wiring.Component):
         # late: the scan writes a memory three or more cycles after it takes
         # it, the synapse unit four or more after the scan gives it back)
         NL = p.P * p.R
-        frees = [copies(m, free[b], f"free{b}", levels=FREE_LEVELS) for b in range(nb)]
+        frees = [copies(m, free[b], f"free{b}", levels=FREE_LEVELS, bits=NL * p.cur_width)
+                 for b in range(nb)] if p.write_stage else []
         words = []   # words[b][u]: current memory b's copy of synapse unit u, registered
         for b in range(nb):
             words.append([])
@@ -309,16 +307,19 @@ class LayerCore(wiring.Component):
                 # default engine's whole period); the synapse unit forwards
                 # the write in flight, and a scan writes an address after its
                 # read and never reads it again
+                # (a narrow core writes directly, zeroing through ``free``)
+                wd = m.d.sync if p.write_stage else m.d.comb
                 wr_addr = Signal.like(wr.addr, name=f"cur{b}_{u}_wa", reset_less=True)
                 wr_data = Signal.like(wr.data, name=f"cur{b}_{u}_wd", reset_less=True)
                 wr_en = Signal(name=f"cur{b}_{u}_we")
-                m.d.sync += [
+                wd += [
                     wr_addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
                     wr_en.eq(Mux(scan_owns, neu.wr_en & (~keep | clearing),
                                  syn.wr_en & (syn_bank == b))),
                 ]
-                m.d.sync += [wr_data[n].eq(Mux(frees[b][n * len(frees[b]) // NL], syn.wr_data[n], 0))
-                             for n in range(NL)]
+                zero = frees[b] if p.write_stage else [free[b]]
+                wd += [wr_data[n].eq(Mux(zero[n * len(zero) // NL], syn.wr_data[n], 0))
+                       for n in range(NL)]
                 m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(wr_data), wr.en.eq(wr_en)]
                 # each memory's word is registered before the units' selects
                 # (timing: a block's output is slow and the multiplexer was the
@@ -329,8 +330,8 @@ class LayerCore(wiring.Component):
                 words[b].append(rd_q)
 
         # the selects of the units' words, from copies of ``syn_bank`` and
-        # ``scan_bank`` (``copies``, two levels: each drives a sixteenth of the
-        # lanes; a select drives every bit of a word, and the routed default
+        # ``scan_bank`` (``copies``, two levels: in a wide core each drives a
+        # sixteenth of the lanes; a select drives every bit of a word, and the routed default
         # engine's critical path was ``syn_bank`` reaching a far lane: 13 ns
         # of routing).  The copies are two cycles late: a bank changes only at
         # a hand-over or a scan's end, with no read in flight, and the unit's
@@ -338,8 +339,8 @@ class LayerCore(wiring.Component):
         # The scan's current is the sum of the units' copies (each holds the
         # sum over its taps; the whole sum fits ``cur_width``, so the copies'
         # partial sums do too)
-        sels = {nm: copies(m, bank, nm, levels=2) if nb > 1 else [C(0, 1)]
-                for bank, nm in ((syn_bank, "syn_bank"), (scan_bank, "scan_bank"))}
+        sels = {nm: copies(m, bank, nm, levels=2, bits=NL * p.cur_width) if nb > 1
+                else [C(0, 1)] for bank, nm in ((syn_bank, "syn_bank"), (scan_bank, "scan_bank"))}
 
         def word(u, n, nm):
             return Array(w[u][n] for w in words)[sels[nm][n * len(sels[nm]) // NL]]
@@ -375,7 +376,7 @@ class LayerCore(wiring.Component):
         with m.FSM(init="CLEAR_GO"):
             # (the clear pass waits for the copies of ``free`` after a reset)
             _clear_states(m, neu, clearing, "IDLE", done=none_owned, leaving=leaving,
-                          wait=FREE_LEVELS)
+                          wait=FREE_LEVELS if p.write_stage else 0)
             with m.State("IDLE"):
                 with m.If(full.bit_select(scan_bank, 1) & ~neu.busy):
                     m.d.comb += [neu.start.eq(1), neu.final.eq(t == T - 1)]

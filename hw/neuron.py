@@ -471,33 +471,52 @@ def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sen
     P, Q = p.P, p.words_out
     K = P // Q
     e_vec = Signal(P)
+    # e_vec == 0 and "at most one word of e_vec has a spike", kept in
+    # registers beside it (timing: the load, the marker and the output's
+    # valid were decided through comparisons on e_vec, seven levels of logic)
+    e_empty, e_single = Signal(init=1), Signal(init=1)
     e_cb = Signal(bits_for(p.groups * P))
     e_py = Signal(q_layout.members["py"])
     e_px = Signal(q_layout.members["px"])
-    parts = [e_vec[k * Q:(k + 1) * Q] for k in range(K)]
-    lane = Signal(range(K))   # the lowest word with a spike
-    for k in reversed(range(K)):
-        with m.If(parts[k].any()):
-            m.d.comb += lane.eq(k)
-    if K == 1:
-        rest = C(0, P)
-    elif Q == 1:
-        rest = e_vec & (e_vec - 1)
-    else:   # e_vec without its lowest non-empty word
-        rest = Cat(Mux(lane == k, 0, part) for k, part in enumerate(parts))
+
+    def words(vec):
+        return [vec[k * Q:(k + 1) * Q] for k in range(K)]
+
+    def lowest(vec):
+        """The index of ``vec``'s lowest word with a spike (0 if none)."""
+        out = Signal(range(K))
+        for k in reversed(range(K)):
+            with m.If(words(vec)[k].any()):
+                m.d.comb += out.eq(k)
+        return out
+
+    def without_lowest(vec, low):
+        """``vec`` less its lowest word with a spike (``low``)."""
+        if K == 1:
+            return C(0, P)
+        if Q == 1:
+            return vec & (vec - 1)
+        return Cat(Mux(low == k, 0, part) for k, part in enumerate(words(vec)))
+
+    parts = words(e_vec)
+    lane = lowest(e_vec)
+    rest = Signal(P)
+    m.d.comb += rest.eq(without_lowest(e_vec, lane))
     q_out = Signal(q_layout)
     m.d.comb += q_out.eq(queue.r_data)
     slot_free = ~out.valid | out.ready
-    load = queue.r_rdy & ((e_vec == 0) | (slot_free & (rest == 0)))
+    load = queue.r_rdy & (e_empty | (slot_free & e_single))
     m.d.comb += queue.r_en.eq(load)
     with m.If(load):
-        m.d.sync += [e_vec.eq(q_out.vec), e_cb.eq(q_out.cb), e_py.eq(q_out.py),
-                     e_px.eq(q_out.px)]
-    with m.Elif(slot_free & (e_vec != 0)):
-        m.d.sync += e_vec.eq(rest)
-    marker_go = marker_req & ~queue.r_rdy & (e_vec == 0)
+        vec = q_out.vec
+        m.d.sync += [e_vec.eq(vec), e_cb.eq(q_out.cb), e_py.eq(q_out.py), e_px.eq(q_out.px),
+                     e_empty.eq(vec == 0), e_single.eq(without_lowest(vec, lowest(vec)) == 0)]
+    with m.Elif(slot_free & ~e_empty):
+        m.d.sync += [e_vec.eq(rest), e_empty.eq(e_single),
+                     e_single.eq(without_lowest(rest, lowest(rest)) == 0)]
+    marker_go = marker_req & ~queue.r_rdy & e_empty
     with m.If(slot_free):
-        with m.If(e_vec != 0):
+        with m.If(~e_empty):
             m.d.sync += [out.valid.eq(1), out.payload.y.eq(e_py), out.payload.x.eq(e_px),
                          out.payload.shift.eq(0), out.payload.last.eq(0)]
             if Q == 1:
@@ -513,5 +532,5 @@ def spike_emitter(m, p: CoreParams, queue, q_layout, out, marker_req, marker_sen
         with m.Else():
             m.d.sync += out.valid.eq(0)
     with m.If(clear):
-        m.d.sync += [e_vec.eq(0), out.valid.eq(0)]
-    return queue.r_rdy | (e_vec != 0)
+        m.d.sync += [e_vec.eq(0), e_empty.eq(1), e_single.eq(1), out.valid.eq(0)]
+    return queue.r_rdy | ~e_empty

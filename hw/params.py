@@ -44,6 +44,10 @@ __all__ = ["EngineError", "CoreParams", "FAULTS"]
 #: comparison (``>`` for ``>=`` and back); ``decay``: a wrong first decay shift.
 FAULTS = ("threshold", "decay")
 
+#: the memory word width (bits) past which a core registers its current
+#: memories' writes (:attr:`CoreParams.write_stage`)
+WRITE_STAGE_BITS = 64
+
 
 class EngineError(SpikeforgeError, ValueError):
     """A layer or network the engine cannot build, with the layer named."""
@@ -152,6 +156,15 @@ class CoreParams:
     def taps(self) -> int:
         """Read-modify-write steps per input event: ``k * k * G``."""
         return self.k * self.k * self.groups
+
+    @property
+    def write_stage(self) -> int:
+        """1 when the core registers its writes in front of its current
+        memories (a LIF / IF core whose memory word is wider than
+        :data:`WRITE_STAGE_BITS`: such a word is spread over many blocks, and
+        its write data's route took a routed build's whole period), else 0
+        (a narrow core, e.g. the iCE40's, keeps its logic cells)."""
+        return int(not self.stcb and self.P * self.R * self.cur_width > WRITE_STAGE_BITS)
 
     def tap_range(self, unit: int) -> tuple[int, int]:
         """Kernel taps ``[t0, t1)`` (raster order, ``t = dy*k + dx``) that

@@ -268,8 +268,7 @@ class SynapseUnit(wiring.Component):
         v1 = Signal()
         a1 = Signal(bits_for(p.acc_depth * R - 1), **dreg)  # position address
         s1 = Signal.like(shift)
-        mask1 = Signal(Q, **dreg)
-        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift), mask1.eq(mask)]
+        m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift)]
         # a block-RAM weight word that feeds logic (a barrel shift, the masks
         # and an adder tree) is registered first: the block's output is slow
         # (see ecp5_in_lutram) and often far from the logic.  A LUT-RAM
@@ -277,13 +276,21 @@ class SynapseUnit(wiring.Component):
         # into its register below.
         w_word, pre = self.w_data, 0
         lo, hi = p.weight_rows(self._unit)
+        # The mask of a word event reaches every lane's terms: in registered
+        # copies, each for its share of the lanes (timing: one mask register
+        # to a far lane's tree was the critical path of a routed build)
+        tree_bits = p.P * Q * W
         if not ecp5_in_lutram(p.weight_width, hi - lo) and (Q > 1 or p.max_shift > 0):
             w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
-            s2, mask2 = Signal.like(s1, name="s2"), Signal.like(mask1, name="mask2", **dreg)
-            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask2.eq(mask1)]
-            s1, mask1 = s2, mask2
+            s2, mask1 = Signal.like(s1, name="s2"), Signal(Q, name="mask1", **dreg)
+            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask1.eq(mask)]
+            s1 = s2
+            masks = copies(m, mask1, "mask2", bits=tree_bits) if Q > 1 else []
+        else:
+            masks = copies(m, mask, "mask1", bits=tree_bits) if Q > 1 else []
         terms = []
         for j in range(p.P):
+            mask1 = masks[j * len(masks) // p.P] if Q > 1 else None
             if Q == 1:
                 w = w_word[j * W:(j + 1) * W].as_signed()
                 terms.append([(w << s1) if p.max_shift > 0 else w])
@@ -323,7 +330,7 @@ class SynapseUnit(wiring.Component):
         # match (the newest first).  The matches are found two cycles early,
         # against the address two stages before the update, and go through
         # two levels of registered copies (timing: the selects drive every
-        # lane's bits; a copy of 16 drives two lanes' or so)
+        # lane's bits; in a wide core each of 16 copies drives two lanes' or so)
         word = a_u >> sb
         # stage[k]: (valid, word) of the tap k stages before the update
         stage = [(valid, word), (delay[-2][0], delay[-2][1] >> sb)]
@@ -342,7 +349,8 @@ class SynapseUnit(wiring.Component):
             # the update of ``age`` cycles before the target's, two cycles
             # before the target is updated: still in the pipeline, or written
             v, a = stage[2 - age] if age <= 2 else wbs[age - 3][:2]
-            hits.append(copies(m, v & (a == stage[2][1]), f"hit{age}", levels=2))
+            hits.append(copies(m, v & (a == stage[2][1]), f"hit{age}", levels=2,
+                               bits=len(self.wr_data.as_value())))
         NL = R * p.P
         for r in range(R):  # only the lanes of the tap's position add
             here = (a_u[:sb] == r) if R > 1 else C(1, 1)

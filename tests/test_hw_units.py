@@ -565,8 +565,13 @@ CORE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("stage", [0, 1], ids=["direct", "write-stage"])
 @pytest.mark.parametrize("case", CORE_CASES, ids=[c[0] for c in CORE_CASES])
-def test_layer_core_matches_golden_with_back_pressure(case):
+def test_layer_core_matches_golden_with_back_pressure(case, stage, monkeypatch):
+    # stage 1: the current memories' writes registered (a wide core's:
+    # CoreParams.write_stage), here forced on these narrow cores
+    from spikeforge.hw import params as hw_params
+    monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
     name, seed, kind, c_in, size, c_out, k, pad, pool, P, bits, idle, stall = case
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -591,6 +596,7 @@ def test_layer_core_matches_golden_with_back_pressure(case):
     cp = net_core_params(net, P)[0]
     if "one-current" in name:
         cp = dataclasses.replace(cp, cur_banks=1)
+    assert cp.write_stage == stage
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
 
