@@ -330,10 +330,10 @@ class LayerCore(wiring.Component):
                 words[b].append(rd_q)
 
         # the selects of the units' words, from copies of ``syn_bank`` and
-        # ``scan_bank`` (``copies``, two levels: in a wide core each drives a
-        # sixteenth of the lanes; a select drives every bit of a word, and the routed default
-        # engine's critical path was ``syn_bank`` reaching a far lane: 13 ns
-        # of routing).  The copies are two cycles late: a bank changes only at
+        # ``scan_bank`` (``copies``, two levels: in a wide core each drives
+        # a sixteenth of the lanes; a select drives every bit of a word, and
+        # the routed default engine's critical path was ``syn_bank`` reaching
+        # a far lane: 13 ns of routing).  The copies are two cycles late: a bank changes only at
         # a hand-over or a scan's end, with no read in flight, and the unit's
         # next read data comes three or more cycles later
         # The scan's current is the sum of the units' copies (each holds the
