@@ -24,7 +24,7 @@ trades (doubles a busy layer and halves a less busy one) if that is faster,
 until neither move is left; every point tried is a candidate, and so are
 the halvings and doublings of the best one.  For each lane choice the words are
 chosen layer by layer (each word layer's best ``Q`` with the others fixed,
-starting from whole lane groups).
+starting once from whole lane groups and once from single spikes).
 """
 
 from __future__ import annotations
