@@ -115,6 +115,7 @@ class _Link:
         self.r_len = Signal(range(P.MAX_PAYLOAD + 1))
         self.r_src = Signal(Source)
         self.pidx = Signal(range(P.MAX_PAYLOAD + 1))
+        self.tx_end = Signal()  # pidx + 1 == r_len, a cycle late (timing)
         self.ridx = Signal(range(5))
         self.err = Signal(P.ERROR_LAYOUT)
         self.err_pulse = Signal()
@@ -634,6 +635,10 @@ class HostBridge(wiring.Component):
     def _transmit(self, m, k: _Link, hdr, pay) -> None:
         """The reply: header (``SYNC`` not in the checksum), payload, CRC."""
         utx, tx_crc = k.utx, k.tx_crc
+        # from a register (timing: the compare's carry chain into the state
+        # machine was the ULX3S build's critical path); a cycle late is soon
+        # enough, pidx moves once a character (>= 40 cycles)
+        m.d.sync += k.tx_end.eq(k.pidx + 1 == k.r_len)
         with m.State("TX_HDR"):
             m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(hdr[k.ridx]),
                          tx_crc.data.eq(hdr[k.ridx])]
@@ -652,7 +657,7 @@ class HostBridge(wiring.Component):
                 m.d.sync += k.pidx.eq(k.pidx + 1)
                 if k.batch:  # the payload buffer is read at idx (the BATCH reply)
                     m.d.sync += k.idx.eq(k.idx + 1)
-                with m.If(k.pidx + 1 == k.r_len):
+                with m.If(k.tx_end):
                     m.next = "TX_CRC0"
         with m.State("TX_CRC0"):
             m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(tx_crc.crc[:8])]
