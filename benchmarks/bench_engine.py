@@ -249,6 +249,7 @@ def table_synth(run: Path) -> None:
     from spikeforge import image, toolchain
     from spikeforge.flow import recorded_fifo_depth, recorded_words
     from spikeforge.hw.fit import check_fit
+    from spikeforge.hw.memory import SYNTHESIS
     from spikeforge.hw.network import NetworkTop
     toolchain.setup()
     net, _ = image.read_image(run / "weights.sfimg")
@@ -256,7 +257,7 @@ def table_synth(run: Path) -> None:
     words = recorded_words(run)
     top = NetworkTop(net, lanes, fifo_depth=recorded_fifo_depth(run), words=words)
     t0 = time.time()
-    text = rtlil.convert(top, name="engine")
+    text = rtlil.convert(top, name="engine", platform=SYNTHESIS)
     print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): RTLIL export "
           f"{time.time() - t0:.0f} s\n")
     keys = ("LUT4", "CCU2C", "TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4", "MULT18X18D", "$mul")

@@ -101,6 +101,7 @@ def core_samples(label, fam, overrides, lanes) -> tuple[list[dict], bool]:
     from spikeforge import toolchain
     from spikeforge.hw import fit
     from spikeforge.hw.cost import core_features
+    from spikeforge.hw.memory import SYNTHESIS
     from spikeforge.hw.network import NetworkTop
     net = network(overrides)
     top = NetworkTop(net, lanes)   # only its cores are synthesised
@@ -108,7 +109,8 @@ def core_samples(label, fam, overrides, lanes) -> tuple[list[dict], bool]:
     for i, core in enumerate(top.cores):
         t0 = time.time()
         try:
-            cells = toolchain.yosys_cells(rtlil.convert(core, name="top"), SYNTH[fam])
+            cells = toolchain.yosys_cells(rtlil.convert(core, name="top", platform=SYNTHESIS),
+                                          SYNTH[fam])
         except toolchain.ToolchainError as e:   # reported, and the sample left out
             print(f"  {fam} {label} lanes {lanes} core {i}: {e}", flush=True)
             failed = True
@@ -131,9 +133,10 @@ def whole(fam, overrides, lanes) -> tuple[dict, float]:
     from amaranth.back import rtlil
 
     from spikeforge import toolchain
+    from spikeforge.hw.memory import SYNTHESIS
     net, top = board_top(fam, overrides, lanes)
     t0 = time.time()
-    cells = toolchain.yosys_cells(rtlil.convert(top, name="top"), SYNTH[fam])
+    cells = toolchain.yosys_cells(rtlil.convert(top, name="top", platform=SYNTHESIS), SYNTH[fam])
     return resources(cells, fam), time.time() - t0
 
 

@@ -85,7 +85,7 @@ from spikeforge import files
 from spikeforge.errors import SpikeforgeError
 from spikeforge.hw.fit import DEVICES, FitError, check_fit
 from spikeforge.hw.streams import EVENT_FIFO_DEPTH
-from spikeforge.toolchain import HIDE_ELEMENT_NAMES
+from spikeforge.toolchain import synth_prep
 
 from . import icebreaker, protocol, ulx3s
 from .top import BoardTop, LinkConfig
@@ -387,7 +387,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                       nextpnr_opts=("--report top.report.json --timing-allow-fail "
                                     + _NEXTPNR_OPTS[board]),
                       synth_opts=_SYNTH_OPTS[board],
-                      script_after_read=HIDE_ELEMENT_NAMES,
+                      script_after_read=synth_prep(),
                       script_after_synth="tee -q -o top.stat.json stat -json",
                       add_preferences=prefs)
     plan.extract(str(out))

@@ -36,7 +36,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
 from .arith import copies
-from .memory import SlicedMemory
+from .memory import SlicedMemory, read_data
 from .neuron import NeuronUnit
 from .steb import StebUnit
 from .params import CoreParams
@@ -156,7 +156,7 @@ class LayerCore(wiring.Component):
             ]
         m.d.comb += [
             mw.ready.eq(1),
-            n_rd.addr.eq(neu.p_addr), neu.p_data.eq(n_rd.data),
+            n_rd.addr.eq(neu.p_addr), neu.p_data.eq(read_data(m, platform, n_rd, n_wr, "neurons")),
             n_wr.addr.eq(mw.payload.addr), n_wr.data.eq(mw.payload.data),
             n_wr.en.eq(mw.valid & (mw.payload.which == 1)),
         ]
@@ -172,9 +172,9 @@ class LayerCore(wiring.Component):
                              unit.events.payload.eq(i.payload)]
         wiring.connect(m, flipped(self.o_events), neu.events)
         if p.stcb:
-            clearing = self._stcb_banks(m, syn, neu)
+            clearing = self._stcb_banks(m, platform, syn, neu)
         else:
-            clearing = self._lif_memories(m, syns, neu)
+            clearing = self._lif_memories(m, platform, syns, neu)
         m.d.comb += self.clearing.eq(clearing)
 
         # ---------------------------------------------------------- counters
@@ -194,7 +194,7 @@ class LayerCore(wiring.Component):
             m.d.sync += perf.scan.eq(perf.scan + 1)
         return m
 
-    def _stcb_banks(self, m, syn, neu):
+    def _stcb_banks(self, m, platform, syn, neu):
         """STCB: one accumulator bank per lane, owned by the synapse unit while
         it sums the input train, by the STEB unit while it scans."""
         p = self._p
@@ -203,13 +203,14 @@ class LayerCore(wiring.Component):
             bank = Memory(shape=signed(p.acc_width), depth=p.acc_depth, init=[])
             m.submodules[f"bank{j}"] = bank
             rd, wr = bank.read_port(), bank.write_port()
-            rd_q = Signal.like(rd.data, name=f"bank{j}_q", reset_less=True)  # synapse side
-            m.d.sync += rd_q.eq(rd.data)
+            rd_data = read_data(m, platform, rd, wr, f"bank{j}")
+            rd_q = Signal.like(rd_data, name=f"bank{j}_q", reset_less=True)  # synapse side
+            m.d.sync += rd_q.eq(rd_data)
             m.d.comb += [
                 rd.addr.eq(Mux(own, neu.rd_addr, syn.rd_addr)),
                 rd.en.eq(Mux(own, neu.rd_en, 1)),
                 syn.rd_data[j].eq(rd_q),
-                neu.rd_data[j].eq(rd.data),
+                neu.rd_data[j].eq(rd_data),
                 wr.addr.eq(Mux(own, neu.wr_addr, syn.wr_addr)),
                 wr.data.eq(Mux(own, neu.wr_data[j], syn.wr_data[j])),
                 wr.en.eq(syn.wr_en | neu.wr_en),
@@ -242,7 +243,7 @@ class LayerCore(wiring.Component):
                     m.next = "ACCUM"
         return clearing
 
-    def _lif_memories(self, m, syns, neu):
+    def _lif_memories(self, m, platform, syns, neu):
         """LIF / IF: ``cur_banks`` current memories and one state memory, all
         lanes of a word side by side.
 
@@ -262,7 +263,8 @@ class LayerCore(wiring.Component):
         m.submodules.state = state
         s_rd, s_wr = state.read_port(), state.write_port()
         m.d.comb += [
-            s_rd.addr.eq(neu.rd_addr), s_rd.en.eq(neu.rd_en), neu.rd_data.eq(s_rd.data),
+            s_rd.addr.eq(neu.rd_addr), s_rd.en.eq(neu.rd_en),
+            neu.rd_data.eq(read_data(m, platform, s_rd, s_wr, "state")),
             s_wr.addr.eq(neu.wr_addr), s_wr.data.eq(neu.wr_data), s_wr.en.eq(neu.wr_en),
         ]
 
@@ -294,7 +296,8 @@ class LayerCore(wiring.Component):
             for u, syn in enumerate(syns):
                 mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
                              depth=p.acc_depth, init=[])
-                m.submodules[f"cur{b}" if u == 0 else f"cur{b}_{u}"] = mem
+                name = f"cur{b}" if u == 0 else f"cur{b}_{u}"
+                m.submodules[name] = mem
                 rd, wr = mem.read_port(), mem.write_port()
                 scan_owns = own[b]
                 m.d.comb += [
@@ -324,9 +327,8 @@ class LayerCore(wiring.Component):
                 # each memory's word is registered before the units' selects
                 # (timing: a block's output is slow and the multiplexer was the
                 # critical path of a core routed alone)
-                rd_q = Signal.like(rd.data, name=f"cur{b}_q" if u == 0 else f"cur{b}_{u}_q",
-                                   reset_less=True)
-                m.d.sync += rd_q.eq(rd.data)
+                rd_q = Signal.like(rd.data, name=f"{name}_q", reset_less=True)
+                m.d.sync += rd_q.eq(read_data(m, platform, rd, wr, name))
                 words[b].append(rd_q)
 
         # the selects of the units' words, from copies of ``syn_bank`` and

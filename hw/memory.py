@@ -13,6 +13,20 @@ a few more blocks (64 instead of 56 there), far fewer wires.
 
 The rule is :func:`slice_bits`; :mod:`spikeforge.hw.fit` counts blocks with
 the same rule, so the fit check counts what synthesis builds.
+
+Read-during-write.  No engine memory's read is used when it lands on the word
+its write port writes in the same cycle: the synapse unit forwards its own
+recent writes whatever the memory returns, a scan reads a word before it
+writes it, and a memory changes hands only once its writes are in.  Amaranth
+declares such a read "old data", which ECP5 and iCE40 block RAM do not
+promise across ports, so Yosys delays every write a cycle and multiplexes the
+delayed word into the read (``emulate_transparency``): in the default ULX3S
+engine 7,500 flip-flops and 2,900 LUTs, and the critical path of a routed
+build.  Board builds declare the result undefined instead
+(:data:`COLLISION_X`) for the engine memories named in
+:data:`COLLISION_X_MEMORIES`, and the simulation model of these memories
+(:func:`read_data`, elaborated with ``platform=None``) returns such a word
+inverted, so a co-simulation fails if any result depends on one.
 """
 
 from __future__ import annotations
@@ -22,7 +36,48 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH", "ecp5_in_lutram", "slice_bits", "SlicedMemory"]
+__all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
+           "SYNTHESIS", "ecp5_in_lutram", "read_data", "slice_bits", "SlicedMemory"]
+
+#: the engine memories (submodule names, Yosys patterns) whose reads do not
+#: depend on a write to the same word in the same cycle (module docstring)
+COLLISION_X_MEMORIES = ("cur*", "state", "bank*", "neurons", "slice*")
+
+#: Yosys commands (after ``read_rtlil``) declaring those reads' result on
+#: such a collision undefined: no emulation logic
+COLLISION_X = ("setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 "
+               + " ".join(f"r:MEMID=\\{n}" for n in COLLISION_X_MEMORIES)
+               + " %u" * (len(COLLISION_X_MEMORIES) - 1) + " %i")
+
+
+class _Synthesis:
+    """A ``platform`` for elaborating the engine to synthesise it outside a
+    board build (a core or an engine counted alone): not ``None``, so without
+    the simulation model of :func:`read_data`."""
+
+    def __repr__(self):
+        return "SYNTHESIS"
+
+
+SYNTHESIS = _Synthesis()
+
+
+def read_data(m: Module, platform, rd, wr, name: str):
+    """The data of read port ``rd`` of a memory whose write port is ``wr``.
+
+    For synthesis (``platform`` not ``None``) the port's own.  In simulation a
+    read of the word that ``wr`` writes in the same cycle returns it
+    inverted, and keeps it while ``rd`` is disabled: the block RAM's
+    undefined result (module docstring), made visible."""
+    if platform is not None:
+        return rd.data
+    hit = Signal(name=f"{name}_collided")
+    with m.If(rd.en):
+        m.d.sync += hit.eq(wr.en.any() & (rd.addr == wr.addr))
+    out = Signal(rd.data.shape(), name=f"{name}_rd")
+    raw = Value.cast(rd.data)
+    m.d.comb += Value.cast(out).eq(Mux(hit, ~raw, raw))
+    return out
 
 #: ECP5 DP16KD configurations (width, depth), one read and one write port
 ECP5_CONFIGS = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
@@ -105,7 +160,8 @@ class SlicedMemory(wiring.Component):
                          init=[(v >> lo) & ((1 << w) - 1) for v in self._init])
             m.submodules[f"slice{n}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
-            m.d.comb += [rd.addr.eq(self.rd_addr), self.rd_data[lo:lo + w].eq(rd.data),
+            m.d.comb += [rd.addr.eq(self.rd_addr),
+                         self.rd_data[lo:lo + w].eq(read_data(m, platform, rd, wr, f"slice{n}")),
                          wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data[lo:lo + w]),
                          wr.en.eq(self.wr_en)]
         return m

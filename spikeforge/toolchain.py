@@ -81,10 +81,20 @@ def require(tool: str) -> str:
 HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 
 
+def synth_prep() -> str:
+    """The Yosys commands every synthesis of the engine runs after reading
+    it: :data:`HIDE_ELEMENT_NAMES`, then the engine memories' read-during-
+    write declared undefined (:data:`spikeforge.hw.memory.COLLISION_X`), so
+    builds, calibration and counts synthesise the same logic."""
+    from spikeforge.hw.memory import COLLISION_X
+    return f"{HIDE_ELEMENT_NAMES}; {COLLISION_X}"
+
+
 def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
     """Cells by type after running Yosys ``script`` (e.g. ``synth_ecp5 -abc9``)
     on an RTLIL design (:func:`amaranth.back.rtlil.convert` with ``name=top``),
-    its alias names hidden first as in a build (:data:`HIDE_ELEMENT_NAMES`):
+    prepared first as in a build (:func:`synth_prep`; elaborate the design
+    with ``platform=spikeforge.hw.memory.SYNTHESIS``, not for simulation):
     the whole design's ``stat -json`` counts, submodules included."""
     import json
     import subprocess
@@ -93,7 +103,7 @@ def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "top.il").write_text(rtlil)
         # YoWASP tools see the working directory: run there, relative paths only
-        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {HIDE_ELEMENT_NAMES}; "
+        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {synth_prep()}; "
                               f"{script} -top {top}; "
                               "tee -q -o stat.json stat -json"],
                              capture_output=True, text=True, cwd=d)

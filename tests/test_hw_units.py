@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 
 import pytest
 import torch
@@ -626,6 +627,39 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, monkeypatch):
     assert first_mismatch(net, ref.spikes, [spikes]) is None
 
 
+@pytest.mark.parametrize("case", [CORE_CASES[0], CORE_CASES[3]], ids=lambda c: c[0])
+def test_layer_core_reads_collide_with_writes_and_stay_exact(case, monkeypatch):
+    """The current memories are read, hundreds of times in a run, at the word
+    their write port writes in that cycle; the simulation model returns those
+    reads corrupted (hw/memory.py: read_data) and the core still equals the
+    golden model: the forwarding covers every one, so board builds may leave
+    the block RAM's result undefined."""
+    from spikeforge.hw import layer as hw_layer
+    probes, counts = [], {}
+    real = hw_layer.read_data
+
+    def probed(m, platform, rd, wr, name):
+        probe = Signal(name=f"probe_{name}")
+        m.d.comb += probe.eq(rd.en & wr.en.any() & (rd.addr == wr.addr))
+        probes.append((name, probe))
+        return real(m, platform, rd, wr, name)
+
+    async def watch(ctx):
+        async for _clk, _rst, *hits in ctx.tick().sample(*(p for _, p in probes)):
+            for (name, _), hit in zip(probes, hits):
+                counts[name] = counts.get(name, 0) + hit
+
+    plain_run = run_sim
+
+    def run_watched(dut, *benches):
+        plain_run(dut, *benches, processes=[watch])
+
+    monkeypatch.setattr(hw_layer, "read_data", probed)
+    monkeypatch.setattr(sys.modules[__name__], "run_sim", run_watched)
+    test_layer_core_matches_golden_with_back_pressure(case, 0, monkeypatch)
+    assert counts["cur0"] > 100, counts
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -735,6 +769,40 @@ def test_sliced_memory_reads_what_was_written(width, depth):
     sim.run()
     want = [writes.get(a, init[a]) for a in reads]
     assert got == want
+
+
+@pytest.mark.parametrize("platform", [None, "synthesis"])
+def test_a_read_of_the_word_being_written_is_corrupted_in_simulation(platform):
+    """Block RAM does not promise a read of the word its other port writes in
+    the same cycle, and board builds let Yosys leave it undefined (no
+    emulation logic): the simulation model returns that word inverted, kept
+    while the port is idle, so a design that used it fails its co-simulation.
+    Elaborated for synthesis, the port is Amaranth's own (old data)."""
+    from amaranth.hdl import Fragment
+    from spikeforge.hw.memory import SYNTHESIS, SlicedMemory
+    mem = SlicedMemory(8, 16, list(range(100, 116)))
+    dut = mem if platform is None else Fragment.get(mem, SYNTHESIS)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(mem.rd_addr, 3)
+        await ctx.tick()
+        got.append(ctx.get(mem.rd_data))           # plain read
+        ctx.set(mem.wr_addr, 3)
+        ctx.set(mem.wr_data, 7)
+        ctx.set(mem.wr_en, 1)
+        await ctx.tick()                            # read and write word 3
+        ctx.set(mem.wr_en, 0)
+        got.append(ctx.get(mem.rd_data))
+        ctx.set(mem.wr_addr, 4)
+        await ctx.tick()                            # no write: the new word
+        got.append(ctx.get(mem.rd_data))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == ([103, 103 ^ 0xFF, 7] if platform is None else [103, 103, 7])
 
 
 def test_fit_counts_the_weight_slices():
