@@ -129,7 +129,10 @@ class LayerCore(wiring.Component):
         p = self._p
         # the synapse units (``p.units``: each walks its share of the kernel
         # taps of every event, into its own copy of the current memories)
-        syns = [SynapseUnit(p, u, write_latency=p.write_stage) for u in range(p.units)]
+        wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
+                 for lo, hi in map(p.weight_rows, range(p.units))]
+        syns = [SynapseUnit(p, u, write_latency=p.write_stage, weight_latency=wmem.latency)
+                for u, wmem in enumerate(wmems)]
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
         syn = syns[0]
@@ -143,9 +146,8 @@ class LayerCore(wiring.Component):
         m.submodules.neurons = nmem
         n_rd, n_wr = nmem.read_port(), nmem.write_port()
         mw = self.mem_write
-        for u, unit in enumerate(syns):
+        for u, (unit, wmem) in enumerate(zip(syns, wmems)):
             lo, hi = p.weight_rows(u)
-            wmem = SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
             m.submodules["weights" if u == 0 else f"weights{u}"] = wmem
             a = mw.payload.addr
             mine = (a >= lo) & (a < hi) if p.units > 1 else C(1, 1)

@@ -23,7 +23,7 @@ promise across ports, so Yosys delays every write a cycle and multiplexes the
 delayed word into the read (``emulate_transparency``): in the default ULX3S
 engine 7,500 flip-flops and 2,900 LUTs, and the critical path of a routed
 build.  Board builds declare the result undefined instead
-(:data:`COLLISION_X`) for the engine memories named in
+(:data:`COLLISION_X`) for the block-RAM engine memories named in
 :data:`COLLISION_X_MEMORIES`, and the simulation model of these memories
 (:func:`read_data`, elaborated with ``platform=None``) returns such a word
 inverted, so a co-simulation fails if any result depends on one.
@@ -36,18 +36,11 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .arith import copies
+
 __all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
-           "SYNTHESIS", "ecp5_in_lutram", "read_data", "slice_bits", "SlicedMemory"]
-
-#: the engine memories (submodule names, Yosys patterns) whose reads do not
-#: depend on a write to the same word in the same cycle (module docstring)
-COLLISION_X_MEMORIES = ("cur*", "state", "bank*", "neurons", "slice*")
-
-#: Yosys commands (after ``read_rtlil``) declaring those reads' result on
-#: such a collision undefined: no emulation logic
-COLLISION_X = ("setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 "
-               + " ".join(f"r:MEMID=\\{n}" for n in COLLISION_X_MEMORIES)
-               + " %u" * (len(COLLISION_X_MEMORIES) - 1) + " %i")
+           "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "read_data",
+           "read_stages", "slice_bits", "SlicedMemory"]
 
 
 class _Synthesis:
@@ -79,6 +72,7 @@ def read_data(m: Module, platform, rd, wr, name: str):
     m.d.comb += Value.cast(out).eq(Mux(hit, ~raw, raw))
     return out
 
+
 #: ECP5 DP16KD configurations (width, depth), one read and one write port
 ECP5_CONFIGS = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
 
@@ -87,6 +81,21 @@ ECP5_CONFIGS = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 51
 #: from the clock edge in nextpnr's timing model; shallower ones may be LUT
 #: RAM, whose synchronous read is a fabric flip-flop (:func:`ecp5_in_lutram`)
 ECP5_LUTRAM_DEPTH = 64
+
+#: the engine memories (submodule names, Yosys patterns) whose reads do not
+#: depend on a write to the same word in the same cycle (module docstring)
+COLLISION_X_MEMORIES = ("cur*", "state", "bank*", "neurons", "slice*")
+
+#: Yosys commands (after ``read_rtlil``) declaring those reads' result on
+#: such a collision undefined, no emulation logic, in memories deeper than
+#: :data:`ECP5_LUTRAM_DEPTH` (``ABITS`` >= 7), block RAM on either device.
+#: Shallower ones keep Amaranth's semantics: Yosys chooses LUT RAM or block
+#: RAM by cost, the emulation's included, and :func:`ecp5_in_lutram`'s
+#: thresholds were measured so (without it, 36 x 32 and 256 x 36 are blocks)
+COLLISION_X = ("setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 "
+               f"r:ABITS>={ECP5_LUTRAM_DEPTH.bit_length()} %i "
+               + " ".join(f"r:MEMID=\\{n}" for n in COLLISION_X_MEMORIES)
+               + " %u" * (len(COLLISION_X_MEMORIES) - 1) + " %i")
 
 #: (16-word LUT-RAM rows, the least block RAMs per bit of width at which
 #: Yosys still takes LUT RAM): 1-2 rows always, 3 rows at 1/32, 4 rows at
@@ -115,12 +124,41 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
     return blocks >= width * _LUTRAM_ROWS[rows]
 
 
+#: a weight memory of this many ECP5 blocks or more spans block-RAM rows far
+#: apart: its read is pipelined (:func:`read_stages`)
+PIPELINE_BLOCKS = 8
+
+
+def ecp5_blocks(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
+    """ECP5 blocks of a ``width x depth`` memory built in one piece (0 in LUT RAM)."""
+    if ecp5_in_lutram(width, depth, configs):
+        return 0
+    return min(-(-width // cw) * -(-depth // cd) for cw, cd in configs)
+
+
+def read_stages(width: int, depth: int) -> int:
+    """Register stages :class:`SlicedMemory` adds to a read: 0, or for a
+    memory of :data:`PIPELINE_BLOCKS` blocks or more (its blocks sit in rows
+    across the device, and one address register drove them all over 15 ns
+    of routing in a ULX3S build) the address through registered copies, one
+    level per 16 blocks' share (at most two), then each slice's word
+    registered beside its block."""
+    blocks = ecp5_blocks(width, depth)
+    if blocks < PIPELINE_BLOCKS:
+        return 0
+    return (1 if blocks < 2 * PIPELINE_BLOCKS else 2) + 1
+
+
 def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
     """Width of the column slices a ``width x depth`` memory is built from:
     the widest configuration holding all ``depth`` words, when that is
     narrower than the memory and deeper than one 36-bit block (a 512-word
-    memory is what Yosys builds well by itself); else ``width`` (one piece)."""
+    memory is what Yosys builds well by itself); else ``width`` (one piece),
+    or for a pipelined read (:func:`read_stages`) a block's width, so each
+    block gets its own address copy."""
     if depth <= configs[-1][1]:
+        if read_stages(width, depth) and width > configs[-1][0]:
+            return configs[-1][0]
         return width
     fits = [cw for cw, cd in configs if cd >= depth]
     return min(max(fits), width) if fits else width
@@ -131,10 +169,14 @@ class SlicedMemory(wiring.Component):
     ``width x depth`` built as :func:`slice_bits` column slices (each a
     :class:`~amaranth.lib.memory.Memory` with its bits of ``init``).
 
+    ``latency``: cycles from ``rd_addr`` to its ``rd_data``, 1 plus the
+    :func:`read_stages` of a memory of many blocks.  A write takes effect a
+    cycle after ``wr_*`` (an address copy is not in the write's way).
+
     Members
     -------
     rd_addr : In(range(depth)), rd_data : Out(width)
-        Read address, and its word one cycle later.
+        Read address, and its word ``latency`` cycles later.
     wr_addr : In(range(depth)), wr_data : In(width), wr_en : In(1)
         Write port.
     """
@@ -143,6 +185,8 @@ class SlicedMemory(wiring.Component):
         self.width, self.depth = width, depth
         self._init = list(init)
         self.slice = slice_bits(width, depth)
+        self.stages = read_stages(width, depth)
+        self.latency = 1 + self.stages
         super().__init__({
             "rd_addr": In(range(depth)),
             "rd_data": Out(width),
@@ -154,14 +198,23 @@ class SlicedMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         sw = self.slice
+        n_slices = -(-self.width // sw)
+        addrs = [self.rd_addr]
+        if self.stages:   # address copies, a level per stage but the last
+            addrs = copies(m, self.rd_addr, "rd_addr", levels=self.stages - 1)
         for n, lo in enumerate(range(0, self.width, sw)):
             w = min(sw, self.width - lo)
             mem = Memory(shape=unsigned(w), depth=self.depth,
                          init=[(v >> lo) & ((1 << w) - 1) for v in self._init])
             m.submodules[f"slice{n}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
-            m.d.comb += [rd.addr.eq(self.rd_addr),
-                         self.rd_data[lo:lo + w].eq(read_data(m, platform, rd, wr, f"slice{n}")),
+            word = read_data(m, platform, rd, wr, f"slice{n}")
+            if self.stages:   # registered beside the block
+                q = Signal(w, name=f"slice{n}_q", reset_less=True)
+                m.d.sync += q.eq(word)
+                word = q
+            m.d.comb += [rd.addr.eq(addrs[n * len(addrs) // n_slices]),
+                         self.rd_data[lo:lo + w].eq(word),
                          wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data[lo:lo + w]),
                          wr.en.eq(self.wr_en)]
         return m

@@ -76,6 +76,9 @@ class SynapseUnit(wiring.Component):
         Which share of the kernel taps (:meth:`CoreParams.tap_range`).
     write_latency : int
         Cycles between ``wr_*`` and the memory's write (0 or 1).
+    weight_latency : int
+        Cycles between ``w_addr`` and its ``w_data`` (1, more for a weight
+        memory whose read is pipelined: :class:`~spikeforge.hw.memory.SlicedMemory`).
 
     Members
     -------
@@ -107,7 +110,7 @@ class SynapseUnit(wiring.Component):
         Current memory write data (only the tap's position changes).
     w_addr : Out(unsigned)
         Weight memory read address (in this unit's words,
-        :meth:`CoreParams.weight_rows`), data one cycle later.
+        :meth:`CoreParams.weight_rows`), data ``weight_latency`` cycles later.
     w_data : In(unsigned(P * weight_bits))
         Weight word, lane ``j`` in bits ``[j*W, (j+1)*W)``.
     step : In(range(in_steps))
@@ -117,11 +120,13 @@ class SynapseUnit(wiring.Component):
     Reset: idle, no marker held; the decoder and walker empty.
     """
 
-    def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0):
+    def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0,
+                 weight_latency: int = 1):
         self._p = p = params
         self._taps = p.tap_range(unit)
         self._unit = unit
         self._wlat = write_latency
+        self._rlat = weight_latency
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -260,7 +265,8 @@ class SynapseUnit(wiring.Component):
         ]
 
         # ---------------------------------------------------------- update stage
-        # weight data arrives one cycle after the walker and is registered
+        # weight data arrives ``weight_latency`` cycles after the walker (the
+        # tap waits as long in ``chain``) and is registered
         # (a word event's terms go through an adder tree of several register
         # stages); the bank read is issued two cycles before the update, its
         # data registered, so neither memory's output drives the adder
@@ -269,6 +275,14 @@ class SynapseUnit(wiring.Component):
         a1 = Signal(bits_for(p.acc_depth * R - 1), **dreg)  # position address
         s1 = Signal.like(shift)
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift)]
+        # chain[s]: (valid, position address) of the tap s cycles after the walker
+        chain = [(inb, addr.as_unsigned()[:len(a1)]), (v1, a1)]
+        for e in range(self._rlat - 1):
+            v, a = Signal(name=f"v_w{e}"), Signal.like(a1, name=f"a_w{e}")
+            sh, mk = Signal.like(s1, name=f"s_w{e}"), Signal(Q, name=f"mask_w{e}", **dreg)
+            m.d.sync += [v.eq(v1), a.eq(a1), sh.eq(s1), mk.eq(mask)]
+            v1, a1, s1, mask = v, a, sh, mk
+            chain.append((v1, a1))
         # a block-RAM weight word that feeds logic (a barrel shift, the masks
         # and an adder tree) is registered first: the block's output is slow
         # (see ecp5_in_lutram) and often far from the logic.  A LUT-RAM
@@ -312,16 +326,13 @@ class SynapseUnit(wiring.Component):
             # route (router2 diverged); without them it routed at 66.2 MHz
             incs, n_stages = adder_trees(m, terms)
         n_stages += pre
-        delay = [(v1, a1)]  # delay[s]: the tap s + 1 cycles after the walker
         for st in range(n_stages):
             v, a = Signal(name=f"v_t{st}"), Signal.like(a1, name=f"a_t{st}")
-            m.d.sync += [v.eq(delay[-1][0]), a.eq(delay[-1][1])]
-            delay.append((v, a))
-        valid, a_u = delay[-1]
-        # the read is issued two cycles before the update: from the walker
-        # when the terms take one stage
-        rd_issue = addr.as_unsigned() if n_stages == 1 else delay[-3][1]
-        m.d.comb += self.rd_addr.eq(rd_issue >> sb)
+            m.d.sync += [v.eq(chain[-1][0]), a.eq(chain[-1][1])]
+            chain.append((v, a))
+        valid, a_u = chain[-1]
+        # the read is issued two cycles before the update
+        m.d.comb += self.rd_addr.eq(chain[-3][1] >> sb)
         rd_q = self.rd_data   # registered by the core, bank by bank
 
         # the writes of the two previous updates (and of ``write_latency``
@@ -333,9 +344,7 @@ class SynapseUnit(wiring.Component):
         # lane's bits; in a wide core each of 16 copies drives two lanes' or so)
         word = a_u >> sb
         # stage[k]: (valid, word) of the tap k stages before the update
-        stage = [(valid, word), (delay[-2][0], delay[-2][1] >> sb)]
-        stage.append((inb, addr.as_unsigned()[:len(a1)] >> sb) if n_stages == 1
-                     else (delay[-3][0], delay[-3][1] >> sb))
+        stage = [(v, a >> sb) for v, a in chain[:-4:-1]]
         wbs = []
         for age in range(1, 3 + self._wlat):
             wb_valid = Signal(name=f"wb{age}_valid")
@@ -362,7 +371,7 @@ class SynapseUnit(wiring.Component):
                 m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
         m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
         # an update is in flight until the memory holds it
-        in_flight = Cat(*(v for v, _ in delay), *(v for v, *_ in wbs[:self._wlat])).any()
+        in_flight = Cat(*(v for v, _ in chain[1:]), *(v for v, *_ in wbs[:self._wlat])).any()
 
         m.d.comb += [
             self.at_marker.eq(marker_held & ~active & ~in_flight),

@@ -566,13 +566,19 @@ CORE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("reads", [0, 3], ids=["weights", "weights-pipelined"])
 @pytest.mark.parametrize("stage", [0, 1], ids=["direct", "write-stage"])
 @pytest.mark.parametrize("case", CORE_CASES, ids=[c[0] for c in CORE_CASES])
-def test_layer_core_matches_golden_with_back_pressure(case, stage, monkeypatch):
+def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkeypatch):
     # stage 1: the current memories' writes registered (a wide core's:
-    # CoreParams.write_stage), here forced on these narrow cores
+    # CoreParams.write_stage), here forced on these narrow cores; reads 3:
+    # the weight memory's read pipelined (a memory of many blocks':
+    # hw/memory.py read_stages), 36-bit slices each with its address copy
+    from spikeforge.hw import memory as hw_memory
     from spikeforge.hw import params as hw_params
     monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
+    if reads:
+        monkeypatch.setattr(hw_memory, "read_stages", lambda width, depth: reads)
     name, seed, kind, c_in, size, c_out, k, pad, pool, P, bits, idle, stall = case
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -600,6 +606,7 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, monkeypatch):
     assert cp.write_stage == stage
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
+    assert hw_memory.read_stages(cp.weight_width, cp.weight_depth) == reads
 
     async def producer(ctx):
         prng = random.Random(seed + 1)
@@ -656,7 +663,7 @@ def test_layer_core_reads_collide_with_writes_and_stay_exact(case, monkeypatch):
 
     monkeypatch.setattr(hw_layer, "read_data", probed)
     monkeypatch.setattr(sys.modules[__name__], "run_sim", run_watched)
-    test_layer_core_matches_golden_with_back_pressure(case, 0, monkeypatch)
+    test_layer_core_matches_golden_with_back_pressure(case, 0, 0, monkeypatch)
     assert counts["cur0"] > 100, counts
 
 
@@ -747,9 +754,12 @@ def test_sliced_memory_reads_what_was_written(width, depth):
     init = [rng.getrandbits(width) for _ in range(depth)]
     mem = SlicedMemory(width, depth, init)
     assert mem.slice == {3136: 4, 50176: 16, 600: 18, 300: 20}[depth] == slice_bits(width, depth)
+    # 56 and 49 blocks: the read pipelined (address copies in two levels,
+    # then each slice's word registered); 5 and 1 blocks: not
+    assert mem.latency == {3136: 4, 50176: 4, 600: 1, 300: 1}[depth]
     writes = {rng.randrange(depth): rng.getrandbits(width) for _ in range(20)}
     reads = [rng.randrange(depth) for _ in range(30)] + list(writes)
-    got = []
+    got, streamed = [], []
 
     async def bench(ctx):
         for a, v in writes.items():
@@ -758,10 +768,16 @@ def test_sliced_memory_reads_what_was_written(width, depth):
             ctx.set(mem.wr_en, 1)
             await ctx.tick()
         ctx.set(mem.wr_en, 0)
-        for a in reads:
+        for a in reads:   # one read in flight at a time, the rest of the pipe stale
+            ctx.set(mem.rd_addr, a)
+            await ctx.tick().repeat(mem.latency)
+            got.append(ctx.get(mem.rd_data))
+        # and back to back: word i comes out latency cycles after its address
+        for i, a in enumerate(reads + [0] * mem.latency):
             ctx.set(mem.rd_addr, a)
             await ctx.tick()
-            got.append(ctx.get(mem.rd_data))
+            if i + 1 >= mem.latency:
+                streamed.append(ctx.get(mem.rd_data))
 
     sim = Simulator(mem)
     sim.add_clock(1e-6)
@@ -769,6 +785,7 @@ def test_sliced_memory_reads_what_was_written(width, depth):
     sim.run()
     want = [writes.get(a, init[a]) for a in reads]
     assert got == want
+    assert streamed[:len(reads)] == want
 
 
 @pytest.mark.parametrize("platform", [None, "synthesis"])
@@ -839,13 +856,19 @@ class _OneMemory(Elaboratable):
 def test_the_fit_check_counts_the_block_ram_yosys_builds(width, depth):
     """LUT RAM or block RAM is Yosys's cost decision, not depth alone: the
     fit check's count of a shallow memory equals synth_ecp5's (each case
-    sits next to the rule's threshold on one side)."""
+    sits next to the rule's threshold on one side).  512 x 36 is 15 blocks
+    in one piece, so a weight memory of that shape is read pipelined, in
+    36-bit slices: 14 blocks and the last 8 bits in LUT RAM."""
     from spikeforge import toolchain
     from spikeforge.hw.fit import DEVICES
+    from spikeforge.hw.memory import SYNTHESIS
     toolchain.setup()
     top = _OneMemory(width, depth)
-    cells = toolchain.yosys_cells(rtlil.convert(top, name="top", ports=[
+    cells = toolchain.yosys_cells(rtlil.convert(top, name="top", platform=SYNTHESIS, ports=[
         top.ra, top.wa, top.wd, top.we, top.rd]), "synth_ecp5", top="top")
     blocks = cells.get("DP16KD", 0) + cells.get("PDPW16KD", 0)
-    assert DEVICES["ecp5-85f"].blocks_for(width, depth) == blocks, cells
-    assert (blocks == 0) == (cells.get("TRELLIS_DPR16X4", 0) > 0)
+    assert DEVICES["ecp5-85f"].blocks_for(width, depth, sliced=True) == blocks, cells
+    assert top.mem.slice == (36 if (width, depth) == (512, 36) else width)
+    if top.mem.slice == width:
+        assert DEVICES["ecp5-85f"].blocks_for(width, depth) == blocks
+        assert (blocks == 0) == (cells.get("TRELLIS_DPR16X4", 0) > 0)
