@@ -131,7 +131,8 @@ class LayerCore(wiring.Component):
         # taps of every event, into its own copy of the current memories)
         wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
                  for lo, hi in map(p.weight_rows, range(p.units))]
-        syns = [SynapseUnit(p, u, write_latency=p.write_stage, weight_latency=wmem.latency)
+        syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
+                            weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)
                 for u, wmem in enumerate(wmems)]
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
@@ -325,6 +326,9 @@ class LayerCore(wiring.Component):
                 zero = frees[b] if p.write_stage else [free[b]]
                 wd += [wr_data[n].eq(Mux(zero[n * len(zero) // NL], syn.wr_data[n], 0))
                        for n in range(NL)]
+                if p.rmw_stage:   # a second register, for the placer to put by the blocks
+                    wr_addr, wr_data, wr_en = _registered(m, (wr_addr, wr_data, wr_en),
+                                                          f"cur{b}_{u}_w2")
                 m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(wr_data), wr.en.eq(wr_en)]
                 # each memory's word is registered before the units' selects
                 # (timing: a block's output is slow and the multiplexer was the
@@ -349,7 +353,10 @@ class LayerCore(wiring.Component):
         def word(u, n, nm):
             return Array(w[u][n] for w in words)[sels[nm][n * len(sels[nm]) // NL]]
         for n in range(NL):
-            m.d.comb += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
+            # (with ``rmw_stage`` the selected word registered once more, by
+            # the units' adders: their read is issued three cycles early)
+            dom = m.d.sync if p.rmw_stage else m.d.comb
+            dom += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
             total = word(0, n, "scan_bank")
             for u in range(1, len(syns)):
                 total = total + word(u, n, "scan_bank")
@@ -397,6 +404,17 @@ class LayerCore(wiring.Component):
                             m.d.sync += scan_bank.eq(scan_bank + 1)
                     m.next = "IDLE"
         return clearing
+
+
+def _registered(m, values, name: str) -> tuple:
+    """``values`` (signals) each through a register of its own (data not
+    reset; a one-bit value, an enable, reset)."""
+    out = []
+    for i, v in enumerate(values):
+        reg = Signal.like(v, name=f"{name}_{i}", reset_less=len(Value.cast(v)) > 1)
+        m.d.sync += reg.eq(v)
+        out.append(reg)
+    return tuple(out)
 
 
 def _clear_states(m, neu, clearing, then: str, done=(), leaving=None, wait: int = 0) -> None:

@@ -48,6 +48,11 @@ FAULTS = ("threshold", "decay")
 #: memories' writes (:attr:`CoreParams.write_stage`)
 WRITE_STAGE_BITS = 64
 
+#: the memory word width past which a core also registers its current
+#: memories' words once more on each side of the update
+#: (:attr:`CoreParams.rmw_stage`)
+RMW_STAGE_BITS = 256
+
 
 class EngineError(SpikeforgeError, ValueError):
     """A layer or network the engine cannot build, with the layer named."""
@@ -165,6 +170,18 @@ class CoreParams:
         its write data's route took a routed build's whole period), else 0
         (a narrow core, e.g. the iCE40's, keeps its logic cells)."""
         return int(not self.stcb and self.P * self.R * self.cur_width > WRITE_STAGE_BITS)
+
+    @property
+    def rmw_stage(self) -> int:
+        """1 when the core registers its current memories' words once more on
+        each side of the synapse unit's update (a LIF / IF core whose word is
+        wider than :data:`RMW_STAGE_BITS`: the word, spread over a dozen
+        blocks in rows across the device, travelled over 12 ns from the
+        blocks' registers to the update's adders and back in a routed
+        build), else 0: the read is issued three cycles before the update
+        instead of two and a write takes two registers to the memory, so
+        five writes in flight are forwarded instead of three."""
+        return int(self.write_stage and self.P * self.R * self.cur_width > RMW_STAGE_BITS)
 
     def tap_range(self, unit: int) -> tuple[int, int]:
         """Kernel taps ``[t0, t1)`` (raster order, ``t = dy*k + dx``) that

@@ -63,7 +63,8 @@ class SynapseUnit(wiring.Component):
     (read-after-write forwarding: back-to-back events on one neuron, e.g. an
     fc layer with ``G = 1``, stay exact).  A core that registers the writes
     in front of its memories (``write_latency`` = 1) has one more write in
-    flight: the last three are forwarded.
+    flight: the last three are forwarded; a core that registers the word
+    twice each way (``read_latency`` = 3, ``write_latency`` = 2), five.
 
     At an end-of-step marker the unit stops taking events, and once its last
     update is written (into the memory, past the core's write register) it
@@ -79,6 +80,10 @@ class SynapseUnit(wiring.Component):
     weight_latency : int
         Cycles between ``w_addr`` and its ``w_data`` (1, more for a weight
         memory whose read is pipelined: :class:`~spikeforge.hw.memory.SlicedMemory`).
+    read_latency : int
+        Cycles between ``rd_addr`` and its ``rd_data`` (2: the core registers
+        the memory's word; 3: twice).  The writes of the last
+        ``read_latency + write_latency`` updates are forwarded.
 
     Members
     -------
@@ -121,12 +126,13 @@ class SynapseUnit(wiring.Component):
     """
 
     def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0,
-                 weight_latency: int = 1):
+                 weight_latency: int = 1, read_latency: int = 2):
         self._p = p = params
         self._taps = p.tap_range(unit)
         self._unit = unit
         self._wlat = write_latency
         self._rlat = weight_latency
+        self._blat = read_latency
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -268,8 +274,8 @@ class SynapseUnit(wiring.Component):
         # weight data arrives ``weight_latency`` cycles after the walker (the
         # tap waits as long in ``chain``) and is registered
         # (a word event's terms go through an adder tree of several register
-        # stages); the bank read is issued two cycles before the update, its
-        # data registered, so neither memory's output drives the adder
+        # stages); the bank read is issued ``read_latency`` cycles before the
+        # update, its data registered, so neither memory's output drives the adder
         R, sb = p.R, (p.R - 1).bit_length()   # positions per word: word = addr >> sb
         v1 = Signal()
         a1 = Signal(bits_for(p.acc_depth * R - 1), **dreg)  # position address
@@ -326,18 +332,24 @@ class SynapseUnit(wiring.Component):
             # route (router2 diverged); without them it routed at 66.2 MHz
             incs, n_stages = adder_trees(m, terms)
         n_stages += pre
+        # the read is issued ``read_latency`` cycles before the update, from
+        # the walker at the earliest: a stage more for a short pipeline
+        if len(chain) + n_stages < self._blat + 1:
+            incs2 = [Signal.like(inc, name=f"inc{j}_d", **dreg) for j, inc in enumerate(incs)]
+            m.d.sync += [i2.eq(i1) for i2, i1 in zip(incs2, incs)]
+            incs, n_stages = incs2, n_stages + 1
         for st in range(n_stages):
             v, a = Signal(name=f"v_t{st}"), Signal.like(a1, name=f"a_t{st}")
             m.d.sync += [v.eq(chain[-1][0]), a.eq(chain[-1][1])]
             chain.append((v, a))
         valid, a_u = chain[-1]
-        # the read is issued two cycles before the update
-        m.d.comb += self.rd_addr.eq(chain[-3][1] >> sb)
+        # the read is issued ``read_latency`` cycles before the update
+        m.d.comb += self.rd_addr.eq(chain[-1 - self._blat][1] >> sb)
         rd_q = self.rd_data   # registered by the core, bank by bank
 
-        # the writes of the two previous updates (and of ``write_latency``
-        # more, which the core holds in a register in front of the memory) are
-        # not in this cycle's read data: keep them and forward on an address
+        # the writes of the ``read_latency`` previous updates (and of
+        # ``write_latency`` more, which the core holds in registers in front of
+        # the memory) are not in this cycle's read data: keep them and forward on an address
         # match (the newest first).  The matches are found two cycles early,
         # against the address two stages before the update, and go through
         # two levels of registered copies (timing: the selects drive every
@@ -345,8 +357,9 @@ class SynapseUnit(wiring.Component):
         word = a_u >> sb
         # stage[k]: (valid, word) of the tap k stages before the update
         stage = [(v, a >> sb) for v, a in chain[:-4:-1]]
+        ages = self._blat + self._wlat
         wbs = []
-        for age in range(1, 3 + self._wlat):
+        for age in range(1, ages + 1):
             wb_valid = Signal(name=f"wb{age}_valid")
             wb_addr = Signal.like(self.wr_addr, name=f"wb{age}_addr", **dreg)
             wb_data = Signal.like(self.wr_data, name=f"wb{age}_data", **dreg)
@@ -354,7 +367,7 @@ class SynapseUnit(wiring.Component):
             m.d.sync += [wb_valid.eq(src[0]), wb_addr.eq(src[1]), wb_data.eq(src[2])]
             wbs.append((wb_valid, wb_addr, wb_data))
         hits = []
-        for age in range(1, 3 + self._wlat):
+        for age in range(1, ages + 1):
             # the update of ``age`` cycles before the target's, two cycles
             # before the target is updated: still in the pipeline, or written
             v, a = stage[2 - age] if age <= 2 else wbs[age - 3][:2]

@@ -560,6 +560,10 @@ CORE_CASES = [
     ("conv3x3-pool2-P2", 11, LayerKind.CONV, 2, (6, 6), 3, 3, 1, 2, 2, 2, 0.3, 0.5),
     ("conv1x1-P3-bitplanes", 12, LayerKind.CONV, 1, (5, 4), 5, 1, 0, 1, 3, 3, 0.1, 0.3),
     ("fc-P2", 13, LayerKind.FC, 12, None, 5, 1, 0, 1, 2, 1, 0.4, 0.6),
+    # events back to back: one neuron updated again 4 and 5 cycles later
+    # (the oldest writes a core with rmw_stage forwards)
+    ("fc-P2-G4", 15, LayerKind.FC, 12, None, 8, 1, 0, 1, 2, 1, 0.0, 0.2),
+    ("fc-P2-G5", 16, LayerKind.FC, 12, None, 10, 1, 0, 1, 2, 1, 0.0, 0.2),
     # one current memory: the synapse unit waits for each scan to release it
     ("conv3x3-pool2-P2-one-current", 14, LayerKind.CONV, 2, (6, 6), 3, 3, 1, 2, 2, 2, 0.1,
      0.5),
@@ -567,16 +571,18 @@ CORE_CASES = [
 
 
 @pytest.mark.parametrize("reads", [0, 3], ids=["weights", "weights-pipelined"])
-@pytest.mark.parametrize("stage", [0, 1], ids=["direct", "write-stage"])
+@pytest.mark.parametrize("stage", [0, 1, 2], ids=["direct", "write-stage", "rmw-stage"])
 @pytest.mark.parametrize("case", CORE_CASES, ids=[c[0] for c in CORE_CASES])
 def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkeypatch):
     # stage 1: the current memories' writes registered (a wide core's:
-    # CoreParams.write_stage), here forced on these narrow cores; reads 3:
+    # CoreParams.write_stage), here forced on these narrow cores; stage 2:
+    # also their words registered once more each way (CoreParams.rmw_stage); reads 3:
     # the weight memory's read pipelined (a memory of many blocks':
     # hw/memory.py read_stages), 36-bit slices each with its address copy
     from spikeforge.hw import memory as hw_memory
     from spikeforge.hw import params as hw_params
     monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
+    monkeypatch.setattr(hw_params, "RMW_STAGE_BITS", 0 if stage == 2 else 1 << 20)
     if reads:
         monkeypatch.setattr(hw_memory, "read_stages", lambda width, depth: reads)
     name, seed, kind, c_in, size, c_out, k, pad, pool, P, bits, idle, stall = case
@@ -603,7 +609,7 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkey
     cp = net_core_params(net, P)[0]
     if "one-current" in name:
         cp = dataclasses.replace(cp, cur_banks=1)
-    assert cp.write_stage == stage
+    assert cp.write_stage + cp.rmw_stage == stage
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
     assert hw_memory.read_stages(cp.weight_width, cp.weight_depth) == reads
@@ -634,7 +640,7 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkey
     assert first_mismatch(net, ref.spikes, [spikes]) is None
 
 
-@pytest.mark.parametrize("case", [CORE_CASES[0], CORE_CASES[3]], ids=lambda c: c[0])
+@pytest.mark.parametrize("case", [CORE_CASES[0], CORE_CASES[-1]], ids=lambda c: c[0])
 def test_layer_core_reads_collide_with_writes_and_stay_exact(case, monkeypatch):
     """The current memories are read, hundreds of times in a run, at the word
     their write port writes in that cycle; the simulation model returns those
