@@ -111,6 +111,8 @@ _TOOLS = {"ulx3s": ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"),
 # wires in 5 iterations)
 _SYNTH_OPTS = {"ulx3s": "-abc9", "icebreaker": ""}
 _NEXTPNR_OPTS = {"ulx3s": "--router router2", "icebreaker": ""}
+#: the longest routes the report lists (``long_nets``)
+LONG_NETS = 12
 
 
 class BuildError(SpikeforgeError, RuntimeError):
@@ -384,7 +386,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
         (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     plan = plat.build(wrapper, name="top", build_dir=str(out), do_build=False,
-                      nextpnr_opts=("--report top.report.json --timing-allow-fail "
+                      nextpnr_opts=("--report top.report.json --detailed-timing-report "
+                                    "--timing-allow-fail "
                                     + _NEXTPNR_OPTS[board]),
                       synth_opts=_SYNTH_OPTS[board],
                       script_after_read=synth_prep(),
@@ -453,7 +456,38 @@ def summarize(board: str, out_dir: str | Path) -> dict:
         "dsp": used(dsp_k), "dsp_available": avail(dsp_k), "dsp_cell": dsp_k,
         "utilization": util,
         "cells": {k: v for k, v in cells.items() if not k.startswith("$")},
+        **_paths(nr),
     }
+
+
+def _paths(nr: dict) -> dict:
+    """From nextpnr's report: each clock's critical path (start, end, ns of
+    logic and of routing, its longest route) and the :data:`LONG_NETS` nets
+    of the longest routes (with ``--detailed-timing-report``): where a design
+    that misses its clock loses the time."""
+    out = {}
+    paths = []
+    for cp in nr.get("critical_paths", []):
+        steps = cp.get("path") or []
+        if not steps or cp.get("from") != cp.get("to") or "async" in cp.get("from", ""):
+            continue   # a clock's own paths only
+        routes = [st for st in steps if st["type"] == "routing"]
+        longest = max(routes, key=lambda st: st["delay"], default=None)
+        paths.append({
+            "clock": cp["from"], "from": steps[0]["from"]["cell"], "to": steps[-1]["to"]["cell"],
+            "logic_ns": round(sum(st["delay"] for st in steps if st["type"] != "routing"), 2),
+            "routing_ns": round(sum(st["delay"] for st in routes), 2),
+            "longest_route": None if longest is None else
+            {"net": longest.get("net"), "ns": round(longest["delay"], 2)}})
+    if paths:
+        out["critical_paths"] = paths
+    nets = nr.get("detailed_net_timings")
+    if nets:
+        rows = sorted(((max((e["delay"][-1] for e in n["endpoints"]), default=0.0), n)
+                       for n in nets), key=lambda r: -r[0])[:LONG_NETS]
+        out["long_nets"] = [{"net": n["net"], "driver": n["driver"], "fanout": len(n["endpoints"]),
+                             "ns": round(d, 2)} for d, n in rows]
+    return out
 
 
 def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, source,

@@ -83,6 +83,14 @@ def test_report_is_read_from_the_tools(builds, small, board):
     else:
         assert rep["ff"] == sum(n for c, n in cells.items() if c.startswith("SB_DFF")) > 0
     assert rep["lut"] > 0 and rep["ff"] > 0 and rep["bram"] > 0
+    # where the time goes: the critical path's logic and routing add up to
+    # the period at Fmax, and the longest routes are listed, longest first
+    (path,) = rep["critical_paths"]
+    assert path["logic_ns"] + path["routing_ns"] == pytest.approx(1e3 / rep["fmax_mhz"], rel=0.02)
+    assert path["longest_route"]["ns"] <= path["routing_ns"]
+    ns = [n["ns"] for n in rep["long_nets"]]
+    assert len(ns) == B.LONG_NETS and ns == sorted(ns, reverse=True) and ns[0] > 0
+    assert all(n["fanout"] >= 1 and n["net"] and n["driver"] for n in rep["long_nets"])
     if board == "icebreaker":  # the fit check is an upper bound of the RAM blocks used
         assert rep["bram"] <= rep["fit"]["blocks_with_bridge"]
     net, lanes = small
