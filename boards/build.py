@@ -330,7 +330,7 @@ def _tail(path: Path, n: int = 15) -> str:
 def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
           link: LinkConfig = LinkConfig(), allow_timing_fail: bool = False,
           pmod_leds: bool = True, clock_hz: float | None = None,
-          target_mhz: float | None = None, words=None) -> dict:
+          target_mhz: float | None = None, words=None, seed: int | None = None) -> dict:
     """Bitstream + ``report.json`` for ``board`` in ``out_dir``; returns the report.
 
     ``net_or_run``: an IntNetwork, a weight image path or a run folder
@@ -345,7 +345,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     clock (over-constraint: its timing-driven placement and routing then
     work on the design's critical paths, not only on wire length); the
     bitstream still runs at the clock, ``timing_met`` compares Fmax with the
-    clock and the report records ``target_mhz``.
+    clock and the report records ``target_mhz``.  ``seed``: nextpnr's
+    placement seed (recorded as ``nextpnr_seed``; default nextpnr's own).
     """
     from spikeforge import toolchain
     from spikeforge.boards import protocol
@@ -388,6 +389,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     plan = plat.build(wrapper, name="top", build_dir=str(out), do_build=False,
                       nextpnr_opts=("--report top.report.json --detailed-timing-report "
                                     "--timing-allow-fail "
+                                    + ("" if seed is None else f"--seed {int(seed)} ")
                                     + _NEXTPNR_OPTS[board]),
                       synth_opts=_SYNTH_OPTS[board],
                       script_after_read=synth_prep(),
@@ -405,6 +407,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                          f"top.rpt, build.log:\n{detail}")
     report = _report(board, mod, out, top, net, lanes, fit, clock_hz, seconds, source,
                      protocol.design_id(net, lanes, words), pll)
+    report["nextpnr_seed"] = seed
     if prefs:  # nextpnr's constraint was the target: timing is met at the clock
         report.update(clock_mhz=clock_hz / 1e6, target_mhz=target_mhz,
                       timing_met=report["fmax_mhz"] >= clock_hz / 1e6)
@@ -519,14 +522,15 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
 AUTO_MARGIN = 0.95  # ``--clock-mhz auto``: the PLL at this fraction of the measured Fmax
 
 
-def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
+def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=None) -> dict:
     """``spikeforge build RUN --board BOARD``: the run's weight image to
     ``RUN/build/BOARD/`` (bitstream + report.json).  ``lanes`` default: the
     lanes of ``RUN/hw/memories.json`` when the run was exported, else the
     board default's.  ``clock_mhz``: the design clock from the PLL
     (default :data:`DEFAULT_CLOCK_MHZ`); ``"auto"``: build at the oscillator, then again
     with the PLL at ``AUTO_MARGIN`` of the Fmax nextpnr reported (two builds).
-    nextpnr works to the board's :data:`TARGET_MHZ` when that is above the clock."""
+    nextpnr works to the board's :data:`TARGET_MHZ` when that is above the clock;
+    ``seed``: its placement seed (default its own)."""
     run_dir = Path(run_dir)
     board = _board_name(board)
     if clock_mhz is None:
@@ -543,7 +547,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,
-                      target_mhz=TARGET_MHZ[board], words=words)
+                      target_mhz=TARGET_MHZ[board], words=words, seed=seed)
         clock_mhz = int(first["fmax_mhz"] * AUTO_MARGIN)
         if clock_mhz <= first["board_clock_mhz"]:
             if not first["timing_met"]:
@@ -553,7 +557,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None) -> dict:
     try:
         report = build(run_dir, board, out, lanes=lanes,
                        clock_hz=None if clock_mhz is None else clock_mhz * 1e6,
-                       target_mhz=TARGET_MHZ[board], words=words)
+                       target_mhz=TARGET_MHZ[board], words=words, seed=seed)
     except TimingError as e:
         _add_performance(run_dir, e.report, out)
         raise

@@ -164,7 +164,8 @@ def _run_dir(text: str):
 
 def cmd_build(args) -> int:
     from spikeforge.boards.build import build_run
-    rep = build_run(_run_dir(args.run), args.board, lanes=args.lanes, clock_mhz=args.clock_mhz)
+    rep = build_run(_run_dir(args.run), args.board, lanes=args.lanes, clock_mhz=args.clock_mhz,
+                    seed=args.seed)
     print(json.dumps(rep, indent=2))
     return 0
 
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="design clock from the board's PLL, or 'auto': build, then build "
                         "again at 95%% of the Fmax found (default: ULX3S its 25 MHz "
                         "oscillator, iCEBreaker 30 MHz)")
+    p.add_argument("--seed", type=_int_in(1, 2**31 - 1), default=None,
+                   help="nextpnr's placement seed (default: its own): another seed places "
+                        "the same netlist differently, several MHz apart on the ULX3S")
     p.set_defaults(fn=cmd_build)
 
     p = add("infer", "send test images to a board over its UART, compare with the golden model")

@@ -189,6 +189,8 @@ FLAG_CASES = {
     "plan-lanes": (["plan", "RUN", "--lanes", "1000"], ["lane count P", "1000"]),
     "plan-device": (["plan", "RUN", "--device", "xc7a35t"], ["--device", "xc7a35t"]),
     "images-0": (["sim", "RUN", "--images", "0"], ["--images"]),
+    "seed-0": (["build", "RUN", "--board", "ulx3s", "--seed", "0"], ["--seed", "1..2147483647", "not 0"]),
+    "seed-text": (["build", "RUN", "--board", "ulx3s", "--seed", "two"], ["--seed", "'two'"]),
     "unknown-option": (["report", "RUN", "--colour"], ["unrecognized arguments: --colour"]),
     "no-command": ([], ["command"]),
 }

@@ -34,7 +34,7 @@ def builds(tmp_path_factory, small):
     ice = B.build_run(run, "icebreaker")
     ulx_dir = tmp_path_factory.mktemp("ulx3s")
     # through the PLL, nextpnr working to a 50 MHz target (over-constrained)
-    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes, clock_hz=40e6, target_mhz=50)
+    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes, clock_hz=40e6, target_mhz=50, seed=3)
     return {"icebreaker": (ice, run / "build" / "icebreaker"), "ulx3s": (ulx, ulx_dir)}
 
 
@@ -93,6 +93,10 @@ def test_report_is_read_from_the_tools(builds, small, board):
     assert all(n["fanout"] >= 1 and n["net"] and n["driver"] for n in rep["long_nets"])
     if board == "icebreaker":  # the fit check is an upper bound of the RAM blocks used
         assert rep["bram"] <= rep["fit"]["blocks_with_bridge"]
+    # nextpnr's placement seed: the one asked for, on nextpnr's command line
+    seed = {"ulx3s": 3, "icebreaker": None}[board]
+    assert rep["nextpnr_seed"] == seed
+    assert ("--seed 3 " in (out / "build_top.sh").read_text()) is (seed is not None)
     net, lanes = small
     assert rep["design_id"] == P.design_id(net, [lanes] * len(net.layers))
     assert rep["clock_mhz"] == pytest.approx({"ulx3s": 40, "icebreaker": 30}[board], rel=1e-3)
