@@ -459,13 +459,25 @@ def test_neuron_unit_matches_model(case):
         acc = [[banks[scan][j][a] for a in range(p.acc_depth)] for j in range(P)]
 
 
-def test_neuron_unit_clear_zeroes_every_word():
+@pytest.mark.parametrize("scan_first", [False, True], ids=["after-reset", "after-a-scan"])
+def test_neuron_unit_clear_zeroes_every_word(scan_first):
+    """The clear pass writes zeros to every word, also right after a scan
+    (its write-back registers hold the last words then: the zero select's
+    copies must be on before the pass's first write)."""
     layer = make_layer(3, LayerKind.CONV, 2, (3, 5), 5)
     p = core_params(layer, 2, (2, 3, 5))
     acc0 = [[i + 7 * j + 1 for i in range(p.acc_depth)] for j in range(2)]
     dut = NeuHarness(p, neuron_words(layer), acc0)
 
     async def bench(ctx):
+        await ctx.tick().until(~dut.neu.busy)  # the reset-time parameter fetch
+        if scan_first:
+            ctx.set(dut.neu.events.ready, 1)
+            ctx.set(dut.neu.start, 1)
+            await ctx.tick()
+            ctx.set(dut.neu.start, 0)
+            await ctx.tick().until(~dut.neu.mem_busy)
+            assert any(ctx.get(b.data[i]) for b in dut.banks for i in range(p.acc_depth))
         ctx.set(dut.neu.clear, 1)
         await ctx.tick()
         ctx.set(dut.neu.clear, 0)
