@@ -22,11 +22,13 @@ declares such a read "old data", which ECP5 and iCE40 block RAM do not
 promise across ports, so Yosys delays every write a cycle and multiplexes the
 delayed word into the read (``emulate_transparency``): in the default ULX3S
 engine 7,500 flip-flops and 2,900 LUTs, and the critical path of a routed
-build.  Board builds declare the result undefined instead
-(:data:`COLLISION_X`) for the block-RAM engine memories named in
-:data:`COLLISION_X_MEMORIES`, and the simulation model of these memories
-(:func:`read_data`, elaborated with ``platform=None``) returns such a word
-inverted, so a co-simulation fails if any result depends on one.
+build.  :data:`COLLISION_X` declares the result undefined instead for the
+block-RAM engine memories named in :data:`COLLISION_X_MEMORIES`, and the
+simulation model of these memories (:func:`read_data`, elaborated with
+``platform=None``) returns such a word inverted, so a co-simulation fails if
+any result depends on one: every test runs with it.  Builds use it only with
+:data:`spikeforge.toolchain.COLLISION_X_SYNTH` (off: without the emulation
+the default engine's ULX3S builds did not route).
 """
 
 from __future__ import annotations

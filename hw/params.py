@@ -50,8 +50,11 @@ WRITE_STAGE_BITS = 64
 
 #: the memory word width past which a core also registers its current
 #: memories' words once more on each side of the update
-#: (:attr:`CoreParams.rmw_stage`)
-RMW_STAGE_BITS = 256
+#: (:attr:`CoreParams.rmw_stage`): off (no core is this wide).  With it on
+#: for the default engine's layers 0 and 1 (words of 640 and 512 bits),
+#: router2 did not converge on the ULX3S (5,300 overused wires after 21
+#: iterations, read-during-write left undefined; see README, Measured)
+RMW_STAGE_BITS = 1 << 20
 
 
 class EngineError(SpikeforgeError, ValueError):

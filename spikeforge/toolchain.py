@@ -81,13 +81,22 @@ def require(tool: str) -> str:
 HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 
 
+#: whether synthesis declares the engine memories' read-during-write
+#: undefined (:data:`spikeforge.hw.memory.COLLISION_X`: no emulation logic,
+#: 7,500 fewer flip-flops in the default ULX3S engine).  Off: every ULX3S
+#: build of the default engine with it stalled in router2 (5,100-5,900
+#: overused wires after 19-21 iterations, three netlists), where the same
+#: engine with Yosys's emulation routes (README, Measured)
+COLLISION_X_SYNTH = False
+
+
 def synth_prep() -> str:
     """The Yosys commands every synthesis of the engine runs after reading
-    it: :data:`HIDE_ELEMENT_NAMES`, then the engine memories' read-during-
-    write declared undefined (:data:`spikeforge.hw.memory.COLLISION_X`), so
-    builds, calibration and counts synthesise the same logic."""
+    it: :data:`HIDE_ELEMENT_NAMES`, then (:data:`COLLISION_X_SYNTH`) the
+    engine memories' read-during-write declared undefined, so builds,
+    calibration and counts synthesise the same logic."""
     from spikeforge.hw.memory import COLLISION_X
-    return f"{HIDE_ELEMENT_NAMES}; {COLLISION_X}"
+    return f"{HIDE_ELEMENT_NAMES}; {COLLISION_X}" if COLLISION_X_SYNTH else HIDE_ELEMENT_NAMES
 
 
 def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
