@@ -127,8 +127,12 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
 
 
 #: a weight memory of this many ECP5 blocks or more spans block-RAM rows far
-#: apart: its read is pipelined (:func:`read_stages`)
-PIPELINE_BLOCKS = 8
+#: apart: its read is pipelined (:func:`read_stages`).  Off by default (no
+#: memory has this many blocks): every ULX3S build of the default engine
+#: with its layer 1 and 2 weights pipelined (at 8) came out slower or did not
+#: route (57.9 MHz with the rmw stage; far more congested without), against
+#: 72.7 MHz without (README, Measured); set 8 to try it
+PIPELINE_BLOCKS = 1 << 20
 
 
 def ecp5_blocks(width: int, depth: int, configs=ECP5_CONFIGS) -> int:

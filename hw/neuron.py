@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from spikeforge.config import Reset
 from spikeforge.layouts import field_slices, neuron_layout
 
-from .arith import copies, decay, saturate
+from .arith import decay, saturate
 from .params import CoreParams
 from .streams import bits_for
 
@@ -46,10 +46,6 @@ __all__ = ["NeuronUnit", "param_loader", "window_counters", "spike_emitter", "qu
 #: entries of the spike queue between the scan and the emitter (the scan
 #: keeps room for its five pipeline stages and the push register)
 QUEUE_DEPTH = 10
-
-#: cycles the write-back's zero select lags ``final`` / ``clearing`` (its
-#: levels of copies), and so the cycles a clear pass waits before writing
-CLEAR_WAIT = 2
 
 
 def scan_unit_members(p: CoreParams, width: int) -> dict:
@@ -251,13 +247,6 @@ class NeuronUnit(wiring.Component):
         shifts = p.decay_shifts
         if p.fault == "decay" and shifts:  # test-only: a wrong first decay shift
             shifts = (shifts[0] + 1,) + shifts[1:]
-        # the write-back writes zeros after an image's last step and in the
-        # clear pass: the select, in two levels of registered copies, each for
-        # a few lanes (timing: ``final`` and ``clearing`` each drove every bit
-        # of a 704-bit word, the most congested nets of a routed default
-        # engine); they are two cycles late: a scan's first word reaches
-        # this stage five cycles after ``start``, and the clear pass waits
-        zeros = copies(m, final | clearing, "zero", levels=CLEAR_WAIT, bits=NL * S)
         base = []
         for n in range(NL):
             d = decay(u3[n], shifts)
@@ -267,7 +256,7 @@ class NeuronUnit(wiring.Component):
                 b = d - Mux(o3[n], th3[n % P], 0)
             else:
                 b = d
-            base.append(Mux(zeros[n * len(zeros) // NL], 0, b))
+            base.append(Mux(final, 0, b))
 
         # spikes of a window, ORed per lane; a spiking window goes to the queue
         q_layout = queue_layout(p)
@@ -298,20 +287,16 @@ class NeuronUnit(wiring.Component):
             m.d.sync += sp_acc.eq(Mux(t3.win, 0, vec))
 
         # ---------------------------------------------------------- clear pass
-        # (its first CLEAR_WAIT cycles write nothing: the zeros' copies)
         c_addr = Signal.like(addr)
-        c_wait = Signal(range(CLEAR_WAIT + 1))
         with m.If(clearing):
-            with m.If(c_wait != 0):
-                m.d.sync += c_wait.eq(c_wait - 1)
-            with m.Else():
-                m.d.sync += c_addr.eq(c_addr + 1)
-                with m.If(c_addr == p.acc_depth - 1):
-                    m.d.sync += clearing.eq(0)
-                m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
+            m.d.sync += c_addr.eq(c_addr + 1)
+            with m.If(c_addr == p.acc_depth - 1):
+                m.d.sync += clearing.eq(0)
+            m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
+            m.d.comb += [self.wr_data[n].eq(0) for n in range(NL)]
         with m.Else():
             m.d.comb += [self.wr_addr.eq(t3.a), self.wr_en.eq(t3.v)]
-        m.d.comb += [self.wr_data[n].eq(base[n]) for n in range(NL)]
+            m.d.comb += [self.wr_data[n].eq(base[n]) for n in range(NL)]
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
@@ -327,8 +312,7 @@ class NeuronUnit(wiring.Component):
         with m.If(self.start):
             m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
-            m.d.sync += [clearing.eq(1), c_addr.eq(0), c_wait.eq(CLEAR_WAIT),
-                         scanning.eq(0), marker_pending.eq(0),
+            m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
                          t1.v.eq(0), tr.v.eq(0), ts.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0),
                          push.eq(0)]
 

@@ -83,9 +83,9 @@ HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 
 #: whether synthesis declares the engine memories' read-during-write
 #: undefined (:data:`spikeforge.hw.memory.COLLISION_X`: no emulation logic,
-#: 7,500 fewer flip-flops in the default ULX3S engine).  Off: every ULX3S
-#: build of the default engine with it stalled in router2 (5,100-5,900
-#: overused wires after 19-21 iterations, three netlists), where the same
+#: 7,500 fewer flip-flops in the default ULX3S engine).  Off: ULX3S builds
+#: of the default engine with it stalled in router2 (5,100-5,900 overused
+#: wires after 19-21 iterations, in three of four placements), where the
 #: engine with Yosys's emulation routes (README, Measured)
 COLLISION_X_SYNTH = False
 
