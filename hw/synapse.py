@@ -76,7 +76,7 @@ class SynapseUnit(wiring.Component):
     unit : int
         Which share of the kernel taps (:meth:`CoreParams.tap_range`).
     write_latency : int
-        Cycles between ``wr_*`` and the memory's write (0 or 1).
+        Cycles between ``wr_*`` and the memory's write (0 to 2).
     weight_latency : int
         Cycles between ``w_addr`` and its ``w_data`` (1, more for a weight
         memory whose read is pipelined: :class:`~spikeforge.hw.memory.SlicedMemory`).
