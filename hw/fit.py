@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 from spikeforge.errors import SpikeforgeError
 
-from .memory import ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ecp5_in_lutram, slice_bits
+from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ecp5_in_lutram, geometry_blocks,
+                     slice_bits)
 from .network import core_params
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
@@ -78,7 +79,7 @@ class Device:
         if sliced:
             sw = slice_bits(width, depth)
             return sum(self.blocks_for(min(sw, width - lo), depth) for lo in range(0, width, sw))
-        return min(-(-width // cw) * -(-depth // cd) for cw, cd in self.configs)
+        return geometry_blocks(width, depth, self.configs)
 
 
 _ECP5 = ECP5_CONFIGS

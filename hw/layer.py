@@ -159,7 +159,8 @@ class LayerCore(wiring.Component):
             ]
         m.d.comb += [
             mw.ready.eq(1),
-            n_rd.addr.eq(neu.p_addr), neu.p_data.eq(read_data(m, platform, n_rd, n_wr, "neurons")),
+            n_rd.addr.eq(neu.p_addr),
+            neu.p_data.eq(read_data(m, platform, n_rd, n_wr, "neurons")),
             n_wr.addr.eq(mw.payload.addr), n_wr.data.eq(mw.payload.data),
             n_wr.en.eq(mw.valid & (mw.payload.which == 1)),
         ]

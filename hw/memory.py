@@ -41,8 +41,8 @@ from amaranth.lib.wiring import In, Out
 from .arith import copies
 
 __all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
-           "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "read_data",
-           "read_stages", "slice_bits", "SlicedMemory"]
+           "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
+           "read_data", "read_stages", "slice_bits", "SlicedMemory"]
 
 
 class _Synthesis:
@@ -106,6 +106,12 @@ COLLISION_X = ("setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 "
 _LUTRAM_ROWS = {3: 1 / 32, 4: 1 / 24}
 
 
+def geometry_blocks(width: int, depth: int, configs) -> int:
+    """Blocks of a ``width x depth`` memory in one piece: the best of the
+    block configurations ``configs`` ((width, depth) each)."""
+    return min(-(-width // cw) * -(-depth // cd) for cw, cd in configs)
+
+
 def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
     """Whether ``synth_ecp5`` builds a ``width x depth`` memory (one
     synchronous read port, one write port) in LUT RAM rather than block RAM.
@@ -122,8 +128,7 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
     rows = -(-depth // 16)
     if rows <= 2:
         return True
-    blocks = min(-(-width // cw) * -(-depth // cd) for cw, cd in configs)
-    return blocks >= width * _LUTRAM_ROWS[rows]
+    return geometry_blocks(width, depth, configs) >= width * _LUTRAM_ROWS[rows]
 
 
 #: a weight memory of this many ECP5 blocks or more spans block-RAM rows far
@@ -137,9 +142,7 @@ PIPELINE_BLOCKS = 1 << 20
 
 def ecp5_blocks(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
     """ECP5 blocks of a ``width x depth`` memory built in one piece (0 in LUT RAM)."""
-    if ecp5_in_lutram(width, depth, configs):
-        return 0
-    return min(-(-width // cw) * -(-depth // cd) for cw, cd in configs)
+    return 0 if ecp5_in_lutram(width, depth, configs) else geometry_blocks(width, depth, configs)
 
 
 def read_stages(width: int, depth: int) -> int:
