@@ -32,7 +32,8 @@ from spikeforge.sw import golden
 from .arith import const_mul
 from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
-from .streams import EVENT_FIFO_DEPTH, EventFIFO, EventFormat, bits_for, mem_write_layout
+from .streams import (EVENT_FIFO_DEPTH, EventFIFO, EventFork, EventFormat, EventMerge, bits_for,
+                      mem_write_layout)
 
 __all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
            "lane_counts", "split_capable", "layer_input_shapes"]
@@ -98,10 +99,11 @@ def core_params(net, P, faults: dict | None = None,
 
 
 def layer_input_shapes(spec) -> list[tuple[int, int, int]]:
-    """``(C, H, W)`` of each layer's input stream (fc inputs unflattened)."""
+    """``(C, H, W)`` of each layer's input stream (fc inputs unflattened; a
+    residual layer's ``C`` counts the skip's channels too)."""
     shapes, shape = [], tuple(spec.input_shape)
     for layer in spec.layers:
-        shapes.append(shape)
+        shapes.append((layer.synapse_channels, *shape[1:]) if layer.residual else shape)
         shape = (layer.out_channels, *layer.out_size)
     return shapes
 
@@ -304,8 +306,25 @@ class NetworkTop(wiring.Component):
             m.submodules[f"fifo{i}"] = ResetInserter(rst)(f)
             m.submodules[f"core{i}"] = ResetInserter(rst)(core)
             wiring.connect(m, f.r, core.i_events)
-            if i + 1 < n_layers:
-                wiring.connect(m, core.o_events, fifos[i + 1].w)
+        # a residual layer n: layer n-2's output forks, to layer n-1 and
+        # through a skip FIFO to a merge in front of layer n's FIFO
+        outs = [core.o_events for core in self.cores]   # what feeds layer i + 1
+        ins = [f.w for f in fifos]                       # where layer i's input goes
+        for n, ls in enumerate(spec.layers):
+            if not ls.residual:
+                continue
+            fork, skip = EventFork(self.fmt), EventFIFO(self.fmt, self.fifo_depth)
+            merge = EventMerge(self.fmt, ls.in_channels)
+            for name, sub in (("fork", fork), ("skip", skip), ("merge", merge)):
+                m.submodules[f"{name}{n}"] = ResetInserter(rst)(sub)
+            wiring.connect(m, outs[n - 2], fork.i)
+            outs[n - 2] = fork.a
+            wiring.connect(m, fork.b, skip.w)
+            wiring.connect(m, skip.r, merge.s)
+            wiring.connect(m, merge.o, ins[n])
+            ins[n] = merge.a
+        for i in range(n_layers - 1):
+            wiring.connect(m, outs[i], ins[i + 1])
         last = self.cores[-1].o_events
         m.d.comb += last.ready.eq(1)
 

@@ -67,7 +67,7 @@ class CoreParams:
     index: int
     kind: LayerKind
     in_shape: tuple[int, int, int]   # (C, H, W) of the input stream
-    c_in: int                        # weight rows: in_channels (fc: flattened inputs)
+    c_in: int                        # weight rows: synapse_channels (fc: flattened inputs)
     c_out: int
     k: int
     pad: int
@@ -147,7 +147,7 @@ class CoreParams:
             raise EngineError(f"layer {index}: {units!r} synapse units; two are for a LIF / IF "
                               "conv layer past layer 0 (kernel > 1) with a lane per output "
                               "channel")
-        return cls(index, s.kind, tuple(in_shape), s.in_channels, s.out_channels, s.kernel,
+        return cls(index, s.kind, tuple(in_shape), s.synapse_channels, s.out_channels, s.kernel,
                    s.padding, hc, wc, s.pool, P, layer.weight_bits, layer.state_bits,
                    layer.acc_bits, width, layer.input_bits, tuple(layer.decay_shifts),
                    s.neuron.reset, fmt, fault, stcb, timesteps, static,

@@ -56,7 +56,8 @@ def random_int_layer(rng: random.Random, gen: torch.Generator, spec: LayerSpec, 
     lim = 1 << (wb - 1)
     c = spec.out_channels
     # a mild positive bias keeps deeper layers active
-    w = torch.randint(-lim, lim, (c, spec.in_channels, spec.kernel, spec.kernel), generator=gen)
+    w = torch.randint(-lim, lim, (c, spec.synapse_channels, spec.kernel, spec.kernel),
+                      generator=gen)
     w = torch.where(torch.rand(w.shape, generator=gen) < 0.25, w.abs().clamp(max=lim - 1), w)
     zero = torch.zeros(c, dtype=torch.int64)
     probe = IntLayer(spec, w, zero, zero + 1, zero, tuple(shifts), wb, 16, 32, input_bits)
@@ -79,9 +80,13 @@ def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int]
                    channels: tuple[int, int] = (2, 6), T: tuple[int, int] = (2, 5),
                    input_bits: tuple[int, int] = (1, 4), classes: int | None = None,
                    voting: int | None = None, density: float = 0.5,
-                   strict: bool | None = False, kernels: tuple[int, ...] = (1, 3)) -> IntNetwork:
+                   strict: bool | None = False, kernels: tuple[int, ...] = (1, 3),
+                   blocks: int = 0) -> IntNetwork:
     """A random LIF/IF network: 1..``max_layers_conv`` conv layers (k drawn from
-    ``kernels``, random padding, pool 1 or 2), then an fc layer of ``classes * voting``.
+    ``kernels``, random padding, pool 1 or 2), then ``blocks`` residual
+    blocks (two 3x3 convs keeping the channels, the second ``residual``, its
+    skip weights random like the rest, pool 1 or 2), then an fc layer of
+    ``classes * voting``.
 
     Thresholds are set from a calibration input drawn like :func:`random_frames`
     (``density`` of the pixels non-zero).  ``strict``: every layer's spike
@@ -115,6 +120,14 @@ def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int]
         specs.append((LayerSpec(LayerKind.CONV, c, out, (hh, ww), kernel=k, padding=pad,
                                 pool=pool, neuron=neuron), shifts))
         c, (hh, ww) = out, specs[-1][0].out_size
+    for b in range(blocks):
+        for residual in (False, True):
+            neuron, shifts = _neuron(rng, draw())
+            pool = 2 if (residual and b == blocks - 1 and hh % 2 == 0 and ww % 2 == 0
+                         and min(hh, ww) >= 4 and rng.random() < 0.5) else 1
+            specs.append((LayerSpec(LayerKind.CONV, c, c, (hh, ww), kernel=3, padding=1,
+                                    pool=pool, neuron=neuron, residual=residual), shifts))
+        hh, ww = specs[-1][0].out_size
     neuron, shifts = _neuron(rng, draw())
     specs.append((LayerSpec(LayerKind.FC, c * hh * ww, classes * voting, (1, 1), neuron=neuron),
                   shifts))
@@ -122,10 +135,12 @@ def random_network(seed: int, *, max_layers_conv: int = 2, size: tuple[int, int]
                         classes, encoding="bitplane" if bitplane else "direct", voting=voting)
     calib = _frames(nspec, random.Random(seed + 7919), seed + 7919, density)
     x = golden.input_values(nspec, calib, bits)
-    ints = []
+    ints, block_in = [], None
     for i, (spec, shifts) in enumerate(specs):
-        il = random_int_layer(rng, gen, spec, shifts, bits if i == 0 else 1, x)
+        xin = torch.cat([x, block_in], 2) if spec.residual else x
+        il = random_int_layer(rng, gen, spec, shifts, bits if i == 0 else 1, xin)
         ints.append(il)
+        block_in = x
         # the layer's spikes on the calibration input feed the next layer's calibration
         part = dataclasses.replace(nspec, layers=nspec.layers[:i + 1], classes=spec.out_features,
                                    voting=1)

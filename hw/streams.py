@@ -51,7 +51,7 @@ from spikeforge.config import LayerKind
 from spikeforge.layouts import pack, unpack
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["EventFormat", "EventFIFO", "EVENT_FIFO_DEPTH", "bits_for"]
+__all__ = ["EventFormat", "EventFIFO", "EventFork", "EventMerge", "EVENT_FIFO_DEPTH", "bits_for"]
 
 #: the event FIFOs' depth where nothing sets it (a plan records its device's)
 EVENT_FIFO_DEPTH = 8
@@ -86,7 +86,7 @@ class EventFormat:
         c, h, w = spec.input_shape
         chans, hs, ws = [c], [h], [w]
         for layer in spec.layers:
-            chans.append(layer.out_channels)
+            chans += [layer.out_channels, layer.synapse_channels]
             hs.append(layer.out_size[0])
             ws.append(layer.out_size[1])
         max_shift = max(0, net.layers[0].input_bits - 1)  # bit planes, MSB first
@@ -184,4 +184,84 @@ class EventFIFO(wiring.Component):
             f.r_en.eq(self.r.ready),
             self.level.eq(f.level),
         ]
+        return m
+
+
+class EventFork(wiring.Component):
+    """One event stream to two: each beat (spikes and markers alike) goes
+    to ``a`` and ``b`` in the same cycle, when both are ready.  Where a
+    residual block starts: ``a`` feeds the block's first layer, ``b`` the
+    skip to the layer that closes it (:class:`EventMerge`).
+
+    Members
+    -------
+    i : In(stream.Signature(fmt.layout))
+    a, b : Out(stream.Signature(fmt.layout))
+    """
+
+    def __init__(self, fmt: EventFormat):
+        super().__init__({"i": In(fmt.signature), "a": Out(fmt.signature),
+                          "b": Out(fmt.signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [
+            self.a.payload.eq(self.i.payload),
+            self.b.payload.eq(self.i.payload),
+            self.a.valid.eq(self.i.valid & self.b.ready),
+            self.b.valid.eq(self.i.valid & self.a.ready),
+            self.i.ready.eq(self.a.ready & self.b.ready),
+        ]
+        return m
+
+
+class EventMerge(wiring.Component):
+    """Two event streams of the same time steps into one, for a residual
+    layer: the block's own spikes (``a``) and the skip (``s``, the block
+    input's spikes, their channel moved up by ``offset``: the layer's
+    synapses see ``[a, s]`` as one input of ``2 * offset`` channels).
+
+    Spikes pass one a cycle, ``a``'s first.  A step's end-of-step marker is
+    taken from each stream as it comes and held back; the stream that has
+    given its marker waits, and the second marker goes out as the step's
+    one marker.  The order of a step's spikes does not matter to the layer
+    (its current is their sum), and neither stream waits on the other
+    within a step, so a fork upstream cannot deadlock: the fork hands a
+    step's marker to both streams at once.
+
+    Members
+    -------
+    a, s : In(stream.Signature(fmt.layout))
+    o : Out(stream.Signature(fmt.layout))
+    """
+
+    def __init__(self, fmt: EventFormat, offset: int):
+        self._fmt = fmt
+        self._offset = offset
+        super().__init__({"a": In(fmt.signature), "s": In(fmt.signature),
+                          "o": Out(fmt.signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        a, s, o = self.a, self.s, self.o
+        held_a, held_s = Signal(), Signal()     # this step's marker taken from a / s
+        pick_a = a.valid & ~held_a
+        pick_s = s.valid & ~held_s & ~pick_a
+        skip = Signal(self._fmt.layout)
+        m.d.comb += [skip.eq(s.payload), skip.channel.eq(s.payload.channel + self._offset)]
+        # a marker goes out only as the second of its step; the first is taken silently
+        mark_a = pick_a & a.payload.last
+        mark_s = pick_s & s.payload.last
+        second = mark_a & held_s | mark_s & held_a
+        silent = (mark_a | mark_s) & ~second
+        m.d.comb += [
+            o.valid.eq((pick_a | pick_s) & ~silent),
+            o.payload.eq(Mux(pick_a, a.payload, skip)),
+            a.ready.eq(pick_a & (silent | o.ready)),
+            s.ready.eq(pick_s & (silent | o.ready)),
+        ]
+        with m.If(silent):
+            m.d.sync += [held_a.eq(held_a | mark_a), held_s.eq(held_s | mark_s)]
+        with m.If(second & o.ready):
+            m.d.sync += [held_a.eq(0), held_s.eq(0)]
         return m

@@ -59,7 +59,6 @@ class Reset(str, enum.Enum):
 class LayerKind(str, enum.Enum):
     CONV = "conv"
     FC = "fc"
-    RESBLOCK = "resblock"  # two 3x3 convs with an identity skip; software only
 
 
 class PoolMode(str, enum.Enum):
@@ -158,6 +157,13 @@ class LayerSpec:
 
     For ``fc`` layers ``in_size`` is ``(1, 1)`` and ``in_channels`` is the
     flattened input size (flatten order: channel, row, column).
+
+    ``residual`` (conv only): the layer closes a residual block (STS-ResNet):
+    its current also adds, through an identity skip, the spikes of the
+    block's input, which is the previous layer's input (channels and size
+    kept by both layers).  Its synapses see ``2 * in_channels`` channels,
+    the previous layer's output then the block input
+    (:attr:`synapse_channels`).
     """
 
     kind: LayerKind
@@ -171,8 +177,11 @@ class LayerSpec:
     bias: bool = True
     batchnorm: bool = False
     neuron: NeuronSpec = field(default_factory=NeuronSpec)
+    residual: bool = False
 
     def __post_init__(self):
+        _check(self.kind != "resblock", "layer.kind 'resblock' is gone: a residual block is two "
+               "conv layers, the second with residual true (train sts-resnet again)")
         object.__setattr__(self, "kind", _enum(LayerKind, self.kind, "layer.kind"))
         object.__setattr__(self, "pool_mode", _enum(PoolMode, self.pool_mode, "layer.pool_mode"))
         _check(isinstance(self.in_size, (tuple, list)) and len(self.in_size) == 2
@@ -182,7 +191,7 @@ class LayerSpec:
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronSpec(**self.neuron))
         _types(self, "layer", bias=(bool,), batchnorm=(bool,), padding=(int,),
-               neuron=(NeuronSpec,))
+               neuron=(NeuronSpec,), residual=(bool,))
         for name in ("in_channels", "out_channels", "kernel", "pool"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"layer.{name} must be a positive integer, not {v!r}")
@@ -193,10 +202,13 @@ class LayerSpec:
         if self.kind is LayerKind.FC:
             _check(self.in_size == (1, 1) and self.kernel == 1 and self.pool == 1,
                    "an fc layer has in_size (1, 1), kernel 1 and pool 1")
-        if self.kind is LayerKind.RESBLOCK:
-            _check(self.in_channels == self.out_channels and self.kernel % 2 == 1
-                   and self.padding == self.kernel // 2,
-                   "a resblock keeps its channels and size (odd kernel, same padding)")
+        if self.residual:
+            _check(self.kind is LayerKind.CONV and self.in_channels == self.out_channels
+                   and self.kernel % 2 == 1 and self.padding == self.kernel // 2,
+                   "a residual layer is a conv that keeps its channels and size (odd kernel, "
+                   "same padding)")
+            _check(self.neuron.kind is not NeuronKind.STCB,
+                   "a residual layer has LIF / IF neurons (STCB blocks take no skips)")
         h, w = self.conv_size
         _check(h >= 1 and w >= 1, f"layer kernel {self.kernel} does not fit input {self.in_size}")
         _check(h % self.pool == 0 and w % self.pool == 0,
@@ -220,6 +232,12 @@ class LayerSpec:
     @property
     def fan_in(self) -> int:
         return self.in_channels * self.kernel * self.kernel
+
+    @property
+    def synapse_channels(self) -> int:
+        """Input channels of the layer's synapses: ``in_channels``, doubled
+        for a residual layer (its input, then the block input's skip)."""
+        return 2 * self.in_channels if self.residual else self.in_channels
 
     @property
     def out_features(self) -> int:
@@ -284,6 +302,13 @@ class NetworkSpec:
                 _check((layer.in_channels, *layer.in_size) == (c, h, w),
                        f"layer {i}: expects input {layer.in_channels}x{layer.in_size[0]}x"
                        f"{layer.in_size[1]}, previous layer gives {c}x{h}x{w}")
+            if layer.residual:
+                prev = self.layers[i - 1] if i >= 2 else None
+                _check(prev is not None and prev.kind is LayerKind.CONV and prev.pool == 1
+                       and prev.in_channels == prev.out_channels == layer.in_channels
+                       and prev.in_size == layer.in_size,
+                       f"layer {i}: a residual layer follows a conv layer (not layer 0) that "
+                       "keeps its channels and size, unpooled: the skip adds that layer's input")
             shape = (layer.out_channels, *layer.out_size)
         _check(self.layers[-1].out_features == self.classes * self.voting,
                f"last layer has {self.layers[-1].out_features} outputs, expected classes*voting = "
@@ -298,7 +323,11 @@ class NetworkSpec:
             if isinstance(v, tuple):
                 return [conv(x) for x in v]
             return v
-        return conv(self)
+        d = conv(self)
+        for layer in d["layers"]:   # written only where set: older specs read the same
+            if not layer["residual"]:
+                del layer["residual"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":

@@ -264,7 +264,7 @@ def _network(m: dict, blob: memoryview) -> IntNetwork:
         widths = {k: _int(d[k], f"{where}.{k}", 1, 64) for k in LAYER_KEYS[1:5]}
         arrays = _obj(d["arrays"], f"{where}.arrays", ARRAYS)
         c = ls.out_channels
-        want = {"weight": (c, ls.in_channels, ls.kernel, ls.kernel), "bias": (c,),
+        want = {"weight": (c, ls.synapse_channels, ls.kernel, ls.kernel), "bias": (c,),
                 "theta": (c,), "shift": (c,)}
         fixed = {"weight": widths["weight_bits"], "shift": SHIFT_BITS}
         arrs = {name: _descriptor(arrays[name], f"{where}.arrays.{name}", len(blob), want[name],
@@ -481,9 +481,12 @@ def input_lanes(net: IntNetwork, P: int | list[int], words: list[int] | None = N
 
 def takes_words(net: IntNetwork, n: int) -> bool:
     """Whether layer ``n > 0`` takes word events: a LIF / IF conv layer after
-    a LIF / IF layer."""
+    a LIF / IF layer, neither a residual layer nor the first layer of a
+    residual block (the skip joins the two streams as single spikes)."""
     il = net.layers[n]
-    return il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
+    closes = n + 1 < len(net.layers) and net.layers[n + 1].spec.residual
+    return (il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
+            and not il.spec.residual and not closes)
 
 
 def word_lanes(net: IntNetwork, P, words) -> list[int]:

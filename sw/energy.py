@@ -15,7 +15,7 @@ Both papers' formulas, 45 nm figures (Horowitz, ISSCC 2014):
 
 from __future__ import annotations
 
-from spikeforge.config import LayerKind, NetworkSpec, NeuronKind
+from spikeforge.config import NetworkSpec, NeuronKind
 
 E_AC_PJ = 0.1
 E_MAC_INT_PJ = 3.2
@@ -28,7 +28,7 @@ def layer_macs(spec: NetworkSpec) -> list[int]:
     for l in spec.layers:
         h, w = l.conv_size
         n = l.fan_in * l.out_channels * h * w
-        out.append(2 * n if l.kind is LayerKind.RESBLOCK else n)
+        out.append(n + (l.out_channels * h * w if l.residual else 0))  # the skip: one add
     return out
 
 

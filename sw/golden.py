@@ -42,6 +42,12 @@ STCB layers (STCSNN), per neuron: the input is the previous layer's value
 
 so the value sent on is ``y = sum_t s[t] << (T-1-t) = clamp(u[0], 0, 2**T - 1)``.
 
+Residual layers (``residual``, LIF / IF convs closing an STS-ResNet block):
+the layer's input is the channel concatenation ``[x, x_block]`` of the
+previous layer's spikes and that layer's own input (the block input), so
+``weight`` is ``[C_out, 2 * C_in, k, k]``: the second half is the skip (the
+quantizer's identity at the centre tap; the contract takes any weights).
+
 Pooling (``pool > 1``) is the max over each window of the layer's outputs:
 an OR of binary spikes; for STCB the max of ``u[0]``, before the STEB.
 
@@ -70,7 +76,8 @@ class ContractError(SpikeforgeError, ValueError):
 class IntLayer:
     """Integer parameters of one layer (module docstring for their meaning).
 
-    ``weight`` int64 ``[C_out, C_in, k, k]`` (fc: ``[out, in, 1, 1]``),
+    ``weight`` int64 ``[C_out, C_in, k, k]`` (fc: ``[out, in, 1, 1]``;
+    residual: ``[C_out, 2 * C_in, k, k]``, :attr:`LayerSpec.synapse_channels`),
     ``bias`` / ``theta`` / ``shift`` int64 ``[C_out]``.  ``theta`` is unused by
     STCB layers, ``shift`` (the CAB rescale ``r``) by LIF/IF layers.
     """
@@ -89,7 +96,7 @@ class IntLayer:
     def __post_init__(self):
         s = self.spec
         c = s.out_channels
-        want = (c, s.in_channels, s.kernel, s.kernel)
+        want = (c, s.synapse_channels, s.kernel, s.kernel)
         for name, shape in (("weight", want), ("bias", (c,)), ("theta", (c,)), ("shift", (c,))):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
@@ -134,8 +141,8 @@ class IntNetwork:
         for i, (il, ls) in enumerate(zip(self.layers, self.spec.layers)):
             if il.spec != ls:
                 raise ContractError(f"layer {i}: integer layer spec differs from the network spec")
-            if ls.kind is LayerKind.RESBLOCK or ls.pool > 1 and ls.pool_mode.value != "max":
-                raise ContractError(f"layer {i}: {ls.kind.value} / {ls.pool_mode.value} pooling "
+            if ls.pool > 1 and ls.pool_mode.value != "max":
+                raise ContractError(f"layer {i}: {ls.pool_mode.value} pooling "
                                     "has no integer contract (software only)")
 
 
@@ -306,8 +313,10 @@ def run(net: IntNetwork, x: torch.Tensor) -> GoldenResult:
             packed.append(pack(s))
         final = h.reshape(h.shape[0], -1)
     else:
+        block_in = None     # the previous layer's input: a residual layer's skip
         for layer in net.layers:
-            h = _lif_layer(layer, h)
+            x = torch.cat([h, block_in], 2) if layer.spec.residual else h
+            block_in, h = h, _lif_layer(layer, x)
             packed.append(pack(h))
         final = h.reshape(T, h.shape[1], -1).sum(0)
     scores = final.view(final.shape[0], spec.classes, spec.voting).sum(2)

@@ -24,7 +24,8 @@ Models (``MODELS``):
                 pool, FC; decay 0.8 with reset, as the authors' code.  Their
                 defects are fixed: the blocks are registered sub-modules (a
                 plain list was never trained) and every LIF output is used.
-                Software only: the hardware takes chains, not skips.
+                A block is two conv layers, the second ``residual``: its
+                current adds the block input's spikes (the identity skip).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def _chain(input_shape, timesteps, classes, plan, neuron, frames=1, encoding="di
             layers.append(LayerSpec(LayerKind.CONV, c, out, (h, w), kernel=k, padding=k // 2,
                                     pool=pool, batchnorm=batchnorm, neuron=neuron))
         elif item[0] == "res":
-            layers.append(LayerSpec(LayerKind.RESBLOCK, c, c, (h, w), kernel=3, padding=1,
-                                    batchnorm=batchnorm, neuron=neuron))
+            layers += [LayerSpec(LayerKind.CONV, c, c, (h, w), kernel=3, padding=1,
+                                 batchnorm=batchnorm, neuron=neuron, residual=r)
+                       for r in (False, True)]
         else:
             layers.append(LayerSpec(LayerKind.FC, c * h * w, item[1], (1, 1),
                                     batchnorm=batchnorm, neuron=neuron))
@@ -157,8 +159,7 @@ MAX_NEURONS = 50_000_000
 
 def check_size(spec: NetworkSpec) -> None:
     """Refuse a spec too big to allocate, before any tensor is made."""
-    params = sum(l.fan_in * l.out_channels * (2 if l.kind is LayerKind.RESBLOCK else 1)
-                 for l in spec.layers)
+    params = sum(l.fan_in * l.out_channels for l in spec.layers)
     neurons = sum(l.neurons for l in spec.layers)
     if params > MAX_PARAMETERS:
         raise ModelError(f"{spec.name}: {params:,} parameters exceed the limit of "
@@ -186,11 +187,8 @@ class _Layer(nn.Module):
             self.syn = nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel,
                                  padding=spec.padding, bias=spec.bias)
             self.bn = nn.BatchNorm2d(spec.out_channels) if spec.batchnorm else None
-        if spec.kind is LayerKind.RESBLOCK:
-            self.syn2 = nn.Conv2d(spec.out_channels, spec.out_channels, spec.kernel,
-                                  padding=spec.padding, bias=spec.bias)
-            self.bn2 = nn.BatchNorm2d(spec.out_channels) if spec.batchnorm else None
-            self.neuron2 = LIF(spec.neuron)
+        if spec.residual:   # the skip's weight per channel: 1 (an identity) in training
+            self.register_buffer("skip", torch.ones(spec.out_channels), persistent=False)
         stcb = spec.neuron.kind is NeuronKind.STCB
         self.neuron = STCB(spec.neuron, timesteps) if stcb else LIF(spec.neuron)
 
@@ -266,6 +264,7 @@ class SpikingNet(nn.Module):
             return self._run_stcb(x)
         T, B = x.shape[:2]
         h, spikes = x, []
+        block_in = None     # the previous layer's input: a residual layer's skip
         last = len(self.layers) - 1
         for n, layer in enumerate(self.layers):
             s = layer.spec
@@ -286,26 +285,23 @@ class SpikingNet(nn.Module):
                 if s.kind is LayerKind.FC and self.dropout is not None and n == last:
                     flat = self.dropout(flat)
                 cur = layer.current(flat, layer.syn, layer.bn)
-                if s.kind is LayerKind.RESBLOCK:
-                    o = layer.neuron(cur.view(T, B, *cur.shape[1:]), beta)
-                    cur2 = layer.current(o.flatten(0, 1), layer.syn2, layer.bn2) + flat
-                    o = layer.neuron2(cur2.view(T, B, *cur2.shape[1:]), beta, pool=pool)
-                else:
-                    o = layer.neuron(cur.view(T, B, *cur.shape[1:]), beta, pool=pool)
+                if s.residual:
+                    cur = cur + block_in.reshape(cur.shape) * layer.skip.view(1, -1, 1, 1)
+                o = layer.neuron(cur.view(T, B, *cur.shape[1:]), beta, pool=pool)
             if s.pool > 1 and pool == 1:
                 o = layer.pool(o.flatten(0, 1)).view(T, B, s.out_channels, *s.out_size)
             spikes.append(o)
-            h = o
+            block_in, h = h, o
         scores = h.sum(0).view(B, self.spec.classes, self.spec.voting).sum(2)
         return Trace(scores, spikes)
 
     def _static_input(self, x: torch.Tensor) -> bool:
         """Layer 0 may run once on ``x[0]``: a static frame, direct-encoded,
-        truly the same at every step, and no dropout or skip in layer 0."""
+        truly the same at every step, and no dropout in layer 0."""
         s, l0 = self.spec, self.spec.layers[0]
         if s.frames != 1 or s.encoding != "direct" or x.shape[0] < 2:
             return False
-        if l0.kind is LayerKind.RESBLOCK or (self.dropout is not None and len(self.layers) == 1):
+        if self.dropout is not None and len(self.layers) == 1:
             return False
         if l0.batchnorm and x.shape[1] * l0.conv_size[0] * l0.conv_size[1] < 2:
             return False    # batch norm needs two values per channel in B frames
@@ -352,9 +348,9 @@ def from_weights(spec: NetworkSpec, weights) -> SpikingNet:
     with torch.no_grad():
         for n, (layer, pair) in enumerate(zip(net.layers, weights)):
             s = layer.spec
-            if s.kind is LayerKind.RESBLOCK or s.batchnorm:
-                raise ModelError(f"layer {n}: {s.kind.value} with batch norm / skips cannot be "
-                                 "built from plain weights; fold them first")
+            if s.batchnorm:
+                raise ModelError(f"layer {n}: a layer with batch norm cannot be built from "
+                                 "plain weights; fold it first")
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise ModelError(f"layer {n}: expected a pair (weight, bias)")
             w, b = (None if v is None else torch.as_tensor(v, dtype=torch.float32) for v in pair)

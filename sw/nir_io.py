@@ -683,8 +683,9 @@ def export_graph(model, dt: float = EXPORT_DT):
 
     shape = spec.input_shape
     for n, (layer, ls) in enumerate(zip(model.layers, spec.layers)):
-        if ls.kind is LayerKind.RESBLOCK:
-            raise NIRError(f"layer {n}: residual blocks are not a chain; NIR export takes chains")
+        if ls.residual:
+            raise NIRError(f"layer {n}: a residual layer's skip is not a chain; NIR export "
+                           "takes chains")
         w, b = folded(layer)
         w = w.float().numpy()
         b = b.float().numpy()

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import parametrize
 
-from spikeforge.config import LayerKind, NetworkSpec, NeuronKind, Reset
+from spikeforge.config import NetworkSpec, NeuronKind, Reset
 from spikeforge.errors import SpikeforgeError
 from spikeforge.sw import golden
 from spikeforge.sw.golden import IntLayer, IntNetwork, signed_bits
@@ -124,7 +124,9 @@ def state_range(i_lo: int, i_hi: int, theta: int, shifts: tuple[int, ...],
 
 
 def folded(layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float ``(weight [C_out, C_in, k, k], bias [C_out])`` with batch norm folded in."""
+    """Float ``(weight [C_out, C_in, k, k], bias [C_out])`` with batch norm folded
+    in; a residual layer's weight also holds its skip (``[C_out, 2 * C_in, k, k]``,
+    the golden model's input order)."""
     w = layer.syn.weight.detach().to(torch.float64)
     c = w.shape[0]
     b = layer.syn.bias.detach().to(torch.float64) if layer.syn.bias is not None \
@@ -134,7 +136,21 @@ def folded(layer) -> tuple[torch.Tensor, torch.Tensor]:
         g = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
         w = w * g.view(-1, *([1] * (w.dim() - 1)))
         b = (b - bn.running_mean.double()) * g + bn.bias.detach().double()
-    return w.reshape(c, layer.spec.in_channels, layer.spec.kernel, layer.spec.kernel), b
+    s = layer.spec
+    w = w.reshape(c, s.in_channels, s.kernel, s.kernel)
+    if s.residual:
+        w = torch.cat([w, skip_weight(s, layer.skip.detach().double())], 1)
+    return w, b
+
+
+def skip_weight(spec, scale: torch.Tensor) -> torch.Tensor:
+    """A residual layer's skip as conv weights ``[C, C, k, k]``: output
+    channel ``c`` takes ``scale[c]`` times the block input's channel ``c`` at
+    the centre tap."""
+    c, k = spec.in_channels, spec.kernel
+    w = torch.zeros(c, c, k, k, dtype=scale.dtype)
+    w[range(c), range(c), k // 2, k // 2] = scale
+    return w
 
 
 def _qmax(bits: int) -> int:
@@ -209,8 +225,6 @@ def _stcb_layer(n: int, layer, qc: QuantConfig, in_unit: float, T: int, clip: fl
 
 def check_mappable(spec: NetworkSpec) -> None:
     for n, l in enumerate(spec.layers):
-        if l.kind is LayerKind.RESBLOCK:
-            raise QuantizeError(f"layer {n}: residual blocks are software only (no integer contract)")
         if l.pool > 1 and l.pool_mode.value != "max":
             raise QuantizeError(f"layer {n}: {l.pool_mode.value} pooling is software only; "
                                 "train with pool_mode='max' (an OR on spikes)")
@@ -329,16 +343,16 @@ def calibrate(model: SpikingNet, qc: QuantConfig, x: torch.Tensor, y: torch.Tens
 class _FakeQuant(torch.nn.Module):
     """Straight-through fake quantization of a weight tensor to ``bits``."""
 
-    def __init__(self, bits: int, per_channel: bool):
+    def __init__(self, bits: int, per_channel: bool, floor: float = 1e-12):
         super().__init__()
-        self.bits, self.per_channel = bits, per_channel
+        self.bits, self.per_channel, self.floor = bits, per_channel, floor
 
     def forward(self, w):
         if self.per_channel:
             amax = w.detach().abs().flatten(1).amax(1).view(-1, *([1] * (w.dim() - 1)))
         else:
             amax = w.detach().abs().max()
-        s = amax.clamp(min=1e-12) / _qmax(self.bits)
+        s = amax.clamp(min=self.floor) / _qmax(self.bits)
         q = torch.round(w / s).clamp(-_qmax(self.bits) - 1, _qmax(self.bits)) * s
         return w + (q - w).detach()
 
@@ -350,8 +364,10 @@ def fake_quantized(model: SpikingNet, qc: QuantConfig):
     @contextlib.contextmanager
     def ctx():
         mods = [l.syn for l in model.layers]
-        for m in mods:
-            parametrize.register_parametrization(m, "weight", _FakeQuant(qc.weight_bits, qc.per_channel))
+        for m, l in zip(mods, model.layers):
+            # a residual layer's scale also covers its skip weight, 1 (see folded)
+            fq = _FakeQuant(qc.weight_bits, qc.per_channel, 1.0 if l.spec.residual else 1e-12)
+            parametrize.register_parametrization(m, "weight", fq)
         try:
             yield model
         finally:
@@ -383,7 +399,15 @@ def integer_reference(net: IntNetwork) -> SpikingNet:
     ref = SpikingNet(dataclasses.replace(spec, layers=tuple(layers)))
     with torch.no_grad():
         for m, il, norm in zip(ref.layers, net.layers, norms):
-            m.syn.weight.copy_((il.weight.double() / norm.view(-1, 1, 1, 1)).view_as(m.syn.weight))
+            w = il.weight.double() / norm.view(-1, 1, 1, 1)
+            if il.spec.residual:    # the skip half: an identity at the centre tap, scaled
+                c, k = il.spec.in_channels, il.spec.kernel
+                w, skip = w[:, :c], w[:, c:]
+                m.skip.copy_(skip[range(c), range(c), k // 2, k // 2])
+                if not torch.equal(skip, skip_weight(il.spec, m.skip.double())):
+                    raise QuantizeError("a residual layer's skip weights are not a scaled "
+                                        "identity at the centre tap: no float reference")
+            m.syn.weight.copy_(w.view_as(m.syn.weight))
             m.syn.bias.copy_(il.bias.double() / norm)
     return ref.double()
 

@@ -48,6 +48,33 @@ def test_pool_must_divide_and_kernel_must_fit():
         LayerSpec(LayerKind.CONV, 1, 4, (7, 7), kernel=3, padding=3)
 
 
+def test_residual_layers_close_a_block_that_keeps_its_shape():
+    conv = lambda c_in, c, size, **kw: LayerSpec(LayerKind.CONV, c_in, c, size, kernel=3,
+                                                 padding=1, **kw)
+    fc = lambda n: LayerSpec(LayerKind.FC, n, 2, (1, 1))
+    ok = NetworkSpec("r", (1, 8, 8), 4, (conv(1, 4, (8, 8)), conv(4, 4, (8, 8)),
+                                         conv(4, 4, (8, 8), residual=True, pool=2), fc(64)), 2)
+    assert [l.synapse_channels for l in ok.layers] == [1, 4, 8, 64]
+    assert "residual" not in ok.to_dict()["layers"][1]     # written only where set
+    assert NetworkSpec.from_dict(ok.to_dict()) == ok
+    with pytest.raises(SpecError, match=r"^layer 1: a residual layer follows a conv layer "
+                                        r"\(not layer 0\)"):
+        NetworkSpec("r", (4, 8, 8), 4, (conv(4, 4, (8, 8)), conv(4, 4, (8, 8), residual=True),
+                                        fc(256)), 2)
+    with pytest.raises(SpecError, match=r"^layer 2: a residual layer .* unpooled"):
+        NetworkSpec("r", (1, 8, 8), 4, (conv(1, 4, (8, 8)), conv(4, 4, (8, 8), pool=2),
+                                        conv(4, 4, (4, 4), residual=True), fc(64)), 2)
+    with pytest.raises(SpecError, match="a residual layer is a conv that keeps its channels"):
+        conv(4, 8, (8, 8), residual=True)
+    with pytest.raises(SpecError, match="a residual layer is a conv"):
+        LayerSpec(LayerKind.FC, 4, 4, (1, 1), residual=True)
+    with pytest.raises(SpecError, match="STCB blocks take no skips"):
+        conv(4, 4, (8, 8), residual=True, neuron=NeuronSpec(NeuronKind.STCB))
+    with pytest.raises(SpecError, match="'resblock' is gone: a residual block is two conv"):
+        NetworkSpec.from_dict({**ok.to_dict(), "layers": [{**ok.to_dict()["layers"][1],
+                                                           "kind": "resblock"}]})
+
+
 def test_from_dict_rejects_unknown_and_missing_fields():
     d = spec_for("convsnn").to_dict()
     with pytest.raises(SpecError, match=r"^layers\[0\]: unknown field\(s\) strid$"):

@@ -61,8 +61,10 @@ def assert_perf(net, P, res, n_input_events):
     ps = lanes(net, P)
     words = input_lanes(net, ps)[1:] + [1]
     assert perf[0]["events_in"] == n_input_events
-    for a, b in zip(perf, perf[1:]):
-        assert b["events_in"] == a["events_out"]
+    for n, (a, b) in enumerate(zip(perf, perf[1:]), 1):
+        # a residual layer also takes the skip: its block input's events
+        skip = perf[n - 2]["events_out"] if net.spec.layers[n].residual else 0
+        assert b["events_in"] == a["events_out"] + skip
     for p, layer, q, lp in zip(perf, res.spikes, words, ps):
         beats = sum(len({(c // lp if q > 1 else c, y, x) for c, y, x in step}) for step in layer)
         assert p["events_out"] == beats
@@ -143,6 +145,38 @@ def test_quantized_convsnn_matches_golden():
     mm = first_mismatch(net, ref.spikes, res.spikes)
     assert mm is None, f"first mismatch {mm}"
     assert_readout(net, ref, res)
+
+
+#: random networks with one or two residual blocks; P = 0: each layer's taps
+#: split over two synapse units where it can
+RESIDUAL = [(seed, (1, 2, 3, 0)[seed % 4]) for seed in range(400, 408)]
+
+
+@pytest.mark.parametrize("seed,P", RESIDUAL, ids=[f"res-seed{s}-P{p}" for s, p in RESIDUAL])
+def test_residual_network_matches_golden(seed, P):
+    net = random_network(seed, size=(6, 8), channels=(2, 5), max_layers_conv=2,
+                         blocks=1 + seed % 2)
+    assert any(l.spec.residual for l in net.layers)
+    x = random_frames(net, seed)
+    check_exact(net, x, split_lanes(net) if P == 0 else P, seed)
+
+
+def test_residual_network_back_to_back_and_a_misplaced_skip_is_caught(monkeypatch):
+    """Two images through two residual blocks without ``start`` between them
+    match the golden model; a merge that adds the skip to the block's own
+    channels (offset 0) is caught at the first residual layer."""
+    from spikeforge.hw import network, streams
+    net = random_network(401, size=(6, 8), channels=(2, 5), max_layers_conv=1, blocks=2)
+    xs = [random_frames(net, s) for s in (3, 4)]
+    top = NetworkTop(net, lanes(net, 2))
+    for x, res in zip(xs, simulate_many(top, [input_events(net, x[0]) for x in xs])):
+        ref = golden.run(net, x)
+        assert first_mismatch(net, ref.spikes, res.spikes) is None
+        assert_readout(net, ref, res)
+    monkeypatch.setattr(network, "EventMerge", lambda fmt, offset: streams.EventMerge(fmt, 0))
+    ref, res, mm = check(net, xs[0], 2)
+    first = min(n for n, l in enumerate(net.spec.layers) if l.residual)
+    assert mm is not None and mm.layer == first and mm.expected != mm.got
 
 
 STCB = [(seed, 1 + seed % 4) for seed in range(8)]

@@ -1,9 +1,12 @@
 """Quantizer: decay shifts, derived widths, and golden vs float agreement."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from spikeforge.sw import golden
+from spikeforge.sw.golden import IntNetwork
 from spikeforge.sw.models import build
 from spikeforge.sw.quantize import (QuantConfig, QuantizeError, agreement, decay_shifts,
                                     effective_decay, fake_quantized, quantize, signed_bits,
@@ -160,9 +163,33 @@ def test_unbounded_if_layer_gets_a_saturating_width():
     assert all(l.state_bits >= 16 for l in net.layers)
 
 
+def test_a_residual_layer_quantizes_its_skip_as_a_scaled_identity():
+    from spikeforge.sw.quantize import skip_weight
+    torch.manual_seed(0)
+    m = build("sts-resnet", channels=4, blocks=1, hidden=8, timesteps=4)
+    m.eval()
+    net = quantize(m)
+    il = net.layers[2]
+    assert il.spec.residual and tuple(il.weight.shape) == (4, 8, 3, 3)
+    skip = il.weight[:, 4:]
+    centre = skip[range(4), range(4), 1, 1]
+    assert torch.equal(skip, skip_weight(il.spec, centre)) and int(centre.min()) > 1
+    # the skip adds 1.0 of float current per spike: in the layer's integer
+    # units that is 1 / scale, as theta 0.5 is 0.5 / scale
+    assert ((il.theta - centre.double() / 2).abs() <= 1).all()
+    x = torch.randint(0, 256, (20, 1, 1, 28, 28), dtype=torch.uint8)
+    agree = agreement(m, net, x)
+    assert agree["quantized_float_int_spike_agreement"] > 0.99
+    # the golden model adds the skip: zero it and the residual layer's spikes change
+    cut = dataclasses.replace(il, weight=torch.cat([il.weight[:, :4], 0 * skip], 1))
+    layers = list(net.layers)
+    layers[2] = cut
+    a = golden.run(net, x).spikes[2]
+    b = golden.run(IntNetwork(net.spec, tuple(layers)), x).spikes[2]
+    assert not torch.equal(a, b)
+
+
 def test_software_only_models_are_refused():
-    with pytest.raises(QuantizeError, match="residual blocks are software only"):
-        quantize(build("sts-resnet", channels=4, blocks=1, hidden=8))
     with pytest.raises(QuantizeError, match="avg pooling is software only"):
         quantize(build("convsnn", channels=(4, 4), hidden=8, pool_mode="avg"))
     with pytest.raises(QuantizeError, match="exponential STEB"):
