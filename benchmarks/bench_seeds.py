@@ -9,8 +9,9 @@ One run folder per network and data set under ``--out`` (finished steps are
 reused, so an interrupted table resumes).  Each run is trained (``spikeforge
 train``), quantized to 8-bit weights and, with ``--rtl N``, played through
 the RTL under Verilator on N test images against the golden model
-(``spikeforge export`` + ``verify``; STS-ResNet is software only: the engine
-takes chains, so its int8 and RTL columns stay empty).
+(``spikeforge export`` + ``verify``; STS-ResNet's residual blocks included:
+the engine forks the block input's events and merges them into the block's
+second layer).
 
 The papers' figures (``../shared/papers/NOTES.md``) are on the full 60,000
 MNIST training digits; ``mnist5k`` has 4,000.  ``--curve`` trains the first
@@ -60,7 +61,6 @@ class Net:
     overrides: tuple[str, ...] = ()
     options: tuple[str, ...] = ()     # further `spikeforge train` options
     datasets: tuple[str, ...] = ("mnist5k",)
-    hardware: bool = True             # has an integer contract (quantize, RTL)
     other_rows: tuple[str, ...] = ()  # further paper rows shown beside
 
 
@@ -69,7 +69,7 @@ NETS = {
                      ("--timesteps", "10"), ("mnist5k", *SEQUENCES),
                      other_rows=("STS-ResNet",)),
     "sts-resnet": Net("sts-resnet", "STS-ResNet", (), ("--timesteps", "10"),
-                      ("mnist5k", *SEQUENCES), hardware=False, other_rows=("ConvSNN 48-48",)),
+                      ("mnist5k", *SEQUENCES), other_rows=("ConvSNN 48-48",)),
     "bpsta": Net("bpsta-small", "BPSTA Small", ("width=0.125", "hidden=512"),
                  ("--loss", "ce", "--lr", "0.001")),
     "stcsnn": Net("stcsnn-vgg", "STCSNN ResNet18", (), ("--timesteps", "8")),
@@ -110,7 +110,7 @@ def _run(net: Net, data_arg: str, run: Path, args, limit: int | None = None) -> 
     metrics = json.loads((run / "metrics.json").read_text())
     row["float"] = 100 * metrics["test_accuracy"]
     t0 = time.perf_counter()          # training's own seconds are in its metrics
-    if net.hardware and limit is None:
+    if limit is None:
         if not (run / "weights.sfimg").exists():
             rc, text = _call(["quantize", "-q", str(run)])
             if rc:
@@ -121,8 +121,6 @@ def _run(net: Net, data_arg: str, run: Path, args, limit: int | None = None) -> 
             row["int8"] = 100 * metrics["int_accuracy"]
         if args.rtl and row["int8"] is not None:
             _rtl(run, args.rtl, row)
-    elif not net.hardware:
-        row["note"] = "software only (residual blocks)"
     row["seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - t0
     return row
 

@@ -54,6 +54,15 @@ CELL_MAP = {
 
 _FILE = Path(__file__).with_name("cost_model.json")
 
+#: a residual block's skip path (fork, skip FIFO, merge: :mod:`.streams`),
+#: Yosys's cells for 18-bit events, measured not fitted: ``synth_ecp5
+#: -abc9`` with the ECP5's 32-deep FIFO, ``synth_ice40 -abc9`` with the
+#: iCE40's 8-deep one (in flip-flops)
+SKIP_PATH = {
+    "ecp5": {"lut": 97, "carry": 12, "ff": 37, "lutram": 10},
+    "ice40": {"lut": 157, "carry": 1, "ff": 164},
+}
+
 
 def family(device: str) -> str:
     return "ice40" if device.startswith("ice40") else "ecp5"
@@ -108,12 +117,14 @@ class CostModel:
         return self.util_ceiling
 
     def cores(self, net, P, dev, words=None) -> list[dict[str, float]]:
-        """Predicted cells per layer core on device ``dev``."""
+        """Predicted cells per layer core on device ``dev``; a residual
+        layer's also count its block's skip path (:data:`SKIP_PATH`)."""
         out = []
-        for cp in core_params(net, P, words=words):
+        for cp, ls in zip(core_params(net, P, words=words), net.spec.layers):
             f = core_features(cp, dev)
+            skip = SKIP_PATH[self.family] if ls.residual else {}
             out.append({r: max(0.0, sum(c.get(k, 0.0) * f[k] for k in FEATURES))
-                        for r, c in self.coef.items()})
+                        + skip.get(r, 0.0) for r, c in self.coef.items()})
         return out
 
     def cells(self, res: dict[str, float]) -> float:

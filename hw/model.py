@@ -112,9 +112,17 @@ def traces(net, x: torch.Tensor) -> list[list[LayerTrace]]:
         layers = []
         ev = [tuple(torch.tensor([getattr(b, f) for b in s], dtype=torch.int64)
                     for f in ("channel", "y", "x")) for s in steps]
+        block_in = None
         for n, layer in enumerate(spec.layers):
             spikes = golden.unpack(res.spikes[n][:, i], layer.out_features)  # [T, n]
-            layers.append(LayerTrace(ev, [int(s.sum()) for s in spikes]))
+            if layer.residual:  # the skip: the block input's spikes, channels moved up
+                c = layer.in_channels
+                ev_in = [(torch.cat([a[0], b[0] + c]), torch.cat([a[1], b[1]]),
+                          torch.cat([a[2], b[2]])) for a, b in zip(ev, block_in)]
+            else:
+                ev_in = ev
+            layers.append(LayerTrace(ev_in, [int(s.sum()) for s in spikes]))
+            block_in = ev
             # this layer's spikes are the next layer's events
             ho, wo = (1, 1) if layer.kind is LayerKind.FC else layer.out_size
             ev = []

@@ -5,6 +5,7 @@ against Yosys and nextpnr: tests/test_boards_bitstream.py (on its builds)."""
 import json
 
 import pytest
+import torch
 from conftest import quantized_run
 
 from spikeforge import cli, flow
@@ -196,3 +197,36 @@ def test_the_climb_trades_lanes_when_no_doubling_fits(monkeypatch):
     climbed = planner.plan(net, work, "ecp5-85f", board, moves=("double", "skip"))["chosen"]
     assert climbed["fits"] and chosen["fits"]
     assert chosen["inferences_per_second"] > 1.02 * climbed["inferences_per_second"]
+
+
+def test_a_residual_layer_is_traced_and_costed_with_its_skip(monkeypatch):
+    """The cycle model's residual layer takes its block input's spikes too
+    (channels moved up by the block's channels), and its core's cells
+    include the skip path."""
+    from spikeforge.hw import model
+    from spikeforge.hw.randnet import random_frames, random_network
+    from spikeforge.sw import golden
+    net = random_network(401, size=(6, 8), channels=(2, 5), max_layers_conv=1, blocks=2)
+    x = random_frames(net, 3)
+    ref = golden.run(net, x)
+    per_step = [golden.unpack(s[:, 0], l.out_features).sum(1).tolist()
+                for s, l in zip(ref.spikes, net.spec.layers)]
+    trace = model.traces(net, x)[0]
+    residual = [n for n, l in enumerate(net.spec.layers) if l.residual]
+    assert len(residual) == 2
+    for n in range(1, len(net.layers)):
+        want = per_step[n - 1]
+        if n in residual:
+            want = [a + b for a, b in zip(want, per_step[n - 2])]
+            c = net.spec.layers[n].in_channels
+            chans = torch.cat([ch for ch, _, _ in trace[n].inputs])
+            assert int(chans.max()) < 2 * c and int((chans >= c).sum()) == sum(per_step[n - 2])
+        assert [len(ch) for ch, _, _ in trace[n].inputs] == want
+    lanes = [min(2, l.spec.out_channels) for l in net.layers]
+    cm = cost.load("ecp5-85f")
+    with_skip = cm.cores(net, lanes, DEVICES["ecp5-85f"])
+    monkeypatch.setattr(cost, "SKIP_PATH", {"ecp5": {}})
+    without = cm.cores(net, lanes, DEVICES["ecp5-85f"])
+    for n, (a, b) in enumerate(zip(with_skip, without)):
+        extra = {"lut": 97, "carry": 12, "ff": 37, "lutram": 10} if n in residual else {}
+        assert {r: round(a[r] - b[r]) for r in a} == {r: extra.get(r, 0) for r in a}
