@@ -314,7 +314,8 @@ class NetworkTop(wiring.Component):
             if not ls.residual:
                 continue
             fork, skip = EventFork(self.fmt), EventFIFO(self.fmt, self.fifo_depth)
-            merge = EventMerge(self.fmt, ls.in_channels)
+            # skip events name channel groups of the layer's word size, as its own
+            merge = EventMerge(self.fmt, ls.in_channels // self.params[n].word_channels)
             for name, sub in (("fork", fork), ("skip", skip), ("merge", merge)):
                 m.submodules[f"{name}{n}"] = ResetInserter(rst)(sub)
             wiring.connect(m, outs[n - 2], fork.i)

@@ -63,15 +63,32 @@ def _options(net, n: int) -> list[int]:
 def word_options(net, lanes, n: int) -> list[int]:
     """Channels per word event of layer ``n``: powers of two dividing the
     previous layer's channel lanes, and those lanes (1 for a layer that takes
-    single events)."""
+    single events).  The first layer of a residual block chooses for the
+    block's second layer too (:func:`with_words`): a word also divides that
+    layer's input lanes and the block's channels."""
     if n == 0 or not takes_words(net, n):
         return [1]
-    prev = min(lanes[n - 1], net.layers[n - 1].spec.out_channels)
+    chans = lambda i: min(lanes[i], net.layers[i].spec.out_channels)
+    prev = chans(n - 1)
     out, q = [], 1
     while q < prev and prev % q == 0:
         out.append(q)
         q *= 2
-    return out + [prev]
+    out.append(prev)
+    if n + 1 < len(net.layers) and net.layers[n + 1].spec.residual:
+        c = net.layers[n].spec.out_channels
+        out = [q for q in out if chans(n) % q == 0 and c % q == 0
+               and (q == chans(n) or q & (q - 1) == 0)] or [1]
+    return out
+
+
+def with_words(net, qs: list[int], n: int, q: int) -> list[int]:
+    """``qs`` with layer ``n``'s word ``q``, and the residual layer after it
+    given the same."""
+    qs = qs[:n] + [q] + qs[n + 1:]
+    if n + 1 < len(qs) and net.layers[n + 1].spec.residual:
+        qs[n + 1] = q
+    return qs
 
 
 def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
@@ -151,8 +168,11 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) 
             for start in (input_lanes(net, list(ps)), input_lanes(net, list(ps), [1] * len(ps))):
                 qs = list(start)
                 for n in range(1, len(qs)):
-                    qs[n] = max(word_options(net, ps, n),
-                                key=lambda q: _key(one(ps, qs[:n] + [q] + qs[n + 1:])))
+                    if net.layers[n].spec.residual:
+                        continue    # chosen with the block's first layer
+                    q = max(word_options(net, ps, n),
+                            key=lambda q: _key(one(ps, with_words(net, qs, n, q))))
+                    qs = with_words(net, qs, n, q)
                 ends.append(one(ps, qs))
             best[t] = max(ends, key=_key)
         return best[t]

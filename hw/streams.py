@@ -86,7 +86,9 @@ class EventFormat:
         c, h, w = spec.input_shape
         chans, hs, ws = [c], [h], [w]
         for layer in spec.layers:
-            chans += [layer.out_channels, layer.synapse_channels]
+            chans.append(layer.out_channels)
+            if layer.residual:      # the skip's events arrive channel-shifted
+                chans.append(layer.synapse_channels)
             hs.append(layer.out_size[0])
             ws.append(layer.out_size[1])
         max_shift = max(0, net.layers[0].input_bits - 1)  # bit planes, MSB first

@@ -476,17 +476,23 @@ def input_lanes(net: IntNetwork, P: int | list[int], words: list[int] | None = N
     ps = _channel_lanes(net, P)
     if words is not None:
         return word_lanes(net, ps, words)
-    return [1] + [ps[n - 1] if takes_words(net, n) else 1 for n in range(1, len(net.layers))]
+    return [1] + [ps[n - 1] if takes_words(net, n) and not in_block(net, n) else 1
+                  for n in range(1, len(net.layers))]
 
 
 def takes_words(net: IntNetwork, n: int) -> bool:
     """Whether layer ``n > 0`` takes word events: a LIF / IF conv layer after
-    a LIF / IF layer, neither a residual layer nor the first layer of a
-    residual block (the skip joins the two streams as single spikes)."""
+    a LIF / IF layer."""
     il = net.layers[n]
+    return il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
+
+
+def in_block(net: IntNetwork, n: int) -> bool:
+    """Whether layer ``n`` is one of a residual block's two layers: the
+    block input's events reach both (the second through the skip), so the
+    two take words of the same channels (single spikes unless asked)."""
     closes = n + 1 < len(net.layers) and net.layers[n + 1].spec.residual
-    return (il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
-            and not il.spec.residual and not closes)
+    return net.layers[n].spec.residual or closes
 
 
 def word_lanes(net: IntNetwork, P, words) -> list[int]:
@@ -512,6 +518,11 @@ def word_lanes(net: IntNetwork, P, words) -> list[int]:
                 or q != prev and q & (q - 1)):
             raise ImageError(f"layer {n}: words must be a power of two that divides the lanes "
                              f"of layer {n - 1} ({prev}), or {prev}, not {q!r}")
+        ls = net.layers[n].spec
+        if ls.residual and (q != ws[n - 1] or ls.in_channels % q):
+            raise ImageError(f"layer {n} closes a residual block: its words must equal layer "
+                             f"{n - 1}'s ({ws[n - 1]}) and divide its {ls.in_channels} channels "
+                             f"(the skip's words join its own), not {q}")
     return ws
 
 

@@ -14,6 +14,7 @@ import torch
 
 from spikeforge.hw.network import (Mismatch, NetworkTop, core_params, first_mismatch,
                                    input_events, split_capable)
+from spikeforge.hw.params import EngineError
 from spikeforge.hw.randnet import random_frames, random_network, random_stcb_network
 from spikeforge.hw.sim import simulate, simulate_many
 from spikeforge.image import input_lanes, memories
@@ -159,6 +160,26 @@ def test_residual_network_matches_golden(seed, P):
     assert any(l.spec.residual for l in net.layers)
     x = random_frames(net, seed)
     check_exact(net, x, split_lanes(net) if P == 0 else P, seed)
+
+
+@pytest.mark.parametrize("seed,Q", [(410, 2), (411, 4), (412, 2)])
+def test_residual_network_with_words_matches_golden(seed, Q):
+    """Word events of ``Q`` channels through residual blocks: the skip's
+    words join the block's own, their channel groups moved up."""
+    from spikeforge.image import takes_words
+    net = random_network(seed, size=(6, 8), channels=(4, 4), max_layers_conv=1, blocks=2)
+    P = [4] * (len(net.layers) - 1) + [2]
+    words = [Q if n and takes_words(net, n) else 1 for n in range(len(net.layers))]
+    assert words.count(Q) == 4
+    x = random_frames(net, seed)
+    ref = golden.run(net, x)
+    assert_spikes(net, ref)
+    top = NetworkTop(net, P, words=words)
+    res = simulate(top, input_events(net, x[0]), seed=seed, idle=0.1)
+    assert first_mismatch(net, ref.spikes, res.spikes) is None
+    assert_readout(net, ref, res)
+    with pytest.raises(EngineError, match=r"closes a residual block: its words must equal"):
+        core_params(net, P, words=words[:2] + [1] + words[3:])
 
 
 def test_residual_network_back_to_back_and_a_misplaced_skip_is_caught(monkeypatch):
