@@ -21,6 +21,8 @@ Counting rules:
   are single-port (a read-modify-write at one update a cycle needs a read
   and a write port) and Yosys does not infer them from a generic memory; using
   them for weights would need explicit ``SB_SPRAM256KA`` instances.
+* A residual layer's skip FIFO (one step of its block input's events,
+  :func:`~spikeforge.hw.network.skip_depth`) counts like any memory.
 * The event FIFOs (``Device.event_fifo_depth`` - 1 words: 31 on the ECP5,
   7 on the iCE40) and the neuron units' spike queues are not
   block RAM: Yosys builds them in flip-flops on the iCE40 (``memory_libmap``:
@@ -42,7 +44,8 @@ from spikeforge.errors import SpikeforgeError
 
 from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ecp5_in_lutram, geometry_blocks,
                      slice_bits)
-from .network import core_params
+from .network import core_params, skip_depth
+from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
            "block_count"]
@@ -98,7 +101,8 @@ DEVICES = {
 @dataclass(frozen=True)
 class MemoryUse:
     layer: int      # -1: the board top's
-    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j}; board's
+    name: str       # L{n}_weights, L{n}_neurons, L{n}_cur{b}, L{n}_state, L{n}_bank{j},
+                    # L{n}_skip; the board's
     width: int
     depth: int
     sliced: bool = False  # built as column slices (hw/memory.py): the weights
@@ -113,7 +117,10 @@ def memory_plan(net, P, board=(), words=None) -> list[MemoryUse]:
     (and ``words``, :func:`~spikeforge.hw.network.core_params`), and the
     board top's memories ``board`` (``(name, width, depth)`` each)."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
+    event_bits = EventFormat.for_network(net).width
     for i, cp in enumerate(core_params(net, P, words=words)):
+        if net.spec.layers[i].residual:   # its block's skip FIFO (SyncFIFOBuffered: depth - 1)
+            out.append(MemoryUse(i, f"L{i}_skip", event_bits, skip_depth(cp) - 1))
         # per synapse unit: the weights of its taps and a copy of each current memory
         sfx = [""] + [f"_{u}" for u in range(1, cp.units)]
         out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width,

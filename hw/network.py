@@ -36,7 +36,7 @@ from .streams import (EVENT_FIFO_DEPTH, EventFIFO, EventFork, EventFormat, Event
                       mem_write_layout)
 
 __all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
-           "lane_counts", "split_capable", "layer_input_shapes"]
+           "lane_counts", "split_capable", "layer_input_shapes", "skip_depth"]
 
 
 def split_capable(net, n: int) -> bool:
@@ -96,6 +96,19 @@ def core_params(net, P, faults: dict | None = None,
                              words_out=qs[i + 1] if i + 1 < len(qs) else 1,
                              units=ps[i] // chans[i])
             for i, il in enumerate(net.layers)]
+
+
+def skip_depth(cp: CoreParams) -> int:
+    """Depth of the skip FIFO in front of the residual layer with parameters
+    ``cp``: every event one step of the block input can send (a word per
+    channel group and position) and its marker, held.  The fork hands each
+    beat to the block's first layer and to the skip at once, and the skip
+    drains only as fast as the residual layer takes its input; a shallower
+    FIFO would hold the block's first layer to that pace (a 32-deep one made
+    a small STS-ResNet's interval 1.39x in Verilator, 108,273 cycles against
+    78,111 at 4,096)."""
+    c, h, w = cp.in_shape
+    return (c // 2) // cp.word_channels * h * w + 2
 
 
 def layer_input_shapes(spec) -> list[tuple[int, int, int]]:
@@ -313,7 +326,8 @@ class NetworkTop(wiring.Component):
         for n, ls in enumerate(spec.layers):
             if not ls.residual:
                 continue
-            fork, skip = EventFork(self.fmt), EventFIFO(self.fmt, self.fifo_depth)
+            fork = EventFork(self.fmt)
+            skip = EventFIFO(self.fmt, max(self.fifo_depth, skip_depth(self.params[n])))
             # skip events name channel groups of the layer's word size, as its own
             merge = EventMerge(self.fmt, ls.in_channels // self.params[n].word_channels)
             for name, sub in (("fork", fork), ("skip", skip), ("merge", merge)):

@@ -230,3 +230,10 @@ def test_a_residual_layer_is_traced_and_costed_with_its_skip(monkeypatch):
     for n, (a, b) in enumerate(zip(with_skip, without)):
         extra = {"lut": 97, "carry": 12, "ff": 37, "lutram": 10} if n in residual else {}
         assert {r: round(a[r] - b[r]) for r in a} == {r: extra.get(r, 0) for r in a}
+    # the fit check counts each block's skip FIFO: a step of the block input's events
+    from spikeforge.hw.fit import memory_plan
+    skips = [mu for mu in memory_plan(net, lanes) if mu.name.endswith("_skip")]
+    assert [mu.layer for mu in skips] == residual
+    for mu in skips:
+        ls = net.spec.layers[mu.layer]
+        assert mu.depth == ls.in_channels * ls.in_size[0] * ls.in_size[1] + 1
