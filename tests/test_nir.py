@@ -715,3 +715,10 @@ def test_flow_records_the_calibration_of_an_imported_run(tmp_path, monkeypatch, 
     assert "calibrate" not in opts(imported)
     assert cli.main(["run", "-q", "--out", str(trained), "--calibrate", "fidelity"]) == 0
     assert "options changed: calibrate" in capsys.readouterr().out
+
+
+def test_a_residual_network_is_not_exported():
+    """NIR export writes chains; a residual layer's skip is refused by name."""
+    model = models.build("sts-resnet", channels=2, blocks=1, hidden=4, timesteps=2)
+    with pytest.raises(NIRError, match=r"^layer 2: a residual layer's skip is not a chain"):
+        nir_io.export_graph(model)
