@@ -177,3 +177,28 @@ def test_words_narrower_than_the_lane_group_match_the_golden_model(build_root, t
     assert got == sum(y.numel() for img in work for y, _ in img[1].events(words[1]))
     # the words were narrower: a word per lane group would have been fewer events
     assert got > sum(y.numel() for img in work for y, _ in img[1].events(lanes[0]))
+
+
+@pytest.mark.parametrize("seed,words", [(402, False), (411, True)], ids=["single", "words2"])
+def test_residual_networks_match_the_golden_model(build_root, tmp_path, seed, words):
+    """Residual blocks in the Verilog: the fork, the skip FIFO and the merge,
+    6 images back to back, single spikes or words of 2 channels; the
+    residual layers take their block input's events too."""
+    from spikeforge.image import takes_words
+    net = random_network(seed, size=(6, 8), channels=(4, 4) if words else (2, 5),
+                         max_layers_conv=1, blocks=2)
+    lanes = [min(4, l.spec.out_channels) for l in net.layers]
+    ws = ([2 if n and takes_words(net, n) else 1 for n in range(len(lanes))] if words
+          else None)
+    sb = runner.build(net, lanes, build_root, depth=1 << 14, words=ws)
+    x = frames_for(net, [700 + 10 * seed + i for i in range(6)])
+    sim = runner.run(sb, x, tmp_path)
+    ref, mismatches = runner.compare(net, x, sim)
+    assert mismatches == [None] * len(x), next(m for m in mismatches if m)
+    assert [r.prediction for r in sim.images] == ref.classes.tolist()
+    total = [sum(r.perf[n]["events_in"] for r in sim.images) for n in range(len(lanes))]
+    out = [sum(r.perf[n]["events_out"] for r in sim.images) for n in range(len(lanes))]
+    residual = [n for n, l in enumerate(net.spec.layers) if l.residual]
+    assert len(residual) == 2 and min(out) > 0
+    for n in range(1, len(lanes)):
+        assert total[n] == out[n - 1] + (out[n - 2] if n in residual else 0)
