@@ -250,7 +250,8 @@ class EventMerge(wiring.Component):
         pick_a = a.valid & ~held_a
         pick_s = s.valid & ~held_s & ~pick_a
         skip = Signal(self._fmt.layout)
-        m.d.comb += [skip.eq(s.payload), skip.channel.eq(s.payload.channel + self._offset)]
+        m.d.comb += [skip.eq(s.payload),    # (a marker's channel stays 0)
+                     skip.channel.eq(Mux(s.payload.last, 0, s.payload.channel + self._offset))]
         # a marker goes out only as the second of its step; the first is taken silently
         mark_a = pick_a & a.payload.last
         mark_s = pick_s & s.payload.last
