@@ -54,13 +54,15 @@ CELL_MAP = {
 
 _FILE = Path(__file__).with_name("cost_model.json")
 
-#: a residual block's skip path (fork, skip FIFO, merge: :mod:`.streams`),
-#: Yosys's cells for 18-bit events, measured not fitted: ``synth_ecp5
-#: -abc9`` with the ECP5's 32-deep FIFO, ``synth_ice40 -abc9`` with the
-#: iCE40's 8-deep one (in flip-flops)
+#: a residual block's skip path (:class:`~spikeforge.hw.streams.SkipPath`:
+#: fork, skip FIFO, merge), Yosys's cells, measured not fitted, for 34-bit
+#: events and a 3,137-deep FIFO (the STS-ResNet's first block at 16
+#: channels), ``synth_ecp5 -abc9`` / ``synth_ice40 -abc9``; its block RAM
+#: (7 DP16KD / 28 SB_RAM40_4K there) is the fit check's (``tests/test_plan.py``
+#: synthesises it again)
 SKIP_PATH = {
-    "ecp5": {"lut": 97, "carry": 12, "ff": 37, "lutram": 10},
-    "ice40": {"lut": 157, "carry": 1, "ff": 164},
+    "ecp5": {"lut": 356, "carry": 24, "ff": 124},
+    "ice40": {"lut": 588, "carry": 40, "ff": 125},
 }
 
 

@@ -4,7 +4,8 @@
 and a folding factor ``P`` (one for all layers or one per layer): LIF / IF
 networks, or STCB networks (CAB + STEB layers).  Layer ``n``'s output stream
 feeds layer ``n + 1`` through a small FIFO; the cores work concurrently on
-successive time steps.  :func:`input_events` turns uint8
+successive time steps.  A residual layer ``n`` also takes layer ``n - 2``'s
+output, forked through a :class:`~.streams.SkipPath`.  :func:`input_events` turns uint8
 frames into the input port's event sequence, and :func:`first_mismatch`
 compares captured per-layer spikes with the golden model's packed traces.
 
@@ -32,7 +33,7 @@ from spikeforge.sw import golden
 from .arith import const_mul
 from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
-from .streams import (EVENT_FIFO_DEPTH, EventFIFO, EventFork, EventFormat, EventMerge, bits_for,
+from .streams import (EVENT_FIFO_DEPTH, EventFIFO, EventFormat, SkipPath, bits_for,
                       mem_write_layout)
 
 __all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
@@ -75,7 +76,8 @@ def core_params(net, P, faults: dict | None = None,
                 words: list[int] | None = None) -> list[CoreParams]:
     """The :class:`CoreParams` of every layer core of ``net`` with lanes ``P``
     and ``words`` input channels per event (:func:`spikeforge.image.input_lanes`;
-    None: a word is the previous layer's whole lane group) (what
+    None: a word is the previous layer's whole lane group, single spikes in
+    a residual block) (what
     :class:`NetworkTop` builds and :mod:`~spikeforge.hw.fit` counts)."""
     ps = lane_counts(net, P)
     fmt = EventFormat.for_network(net)
@@ -326,18 +328,14 @@ class NetworkTop(wiring.Component):
         for n, ls in enumerate(spec.layers):
             if not ls.residual:
                 continue
-            fork = EventFork(self.fmt)
-            skip = EventFIFO(self.fmt, max(self.fifo_depth, skip_depth(self.params[n])))
             # skip events name channel groups of the layer's word size, as its own
-            merge = EventMerge(self.fmt, ls.in_channels // self.params[n].word_channels)
-            for name, sub in (("fork", fork), ("skip", skip), ("merge", merge)):
-                m.submodules[f"{name}{n}"] = ResetInserter(rst)(sub)
-            wiring.connect(m, outs[n - 2], fork.i)
-            outs[n - 2] = fork.a
-            wiring.connect(m, fork.b, skip.w)
-            wiring.connect(m, skip.r, merge.s)
-            wiring.connect(m, merge.o, ins[n])
-            ins[n] = merge.a
+            skip = SkipPath(self.fmt, skip_depth(self.params[n]),
+                            ls.in_channels // self.params[n].word_channels)
+            m.submodules[f"skip{n}"] = ResetInserter(rst)(skip)
+            wiring.connect(m, outs[n - 2], skip.i)
+            outs[n - 2] = skip.a
+            wiring.connect(m, skip.o, ins[n])
+            ins[n] = skip.own
         for i in range(n_layers - 1):
             wiring.connect(m, outs[i], ins[i + 1])
         last = self.cores[-1].o_events

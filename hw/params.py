@@ -13,7 +13,8 @@ width ``A`` is the larger of the layer's ``acc_bits`` and the worst case over
 ``weight_bits``, thresholds of ``state_bits``), so weights written at run time
 through the memory port can never make the accumulator wrap:
 ``|base| <= 2**(S-1) * (1 + sum 2**-s_k) + len(shifts) + 2**(S-1)`` and
-``|conv| <= 2**(W-1) * fan_in * (2**B - 1)``.
+``|conv| <= 2**(W-1) * F * (2**B - 1)``, ``F`` the weights an output sums
+(``synapse_channels * k * k``: a residual layer's skip half counts).
 
 LIF / IF cores keep the two apart: ``cur_banks`` current memories of
 ``cur_width`` bits (``conv`` only: the synapse unit fills one while the
@@ -119,7 +120,8 @@ class CoreParams:
         n = len(layer.decay_shifts)
         leak = sum(Fraction(1, 1 << d) for d in layer.decay_shifts)
         base = half + math.ceil(half * leak) + n + half
-        conv = (1 << (layer.weight_bits - 1)) * s.fan_in * ((1 << layer.input_bits) - 1)
+        fan_in = s.synapse_channels * s.kernel * s.kernel
+        conv = (1 << (layer.weight_bits - 1)) * fan_in * ((1 << layer.input_bits) - 1)
         width = max(layer.acc_bits, signed_bits(-base - conv, base + conv))
         if cur_banks not in (1, 2):
             raise EngineError(f"layer {index}: cur_banks must be 1 or 2, not {cur_banks!r}")

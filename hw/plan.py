@@ -93,7 +93,8 @@ def with_words(net, qs: list[int], n: int, q: int) -> list[int]:
 
 def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
     """One candidate: predicted cycles, resources, clock and throughput
-    (``words`` None: whole lane groups, :func:`~spikeforge.image.input_lanes`)."""
+    (``words`` None: whole lane groups, single spikes in a residual block:
+    :func:`~spikeforge.image.input_lanes`)."""
     lanes = lane_counts(net, lanes)
     words = input_lanes(net, lanes, words)
     dev = DEVICES[device]

@@ -51,7 +51,8 @@ from spikeforge.config import LayerKind
 from spikeforge.layouts import pack, unpack
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["EventFormat", "EventFIFO", "EventFork", "EventMerge", "EVENT_FIFO_DEPTH", "bits_for"]
+__all__ = ["EventFormat", "EventFIFO", "EventFork", "EventMerge", "SkipPath", "EVENT_FIFO_DEPTH",
+           "bits_for"]
 
 #: the event FIFOs' depth where nothing sets it (a plan records its device's)
 EVENT_FIFO_DEPTH = 8
@@ -267,4 +268,36 @@ class EventMerge(wiring.Component):
             m.d.sync += [held_a.eq(held_a | mark_a), held_s.eq(held_s | mark_s)]
         with m.If(second & o.ready):
             m.d.sync += [held_a.eq(0), held_s.eq(0)]
+        return m
+
+
+class SkipPath(wiring.Component):
+    """A residual block's skip: the block input's stream ``i`` forks to the
+    block's first layer (``a``) and into a FIFO of ``depth`` events, which a
+    merge (:class:`EventMerge`, ``offset``) joins with the block's own
+    spikes (``own``, from its first layer) into ``o``, the residual layer's
+    input.
+
+    Members
+    -------
+    i, own : In(stream.Signature(fmt.layout))
+    a, o : Out(stream.Signature(fmt.layout))
+    """
+
+    def __init__(self, fmt: EventFormat, depth: int, offset: int):
+        self._fmt, self._depth, self._offset = fmt, depth, offset
+        super().__init__({"i": In(fmt.signature), "own": In(fmt.signature),
+                          "a": Out(fmt.signature), "o": Out(fmt.signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fork = fork = EventFork(self._fmt)
+        m.submodules.fifo = fifo = EventFIFO(self._fmt, self._depth)
+        m.submodules.merge = merge = EventMerge(self._fmt, self._offset)
+        wiring.connect(m, wiring.flipped(self.i), fork.i)
+        wiring.connect(m, fork.a, wiring.flipped(self.a))
+        wiring.connect(m, fork.b, fifo.w)
+        wiring.connect(m, fifo.r, merge.s)
+        wiring.connect(m, wiring.flipped(self.own), merge.a)
+        wiring.connect(m, merge.o, wiring.flipped(self.o))
         return m

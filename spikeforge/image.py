@@ -472,7 +472,8 @@ def input_lanes(net: IntNetwork, P: int | list[int], words: list[int] | None = N
     """Input channels per event of each layer: ``Q`` for a conv layer after a
     LIF / IF layer (a word of ``Q`` spikes at one position), else 1.  ``Q``
     is ``words[n]`` when ``words`` is given (:func:`word_lanes`), else the
-    previous layer's lanes (a whole lane group in one word)."""
+    previous layer's lanes (a whole lane group in one word), or 1 in a
+    residual block (:func:`in_block`)."""
     ps = _channel_lanes(net, P)
     if words is not None:
         return word_lanes(net, ps, words)

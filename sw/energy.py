@@ -23,13 +23,21 @@ E_MAC_FP32_PJ = 4.6
 
 
 def layer_macs(spec: NetworkSpec) -> list[int]:
-    """Dense multiply-accumulates of each layer for one time step."""
+    """Dense multiply-accumulates of each layer for one time step (a
+    residual layer's skip not included: :func:`skip_adds`)."""
     out = []
     for l in spec.layers:
         h, w = l.conv_size
-        n = l.fan_in * l.out_channels * h * w
-        out.append(n + (l.out_channels * h * w if l.residual else 0))  # the skip: one add
+        out.append(l.fan_in * l.out_channels * h * w)
     return out
+
+
+def skip_adds(spec: NetworkSpec) -> list[int]:
+    """Adds of each layer's identity skip for one time step: one per neuron
+    of a residual layer, driven by its block input (the previous layer's
+    input), else 0."""
+    return [l.out_channels * l.conv_size[0] * l.conv_size[1] if l.residual else 0
+            for l in spec.layers]
 
 
 def estimate(spec: NetworkSpec, input_rates: list[float]) -> dict:
@@ -40,13 +48,16 @@ def estimate(spec: NetworkSpec, input_rates: list[float]) -> dict:
     """
     T = spec.timesteps
     macs = layer_macs(spec)
-    ann_flops = sum(macs)
+    skips = skip_adds(spec)
+    ann_flops = sum(macs) + sum(skips)
     ac = mac = 0.0
     for l, (layer, n, rate) in enumerate(zip(spec.layers, macs, input_rates)):
         if rate is None:
             mac += n * T
         else:
             ac += rate * n * T
+        if skips[l]:    # the skip's adds at the block input's rate (l >= 2: a spike train)
+            ac += input_rates[l - 1] * skips[l] * T
         if layer.neuron.kind is NeuronKind.STCB:
             mac += layer.neurons * T  # the CAB: one weighted accumulation per neuron and step
     snn = ac * E_AC_PJ + mac * E_MAC_INT_PJ

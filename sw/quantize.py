@@ -365,7 +365,9 @@ def fake_quantized(model: SpikingNet, qc: QuantConfig):
     def ctx():
         mods = [l.syn for l in model.layers]
         for m, l in zip(mods, model.layers):
-            # a residual layer's scale also covers its skip weight, 1 (see folded)
+            # a residual layer's scale also covers its skip weight, 1 (see
+            # folded; exact without batch norm, whose gain folded() applies
+            # to the conv weights only)
             fq = _FakeQuant(qc.weight_bits, qc.per_channel, 1.0 if l.spec.residual else 1e-12)
             parametrize.register_parametrization(m, "weight", fq)
         try:

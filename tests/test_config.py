@@ -57,6 +57,10 @@ def test_residual_layers_close_a_block_that_keeps_its_shape():
     assert [l.synapse_channels for l in ok.layers] == [1, 4, 8, 64]
     assert "residual" not in ok.to_dict()["layers"][1]     # written only where set
     assert NetworkSpec.from_dict(ok.to_dict()) == ok
+    # two residual layers in a row: the second's block input is the first's input
+    NetworkSpec("r", (1, 8, 8), 4, (conv(1, 4, (8, 8)), conv(4, 4, (8, 8)),
+                                    conv(4, 4, (8, 8), residual=True),
+                                    conv(4, 4, (8, 8), residual=True), fc(256)), 2)
     with pytest.raises(SpecError, match=r"^layer 1: a residual layer follows a conv layer "
                                         r"\(not layer 0\)"):
         NetworkSpec("r", (4, 8, 8), 4, (conv(4, 4, (8, 8)), conv(4, 4, (8, 8), residual=True),

@@ -184,9 +184,11 @@ def test_residual_network_with_words_matches_golden(seed, Q):
 
 def test_residual_network_back_to_back_and_a_misplaced_skip_is_caught(monkeypatch):
     """Two images through two residual blocks without ``start`` between them
-    match the golden model; a merge that adds the skip to the block's own
-    channels (offset 0) is caught at the first residual layer."""
+    match the golden model, with the FIFOs as deep as the engine makes them
+    and with all of them 2 deep; a merge that adds the skip to the block's
+    own channels (offset 0) is caught at the first residual layer."""
     from spikeforge.hw import network, streams
+    Merge = streams.EventMerge
     net = random_network(401, size=(6, 8), channels=(2, 5), max_layers_conv=1, blocks=2)
     xs = [random_frames(net, s) for s in (3, 4)]
     top = NetworkTop(net, lanes(net, 2))
@@ -194,7 +196,13 @@ def test_residual_network_back_to_back_and_a_misplaced_skip_is_caught(monkeypatc
         ref = golden.run(net, x)
         assert first_mismatch(net, ref.spikes, res.spikes) is None
         assert_readout(net, ref, res)
-    monkeypatch.setattr(network, "EventMerge", lambda fmt, offset: streams.EventMerge(fmt, 0))
+    # FIFOs of 2 everywhere, the skip's too: the fork waits on the skip and
+    # the block's first layer on the fork, and nothing deadlocks
+    monkeypatch.setattr(network, "skip_depth", lambda cp: 2)
+    top = NetworkTop(net, lanes(net, 2), fifo_depth=2)
+    for x, res in zip(xs, simulate_many(top, [input_events(net, x[0]) for x in xs])):
+        assert first_mismatch(net, golden.run(net, x).spikes, res.spikes) is None
+    monkeypatch.setattr(streams, "EventMerge", lambda fmt, offset: Merge(fmt, 0))
     ref, res, mm = check(net, xs[0], 2)
     first = min(n for n, l in enumerate(net.spec.layers) if l.residual)
     assert mm is not None and mm.layer == first and mm.expected != mm.got

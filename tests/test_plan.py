@@ -224,11 +224,11 @@ def test_a_residual_layer_is_traced_and_costed_with_its_skip(monkeypatch):
         assert [len(ch) for ch, _, _ in trace[n].inputs] == want
     lanes = [min(2, l.spec.out_channels) for l in net.layers]
     cm = cost.load("ecp5-85f")
-    with_skip = cm.cores(net, lanes, DEVICES["ecp5-85f"])
+    with_skip, skip_cells = cm.cores(net, lanes, DEVICES["ecp5-85f"]), cost.SKIP_PATH["ecp5"]
     monkeypatch.setattr(cost, "SKIP_PATH", {"ecp5": {}})
     without = cm.cores(net, lanes, DEVICES["ecp5-85f"])
     for n, (a, b) in enumerate(zip(with_skip, without)):
-        extra = {"lut": 97, "carry": 12, "ff": 37, "lutram": 10} if n in residual else {}
+        extra = skip_cells if n in residual else {}
         assert {r: round(a[r] - b[r]) for r in a} == {r: extra.get(r, 0) for r in a}
     # the fit check counts each block's skip FIFO: a step of the block input's events
     from spikeforge.hw.fit import memory_plan
@@ -237,3 +237,23 @@ def test_a_residual_layer_is_traced_and_costed_with_its_skip(monkeypatch):
     for mu in skips:
         ls = net.spec.layers[mu.layer]
         assert mu.depth == ls.in_channels * ls.in_size[0] * ls.in_size[1] + 1
+
+
+def test_the_skip_path_cost_is_what_yosys_builds():
+    """The cost model's skip path against Yosys's synthesis of the engine's
+    own :class:`SkipPath` at the depth it was measured for (ECP5): the logic
+    within 10 %, the block RAM the fit check's count."""
+    from amaranth.back import rtlil
+    from spikeforge.hw.fit import MemoryUse
+    from spikeforge.hw.streams import EventFormat, SkipPath
+    from spikeforge.toolchain import yosys_cells
+    fmt = EventFormat(6, 5, 5, 1, 16)
+    assert fmt.width == 34
+    cells = yosys_cells(rtlil.convert(SkipPath(fmt, 3137, 16), name="top"), "synth_ecp5 -abc9")
+    got = {"lut": cells.get("LUT4", 0), "carry": cells.get("CCU2C", 0),
+           "ff": cells.get("TRELLIS_FF", 0)}
+    for r, v in cost.SKIP_PATH["ecp5"].items():
+        assert abs(got[r] - v) <= 0.1 * v, (r, got[r], v)
+    assert cells.get("TRELLIS_DPR16X4", 0) == 0
+    mu = MemoryUse(0, "skip", fmt.width, 3137 - 1)
+    assert cells["DP16KD"] == DEVICES["ecp5-85f"].blocks_for(mu.width, mu.depth)
