@@ -388,3 +388,17 @@ def test_random_suites_spike_through_to_the_output():
             outputs += counts[-1] > 0
         assert all(per_layer.values()), f"{name}: a layer position never spikes: {per_layer}"
         assert outputs >= 0.8 * len(nets), f"{name}: only {outputs} of {len(nets)} output layers spike"
+
+
+def test_a_residual_layers_current_holds_every_weight_of_its_skip_half():
+    """The current memory's width bounds ``2 C k k`` weights (the skip half
+    included), whatever weights are written at run time: the most negative
+    weight on every input of a step is representable."""
+    from spikeforge.hw.arith import signed_bits
+    net = random_network(401, size=(6, 8), channels=(2, 5), max_layers_conv=1, blocks=1)
+    n = next(i for i, l in enumerate(net.spec.layers) if l.residual)
+    cp = core_params(net, lanes(net, 2))[n]
+    il, ls = net.layers[n], net.spec.layers[n]
+    worst = -(1 << (il.weight_bits - 1)) * 2 * ls.in_channels * ls.kernel ** 2
+    assert cp.c_in == 2 * ls.in_channels
+    assert cp.cur_width >= signed_bits(worst, 0)
