@@ -21,6 +21,9 @@ What it models (see :mod:`spikeforge.hw.layer`):
   faster than the spikes it sends (one a cycle) plus a few cycles of pipeline;
 * current memories: two (the scan of step ``t`` overlaps the synapse phase of
   ``t + 1``); layer 0 accumulates a held frame once and scans it ``T`` times;
+* STCB networks: a layer's CAB takes its whole input train, then its ``T``
+  STEB passes run; images one at a time (the interval is the latency, the
+  clear pass and a restart);
 * dataflow: a step's synapse phase ends no earlier than its input's last
   event arrives (the producer's scan end); a scan is slowed by a consumer
   that takes its spikes more slowly (the FIFO between them holds
@@ -173,6 +176,28 @@ def _schedule(cps, T: int, taps: list, spikes: list, fifo: int) -> list[list[flo
     return scan_end
 
 
+#: cycles between an STCB image's result and the next image's first event
+#: besides the clear pass: ``start``, its register, the ``clearing``
+#: register, the Verilator harness's own steps (measured: 124 with a clear
+#: pass of 112 words)
+STCB_RESTART = 12
+
+
+def _stcb_latency(cps, taps: list, spikes: list) -> float:
+    """Cycles of one image through an STCB network (``taps[n]``: layer
+    ``n``'s synapse cycles per input step, one group; ``spikes[n]``: its
+    output spikes per STEB pass): a layer's CAB takes its whole input train
+    before its ``T`` STEB passes, so its accumulation overlaps the previous
+    layer's passes (whose spikes it takes as they come) and its own passes
+    follow them."""
+    syn_end = scan_end = 0.0
+    for n, cp in enumerate(cps):
+        work = sum(taps[n]) * cp.groups + SYN_FILL
+        syn_end = max(scan_end, syn_end + work) if n else work
+        scan_end = syn_end + sum(max(cp.acc_depth, s) + SCAN_FILL for s in spikes[n])
+    return scan_end
+
+
 def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_DEPTH,
             words: list[int] | None = None) -> dict:
     """Predicted per-layer counters (means over the images of ``work``), the
@@ -197,7 +222,8 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
         spikes = [img[n].spikes_out for n in range(L)]
         all_taps.append(taps)
         all_spikes.append(spikes)
-        e2e.append(_schedule(cps, T, [taps], [spikes], fifo_depth)[-1][-1] + readout)
+        e2e.append((_stcb_latency(cps, taps, spikes) if cps[0].stcb
+                    else _schedule(cps, T, [taps], [spikes], fifo_depth)[-1][-1]) + readout)
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)
@@ -208,7 +234,11 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
             occupancy[n] += max(syn, scan) if cp.cur_banks > 1 else syn + scan
     k = len(work)
     interval = max(occupancy) / k   # no faster than the busiest layer alone
-    if k > 1:
+    if cps[0].stcb:
+        # an STCB network takes one image at a time: its latency, then
+        # ``start`` and the clear pass of the deepest accumulator
+        interval = max(interval, sum(e2e) / k + max(cp.acc_depth for cp in cps) + STCB_RESTART)
+    elif k > 1:
         # streaming: the mean time between completions after the first, the
         # layers coupled step by step through their FIFOs and current memories
         done = _schedule(cps, T, all_taps, all_spikes, fifo_depth)[-1]
