@@ -29,7 +29,7 @@ starting once from whole lane groups and once from single spikes).
 
 from __future__ import annotations
 
-from spikeforge.image import input_lanes, takes_words, word_lanes
+from spikeforge.image import input_lanes, opens_block, takes_words, word_lanes
 
 from . import cost
 from .fit import DEVICES, FitError
@@ -75,7 +75,7 @@ def word_options(net, lanes, n: int) -> list[int]:
         out.append(q)
         q *= 2
     out.append(prev)
-    if n + 1 < len(net.layers) and net.layers[n + 1].spec.residual:
+    if opens_block(net, n):
         c = net.layers[n].spec.out_channels
         out = [q for q in out if chans(n) % q == 0 and c % q == 0
                and (q == chans(n) or q & (q - 1) == 0)] or [1]
@@ -86,7 +86,7 @@ def with_words(net, qs: list[int], n: int, q: int) -> list[int]:
     """``qs`` with layer ``n``'s word ``q``, and the residual layer after it
     given the same."""
     qs = qs[:n] + [q] + qs[n + 1:]
-    if n + 1 < len(qs) and net.layers[n + 1].spec.residual:
+    if opens_block(net, n):
         qs[n + 1] = q
     return qs
 

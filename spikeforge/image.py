@@ -488,12 +488,17 @@ def takes_words(net: IntNetwork, n: int) -> bool:
     return il.spec.kind.value == "conv" and not il.stcb and not net.layers[n - 1].stcb
 
 
+def opens_block(net: IntNetwork, n: int) -> bool:
+    """Whether layer ``n`` is a residual block's first layer (the next one
+    is residual)."""
+    return n + 1 < len(net.layers) and net.layers[n + 1].spec.residual
+
+
 def in_block(net: IntNetwork, n: int) -> bool:
     """Whether layer ``n`` is one of a residual block's two layers: the
     block input's events reach both (the second through the skip), so the
     two take words of the same channels (single spikes unless asked)."""
-    closes = n + 1 < len(net.layers) and net.layers[n + 1].spec.residual
-    return net.layers[n].spec.residual or closes
+    return net.layers[n].spec.residual or opens_block(net, n)
 
 
 def word_lanes(net: IntNetwork, P, words) -> list[int]:
