@@ -261,6 +261,9 @@ class RegisteredMemory(wiring.Component):
     effect a cycle after ``wr_*``.  ``shape``: the word's shape (``width``
     bits).
 
+    ``init``: the first words' contents (integers, their two's-complement
+    bits), the rest zero.
+
     In an ECP5 board build (``platform.family == "ecp5"``, a configuration
     from :func:`ecp5_outreg_config`) it is DP16KD blocks instantiated with
     the block's own output register (``REGMODE_B = "OUTREG"``): nextpnr's
@@ -277,9 +280,10 @@ class RegisteredMemory(wiring.Component):
     wr_addr : In(range(depth)), wr_data : In(shape), wr_en : In(1)
     """
 
-    def __init__(self, shape, depth: int, name: str):
+    def __init__(self, shape, depth: int, name: str, init=()):
         self.shape, self.depth, self.name = shape, depth, name
         self.width = Shape.cast(shape).width
+        self._init = [int(v) & ((1 << self.width) - 1) for v in init]   # words, as bits
         super().__init__({
             "rd_addr": In(range(depth)),
             "rd_data": Out(shape),
@@ -294,7 +298,7 @@ class RegisteredMemory(wiring.Component):
         if _is_ecp5(platform) and cfg is not None:
             self._ecp5_blocks(m, *cfg)
             return m
-        mem = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
+        mem = Memory(shape=unsigned(self.width), depth=self.depth, init=self._init)
         m.submodules[self.name] = mem
         rd, wr = mem.read_port(), mem.write_port()
         q = Signal(self.width, name=f"{self.name}_q", reset_less=True)
@@ -341,8 +345,9 @@ class RegisteredMemory(wiring.Component):
             else:
                 pins |= {f"o_DOB{k}": do[k] for k in range(18)}
             pins |= {f"i_CS{s}": 0 for s in ("A0", "A1", "A2", "B0", "B1", "B2")}
+            init = _ecp5_initvals([(v >> lo) & ((1 << w) - 1) for v in self._init], cw)
             m.submodules[f"{self.name}_b{n}"] = Instance(
-                "DP16KD",
+                "DP16KD", **init,
                 p_DATA_WIDTH_A=cw, p_DATA_WIDTH_B=cw,
                 p_REGMODE_A="NOREG", p_REGMODE_B="OUTREG",
                 p_RESETMODE="ASYNC", p_ASYNC_RESET_RELEASE="ASYNC",
@@ -353,3 +358,25 @@ class RegisteredMemory(wiring.Component):
                 i_WEB=0, i_CEB=1, i_OCEB=1, i_RSTB=0,
                 **pins)
             m.d.comb += rdv[lo:lo + w].eq(do[:w])
+
+
+def _ecp5_initvals(words, cw: int) -> dict:
+    """The ``INITVAL_00`` .. ``INITVAL_3F`` parameters of a DP16KD holding
+    ``words`` (``cw`` bits each, from address 0): Yosys's layout
+    (``brams_map_16kd.v``): the block's 18,432 bits in 9-bit bytes, words of
+    9 bits or more at ``k * cw``, narrower ones packed ``8 // cw`` to a
+    byte (its ninth bit unused); each parameter 16 rows of 18 bits, a row
+    in 20."""
+    bits = 0
+    for k, v in enumerate(words):
+        at = k * cw if cw >= 9 else (k // (8 // cw)) * 9 + (k % (8 // cw)) * cw
+        bits |= v << at
+    if not bits:
+        return {}
+    out = {}
+    for idx in range(64):
+        val = 0
+        for i in range(16):
+            val |= ((bits >> ((idx * 16 + i) * 18)) & 0x3FFFF) << (i * 20)
+        out[f"p_INITVAL_{idx:02X}"] = Const(val, 320)
+    return out
