@@ -129,7 +129,10 @@ class LayerCore(wiring.Component):
         p = self._p
         # the synapse units (``p.units``: each walks its share of the kernel
         # taps of every event, into its own copy of the current memories)
-        wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
+        # (a wide core's weights registered after the memory, on the ECP5 by
+        # the blocks themselves: :class:`~spikeforge.hw.memory.RegisteredMemory`)
+        wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi],
+                              registered=bool(p.write_stage))
                  for lo, hi in map(p.weight_rows, range(p.units))]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
                             weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)

@@ -180,8 +180,10 @@ class SlicedMemory(wiring.Component):
     :class:`~amaranth.lib.memory.Memory` with its bits of ``init``).
 
     ``latency``: cycles from ``rd_addr`` to its ``rd_data``, 1 plus the
-    :func:`read_stages` of a memory of many blocks.  A write takes effect a
-    cycle after ``wr_*`` (an address copy is not in the write's way).
+    :func:`read_stages` of a memory of many blocks; with ``registered``, 2:
+    each slice a :class:`RegisteredMemory` (on the ECP5 the blocks' own
+    output registers).  A write takes effect a cycle after ``wr_*`` (an
+    address copy is not in the write's way).
 
     Members
     -------
@@ -191,12 +193,13 @@ class SlicedMemory(wiring.Component):
         Write port.
     """
 
-    def __init__(self, width: int, depth: int, init):
+    def __init__(self, width: int, depth: int, init, registered: bool = False):
         self.width, self.depth = width, depth
         self._init = list(init)
         self.slice = slice_bits(width, depth)
-        self.stages = read_stages(width, depth)
-        self.latency = 1 + self.stages
+        self.registered = registered
+        self.stages = 0 if registered else read_stages(width, depth)
+        self.latency = 2 if registered else 1 + self.stages
         super().__init__({
             "rd_addr": In(range(depth)),
             "rd_data": Out(width),
@@ -214,8 +217,15 @@ class SlicedMemory(wiring.Component):
             addrs = copies(m, self.rd_addr, "rd_addr", levels=self.stages - 1)
         for n, lo in enumerate(range(0, self.width, sw)):
             w = min(sw, self.width - lo)
-            mem = Memory(shape=unsigned(w), depth=self.depth,
-                         init=[(v >> lo) & ((1 << w) - 1) for v in self._init])
+            bits = [(v >> lo) & ((1 << w) - 1) for v in self._init]
+            if self.registered:
+                mem = RegisteredMemory(unsigned(w), self.depth, f"slice{n}", bits)
+                m.submodules[f"slice{n}"] = mem
+                m.d.comb += [mem.rd_addr.eq(self.rd_addr), self.rd_data[lo:lo + w].eq(mem.rd_data),
+                             mem.wr_addr.eq(self.wr_addr), mem.wr_data.eq(self.wr_data[lo:lo + w]),
+                             mem.wr_en.eq(self.wr_en)]
+                continue
+            mem = Memory(shape=unsigned(w), depth=self.depth, init=bits)
             m.submodules[f"slice{n}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
             word = read_data(m, platform, rd, wr, f"slice{n}")
