@@ -135,7 +135,7 @@ class LayerCore(wiring.Component):
                               registered=bool(p.write_stage))
                  for lo, hi in map(p.weight_rows, range(p.units))]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
-                            weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)
+                            weight_latency=wmem.latency, read_latency=2 + p.read_stage)
                 for u, wmem in enumerate(wmems)]
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
@@ -353,9 +353,9 @@ class LayerCore(wiring.Component):
         def word(u, n, nm):
             return Array(w[u][n] for w in words)[sels[nm][n * len(sels[nm]) // NL]]
         for n in range(NL):
-            # (with ``rmw_stage`` the selected word registered once more, by
+            # (with ``read_stage`` the selected word registered once more, by
             # the units' adders: their read is issued three cycles early)
-            dom = m.d.sync if p.rmw_stage else m.d.comb
+            dom = m.d.sync if p.read_stage else m.d.comb
             dom += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
             total = word(0, n, "scan_bank")
             for u in range(1, len(syns)):

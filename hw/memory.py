@@ -320,11 +320,15 @@ class RegisteredMemory(wiring.Component):
 
     def _ecp5_blocks(self, m, cw: int, cd: int) -> None:
         """Column slices of ``cw`` bits, a DP16KD each: port A writes, port B
-        reads through its output register; pins and parameters as Yosys's own
-        mapping sets them for the same configuration (``brams_map_16kd.v``:
-        36 bits the pseudo-dual-port way, narrower both ports true
-        dual-port), but for the output register (``tests/test_memory.py``
-        compares the two netlists)."""
+        reads through its output register (36 bits: the word's low half
+        leaves on port A's output pins, through port A's register);
+        pins and parameters as Yosys's own mapping sets them for the same
+        configuration (``brams_map_16kd.v``: 36 bits the pseudo-dual-port
+        way, narrower both ports true dual-port), but for the output
+        registers (``tests/test_memory.py`` compares the two netlists).
+        nextpnr times each output pin by its own port's register: a first
+        build with port A's left ``NOREG`` had those bits at 5.6 ns, and a
+        cycle early."""
         low, abits = _ECP5_LOW[cw], cd.bit_length() - 1
         we = self.wr_en
         # 18 and 36 bits: the write's byte enables on the lowest address pins
@@ -359,12 +363,13 @@ class RegisteredMemory(wiring.Component):
             m.submodules[f"{self.name}_b{n}"] = Instance(
                 "DP16KD", **init,
                 p_DATA_WIDTH_A=cw, p_DATA_WIDTH_B=cw,
-                p_REGMODE_A="NOREG", p_REGMODE_B="OUTREG",
+                # a 36-bit read leaves on both ports' pins: both registered
+                p_REGMODE_A="OUTREG" if cw == 36 else "NOREG", p_REGMODE_B="OUTREG",
                 p_RESETMODE="ASYNC", p_ASYNC_RESET_RELEASE="ASYNC",
                 p_CSDECODE_A="0b000", p_CSDECODE_B="0b000",
                 p_CLKAMUX="CLKA", p_CLKBMUX="CLKB", p_GSR="AUTO", **mode,
                 i_CLKA=ClockSignal(), i_CLKB=ClockSignal(),
-                i_WEA=wea, i_CEA=1, i_OCEA=int(cw != 36), i_RSTA=0,
+                i_WEA=wea, i_CEA=1, i_OCEA=1, i_RSTA=0,
                 i_WEB=0, i_CEB=1, i_OCEB=1, i_RSTB=0,
                 **pins)
             m.d.comb += rdv[lo:lo + w].eq(do[:w])
