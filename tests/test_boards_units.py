@@ -178,3 +178,42 @@ def test_ice40_pll_refuses_what_it_cannot_make():
         ice40_pll(12_000_000, 300e6)
     with pytest.raises(PLLError, match="outside 10..133 MHz"):
         ice40_pll(5_000_000, 40e6)
+
+
+def test_the_floorplan_pins_every_current_and_state_block_beside_its_lanes_others():
+    """Every LIF core's current and state blocks (and nothing else) get a
+    site of their own, the names those of the synthesised engine's DP16KD
+    cells; along the sites each lane's block of every memory lies within a
+    few sites of its blocks of the others."""
+    import re
+    from amaranth.back import rtlil
+    from spikeforge.boards.floorplan import ebr_sites, floorplan, lane_blocks
+    from spikeforge.hw.network import NetworkTop, core_params
+    from spikeforge.hw.randnet import random_network
+    from spikeforge.toolchain import yosys_netlist
+
+    class ECP5:
+        family = "ecp5"
+
+    net = random_network(3, size=(16, 16), channels=(6, 6), max_layers_conv=1)
+    lanes = [3, 1]
+    cps = core_params(net, lanes)
+    assert cps[0].acc_depth > 64 and len(lane_blocks(cps[0])) >= 6   # block RAM, columns
+    pins = floorplan(net, lanes, prefix="")
+    sites = ebr_sites()
+    assert len(set(sites)) == 208 and len(set(pins.values())) == len(pins)
+    assert set(pins.values()) <= set(sites)
+    netlist = yosys_netlist(rtlil.convert(NetworkTop(net, lanes), name="top", platform=ECP5()),
+                            "proc; flatten; hierarchy")
+    cells = {n for m in netlist["modules"].values() for n, c in m["cells"].items()
+             if c["type"] == "DP16KD"}
+    assert set(pins) == {n for n in cells if re.match(r"core\d+\.(cur\d+(_\d+)?|state)\.", n)}
+    # within one core, the nearest block of each other memory is a few sites away
+    at = {name: sites.index(site) for name, site in pins.items()}
+    for i, cp in enumerate(cps):
+        blocks = [(lane, f"core{i}.{name}") for lane, name in lane_blocks(cp)]
+        mems = {name.split(".")[1] for _, name in blocks}
+        for lane, name in blocks:
+            for other in mems - {name.split(".")[1]}:
+                near = min((abs(lane - l2), n2) for l2, n2 in blocks if n2.split(".")[1] == other)
+                assert abs(at[near[1]] - at[name]) <= len(mems) + 1, (name, near)
