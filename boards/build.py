@@ -88,7 +88,6 @@ from spikeforge.hw.streams import EVENT_FIFO_DEPTH
 from spikeforge.toolchain import synth_prep
 
 from . import icebreaker, protocol, ulx3s
-from .floorplan import floorplan as plan_blocks, yosys_commands
 from .top import BoardTop, LinkConfig
 
 __all__ = ["BOARDS", "BuildError", "TimingError", "ModelConfig", "DEFAULT_MODELS", "CANDIDATES",
@@ -331,8 +330,7 @@ def _tail(path: Path, n: int = 15) -> str:
 def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
           link: LinkConfig = LinkConfig(), allow_timing_fail: bool = False,
           pmod_leds: bool = True, clock_hz: float | None = None,
-          target_mhz: float | None = None, words=None, seed: int | None = None,
-          floorplan: bool = True) -> dict:
+          target_mhz: float | None = None, words=None, seed: int | None = None) -> dict:
     """Bitstream + ``report.json`` for ``board`` in ``out_dir``; returns the report.
 
     ``net_or_run``: an IntNetwork, a weight image path or a run folder
@@ -349,9 +347,6 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     bitstream still runs at the clock, ``timing_met`` compares Fmax with the
     clock and the report records ``target_mhz``.  ``seed``: nextpnr's
     placement seed (recorded as ``nextpnr_seed``; default nextpnr's own).
-    ``floorplan`` (ULX3S): each LIF core's current and state blocks pinned
-    side by side, lane by lane (:mod:`spikeforge.boards.floorplan`; the
-    report records how many as ``floorplan_blocks``).
     """
     from spikeforge import toolchain
     from spikeforge.boards import protocol
@@ -390,10 +385,6 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("top.report.json", "top.stat.json", mod.BITSTREAM, "report.json"):
         (out / stale).unlink(missing_ok=True)
-    pins = {}
-    if floorplan and board == "ulx3s":
-        pins = plan_blocks(net, lanes, words)
-    pin_cmds = f"{yosys_commands(pins)}; " if pins else ""
     t0 = time.perf_counter()
     plan = plat.build(wrapper, name="top", build_dir=str(out), do_build=False,
                       nextpnr_opts=("--report top.report.json --detailed-timing-report "
@@ -402,7 +393,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                                     + _NEXTPNR_OPTS[board]),
                       synth_opts=_SYNTH_OPTS[board],
                       script_after_read=synth_prep(),
-                      script_after_synth=f"{pin_cmds}tee -q -o top.stat.json stat -json",
+                      script_after_synth="tee -q -o top.stat.json stat -json",
                       add_preferences=prefs)
     plan.extract(str(out))
     log = out / "build.log"
@@ -417,7 +408,6 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     report = _report(board, mod, out, top, net, lanes, fit, clock_hz, seconds, source,
                      protocol.design_id(net, lanes, words), pll)
     report["nextpnr_seed"] = seed
-    report["floorplan_blocks"] = len(pins)
     if prefs:  # nextpnr's constraint was the target: timing is met at the clock
         report.update(clock_mhz=clock_hz / 1e6, target_mhz=target_mhz,
                       timing_met=report["fmax_mhz"] >= clock_hz / 1e6)

@@ -36,7 +36,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
 from .arith import copies
-from .memory import RegisteredMemory, SlicedMemory, read_data
+from .memory import SlicedMemory, read_data
 from .neuron import NeuronUnit
 from .steb import StebUnit
 from .params import CoreParams
@@ -129,13 +129,10 @@ class LayerCore(wiring.Component):
         p = self._p
         # the synapse units (``p.units``: each walks its share of the kernel
         # taps of every event, into its own copy of the current memories)
-        # (a wide core's weights registered after the memory, on the ECP5 by
-        # the blocks themselves: :class:`~spikeforge.hw.memory.RegisteredMemory`)
-        wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi],
-                              registered=bool(p.write_stage))
+        wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
                  for lo, hi in map(p.weight_rows, range(p.units))]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
-                            weight_latency=wmem.latency, read_latency=2 + p.read_stage)
+                            weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)
                 for u, wmem in enumerate(wmems)]
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
@@ -265,16 +262,14 @@ class LayerCore(wiring.Component):
         """
         p = self._p
         nb, T = p.cur_banks, p.timesteps
-        # the state and current memories read every cycle, each word
-        # registered after its memory (on the ECP5 by the block itself:
-        # :class:`RegisteredMemory`): no memory output drives logic
-        state = RegisteredMemory(data.ArrayLayout(signed(p.state_width), p.P * p.R),
-                                 p.acc_depth, "state")
+        state = Memory(shape=data.ArrayLayout(signed(p.state_width), p.P * p.R),
+                       depth=p.acc_depth, init=[])
         m.submodules.state = state
+        s_rd, s_wr = state.read_port(), state.write_port()
         m.d.comb += [
-            state.rd_addr.eq(neu.rd_addr), neu.rd_data.eq(state.rd_data),
-            state.wr_addr.eq(neu.wr_addr), state.wr_data.eq(neu.wr_data),
-            state.wr_en.eq(neu.wr_en),
+            s_rd.addr.eq(neu.rd_addr), s_rd.en.eq(neu.rd_en),
+            neu.rd_data.eq(read_data(m, platform, s_rd, s_wr, "state")),
+            s_wr.addr.eq(neu.wr_addr), s_wr.data.eq(neu.wr_data), s_wr.en.eq(neu.wr_en),
         ]
 
         clearing = Signal()
@@ -303,12 +298,16 @@ class LayerCore(wiring.Component):
         for b in range(nb):
             words.append([])
             for u, syn in enumerate(syns):
+                mem = Memory(shape=data.ArrayLayout(signed(p.cur_width), p.P * p.R),
+                             depth=p.acc_depth, init=[])
                 name = f"cur{b}" if u == 0 else f"cur{b}_{u}"
-                mem = RegisteredMemory(data.ArrayLayout(signed(p.cur_width), p.P * p.R),
-                                       p.acc_depth, name)
                 m.submodules[name] = mem
+                rd, wr = mem.read_port(), mem.write_port()
                 scan_owns = own[b]
-                m.d.comb += mem.rd_addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr))
+                m.d.comb += [
+                    rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
+                    rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
+                ]
                 # the write, registered in front of the memory (timing: the
                 # selects and the update's adders, then a wide word's route to
                 # blocks spread over the block-RAM rows, took the routed
@@ -317,8 +316,8 @@ class LayerCore(wiring.Component):
                 # read and never reads it again
                 # (a narrow core writes directly, zeroing through ``free``)
                 wd = m.d.sync if p.write_stage else m.d.comb
-                wr_addr = Signal.like(mem.wr_addr, name=f"cur{b}_{u}_wa", reset_less=True)
-                wr_data = Signal.like(mem.wr_data, name=f"cur{b}_{u}_wd", reset_less=True)
+                wr_addr = Signal.like(wr.addr, name=f"cur{b}_{u}_wa", reset_less=True)
+                wr_data = Signal.like(wr.data, name=f"cur{b}_{u}_wd", reset_less=True)
                 wr_en = Signal(name=f"cur{b}_{u}_we")
                 wd += [
                     wr_addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
@@ -331,11 +330,13 @@ class LayerCore(wiring.Component):
                 if p.rmw_stage:   # a second register, for the placer to put by the blocks
                     wr_addr, wr_data, wr_en = _registered(m, (wr_addr, wr_data, wr_en),
                                                           f"cur{b}_{u}_w2")
-                m.d.comb += [mem.wr_addr.eq(wr_addr), mem.wr_data.eq(wr_data), mem.wr_en.eq(wr_en)]
-                # each memory's word registered (timing: a block's output is
-                # slow and the multiplexer was the critical path of a core
-                # routed alone)
-                words[b].append(mem.rd_data)
+                m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(wr_data), wr.en.eq(wr_en)]
+                # each memory's word is registered before the units' selects
+                # (timing: a block's output is slow and the multiplexer was the
+                # critical path of a core routed alone)
+                rd_q = Signal.like(rd.data, name=f"{name}_q", reset_less=True)
+                m.d.sync += rd_q.eq(read_data(m, platform, rd, wr, name))
+                words[b].append(rd_q)
 
         # the selects of the units' words, from copies of ``syn_bank`` and
         # ``scan_bank`` (``copies``, two levels: in a wide core each drives
@@ -353,9 +354,9 @@ class LayerCore(wiring.Component):
         def word(u, n, nm):
             return Array(w[u][n] for w in words)[sels[nm][n * len(sels[nm]) // NL]]
         for n in range(NL):
-            # (with ``read_stage`` the selected word registered once more, by
+            # (with ``rmw_stage`` the selected word registered once more, by
             # the units' adders: their read is issued three cycles early)
-            dom = m.d.sync if p.read_stage else m.d.comb
+            dom = m.d.sync if p.rmw_stage else m.d.comb
             dom += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
             total = word(0, n, "scan_bank")
             for u in range(1, len(syns)):

@@ -41,9 +41,8 @@ from amaranth.lib.wiring import In, Out
 from .arith import copies
 
 __all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
-           "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "ecp5_outreg_config",
-           "geometry_blocks", "read_data", "read_stages", "slice_bits", "RegisteredMemory",
-           "SlicedMemory"]
+           "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
+           "read_data", "read_stages", "slice_bits", "SlicedMemory"]
 
 
 class _Synthesis:
@@ -180,10 +179,8 @@ class SlicedMemory(wiring.Component):
     :class:`~amaranth.lib.memory.Memory` with its bits of ``init``).
 
     ``latency``: cycles from ``rd_addr`` to its ``rd_data``, 1 plus the
-    :func:`read_stages` of a memory of many blocks; with ``registered``, 2:
-    each slice a :class:`RegisteredMemory` (on the ECP5 the blocks' own
-    output registers).  A write takes effect a cycle after ``wr_*`` (an
-    address copy is not in the write's way).
+    :func:`read_stages` of a memory of many blocks.  A write takes effect a
+    cycle after ``wr_*`` (an address copy is not in the write's way).
 
     Members
     -------
@@ -193,13 +190,12 @@ class SlicedMemory(wiring.Component):
         Write port.
     """
 
-    def __init__(self, width: int, depth: int, init, registered: bool = False):
+    def __init__(self, width: int, depth: int, init):
         self.width, self.depth = width, depth
         self._init = list(init)
         self.slice = slice_bits(width, depth)
-        self.registered = registered
-        self.stages = 0 if registered else read_stages(width, depth)
-        self.latency = 2 if registered else 1 + self.stages
+        self.stages = read_stages(width, depth)
+        self.latency = 1 + self.stages
         super().__init__({
             "rd_addr": In(range(depth)),
             "rd_data": Out(width),
@@ -217,15 +213,8 @@ class SlicedMemory(wiring.Component):
             addrs = copies(m, self.rd_addr, "rd_addr", levels=self.stages - 1)
         for n, lo in enumerate(range(0, self.width, sw)):
             w = min(sw, self.width - lo)
-            bits = [(v >> lo) & ((1 << w) - 1) for v in self._init]
-            if self.registered:
-                mem = RegisteredMemory(unsigned(w), self.depth, f"slice{n}", bits)
-                m.submodules[f"slice{n}"] = mem
-                m.d.comb += [mem.rd_addr.eq(self.rd_addr), self.rd_data[lo:lo + w].eq(mem.rd_data),
-                             mem.wr_addr.eq(self.wr_addr), mem.wr_data.eq(self.wr_data[lo:lo + w]),
-                             mem.wr_en.eq(self.wr_en)]
-                continue
-            mem = Memory(shape=unsigned(w), depth=self.depth, init=bits)
+            mem = Memory(shape=unsigned(w), depth=self.depth,
+                         init=[(v >> lo) & ((1 << w) - 1) for v in self._init])
             m.submodules[f"slice{n}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
             word = read_data(m, platform, rd, wr, f"slice{n}")
@@ -238,160 +227,3 @@ class SlicedMemory(wiring.Component):
                          wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data[lo:lo + w]),
                          wr.en.eq(self.wr_en)]
         return m
-
-
-#: DP16KD address pins below the word address at each data width: the
-#: block addresses bits, a word of ``w`` bits at ``addr << _ECP5_LOW[w]``
-#: (Yosys's own mapping, ``share/lattice/brams_map_16kd.v``: at 18 bits the
-#: two lowest are the port's byte enables, at 36 bits the four lowest the
-#: write port's)
-_ECP5_LOW = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4, 36: 5}
-
-
-def ecp5_outreg_config(width: int, depth: int):
-    """The DP16KD configuration ``(width, depth)`` that
-    :class:`RegisteredMemory` builds a ``width x depth`` memory from (column
-    slices of one block each), or ``None`` where every such configuration
-    takes more blocks than :func:`geometry_blocks` (a memory built best with
-    blocks stacked in depth: it stays Yosys's, a register after it)."""
-    fits = [(-(-width // cw), -cw, cw, cd) for cw, cd in ECP5_CONFIGS if cd >= depth]
-    if not fits or depth <= ECP5_LUTRAM_DEPTH:
-        return None
-    n, _, cw, cd = min(fits)
-    return (cw, cd) if n == geometry_blocks(width, depth, ECP5_CONFIGS) else None
-
-
-def _is_ecp5(platform) -> bool:
-    return getattr(platform, "family", None) == "ecp5"
-
-
-class RegisteredMemory(wiring.Component):
-    """A memory whose read word is registered once more: ``rd_data`` is the
-    word at ``rd_addr`` two cycles earlier (read every cycle); a write takes
-    effect a cycle after ``wr_*``.  ``shape``: the word's shape (``width``
-    bits).
-
-    ``init``: the first words' contents (integers, their two's-complement
-    bits), the rest zero.
-
-    In an ECP5 board build (``platform.family == "ecp5"``, a configuration
-    from :func:`ecp5_outreg_config`) it is DP16KD blocks instantiated with
-    the block's own output register (``REGMODE_B = "OUTREG"``): nextpnr's
-    clock-to-output of such a block is 0.96 ns, against 5.83 ns without it
-    (Yosys maps inferred memories ``NOREG``, their register a fabric
-    flip-flop behind the slow output).  The read on a collision with the
-    write is undefined, as :func:`read_data` models it; no emulation.
-    Elsewhere (simulation, the iCE40, ``SYNTHESIS``) a
-    :class:`~amaranth.lib.memory.Memory` named ``name`` and a fabric register.
-
-    Members
-    -------
-    rd_addr : In(range(depth)), rd_data : Out(shape)
-    wr_addr : In(range(depth)), wr_data : In(shape), wr_en : In(1)
-    """
-
-    def __init__(self, shape, depth: int, name: str, init=()):
-        self.shape, self.depth, self.name = shape, depth, name
-        self.width = Shape.cast(shape).width
-        self._init = [int(v) & ((1 << self.width) - 1) for v in init]   # words, as bits
-        super().__init__({
-            "rd_addr": In(range(depth)),
-            "rd_data": Out(shape),
-            "wr_addr": In(range(depth)),
-            "wr_data": In(shape),
-            "wr_en": In(1),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        cfg = ecp5_outreg_config(self.width, self.depth)
-        if _is_ecp5(platform) and cfg is not None:
-            self._ecp5_blocks(m, *cfg)
-            return m
-        mem = Memory(shape=unsigned(self.width), depth=self.depth, init=self._init)
-        m.submodules[self.name] = mem
-        rd, wr = mem.read_port(), mem.write_port()
-        q = Signal(self.width, name=f"{self.name}_q", reset_less=True)
-        m.d.sync += q.eq(read_data(m, platform, rd, wr, self.name))
-        m.d.comb += [rd.addr.eq(self.rd_addr), wr.addr.eq(self.wr_addr),
-                     wr.data.eq(self.wr_data), wr.en.eq(self.wr_en),
-                     Value.cast(self.rd_data).eq(q)]
-        return m
-
-    def _ecp5_blocks(self, m, cw: int, cd: int) -> None:
-        """Column slices of ``cw`` bits, a DP16KD each: port A writes, port B
-        reads through its output register (36 bits: the word's low half
-        leaves on port A's output pins, through port A's register);
-        pins and parameters as Yosys's own mapping sets them for the same
-        configuration (``brams_map_16kd.v``: 36 bits the pseudo-dual-port
-        way, narrower both ports true dual-port), but for the output
-        registers (``tests/test_memory.py`` compares the two netlists).
-        nextpnr times each output pin by its own port's register: a first
-        build with port A's left ``NOREG`` had those bits at 5.6 ns, and a
-        cycle early."""
-        low, abits = _ECP5_LOW[cw], cd.bit_length() - 1
-        we = self.wr_en
-        # 18 and 36 bits: the write's byte enables on the lowest address pins
-        # (those of the 9-bit bytes holding data), and at 36 bits the
-        # enables alone gate the write
-        mode = ({} if cw == 36 else
-                {"p_WRITEMODE_A": "READBEFOREWRITE", "p_WRITEMODE_B": "READBEFOREWRITE"})
-        adb = Cat(C(0, low), self.rd_addr, C(0, abits - len(self.rd_addr)))
-        wd, rdv = Value.cast(self.wr_data), Value.cast(self.rd_data)
-        for n, lo in enumerate(range(0, self.width, cw)):
-            w = min(cw, self.width - lo)
-            if cw in (18, 36):
-                a_low = Cat(*(we if w > 9 * k else C(0, 1) for k in range(cw // 9)))
-                a_low = Cat(a_low, C(0, low - len(a_low)))
-            else:
-                a_low = C(0, low)
-            ada = Cat(a_low, self.wr_addr, C(0, abits - len(self.wr_addr)))
-            wea = C(1, 1) if cw == 36 else we
-            di = Cat(wd[lo:lo + w], C(0, 36 - w))
-            do = Signal(36, name=f"{self.name}_b{n}_do")
-            pins = {f"i_ADA{k}": ada[k] for k in range(14)}
-            pins |= {f"i_ADB{k}": adb[k] for k in range(14)}
-            pins |= {f"i_DIA{k}": di[k] for k in range(18)}
-            if cw == 36:   # a 36-bit word: its low half on port A's pins
-                pins |= {f"i_DIB{k}": di[18 + k] for k in range(18)}
-                pins |= {f"o_DOA{k}": do[k] for k in range(18)}
-                pins |= {f"o_DOB{k}": do[18 + k] for k in range(18)}
-            else:
-                pins |= {f"o_DOB{k}": do[k] for k in range(18)}
-            pins |= {f"i_CS{s}": 0 for s in ("A0", "A1", "A2", "B0", "B1", "B2")}
-            init = _ecp5_initvals([(v >> lo) & ((1 << w) - 1) for v in self._init], cw)
-            m.submodules[f"{self.name}_b{n}"] = Instance(
-                "DP16KD", **init,
-                p_DATA_WIDTH_A=cw, p_DATA_WIDTH_B=cw,
-                # a 36-bit read leaves on both ports' pins: both registered
-                p_REGMODE_A="OUTREG" if cw == 36 else "NOREG", p_REGMODE_B="OUTREG",
-                p_RESETMODE="ASYNC", p_ASYNC_RESET_RELEASE="ASYNC",
-                p_CSDECODE_A="0b000", p_CSDECODE_B="0b000",
-                p_CLKAMUX="CLKA", p_CLKBMUX="CLKB", p_GSR="AUTO", **mode,
-                i_CLKA=ClockSignal(), i_CLKB=ClockSignal(),
-                i_WEA=wea, i_CEA=1, i_OCEA=1, i_RSTA=0,
-                i_WEB=0, i_CEB=1, i_OCEB=1, i_RSTB=0,
-                **pins)
-            m.d.comb += rdv[lo:lo + w].eq(do[:w])
-
-
-def _ecp5_initvals(words, cw: int) -> dict:
-    """The ``INITVAL_00`` .. ``INITVAL_3F`` parameters of a DP16KD holding
-    ``words`` (``cw`` bits each, from address 0): Yosys's layout
-    (``brams_map_16kd.v``): the block's 18,432 bits in 9-bit bytes, words of
-    9 bits or more at ``k * cw``, narrower ones packed ``8 // cw`` to a
-    byte (its ninth bit unused); each parameter 16 rows of 18 bits, a row
-    in 20."""
-    bits = 0
-    for k, v in enumerate(words):
-        at = k * cw if cw >= 9 else (k // (8 // cw)) * 9 + (k % (8 // cw)) * cw
-        bits |= v << at
-    if not bits:
-        return {}
-    out = {}
-    for idx in range(64):
-        val = 0
-        for i in range(16):
-            val |= ((bits >> ((idx * 16 + i) * 18)) & 0x3FFFF) << (i * 20)
-        out[f"p_INITVAL_{idx:02X}"] = Const(val, 320)
-    return out

@@ -110,9 +110,7 @@ class NeuronUnit(wiring.Component):
     rd_addr : Out(unsigned), rd_en : Out(1)
         State and current read address and enable; ``rd_en`` low holds the data.
     rd_data : In(ArrayLayout(signed(state_width), P))
-        State words (``base``), two cycles after their address (registered
-        by the core after the state memory: no block-RAM output drives
-        logic).
+        State words (``base``).
     cur_data : In(ArrayLayout(signed(cur_width), P))
         Current words of the step being scanned, two cycles after their
         address (registered by the core after each current memory, then
@@ -197,8 +195,8 @@ class NeuronUnit(wiring.Component):
         # the words and every later data register are not reset (the tags'
         # valid bits are): ``start`` fans out to control only
         dreg = dict(reset_less=True)
-        base_r = self.rd_data   # registered after the memory, by the core
-        m.d.sync += tr.eq(t1)
+        base_r = Signal.like(self.rd_data, **dreg)
+        m.d.sync += [tr.eq(t1), base_r.eq(self.rd_data)]
 
         # ---------------------------------------------------------- select stage
         # the current word (registered by the core, memory by memory, then

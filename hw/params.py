@@ -178,25 +178,15 @@ class CoreParams:
         return int(not self.stcb and self.P * self.R * self.cur_width > WRITE_STAGE_BITS)
 
     @property
-    def read_stage(self) -> int:
-        """1 when the synapse unit's current word is registered once more,
-        after the memories' selects (a core with :attr:`write_stage`: the
-        memories' own output registers sit by their blocks, spread over the
-        device, and the read-modify-write's forwarding and adders are a
-        route away from some of them), else 0: the read is issued three
-        cycles before the update instead of two, and one write more is
-        forwarded."""
-        return self.write_stage
-
-    @property
     def rmw_stage(self) -> int:
-        """1 when the core registers its current memories' writes a second
-        time (a LIF / IF core whose word is wider than
-        :data:`RMW_STAGE_BITS`: the word, spread over a dozen blocks in rows
-        across the device, travelled over 12 ns from the blocks' registers
-        to the update's adders and back in a routed build), else 0: a write
-        takes two registers to the memory, so one more write in flight is
-        forwarded (with :attr:`read_stage`, five)."""
+        """1 when the core registers its current memories' words once more on
+        each side of the synapse unit's update (a LIF / IF core whose word is
+        wider than :data:`RMW_STAGE_BITS`: the word, spread over a dozen
+        blocks in rows across the device, travelled over 12 ns from the
+        blocks' registers to the update's adders and back in a routed
+        build), else 0: the read is issued three cycles before the update
+        instead of two and a write takes two registers to the memory, so
+        five writes in flight are forwarded instead of three."""
         return int(self.write_stage and self.P * self.R * self.cur_width > RMW_STAGE_BITS)
 
     def tap_range(self, unit: int) -> tuple[int, int]:

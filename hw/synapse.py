@@ -300,9 +300,7 @@ class SynapseUnit(wiring.Component):
         # copies, each for its share of the lanes (timing: one mask register
         # to a far lane's tree was the critical path of a routed build)
         tree_bits = p.P * Q * W
-        # (a registered memory's word, ``weight_latency`` 2, is one already)
-        if (self._rlat == 1 and not ecp5_in_lutram(p.weight_width, hi - lo)
-                and (Q > 1 or p.max_shift > 0)):
+        if not ecp5_in_lutram(p.weight_width, hi - lo) and (Q > 1 or p.max_shift > 0):
             w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
             s2, mask1 = Signal.like(s1, name="s2"), Signal(Q, name="mask1", **dreg)
             m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask1.eq(mask)]

@@ -105,20 +105,6 @@ def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
     prepared first as in a build (:func:`synth_prep`; elaborate the design
     with ``platform=spikeforge.hw.memory.SYNTHESIS``, not for simulation):
     the whole design's ``stat -json`` counts, submodules included."""
-    stat = _yosys_json(rtlil, f"{synth_prep()}; {script} -top {top}", "stat -json")
-    return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
-
-
-def yosys_netlist(rtlil: str, script: str, top: str = "top") -> dict:
-    """The netlist (Yosys ``write_json``) after ``script`` on an RTLIL design
-    (as :func:`yosys_cells`, prepared only by the script itself: a test
-    states the commands it compares)."""
-    return _yosys_json(rtlil, f"{script} -top {top}", "write_json")
-
-
-def _yosys_json(rtlil: str, commands: str, dump: str) -> dict:
-    """Run Yosys ``commands`` after reading ``rtlil``, then ``dump`` (a
-    command writing JSON to a file) and return what it wrote."""
     import json
     import subprocess
     import tempfile
@@ -126,11 +112,12 @@ def _yosys_json(rtlil: str, commands: str, dump: str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "top.il").write_text(rtlil)
         # YoWASP tools see the working directory: run there, relative paths only
-        to_file = (f"tee -q -o out.json {dump}" if dump.startswith("stat")
-                   else f"{dump} out.json")
-        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {commands}; {to_file}"],
+        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {synth_prep()}; "
+                              f"{script} -top {top}; "
+                              "tee -q -o stat.json stat -json"],
                              capture_output=True, text=True, cwd=d)
         if out.returncode:
-            raise ToolchainError(f"yosys failed ({commands}, exit {out.returncode}): "
+            raise ToolchainError(f"yosys failed ({script}, exit {out.returncode}): "
                                  f"{(out.stderr + out.stdout).strip()[-2000:]}")
-        return json.loads((Path(d) / "out.json").read_text())
+        stat = json.loads((Path(d) / "stat.json").read_text())
+    return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}

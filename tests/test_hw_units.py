@@ -341,11 +341,8 @@ class NeuHarness(Elaboratable):
         for j, bank in enumerate(self.banks):
             m.submodules[f"bank{j}"] = bank
             r, w = bank.read_port(), bank.write_port()
-            m.d.comb += [r.addr.eq(neu.rd_addr), r.en.eq(neu.rd_en),
+            m.d.comb += [r.addr.eq(neu.rd_addr), r.en.eq(neu.rd_en), neu.rd_data[j].eq(r.data),
                          w.addr.eq(neu.wr_addr), w.data.eq(neu.wr_data[j]), w.en.eq(neu.wr_en)]
-            # a NeuronUnit's state registered, as the core does (RegisteredMemory)
-            dom = m.d.sync if isinstance(neu, NeuronUnit) else m.d.comb
-            dom += neu.rd_data[j].eq(r.data)
         for j, mem in enumerate(self.cur):
             m.submodules[f"cur{j}"] = mem
             r = mem.read_port()
@@ -662,9 +659,9 @@ def test_layer_core_reads_collide_with_writes_and_stay_exact(case, monkeypatch):
     reads corrupted (hw/memory.py: read_data) and the core still equals the
     golden model: the forwarding covers every one, so board builds may leave
     the block RAM's result undefined."""
-    from spikeforge.hw import memory as hw_memory
+    from spikeforge.hw import layer as hw_layer
     probes, counts = [], {}
-    real = hw_memory.read_data
+    real = hw_layer.read_data
 
     def probed(m, platform, rd, wr, name):
         probe = Signal(name=f"probe_{name}")
@@ -682,7 +679,7 @@ def test_layer_core_reads_collide_with_writes_and_stay_exact(case, monkeypatch):
     def run_watched(dut, *benches):
         plain_run(dut, *benches, processes=[watch])
 
-    monkeypatch.setattr(hw_memory, "read_data", probed)
+    monkeypatch.setattr(hw_layer, "read_data", probed)
     monkeypatch.setattr(sys.modules[__name__], "run_sim", run_watched)
     test_layer_core_matches_golden_with_back_pressure(case, 0, 0, monkeypatch)
     assert counts["cur0"] > 100, counts
