@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/calibrate_cost.py            # synthesise, fit, write, check
     .venv/bin/python benchmarks/calibrate_cost.py --refit    # fit the stored samples again
     .venv/bin/python benchmarks/calibrate_cost.py --check    # predicted vs Yosys only
+    .venv/bin/python benchmarks/calibrate_cost.py --missing  # synthesise new configurations only, fit all
 
 Calibration: every layer core of the configurations in ``CALIBRATE`` is
 synthesised on its own (Yosys ``synth_ecp5 -abc9`` / ``synth_ice40``, as the
@@ -37,6 +38,8 @@ warnings.filterwarnings("ignore", category=UnusedElaboratable)
 ROOT = Path(__file__).resolve().parents[1]
 
 C16 = {"channels": (16, 32), "hidden": 64}   # the default network
+#: the STCSNN VGG at half width (the README's STCB build)
+STCB16 = {"model": "stcsnn-vgg", "channels": (16, 16, 32, 32), "hidden": 64, "timesteps": 8}
 #: (label, family, model configuration overrides, lanes) -- untrained weights:
 #: the datapath widths come from the quantized ranges, close to a trained run's
 CALIBRATE = [
@@ -53,6 +56,9 @@ CALIBRATE = [
     ("convsnn 4 fc16 digits", "ice40", {"channels": (4,), "hidden": 16,
                                         "dataset": "digits8x8", "weight_bits": 4,
                                         "input_bits": 4}, [1, 1, 1]),
+    # STCB cores (their own features: hw/cost.py)
+    ("stcsnn 16-16-32-32 fc64", "ecp5", STCB16, [16, 16, 16, 16, 2, 10]),
+    ("stcsnn 16-16-32-32 fc64", "ecp5", STCB16, [4, 4, 8, 8, 1, 1]),
 ]
 #: configurations the fit never saw (other lanes or networks)
 CHECK = [
@@ -62,6 +68,7 @@ CHECK = [
     ("convsnn 8 fc32 4b", "ecp5", {"channels": (8,), "hidden": 32, "weight_bits": 4,
                                    "input_bits": 4}, [8, 4, 2]),
     ("convsnn 8-16 fc32", "ecp5", {"channels": (8, 16), "hidden": 32}, [4, 8, 4, 1]),
+    ("stcsnn 16-16-32-32 fc64", "ecp5", STCB16, [8, 8, 16, 16, 2, 2]),
     ("mlp 32 digits", "ice40", {"channels": (), "hidden": 32, "dataset": "digits8x8",
                                 "input_bits": 4}, [1, 1]),
     ("mlp 48 digits", "ice40", {"channels": (), "hidden": 48, "dataset": "digits8x8",
@@ -76,7 +83,7 @@ BOARD = {"ecp5": "ulx3s", "ice40": "icebreaker"}
 def network(overrides: dict):
     from spikeforge.boards.build import ModelConfig
     kw = dict(overrides)
-    cfg = ModelConfig("cal", dataset=kw.pop("dataset", "mnist5k"),
+    cfg = ModelConfig("cal", model=kw.pop("model", "convsnn"), dataset=kw.pop("dataset", "mnist5k"),
                       weight_bits=kw.pop("weight_bits", 8), input_bits=kw.pop("input_bits", 8),
                       overrides=kw)
     return cfg.network()
@@ -140,18 +147,20 @@ def whole(fam, overrides, lanes) -> tuple[dict, float]:
     return resources(cells, fam), time.time() - t0
 
 
-def calibrate() -> dict:
+def calibrate(missing: bool = False) -> dict:
     from spikeforge.hw import fit
     from spikeforge.hw.cost import FEATURES, RESOURCES, core_features, fit_coefficients
     from spikeforge.hw.network import core_params
     model = json.loads((ROOT / "hw" / "cost_model.json").read_text())
     for fam in ("ecp5", "ice40"):
         cfgs = [c for c in CALIBRATE if c[1] == fam]
-        samples = []
+        samples = list(model[fam]["calibration"]["samples"]) if missing else []
+        have = {(s["config"], tuple(s["lanes"])) for s in samples}
+        cfgs = [c for c in cfgs if (c[0], tuple(c[3])) not in have]
         # the smallest configuration's whole top fits the ``top`` part; a
         # configuration whose cores Yosys cannot synthesise one by one (ABC9
         # stops without a message on the widest word-event cores) is taken whole
-        small = min(cfgs, key=lambda c: sum(c[3]))
+        small = min(cfgs, key=lambda c: sum(c[3])) if not missing else (None, None, None, None)
         for label, _, ov, lanes in cfgs:
             cores, failed = core_samples(label, fam, ov, lanes)
             samples += cores
@@ -229,18 +238,21 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--refit", action="store_true", help="fit the stored samples again")
     ap.add_argument("--check", action="store_true", help="only compare with Yosys")
+    ap.add_argument("--missing", action="store_true",
+                    help="synthesise only the configurations without stored samples, then fit all")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     path = ROOT / "hw" / "cost_model.json"
     model = json.loads(path.read_text())
     if not args.check:
-        model = refit(model) if args.refit else calibrate()
+        model = (refit(model) if args.refit else
+                 refit(calibrate(missing=True)) if args.missing else calibrate())
         path.write_text(json.dumps(model, indent=1) + "\n")
         print(f"coefficients -> {path}")
         from spikeforge.hw import cost
         cost._read.cache_clear()
     print("\npredicted / Yosys per resource (error):")
-    check(model, synth=not args.refit)
+    check(model, synth=not (args.refit or args.missing))
     path.write_text(json.dumps(model, indent=1) + "\n")
 
 

@@ -23,6 +23,14 @@ Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
   enough for LUT RAM (ECP5; the iCE40 has none);
 * ``one``: the core's control, its input FIFO and counters;
 * ``top``: 1 for a whole board top (the host bridge, the readout), 0 for a core.
+
+An STCB core (the CAB's accumulator banks and the STEB unit's passes) is
+another datapath: its features are its own, fitted on STCB cores alone, and
+a LIF / IF core has none of them (nor an STCB core the LIF ones), so the two
+fits are independent: ``stcb`` (``P * acc_width``, the accumulate, the
+banks' registers and the STEB unit's shifts and comparisons), ``stcb_tree``
+(as ``tree``) and ``stcb_one`` (as ``one``).  ``lutram`` is shared (exact,
+not fitted).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from .network import core_params
 __all__ = ["FEATURES", "RESOURCES", "core_features", "CostModel", "load", "estimate",
            "fit_coefficients"]
 
-FEATURES = ("upd", "neu", "tree", "lutram", "one", "top")
+FEATURES = ("upd", "neu", "tree", "lutram", "one", "top", "stcb", "stcb_tree", "stcb_one")
 
 #: the logic cells modelled per family (Yosys cell names in the comments)
 RESOURCES = {
@@ -76,19 +84,20 @@ def core_features(cp, dev) -> dict[str, float]:
     are LUT RAM)."""
     PR, U = cp.P * cp.R, cp.units   # U synapse units: each its datapath and memory copies
     if cp.stcb:
-        upd = neu = cp.P * cp.acc_width
         mems = [(cp.acc_width, cp.acc_depth)] * cp.P
     else:
-        upd, neu = U * PR * cp.cur_width, PR * cp.state_width
         mems = [(PR * cp.cur_width, cp.acc_depth)] * (cp.cur_banks * U)
         mems.append((PR * cp.state_width, cp.acc_depth))
     mems += [(cp.weight_width, hi - lo) for lo, hi in map(cp.weight_rows, range(U))]
     mems.append((cp.neuron_width, cp.c_out))
     # LUT-RAM cells (ECP5 DPR16X4: 16 words x 4 bits) of the shallow memories
     lutram = sum(-(-w // 4) * -(-d // 16) for w, d in mems if dev.in_lutram(w, d))
-    return {"upd": float(upd), "neu": float(neu),
-            "tree": float(U * cp.P * cp.in_lanes * cp.weight_bits),
-            "lutram": float(lutram), "one": 1.0, "top": 0.0}
+    tree = float(U * cp.P * cp.in_lanes * cp.weight_bits)
+    out = dict.fromkeys(FEATURES, 0.0) | {"lutram": float(lutram)}
+    if cp.stcb:
+        return out | {"stcb": float(cp.P * cp.acc_width), "stcb_tree": tree, "stcb_one": 1.0}
+    return out | {"upd": float(U * PR * cp.cur_width), "neu": float(PR * cp.state_width),
+                  "tree": tree, "one": 1.0}
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,7 @@ def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
     cores count alike (relative error)."""
     import numpy as np
     from scipy.optimize import nnls
-    A = np.array([[f[k] for k in FEATURES] for f, _ in samples])
+    A = np.array([[f.get(k, 0.0) for k in FEATURES] for f, _ in samples])
     out = {}
     for r in resources:
         y = np.array([c.get(r, 0.0) for _, c in samples])
@@ -207,11 +216,14 @@ def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
             # the feature counts the LUT-RAM cells of the core's shallow memories
             # exactly (coefficient 1; where Yosys puts one in block RAM instead
             # this over-counts, the safe side); fitted: the FIFOs and queues
-            keep = [FEATURES.index(k) for k in ("one", "top")]
+            keep = [FEATURES.index(k) for k in ("one", "top", "stcb_one")]
             x, _ = nnls(A[:, keep] * w[:, None], (y - A[:, FEATURES.index("lutram")]) * w)
-            out[r] = {k: 0.0 for k in FEATURES} | {"lutram": 1.0}
+            out[r] = dict.fromkeys(FEATURES, 0.0) | {"lutram": 1.0}
             out[r].update({FEATURES[i]: float(v) for i, v in zip(keep, x)})
             continue
-        x, _ = nnls(A * w[:, None], y * w)
-        out[r] = {k: float(v) for k, v in zip(FEATURES, x)}
+        # (the LUT-RAM cells themselves are the ``lutram`` resource: not a
+        # term of the others, so that LIF / IF and STCB cores share no column)
+        keep = [i for i, k in enumerate(FEATURES) if k != "lutram"]
+        x, _ = nnls(A[:, keep] * w[:, None], y * w)
+        out[r] = dict.fromkeys(FEATURES, 0.0) | {FEATURES[i]: float(v) for i, v in zip(keep, x)}
     return out

@@ -257,3 +257,26 @@ def test_the_skip_path_cost_is_what_yosys_builds():
     assert cells.get("TRELLIS_DPR16X4", 0) == 0
     mu = MemoryUse(0, "skip", fmt.width, 3137 - 1)
     assert cells["DP16KD"] == DEVICES["ecp5-85f"].blocks_for(mu.width, mu.depth)
+
+
+def test_stcb_and_lif_cores_are_costed_by_their_own_coefficients():
+    """An STCB core's features are its own and a LIF / IF core's its own
+    (hw/cost.py): zeroing one kind's coefficients leaves the other's cores'
+    predictions as they were, and each kind's prediction is non-trivial."""
+    import dataclasses
+    from spikeforge.hw.randnet import random_network, random_stcb_network
+    cm = cost.load("ecp5-85f")
+    dev = DEVICES["ecp5-85f"]
+    lif, stcb = random_network(7), random_stcb_network(7)
+    kinds = {"lif": ("upd", "neu", "tree", "one"), "stcb": ("stcb", "stcb_tree", "stcb_one")}
+    for net, own, other in ((lif, "lif", "stcb"), (stcb, "stcb", "lif")):
+        lanes = [2] * len(net.layers)
+        base = cm.cores(net, lanes, dev)
+        assert all(c["lut"] > 100 and c["ff"] > 50 for c in base), (own, base)
+        zeroed = {r: {k: (0.0 if k in kinds[other] else v) for k, v in c.items()}
+                  for r, c in cm.coef.items()}
+        assert dataclasses.replace(cm, coef=zeroed).cores(net, lanes, dev) == base
+        zeroed = {r: {k: (0.0 if k in kinds[own] else v) for k, v in c.items()}
+                  for r, c in cm.coef.items()}
+        assert all(a["lut"] < b["lut"] for a, b in
+                   zip(dataclasses.replace(cm, coef=zeroed).cores(net, lanes, dev), base))
