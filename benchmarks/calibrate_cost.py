@@ -38,6 +38,8 @@ warnings.filterwarnings("ignore", category=UnusedElaboratable)
 ROOT = Path(__file__).resolve().parents[1]
 
 C16 = {"channels": (16, 32), "hidden": 64}   # the default network
+#: the STS-ResNet of the README's build (two residual blocks of 8 channels)
+RES8 = {"model": "sts-resnet", "channels": 8, "blocks": 2, "hidden": 64, "timesteps": 4}
 #: the STCSNN VGG at half width (the README's STCB build)
 STCB16 = {"model": "stcsnn-vgg", "channels": (16, 16, 32, 32), "hidden": 64, "timesteps": 8}
 #: (label, family, model configuration overrides, lanes) -- untrained weights:
@@ -56,6 +58,9 @@ CALIBRATE = [
     ("convsnn 4 fc16 digits", "ice40", {"channels": (4,), "hidden": 16,
                                         "dataset": "digits8x8", "weight_bits": 4,
                                         "input_bits": 4}, [1, 1, 1]),
+    # cores with two synapse units (fitted second: hw/cost.py)
+    ("convsnn 8-16 fc32", "ecp5", {"channels": (8, 16), "hidden": 32}, [8, 32, 4, 1]),
+    ("sts-resnet 8 2 blocks", "ecp5", RES8, [4, 16, 16, 8, 16, 8, 8, 1]),
     # STCB cores (their own features: hw/cost.py)
     ("stcsnn 16-16-32-32 fc64", "ecp5", STCB16, [16, 16, 16, 16, 2, 10]),
     ("stcsnn 16-16-32-32 fc64", "ecp5", STCB16, [4, 4, 8, 8, 1, 1]),
@@ -69,6 +74,7 @@ CHECK = [
                                    "input_bits": 4}, [8, 4, 2]),
     ("convsnn 8-16 fc32", "ecp5", {"channels": (8, 16), "hidden": 32}, [4, 8, 4, 1]),
     ("stcsnn 16-16-32-32 fc64", "ecp5", STCB16, [8, 8, 16, 16, 2, 2]),
+    ("sts-resnet 8 2 blocks", "ecp5", RES8, [2, 16, 16, 4, 16, 4, 4, 1]),
     ("mlp 32 digits", "ice40", {"channels": (), "hidden": 32, "dataset": "digits8x8",
                                 "input_bits": 4}, [1, 1]),
     ("mlp 48 digits", "ice40", {"channels": (), "hidden": 48, "dataset": "digits8x8",

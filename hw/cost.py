@@ -31,6 +31,13 @@ fits are independent: ``stcb`` (``P * acc_width``, the accumulate, the
 banks' registers and the STEB unit's shifts and comparisons), ``stcb_tree``
 (as ``tree``) and ``stcb_one`` (as ``one``).  ``lutram`` is shared (exact,
 not fitted).
+
+A LIF / IF core with two synapse units (lanes twice its channels: each unit
+walks half the taps into its own current memories) has a second unit's
+walker, forwarding and adders and the scan's sum of the units' words:
+``units`` (``(U - 1) * P * R * cur_width``) and ``units_one`` (``U - 1``),
+fitted second, on what the other features leave of those cores' cells
+(:data:`SECOND`), so the one-unit cores' coefficients are as without them.
 """
 
 from __future__ import annotations
@@ -45,7 +52,11 @@ from .network import core_params
 __all__ = ["FEATURES", "RESOURCES", "core_features", "CostModel", "load", "estimate",
            "fit_coefficients"]
 
-FEATURES = ("upd", "neu", "tree", "lutram", "one", "top", "stcb", "stcb_tree", "stcb_one")
+FEATURES = ("upd", "neu", "tree", "lutram", "one", "top", "stcb", "stcb_tree", "stcb_one",
+            "units", "units_one")
+
+#: features fitted second, on the residual of the samples that have them
+SECOND = ("units", "units_one")
 
 #: the logic cells modelled per family (Yosys cell names in the comments)
 RESOURCES = {
@@ -97,7 +108,8 @@ def core_features(cp, dev) -> dict[str, float]:
     if cp.stcb:
         return out | {"stcb": float(cp.P * cp.acc_width), "stcb_tree": tree, "stcb_one": 1.0}
     return out | {"upd": float(U * PR * cp.cur_width), "neu": float(PR * cp.state_width),
-                  "tree": tree, "one": 1.0}
+                  "tree": tree, "one": 1.0,
+                  "units": float((U - 1) * PR * cp.cur_width), "units_one": float(U - 1)}
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,13 @@ def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
             continue
         # (the LUT-RAM cells themselves are the ``lutram`` resource: not a
         # term of the others, so that LIF / IF and STCB cores share no column)
-        keep = [i for i, k in enumerate(FEATURES) if k != "lutram"]
-        x, _ = nnls(A[:, keep] * w[:, None], y * w)
-        out[r] = dict.fromkeys(FEATURES, 0.0) | {FEATURES[i]: float(v) for i, v in zip(keep, x)}
+        first = [i for i, k in enumerate(FEATURES) if k != "lutram" and k not in SECOND]
+        second = [FEATURES.index(k) for k in SECOND]
+        plain = ~A[:, second].any(axis=1)
+        x, _ = nnls(A[plain][:, first] * w[plain, None], y[plain] * w[plain])
+        out[r] = dict.fromkeys(FEATURES, 0.0) | {FEATURES[i]: float(v) for i, v in zip(first, x)}
+        if not plain.all():   # the second units: what the first fit leaves of their cores
+            rest = y[~plain] - A[~plain][:, first] @ x
+            x2, _ = nnls(A[~plain][:, second] * w[~plain, None], rest * w[~plain])
+            out[r].update({FEATURES[i]: float(v) for i, v in zip(second, x2)})
     return out

@@ -280,3 +280,31 @@ def test_stcb_and_lif_cores_are_costed_by_their_own_coefficients():
                   for r, c in cm.coef.items()}
         assert all(a["lut"] < b["lut"] for a, b in
                    zip(dataclasses.replace(cm, coef=zeroed).cores(net, lanes, dev), base))
+
+
+def test_the_second_units_are_fitted_on_what_the_one_unit_fit_leaves():
+    """fit_coefficients: the cores with two synapse units do not move the
+    other features' coefficients (fitted on the one-unit cores alone); their
+    own features take the rest of those cores' cells."""
+    import random
+    rng = random.Random(5)
+    true = {"neu": 9.0, "one": 300.0, "tree": 2.0, "units": 1.5, "units_one": 800.0}
+
+    def sample(units):
+        f = dict.fromkeys(cost.FEATURES, 0.0) | {
+            "neu": rng.uniform(100, 1000), "tree": rng.uniform(0, 500), "one": 1.0,
+            "upd": rng.uniform(100, 1000)}
+        if units:
+            f |= {"units": rng.uniform(100, 800), "units_one": 1.0}
+        y = sum(true.get(k, 0.0) * v for k, v in f.items()) * rng.uniform(0.97, 1.03)
+        return f, {"lut": y}
+    plain = [sample(False) for _ in range(12)]
+    two = [sample(True) for _ in range(6)]
+    alone = cost.fit_coefficients(plain, ["lut"])["lut"]
+    both = cost.fit_coefficients(plain + two, ["lut"])["lut"]
+    for k in cost.FEATURES:
+        if k not in cost.SECOND:
+            assert both[k] == pytest.approx(alone[k], abs=1e-9), k
+    assert alone["units"] == alone["units_one"] == 0.0
+    pred = [sum(both[k] * f[k] for k in cost.FEATURES) for f, _ in two]
+    assert all(abs(p - c["lut"]) < 0.08 * c["lut"] for p, (_, c) in zip(pred, two))
