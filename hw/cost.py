@@ -13,8 +13,7 @@ Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
 
 * ``upd``: ``PR * cur_width``, the read-modify-write: an adder, the
   read-after-write forwarding multiplexers and their registers per lane,
-  the current memories' read and write registers (STCB: ``P * acc_width``),
-  times the synapse units;
+  the current memories' read and write registers, times the synapse units;
 * ``neu``: ``PR * state_width``, the neuron datapaths (add, saturate,
   compare, decay shifts, reset);
 * ``tree``: ``P * Q * weight_bits``, the weight terms a word event adds
@@ -25,8 +24,9 @@ Features of a core (all in bits, ``PR = P * R`` the lanes of a memory word):
 * ``top``: 1 for a whole board top (the host bridge, the readout), 0 for a core.
 
 An STCB core (the CAB's accumulator banks and the STEB unit's passes) is
-another datapath: its features are its own, fitted on STCB cores alone, and
-a LIF / IF core has none of them (nor an STCB core the LIF ones), so the two
+another datapath: its features are its own, and a LIF / IF core has none of
+them (nor an STCB core the LIF ones), so with no whole board top of STCB
+cores among the samples (a whole top's ``top`` column is shared) the two
 fits are independent: ``stcb`` (``P * acc_width``, the accumulate, the
 banks' registers and the STEB unit's shifts and comparisons), ``stcb_tree``
 (as ``tree``) and ``stcb_one`` (as ``one``).  ``lutram`` is shared (exact,
@@ -37,7 +37,9 @@ walks half the taps into its own current memories) has a second unit's
 walker, forwarding and adders and the scan's sum of the units' words:
 ``units`` (``(U - 1) * P * R * cur_width``) and ``units_one`` (``U - 1``),
 fitted second, on what the other features leave of those cores' cells
-(:data:`SECOND`), so the one-unit cores' coefficients are as without them.
+(:data:`SECOND`), so the one-unit cores' LUT, carry and flip-flop
+coefficients are as without them.  Only ECP5 cores with two units are in
+the calibration: on the iCE40 a second unit costs nothing in this model.
 """
 
 from __future__ import annotations
@@ -216,7 +218,11 @@ def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
                      resources) -> dict[str, dict[str, float]]:
     """Non-negative least squares per resource over ``(features, cells)``
     samples (one per synthesised core), weighted so that large and small
-    cores count alike (relative error)."""
+    cores count alike (relative error).  LUT, carry and flip-flops: the
+    samples without :data:`SECOND` features first, over the other features
+    but ``lutram``; then the :data:`SECOND` features over what that fit
+    leaves of the remaining samples.  LUT RAM: the ``lutram`` feature exact,
+    ``one``, ``top`` and ``stcb_one`` fitted."""
     import numpy as np
     from scipy.optimize import nnls
     A = np.array([[f.get(k, 0.0) for k in FEATURES] for f, _ in samples])
