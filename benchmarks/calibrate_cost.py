@@ -154,9 +154,21 @@ def whole(fam, overrides, lanes) -> tuple[dict, float]:
     return resources(cells, fam), time.time() - t0
 
 
+def top_features(cps, dev) -> dict:
+    """The features of a whole board top of cores ``cps``: its cores' summed,
+    and ``top``."""
+    from spikeforge.hw.cost import FEATURES, core_features
+    feats = [core_features(cp, dev) for cp in cps]
+    return {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
+
+
 def calibrate(missing: bool = False) -> dict:
+    """The model file with each family's samples synthesised (``missing``:
+    only the configurations without stored samples, the others' kept;
+    samples of configurations no longer in ``CALIBRATE`` dropped); the fit
+    is :func:`refit`'s."""
     from spikeforge.hw import fit
-    from spikeforge.hw.cost import FEATURES, RESOURCES, SECOND, core_features, fit_coefficients
+    from spikeforge.hw.cost import SECOND
     from spikeforge.hw.network import core_params
     model = json.loads((ROOT / "hw" / "cost_model.json").read_text())
     for fam in ("ecp5", "ice40"):
@@ -169,37 +181,36 @@ def calibrate(missing: bool = False) -> dict:
         # the smallest configuration's whole top fits the ``top`` part; a
         # configuration whose cores Yosys cannot synthesise one by one (ABC9
         # stops without a message on the widest word-event cores) is taken whole
-        small = min(cfgs, key=lambda c: sum(c[3])) if not missing else (None, None, None, None)
-        for label, _, ov, lanes in cfgs:
+        small = None if missing else min(cfgs, key=lambda c: sum(c[3]))
+        for cfg in cfgs:
+            label, _, ov, lanes = cfg
             cores, failed = core_samples(label, fam, ov, lanes)
             samples += cores
-            if failed or (label, lanes) == (small[0], small[3]):
-                feats = [core_features(cp, fit.DEVICES[DEVICE[fam]])
-                         for cp in core_params(network(ov), lanes)]
-                f = {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
-                if any(f[k] for k in SECOND + ("stcb_one",)) or \
-                        any(ls.residual for ls in network(ov).spec.layers):
-                    # a whole top fits the one-unit LIF features and ``top``
-                    # only (its skip paths are measured apart: SKIP_PATH)
-                    print(f"  {fam} {label} lanes {lanes}: no whole-top sample "
-                          "(STCB, second-unit or residual cores)", flush=True)
-                    continue
-                tot, dt = whole(fam, ov, lanes)
-                samples.append({"config": label, "lanes": lanes, "layer": "all",
-                                "features": f, "cells": tot, "seconds": round(dt, 1)})
-                print(f"  {fam} {label} lanes {lanes} whole top: {tot} ({dt:.0f} s)", flush=True)
-        model[fam]["coef"] = fit_coefficients([(s["features"], s["cells"]) for s in samples],
-                                              RESOURCES[fam])
+            if not (failed or cfg is small):
+                continue
+            net = network(ov)
+            f = top_features(core_params(net, lanes), fit.DEVICES[DEVICE[fam]])
+            if any(f[k] for k in SECOND + ("stcb_one",)) or \
+                    any(ls.residual for ls in net.spec.layers):
+                # a whole top fits the one-unit LIF features and ``top``
+                # only (its skip paths are measured apart: SKIP_PATH)
+                print(f"  {fam} {label} lanes {lanes}: no whole-top sample "
+                      "(STCB, second-unit or residual cores)", flush=True)
+                continue
+            tot, dt = whole(fam, ov, lanes)
+            samples.append({"config": label, "lanes": lanes, "layer": "all",
+                            "features": f, "cells": tot, "seconds": round(dt, 1)})
+            print(f"  {fam} {label} lanes {lanes} whole top: {tot} ({dt:.0f} s)", flush=True)
         model[fam]["calibration"] = {"command": "python benchmarks/calibrate_cost.py",
                                      "synth": SYNTH[fam], "samples": samples}
     return model
 
 
 def refit(model: dict) -> dict:
-    """Fit again from the stored samples' cells, their features computed
-    afresh from their configurations (a changed feature needs no Yosys run)."""
+    """Fit from the model's samples' cells, their features computed afresh
+    from their configurations (a changed feature needs no Yosys run)."""
     from spikeforge.hw import fit
-    from spikeforge.hw.cost import FEATURES, RESOURCES, core_features, fit_coefficients
+    from spikeforge.hw.cost import RESOURCES, core_features, fit_coefficients
     from spikeforge.hw.network import core_params
     overrides = {(label, tuple(lanes)): ov for label, _, ov, lanes in CALIBRATE}
     for fam in ("ecp5", "ice40"):
@@ -207,11 +218,8 @@ def refit(model: dict) -> dict:
         samples = model[fam]["calibration"]["samples"]
         for s in samples:
             cps = core_params(network(overrides[(s["config"], tuple(s["lanes"]))]), s["lanes"])
-            if s["layer"] == "all":
-                feats = [core_features(cp, dev) for cp in cps]
-                s["features"] = {k: sum(x[k] for x in feats) for k in FEATURES} | {"top": 1.0}
-            else:
-                s["features"] = core_features(cps[s["layer"]], dev)
+            s["features"] = (top_features(cps, dev) if s["layer"] == "all"
+                             else core_features(cps[s["layer"]], dev))
         model[fam]["coef"] = fit_coefficients([(x["features"], x["cells"]) for x in samples],
                                               RESOURCES[fam])
     return model
@@ -262,8 +270,7 @@ def main(argv=None) -> None:
     path = ROOT / "hw" / "cost_model.json"
     model = json.loads(path.read_text())
     if not args.check:
-        model = (refit(model) if args.refit else
-                 refit(calibrate(missing=True)) if args.missing else calibrate())
+        model = refit(model if args.refit else calibrate(missing=args.missing))
         path.write_text(json.dumps(model, indent=1) + "\n")
         print(f"coefficients -> {path}")
         from spikeforge.hw import cost
