@@ -225,7 +225,7 @@ def fit_coefficients(samples: list[tuple[dict[str, float], dict[str, float]]],
     ``one``, ``top`` and ``stcb_one`` fitted."""
     import numpy as np
     from scipy.optimize import nnls
-    A = np.array([[f.get(k, 0.0) for k in FEATURES] for f, _ in samples])
+    A = np.array([[f[k] for k in FEATURES] for f, _ in samples])
     out = {}
     for r in resources:
         y = np.array([c.get(r, 0.0) for _, c in samples])
