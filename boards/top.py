@@ -105,6 +105,8 @@ class BoardTop(wiring.Component):
         RAM (:func:`store_bits`); 0 (the default): no batch mode and not a gate
         of it.  The boards' defaults: ``BATCH_BEATS`` of :mod:`.ulx3s` and
         :mod:`.icebreaker`.
+    spram : tuple of int
+        Layers whose weights are in the iCE40's SPRAM (:class:`NetworkTop`).
 
     A network that may not fit a device's block RAM is checked with
     :func:`spikeforge.hw.fit.check_fit` before its top is built;
@@ -119,10 +121,10 @@ class BoardTop(wiring.Component):
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
                  fifo_depth: int = EVENT_FIFO_DEPTH, contents: dict | None = None, batch_beats: int = 0,
-                 words=None):
+                 words=None, spram=()):
         check_batch_beats(batch_beats)
         self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents,
-                                 words=words)
+                                 words=words, spram=spram)
         self.clock_hz = int(clock_hz)
         self.link = link
         div, timeout, stall = link.cycles(clock_hz)

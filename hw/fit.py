@@ -17,10 +17,14 @@ Counting rules:
   memories need).  Memories of at most ``64`` words are left to LUT RAM by
   Yosys (distributed RAM, not counted here).
 * iCE40 UP5K: 30 EBR of 4 kbit (2048x2 .. 256x16); it has no LUT RAM, so every
-  memory counts.  The 4 SPRAM blocks (256 kbit each) are *not* counted: they
-  are single-port (a read-modify-write at one update a cycle needs a read
-  and a write port) and Yosys does not infer them from a generic memory; using
-  them for weights would need explicit ``SB_SPRAM256KA`` instances.
+  memory counts.  Its 4 SPRAM blocks (``SB_SPRAM256KA``, 16 bits x 16,384
+  words each) are single-port: no read-modify-write memory can use them, but
+  a layer's weights (read by the synapse unit, written only by the host
+  between inferences) can (:class:`~spikeforge.hw.memory.SpramMemory`).
+  Only when the EBR do not suffice, :func:`spram_layers` moves the largest
+  weight memories into them (one synapse unit's, :func:`spram_blocks` blocks
+  each) until the rest fits; those weights are not in the bitstream and the
+  host loads them (``spikeforge infer`` does).
 * A residual layer's skip FIFO (one step of its block input's events,
   :func:`~spikeforge.hw.network.skip_depth`) counts like any memory.
 * The event FIFOs (``Device.event_fifo_depth`` - 1 words: 31 on the ECP5,
@@ -43,12 +47,12 @@ from dataclasses import dataclass
 from spikeforge.errors import SpikeforgeError
 
 from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ecp5_in_lutram, geometry_blocks,
-                     slice_bits)
+                     slice_bits, spram_blocks)
 from .network import core_params, skip_depth
 from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
-           "block_count"]
+           "block_count", "spram_layers"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -68,6 +72,7 @@ class Device:
     # deeper FIFO lets a layer's bursts of spikes queue instead of stalling
     # its scan), in flip-flops on the iCE40, where depth costs logic cells
     event_fifo_depth: int = 8
+    spram: int = 0                        # single-port RAMs for weights (iCE40 UP5K: 4)
 
     def in_lutram(self, width: int, depth: int) -> bool:
         """Whether synthesis builds a ``width x depth`` memory in LUT RAM
@@ -94,7 +99,7 @@ DEVICES = {
     "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 24288,
                        event_fifo_depth=32),
     "ice40up5k": Device("ice40up5k", 30, 4096, ((2, 2048), (4, 1024), (8, 512), (16, 256)), 0,
-                        5280, "SPRAM not counted"),
+                        5280, spram=4),
 }
 
 
@@ -106,16 +111,18 @@ class MemoryUse:
     width: int
     depth: int
     sliced: bool = False  # built as column slices (hw/memory.py): the weights
+    spram: bool = False   # weights in the iCE40's SPRAM (spram_layers), not block RAM
 
     @property
     def bits(self) -> int:
         return self.width * self.depth
 
 
-def memory_plan(net, P, board=(), words=None) -> list[MemoryUse]:
+def memory_plan(net, P, board=(), words=None, spram=()) -> list[MemoryUse]:
     """Every block-RAM candidate of the engine for ``net`` with lanes ``P``
     (and ``words``, :func:`~spikeforge.hw.network.core_params`), and the
-    board top's memories ``board`` (``(name, width, depth)`` each)."""
+    board top's memories ``board`` (``(name, width, depth)`` each); the
+    weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`)."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     event_bits = EventFormat.for_network(net).width
     for i, cp in enumerate(core_params(net, P, words=words)):
@@ -124,7 +131,8 @@ def memory_plan(net, P, board=(), words=None) -> list[MemoryUse]:
         # per synapse unit: the weights of its taps and a copy of each current memory
         sfx = [""] + [f"_{u}" for u in range(1, cp.units)]
         out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width,
-                          cp.weight_rows(u)[1] - cp.weight_rows(u)[0], sliced=True)
+                          cp.weight_rows(u)[1] - cp.weight_rows(u)[0], sliced=True,
+                          spram=i in spram)
                 for u, x in enumerate(sfx)]
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
         if cp.stcb:
@@ -143,11 +151,42 @@ def _device(device: str) -> Device:
     return DEVICES[device]
 
 
-def block_count(net, P, device: str, board=(), words=None) -> int:
-    """Block RAMs the memories of :func:`memory_plan` take on ``device``."""
+def _blocks(dev: Device, mu: MemoryUse) -> int:
+    return 0 if mu.spram else dev.blocks_for(mu.width, mu.depth, mu.sliced)
+
+
+def spram_layers(net, P, device: str, board=(), words=None) -> tuple[int, ...]:
+    """The layers whose weights the engine keeps in ``device``'s SPRAM
+    (module docstring): none while the block RAM suffices; else the largest
+    weight memories of one-unit layers, by the block RAMs each frees, while
+    SPRAM is left for them and the rest does not fit."""
     dev = _device(device)
-    return sum(dev.blocks_for(mu.width, mu.depth, mu.sliced)
-               for mu in memory_plan(net, P, board, words))
+    if not dev.spram:
+        return ()
+    plan = memory_plan(net, P, board, words)
+    total = sum(_blocks(dev, mu) for mu in plan)
+    cps = core_params(net, P, words=words)
+    cands = sorted(((_blocks(dev, mu), mu) for mu in plan
+                    if mu.layer >= 0 and mu.name == f"L{mu.layer}_weights"
+                    and cps[mu.layer].units == 1), key=lambda bm: (-bm[0], bm[1].layer))
+    chosen, left = [], dev.spram
+    for blocks, mu in cands:
+        if total <= dev.blocks or blocks == 0:
+            break
+        need = spram_blocks(mu.width, mu.depth)
+        if need <= left:
+            chosen.append(mu.layer)
+            left -= need
+            total -= blocks
+    return tuple(sorted(chosen))
+
+
+def block_count(net, P, device: str, board=(), words=None) -> int:
+    """Block RAMs the memories of :func:`memory_plan` take on ``device``
+    (with :func:`spram_layers`' weights in SPRAM)."""
+    dev = _device(device)
+    spram = spram_layers(net, P, device, board, words)
+    return sum(_blocks(dev, mu) for mu in memory_plan(net, P, board, words, spram))
 
 
 def check_fit(net, P, device: str, board=(), words=None) -> dict:
@@ -155,10 +194,14 @@ def check_fit(net, P, device: str, board=(), words=None) -> dict:
     than ``device`` has; otherwise return the use: ``{"device", "blocks",
     "available", "bits", "per_memory": {name: blocks}}``."""
     dev = _device(device)
-    plan = memory_plan(net, P, board, words)
-    per = {mu.name: dev.blocks_for(mu.width, mu.depth, mu.sliced) for mu in plan}
+    spram = spram_layers(net, P, device, board, words)
+    plan = memory_plan(net, P, board, words, spram)
+    per = {mu.name: _blocks(dev, mu) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
+    in_spram = {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
+    sp = (f"; SPRAM: {', '.join(f'{n} {b}' for n, b in in_spram.items())} of "
+          f"{dev.spram} blocks" if in_spram else "")
     if total > dev.blocks:
         kb = dev.block_bits // 1024
         worst = sorted(plan, key=lambda mu: -per[mu.name])[:3]
@@ -173,6 +216,7 @@ def check_fit(net, P, device: str, board=(), words=None) -> dict:
                        f"({kb} kbit each, {bits} bits in use), the device has {dev.blocks} "
                        f"({dev.blocks * dev.block_bits} bits)"
                        + (f" [{dev.note}]" if dev.note else "")
-                       + f"; per layer {by_layer}; largest: {detail}")
+                       + f"; per layer {by_layer}; largest: {detail}{sp}")
     return {"device": device, "blocks": total, "available": dev.blocks, "bits": bits,
-            "per_memory": per}
+            "per_memory": per, "spram_layers": list(spram), "spram": sum(in_spram.values()),
+            "spram_available": dev.spram}

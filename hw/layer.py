@@ -36,7 +36,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
 from .arith import copies
-from .memory import SlicedMemory, read_data
+from .memory import SlicedMemory, SpramMemory, read_data
 from .neuron import NeuronUnit
 from .steb import StebUnit
 from .params import CoreParams
@@ -85,6 +85,9 @@ class LayerCore(wiring.Component):
         Initial ``L{n}_weights`` words (:func:`spikeforge.image.weight_words`).
     neurons : list of int
         Initial ``L{n}_neurons`` words (:func:`spikeforge.image.neuron_words`).
+    spram : bool
+        The weights in the iCE40's SPRAM (:class:`~spikeforge.hw.memory.SpramMemory`:
+        not initialised, written by the host; :func:`spikeforge.hw.fit.spram_layers`).
 
     Members
     -------
@@ -100,7 +103,8 @@ class LayerCore(wiring.Component):
         Performance counters (see ``PERF_LAYOUT``), zero after reset.
     """
 
-    def __init__(self, params: CoreParams, weights: list[int], neurons: list[int]):
+    def __init__(self, params: CoreParams, weights: list[int], neurons: list[int],
+                 spram: bool = False):
         p = params
         if len(weights) != p.weight_depth:
             raise ValueError(f"layer {p.index}: {len(weights)} weight words, expected "
@@ -110,6 +114,9 @@ class LayerCore(wiring.Component):
         self._p = p
         self._weights = list(weights)
         self._neurons = list(neurons)
+        if spram and p.units > 1:
+            raise ValueError(f"layer {p.index}: SPRAM weights take one synapse unit")
+        self.spram = spram
         self.addr_bits = bits_for(max(p.weight_depth, p.c_out) - 1)
         self.data_bits = max(p.weight_width, p.neuron_width)
         super().__init__({
@@ -129,7 +136,8 @@ class LayerCore(wiring.Component):
         p = self._p
         # the synapse units (``p.units``: each walks its share of the kernel
         # taps of every event, into its own copy of the current memories)
-        wmems = [SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
+        wmems = [SpramMemory(p.weight_width, hi - lo) if self.spram else
+                 SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
                  for lo, hi in map(p.weight_rows, range(p.units))]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
                             weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)

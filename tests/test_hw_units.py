@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 
 from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronKind, NeuronSpec, Reset
 from spikeforge.hw.arith import const_mul, decay, saturate
-from spikeforge.hw.fit import FitError, check_fit, memory_plan
+from spikeforge.hw.fit import DEVICES, FitError, check_fit, memory_plan
 from spikeforge.hw.layer import LayerCore
 from spikeforge.hw.network import NetworkTop, first_mismatch
 from spikeforge.hw.neuron import NeuronUnit
@@ -755,12 +755,38 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
     big = quantize(build("convsnn", hidden=128, timesteps=2), QuantConfig())
     with pytest.raises(FitError, match=r"^network does not fit ice40up5k: its memories need "
                                        r"\d+ block RAMs \(4 kbit each, \d+ bits in use\), the "
-                                       r"device has 30 \(122880 bits\) \[SPRAM not counted\]; "
-                                       r"per layer layer 0: \d+, .*largest: L\d_\w+ \(layer \d\)"):
+                                       r"device has 30 \(122880 bits\); "
+                                       r"per layer layer 0: \d+, .*largest: L\d_\w+ \(layer \d\)"
+                                       r".*; SPRAM: L0_weights 2, L3_weights 2 of 4 blocks$"):
         check_fit(big, 4, "ice40up5k")
     with pytest.raises(FitError, match=r"^network does not fit ecp5-85f: .* L2_weights \(layer 2\) "
                                        r"32 bits x 75264 words = 2408448 bits -> 147 blocks"):
         check_fit(big, [4, 4, 4, 5], "ecp5-85f")
+
+
+def test_spram_takes_the_largest_weights_only_when_block_ram_runs_out():
+    """The iCE40's SPRAM: a 784-64-10 MLP of 4-bit weights fits the UP5K with
+    layer 0's weights there (4 blocks at one lane: 4 bits x 50,176 words,
+    one at four lanes: 16 x 12,544); the block RAM counts without them; a
+    network that fits the EBR keeps its weights there; the ECP5 has none."""
+    from spikeforge.boards.build import board_memories
+    from spikeforge.hw.fit import block_count, spram_layers
+    from spikeforge.sw.models import build
+    from spikeforge.sw.quantize import quantize, QuantConfig
+    mlp = quantize(build("convsnn", channels=[], hidden=64, timesteps=2), QuantConfig(weight_bits=4))
+    board = board_memories(mlp, "icebreaker")
+    for lanes, blocks, spram in (([1, 1], 18, 4), ([4, 1], 30, 1)):
+        use = check_fit(mlp, lanes, "ice40up5k", board)
+        assert (use["blocks"], use["spram_layers"], use["spram"]) == (blocks, [0], spram)
+        assert use["per_memory"]["L0_weights"] == 0 and use["spram_available"] == 4
+        assert block_count(mlp, lanes, "ice40up5k", board) == blocks
+        # the same memories all in block RAM: over the 30 blocks
+        assert sum(DEVICES["ice40up5k"].blocks_for(mu.width, mu.depth, mu.sliced)
+                   for mu in memory_plan(mlp, lanes, board)) > 30
+    assert spram_layers(mlp, [1, 1], "ecp5-85f") == ()
+    small = random_network(3)
+    assert spram_layers(small, 1, "ice40up5k") == ()
+    assert check_fit(small, 1, "ice40up5k")["spram"] == 0
 
 
 @pytest.mark.parametrize("width, depth", [(256, 3136), (16, 50176), (80, 600), (20, 300)])
