@@ -11,7 +11,9 @@ the board's host buffer included, and logic cells against the routability
 ceiling measured on iCEBreaker builds).  The table gives float / int8 test
 accuracy, the plan's lanes, block RAM, predicted logic cells, and
 inferences/s at the predicted Fmax; the best fitting candidate per data set
-is marked.  Runs go to runs/ice-bench/NAME (trained once; delete to retrain).
+is marked.  SPRAM: the blocks of the first layer's weights when the block RAM
+does not hold them (hw/fit.py); those the host loads before inferring.
+Runs go to runs/ice-bench/NAME (trained once; delete to retrain).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ CANDIDATES = {
                         "--input-bits 4 --weight-bits 4"),
         "mlp32-t5-w2": ("--set channels=[] --set hidden=32 --timesteps 5 --epochs 15",
                         "--input-bits 4 --weight-bits 2"),
+        # with the first layer's weights in the SPRAM (hw/fit.py: spram_layers)
+        "mlp64-t5-w4": ("--set channels=[] --set hidden=64 --timesteps 5 --epochs 15",
+                        "--input-bits 4 --weight-bits 4"),
+        "mlp64-t5-w8": ("--set channels=[] --set hidden=64 --timesteps 5 --epochs 15",
+                        "--input-bits 4 --weight-bits 8"),
+        "mlp128-t5-w8": ("--set channels=[] --set hidden=128 --timesteps 5 --epochs 15",
+                         "--input-bits 4 --weight-bits 8"),
     },
 }
 
@@ -71,7 +80,8 @@ def candidate(dataset: str, name: str, train: str, quant: str, out: Path) -> dic
     try:
         p = make_plan(run, net, meta, board="icebreaker")
         row.update(fits=True, **{k: p["chosen"][k] for k in
-                                 ("lanes", "bram", "cells", "util", "inferences_per_second")})
+                                 ("lanes", "bram", "spram", "cells", "util",
+                                  "inferences_per_second")})
     except PlanError as e:
         row.update(fits=False, why=str(e))
     return row
@@ -84,7 +94,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     print(f"{'data set':<10} {'candidate':<18} {'float':>6} {'int':>6}  {'lanes':<10} "
-          f"{'BRAM':>4} {'cells':>6} {'util':>5} {'inf/s':>8}")
+          f"{'BRAM':>4} {'SPRAM':>5} {'cells':>6} {'util':>5} {'inf/s':>8}")
     for ds in args.dataset:
         rows = [candidate(ds, n, t, q, args.out) for n, (t, q) in CANDIDATES[ds].items()]
         fit = [r for r in rows if r["fits"]]
@@ -92,7 +102,8 @@ def main(argv=None) -> None:
         for r in rows:
             line = f"{ds:<10} {r['name']:<18} {100 * r['float']:>5.1f}% {100 * r['int']:>5.1f}%  "
             if r["fits"]:
-                line += (f"{','.join(map(str, r['lanes'])):<10} {r['bram']:>4} {r['cells']:>6} "
+                line += (f"{','.join(map(str, r['lanes'])):<10} {r['bram']:>4} {r['spram']:>5} "
+                         f"{r['cells']:>6} "
                          f"{100 * r['util']:>4.0f}% {r['inferences_per_second']:>8.0f}")
             else:
                 line += f"does not fit: {r['why']}"

@@ -199,10 +199,12 @@ def load(device: str) -> CostModel:
 def estimate(net, P, device: str, board=(), words=None) -> dict:
     """Predicted resources of the board top for ``net`` with lanes ``P`` (and
     ``words``, :func:`~spikeforge.hw.network.core_params`) on ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
-    "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
+    "spram", "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
     count, :func:`~spikeforge.hw.fit.block_count`, with the board top's
-    memories ``board``; ``util``: ``cells`` over the device's logic cells)."""
-    from .fit import DEVICES, block_count
+    memories ``board``; ``spram``: the iCE40 SPRAM blocks of the weights
+    :func:`~spikeforge.hw.fit.spram_layers` puts there; ``util``: ``cells``
+    over the device's logic cells)."""
+    from .fit import DEVICES, block_count, spram_use
     cm = load(device)
     dev = DEVICES[device]
     per = cm.cores(net, P, dev, words)
@@ -210,7 +212,9 @@ def estimate(net, P, device: str, board=(), words=None) -> dict:
     cells = cm.cells(tot)
     util = cells / dev.logic_cells
     return {**{r: round(v) for r, v in tot.items()}, "cells": round(cells), "util": util,
-            "bram": block_count(net, P, device, board, words), "fmax_mhz": cm.fmax_mhz(util),
+            "bram": block_count(net, P, device, board, words),
+            "spram": sum(spram_use(net, P, device, board, words).values()),
+            "fmax_mhz": cm.fmax_mhz(util),
             "build_seconds": cm.build_time_s(cells), "per_core": per}
 
 

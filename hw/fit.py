@@ -52,7 +52,7 @@ from .network import core_params, skip_depth
 from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
-           "block_count", "spram_layers"]
+           "block_count", "spram_layers", "spram_use"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -181,6 +181,12 @@ def spram_layers(net, P, device: str, board=(), words=None) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
+def spram_use(net, P, device: str, board=(), words=None) -> dict[str, int]:
+    """SPRAM blocks of each weight memory :func:`spram_layers` puts there."""
+    plan = memory_plan(net, P, board, words, spram_layers(net, P, device, board, words))
+    return {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
+
+
 def block_count(net, P, device: str, board=(), words=None) -> int:
     """Block RAMs the memories of :func:`memory_plan` take on ``device``
     (with :func:`spram_layers`' weights in SPRAM)."""
@@ -199,7 +205,7 @@ def check_fit(net, P, device: str, board=(), words=None) -> dict:
     per = {mu.name: _blocks(dev, mu) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
-    in_spram = {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
+    in_spram = spram_use(net, P, device, board, words)
     sp = (f"; SPRAM: {', '.join(f'{n} {b}' for n, b in in_spram.items())} of "
           f"{dev.spram} blocks" if in_spram else "")
     if total > dev.blocks:

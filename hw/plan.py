@@ -124,7 +124,7 @@ def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
         "inferences_per_second": fmax * 1e6 / cyc["interval_cycles"],
         "latency_us": cyc["cycles_per_inference"] / fmax,
         **{k: res[k] for k in cost.RESOURCES[cm.family]},
-        "cells": res["cells"], "util": res["util"], "bram": res["bram"],
+        "cells": res["cells"], "util": res["util"], "bram": res["bram"], "spram": res["spram"],
         "build_seconds": res["build_seconds"],
         "fits": not why, "why_not": "; ".join(why),
     }
@@ -276,9 +276,11 @@ def table(p: dict, limit: int = 12) -> str:
     cands = p["candidates"]
     front = {_name(c) for c in pareto([c for c in cands if c["fits"]])}
     wide = any(q != 1 for c in cands for q in (c.get("words") or [])[1:])
+    spram = any(c.get("spram") for c in cands)     # the iCE40's, when the weights need it
     head = (f"{'lanes':<18} " + (f"{'words':<12} " if wide else "")
             + f"{'interval':>8} {'latency':>8} {'Fmax':>6} {'inf/s':>8} "
-            f"{'cells':>7} {'util':>5} {'BRAM':>5} {'build':>6}  fits")
+            f"{'cells':>7} {'util':>5} {'BRAM':>5} " + (f"{'SPRAM':>5} " if spram else "")
+            + f"{'build':>6}  fits")
     rows = [f"plan for {p['device']} ({len(cands)} candidates; interval and latency in "
             "cycles, Fmax in MHz, build in minutes; * = Pareto front on cells"
             + ("; words: input channels per event" if wide else "") + ")", head]
@@ -289,7 +291,9 @@ def table(p: dict, limit: int = 12) -> str:
                     + f"{c['interval_cycles']:>8.0f} "
                     f"{c['latency_cycles']:>8.0f} {c['fmax_mhz']:>6.1f} "
                     f"{c['inferences_per_second']:>8.0f} {c['cells']:>7} "
-                    f"{100 * c['util']:>4.0f}% {c['bram']:>5} {c['build_seconds'] / 60:>6.1f}  "
+                    f"{100 * c['util']:>4.0f}% {c['bram']:>5} "
+                    + (f"{c.get('spram', 0):>5} " if spram else "")
+                    + f"{c['build_seconds'] / 60:>6.1f}  "
                     + ("yes" if c["fits"] else "no: " + c["why_not"])
                     + (" *" if _name(c) in front else ""))
 
