@@ -27,14 +27,17 @@ Counting rules:
   host loads them (``spikeforge infer`` does).
 * A residual layer's skip FIFO (one step of its block input's events,
   :func:`~spikeforge.hw.network.skip_depth`) counts like any memory.
-* The event FIFOs (``Device.event_fifo_depth`` - 1 words: 31 on the ECP5,
-  7 on the iCE40) and the neuron units' spike queues are not
-  block RAM: Yosys builds them in flip-flops on the iCE40 (``memory_libmap``:
-  "using FF mapping"; checked against it in ``tests/test_plan.py``) and in
-  LUT RAM or flip-flops on the ECP5.  They cost logic, which the planner's
-  cost model (:mod:`spikeforge.hw.cost`) counts with each core; so do LUT RAM
-  memories (small weight memories of word-event layers: ``in_lanes * P * W``
-  bits wide, ``k*k*G`` deep).
+* The event FIFOs in front of the layers (``Device.event_fifo_depth`` - 1
+  words: 31 on the ECP5, 7 on the iCE40; with ``fifo_depth``) and the neuron
+  units' spike queues count like any memory: on the ECP5 they are LUT RAM
+  (no block); on the iCE40 ``synth_ice40`` builds a memory in flip-flops
+  when that costs it no more than RAM4K blocks
+  (:func:`~spikeforge.hw.memory.ice40_in_ffs`: an event FIFO of 7 x 23 bits,
+  a 28 x 28 input's events, takes two blocks, one of 7 x 10 bits none).
+  Memories in flip-flops or LUT RAM cost logic, which the planner's cost
+  model (:mod:`spikeforge.hw.cost`) counts with each core (small weight
+  memories of word-event layers: ``in_lanes * P * W`` bits wide, ``k*k*G``
+  deep).
 * A board top adds its own memories (``board``: ``(name, width, depth)``
   each, :func:`spikeforge.boards.build.board_memories`: the host bridge's
   payload buffer, the batch mode's image store), counted by the same rules.
@@ -46,13 +49,15 @@ from dataclasses import dataclass
 
 from spikeforge.errors import SpikeforgeError
 
-from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ecp5_in_lutram, geometry_blocks,
-                     slice_bits, spram_blocks)
+from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ICE40_CONFIGS, ecp5_in_lutram,
+                     geometry_blocks, ice40_in_ffs, slice_bits, spram_blocks)
 from .network import core_params, skip_depth
+from .neuron import QUEUE_DEPTH
+from .steb import QUEUE_DEPTH as STEB_QUEUE_DEPTH
 from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
-           "block_count", "spram_layers", "spram_use"]
+           "block_count", "device_plan", "spram_layers", "spram_use"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -73,6 +78,7 @@ class Device:
     # its scan), in flip-flops on the iCE40, where depth costs logic cells
     event_fifo_depth: int = 8
     spram: int = 0                        # single-port RAMs for weights (iCE40 UP5K: 4)
+    ffs_by_cost: bool = False             # small memories in flip-flops (ice40_in_ffs)
 
     def in_lutram(self, width: int, depth: int) -> bool:
         """Whether synthesis builds a ``width x depth`` memory in LUT RAM
@@ -82,7 +88,7 @@ class Device:
     def blocks_for(self, width: int, depth: int, sliced: bool = False) -> int:
         """Blocks of a ``width x depth`` memory; ``sliced``: built as the
         column slices of :func:`~spikeforge.hw.memory.slice_bits`."""
-        if self.in_lutram(width, depth):
+        if self.in_lutram(width, depth) or (self.ffs_by_cost and ice40_in_ffs(width, depth)):
             return 0
         if sliced:
             sw = slice_bits(width, depth)
@@ -98,8 +104,8 @@ DEVICES = {
                        event_fifo_depth=32),
     "ecp5-25f": Device("ecp5-25f", 56, 18432, _ECP5, ECP5_LUTRAM_DEPTH, 24288,
                        event_fifo_depth=32),
-    "ice40up5k": Device("ice40up5k", 30, 4096, ((2, 2048), (4, 1024), (8, 512), (16, 256)), 0,
-                        5280, spram=4),
+    "ice40up5k": Device("ice40up5k", 30, 4096, ICE40_CONFIGS, 0, 5280, spram=4,
+                        ffs_by_cost=True),
 }
 
 
@@ -118,14 +124,19 @@ class MemoryUse:
         return self.width * self.depth
 
 
-def memory_plan(net, P, board=(), words=None, spram=()) -> list[MemoryUse]:
+def memory_plan(net, P, board=(), words=None, spram=(), fifo_depth=None) -> list[MemoryUse]:
     """Every block-RAM candidate of the engine for ``net`` with lanes ``P``
     (and ``words``, :func:`~spikeforge.hw.network.core_params`), and the
     board top's memories ``board`` (``(name, width, depth)`` each); the
-    weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`)."""
+    weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`);
+    with ``fifo_depth``, the event FIFOs of that depth and the spike queues."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     event_bits = EventFormat.for_network(net).width
     for i, cp in enumerate(core_params(net, P, words=words)):
+        if fifo_depth:    # SyncFIFOBuffered: depth - 1 words; the neuron unit's queue
+            out += [MemoryUse(i, f"L{i}_fifo", event_bits, fifo_depth - 1),
+                    MemoryUse(i, f"L{i}_queue", _queue_bits(cp),
+                              STEB_QUEUE_DEPTH if cp.stcb else QUEUE_DEPTH)]
         if net.spec.layers[i].residual:   # its block's skip FIFO (SyncFIFOBuffered: depth - 1)
             out.append(MemoryUse(i, f"L{i}_skip", event_bits, skip_depth(cp) - 1))
         # per synapse unit: the weights of its taps and a copy of each current memory
@@ -143,6 +154,14 @@ def memory_plan(net, P, board=(), words=None, spram=()) -> list[MemoryUse]:
                     for b in range(cp.cur_banks) for x in sfx]
             out.append(MemoryUse(i, f"L{i}_state", lanes * cp.state_width, cp.acc_depth))
     return out
+
+
+def _queue_bits(cp) -> int:
+    """The bits of a spike-queue entry (:func:`~spikeforge.hw.neuron.queue_layout`)
+    that can be non-zero, which is what Yosys keeps (an fc layer's window
+    coordinates are constant)."""
+    ho, wo = cp.out_size
+    return cp.P + sum((n - 1).bit_length() for n in (cp.groups * cp.P, ho, wo))
 
 
 def _device(device: str) -> Device:
@@ -163,7 +182,7 @@ def spram_layers(net, P, device: str, board=(), words=None) -> tuple[int, ...]:
     dev = _device(device)
     if not dev.spram:
         return ()
-    plan = memory_plan(net, P, board, words)
+    plan = memory_plan(net, P, board, words, fifo_depth=dev.event_fifo_depth)
     total = sum(_blocks(dev, mu) for mu in plan)
     cps = core_params(net, P, words=words)
     cands = sorted(((_blocks(dev, mu), mu) for mu in plan
@@ -187,12 +206,19 @@ def spram_use(net, P, device: str, board=(), words=None) -> dict[str, int]:
     return {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
 
 
+def device_plan(net, P, device: str, board=(), words=None) -> list[MemoryUse]:
+    """:func:`memory_plan` as ``device`` builds it: its event FIFO depth,
+    the weights :func:`spram_layers` puts in SPRAM."""
+    dev = _device(device)
+    return memory_plan(net, P, board, words, spram_layers(net, P, device, board, words),
+                       dev.event_fifo_depth)
+
+
 def block_count(net, P, device: str, board=(), words=None) -> int:
     """Block RAMs the memories of :func:`memory_plan` take on ``device``
     (with :func:`spram_layers`' weights in SPRAM)."""
     dev = _device(device)
-    spram = spram_layers(net, P, device, board, words)
-    return sum(_blocks(dev, mu) for mu in memory_plan(net, P, board, words, spram))
+    return sum(_blocks(dev, mu) for mu in device_plan(net, P, device, board, words))
 
 
 def check_fit(net, P, device: str, board=(), words=None) -> dict:
@@ -201,7 +227,7 @@ def check_fit(net, P, device: str, board=(), words=None) -> dict:
     "available", "bits", "per_memory": {name: blocks}}``."""
     dev = _device(device)
     spram = spram_layers(net, P, device, board, words)
-    plan = memory_plan(net, P, board, words, spram)
+    plan = device_plan(net, P, device, board, words)
     per = {mu.name: _blocks(dev, mu) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])

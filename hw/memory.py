@@ -43,6 +43,7 @@ from .arith import copies
 __all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
            "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
            "read_data", "read_stages", "slice_bits", "SlicedMemory", "SPRAM_DEPTH", "SPRAM_WIDTH",
+           "ICE40_CONFIGS", "ice40_in_ffs",
            "SpramMemory", "spram_blocks", "spram_model"]
 
 
@@ -139,6 +140,24 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
 #: route (57.9 MHz with the rmw stage; far more congested without), against
 #: 72.7 MHz without (README, Measured); set 8 to try it
 PIPELINE_BLOCKS = 1 << 20
+
+
+#: iCE40 RAM4K configurations (width, depth)
+ICE40_CONFIGS = ((2, 2048), (4, 1024), (8, 512), (16, 256))
+
+#: how ``synth_ice40``'s ``memory_libmap`` prices a memory: in flip-flops one
+#: per bit, in RAM4K blocks 64 a block plus 14 (its debug output for an event
+#: FIFO of 7 x 23 bits: 161 against 142 for two 16-bit blocks; FIFOs of 7
+#: words stay flip-flops up to 11 bits wide, and from 17 to 20)
+ICE40_BLOCK_COST, ICE40_RAM_EXTRA = 64, 14
+
+
+def ice40_in_ffs(width: int, depth: int) -> bool:
+    """Whether ``synth_ice40`` builds a ``width x depth`` memory in
+    flip-flops: when they cost no more than its fewest RAM4K blocks
+    (:data:`ICE40_BLOCK_COST`)."""
+    blocks = geometry_blocks(width, depth, ICE40_CONFIGS)
+    return width * depth <= ICE40_BLOCK_COST * blocks + ICE40_RAM_EXTRA
 
 
 def ecp5_blocks(width: int, depth: int, configs=ECP5_CONFIGS) -> int:

@@ -30,7 +30,10 @@ from .neuron import param_loader, queue_layout, scan_unit_members, spike_emitter
 from .params import CoreParams
 from .streams import bits_for
 
-__all__ = ["StebUnit"]
+__all__ = ["StebUnit", "QUEUE_DEPTH"]
+
+#: entries of the spike queue between the emission passes and the emitter
+QUEUE_DEPTH = 4
 
 
 class StebUnit(wiring.Component):
@@ -139,7 +142,7 @@ class StebUnit(wiring.Component):
         m.d.comb += bit.eq(T - 1 - t)
         vec = Cat((self.rd_data[j][:T] >> bit)[0] & (cb1 + j < p.c_out) for j in range(P))
         q_layout = queue_layout(p)
-        queue = fifo.SyncFIFO(width=q_layout.size, depth=4)
+        queue = fifo.SyncFIFO(width=q_layout.size, depth=QUEUE_DEPTH)
         m.submodules.queue = ResetInserter(self.clear)(queue)
         q_in = Signal(q_layout)
         push = v1 & (vec != 0)

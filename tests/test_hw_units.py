@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 
 from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronKind, NeuronSpec, Reset
 from spikeforge.hw.arith import const_mul, decay, saturate
-from spikeforge.hw.fit import DEVICES, FitError, check_fit, memory_plan
+from spikeforge.hw.fit import DEVICES, FitError, check_fit, device_plan, memory_plan
 from spikeforge.hw.layer import LayerCore
 from spikeforge.hw.network import NetworkTop, first_mismatch
 from spikeforge.hw.neuron import NeuronUnit
@@ -743,7 +743,10 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
     net = random_network(3)
     use = check_fit(net, 2, "ecp5-85f")
     assert 0 <= use["blocks"] <= 208
-    assert set(use["per_memory"]) == {mu.name for mu in memory_plan(net, 2)}
+    assert set(use["per_memory"]) == {mu.name for mu in device_plan(net, 2, "ecp5-85f")}
+    # the event FIFOs and spike queues are counted (LUT RAM on the ECP5: no block)
+    assert {f"L{i}_{m}" for i in range(len(net.layers)) for m in ("fifo", "queue")} \
+        <= set(use["per_memory"])
     with pytest.raises(FitError, match=r"^unknown device 'x'; known: ecp5-85f"):
         check_fit(net, 1, "x")
     # it fits: its top builds and elaborates
@@ -767,7 +770,7 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
 def test_spram_takes_the_largest_weights_only_when_block_ram_runs_out():
     """The iCE40's SPRAM: a 784-64-10 MLP of 4-bit weights fits the UP5K with
     layer 0's weights there (4 blocks at one lane: 4 bits x 50,176 words,
-    one at four lanes: 16 x 12,544); the block RAM counts without them; a
+    two at two lanes: 8 x 25,088); the block RAM counts without them; a
     network that fits the EBR keeps its weights there; the ECP5 has none."""
     from spikeforge.boards.build import board_memories
     from spikeforge.hw.fit import block_count, spram_layers
@@ -775,7 +778,7 @@ def test_spram_takes_the_largest_weights_only_when_block_ram_runs_out():
     from spikeforge.sw.quantize import quantize, QuantConfig
     mlp = quantize(build("convsnn", channels=[], hidden=64, timesteps=2), QuantConfig(weight_bits=4))
     board = board_memories(mlp, "icebreaker")
-    for lanes, blocks, spram in (([1, 1], 18, 4), ([4, 1], 30, 1)):
+    for lanes, blocks, spram in (([1, 1], 22, 4), ([2, 1], 26, 2)):
         use = check_fit(mlp, lanes, "ice40up5k", board)
         assert (use["blocks"], use["spram_layers"], use["spram"]) == (blocks, [0], spram)
         assert use["per_memory"]["L0_weights"] == 0 and use["spram_available"] == 4
@@ -787,6 +790,26 @@ def test_spram_takes_the_largest_weights_only_when_block_ram_runs_out():
     small = random_network(3)
     assert spram_layers(small, 1, "ice40up5k") == ()
     assert check_fit(small, 1, "ice40up5k")["spram"] == 0
+
+
+def test_ice40_small_memories_in_flip_flops_as_yosys_chooses():
+    """``synth_ice40`` on Amaranth FIFOs of 8 (7 words of storage), measured
+    with this project's Yosys: flip-flops up to 11 bits wide, one RAM4K at
+    12-16 bits, flip-flops again at 17-20 (two blocks cost more), two
+    blocks at 21-32, three at 33-48.  The spike queue of an fc layer counts
+    its live bits only (an entry of 1 + 6 bits for 64 channels at one lane:
+    flip-flops, as Yosys built it)."""
+    from spikeforge.hw.memory import ice40_in_ffs
+    ram = {w: 0 if ice40_in_ffs(w, 7) else DEVICES["ice40up5k"].blocks_for(w, 7)
+           for w in (1, 4, 8, 10, 11, 12, 13, 16, 17, 20, 21, 23, 32, 33, 48)}
+    assert ram == {1: 0, 4: 0, 8: 0, 10: 0, 11: 0, 12: 1, 13: 1, 16: 1, 17: 0, 20: 0,
+                   21: 2, 23: 2, 32: 2, 33: 3, 48: 3}
+    from spikeforge.sw.models import build
+    from spikeforge.sw.quantize import quantize, QuantConfig
+    mlp = quantize(build("convsnn", channels=[], hidden=64, timesteps=2), QuantConfig(weight_bits=4))
+    q = {mu.name: (mu.width, mu.depth) for mu in device_plan(mlp, [1, 1], "ice40up5k")}
+    assert q["L0_queue"] == (7, 10) and q["L1_queue"] == (5, 10) and q["L0_fifo"][1] == 7
+    assert check_fit(mlp, [1, 1], "ice40up5k")["per_memory"]["L0_queue"] == 0
 
 
 @pytest.mark.parametrize("width, depth", [(256, 3136), (16, 50176), (80, 600), (20, 300)])
