@@ -139,8 +139,11 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) 
     "fifo_depth", "chosen", "override", "candidates"}``.  ``lanes`` given:
     that candidate (with ``words``, or the best words for those lanes) is
     validated (a :class:`PlanError` when its memories do not fit) and
-    recorded as an override beside the planner's own best.  ``moves``: the
-    climb's moves (:data:`MOVES`; fewer for comparing searches)."""
+    recorded as an override beside the planner's own best (which is the
+    override itself, with its warning, when no candidate is inside the
+    routability ceilings: they are measured, not hard limits; the device's
+    block RAM is).  ``moves``: the climb's moves (:data:`MOVES`; fewer for
+    comparing searches)."""
     if device not in DEVICES:
         raise PlanError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     if lanes is not None:
@@ -209,19 +212,23 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) 
             if trial:
                 ev(trial)
     chosen = max(seen.values(), key=_key)
-    if not chosen["fits"]:
-        least = min(seen.values(), key=lambda c: (c["bram"], c["cells"]))
-        raise PlanError(f"no lane choice fits {device}: one lane per layer needs "
-                        f"{best[tuple([1] * len(outs))]['why_not']}; of the {len(seen)} "
-                        f"tried, the fewest block RAMs ({least['bram']}) are lanes "
-                        f"{least['lanes']}'s: {least['why_not']}")
-    out = {"device": device, "lanes": chosen["lanes"], "words": chosen["words"],
-           "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
-           "candidates": sorted(seen.values(), key=_key, reverse=True)}
-    if lanes is not None:
+    mine = None
+    if lanes is not None:   # an override: the device's block RAM is its only hard limit
         mine = ev(lanes) if words is None else one(lanes, words)
         if mine["bram"] > DEVICES[device].blocks:
             raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")
+    if not chosen["fits"]:
+        if mine is None:
+            least = min(seen.values(), key=lambda c: (c["bram"], c["cells"]))
+            raise PlanError(f"no lane choice fits {device}: one lane per layer needs "
+                            f"{best[tuple([1] * len(outs))]['why_not']}; of the {len(seen)} "
+                            f"tried, the fewest block RAMs ({least['bram']}) are lanes "
+                            f"{least['lanes']}'s: {least['why_not']}")
+        chosen = mine      # nothing fits the ceilings: the override is the plan, warned
+    out = {"device": device, "lanes": chosen["lanes"], "words": chosen["words"],
+           "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
+           "candidates": sorted(seen.values(), key=_key, reverse=True)}
+    if mine is not None:
         out.update(lanes=mine["lanes"], words=mine["words"], override=mine)
     return out
 

@@ -71,6 +71,24 @@ def test_a_network_that_fits_nowhere_is_refused_with_the_numbers():
                      lanes=[32, 10])
 
 
+def test_an_override_past_the_routability_ceilings_is_the_plan_with_its_warning(monkeypatch):
+    """The ceilings are measured, not hard: when no candidate is under them, a
+    hand override that the block RAM holds is the plan, warned; without one,
+    the refusal."""
+    import dataclasses
+    mlp, _ = B.default_network("icebreaker")
+    cm = cost.load("ice40up5k")
+    monkeypatch.setattr(cost, "load", lambda device: dataclasses.replace(cm, util_ceiling=0.01))
+    board = B.board_memories(mlp, "icebreaker")
+    with pytest.raises(planner.PlanError, match=r"^no lane choice fits ice40up5k: one lane per "
+                                                r"layer needs logic \d+ % > 1 % \(routability"):
+        planner.plan(mlp, _work(mlp), "ice40up5k", board)
+    p = planner.plan(mlp, _work(mlp), "ice40up5k", board, lanes=[1, 1])
+    assert p["lanes"] == [1, 1] and p["chosen"] is p["override"]
+    assert not p["chosen"]["fits"] and "routability ceiling" in p["chosen"]["why_not"]
+    assert "warning: logic" in planner.table(p)
+
+
 def test_plan_bad_input(run, capsys):
     assert cli.main(["plan", str(run), "--device", "xc7"]) == 2
     assert "--device" in capsys.readouterr().err
