@@ -138,9 +138,14 @@ def core_samples(label, fam, overrides, lanes) -> tuple[list[dict], bool]:
 
 
 def board_top(fam, overrides, lanes):
+    """The board top as the board's build makes it (weights in the iCE40's
+    SPRAM where the fit check puts them)."""
+    from spikeforge.boards.build import board_memories
     from spikeforge.boards.top import BoardTop
+    from spikeforge.hw.fit import spram_layers
     net = network(overrides)
-    return net, BoardTop(net, lanes, clock_hz=25e6 if fam == "ecp5" else 30e6)
+    spram = spram_layers(net, lanes, DEVICE[fam], board_memories(net, BOARD[fam]))
+    return net, BoardTop(net, lanes, clock_hz=25e6 if fam == "ecp5" else 30e6, spram=spram)
 
 
 def whole(fam, overrides, lanes) -> tuple[dict, float]:
