@@ -4,7 +4,8 @@ without one.
 
     .venv/bin/python benchmarks/bench_board_sim.py RUN [--board icebreaker] [--images 5]
 
-The top is built for the run's planned lanes with the board's memories as
+The top is built for the run's plan (lanes, words, the device's event FIFO
+depth; the batch mode's image store left out) with the board's memories as
 the board's build makes them (on the iCEBreaker, the weights
 :func:`spikeforge.hw.fit.spram_layers` puts in SPRAM are ``SB_SPRAM256KA``
 blocks under Yosys's own model, empty until the host loads them); its
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spikeforge import files, image                   # noqa: E402
 from spikeforge.boards.build import BOARDS, board_memories  # noqa: E402
 from spikeforge.flow import PLAN, image_data          # noqa: E402
-from spikeforge.hw.fit import spram_layers            # noqa: E402
+from spikeforge.hw.fit import DEVICES, spram_layers   # noqa: E402
 from spikeforge.sim import tb_board                   # noqa: E402
 from spikeforge.sw import data as sfdata              # noqa: E402
 
@@ -40,13 +41,21 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=5)
     args = ap.parse_args(argv)
     net, meta = image.read_image(args.run / "weights.sfimg")
-    lanes = files.read_json(args.run / PLAN)["lanes"]
-    spram = spram_layers(net, lanes, BOARDS[args.board].DEVICE, board_memories(net, args.board))
+    plan = files.read_json(args.run / PLAN)
+    if plan.get("board", args.board) != args.board:
+        print(f"error: {args.run / PLAN} is planned for the {plan['board']}, not the "
+              f"{args.board}: `spikeforge plan {args.run} --board {args.board}` first",
+              file=sys.stderr)
+        return 2
+    lanes, words = plan["lanes"], plan.get("words")
+    device = BOARDS[args.board].DEVICE
+    spram = spram_layers(net, lanes, device, board_memories(net, args.board), words)
     name, seed = image_data(meta)
     x = sfdata.load(name, seed=seed).x_test[:args.images]
     root = Path(tempfile.gettempdir()) / "spikeforge-board-sim"
     t0 = time.perf_counter()
-    bs = tb_board.build(net, lanes, root, spram=spram)
+    bs = tb_board.build(net, lanes, root, spram=spram, words=words,
+                        fifo_depth=DEVICES[device].event_fifo_depth)
     built = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = tb_board.run(bs, x, Path(tempfile.mkdtemp(prefix="board-sim-")), timeout_s=0.05)

@@ -245,7 +245,7 @@ def check_board_fit(net, lanes, board: str, words=None) -> dict:
 
 def _blocks(net, lanes, board: str) -> tuple[int, int]:
     """``(blocks needed, available)`` on ``board``: the engine's memories and
-    the board's own (check_fit's rules; the event FIFOs are not block RAM)."""
+    the board's own (check_fit's rules)."""
     from spikeforge.hw.fit import block_count
     dev = BOARDS[board].DEVICE
     return block_count(net, lanes, dev, board_memories(net, board)), DEVICES[dev].blocks
@@ -305,7 +305,8 @@ def _resolve(net_or_run, lanes):
 def _exported(net_or_run, net, lanes, words=None) -> dict | None:
     """A run folder's exported memory images (``RUN/hw``) when they were
     exported for ``lanes``: what the bitstream's memories hold, as in
-    verification.  None otherwise (the weight image's words)."""
+    verification (but for weights in the iCE40's SPRAM, which no bitstream
+    holds: the host loads them).  None otherwise (the weight image's words)."""
     if not isinstance(net_or_run, (str, os.PathLike)) or not Path(net_or_run).is_dir():
         return None
     from spikeforge import image

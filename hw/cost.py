@@ -200,20 +200,21 @@ def estimate(net, P, device: str, board=(), words=None) -> dict:
     """Predicted resources of the board top for ``net`` with lanes ``P`` (and
     ``words``, :func:`~spikeforge.hw.network.core_params`) on ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
     "spram", "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
-    count, :func:`~spikeforge.hw.fit.block_count`, with the board top's
+    count, :func:`~spikeforge.hw.fit.plan_blocks`, with the board top's
     memories ``board``; ``spram``: the iCE40 SPRAM blocks of the weights
     :func:`~spikeforge.hw.fit.spram_layers` puts there; ``util``: ``cells``
     over the device's logic cells)."""
-    from .fit import DEVICES, block_count, spram_use
+    from .fit import DEVICES, device_plan, plan_blocks, spram_use
     cm = load(device)
     dev = DEVICES[device]
     per = cm.cores(net, P, dev, words)
+    plan = device_plan(net, P, device, board, words)
     tot = {r: c.get("top", 0.0) + sum(p[r] for p in per) for r, c in cm.coef.items()}
     cells = cm.cells(tot)
     util = cells / dev.logic_cells
     return {**{r: round(v) for r, v in tot.items()}, "cells": round(cells), "util": util,
-            "bram": block_count(net, P, device, board, words),
-            "spram": sum(spram_use(net, P, device, board, words).values()),
+            "bram": plan_blocks(plan, device),
+            "spram": sum(spram_use(plan).values()),
             "fmax_mhz": cm.fmax_mhz(util),
             "build_seconds": cm.build_time_s(cells), "per_core": per}
 

@@ -34,10 +34,11 @@ Counting rules:
   when that costs it no more than RAM4K blocks
   (:func:`~spikeforge.hw.memory.ice40_in_ffs`: an event FIFO of 7 x 23 bits,
   a 28 x 28 input's events, takes two blocks, one of 7 x 10 bits none).
-  Memories in flip-flops or LUT RAM cost logic, which the planner's cost
-  model (:mod:`spikeforge.hw.cost`) counts with each core (small weight
-  memories of word-event layers: ``in_lanes * P * W`` bits wide, ``k*k*G``
-  deep).
+  Memories in flip-flops or LUT RAM cost logic: the planner's cost model
+  (:mod:`spikeforge.hw.cost`) counts the ECP5's LUT RAM as a feature (small
+  weight memories of word-event layers: ``in_lanes * P * W`` bits wide,
+  ``k*k*G`` deep); the FIFOs, queues and the iCE40's flip-flop memories only
+  through its fitted per-core coefficients.
 * A board top adds its own memories (``board``: ``(name, width, depth)``
   each, :func:`spikeforge.boards.build.board_memories`: the host bridge's
   payload buffer, the batch mode's image store), counted by the same rules.
@@ -57,7 +58,7 @@ from .steb import QUEUE_DEPTH as STEB_QUEUE_DEPTH
 from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
-           "block_count", "device_plan", "spram_layers", "spram_use"]
+           "block_count", "device_plan", "plan_blocks", "spram_layers", "spram_use"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -75,7 +76,8 @@ class Device:
     note: str = ""
     # depth of the event FIFOs between layers: in LUT RAM on the ECP5 (a
     # deeper FIFO lets a layer's bursts of spikes queue instead of stalling
-    # its scan), in flip-flops on the iCE40, where depth costs logic cells
+    # its scan); on the iCE40 shallow (in flip-flops, or RAM4K for wide
+    # events: ice40_in_ffs), where depth costs logic cells or blocks
     event_fifo_depth: int = 8
     spram: int = 0                        # single-port RAMs for weights (iCE40 UP5K: 4)
     ffs_by_cost: bool = False             # small memories in flip-flops (ice40_in_ffs)
@@ -200,25 +202,30 @@ def spram_layers(net, P, device: str, board=(), words=None) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
-def spram_use(net, P, device: str, board=(), words=None) -> dict[str, int]:
-    """SPRAM blocks of each weight memory :func:`spram_layers` puts there."""
-    plan = memory_plan(net, P, board, words, spram_layers(net, P, device, board, words))
-    return {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
-
-
-def device_plan(net, P, device: str, board=(), words=None) -> list[MemoryUse]:
+def device_plan(net, P, device: str, board=(), words=None, spram=None) -> list[MemoryUse]:
     """:func:`memory_plan` as ``device`` builds it: its event FIFO depth,
-    the weights :func:`spram_layers` puts in SPRAM."""
-    dev = _device(device)
-    return memory_plan(net, P, board, words, spram_layers(net, P, device, board, words),
-                       dev.event_fifo_depth)
+    the weights :func:`spram_layers` puts in SPRAM (``spram``: that choice,
+    when the caller has it)."""
+    if spram is None:
+        spram = spram_layers(net, P, device, board, words)
+    return memory_plan(net, P, board, words, spram, _device(device).event_fifo_depth)
+
+
+def spram_use(plan: list[MemoryUse]) -> dict[str, int]:
+    """SPRAM blocks of each weight memory of a :func:`device_plan` there."""
+    return {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
 
 
 def block_count(net, P, device: str, board=(), words=None) -> int:
     """Block RAMs the memories of :func:`memory_plan` take on ``device``
     (with :func:`spram_layers`' weights in SPRAM)."""
+    return plan_blocks(device_plan(net, P, device, board, words), device)
+
+
+def plan_blocks(plan: list[MemoryUse], device: str) -> int:
+    """Block RAMs of a :func:`device_plan` on ``device`` (its SPRAM weights not counted)."""
     dev = _device(device)
-    return sum(_blocks(dev, mu) for mu in device_plan(net, P, device, board, words))
+    return sum(_blocks(dev, mu) for mu in plan)
 
 
 def check_fit(net, P, device: str, board=(), words=None) -> dict:
@@ -227,11 +234,11 @@ def check_fit(net, P, device: str, board=(), words=None) -> dict:
     "available", "bits", "per_memory": {name: blocks}}``."""
     dev = _device(device)
     spram = spram_layers(net, P, device, board, words)
-    plan = device_plan(net, P, device, board, words)
+    plan = device_plan(net, P, device, board, words, spram)
     per = {mu.name: _blocks(dev, mu) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
-    in_spram = spram_use(net, P, device, board, words)
+    in_spram = spram_use(plan)
     sp = (f"; SPRAM: {', '.join(f'{n} {b}' for n, b in in_spram.items())} of "
           f"{dev.spram} blocks" if in_spram else "")
     if total > dev.blocks:

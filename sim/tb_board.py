@@ -87,17 +87,17 @@ def _scenario(t, case: dict) -> dict:
         info = b.ping()
         out["info"] = dataclasses.asdict(info)
         if case["scenario"] == "infer":  # the code path of `spikeforge infer`
-            res = infer_images(b, net, case["lanes"], frames, perf=True)
+            res = infer_images(b, net, case["lanes"], frames, perf=True, words=case["words"])
             out["words"] = res["words_loaded"]
             out["images"] = res["per_image"]
             out["summary"] = {k: v for k, v in res.items() if k != "per_image"}
             out["ok"] = True
             return _finish(out, b, t, t0)
         if case["scenario"] == "batch":
-            out.update(_batch(b, net, case["lanes"], frames, P))
+            out.update(_batch(b, net, case["lanes"], frames, P, case["words"]))
             out["ok"] = True
             return _finish(out, b, t, t0)
-        out["words"] = b.load(net, case["lanes"])
+        out["words"] = b.load(net, case["lanes"], case["words"])
         out["load_sim_s"] = t.now()
         if case["scenario"] == "corrupt":
             out["steps"] = _corrupt(b, t, P)
@@ -176,7 +176,7 @@ class _Flaky:
         return self.t.now()
 
 
-def _batch(b, net, lanes, frames, P) -> dict:
+def _batch(b, net, lanes, frames, P, words=None) -> dict:
     """The ``batch`` scenario (module docstring); board errors are recorded
     as ``{"error", "detail"}``, replies as values."""
     import torch
@@ -184,7 +184,7 @@ def _batch(b, net, lanes, frames, P) -> dict:
     from spikeforge.boards.host import batch_images
     out: dict = {}
     n = frames.shape[0]
-    res = batch_images(b, net, lanes, frames)
+    res = batch_images(b, net, lanes, frames, words=words)
     out["batch"] = res
     r = b.result()  # the engine's view of the same run
     out["after"] = {"done": r.done, "prediction": r.prediction, "cycles": r.cycles}
@@ -313,15 +313,18 @@ class BoardSim:
     lanes: list[int]
     bit_ns: int
     build_seconds: float
+    words: list[int] | None = None
 
 
 def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int = 4000,
-          stall_cycles: int = 1 << 16, batch_beats: int = 0, spram=()) -> BoardSim:
+          stall_cycles: int = 1 << 16, batch_beats: int = 0, spram=(), words=None,
+          fifo_depth: int | None = None) -> BoardSim:
     """Verilator model of the board top for ``net``'s structure (its memories
     start zeroed: the host must load them), under ``root`` (cached);
     ``batch_beats``: its image store (batch mode); ``spram``: layers whose
     weights are in the iCE40's SPRAM (the instances, with Yosys's model of
-    the block)."""
+    the block); ``words``, ``fifo_depth``: the engine's (:class:`BoardTop`'s
+    defaults when None)."""
     import torch
     from amaranth.back import verilog
 
@@ -342,15 +345,17 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
         theta=torch.ones_like(il.theta), shift=torch.zeros_like(il.shift)) for il in net.layers))
     lanes = lane_counts(blank, lanes)
     spram = tuple(spram)
+    engine = {"words": words} | ({} if fifo_depth is None else {"fifo_depth": fifo_depth})
     key = hashlib.sha256(image.dumps(blank) + repr((lanes, divisor, timeout_cycles,
-                                                    stall_cycles, batch_beats, spram, _digest())
+                                                    stall_cycles, batch_beats, spram, words,
+                                                    fifo_depth, _digest())
                                                    ).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
 
     def sources():  # the top is built only when the model is (not for a cached one)
         top = BoardTop(blank, lanes, clock_hz=clock_hz, link=link, batch_beats=batch_beats,
-                       spram=spram)
+                       spram=spram, **engine)
         out = {DUT_TOP: verilog.convert(top, name=DUT_TOP), WRAP_TOP: _wrapper(top)}
         if spram:
             out["SB_SPRAM256KA"] = spram_model()
@@ -358,8 +363,8 @@ def build(net, lanes, root: str | Path, *, divisor: int = 8, timeout_cycles: int
 
     runner.verilator_build(bdir, WRAP_TOP, sources)
     return BoardSim(bdir, board_info(blank, lanes, clock_hz=clock_hz, link=link,
-                                     batch_beats=batch_beats), net, lanes,
-                    divisor * CLOCK_NS, time.perf_counter() - t0)
+                                     batch_beats=batch_beats, words=words), net, lanes,
+                    divisor * CLOCK_NS, time.perf_counter() - t0, words)
 
 
 def run(bs: BoardSim, frames, work: str | Path, scenario: str = "infer", *,
@@ -382,7 +387,7 @@ def run(bs: BoardSim, frames, work: str | Path, scenario: str = "infer", *,
     if out.exists():
         out.unlink()
     case = {"image": str(work / "net.sfimg"), "frames": str(work / "frames.pt"),
-            "lanes": bs.lanes, "bit_ns": bs.bit_ns, "timeout_s": timeout_s,
+            "lanes": bs.lanes, "words": bs.words, "bit_ns": bs.bit_ns, "timeout_s": timeout_s,
             "quiet_s": 2.5 * bs.info.timeout_cycles * CLOCK_NS * 1e-9,
             "scenario": scenario, "out": str(out)}
     (work / "case.json").write_text(json.dumps(case))

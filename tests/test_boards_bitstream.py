@@ -128,3 +128,21 @@ def test_cost_model_against_the_builds(builds, small, board):
     assert pred["ff"] == pytest.approx(ff, rel=0.15)
     assert pred["cells"] == pytest.approx(rep["lut"], rel=0.15)   # nextpnr's count
     assert pred["bram"] - 1 <= rep["bram"] <= pred["bram"]
+
+
+def test_ice40_weights_in_spram_are_built_as_the_fit_check_says(tmp_path):
+    """A 784-16-10 MLP of 4-bit weights (untrained) on the iCEBreaker: over
+    its 30 RAM4K in block RAM, so the fit check puts layer 0's weights in
+    one SPRAM block; the build places exactly that (nextpnr's
+    ICESTORM_SPRAM) and no more RAM4K than the fit check counted."""
+    from spikeforge.sw.models import build
+    from spikeforge.sw.quantize import QuantConfig, quantize
+    net = quantize(build("convsnn", channels=[], hidden=16, timesteps=2),
+                   QuantConfig(weight_bits=4, input_bits=4))
+    fit = B.check_board_fit(net, [1, 1], "icebreaker")
+    assert (fit["spram_layers"], fit["spram"]) == ([0], 1)
+    rep = B.build(net, "icebreaker", tmp_path, lanes=[1, 1], allow_timing_fail=True)
+    assert rep["fit"]["spram_layers"] == [0]
+    assert rep["utilization"]["ICESTORM_SPRAM"]["used"] == 1
+    assert rep["bram"] <= fit["blocks"] <= 30
+    assert (tmp_path / "top.bin").stat().st_size > 100_000

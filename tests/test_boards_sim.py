@@ -101,10 +101,11 @@ def test_corrupted_frames_get_error_frames_and_the_link_recovers(lif, tmp_path):
     check_against_golden(net, frames, res)
 
 
-@pytest.mark.parametrize("width, depth", [(20, 16384 + 600), (64, 700)])
+@pytest.mark.parametrize("width, depth", [(20, 16384 + 600), (64, 700), (4, 50176)])
 def test_spram_memory_reads_what_was_written(width, depth, build_root, tmp_path):
     """:class:`SpramMemory` under Yosys's model of ``SB_SPRAM256KA``: two
-    rows of two columns (the second column 4 bits wide), and four columns;
+    rows of two columns (the second column 4 bits wide), four columns, and
+    four rows of one (the mnist5k MLP's first weights on the iCEBreaker);
     every word written, then read back one address a cycle (runs across the
     rows' boundary both ways, random addresses, one held), each compared
     while the next address is on the port."""

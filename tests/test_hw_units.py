@@ -743,10 +743,13 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
     net = random_network(3)
     use = check_fit(net, 2, "ecp5-85f")
     assert 0 <= use["blocks"] <= 208
-    assert set(use["per_memory"]) == {mu.name for mu in device_plan(net, 2, "ecp5-85f")}
-    # the event FIFOs and spike queues are counted (LUT RAM on the ECP5: no block)
-    assert {f"L{i}_{m}" for i in range(len(net.layers)) for m in ("fifo", "queue")} \
-        <= set(use["per_memory"])
+    # every memory of every layer, the event FIFOs and spike queues included
+    # (LUT RAM on the ECP5: no block)
+    assert set(use["per_memory"]) == {
+        f"L{i}_{m}" for i in range(len(net.layers))
+        for m in ("weights", "neurons", "cur0", "cur1", "state", "fifo", "queue")}
+    assert all(use["per_memory"][f"L{i}_{m}"] == 0 for i in range(len(net.layers))
+               for m in ("fifo", "queue"))
     with pytest.raises(FitError, match=r"^unknown device 'x'; known: ecp5-85f"):
         check_fit(net, 1, "x")
     # it fits: its top builds and elaborates
@@ -906,11 +909,13 @@ def test_fit_counts_the_weight_slices():
 
 class _OneMemory(Elaboratable):
     """A ``width x depth`` memory as the cores build them (one synchronous
-    read port, one write port), its ports on the top's pins."""
+    read port, one write port), its ports on the top's pins; ``spram``: the
+    iCE40's SPRAM weight memory."""
 
-    def __init__(self, width: int, depth: int):
-        from spikeforge.hw.memory import SlicedMemory
-        self.mem = SlicedMemory(width, depth, [(i * 7919) % (1 << width) for i in range(depth)])
+    def __init__(self, width: int, depth: int, spram: bool = False):
+        from spikeforge.hw.memory import SlicedMemory, SpramMemory
+        self.mem = (SpramMemory(width, depth) if spram else
+                    SlicedMemory(width, depth, [(i * 7919) % (1 << width) for i in range(depth)]))
         self.ra, self.wa = Signal(range(depth)), Signal(range(depth))
         self.wd, self.we, self.rd = Signal(width), Signal(), Signal(width)
 
@@ -920,6 +925,39 @@ class _OneMemory(Elaboratable):
         m.d.comb += [mem.rd_addr.eq(self.ra), self.rd.eq(mem.rd_data), mem.wr_addr.eq(self.wa),
                      mem.wr_data.eq(self.wd), mem.wr_en.eq(self.we)]
         return m
+
+
+def _ice40_cells(design, ports) -> dict:
+    from spikeforge import toolchain
+    from spikeforge.hw.memory import SYNTHESIS
+    toolchain.setup()
+    cells = toolchain.yosys_cells(rtlil.convert(design, name="top", platform=SYNTHESIS,
+                                                ports=ports), "synth_ice40", top="top")
+    return {"ram": sum(n for k, n in cells.items() if k.endswith("SB_RAM40_4K")), **cells}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [11, 12, 20, 21, 23])
+def test_the_ice40_fit_counts_an_event_fifo_as_yosys_builds_it(width):
+    """An event FIFO of the iCE40 (8 deep: 7 words of storage) on either side
+    of the flip-flop rule's thresholds: the fit check's blocks equal
+    synth_ice40's RAM4K."""
+    from amaranth.lib import fifo
+    f = fifo.SyncFIFOBuffered(width=width, depth=8)
+    cells = _ice40_cells(f, [f.w_data, f.w_en, f.w_rdy, f.r_data, f.r_en, f.r_rdy])
+    assert DEVICES["ice40up5k"].blocks_for(width, 7) == cells["ram"], cells
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width,depth", [(4, 50176), (20, 16984)])
+def test_spram_memory_synthesises_to_its_blocks(width, depth):
+    """synth_ice40 keeps the SPRAM instances: as many ``SB_SPRAM256KA`` as
+    :func:`spram_blocks` counts, and no RAM4K."""
+    from spikeforge.hw.memory import spram_blocks
+    top = _OneMemory(width, depth, spram=True)
+    cells = _ice40_cells(top, [top.ra, top.wa, top.wd, top.we, top.rd])
+    assert cells.get("SB_SPRAM256KA") == spram_blocks(width, depth) == 4, cells
+    assert cells["ram"] == 0
 
 
 @pytest.mark.slow
