@@ -231,7 +231,9 @@ def plan_blocks(plan: list[MemoryUse], device: str) -> int:
 def check_fit(net, P, device: str, board=(), words=None) -> dict:
     """Refuse (:class:`FitError`) a network whose memories need more block RAM
     than ``device`` has; otherwise return the use: ``{"device", "blocks",
-    "available", "bits", "per_memory": {name: blocks}}``."""
+    "available", "bits", "per_memory": {name: blocks}, "spram_layers",
+    "spram", "spram_available"}`` (the layers whose weights are in SPRAM,
+    its blocks used and the device's)."""
     dev = _device(device)
     spram = spram_layers(net, P, device, board, words)
     plan = device_plan(net, P, device, board, words, spram)
