@@ -193,6 +193,12 @@ def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
     return min(max(fits), width) if fits else width
 
 
+def _ports(width: int, depth: int) -> dict:
+    """The members of a weight memory (:class:`SlicedMemory`, :class:`SpramMemory`)."""
+    return {"rd_addr": In(range(depth)), "rd_data": Out(width), "wr_addr": In(range(depth)),
+            "wr_data": In(width), "wr_en": In(1)}
+
+
 class SlicedMemory(wiring.Component):
     """One synchronous read port and one write port over a memory of
     ``width x depth`` built as :func:`slice_bits` column slices (each a
@@ -216,13 +222,7 @@ class SlicedMemory(wiring.Component):
         self.slice = slice_bits(width, depth)
         self.stages = read_stages(width, depth)
         self.latency = 1 + self.stages
-        super().__init__({
-            "rd_addr": In(range(depth)),
-            "rd_data": Out(width),
-            "wr_addr": In(range(depth)),
-            "wr_data": In(width),
-            "wr_en": In(1),
-        })
+        super().__init__(_ports(width, depth))
 
     def elaborate(self, platform):
         m = Module()
@@ -278,13 +278,7 @@ class SpramMemory(wiring.Component):
     def __init__(self, width: int, depth: int):
         self.width, self.depth = width, depth
         self.latency = 1
-        super().__init__({
-            "rd_addr": In(range(depth)),
-            "rd_data": Out(width),
-            "wr_addr": In(range(depth)),
-            "wr_data": In(width),
-            "wr_en": In(1),
-        })
+        super().__init__(_ports(width, depth))
 
     def elaborate(self, platform):
         m = Module()
