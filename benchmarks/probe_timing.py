@@ -32,7 +32,7 @@ from spikeforge.boards.build import _SYNTH_OPTS
 from spikeforge.toolchain import synth_prep
 from spikeforge.boards.pll import ECP5PLLDomain, ecp5_pll
 from spikeforge.boards.ulx3s import platform
-from spikeforge.flow import recorded_lanes
+from spikeforge.flow import recorded_lanes, words_for
 from spikeforge.hw.layer import LayerCore
 from spikeforge.hw.network import core_params
 
@@ -69,8 +69,9 @@ class CoreProbe(Elaboratable):
 
 def probe(run: Path, layer: int, lanes, mhz: float, out: Path) -> dict:
     net, _ = image.read_image(run / "weights.sfimg")
-    cps = core_params(net, lanes)
-    mems = image.read_exported(run / "hw", net, lanes)
+    words = words_for(run, lanes)     # the words the run was exported with
+    cps = core_params(net, lanes, words=words)
+    mems = image.read_exported(run / "hw", net, lanes, words)
     cp = cps[layer]
     core = LayerCore(cp, mems[f"L{layer}_weights"][1], mems[f"L{layer}_neurons"][1])
     pll = ecp5_pll(25_000_000, mhz * 1e6)
