@@ -53,7 +53,7 @@ from spikeforge.errors import SpikeforgeError
 from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ICE40_CONFIGS, ecp5_in_lutram,
                      geometry_blocks, ice40_in_ffs, slice_bits, spram_blocks)
 from .network import core_params, skip_depth
-from .neuron import QUEUE_DEPTH
+from .neuron import QUEUE_DEPTH, queue_layout
 from .steb import QUEUE_DEPTH as STEB_QUEUE_DEPTH
 from .streams import EventFormat
 
@@ -163,7 +163,9 @@ def _queue_bits(cp) -> int:
     that can be non-zero, which is what Yosys keeps (an fc layer's window
     coordinates are constant)."""
     ho, wo = cp.out_size
-    return cp.P + sum((n - 1).bit_length() for n in (cp.groups * cp.P, ho, wo))
+    count = queue_layout(cp).members.get("n")     # the words with a spike, when counted
+    return (cp.P + sum((v - 1).bit_length() for v in (cp.groups * cp.P, ho, wo))
+            + (count.width if count is not None else 0))
 
 
 def _device(device: str) -> Device:

@@ -26,7 +26,8 @@ from amaranth.lib import fifo, wiring
 
 from spikeforge.layouts import field_slices, neuron_layout
 
-from .neuron import param_loader, queue_layout, scan_unit_members, spike_emitter, window_counters
+from .neuron import (param_loader, queue_layout, queue_word, scan_unit_members,
+                     spike_emitter, window_counters)
 from .params import CoreParams
 from .streams import bits_for
 
@@ -148,7 +149,7 @@ class StebUnit(wiring.Component):
         push = v1 & (vec != 0)
         m.d.comb += [
             q_in.vec.eq(vec), q_in.cb.eq(cb1), q_in.py.eq(py1), q_in.px.eq(px1),
-            queue.w_data.eq(q_in.as_value()),
+            queue.w_data.eq(queue_word(m, p, q_in)),
             queue.w_en.eq(push),
             adv.eq(~(push & ~queue.w_rdy)),
         ]
