@@ -66,7 +66,7 @@ def test_a_network_that_fits_nowhere_is_refused_with_the_numbers():
         planner.plan(net, _work(net), "ice40up5k", B.board_memories(net, "icebreaker"))
     mlp, _ = B.default_network("icebreaker")   # fits at one lane a layer, not at 32
     with pytest.raises(planner.PlanError, match=r"lanes \[32, 10\] do not fit ice40up5k: "
-                                                r"block RAM 33 > 30"):
+                                                r"block RAM 34 > 30"):
         planner.plan(mlp, _work(mlp), "ice40up5k", B.board_memories(mlp, "icebreaker"),
                      lanes=[32, 10])
 
