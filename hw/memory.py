@@ -287,10 +287,7 @@ class SpramMemory(wiring.Component):
         abits = max(1, (self.depth - 1).bit_length())
         addr = Signal(max(abits, 14))
         m.d.comb += addr.eq(Mux(self.wr_en, self.wr_addr, self.rd_addr))
-        row = addr[14:] if rows > 1 else C(0, 1)
-        row_q = Signal(len(row))          # the row of the word on the blocks' outputs
-        with m.If(~self.wr_en):
-            m.d.sync += row_q.eq(row)
+        row = addr[14:]
         wdata = Signal(cols * SPRAM_WIDTH)
         m.d.comb += wdata.eq(self.wr_data)
         outs = []
@@ -307,14 +304,12 @@ class SpramMemory(wiring.Component):
                     i_POWEROFF=C(1, 1), o_DATAOUT=q)
                 words.append(q)
             outs.append(Cat(*words))
-        word = Signal(cols * SPRAM_WIDTH)
-        if rows > 1:
-            with m.Switch(row_q):
-                for r, o in enumerate(outs):
-                    with m.Case(r):
-                        m.d.comb += word.eq(o)
-        else:
-            m.d.comb += word.eq(outs[0])
+        word = outs[0]
+        if rows > 1:   # the row of the word on the blocks' outputs: the last read's
+            row_q = Signal(len(row))
+            with m.If(~self.wr_en):
+                m.d.sync += row_q.eq(row)
+            word = Array(outs)[row_q]
         m.d.comb += self.rd_data.eq(word[:self.width])
         return m
 
