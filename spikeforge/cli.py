@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from spikeforge.config import MAX_TIMESTEPS
+from spikeforge.config import LR_SCHEDULES, MAX_AUGMENT, MAX_TIMESTEPS
 from spikeforge.errors import SpikeforgeError
 
 
@@ -93,6 +93,10 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
                            else "") + ")")
     p.add_argument("--batch-size", type=_int_in(1, 1 << 20), default=defaults.batch_size)
     p.add_argument("--lr", type=_positive_float, default=defaults.lr)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="constant, or cosine: falling to 0 over the run (default constant"
+                        + (f"; {defaults.lr_schedule} for {defaults.model}"
+                           if defaults.lr_schedule != "constant" else "") + ")")
     p.add_argument("--seed", type=_int_in(0, SEED_LIMIT), default=defaults.seed)
     p.add_argument("--loss", choices=("mse", "ce"), default=defaults.loss)
     p.add_argument("--hybrid-epochs", type=_int_in(0, 100_000), default=defaults.hybrid_epochs,
@@ -102,13 +106,18 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
                         "fewer engine cycles (default 0"
                         + (f"; {defaults.rate_penalty} for {defaults.model}"
                            if defaults.rate_penalty else "") + ")")
+    p.add_argument("--augment", type=_int_in(0, MAX_AUGMENT), default=None, metavar="PIXELS",
+                   help="move each training image by a random -N..N pixels a batch "
+                        "(default 0" + (f"; {defaults.augment} for {defaults.model}"
+                                        if defaults.augment else "") + ")")
     p.add_argument("--train-limit", type=_int_in(1), default=None,
                    help="train on the first N samples only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model builder override, e.g. --set channels=[16,32] (repeatable)"
                         + (f"; defaults: {defaults.overrides}" if defaults.overrides else ""))
     p.set_defaults(base_overrides=dict(defaults.overrides), base_model=defaults.model,
-                   base_timesteps=defaults.timesteps, base_rate_penalty=defaults.rate_penalty)
+                   base_timesteps=defaults.timesteps, base_rate_penalty=defaults.rate_penalty,
+                   base_lr_schedule=defaults.lr_schedule, base_augment=defaults.augment)
 
 
 def train_config(args, **fixed):
@@ -123,8 +132,15 @@ def train_config(args, **fixed):
     rate_penalty = args.rate_penalty
     if rate_penalty is None:
         rate_penalty = getattr(args, "base_rate_penalty", 0.0) if own else 0.0
+    lr_schedule = args.lr_schedule
+    if lr_schedule is None:
+        lr_schedule = getattr(args, "base_lr_schedule", "constant") if own else "constant"
+    augment = args.augment
+    if augment is None:
+        augment = getattr(args, "base_augment", 0) if own else 0
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                        timesteps=timesteps, batch_size=args.batch_size, lr=args.lr,
+                       lr_schedule=lr_schedule, augment=augment,
                        seed=args.seed, loss=args.loss, hybrid_epochs=args.hybrid_epochs,
                        rate_penalty=rate_penalty, train_limit=args.train_limit,
                        overrides={**base, **_overrides(args.set)}, **fixed)

@@ -29,6 +29,11 @@ class SpecError(SpikeforgeError, ValueError):
 #: hardware counts steps in a few bits.
 MAX_TIMESTEPS = 64
 
+#: training's learning-rate schedules (:func:`spikeforge.sw.train.fit`)
+LR_SCHEDULES = ("constant", "cosine")
+#: training's largest augmentation shift, in pixels (``TrainConfig.augment``)
+MAX_AUGMENT = 8
+
 
 class NeuronKind(str, enum.Enum):
     """Neuron model of a layer.

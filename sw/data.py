@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from spikeforge.errors import SpikeforgeError
 
-__all__ = ["Dataset", "DataError", "DATASETS", "ENCODINGS", "load", "encode", "read_idx"]
+__all__ = ["Dataset", "DataError", "DATASETS", "ENCODINGS", "load", "encode", "read_idx", "shift"]
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits8x8", "seq1", "seq2", "seq3", "seq4", "seq5")
 """Names :func:`load` accepts, besides the ``"idx:<DIR>"`` form."""
@@ -313,6 +313,24 @@ def make_sequences(images: torch.Tensor, labels: torch.Tensor, kind: int, seed: 
         raise DataError(f"unknown sequence kind {kind}; valid: 1..5")
     x = torch.stack(pair, 1).view(n * 2, FRAMES, 1, h, w)
     return x, torch.stack([labels, labels + 10], 1).reshape(-1).to(torch.int64)
+
+
+def shift(x: torch.Tensor, most: int, generator: torch.Generator) -> torch.Tensor:
+    """Each sample of uint8 ``[B, F, C, H, W]`` moved by its own random whole
+    pixels, ``-most .. most`` rows and columns (all its frames alike), zeros
+    shifted in: training's augmentation (``TrainConfig.augment``), drawn from
+    ``generator``."""
+    if most == 0:
+        return x
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    dy, dx = torch.randint(0, 2 * most + 1, (2, b), generator=generator)
+    lead = x.reshape(b, -1, h, w)
+    pad = torch.nn.functional.pad(lead, (most, most, most, most))
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    out = pad[torch.arange(b)[:, None, None, None], torch.arange(lead.shape[1])[None, :, None, None],
+              rows, cols]
+    return out.reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- encoders

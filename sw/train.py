@@ -8,7 +8,11 @@
     RUN/training_curve.png  loss and accuracy per epoch
 
 Loss: MSE between the output rate (score / T, or / (2**T - 1) for STCB) and the
-one-hot target (both papers' code) or cross-entropy on the scores.  Adam.
+one-hot target (both papers' code) or cross-entropy on the scores.  Adam, at
+a constant learning rate or (``lr_schedule = "cosine"``) one that falls from
+``lr`` to 0 along a half cosine over the run's batches: the last epochs then
+take small steps, and the accuracy a run ends on no longer swings by a point
+from epoch to epoch (the default run: README).
 Same seed on the same machine gives the same result: data order, init and
 dropout all come from seeded generators, and torch's deterministic mode is on.
 
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spikeforge.config import MAX_TIMESTEPS, NetworkSpec
+from spikeforge.config import LR_SCHEDULES, MAX_AUGMENT, MAX_TIMESTEPS, NetworkSpec
 from spikeforge.errors import SpikeforgeError
 from spikeforge.files import read_json
 from spikeforge.sw import data as sfdata
@@ -60,6 +64,8 @@ class TrainConfig:
     timesteps: int | None = None      # None: the model's default
     batch_size: int = 20
     lr: float = 5e-4
+    lr_schedule: str = "constant"     # "constant" | "cosine" (to 0 over the run's batches)
+    augment: int = 0                  # training images moved by up to this many pixels
     seed: int = 0
     loss: str = "mse"                 # "mse" | "ce"
     hybrid_epochs: int = 0            # ConvSNN hybrid pre-training epochs
@@ -89,6 +95,12 @@ class TrainConfig:
                              f"not {self.timesteps!r:.40}")
         if not is_real(self.lr) or self.lr <= 0:
             raise TrainError(f"lr must be a finite number above 0, not {self.lr!r:.40}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"not {self.lr_schedule!r:.40}")
+        if not is_int(self.augment) or not 0 <= self.augment <= MAX_AUGMENT:
+            raise TrainError(f"augment must be an integer in 0..{MAX_AUGMENT}, "
+                             f"not {self.augment!r:.40}")
         if not is_int(self.seed) or not 0 <= self.seed < 1 << 63:
             raise TrainError(f"seed must be an integer in 0..2**63-1, not {self.seed!r:.40}")
         if self.loss not in ("mse", "ce"):
@@ -420,6 +432,10 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_train, y_train = train_data(cfg, ds)
+    per_epoch = -(-len(y_train) // cfg.batch_size)
+    # (stepped after each batch: the last batch runs at a rate just above 0)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
+             if cfg.lr_schedule == "cosine" else None)
     history = []
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -427,16 +443,19 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
         beta = cfg.hybrid_beta if epoch < hybrid_epochs else None
         total, seen, here = 0.0, 0, 0
         steps = _batches(len(y_train), cfg.batch_size, gen)
-        bar = tqdm(steps, total=-(-len(y_train) // cfg.batch_size), disable=not progress,
+        bar = tqdm(steps, total=per_epoch, disable=not progress,
                    desc=f"{label} {epoch + 1}/{epochs}" + (" (hybrid)" if beta else ""),
                    leave=False)
         for idx in bar:
             # every process encodes the whole global batch: the same draws as one process
-            xb = sfdata.encode(x_train[idx], spec.timesteps, spec.encoding, generator=gen)
+            xb = sfdata.encode(sfdata.shift(x_train[idx], cfg.augment, gen), spec.timesteps,
+                               spec.encoding, generator=gen)
             loss, part = batch_loss(cfg, model, net, xb, y_train[idx], beta, procs)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += part
             seen += len(idx)
             lo, hi = (0, len(idx)) if procs is None else _shard(len(idx), procs)

@@ -382,3 +382,30 @@ def test_encode_errors():
         encode(x[0, 0], 4)
     with pytest.raises(DataError, match="timesteps must be a positive int"):
         encode(x, 0)
+
+
+def test_shift_moves_each_sample_and_its_frames_alike():
+    """Training's augmentation: every sample moved by its own whole pixels
+    in -most..most, all its frames and channels alike, zeros shifted in; the
+    draws are the generator's (the same seed, the same moves)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 256, (40, 3, 2, 6, 7), generator=g, dtype=torch.uint8)
+    y = D.shift(x, 2, torch.Generator().manual_seed(5))
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert torch.equal(y, D.shift(x, 2, torch.Generator().manual_seed(5)))
+    seen = set()
+    for b in range(len(x)):
+        # the move that gives sample b: exactly one of the 25
+        hits = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                want = torch.zeros_like(x[b])
+                ys, yd = slice(max(dy, 0), 6 + min(dy, 0)), slice(max(-dy, 0), 6 + min(-dy, 0))
+                xs, xd = slice(max(dx, 0), 7 + min(dx, 0)), slice(max(-dx, 0), 7 + min(-dx, 0))
+                want[..., yd, xd] = x[b][..., ys, xs]
+                if torch.equal(y[b], want):
+                    hits.append((dy, dx))
+        assert len(hits) == 1, (b, hits)
+        seen.add(hits[0])
+    assert len(seen) > 10                          # the moves vary between samples
+    assert D.shift(x, 0, g) is x

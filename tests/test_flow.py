@@ -59,6 +59,48 @@ def test_rate_penalty_lowers_the_hidden_layers_firing_rates(run_dir, tmp_path):
         TrainConfig(**TINY, rate_penalty=-1.0)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_steps(schedule, tmp_path, monkeypatch):
+    """The rate each batch's step takes: constant, or a half cosine from
+    ``lr`` that reaches about 0 at the run's last batch."""
+    rates = []
+    step = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    cfg = TrainConfig(**{**TINY, "epochs": 3}, lr_schedule=schedule)
+    train(cfg, tmp_path / schedule, progress=False)
+    n = len(rates)
+    batches = -(-len(load("digits8x8").y_train) // cfg.batch_size)
+    assert n == 3 * batches
+    if schedule == "constant":
+        assert rates == [cfg.lr] * n
+    else:
+        assert rates[0] == cfg.lr and all(a > b for a, b in zip(rates, rates[1:]))
+        assert rates[n // 2] == pytest.approx(cfg.lr / 2, rel=0.05)
+        assert rates[-1] < 0.001 * cfg.lr
+
+
+def test_augment_and_schedule_from_the_command_line(run_dir, tmp_path):
+    """``--augment`` and ``--lr-schedule`` reach the run's config and change
+    the model (same seed, other draws); bad values are refused."""
+    run = tmp_path / "aug"
+    assert cli.main(["train", "-q", *TINY_ARGS, "--augment", "1", "--lr-schedule", "cosine",
+                     "--out", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    assert cfg["augment"] == 1 and cfg["lr_schedule"] == "cosine"
+    _, a = load_run(run_dir)
+    _, b = load_run(run)
+    assert not torch.equal(a.state_dict()["layers.0.syn.weight"], b.state_dict()["layers.0.syn.weight"])
+    with pytest.raises(ValueError, match="augment must be an integer in 0..8"):
+        TrainConfig(**TINY, augment=9)
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig(**TINY, lr_schedule="step")
+    assert cli.main(["train", "-q", *TINY_ARGS, "--augment", "-1", "--out", str(run)]) == 2
+
+
 def test_quantize_and_export_from_the_command_line(run_dir, capsys):
     assert cli.main(["quantize", "-q", str(run_dir), "--weight-bits", "8"]) == 0
     m = json.loads((run_dir / "metrics.json").read_text())
