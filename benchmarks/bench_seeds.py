@@ -3,7 +3,8 @@ RTL accuracy next to the papers' rows, and the time each run took.
 
     .venv/bin/python benchmarks/bench_seeds.py [--nets convsnn48,sts-resnet,bpsta,stcsnn]
         [--datasets mnist5k,seq1,seq2,seq3,seq4,seq5] [--idx NAME=DIR ...]
-        [--epochs N] [--rtl N] [--curve 500,1000,2000,4000] [--out runs/bench_seeds]
+        [--epochs N] [--rtl N] [--curve 500,1000,2000,4000] [--train-options "..."]
+        [--out runs/bench_seeds]
 
 One run folder per network and data set under ``--out`` (finished steps are
 reused, so an interrupted table resumes).  Each run is trained (``spikeforge
@@ -20,7 +21,9 @@ network on the first data set with the first 500, 1,000, ... training samples
 size (``all``: the table's run on the whole training set), which shows how much of a gap the smaller set explains.  ``--idx
 NAME=DIR`` adds the user's own IDX files (``idx:DIR``) as data set NAME;
 NAME ``mnist`` or ``fashion`` selects the papers' MNIST or Fashion-MNIST
-figures.
+figures.  ``--train-options`` adds ``spikeforge train`` options to every run
+(``"--augment 2 --lr-schedule cosine"``: the small training set moved about,
+the rate annealed; give such runs their own ``--out``).
 
 The defaults are sized for 2 CPU cores: ConvSNN 48-48 and STS-ResNet at the
 paper's T = 10, BPSTA Small at an eighth of its width (16-16-32 channels,
@@ -33,6 +36,7 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -98,7 +102,8 @@ def _run(net: Net, data_arg: str, run: Path, args, limit: int | None = None) -> 
            "note": ""}
     if not (run / "metrics.json").exists():
         argv = ["train", "-q", "--model", net.model, "--dataset", data_arg,
-                "--epochs", str(args.epochs), *net.options, "--out", str(run)]
+                "--epochs", str(args.epochs), *net.options, *shlex.split(args.train_options),
+                "--out", str(run)]
         argv += [a for s in net.overrides for a in ("--set", s)]
         if limit is not None:
             argv += ["--train-limit", str(limit)]
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve", default=None, metavar="N1,N2,...",
                     help="learning curve: the first network on the first data set, trained "
                          "on the first N1, N2, ... samples")
+    ap.add_argument("--train-options", default="", metavar='"OPTIONS"',
+                    help="further spikeforge train options for every run")
     ap.add_argument("--out", default="runs/bench_seeds")
     args = ap.parse_args(argv)
 
@@ -210,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} on {ds}: float {_pct(row['float'])} %, int8 {_pct(row['int8'])} %, "
                   f"RTL {_pct(row['rtl'])} %, {row['seconds']:.0f} s", file=sys.stderr)
     _table(rows, args.rtl)
+    if args.train_options:
+        print(f"\n(every run trained with {args.train_options})")
 
     if args.curve:
         if not rows:

@@ -81,11 +81,12 @@ def _chain(input_shape, timesteps, classes, plan, neuron, frames=1, encoding="di
 def convsnn_spec(classes=10, timesteps=10, channels=(48, 48), hidden=128, decay=0.5,
                  theta=0.5, reset="zero", surrogate="gaussian", pool_mode="max",
                  input_shape=(1, 28, 28), frames=1, encoding="direct",
-                 strict=False) -> NetworkSpec:
+                 strict=False, voting=1) -> NetworkSpec:
     neuron = NeuronSpec(NeuronKind.LIF, decay=decay, theta=theta, reset=reset, surrogate=surrogate,
                         strict=strict)
-    plan = [("conv", ch, 3, 2) for ch in channels] + [("fc", hidden), ("fc", classes)]
-    spec = _chain(input_shape, timesteps, classes, plan, neuron, frames, encoding, name="convsnn")
+    plan = [("conv", ch, 3, 2) for ch in channels] + [("fc", hidden), ("fc", classes * voting)]
+    spec = _chain(input_shape, timesteps, classes, plan, neuron, frames, encoding,
+                  voting=voting, name="convsnn")
     if pool_mode != "max":
         spec = dataclasses.replace(spec, layers=tuple(
             dataclasses.replace(l, pool_mode=pool_mode) if l.pool > 1 else l for l in spec.layers))

@@ -150,7 +150,9 @@ def network_spec(cfg: TrainConfig, ds: sfdata.Dataset) -> NetworkSpec:
 
 
 def _score_scale(spec: NetworkSpec, stcb: bool) -> float:
-    return float((1 << spec.timesteps) - 1 if stcb else spec.timesteps)
+    """The largest score a class can reach (MSE's target 1: every neuron of
+    its voting group spikes at every step)."""
+    return float(((1 << spec.timesteps) - 1 if stcb else spec.timesteps) * spec.voting)
 
 
 def _loss(cfg: TrainConfig, model: SpikingNet, scores, y):

@@ -114,3 +114,13 @@ def test_strict_comparison_round_trips_and_old_specs_default_to_inclusive():
     assert NetworkSpec.from_dict(d) == spec
     # the convsnn builder takes it (train --set strict=true)
     assert all(l.neuron.strict for l in spec_for("convsnn", strict=True).layers)
+
+
+def test_convsnn_voting_groups():
+    """``--set voting=V``: V output neurons a class, the class's score their
+    summed counts; MSE's target 1 is every neuron of the group at every step."""
+    from spikeforge.sw.train import _score_scale
+    spec = spec_for("convsnn", channels=(4,), hidden=8, timesteps=3, voting=4)
+    assert spec.voting == 4 and spec.classes == 10 and spec.layers[-1].out_channels == 40
+    assert _score_scale(spec, stcb=False) == 12.0
+    assert _score_scale(spec_for("convsnn", timesteps=3), stcb=False) == 3.0
