@@ -1,0 +1,244 @@
+"""The SDRAM controller (hw/sdram.py) against the chip model, which checks
+every command's timing; and the model against hand-made violations."""
+
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from spikeforge.hw.sdram import (ACTIVE, A10, MODE, NOP, PRECHARGE, READ, REFRESH, WRITE,
+                                 SdramController, SdramGeometry, SdramModel, SdramTiming,
+                                 SdramViolation)
+from test_hw_units import stream_get, stream_put
+
+# a small chip (the same rules; rows of 16 words so that runs cross them) and
+# a short power-up wait, so that a test sees several refreshes in little time
+GEOM = SdramGeometry(bank_bits=2, row_bits=4, col_bits=4, width=16)
+FAST = SdramTiming(t_init=2e-6, t_refi=1.5e-6, t_ref=1.6e-6, refresh_postpone=1)
+FREQ = 50e6
+
+
+def cycles(timing=FAST, freq=FREQ):
+    return timing.cycles(freq)
+
+
+def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0):
+    """Drive ``beats`` ((write, addr, data) each) into ``dut`` with random
+    gaps, take the read words with random stalls, the chip modelled; the
+    words read, the model and the cycle count."""
+    rng = random.Random(seed)
+    model = SdramModel(dut.geom, cycles(timing))
+    n_reads = sum(1 for w, _, _ in beats if not w)
+    got, done = [], {"cycles": 0}
+    p = dut.pins
+
+    async def chip(ctx):
+        while True:
+            await ctx.tick()
+            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
+                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
+            # an undriven bus reads as noise: a word taken a cycle off is caught
+            ctx.set(p.dq_i, out if out is not None else rng.getrandbits(16))
+
+    async def source(ctx):
+        for w, addr, d in beats:
+            await stream_put(ctx, dut.cmd, {"write": w, "addr": addr, "data": d}, rng, idle)
+        for _ in range(extra):
+            await ctx.tick()
+
+    async def sink(ctx):
+        for _ in range(n_reads):
+            got.append(await stream_get(ctx, dut.rdata, rng, stall))
+
+    async def count(ctx):
+        while True:
+            await ctx.tick()
+            done["cycles"] += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / FREQ)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.add_testbench(chip, background=True)    # after each edge: the pins of the new cycle
+    sim.add_testbench(count, background=True)
+    steps = 0
+    while sim.advance():
+        steps += 1
+        assert steps < 2_000_000, "simulation still running"
+    return got, model, done["cycles"]
+
+
+def random_beats(rng, n, geom=GEOM, runs=True):
+    """Writes then reads of random words, in runs of consecutive addresses
+    (crossing rows and banks) and single words."""
+    mem, beats = {}, []
+    while len(beats) < n:
+        start = rng.randrange(geom.words)
+        for addr in range(start, min(start + (rng.randrange(1, 40) if runs else 1), geom.words)):
+            if mem and rng.random() < 0.5:
+                a = rng.choice(list(mem))
+                beats.append((0, a, 0))
+            else:
+                mem[addr] = rng.getrandbits(16)
+                beats.append((1, addr, mem[addr]))
+    expect, seen = [], {}
+    for w, a, d in beats:
+        if w:
+            seen[a] = d
+        else:
+            expect.append(seen[a])
+    return beats, expect
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_controller_reads_what_it_wrote_within_the_chip_timing(seed):
+    """Random writes and reads across rows and banks, random gaps and
+    read stalls: every word read back equal, in order; the model raised no
+    violation; the power-up sequence and refreshes went out."""
+    dut = SdramController(FREQ, GEOM, FAST)
+    beats, expect = random_beats(random.Random(seed), 400)
+    got, model, n = simulate(dut, beats, seed=seed)
+    assert got == expect
+    assert model.mode_cl == 2
+    assert model.commands["READ"] == len(expect)
+    assert model.commands["WRITE"] == len(beats) - len(expect)
+    assert model.refreshes >= n // cycles()["refi"] - 2 and model.refreshes >= 3
+
+
+def test_a_row_streams_a_word_a_cycle():
+    """Reads of consecutive words: one READ a cycle within a row, an ACTIVE
+    and a PRECHARGE a row (no stall on the consumer's side)."""
+    dut = SdramController(FREQ, GEOM, FAST)
+    rows = 4
+    beats = [(1, a, a * 7 & 0xFFFF) for a in range(16 * rows)]
+    beats += [(0, a, 0) for a in range(16 * rows)]
+    got, model, n = simulate(dut, beats, idle=0.0, stall=0.0)
+    assert got == [a * 7 & 0xFFFF for a in range(16 * rows)]
+    # each row opened once for its writes and once for its reads (a refresh
+    # in between closes one more)
+    assert 2 * rows <= model.commands["ACTIVE"] <= 2 * rows + model.refreshes
+
+
+def test_cas_latency_3_and_a_deeper_read_fifo():
+    dut = SdramController(FREQ, GEOM, FAST, cl=3, read_fifo=16)
+    beats, expect = random_beats(random.Random(3), 200)
+    got, model, _ = simulate(dut, beats, seed=3)
+    assert got == expect and model.mode_cl == 3
+
+
+@pytest.mark.parametrize("broken,match", [
+    ("rcd", "READ on bank .*: ACTIVE 1 cycles after|WRITE on bank .*: ACTIVE 1 cycles after"),
+    ("refi", "AUTO REFRESH behind"),
+    ("read_delay", None),
+])
+def test_the_model_catches_a_broken_controller(broken, match, monkeypatch):
+    """A controller one cycle short of tRCD, one that refreshes too seldom,
+    and one that takes the read word a cycle late: each fails."""
+    t = FAST.cycles(FREQ)
+    kw = {}
+    if broken == "rcd":
+        assert t["rcd"] == 1 + 0   # 20 ns at 50 MHz: one cycle; make it 2 and break it
+        timing = SdramTiming(**{**FAST.__dict__, "t_rcd": 40e-9})
+        dut = SdramController(FREQ, GEOM, timing)
+        dut.t = {**dut.t, "rcd": dut.t["rcd"] - 1}
+        beats, expect = random_beats(random.Random(0), 60)
+        with pytest.raises(SdramViolation, match=match):
+            simulate(dut, beats, timing=timing)
+        return
+    if broken == "refi":
+        dut = SdramController(FREQ, GEOM, FAST)
+        dut.t = {**dut.t, "refi": 3 * dut.t["refi"]}
+        beats, expect = random_beats(random.Random(0), 300)
+        with pytest.raises(SdramViolation, match=match):
+            simulate(dut, beats)
+        return
+    dut = SdramController(FREQ, GEOM, FAST, read_delay=FAST_CL_DELAY + 1)
+    beats, expect = random_beats(random.Random(0), 100)
+    got, _, _ = simulate(dut, beats)
+    assert got != expect
+
+
+FAST_CL_DELAY = 2 + 2    # cl + 2: the default read_delay at cl = 2
+
+
+# ----------------------------------------------------------------- the model alone
+
+
+def _init(model, t):
+    """The power-up sequence, by hand."""
+    for _ in range(t["init"]):
+        model.edge(1, NOP, 0, 0, 0, 0)
+    model.edge(1, PRECHARGE, 0, A10, 0, 0)
+    for _ in range(t["rp"] - 1):
+        model.edge(1, NOP, 0, 0, 0, 0)
+    for _ in range(t["init_refreshes"]):
+        model.edge(1, REFRESH, 0, 0, 0, 0)
+        for _ in range(t["rc"] - 1):
+            model.edge(1, NOP, 0, 0, 0, 0)
+    model.edge(1, MODE, 0, 2 << 4, 0, 0)
+    for _ in range(t["mrd"] - 1):
+        model.edge(1, NOP, 0, 0, 0, 0)
+
+
+def test_model_rules():
+    t = cycles(SdramTiming(t_init=1e-6), 100e6)
+    g = SdramGeometry()
+
+    def fresh():
+        m = SdramModel(g, t)
+        _init(m, t)
+        return m
+
+    m = SdramModel(g, t)
+    with pytest.raises(SdramViolation, match="PRECHARGE after 3 power-up NOP cycles"):
+        for _ in range(3):
+            m.edge(1, NOP, 0, 0, 0, 0)
+        m.edge(1, PRECHARGE, 0, A10, 0, 0)
+    m = SdramModel(g, t)
+    with pytest.raises(SdramViolation, match="ACTIVE before the power-up PRECHARGE"):
+        m.edge(1, ACTIVE, 0, 0, 0, 0)
+    m = fresh()
+    m.edge(1, ACTIVE, 1, 5, 0, 0)
+    with pytest.raises(SdramViolation, match="READ on bank 1: ACTIVE 1 cycles after, 2 needed"):
+        m.edge(1, READ, 1, 0, 0, 0)
+    m = fresh()
+    m.edge(1, ACTIVE, 1, 5, 0, 0)
+    with pytest.raises(SdramViolation, match="ACTIVE on bank 1, open at row 5"):
+        m.edge(1, ACTIVE, 1, 6, 0, 0)
+    m = fresh()
+    with pytest.raises(SdramViolation, match="WRITE on bank 2, which is closed"):
+        m.edge(1, WRITE, 2, 0, 1, 1)
+    m = fresh()
+    m.edge(1, ACTIVE, 0, 0, 0, 0)
+    with pytest.raises(SdramViolation, match="PRECHARGE of bank 0: ACTIVE 1 cycles after, 5 needed"):
+        m.edge(1, PRECHARGE, 0, A10, 0, 0)
+    # write, read back CL cycles later; the bus driven by both is refused
+    m = fresh()
+    m.edge(1, ACTIVE, 3, 9, 0, 0)
+    m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, WRITE, 3, 17, 0xBEEF, 1)
+    m.edge(1, READ, 3, 17, 0, 0)
+    assert m.edge(1, NOP, 0, 0, 0, 0) is None
+    assert m.edge(1, NOP, 0, 0, 0, 0) == 0xBEEF
+    m.edge(1, READ, 3, 17, 0, 0)
+    m.edge(1, NOP, 0, 0, 0, 0)
+    with pytest.raises(SdramViolation, match="drives the data bus while the chip drives"):
+        m.edge(1, WRITE, 3, 18, 1, 1)
+    m = fresh()
+    with pytest.raises(SdramViolation, match="AUTO REFRESH behind"):
+        for _ in range(t["ref"] * (t["refresh_postpone"] + 2)):
+            m.edge(1, NOP, 0, 0, 0, 0)
+
+
+def test_controller_synthesises_small_without_multipliers():
+    """The ULX3S controller at 50 MHz through Yosys's ECP5 flow: a few
+    hundred LUTs, its read FIFO in LUT RAM, no multiplier or block RAM
+    (measured: 203 LUT4, 137 FF, 12 CCU2C, 4 TRELLIS_DPR16X4)."""
+    from amaranth.back import rtlil
+
+    from spikeforge import toolchain
+    cells = toolchain.yosys_cells(rtlil.convert(SdramController(50e6), name="top"),
+                                  "synth_ecp5 -abc9")
+    assert cells.get("MULT18X18D", 0) == 0 and cells.get("DP16KD", 0) == 0, cells
+    assert 100 < cells["LUT4"] < 400 and 80 < cells["TRELLIS_FF"] < 250, cells
+    assert cells["TRELLIS_DPR16X4"] == 4, cells
