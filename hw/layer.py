@@ -35,6 +35,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
+from spikeforge.config import LayerKind
+
 from .arith import copies
 from .memory import SlicedMemory, SpramMemory, read_data
 from .neuron import NeuronUnit
@@ -88,6 +90,12 @@ class LayerCore(wiring.Component):
     spram : bool
         The weights in the iCE40's SPRAM (:class:`~spikeforge.hw.memory.SpramMemory`:
         not initialised, written by the host; :func:`spikeforge.hw.fit.spram_layers`).
+    streamed : bool
+        No weight memory: the weight words come in on ``w_words``, in the
+        order the synapse unit walks them (from the SDRAM:
+        :class:`~spikeforge.hw.weightstream.WeightStreamer`); an fc layer
+        with one synapse unit.  Weight writes on ``mem_write`` are ignored
+        (they go to the SDRAM).
 
     Members
     -------
@@ -97,6 +105,8 @@ class LayerCore(wiring.Component):
         Output spikes and end-of-step markers (registered valid and payload).
     mem_write : In(stream.Signature(core_write_layout(addr_bits, data_bits)))
         Run-time memory writes; always ready (one write a cycle).
+    w_words : In(stream.Signature(params.weight_width))
+        Only with ``streamed``: the weight words, one a tap the walker takes.
     clearing : Out(1)
         The clear pass runs; no event is taken.
     perf : Out(PERF_LAYOUT)
@@ -104,9 +114,12 @@ class LayerCore(wiring.Component):
     """
 
     def __init__(self, params: CoreParams, weights: list[int], neurons: list[int],
-                 spram: bool = False):
+                 spram: bool = False, streamed: bool = False):
         p = params
-        if len(weights) != p.weight_depth:
+        if streamed and (p.kind is not LayerKind.FC or p.units > 1 or p.stcb or spram):
+            raise ValueError(f"layer {p.index}: streamed weights are for an fc LIF / IF layer "
+                             "with one synapse unit")
+        if not streamed and len(weights) != p.weight_depth:
             raise ValueError(f"layer {p.index}: {len(weights)} weight words, expected "
                              f"{p.weight_depth}")
         if len(neurons) != p.c_out:
@@ -116,7 +129,7 @@ class LayerCore(wiring.Component):
         self._neurons = list(neurons)
         if spram and p.units > 1:
             raise ValueError(f"layer {p.index}: SPRAM weights take one synapse unit")
-        self.spram = spram
+        self.spram, self.streamed = spram, streamed
         self.addr_bits = bits_for(max(p.weight_depth, p.c_out) - 1)
         self.data_bits = max(p.weight_width, p.neuron_width)
         super().__init__({
@@ -125,6 +138,7 @@ class LayerCore(wiring.Component):
             "mem_write": In(stream.Signature(core_write_layout(self.addr_bits, self.data_bits))),
             "clearing": Out(1),
             "perf": Out(PERF_LAYOUT),
+            **({"w_words": In(stream.Signature(p.weight_width))} if streamed else {}),
         })
 
     @property
@@ -138,10 +152,19 @@ class LayerCore(wiring.Component):
         # taps of every event, into its own copy of the current memories)
         wmems = [SpramMemory(p.weight_width, hi - lo) if self.spram else
                  SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
-                 for lo, hi in map(p.weight_rows, range(p.units))]
+                 for lo, hi in map(p.weight_rows, range(p.units))] if not self.streamed else []
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
                             weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)
                 for u, wmem in enumerate(wmems)]
+        if self.streamed:   # the word taken, in a register: a memory's one-cycle read
+            syns = [SynapseUnit(p, 0, write_latency=p.write_stage + p.rmw_stage,
+                                weight_latency=1, read_latency=2 + p.rmw_stage, streamed=True)]
+            w_q = Signal(p.weight_width, name="w_q", reset_less=True)
+            ww = self.w_words
+            m.d.comb += [syns[0].w_ready.eq(ww.valid), ww.ready.eq(syns[0].w_take),
+                         syns[0].w_data.eq(w_q)]
+            with m.If(syns[0].w_take):
+                m.d.sync += w_q.eq(ww.payload)
         for u, unit in enumerate(syns):
             m.submodules["syn" if u == 0 else f"syn{u}"] = unit
         syn = syns[0]

@@ -80,6 +80,9 @@ class SynapseUnit(wiring.Component):
     weight_latency : int
         Cycles between ``w_addr`` and its ``w_data`` (1, more for a weight
         memory whose read is pipelined: :class:`~spikeforge.hw.memory.SlicedMemory`).
+    streamed : bool
+        The weights come as a stream (``w_ready``, ``w_take``), not from a
+        memory of fixed latency.
     read_latency : int
         Cycles between ``rd_addr`` and its ``rd_data`` (2: the core registers
         the memory's word; 3: twice).  The writes of the last
@@ -118,6 +121,14 @@ class SynapseUnit(wiring.Component):
         :meth:`CoreParams.weight_rows`), data ``weight_latency`` cycles later.
     w_data : In(unsigned(P * weight_bits))
         Weight word, lane ``j`` in bits ``[j*W, (j+1)*W)``.
+    w_ready : In(1)
+        With ``streamed``: the weight word of the walker's tap is there
+        (unused otherwise: a memory always has it).  Weights streamed in (from the SDRAM: the core's
+        ``w_words``) come when they come: while it is low the walker holds
+        its tap and issues nothing (a bubble in the update pipeline).
+    w_take : Out(1)
+        Strobe: the walker takes its tap's weight word this cycle (a streamed
+        word is consumed; its data is expected on ``w_data`` a cycle later).
     step : In(range(in_steps))
         Input step ``t`` of an STCB layer past layer 0: its events add
         ``w << (T - 1 - t)`` (the event's ``shift`` field is not used there).
@@ -126,8 +137,9 @@ class SynapseUnit(wiring.Component):
     """
 
     def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0,
-                 weight_latency: int = 1, read_latency: int = 2):
+                 weight_latency: int = 1, read_latency: int = 2, streamed: bool = False):
         self._p = p = params
+        self._streamed = streamed
         self._taps = p.tap_range(unit)
         self._unit = unit
         self._wlat = write_latency
@@ -151,6 +163,8 @@ class SynapseUnit(wiring.Component):
             "wr_data": Out(acc),
             "w_addr": Out(bits_for(p.weight_depth - 1)),
             "w_data": In(p.weight_width),
+            "w_ready": In(1, init=1),
+            "w_take": Out(1),
             "step": In(range(max(1, p.in_steps))),
         })
 
@@ -228,8 +242,14 @@ class SynapseUnit(wiring.Component):
         dy0, dx0 = divmod(t0, k)
         dy1, dx1 = divmod(t1 - 1, k)
         single = (t1 - t0 == 1) and (G == 1)   # an event of one tap
-        m.d.comb += take.eq(self.enable & ~marker_held & free)
-        inb = active & (oy >= 0) & (oy < p.hc) & (ox >= 0) & (ox < p.wc)
+        # the walker moves on from its tap only with the tap's weight word
+        # (streamed weights; a weight memory always has it)
+        go = active & self.w_ready if self._streamed else active
+        if self._streamed:
+            m.d.comb += take.eq(self.enable & ~marker_held & free & (~active | self.w_ready))
+        else:
+            m.d.comb += take.eq(self.enable & ~marker_held & free)
+        inb = go & (oy >= 0) & (oy < p.hc) & (ox >= 0) & (ox < p.wc)
 
         with m.If(take & d2_valid):
             m.d.sync += [active.eq(~d2_last), marker_held.eq(d2_last),
@@ -240,9 +260,9 @@ class SynapseUnit(wiring.Component):
                          ox0.eq(d2_ox), addr.eq(d2_e0 - (dy0 * p.wc + dx0)),
                          waddr.eq(d2_wbase), mask.eq(d2_mask),
                          shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
-        with m.Elif(active & last_tap):
+        with m.Elif(go & last_tap):
             m.d.sync += [active.eq(0), free.eq(1)]
-        with m.Elif(active):
+        with m.Elif(go):
             # the next group's word, or the next tap's first group
             m.d.sync += waddr.eq(waddr + Mux(g_end, p.in_groups * G - (G - 1), 1))
             with m.If(~g_end):
@@ -266,6 +286,7 @@ class SynapseUnit(wiring.Component):
 
         m.d.comb += [
             self.w_addr.eq(waddr),
+            self.w_take.eq(go),
             self.update.eq(inb),
             self.accepted.eq(take & d2_valid & ~d2_last),
         ]

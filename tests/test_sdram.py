@@ -4,6 +4,7 @@ every command's timing; and the model against hand-made violations."""
 import random
 
 import pytest
+from amaranth import Elaboratable, Module
 from amaranth.sim import Simulator
 
 from spikeforge.hw.sdram import (ACTIVE, A10, MODE, NOP, PRECHARGE, READ, REFRESH, WRITE,
@@ -228,3 +229,129 @@ def test_controller_synthesises_small_without_multipliers():
     assert cells.get("MULT18X18D", 0) == 0 and cells.get("DP16KD", 0) == 0, cells
     assert 100 < cells["LUT4"] < 400 and 80 < cells["TRELLIS_FF"] < 250, cells
     assert cells["TRELLIS_DPR16X4"] == 4, cells
+
+
+# ----------------------------------------------------------------- an fc layer's weights in it
+
+
+class StreamedCore(Elaboratable):
+    """An fc LayerCore whose weights stream from the SDRAM: the streamer in
+    front of it, the controller behind; the host's writes into the streamer."""
+
+    def __init__(self, cp, weights, neurons, geom, base):
+        from spikeforge.hw.layer import LayerCore
+        from spikeforge.hw.weightstream import WeightStreamer
+        self.core = LayerCore(cp, [], neurons, streamed=True)
+        self.ws = WeightStreamer(cp, geom, base, self.core.addr_bits, self.core.data_bits)
+        self.ctl = SdramController(FREQ, geom, FAST)
+        self.i_events, self.o_events = self.ws.i_events, self.core.o_events
+        self.mem_write, self.pins, self.clearing = self.ws.mem_write, self.ctl.pins, self.core.clearing
+
+    def elaborate(self, platform):
+        from amaranth.lib import wiring
+        m = Module()
+        m.submodules.core, m.submodules.ws, m.submodules.ctl = self.core, self.ws, self.ctl
+        wiring.connect(m, self.ws.o_events, self.core.i_events)
+        wiring.connect(m, self.ws.sdram, self.ctl.cmd)
+        wiring.connect(m, self.ctl.rdata, self.ws.rdata)
+        wiring.connect(m, self.ws.w_words, self.core.w_words)
+        mw = self.ws.mem_write
+        m.d.comb += [self.core.mem_write.valid.eq(mw.valid & mw.ready),
+                     self.core.mem_write.payload.eq(mw.payload)]
+        return m
+
+
+@pytest.mark.parametrize("c_in,c_out,P,bits_w", [(12, 8, 2, 8), (20, 9, 3, 6), (6, 5, 5, 8)],
+                         ids=["P2-one-word", "P3-two-words", "P5-three-words"])
+def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_w):
+    """The weights written over ``mem_write`` into the modelled chip, then
+    T steps of events: every spike of every step equal to the golden
+    model's, the chip's timing never broken, each event's words read once."""
+    import torch
+
+    from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronSpec, Reset
+    from spikeforge.hw.network import core_params, input_events
+    from spikeforge.hw.randnet import random_int_layer
+    from spikeforge.hw.weightstream import sdram_words
+    from spikeforge.image import neuron_words, weight_words
+    from spikeforge.sw import golden
+    from spikeforge.sw.golden import IntNetwork
+    from spikeforge.hw.network import first_mismatch
+
+    seed, T = c_in + c_out, 4
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    spec = LayerSpec(LayerKind.FC, c_in, c_out, (1, 1), neuron=NeuronSpec(reset=Reset.SUBTRACT))
+    nspec = NetworkSpec("one", (c_in, 1, 1), T, (spec,), spec.out_features)
+    x = torch.randint(0, 256, (1, T, c_in, 1, 1), generator=gen).to(torch.uint8)
+    layer = random_int_layer(rng, gen, spec, (1,), 1, golden.input_values(nspec, x, 1))
+    layer = dataclasses_replace_weights(layer, bits_w)
+    net = IntNetwork(nspec, (layer,))
+    ref = golden.run(net, x)
+    cp = core_params(net, P)[0]
+    words = weight_words(layer, P)
+    base = 37                                    # not row-aligned: runs cross rows
+    dut = StreamedCore(cp, words, neuron_words(layer), GEOM, base)
+    k = sdram_words(cp, GEOM)
+    assert k == -(-P * layer.weight_bits // 16) and len(words) == cp.weight_depth
+    beats = input_events(net, x[0])
+    model = SdramModel(GEOM, cycles())
+    spikes = [[] for _ in range(T)]
+    loaded = {"done": False}
+
+    async def chip(ctx):
+        noise = random.Random(1)
+        while True:
+            await ctx.tick()
+            p = dut.pins
+            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
+                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
+            ctx.set(p.dq_i, out if out is not None else noise.getrandbits(16))
+
+    async def producer(ctx):
+        prng = random.Random(seed + 1)
+        for i, w in enumerate(words):
+            await stream_put(ctx, dut.mem_write, {"which": 0, "addr": i, "data": w})
+        loaded["done"] = True
+        await ctx.tick().until(~dut.clearing)
+        for b in beats:
+            await stream_put(ctx, dut.i_events, {"channel": b.channel, "y": b.y, "x": b.x,
+                                                 "shift": b.shift, "last": int(b.last),
+                                                 "mask": b.mask}, prng, 0.3)
+
+    async def consumer(ctx):
+        crng = random.Random(seed + 2)
+        for t in range(T):
+            while True:
+                e = await stream_get(ctx, dut.o_events, crng, 0.3)
+                if e.last:
+                    break
+                spikes[t].append((int(e.channel), int(e.y), int(e.x)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / FREQ)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.add_testbench(chip, background=True)
+    steps = 0
+    while sim.advance():
+        steps += 1
+        assert steps < 4_000_000, "simulation still running"
+    assert loaded["done"]
+    assert first_mismatch(net, ref.spikes, [spikes]) is None
+    # the weights are in the chip, word for word, where the layout says
+    for i, w in enumerate(words):
+        got = sum(model.mem.get(base + i * k + j, 0) << (16 * j) for j in range(k))
+        assert got == w, i
+    events = sum(not b.last for b in beats)
+    assert model.commands["READ"] == events * cp.groups * k
+    assert sum(map(len, spikes)) > 0
+
+
+def dataclasses_replace_weights(layer, bits):
+    """``layer`` with ``bits``-bit weights (random within the range)."""
+    import dataclasses
+
+    import torch
+    lim = 1 << (bits - 1)
+    w = torch.clamp(layer.weight, -lim, lim - 1)
+    return dataclasses.replace(layer, weight=w, weight_bits=bits)
