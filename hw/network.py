@@ -24,7 +24,7 @@ import torch
 from amaranth import *
 from amaranth.hdl import ResetInserter
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, flipped
 
 from spikeforge.config import LayerKind
 from spikeforge.image import ImageError, input_lanes, memories
@@ -33,6 +33,7 @@ from spikeforge.sw import golden
 from .arith import const_mul
 from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
+from .sdram import ULX3S_SDRAM, SdramController, pin_signature
 from .streams import (EVENT_FIFO_DEPTH, EventFIFO, EventFormat, SkipPath, bits_for,
                       mem_write_layout)
 
@@ -210,6 +211,14 @@ class NetworkTop(wiring.Component):
         Layers whose weights are in the iCE40's SPRAM
         (:func:`spikeforge.hw.fit.spram_layers`): not initialised, the host
         writes them before an inference.
+    sdram : tuple of int
+        Layers (fc, at most one for now) whose weights stream from an SDRAM
+        chip (:mod:`spikeforge.hw.sdram`, the ULX3S's geometry) through a
+        :class:`~spikeforge.hw.weightstream.WeightStreamer`; the host writes
+        them (``mem_write``, which then waits for the chip).  The controller
+        is not reset by ``start`` (its power-up sequence runs once).
+    sdram_hz : float
+        The clock the SDRAM controller's timing is counted in.
 
     Members
     -------
@@ -258,11 +267,13 @@ class NetworkTop(wiring.Component):
         Bit ``n``: layer ``n``'s output stream transfers a beat this cycle.
     tap : Out(ArrayLayout(fmt.layout, layers))
         Layer ``n``'s output payload (a spike, or a marker with ``last = 1``).
+    sdram_pins : Out(pin_signature(ULX3S_SDRAM))
+        Only with ``sdram``: the chip's pins.
     """
 
     def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
                  faults: dict | None = None, contents: dict | None = None,
-                 words: list[int] | None = None, spram=()):
+                 words: list[int] | None = None, spram=(), sdram=(), sdram_hz: float = 50e6):
         self.geometry = g = engine_geometry(net, P, faults, words)
         self._net = net
         self.stcb = g.stcb
@@ -276,8 +287,12 @@ class NetworkTop(wiring.Component):
             mems = contents
         self.contents = mems  # the memories' power-up words, {name: (width, words)}
         self.spram = tuple(spram)
+        self.sdram, self.sdram_hz = tuple(sdram), sdram_hz
+        if len(self.sdram) > 1:
+            raise EngineError(f"weights of layers {list(self.sdram)} in the SDRAM: one layer "
+                              "at most (no arbiter yet)")
         self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1],
-                                spram=i in self.spram)
+                                spram=i in self.spram, streamed=i in self.sdram)
                       for i, cp in enumerate(self.params)]
         for i, core in enumerate(self.cores):
             if (core.addr_bits, core.data_bits) != core_memory_bits(core.params):
@@ -303,11 +318,26 @@ class NetworkTop(wiring.Component):
             "perf": Out(g.perf_layout),
             "tap_valid": Out(n_layers),
             "tap": Out(data.ArrayLayout(fmt.layout, n_layers)),
+            **({"sdram_pins": Out(pin_signature(ULX3S_SDRAM))} if self.sdram else {}),
         })
 
     @property
     def net(self):
         return self._net
+
+    def _streamer(self, m, i: int, core, rst):
+        """Layer ``i``'s weight streamer and the SDRAM controller behind it."""
+        from .weightstream import WeightStreamer
+        ws = WeightStreamer(core.params, ULX3S_SDRAM, 0, core.addr_bits, core.data_bits)
+        ctl = SdramController(self.sdram_hz, ULX3S_SDRAM)
+        m.submodules[f"weights{i}"] = ResetInserter(rst)(ws)
+        m.submodules.sdram = ctl
+        wiring.connect(m, ws.o_events, core.i_events)
+        wiring.connect(m, ws.sdram, ctl.cmd)
+        wiring.connect(m, ctl.rdata, ws.rdata)
+        wiring.connect(m, ws.w_words, core.w_words)
+        wiring.connect(m, ctl.pins, flipped(self.sdram_pins))
+        return ws
 
     def elaborate(self, platform):
         m = Module()
@@ -323,10 +353,15 @@ class NetworkTop(wiring.Component):
 
         # ---------------------------------------------------------- dataflow chain
         fifos = [EventFIFO(self.fmt, self.fifo_depth) for _ in range(n_layers)]
+        streamers = {}
         for i, (core, f) in enumerate(zip(self.cores, fifos)):
             m.submodules[f"fifo{i}"] = ResetInserter(rst)(f)
             m.submodules[f"core{i}"] = ResetInserter(rst)(core)
-            wiring.connect(m, f.r, core.i_events)
+            if i in self.sdram:
+                streamers[i] = self._streamer(m, i, core, rst)
+                wiring.connect(m, f.r, streamers[i].i_events)
+            else:
+                wiring.connect(m, f.r, core.i_events)
         # a residual layer n: layer n-2's output forks, to layer n-1 and
         # through a skip FIFO to a merge in front of layer n's FIFO
         outs = [core.o_events for core in self.cores]   # what feeds layer i + 1
@@ -367,6 +402,14 @@ class NetworkTop(wiring.Component):
         # core's memories from one record buffer in the host bridge)
         mw = self.mem_write
         m.d.comb += mw.ready.eq(1)
+        for i, ws in streamers.items():   # weights into the SDRAM: as the chip takes them
+            mine = mw.payload.select[1:] == i
+            m.d.comb += [ws.mem_write.valid.eq(mw.valid & mine),
+                         ws.mem_write.payload.which.eq(mw.payload.select[0]),
+                         ws.mem_write.payload.addr.eq(mw.payload.addr),
+                         ws.mem_write.payload.data.eq(mw.payload.data)]
+            with m.If(mine):
+                m.d.comb += mw.ready.eq(ws.mem_write.ready)
         for i, core in enumerate(self.cores):
             m.d.sync += [
                 core.mem_write.valid.eq(mw.valid & (mw.payload.select[1:] == i)),

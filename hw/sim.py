@@ -45,13 +45,15 @@ def simulate(top: NetworkTop, events: list[Event], **kw) -> SimResult:
 
 def simulate_many(top: NetworkTop, inferences: list[list[Event]], *, seed: int | None = None,
                   idle: float = 0.0, max_cycles: int = 2_000_000, vcd: str | None = None,
-                  writes: list[tuple[int, int, int]] = ()) -> list[SimResult]:
+                  writes: list[tuple[int, int, int]] = (), background=()) -> list[SimResult]:
     """Simulate one inference per entry of ``inferences`` (each a list of beats
     from :func:`~spikeforge.hw.network.input_events`), back to back.
 
     ``idle``: probability of an idle cycle before each input beat (random
     source pauses, from ``seed``).  ``writes``: ``(select, addr, data)``
     memory writes sent through ``mem_write`` before the first ``start``.
+    ``background``: further testbenches that run alongside (an SDRAM chip's
+    model: :class:`~spikeforge.hw.sdram.SdramModel`).
     ``max_cycles``: per inference; beyond it :class:`SimTimeout` is raised.
     """
     fmt = top.fmt
@@ -131,6 +133,8 @@ def simulate_many(top: NetworkTop, inferences: list[list[Event]], *, seed: int |
     sim.add_clock(1e-8)
     sim.add_process(capture)
     sim.add_testbench(bench)
+    for tb in background:
+        sim.add_testbench(tb, background=True)
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
