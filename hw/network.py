@@ -239,7 +239,8 @@ class NetworkTop(wiring.Component):
     mem_write : In(stream.Signature(mem_write_layout(...)))
         Run-time memory writes ``{select, addr, data}``: ``select = 2n`` writes
         word ``addr`` of ``L{n}_weights``, ``2n + 1`` of ``L{n}_neurons``
-        (layouts of :mod:`spikeforge.image`).  Always ready.
+        (layouts of :mod:`spikeforge.image`).  Always ready, except for
+        the weights of a layer in the SDRAM (``sdram``): those wait for the chip.
     done : Out(1)
         An image has completed (its ``T`` end-of-step markers have left the
         last layer) since ``start``; held until ``start``.
@@ -291,6 +292,9 @@ class NetworkTop(wiring.Component):
         if len(self.sdram) > 1:
             raise EngineError(f"weights of layers {list(self.sdram)} in the SDRAM: one layer "
                               "at most (no arbiter yet)")
+        if any(type(i) is not int or not 0 <= i < len(net.layers) for i in self.sdram):
+            raise EngineError(f"sdram={self.sdram!r}: layer indices of this network "
+                              f"(0..{len(net.layers) - 1}) expected")
         self.cores = [LayerCore(cp, mems[f"L{i}_weights"][1], mems[f"L{i}_neurons"][1],
                                 spram=i in self.spram, streamed=i in self.sdram)
                       for i, cp in enumerate(self.params)]
@@ -337,6 +341,8 @@ class NetworkTop(wiring.Component):
         wiring.connect(m, ctl.rdata, ws.rdata)
         wiring.connect(m, ws.w_words, core.w_words)
         wiring.connect(m, ctl.pins, flipped(self.sdram_pins))
+        # ``start`` drops the words of reads still owed to the streamer it resets
+        m.d.comb += ctl.flush.eq(rst)
         return ws
 
     def elaborate(self, platform):

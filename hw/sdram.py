@@ -1,10 +1,12 @@
 """SDR SDRAM: a controller for the ULX3S's 32 MB chip, and a model of the chip
 that checks every command against the datasheet's timing.
 
-The ULX3S carries one 16-bit SDR SDRAM of 4 banks x 8,192 rows x 512 columns
-(IS42S16160, MT48LC16M16A2 or AS4C32M16 by board revision: 32 MB).  The
-timing below (:class:`SdramTiming`) takes the slowest of those parts' -7 /
--6A grades, so one controller serves them all.
+The ULX3S carries one 16-bit SDR SDRAM: 4 banks x 8,192 rows x 512 columns
+(32 MB: IS42S16160, MT48LC16M16A2) or, on later revisions, 1,024 columns
+(64 MB: AS4C32M16SB, of which this geometry uses half).  The timing below
+(:class:`SdramTiming`) takes the slowest of those parts' -7 / -6A grades
+(tRCD and tRP 21 ns: the AS4C32M16SB-7's), so one controller serves them
+all.
 
 :class:`SdramController` takes one word a beat on ``cmd`` (a read or a write
 of word ``addr``: bank, row and column from the top down) and returns the
@@ -18,6 +20,9 @@ free word for it, so ``rdata`` is a stream with back-pressure.  After reset
 the controller runs the power-up sequence (200 us of NOPs with the clock
 enabled, PRECHARGE all, 8 AUTO REFRESH, LOAD MODE REGISTER: burst length 1,
 CAS latency ``cl``) and then raises ``ready``; beats wait until then.
+``flush`` (the engine's ``start``) drops the READs in flight and the words
+in the read FIFO, and nothing else: a request stream cut short by a reset
+leaves no word behind for the next one.
 
 Timing convention.  The controller drives every pin from a register (the
 command decided in cycle ``c`` is on the pins in cycle ``c + 1``) and
@@ -36,6 +41,7 @@ import math
 from dataclasses import dataclass
 
 from amaranth import *
+from amaranth.hdl import ResetInserter
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -80,8 +86,8 @@ class SdramTiming:
     ULX3S's parts.  ``t_refi``: one AUTO REFRESH each (8,192 a 64 ms, with a
     margin); ``refresh_postpone``: refreshes the chip lets fall behind."""
 
-    t_rp: float = 20e-9      # PRECHARGE to ACTIVE / REFRESH
-    t_rcd: float = 20e-9     # ACTIVE to READ / WRITE
+    t_rp: float = 21e-9      # PRECHARGE to ACTIVE / REFRESH
+    t_rcd: float = 21e-9     # ACTIVE to READ / WRITE
     t_ras: float = 48e-9     # ACTIVE to PRECHARGE
     t_rc: float = 70e-9      # ACTIVE to ACTIVE (one bank), REFRESH to ACTIVE / REFRESH
     t_wr: float = 15e-9      # the last write's data to PRECHARGE (plus a cycle)
@@ -137,7 +143,7 @@ class SdramController(wiring.Component):
     cl : int
         CAS latency (2 up to 100 MHz on every ULX3S part, else 3).
     read_fifo : int
-        Words the read FIFO holds (READs in flight included).
+        Words the read FIFO holds (READs in flight included); 3 or more.
     read_delay : int or None
         Cycles from a READ's decision to its word in the input register
         (default ``cl + 2``: the model's convention).
@@ -150,6 +156,9 @@ class SdramController(wiring.Component):
         The words read, in the order of the read beats.
     ready : Out(1)
         The power-up sequence is done (beats are taken from then on).
+    flush : In(1)
+        Drop every READ in flight and every word not yet taken (the
+        power-up state, refresh and open row are kept).
     pins : Out(pin_signature(geom))
     """
 
@@ -163,19 +172,24 @@ class SdramController(wiring.Component):
         self.t = timing.cycles(freq_hz)
         self.read_delay = read_delay if read_delay is not None else self.cl + 2
         self.read_fifo = read_fifo
-        if read_fifo < 2:
-            raise SpikeforgeError(f"the SDRAM read FIFO needs 2 words or more, not {read_fifo}")
+        # (a 2-word SyncFIFOBuffered takes a second word only a cycle after
+        # its first leaves the memory for the output register: back-to-back
+        # READs would lose one)
+        if read_fifo < 3:
+            raise SpikeforgeError(f"the SDRAM read FIFO needs 3 words or more, not {read_fifo}")
         super().__init__({
             "cmd": In(stream.Signature(cmd_layout(geom))),
             "rdata": Out(stream.Signature(geom.width)),
             "ready": Out(1),
+            "flush": In(1),
             "pins": Out(pin_signature(geom)),
         })
 
     def elaborate(self, platform):
         m = Module()
         g, t, p = self.geom, self.t, self.pins
-        m.submodules.rfifo = rf = fifo.SyncFIFOBuffered(width=g.width, depth=self.read_fifo)
+        rf = fifo.SyncFIFOBuffered(width=g.width, depth=self.read_fifo)
+        m.submodules.rfifo = ResetInserter(self.flush)(rf)
         m.d.comb += [self.rdata.valid.eq(rf.r_rdy), self.rdata.payload.eq(rf.r_data),
                      rf.r_en.eq(self.rdata.ready)]
 
@@ -196,6 +210,8 @@ class SdramController(wiring.Component):
         m.d.comb += [rf.w_en.eq(inflight[-1]), rf.w_data.eq(dq_i)]
         m.d.comb += took.eq(rf.r_en & rf.r_rdy)
         m.d.sync += pending.eq(pending + issue_read - took)
+        with m.If(self.flush):
+            m.d.sync += [inflight.eq(0), pending.eq(0)]
         room = pending < self.read_fifo
 
         # timers: the current wait, the open row's age, the last write
@@ -216,11 +232,10 @@ class SdramController(wiring.Component):
             m.d.sync += since_read.eq(since_read + 1)
 
         # refresh: one due every t_refi cycles (counted from reset)
-        refi = Signal(range(t["refi"] + 1), init=t["refi"])
-        due = Signal()
-        m.d.sync += refi.eq(Mux(refi == 0, t["refi"], refi - 1))
-        with m.If(refi == 0):
-            m.d.sync += due.eq(1)
+        refi = Signal(range(t["refi"]), init=t["refi"] - 1)
+        due, refreshing = Signal(), Signal()
+        m.d.sync += refi.eq(Mux(refi == 0, t["refi"] - 1, refi - 1))
+        m.d.sync += due.eq(due & ~refreshing | (refi == 0))
 
         open_bank = Signal(g.bank_bits)
         open_row = Signal(g.row_bits)
@@ -259,7 +274,8 @@ class SdramController(wiring.Component):
                 with m.If(wait != 0):
                     pass
                 with m.Elif(due):
-                    m.d.sync += command(REFRESH) + [wait.eq(t["rc"] - 1), due.eq(0)]
+                    m.d.comb += refreshing.eq(1)
+                    m.d.sync += command(REFRESH) + [wait.eq(t["rc"] - 1)]
                 with m.Elif(self.cmd.valid):
                     m.d.sync += command(ACTIVE, b_bank, b_row) + [
                         open_bank.eq(b_bank), open_row.eq(b_row), age.eq(1),

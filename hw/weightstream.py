@@ -108,14 +108,15 @@ class WeightStreamer(wiring.Component):
             c = e.channel
         first = const_mul(c, n_reads) + self._base
 
-        # host writes: k SDRAM writes a weight word (the low 16 bits first)
+        # host writes: k SDRAM writes a weight word (the low bits first)
         mw = self.mem_write
         w_part = Signal(range(k))
         w_busy = mw.valid & (mw.payload.which == 0)
         w_addr = (const_mul(mw.payload.addr, k) + self._base + w_part)[:abits]
         w_data = mw.payload.data[:p.weight_width]
         w_chunk = Signal(g.width)
-        m.d.comb += w_chunk.eq(Array(w_data[16 * j:16 * (j + 1)] for j in range(k))[w_part]
+        W = g.width
+        m.d.comb += w_chunk.eq(Array(w_data[W * j:W * (j + 1)] for j in range(k))[w_part]
                                if k > 1 else w_data)
 
         req = self.sdram

@@ -24,10 +24,11 @@ def cycles(timing=FAST, freq=FREQ):
     return timing.cycles(freq)
 
 
-def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0):
+def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0, log=None):
     """Drive ``beats`` ((write, addr, data) each) into ``dut`` with random
     gaps, take the read words with random stalls, the chip modelled; the
-    words read, the model and the cycle count."""
+    words read, the model and the cycle count.  ``log``: a list that gets
+    ``(cycle, command, bank, address)`` of every command but NOP."""
     rng = random.Random(seed)
     model = SdramModel(dut.geom, cycles(timing))
     n_reads = sum(1 for w, _, _ in beats if not w)
@@ -39,6 +40,8 @@ def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0):
             await ctx.tick()
             out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
                              ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
+            if log is not None and ctx.get(p.cmd) != NOP:
+                log.append((model.n, ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a)))
             # an undriven bus reads as noise: a word taken a cycle off is caught
             ctx.set(p.dq_i, out if out is not None else rng.getrandbits(16))
 
@@ -114,11 +117,26 @@ def test_a_row_streams_a_word_a_cycle():
     rows = 4
     beats = [(1, a, a * 7 & 0xFFFF) for a in range(16 * rows)]
     beats += [(0, a, 0) for a in range(16 * rows)]
-    got, model, n = simulate(dut, beats, idle=0.0, stall=0.0)
+    log = []
+    got, model, n = simulate(dut, beats, idle=0.0, stall=0.0, log=log)
     assert got == [a * 7 & 0xFFFF for a in range(16 * rows)]
     # each row opened once for its writes and once for its reads (a refresh
     # in between closes one more)
     assert 2 * rows <= model.commands["ACTIVE"] <= 2 * rows + model.refreshes
+    # within a row, a READ (and a WRITE) every cycle: two of them with no
+    # other command between (no row change or refresh) are a cycle apart
+    for kind in (READ, WRITE):
+        assert sum(cmd == kind for _, cmd, _, _ in log) == 16 * rows
+        gaps = [b[0] - a[0] for a, b in zip(log, log[1:]) if a[1] == b[1] == kind]
+        assert len(gaps) >= 16 * rows - rows - model.refreshes and set(gaps) == {1}, gaps
+
+
+def test_a_read_fifo_of_two_is_refused():
+    """A 2-word SyncFIFOBuffered would drop the second of two back-to-back
+    READs' words (its memory is full a cycle after its first word)."""
+    from spikeforge.errors import SpikeforgeError
+    with pytest.raises(SpikeforgeError, match="read FIFO needs 3 words or more, not 2"):
+        SdramController(FREQ, GEOM, FAST, read_fifo=2)
 
 
 def test_cas_latency_3_and_a_deeper_read_fifo():
@@ -187,7 +205,7 @@ def test_model_rules():
         m.edge(1, ACTIVE, 0, 0, 0, 0)
     m = fresh()
     m.edge(1, ACTIVE, 1, 5, 0, 0)
-    with pytest.raises(SdramViolation, match="READ on bank 1: ACTIVE 1 cycles after, 2 needed"):
+    with pytest.raises(SdramViolation, match="READ on bank 1: ACTIVE 1 cycles after, 3 needed"):
         m.edge(1, READ, 1, 0, 0, 0)
     m = fresh()
     m.edge(1, ACTIVE, 1, 5, 0, 0)
@@ -203,7 +221,8 @@ def test_model_rules():
     # write, read back CL cycles later; the bus driven by both is refused
     m = fresh()
     m.edge(1, ACTIVE, 3, 9, 0, 0)
-    m.edge(1, NOP, 0, 0, 0, 0)
+    for _ in range(t["rcd"] - 1):
+        m.edge(1, NOP, 0, 0, 0, 0)
     m.edge(1, WRITE, 3, 17, 0xBEEF, 1)
     m.edge(1, READ, 3, 17, 0, 0)
     assert m.edge(1, NOP, 0, 0, 0, 0) is None
@@ -212,6 +231,52 @@ def test_model_rules():
     m.edge(1, NOP, 0, 0, 0, 0)
     with pytest.raises(SdramViolation, match="drives the data bus while the chip drives"):
         m.edge(1, WRITE, 3, 18, 1, 1)
+    # tRP, tRC, tWR, tMRD, a refresh with a bank open, a word still to come
+    m = fresh()
+    m.edge(1, ACTIVE, 0, 1, 0, 0)
+    for _ in range(t["ras"] - 1):
+        m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, PRECHARGE, 0, A10, 0, 0)
+    with pytest.raises(SdramViolation, match=r"ACTIVE: PRECHARGE 1 cycles after, 3 needed"):
+        m.edge(1, ACTIVE, 0, 2, 0, 0)
+    m = fresh()
+    for _ in range(t["rp"]):
+        m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, REFRESH, 0, 0, 0, 0)
+    with pytest.raises(SdramViolation, match=r"ACTIVE: AUTO REFRESH 1 cycles after, 7 needed"):
+        m.edge(1, ACTIVE, 0, 2, 0, 0)
+    m = fresh()
+    m.edge(1, ACTIVE, 0, 1, 0, 0)
+    for _ in range(t["ras"] - 2):
+        m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, WRITE, 0, 3, 5, 1)
+    with pytest.raises(SdramViolation, match=r"PRECHARGE of bank 0: its last WRITE 1 cycles "
+                                             r"after, 3 needed"):
+        m.edge(1, PRECHARGE, 0, A10, 0, 0)
+    m = SdramModel(g, t)
+    for _ in range(t["init"]):
+        m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, PRECHARGE, 0, A10, 0, 0)
+    for _ in range(t["rp"] - 1):
+        m.edge(1, NOP, 0, 0, 0, 0)
+    for _ in range(t["init_refreshes"]):
+        m.edge(1, REFRESH, 0, 0, 0, 0)
+        for _ in range(t["rc"] - 1):
+            m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, MODE, 0, 2 << 4, 0, 0)
+    with pytest.raises(SdramViolation, match=r"ACTIVE after LOAD MODE REGISTER 1 cycles after"):
+        m.edge(1, ACTIVE, 0, 0, 0, 0)
+    m = fresh()
+    m.edge(1, ACTIVE, 2, 1, 0, 0)
+    with pytest.raises(SdramViolation, match=r"AUTO REFRESH with bank\(s\) \[2\] open"):
+        m.edge(1, REFRESH, 0, 0, 0, 0)
+    m = fresh()
+    m.edge(1, ACTIVE, 1, 1, 0, 0)
+    for _ in range(t["rcd"] - 1):
+        m.edge(1, NOP, 0, 0, 0, 0)
+    m.edge(1, READ, 1, 4, 0, 0)
+    with pytest.raises(SdramViolation, match="WRITE while a read's word is still to come"):
+        m.edge(1, WRITE, 1, 5, 9, 1)
     m = fresh()
     with pytest.raises(SdramViolation, match="AUTO REFRESH behind"):
         for _ in range(t["ref"] * (t["refresh_postpone"] + 2)):
@@ -402,3 +467,76 @@ def test_network_with_its_fc_weights_in_the_sdram_matches_golden(seed, P):
     k = sdram_words(top.params[n], ULX3S_SDRAM_GEOM)
     assert model.commands["READ"] == events * top.params[n].groups * k
     assert model.commands["WRITE"] == len(words) * k
+
+
+def test_start_mid_inference_leaves_no_weight_word_behind():
+    """``start`` while the streamed layer still has reads owed (the host may
+    restart the engine at any time): the controller drops them, and the next
+    images' readouts equal the golden model's (without the flush, the owed
+    words were the next image's first weights, and every word after them
+    shifted)."""
+    from spikeforge.hw.network import NetworkTop, input_events
+    from spikeforge.hw.randnet import random_frames, random_network
+    from spikeforge.image import memories
+    from spikeforge.sw import golden
+
+    net = random_network(3, size=(6, 8), channels=(2, 5), classes=6, voting=2)
+    n = len(net.layers) - 1
+    lanes = [min(2, l.spec.out_channels) for l in net.layers]
+    top = NetworkTop(net, lanes, sdram=(n,), sdram_hz=FREQ)
+    model = SdramModel(ULX3S_SDRAM_GEOM, SdramTiming().cycles(FREQ))
+    words = memories(net, lanes)[f"L{n}_weights"][1]
+    xs = [random_frames(net, s) for s in (3, 4, 5)]
+    got, aborted = [], []
+
+    async def chip(ctx):
+        p = top.sdram_pins
+        while True:
+            await ctx.tick()
+            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
+                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
+            ctx.set(p.dq_i, out if out is not None else 0x5A5A)
+
+    async def start(ctx):
+        ctx.set(top.start, 1)
+        await ctx.tick()
+        ctx.set(top.start, 0)
+        await ctx.tick()
+        while ctx.get(top.clearing):
+            await ctx.tick()
+
+    async def feed(ctx, x):
+        for ev in input_events(net, x[0]):
+            ctx.set(top.events.payload, {"channel": ev.channel, "y": ev.y, "x": ev.x,
+                                         "shift": ev.shift, "last": int(ev.last),
+                                         "mask": ev.mask})
+            ctx.set(top.events.valid, 1)
+            await ctx.tick().until(top.events.ready)
+        ctx.set(top.events.valid, 0)
+
+    async def bench(ctx):
+        for a, w in enumerate(words):
+            ctx.set(top.mem_write.payload, {"select": 2 * n, "addr": a, "data": w})
+            ctx.set(top.mem_write.valid, 1)
+            await ctx.tick().until(top.mem_write.ready)
+        ctx.set(top.mem_write.valid, 0)
+        await start(ctx)
+        await feed(ctx, xs[0])
+        aborted.append(ctx.get(top.done))        # the image is still on its way
+        for x in xs[1:]:
+            await start(ctx)
+            await feed(ctx, x)
+            await ctx.tick().until(top.done)
+            await ctx.tick()
+            got.append([int(v) for v in ctx.get(top.scores)])
+
+    sim = Simulator(top)
+    sim.add_clock(1 / FREQ)
+    sim.add_testbench(bench)
+    sim.add_testbench(chip, background=True)
+    steps = 0
+    while sim.advance():
+        steps += 1
+        assert steps < 4_000_000, "simulation still running"
+    assert aborted == [0] and len(got) == 2
+    assert got == [golden.run(net, x).scores[0].tolist() for x in xs[1:]]
