@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spikeforge.config import LR_SCHEDULES, MAX_AUGMENT, MAX_TIMESTEPS, NetworkSpec
-from spikeforge.errors import SpikeforgeError
+from spikeforge.errors import SpikeforgeError, shown
 from spikeforge.files import read_json
 from spikeforge.sw import data as sfdata
 from spikeforge.sw import energy
@@ -567,6 +567,11 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, SpikingNet]:
         if not isinstance(cfg_d.get(key), dict):
             raise TrainError(f"{path}: field {key!r} must be an object, "
                              f"not {reprlib.repr(cfg_d.get(key))}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [shown(k) for k in cfg_d["train"] if k not in known]
+    if unknown:
+        raise TrainError(f"{path}: not a spikeforge run config (unknown train field(s) "
+                         f"{', '.join(unknown)})")
     try:
         cfg = TrainConfig(**cfg_d["train"])
         spec = NetworkSpec.from_dict(cfg_d["spec"])

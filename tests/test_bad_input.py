@@ -446,3 +446,14 @@ def test_fuzz_flags(tmp_path_factory, capsys, command, data):
     else:
         argv = [command, missing]
     only_clean_exits([*argv, f"{flag}={value}"], capsys, ok=(2,))
+
+
+def test_unknown_train_field_with_a_control_character_is_one_line(base, tmp_path, capsys):
+    """A train field the config does not know is named quoted with its
+    escapes ('\\x1e' would split the line: found by the fuzz test)."""
+    run = tmp_path / "cfg"
+    good = json.loads((base / "config.json").read_text())
+    write(run / "config.json", {**good, "train": {**good["train"], "\x1e": None}})
+    write(run / "metrics.json", {})
+    (run / "model.safetensors").write_bytes(b"")
+    assert only_clean_exits(["quantize", "-q", run], capsys, ok=(2,)) == 2
