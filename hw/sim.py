@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from .layer import PERF_FIELDS
 from .network import Event, NetworkTop, beat_spikes
 
-__all__ = ["SimResult", "simulate", "simulate_many", "SimTimeout"]
+__all__ = ["SimResult", "simulate", "simulate_many", "SimTimeout", "event_payload"]
 
 
 class SimTimeout(AssertionError):
@@ -36,6 +36,12 @@ class SimResult:
     cycles: int                                     # the top's own counter
     perf: list[dict[str, int]]
     sim_cycles: int                                 # cycles from start to done
+
+
+def event_payload(ev: Event) -> dict:
+    """The ``events`` port's payload for input beat ``ev``."""
+    return {"channel": ev.channel, "y": ev.y, "x": ev.x, "shift": ev.shift,
+            "last": int(ev.last), "mask": ev.mask}
 
 
 def simulate(top: NetworkTop, events: list[Event], **kw) -> SimResult:
@@ -108,9 +114,7 @@ def simulate_many(top: NetworkTop, inferences: list[list[Event]], *, seed: int |
             for ev in events:
                 while idle and rng.random() < idle:
                     await ctx.tick()
-                ctx.set(top.events.payload, {"channel": ev.channel, "y": ev.y, "x": ev.x,
-                                             "shift": ev.shift, "last": int(ev.last),
-                                             "mask": ev.mask})
+                ctx.set(top.events.payload, event_payload(ev))
                 ctx.set(top.events.valid, 1)
                 await ctx.tick().until(top.events.ready)
                 ctx.set(top.events.valid, 0)

@@ -33,17 +33,6 @@ def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0, l
     model = SdramModel(dut.geom, cycles(timing))
     n_reads = sum(1 for w, _, _ in beats if not w)
     got, done = [], {"cycles": 0}
-    p = dut.pins
-
-    async def chip(ctx):
-        while True:
-            await ctx.tick()
-            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
-                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
-            if log is not None and ctx.get(p.cmd) != NOP:
-                log.append((model.n, ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a)))
-            # an undriven bus reads as noise: a word taken a cycle off is caught
-            ctx.set(p.dq_i, out if out is not None else rng.getrandbits(16))
 
     async def source(ctx):
         for w, addr, d in beats:
@@ -64,7 +53,7 @@ def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0, l
     sim.add_clock(1 / FREQ)
     sim.add_testbench(source)
     sim.add_testbench(sink)
-    sim.add_testbench(chip, background=True)    # after each edge: the pins of the new cycle
+    sim.add_testbench(model.testbench(dut.pins, seed, log), background=True)
     sim.add_testbench(count, background=True)
     steps = 0
     while sim.advance():
@@ -170,8 +159,8 @@ def test_the_model_catches_a_broken_controller():
 # ----------------------------------------------------------------- the model alone
 
 
-def _init(model, t):
-    """The power-up sequence, by hand."""
+def _init(model, t, settle=True):
+    """The power-up sequence, by hand (``settle``: and tMRD's wait after it)."""
     for _ in range(t["init"]):
         model.edge(1, NOP, 0, 0, 0, 0)
     model.edge(1, PRECHARGE, 0, A10, 0, 0)
@@ -182,7 +171,7 @@ def _init(model, t):
         for _ in range(t["rc"] - 1):
             model.edge(1, NOP, 0, 0, 0, 0)
     model.edge(1, MODE, 0, 2 << 4, 0, 0)
-    for _ in range(t["mrd"] - 1):
+    for _ in range(t["mrd"] - 1 if settle else 0):
         model.edge(1, NOP, 0, 0, 0, 0)
 
 
@@ -254,16 +243,7 @@ def test_model_rules():
                                              r"after, 3 needed"):
         m.edge(1, PRECHARGE, 0, A10, 0, 0)
     m = SdramModel(g, t)
-    for _ in range(t["init"]):
-        m.edge(1, NOP, 0, 0, 0, 0)
-    m.edge(1, PRECHARGE, 0, A10, 0, 0)
-    for _ in range(t["rp"] - 1):
-        m.edge(1, NOP, 0, 0, 0, 0)
-    for _ in range(t["init_refreshes"]):
-        m.edge(1, REFRESH, 0, 0, 0, 0)
-        for _ in range(t["rc"] - 1):
-            m.edge(1, NOP, 0, 0, 0, 0)
-    m.edge(1, MODE, 0, 2 << 4, 0, 0)
+    _init(m, t, settle=False)
     with pytest.raises(SdramViolation, match=r"ACTIVE after LOAD MODE REGISTER 1 cycles after"):
         m.edge(1, ACTIVE, 0, 0, 0, 0)
     m = fresh()
@@ -338,6 +318,7 @@ def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_
     from spikeforge.config import LayerKind, LayerSpec, NetworkSpec, NeuronSpec, Reset
     from spikeforge.hw.network import core_params, input_events
     from spikeforge.hw.randnet import random_int_layer
+    from spikeforge.hw.sim import event_payload
     from spikeforge.hw.weightstream import sdram_words
     from spikeforge.image import neuron_words, weight_words
     from spikeforge.sw import golden
@@ -364,15 +345,6 @@ def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_
     spikes = [[] for _ in range(T)]
     loaded = {"done": False}
 
-    async def chip(ctx):
-        noise = random.Random(1)
-        while True:
-            await ctx.tick()
-            p = dut.pins
-            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
-                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
-            ctx.set(p.dq_i, out if out is not None else noise.getrandbits(16))
-
     async def producer(ctx):
         prng = random.Random(seed + 1)
         for i, w in enumerate(words):
@@ -380,9 +352,7 @@ def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_
         loaded["done"] = True
         await ctx.tick().until(~dut.clearing)
         for b in beats:
-            await stream_put(ctx, dut.i_events, {"channel": b.channel, "y": b.y, "x": b.x,
-                                                 "shift": b.shift, "last": int(b.last),
-                                                 "mask": b.mask}, prng, 0.3)
+            await stream_put(ctx, dut.i_events, event_payload(b), prng, 0.3)
 
     async def consumer(ctx):
         crng = random.Random(seed + 2)
@@ -397,7 +367,7 @@ def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_
     sim.add_clock(1 / FREQ)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.add_testbench(chip, background=True)
+    sim.add_testbench(model.testbench(dut.pins, 1), background=True)
     steps = 0
     while sim.advance():
         steps += 1
@@ -445,18 +415,10 @@ def test_network_with_its_fc_weights_in_the_sdram_matches_golden(seed, P):
     words = memories(net, lanes)[f"L{n}_weights"][1]
     writes = [(2 * n, a, w) for a, w in enumerate(words)]
 
-    async def chip(ctx):
-        noise = random.Random(seed)
-        p = top.sdram_pins
-        while True:
-            await ctx.tick()
-            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
-                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
-            ctx.set(p.dq_i, out if out is not None else noise.getrandbits(16))
-
     xs = [random_frames(net, s) for s in (seed, seed + 1)]
     results = simulate_many(top, [input_events(net, x[0]) for x in xs], seed=seed, idle=0.1,
-                            writes=writes, background=[chip])
+                            writes=writes,
+                            background=[model.testbench(top.sdram_pins, seed)])
     events = 0
     for x, res in zip(xs, results):
         ref = golden.run(net, x)
@@ -477,6 +439,7 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
     shifted)."""
     from spikeforge.hw.network import NetworkTop, input_events
     from spikeforge.hw.randnet import random_frames, random_network
+    from spikeforge.hw.sim import event_payload
     from spikeforge.image import memories
     from spikeforge.sw import golden
 
@@ -489,14 +452,6 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
     xs = [random_frames(net, s) for s in (3, 4, 5)]
     got, aborted = [], []
 
-    async def chip(ctx):
-        p = top.sdram_pins
-        while True:
-            await ctx.tick()
-            out = model.edge(ctx.get(p.cke), ctx.get(p.cmd), ctx.get(p.ba), ctx.get(p.a),
-                             ctx.get(p.dq_o), ctx.get(p.dq_oe), ctx.get(p.dqm))
-            ctx.set(p.dq_i, out if out is not None else 0x5A5A)
-
     async def start(ctx):
         ctx.set(top.start, 1)
         await ctx.tick()
@@ -507,9 +462,7 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
 
     async def feed(ctx, x):
         for ev in input_events(net, x[0]):
-            ctx.set(top.events.payload, {"channel": ev.channel, "y": ev.y, "x": ev.x,
-                                         "shift": ev.shift, "last": int(ev.last),
-                                         "mask": ev.mask})
+            ctx.set(top.events.payload, event_payload(ev))
             ctx.set(top.events.valid, 1)
             await ctx.tick().until(top.events.ready)
         ctx.set(top.events.valid, 0)
@@ -533,7 +486,7 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
     sim = Simulator(top)
     sim.add_clock(1 / FREQ)
     sim.add_testbench(bench)
-    sim.add_testbench(chip, background=True)
+    sim.add_testbench(model.testbench(top.sdram_pins, 7), background=True)
     steps = 0
     while sim.advance():
         steps += 1
