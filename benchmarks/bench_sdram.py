@@ -88,7 +88,7 @@ def measure(c_in: int, c_out: int, P: int, events: int, freq: float, seed: int =
     sim.add_clock(1 / freq)
     sim.add_testbench(source)
     sim.add_testbench(sink)
-    sim.add_testbench(model.testbench(dut.ctl.pins, None), background=True)
+    sim.add_testbench(model.testbench(dut.ctl.pins), background=True)
     sim.run()
     cycles = marks["end"] - marks["start"]
     return {"G": G, "k": k, "cycles": cycles, "per_event": cycles / events,

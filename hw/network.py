@@ -359,7 +359,8 @@ class NetworkTop(wiring.Component):
 
         # ---------------------------------------------------------- dataflow chain
         fifos = [EventFIFO(self.fmt, self.fifo_depth) for _ in range(n_layers)]
-        streamers = {}
+        # (kept on the top: a test can watch the streamers' ports)
+        self.streamers = streamers = {}
         for i, (core, f) in enumerate(zip(self.cores, fifos)):
             m.submodules[f"fifo{i}"] = ResetInserter(rst)(f)
             m.submodules[f"core{i}"] = ResetInserter(rst)(core)

@@ -341,15 +341,15 @@ class SdramModel:
         self.first_ref = 0              # refresh debt counted from LOAD MODE REGISTER
         self.commands = {name: 0 for name in _NAMES.values()}
 
-    def testbench(self, pins, noise: int | None = 0, log: list | None = None):
+    def testbench(self, pins, seed: int | None = None, log: list | None = None):
         """An Amaranth testbench (``add_testbench(..., background=True)``)
         that runs this model on a controller's ``pins``: after each clock
-        edge it takes the pins of the new cycle and drives ``dq_i``.  An
-        undriven bus reads as random words from seed ``noise`` (a word taken
-        a cycle off is caught), or as 0 with ``noise`` None.  ``log``: a list
+        edge it takes the pins of the new cycle and drives ``dq_i``.  With a
+        ``seed`` an undriven bus reads as random words drawn from it (a word
+        taken a cycle off is caught), without one as 0.  ``log``: a list
         that gets ``(cycle, command, bank, address)`` of each command but NOP."""
         import random
-        rng = random.Random(noise)
+        rng = random.Random(seed)
 
         async def chip(ctx):
             while True:
@@ -360,7 +360,7 @@ class SdramModel:
                 if log is not None and cmd != NOP:
                     log.append((self.n, cmd, ctx.get(pins.ba), ctx.get(pins.a)))
                 if out is None:
-                    out = 0 if noise is None else rng.getrandbits(self.g.width)
+                    out = 0 if seed is None else rng.getrandbits(self.g.width)
                 ctx.set(pins.dq_i, out)
         return chip
 

@@ -266,7 +266,7 @@ def test_model_rules():
 def test_controller_synthesises_small_without_multipliers():
     """The ULX3S controller at 50 MHz through Yosys's ECP5 flow: a few
     hundred LUTs, its read FIFO in LUT RAM, no multiplier or block RAM
-    (measured: 203 LUT4, 137 FF, 12 CCU2C, 4 TRELLIS_DPR16X4)."""
+    (measured: 258 LUT4, 137 FF, 12 CCU2C, 4 TRELLIS_DPR16X4)."""
     from amaranth.back import rtlil
 
     from spikeforge import toolchain
@@ -307,9 +307,13 @@ class StreamedCore(Elaboratable):
         return m
 
 
-@pytest.mark.parametrize("c_in,c_out,P,bits_w", [(12, 8, 2, 8), (20, 9, 3, 6), (6, 5, 5, 8)],
-                         ids=["P2-one-word", "P3-two-words", "P5-three-words"])
-def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_w):
+GEOM8 = SdramGeometry(bank_bits=2, row_bits=4, col_bits=5, width=8)   # an 8-bit chip
+
+
+@pytest.mark.parametrize("c_in,c_out,P,bits_w,geom", [(12, 8, 2, 8, GEOM), (20, 9, 3, 6, GEOM),
+                                                      (6, 5, 5, 8, GEOM), (12, 8, 2, 8, GEOM8)],
+                         ids=["P2-one-word", "P3-two-words", "P5-three-words", "8-bit-chip"])
+def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_w, geom):
     """The weights written over ``mem_write`` into the modelled chip, then
     T steps of events: every spike of every step equal to the golden
     model's, the chip's timing never broken, each event's words read once."""
@@ -337,11 +341,11 @@ def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_
     cp = core_params(net, P)[0]
     words = weight_words(layer, P)
     base = 37                                    # not row-aligned: runs cross rows
-    dut = StreamedCore(cp, words, neuron_words(layer), GEOM, base)
-    k = sdram_words(cp, GEOM)
-    assert k == -(-P * layer.weight_bits // 16) and len(words) == cp.weight_depth
+    dut = StreamedCore(cp, words, neuron_words(layer), geom, base)
+    k = sdram_words(cp, geom)
+    assert k == -(-P * layer.weight_bits // geom.width) and len(words) == cp.weight_depth
     beats = input_events(net, x[0])
-    model = SdramModel(GEOM, cycles())
+    model = SdramModel(geom, cycles())
     spikes = [[] for _ in range(T)]
     loaded = {"done": False}
 
@@ -376,7 +380,7 @@ def test_fc_layer_with_weights_in_the_sdram_matches_golden(c_in, c_out, P, bits_
     assert first_mismatch(net, ref.spikes, [spikes]) is None
     # the weights are in the chip, word for word, where the layout says
     for i, w in enumerate(words):
-        got = sum(model.mem.get(base + i * k + j, 0) << (16 * j) for j in range(k))
+        got = sum(model.mem.get(base + i * k + j, 0) << (geom.width * j) for j in range(k))
         assert got == w, i
     events = sum(not b.last for b in beats)
     assert model.commands["READ"] == events * cp.groups * k
@@ -448,9 +452,14 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
     lanes = [min(2, l.spec.out_channels) for l in net.layers]
     top = NetworkTop(net, lanes, sdram=(n,), sdram_hz=FREQ)
     model = SdramModel(ULX3S_SDRAM_GEOM, SdramTiming().cycles(FREQ))
-    words = memories(net, lanes)[f"L{n}_weights"][1]
+    weights = memories(net, lanes)[f"L{n}_weights"][1]
     xs = [random_frames(net, s) for s in (3, 4, 5)]
-    got, aborted = [], []
+    got, aborted, taken = [], [], [0]
+
+    async def words(ctx):   # the weight words the core takes
+        ww = top.streamers[n].w_words
+        async for _, _, valid, ready in ctx.tick().sample(ww.valid, ww.ready):
+            taken[0] += valid & ready
 
     async def start(ctx):
         ctx.set(top.start, 1)
@@ -468,14 +477,15 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
         ctx.set(top.events.valid, 0)
 
     async def bench(ctx):
-        for a, w in enumerate(words):
+        for a, w in enumerate(weights):
             ctx.set(top.mem_write.payload, {"select": 2 * n, "addr": a, "data": w})
             ctx.set(top.mem_write.valid, 1)
             await ctx.tick().until(top.mem_write.ready)
         ctx.set(top.mem_write.valid, 0)
         await start(ctx)
         await feed(ctx, xs[0])
-        aborted.append(ctx.get(top.done))        # the image is still on its way
+        # the image is still on its way, and words the layer asked for are owed
+        aborted.append((ctx.get(top.done), model.commands["READ"] - taken[0]))
         for x in xs[1:]:
             await start(ctx)
             await feed(ctx, x)
@@ -487,9 +497,33 @@ def test_start_mid_inference_leaves_no_weight_word_behind():
     sim.add_clock(1 / FREQ)
     sim.add_testbench(bench)
     sim.add_testbench(model.testbench(top.sdram_pins, 7), background=True)
+    sim.add_process(words)
     steps = 0
     while sim.advance():
         steps += 1
         assert steps < 4_000_000, "simulation still running"
-    assert aborted == [0] and len(got) == 2
+    assert aborted[0][0] == 0 and aborted[0][1] > 0, aborted
+    assert len(got) == 2
     assert got == [golden.run(net, x).scores[0].tolist() for x in xs[1:]]
+
+
+def test_network_refuses_sdram_layers_it_does_not_have():
+    from spikeforge.hw.network import NetworkTop
+    from spikeforge.hw.params import EngineError
+    from spikeforge.hw.randnet import random_network
+    net = random_network(3, size=(6, 8), channels=(2, 5))
+    for bad in ((len(net.layers),), (-1,), (True,)):
+        with pytest.raises(EngineError, match="layer indices of this network"):
+            NetworkTop(net, 2, sdram=bad)
+
+
+def test_an_idle_controller_refreshes_every_t_refi_cycles():
+    """No requests: after power-up (and the refresh that fell due during
+    it) an AUTO REFRESH exactly every ``t_refi`` cycles (the counter once
+    ran a cycle long)."""
+    dut = SdramController(FREQ, GEOM, FAST)
+    log = []
+    simulate(dut, [], extra=12 * cycles()["refi"], log=log)
+    refs = [c for c, cmd, _, _ in log if cmd == REFRESH][FAST.init_refreshes + 1:]
+    gaps = {b - a for a, b in zip(refs, refs[1:])}
+    assert len(refs) >= 8 and gaps == {cycles()["refi"]}, (len(refs), gaps)
