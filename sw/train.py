@@ -7,12 +7,13 @@
     RUN/metrics.json        test_accuracy, train_seconds, firing_rates, energy, history
     RUN/training_curve.png  loss and accuracy per epoch
 
-Loss: MSE between the output rate (score / T, or / (2**T - 1) for STCB) and the
-one-hot target (both papers' code) or cross-entropy on the scores.  Adam, at
-a constant learning rate or (``lr_schedule = "cosine"``) one that falls from
-``lr`` to 0 along a half cosine over the run's batches: the last epochs then
-take small steps, and the accuracy a run ends on no longer swings by a point
-from epoch to epoch (the default run: README).
+Loss: MSE between the output rate (score / T, or / (2**T - 1) for STCB, over
+the class's voting group: / V more) and the one-hot target (both papers'
+code) or cross-entropy on the scores.  Adam, at a constant learning rate or
+(``lr_schedule = "cosine"``) one that falls from ``lr`` to 0 along a half
+cosine over the run's batches.  ``augment``: each batch's images moved by
+random whole pixels (:func:`spikeforge.sw.data.shift`).  What these did for
+the default network, seed by seed: README (``benchmarks/bench_recipe.py``).
 Same seed on the same machine gives the same result: data order, init and
 dropout all come from seeded generators, and torch's deterministic mode is on.
 
