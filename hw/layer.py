@@ -153,12 +153,13 @@ class LayerCore(wiring.Component):
         wmems = [SpramMemory(p.weight_width, hi - lo) if self.spram else
                  SlicedMemory(p.weight_width, hi - lo, self._weights[lo:hi])
                  for lo, hi in map(p.weight_rows, range(p.units))] if not self.streamed else []
+        # (streamed: the word taken goes into a register, a memory's one-cycle read)
+        lats = [wmem.latency for wmem in wmems] if not self.streamed else [1]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
-                            weight_latency=wmem.latency, read_latency=2 + p.rmw_stage)
-                for u, wmem in enumerate(wmems)]
-        if self.streamed:   # the word taken, in a register: a memory's one-cycle read
-            syns = [SynapseUnit(p, 0, write_latency=p.write_stage + p.rmw_stage,
-                                weight_latency=1, read_latency=2 + p.rmw_stage, streamed=True)]
+                            weight_latency=lat, read_latency=2 + p.rmw_stage,
+                            streamed=self.streamed)
+                for u, lat in enumerate(lats)]
+        if self.streamed:
             w_q = Signal(p.weight_width, name="w_q", reset_less=True)
             ww = self.w_words
             m.d.comb += [syns[0].w_ready.eq(ww.valid), ww.ready.eq(syns[0].w_take),

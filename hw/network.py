@@ -331,15 +331,12 @@ class NetworkTop(wiring.Component):
 
     def _streamer(self, m, i: int, core, rst):
         """Layer ``i``'s weight streamer and the SDRAM controller behind it."""
-        from .weightstream import WeightStreamer
+        from .weightstream import WeightStreamer, connect_streamed
         ws = WeightStreamer(core.params, ULX3S_SDRAM, 0, core.addr_bits, core.data_bits)
         ctl = SdramController(self.sdram_hz, ULX3S_SDRAM)
         m.submodules[f"weights{i}"] = ResetInserter(rst)(ws)
         m.submodules.sdram = ctl
-        wiring.connect(m, ws.o_events, core.i_events)
-        wiring.connect(m, ws.sdram, ctl.cmd)
-        wiring.connect(m, ctl.rdata, ws.rdata)
-        wiring.connect(m, ws.w_words, core.w_words)
+        connect_streamed(m, ws, ctl, core)
         wiring.connect(m, ctl.pins, flipped(self.sdram_pins))
         # ``start`` drops the words of reads still owed to the streamer it resets
         m.d.comb += ctl.flush.eq(rst)

@@ -29,12 +29,21 @@ from .layer import core_write_layout
 from .params import CoreParams
 from .sdram import SdramGeometry, cmd_layout
 
-__all__ = ["WeightStreamer", "sdram_words"]
+__all__ = ["WeightStreamer", "sdram_words", "connect_streamed"]
 
 
 def sdram_words(p: CoreParams, geom: SdramGeometry) -> int:
     """SDRAM words a weight word of core ``p`` takes (``k``)."""
     return -(-p.weight_width // geom.width)
+
+
+def connect_streamed(m, ws: "WeightStreamer", ctl, core) -> None:
+    """Wire streamer ``ws`` between SDRAM controller ``ctl`` and the streamed
+    core ``core`` (its events, requests, words read and weight words)."""
+    wiring.connect(m, ws.o_events, core.i_events)
+    wiring.connect(m, ws.sdram, ctl.cmd)
+    wiring.connect(m, ctl.rdata, ws.rdata)
+    wiring.connect(m, ws.w_words, core.w_words)
 
 
 class WeightStreamer(wiring.Component):

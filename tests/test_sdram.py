@@ -159,20 +159,22 @@ def test_the_model_catches_a_broken_controller():
 # ----------------------------------------------------------------- the model alone
 
 
+def _nops(model, n):
+    """``n`` cycles of NOP."""
+    for _ in range(n):
+        model.edge(1, NOP, 0, 0, 0, 0)
+
+
 def _init(model, t, settle=True):
     """The power-up sequence, by hand (``settle``: and tMRD's wait after it)."""
-    for _ in range(t["init"]):
-        model.edge(1, NOP, 0, 0, 0, 0)
+    _nops(model, t["init"])
     model.edge(1, PRECHARGE, 0, A10, 0, 0)
-    for _ in range(t["rp"] - 1):
-        model.edge(1, NOP, 0, 0, 0, 0)
+    _nops(model, t["rp"] - 1)
     for _ in range(t["init_refreshes"]):
         model.edge(1, REFRESH, 0, 0, 0, 0)
-        for _ in range(t["rc"] - 1):
-            model.edge(1, NOP, 0, 0, 0, 0)
+        _nops(model, t["rc"] - 1)
     model.edge(1, MODE, 0, 2 << 4, 0, 0)
-    for _ in range(t["mrd"] - 1 if settle else 0):
-        model.edge(1, NOP, 0, 0, 0, 0)
+    _nops(model, t["mrd"] - 1 if settle else 0)
 
 
 def test_model_rules():
@@ -186,8 +188,7 @@ def test_model_rules():
 
     m = SdramModel(g, t)
     with pytest.raises(SdramViolation, match="PRECHARGE after 3 power-up NOP cycles"):
-        for _ in range(3):
-            m.edge(1, NOP, 0, 0, 0, 0)
+        _nops(m, 3)
         m.edge(1, PRECHARGE, 0, A10, 0, 0)
     m = SdramModel(g, t)
     with pytest.raises(SdramViolation, match="ACTIVE before the power-up PRECHARGE"):
@@ -210,8 +211,7 @@ def test_model_rules():
     # write, read back CL cycles later; the bus driven by both is refused
     m = fresh()
     m.edge(1, ACTIVE, 3, 9, 0, 0)
-    for _ in range(t["rcd"] - 1):
-        m.edge(1, NOP, 0, 0, 0, 0)
+    _nops(m, t["rcd"] - 1)
     m.edge(1, WRITE, 3, 17, 0xBEEF, 1)
     m.edge(1, READ, 3, 17, 0, 0)
     assert m.edge(1, NOP, 0, 0, 0, 0) is None
@@ -223,21 +223,18 @@ def test_model_rules():
     # tRP, tRC, tWR, tMRD, a refresh with a bank open, a word still to come
     m = fresh()
     m.edge(1, ACTIVE, 0, 1, 0, 0)
-    for _ in range(t["ras"] - 1):
-        m.edge(1, NOP, 0, 0, 0, 0)
+    _nops(m, t["ras"] - 1)
     m.edge(1, PRECHARGE, 0, A10, 0, 0)
     with pytest.raises(SdramViolation, match=r"ACTIVE: PRECHARGE 1 cycles after, 3 needed"):
         m.edge(1, ACTIVE, 0, 2, 0, 0)
     m = fresh()
-    for _ in range(t["rp"]):
-        m.edge(1, NOP, 0, 0, 0, 0)
+    _nops(m, t["rp"])
     m.edge(1, REFRESH, 0, 0, 0, 0)
     with pytest.raises(SdramViolation, match=r"ACTIVE: AUTO REFRESH 1 cycles after, 7 needed"):
         m.edge(1, ACTIVE, 0, 2, 0, 0)
     m = fresh()
     m.edge(1, ACTIVE, 0, 1, 0, 0)
-    for _ in range(t["ras"] - 2):
-        m.edge(1, NOP, 0, 0, 0, 0)
+    _nops(m, t["ras"] - 2)
     m.edge(1, WRITE, 0, 3, 5, 1)
     with pytest.raises(SdramViolation, match=r"PRECHARGE of bank 0: its last WRITE 1 cycles "
                                              r"after, 3 needed"):
@@ -252,15 +249,13 @@ def test_model_rules():
         m.edge(1, REFRESH, 0, 0, 0, 0)
     m = fresh()
     m.edge(1, ACTIVE, 1, 1, 0, 0)
-    for _ in range(t["rcd"] - 1):
-        m.edge(1, NOP, 0, 0, 0, 0)
+    _nops(m, t["rcd"] - 1)
     m.edge(1, READ, 1, 4, 0, 0)
     with pytest.raises(SdramViolation, match="WRITE while a read's word is still to come"):
         m.edge(1, WRITE, 1, 5, 9, 1)
     m = fresh()
     with pytest.raises(SdramViolation, match="AUTO REFRESH behind"):
-        for _ in range(t["ref"] * (t["refresh_postpone"] + 2)):
-            m.edge(1, NOP, 0, 0, 0, 0)
+        _nops(m, t["ref"] * (t["refresh_postpone"] + 2))
 
 
 def test_controller_synthesises_small_without_multipliers():
@@ -294,13 +289,10 @@ class StreamedCore(Elaboratable):
         self.mem_write, self.pins, self.clearing = self.ws.mem_write, self.ctl.pins, self.core.clearing
 
     def elaborate(self, platform):
-        from amaranth.lib import wiring
+        from spikeforge.hw.weightstream import connect_streamed
         m = Module()
         m.submodules.core, m.submodules.ws, m.submodules.ctl = self.core, self.ws, self.ctl
-        wiring.connect(m, self.ws.o_events, self.core.i_events)
-        wiring.connect(m, self.ws.sdram, self.ctl.cmd)
-        wiring.connect(m, self.ctl.rdata, self.ws.rdata)
-        wiring.connect(m, self.ws.w_words, self.core.w_words)
+        connect_streamed(m, self.ws, self.ctl, self.core)
         mw = self.ws.mem_write
         m.d.comb += [self.core.mem_write.valid.eq(mw.valid & mw.ready),
                      self.core.mem_write.payload.eq(mw.payload)]
