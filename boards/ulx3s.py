@@ -24,7 +24,7 @@ from amaranth import *
 from .pll import ECP5PLLDomain
 from .top import BoardTop, led_output, wrap_board
 
-__all__ = ["BATCH_BEATS", "ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM"]
+__all__ = ["BATCH_BEATS", "ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM", "SDRAM"]
 
 DEVICE = "ecp5-85f"          # hw.fit device key
 PART = "LFE5U-85F"
@@ -32,6 +32,9 @@ BITSTREAM = "top.bit"
 #: The image store of batch mode in event beats (BoardTop's ``batch_beats``).
 BATCH_BEATS = 4096
 CLOCK_HZ = 25_000_000
+#: the board's SDRAM chip (an fc layer's weights can stream from it:
+#: :func:`spikeforge.hw.fit.storage`)
+SDRAM = "sdram"
 
 
 def platform():

@@ -87,6 +87,13 @@ SKIP_PATH = {
 }
 
 
+#: a layer's weights in the SDRAM: the controller (258 LUT4, 12 CCU2C, 137
+#: FF, 4 LUT-RAM cells at 50 MHz: ``tests/test_sdram.py``) and the weight
+#: streamer (ConvSNN 48-48's fc layer at 2 and 8 lanes: 121 / 164 LUT4, 33
+#: CCU2C, 102 / 154 FF), ``synth_ecp5 -abc9``; measured, not fitted
+SDRAM_PATH = {"lut": 258 + 140, "carry": 12 + 33, "ff": 137 + 130, "lutram": 4}
+
+
 def family(device: str) -> str:
     return "ice40" if device.startswith("ice40") else "ecp5"
 
@@ -141,13 +148,16 @@ class CostModel:
             return min(self.util_ceiling, self.full_bram["util_ceiling"])
         return self.util_ceiling
 
-    def cores(self, net, P, dev, words=None) -> list[dict[str, float]]:
+    def cores(self, net, P, dev, words=None, sdram=(), banks=None) -> list[dict[str, float]]:
         """Predicted cells per layer core on device ``dev``; a residual
-        layer's also count its block's skip path (:data:`SKIP_PATH`)."""
+        layer's also count its block's skip path (:data:`SKIP_PATH`), a
+        layer streaming its weights the SDRAM's (:data:`SDRAM_PATH`)."""
         out = []
-        for cp, ls in zip(core_params(net, P, words=words), net.spec.layers):
+        for cp, ls in zip(core_params(net, P, words=words, banks=banks), net.spec.layers):
             f = core_features(cp, dev)
             skip = SKIP_PATH[self.family] if ls.residual else {}
+            if cp.index in sdram:
+                skip = {r: skip.get(r, 0.0) + v for r, v in SDRAM_PATH.items()}
             out.append({r: max(0.0, sum(c.get(k, 0.0) * f[k] for k in FEATURES))
                         + skip.get(r, 0.0) for r, c in self.coef.items()})
         return out
@@ -196,19 +206,20 @@ def load(device: str) -> CostModel:
                      d.get("bram_ceiling", 1.0), d.get("full_bram"))
 
 
-def estimate(net, P, device: str, board=(), words=None) -> dict:
+def estimate(net, P, device: str, board=(), words=None, sdram=(), banks=None) -> dict:
     """Predicted resources of the board top for ``net`` with lanes ``P`` (and
     ``words``, :func:`~spikeforge.hw.network.core_params`) on ``device``: ``{"lut", "carry", "ff", "lutram", "cells", "util", "bram",
     "spram", "fmax_mhz", "build_seconds", "per_core"}`` (``bram``: the fit check's
     count, :func:`~spikeforge.hw.fit.plan_blocks`, with the board top's
     memories ``board``; ``spram``: the iCE40 SPRAM blocks of the weights
     :func:`~spikeforge.hw.fit.spram_layers` puts there; ``util``: ``cells``
-    over the device's logic cells)."""
+    over the device's logic cells); ``sdram`` and ``banks``: the storage of
+    :func:`~spikeforge.hw.fit.storage`)."""
     from .fit import DEVICES, device_plan, plan_blocks, spram_use
     cm = load(device)
     dev = DEVICES[device]
-    per = cm.cores(net, P, dev, words)
-    plan = device_plan(net, P, device, board, words)
+    per = cm.cores(net, P, dev, words, sdram, banks)
+    plan = device_plan(net, P, device, board, words, sdram=sdram, banks=banks)
     tot = {r: c.get("top", 0.0) + sum(p[r] for p in per) for r, c in cm.coef.items()}
     cells = cm.cells(tot)
     util = cells / dev.logic_cells

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spikeforge.config import LayerKind
 from spikeforge.errors import SpikeforgeError
 
 from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ICE40_CONFIGS, ecp5_in_lutram,
@@ -58,7 +59,8 @@ from .steb import QUEUE_DEPTH as STEB_QUEUE_DEPTH
 from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
-           "block_count", "device_plan", "plan_blocks", "spram_layers", "spram_use"]
+           "block_count", "device_plan", "plan_blocks", "spram_layers", "spram_use",
+           "streamable", "storage"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -120,21 +122,24 @@ class MemoryUse:
     depth: int
     sliced: bool = False  # built as column slices (hw/memory.py): the weights
     spram: bool = False   # weights in the iCE40's SPRAM (spram_layers), not block RAM
+    sdram: bool = False   # weights in the ULX3S's SDRAM (sdram_choices), not block RAM
 
     @property
     def bits(self) -> int:
         return self.width * self.depth
 
 
-def memory_plan(net, P, board=(), words=None, spram=(), fifo_depth=None) -> list[MemoryUse]:
+def memory_plan(net, P, board=(), words=None, spram=(), fifo_depth=None, sdram=(),
+                banks=None) -> list[MemoryUse]:
     """Every block-RAM candidate of the engine for ``net`` with lanes ``P``
-    (and ``words``, :func:`~spikeforge.hw.network.core_params`), and the
+    (and ``words`` and ``banks``, :func:`~spikeforge.hw.network.core_params`), and the
     board top's memories ``board`` (``(name, width, depth)`` each); the
-    weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`);
+    weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`),
+    of those in ``sdram`` as SDRAM (:func:`sdram_choices`);
     with ``fifo_depth``, the event FIFOs of that depth and the spike queues."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     event_bits = EventFormat.for_network(net).width
-    for i, cp in enumerate(core_params(net, P, words=words)):
+    for i, cp in enumerate(core_params(net, P, words=words, banks=banks)):
         if fifo_depth:    # SyncFIFOBuffered: depth - 1 words; the neuron unit's queue
             out += [MemoryUse(i, f"L{i}_fifo", event_bits, fifo_depth - 1),
                     MemoryUse(i, f"L{i}_queue", _queue_bits(cp),
@@ -145,7 +150,7 @@ def memory_plan(net, P, board=(), words=None, spram=(), fifo_depth=None) -> list
         sfx = [""] + [f"_{u}" for u in range(1, cp.units)]
         out += [MemoryUse(i, f"L{i}_weights{x}", cp.weight_width,
                           cp.weight_rows(u)[1] - cp.weight_rows(u)[0], sliced=True,
-                          spram=i in spram)
+                          spram=i in spram, sdram=i in sdram)
                 for u, x in enumerate(sfx)]
         out.append(MemoryUse(i, f"L{i}_neurons", cp.neuron_width, cp.c_out))
         if cp.stcb:
@@ -175,7 +180,7 @@ def _device(device: str) -> Device:
 
 
 def _blocks(dev: Device, mu: MemoryUse) -> int:
-    return 0 if mu.spram else dev.blocks_for(mu.width, mu.depth, mu.sliced)
+    return 0 if mu.spram or mu.sdram else dev.blocks_for(mu.width, mu.depth, mu.sliced)
 
 
 def spram_layers(net, P, device: str, board=(), words=None) -> tuple[int, ...]:
@@ -204,13 +209,67 @@ def spram_layers(net, P, device: str, board=(), words=None) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
-def device_plan(net, P, device: str, board=(), words=None, spram=None) -> list[MemoryUse]:
+def device_plan(net, P, device: str, board=(), words=None, spram=None, sdram=(),
+                banks=None) -> list[MemoryUse]:
     """:func:`memory_plan` as ``device`` builds it: its event FIFO depth,
     the weights :func:`spram_layers` puts in SPRAM (``spram``: that choice,
-    when the caller has it)."""
+    when the caller has it), the weights of ``sdram`` in the SDRAM and
+    ``banks`` current memories per layer (:func:`storage`)."""
     if spram is None:
         spram = spram_layers(net, P, device, board, words)
-    return memory_plan(net, P, board, words, spram, _device(device).event_fifo_depth)
+    return memory_plan(net, P, board, words, spram, _device(device).event_fifo_depth, sdram,
+                       banks)
+
+
+def streamable(net, P, words=None) -> list[int]:
+    """Layers whose weights can stream from an SDRAM
+    (:class:`~spikeforge.hw.weightstream.WeightStreamer`): fc LIF / IF layers."""
+    return [cp.index for cp in core_params(net, P, words=words)
+            if cp.kind is LayerKind.FC and not cp.stcb and cp.units == 1]
+
+
+def storage(net, P, device: str, board=(), words=None, sdram_ok: bool = False,
+            limit: int | None = None) -> tuple[tuple[int, ...], list[int] | None]:
+    """Where the memories go when the block RAM is short: ``(sdram, banks)``
+    for :func:`device_plan`.  While the memories need more than ``limit``
+    blocks (default: the device's), first (``sdram_ok``: the board carries
+    an SDRAM) the weights of the streamable layer (:func:`streamable`) with
+    the most blocks move to the SDRAM (one layer: the engine has no arbiter),
+    then layer by layer, the most blocks first, a LIF / IF layer keeps one
+    current memory instead of two (its next step, or layer 0's next image,
+    waits for its scan).  ``((), None)`` when the memories fit as they are;
+    the last step tried when nothing fits (the caller's fit check refuses
+    it)."""
+    dev = _device(device)
+    limit = dev.blocks if limit is None else limit
+    n = len(net.layers)
+
+    def need(sdram, banks):
+        return plan_blocks(device_plan(net, P, device, board, words, sdram=sdram, banks=banks),
+                           device)
+
+    sdram, banks = (), None
+    if need(sdram, banks) <= limit:
+        return sdram, banks
+    plan = device_plan(net, P, device, board, words)
+    if sdram_ok:
+        weights = {mu.layer: _blocks(dev, mu) for mu in plan
+                   if mu.name == f"L{mu.layer}_weights"}
+        cands = [i for i in streamable(net, P, words) if weights.get(i)]
+        if cands:
+            sdram = (max(cands, key=lambda i: (weights[i], -i)),)
+            if need(sdram, banks) <= limit:
+                return sdram, banks
+    cur = {}
+    for mu in plan:
+        if mu.layer >= 0 and mu.name == f"L{mu.layer}_cur1":
+            cur[mu.layer] = _blocks(dev, mu)
+    banks = [2] * n
+    for i in sorted((i for i, b in cur.items() if b), key=lambda i: (-cur[i], i)):
+        banks[i] = 1
+        if need(sdram, banks) <= limit:
+            break
+    return sdram, banks
 
 
 def spram_use(plan: list[MemoryUse]) -> dict[str, int]:
@@ -218,10 +277,11 @@ def spram_use(plan: list[MemoryUse]) -> dict[str, int]:
     return {mu.name: spram_blocks(mu.width, mu.depth) for mu in plan if mu.spram}
 
 
-def block_count(net, P, device: str, board=(), words=None) -> int:
+def block_count(net, P, device: str, board=(), words=None, sdram=(), banks=None) -> int:
     """Block RAMs the memories of :func:`memory_plan` take on ``device``
-    (with :func:`spram_layers`' weights in SPRAM)."""
-    return plan_blocks(device_plan(net, P, device, board, words), device)
+    (with :func:`spram_layers`' weights in SPRAM, ``sdram``'s in the SDRAM)."""
+    return plan_blocks(device_plan(net, P, device, board, words, sdram=sdram, banks=banks),
+                       device)
 
 
 def plan_blocks(plan: list[MemoryUse], device: str) -> int:
@@ -230,21 +290,24 @@ def plan_blocks(plan: list[MemoryUse], device: str) -> int:
     return sum(_blocks(dev, mu) for mu in plan)
 
 
-def check_fit(net, P, device: str, board=(), words=None) -> dict:
+def check_fit(net, P, device: str, board=(), words=None, sdram=(), banks=None) -> dict:
     """Refuse (:class:`FitError`) a network whose memories need more block RAM
-    than ``device`` has; otherwise return the use: ``{"device", "blocks",
-    "available", "bits", "per_memory": {name: blocks}, "spram_layers",
-    "spram", "spram_available"}`` (the layers whose weights are in SPRAM,
-    its blocks used and the device's)."""
+    than ``device`` has (with ``sdram``'s weights in the SDRAM and ``banks``
+    current memories per layer: :func:`storage`); otherwise return the use:
+    ``{"device", "blocks", "available", "bits", "per_memory": {name: blocks},
+    "spram_layers", "spram", "spram_available", "sdram_layers", "banks"}``
+    (the layers whose weights are in SPRAM, its blocks used and the device's)."""
     dev = _device(device)
     spram = spram_layers(net, P, device, board, words)
-    plan = device_plan(net, P, device, board, words, spram)
+    plan = device_plan(net, P, device, board, words, spram, sdram, banks)
     per = {mu.name: _blocks(dev, mu) for mu in plan}
     total = sum(per.values())
     bits = sum(mu.bits for mu in plan if per[mu.name])
     in_spram = spram_use(plan)
     sp = (f"; SPRAM: {', '.join(f'{n} {b}' for n, b in in_spram.items())} of "
           f"{dev.spram} blocks" if in_spram else "")
+    sp += (f"; weights of layer(s) {list(sdram)} in the SDRAM" if sdram else "")
+    sp += (f"; current memories per layer {list(banks)}" if banks is not None else "")
     if total > dev.blocks:
         kb = dev.block_bits // 1024
         worst = sorted(plan, key=lambda mu: -per[mu.name])[:3]
@@ -262,4 +325,5 @@ def check_fit(net, P, device: str, board=(), words=None) -> dict:
                        + f"; per layer {by_layer}; largest: {detail}{sp}")
     return {"device": device, "blocks": total, "available": dev.blocks, "bits": bits,
             "per_memory": per, "spram_layers": list(spram), "spram": sum(in_spram.values()),
-            "spram_available": dev.spram}
+            "spram_available": dev.spram, "sdram_layers": list(sdram),
+            "banks": None if banks is None else list(banks)}

@@ -20,7 +20,13 @@ What it models (see :mod:`spikeforge.hw.layer`):
 * neuron scan: one position of one group per cycle (``G * Hc * Wc``), never
   faster than the spikes it sends (one a cycle) plus a few cycles of pipeline;
 * current memories: two (the scan of step ``t`` overlaps the synapse phase of
-  ``t + 1``); layer 0 accumulates a held frame once and scans it ``T`` times;
+  ``t + 1``), or one (``banks``: the next step waits for the scan); layer 0
+  accumulates a held frame once and scans it ``T`` times;
+* an fc layer whose weights stream from the SDRAM (``sdram``): ``G * k``
+  SDRAM words an event (``k`` a weight word,
+  :func:`~spikeforge.hw.weightstream.sdram_words`) at one a cycle, and
+  :data:`SDRAM_EVENT_CYCLES` an event for the row it opens, the read
+  latency and the refreshes;
 * STCB networks: a layer's CAB takes its whole input train, then its ``T``
   STEB passes run; images one at a time (the interval is the latency, the
   clear pass and a restart);
@@ -52,6 +58,11 @@ __all__ = ["LayerTrace", "traces", "predict"]
 #: fixed costs (cycles), read off the RTL: decoder + walker + update stages
 #: before a marker is seen, the scan pipeline and marker, hand-over
 SYN_FILL = 5
+#: cycles an event of a layer streaming its weights from the SDRAM takes
+#: beyond its words: 4.8 to 6.9 measured over 32 to 128 words an event by
+#: ``benchmarks/bench_sdram.py`` (a row opened, tRCD and the CAS latency
+#: before the first word, a refresh every 375 cycles at 50 MHz)
+SDRAM_EVENT_CYCLES = 6
 SCAN_FILL = 7
 
 
@@ -199,14 +210,19 @@ def _stcb_latency(cps, taps: list, spikes: list) -> float:
 
 
 def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_DEPTH,
-            words: list[int] | None = None) -> dict:
+            words: list[int] | None = None, sdram=(), banks=None) -> dict:
     """Predicted per-layer counters (means over the images of ``work``), the
     end-to-end cycles of an image alone and the interval between image
     completions when the images of ``work`` are fed back to back, for lanes
     ``P``, ``words`` (:func:`~spikeforge.hw.network.core_params`) and event
     FIFOs of ``fifo_depth`` between the layers."""
-    cps = core_params(net, lane_counts(net, P), words=words)
+    from .sdram import ULX3S_SDRAM
+    from .weightstream import sdram_words
+    cps = core_params(net, lane_counts(net, P), words=words, banks=banks)
     T = net.spec.timesteps
+    # synapse cycles an input event and channel group
+    per_event = [(cp.groups * sdram_words(cp, ULX3S_SDRAM) + SDRAM_EVENT_CYCLES) / cp.groups
+                 if n in sdram else cp.walk_taps for n, cp in enumerate(cps)]
     L = len(cps)
     # the readout: a register, then the argmax's (scores, one per tree level)
     readout = 2 + 1 + (net.spec.classes - 1).bit_length()
@@ -216,7 +232,7 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
         evs = [img[n].events(cp.word_channels) for n, cp in enumerate(cps)]
         # cycles: every tap of every event (out-of-bounds ones too) per group,
         # the longest synapse unit's share when the taps are split
-        taps = [[y.numel() * cp.walk_taps for y, _ in ev] for ev, cp in zip(evs, cps)]
+        taps = [[y.numel() * pe for y, _ in ev] for ev, pe in zip(evs, per_event)]
         upd = [sum(_in_bounds_taps(net.spec.layers[n], y, x) for y, x in ev) * cp.groups
                for n, (ev, cp) in enumerate(zip(evs, cps))]
         spikes = [img[n].spikes_out for n in range(L)]

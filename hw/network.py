@@ -38,7 +38,7 @@ from .streams import (EVENT_FIFO_DEPTH, EventFIFO, EventFormat, SkipPath, bits_f
                       mem_write_layout)
 
 __all__ = ["NetworkTop", "EngineGeometry", "engine_geometry", "core_memory_bits", "Event", "input_events", "Mismatch", "first_mismatch", "beat_spikes",
-           "lane_counts", "split_capable", "layer_input_shapes", "skip_depth"]
+           "lane_counts", "bank_counts", "split_capable", "layer_input_shapes", "skip_depth"]
 
 
 def split_capable(net, n: int) -> bool:
@@ -73,14 +73,31 @@ def plane_words(net) -> bool:
     return not net.layers[0].stcb and net.layers[0].input_bits > 1
 
 
+def bank_counts(net, banks) -> list[int]:
+    """``banks`` (current memories per layer, :attr:`CoreParams.cur_banks`)
+    validated: None is two per layer; else a list of 1 or 2 per layer (an
+    STCB layer has its own accumulators: its entry is ignored)."""
+    n = len(net.layers)
+    if banks is None:
+        return [2] * n
+    bs = list(banks) if isinstance(banks, (list, tuple)) else None
+    if bs is None or len(bs) != n or any(type(b) is not int or b not in (1, 2) for b in bs):
+        raise EngineError(f"current memories per layer: a list of {n} counts, each 1 or 2, "
+                          f"not {banks!r}")
+    return bs
+
+
 def core_params(net, P, faults: dict | None = None,
-                words: list[int] | None = None) -> list[CoreParams]:
+                words: list[int] | None = None, banks=None) -> list[CoreParams]:
     """The :class:`CoreParams` of every layer core of ``net`` with lanes ``P``
     and ``words`` input channels per event (:func:`spikeforge.image.input_lanes`;
     None: a word is the previous layer's whole lane group, single spikes in
-    a residual block) (what
+    a residual block) and ``banks`` current memories per layer
+    (:func:`bank_counts`; one: a layer's next step, or a static layer's next
+    image, waits for its scans) (what
     :class:`NetworkTop` builds and :mod:`~spikeforge.hw.fit` counts)."""
     ps = lane_counts(net, P)
+    bs = bank_counts(net, banks)
     fmt = EventFormat.for_network(net)
     shapes = layer_input_shapes(net.spec)
     faults = dict(faults or {})
@@ -94,7 +111,7 @@ def core_params(net, P, faults: dict | None = None,
     planes = plane_words(net)
     qs[0] = net.layers[0].input_bits if planes else 1
     return [CoreParams.build(i, il, shapes[i], chans[i], fmt, faults.get(i), T,
-                             static=i == 0 and not il.stcb, in_lanes=qs[i],
+                             static=i == 0 and not il.stcb, cur_banks=bs[i], in_lanes=qs[i],
                              in_planes=i == 0 and planes,
                              words_out=qs[i + 1] if i + 1 < len(qs) else 1,
                              units=ps[i] // chans[i])
@@ -171,11 +188,11 @@ def core_memory_bits(cp: CoreParams) -> tuple[int, int]:
 
 
 def engine_geometry(net, P=1, faults: dict | None = None,
-                    words: list[int] | None = None) -> EngineGeometry:
-    """The :class:`EngineGeometry` of ``net`` with lanes ``P`` and ``words``
-    (:func:`core_params`; no hardware built)."""
+                    words: list[int] | None = None, banks=None) -> EngineGeometry:
+    """The :class:`EngineGeometry` of ``net`` with lanes ``P``, ``words``
+    and ``banks`` (:func:`core_params`; no hardware built)."""
     ps = lane_counts(net, P)
-    params = tuple(core_params(net, ps, faults, words))
+    params = tuple(core_params(net, ps, faults, words, banks))
     spec = net.spec
     stcb = net.layers[0].stcb
     # an output neuron's count: spikes over T, or an STCB value sum_t s[t] << (T-1-t)
@@ -219,6 +236,8 @@ class NetworkTop(wiring.Component):
         is not reset by ``start`` (its power-up sequence runs once).
     sdram_hz : float
         The clock the SDRAM controller's timing is counted in.
+    banks : list of int, optional
+        Current memories per layer (:func:`bank_counts`; default two each).
 
     Members
     -------
@@ -274,8 +293,10 @@ class NetworkTop(wiring.Component):
 
     def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
                  faults: dict | None = None, contents: dict | None = None,
-                 words: list[int] | None = None, spram=(), sdram=(), sdram_hz: float = 50e6):
-        self.geometry = g = engine_geometry(net, P, faults, words)
+                 words: list[int] | None = None, spram=(), sdram=(), sdram_hz: float = 50e6,
+                 banks=None):
+        self.geometry = g = engine_geometry(net, P, faults, words, banks)
+        self.banks = None if banks is None else list(banks)
         self._net = net
         self.stcb = g.stcb
         self.lanes = ps = list(g.lanes)

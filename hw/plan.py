@@ -32,7 +32,7 @@ from __future__ import annotations
 from spikeforge.image import input_lanes, opens_block, takes_words, word_lanes
 
 from . import cost
-from .fit import DEVICES, FitError
+from .fit import DEVICES, FitError, storage
 from .model import predict
 from .network import lane_counts, split_capable
 
@@ -91,16 +91,22 @@ def with_words(net, qs: list[int], n: int, q: int) -> list[int]:
     return qs
 
 
-def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
+def evaluate(net, lanes, work, device: str, board=(), words=None, fallback: bool = False,
+             sdram_ok: bool = False) -> dict:
     """One candidate: predicted cycles, resources, clock and throughput
     (``words`` None: whole lane groups, single spikes in a residual block:
-    :func:`~spikeforge.image.input_lanes`)."""
+    :func:`~spikeforge.image.input_lanes`); ``fallback``: where the block
+    RAM is short, the storage of :func:`~spikeforge.hw.fit.storage` (an fc
+    layer's weights in the SDRAM when ``sdram_ok``, one current memory),
+    recorded as ``sdram`` and ``banks``."""
     lanes = lane_counts(net, lanes)
     words = input_lanes(net, lanes, words)
     dev = DEVICES[device]
-    cyc = predict(net, lanes, work, dev.event_fifo_depth, words)
-    res = cost.estimate(net, lanes, device, board, words)
     cm = cost.load(device)
+    sdram, banks = (storage(net, lanes, device, board, words, sdram_ok,
+                            cm.bram_limit(dev.blocks)) if fallback else ((), None))
+    cyc = predict(net, lanes, work, dev.event_fifo_depth, words, sdram, banks)
+    res = cost.estimate(net, lanes, device, board, words, sdram, banks)
     fmax = res["fmax_mhz"]
     why = []
     bram_limit = cm.bram_limit(dev.blocks)
@@ -117,6 +123,8 @@ def evaluate(net, lanes, work, device: str, board=(), words=None) -> dict:
     return {
         "lanes": lanes,
         "words": words,
+        "sdram": list(sdram),
+        "banks": banks,
         "interval_cycles": cyc["interval_cycles"],
         "occupancy": [L["occupancy"] for L in cyc["layers"]],
         "latency_cycles": cyc["cycles_per_inference"],
@@ -134,16 +142,22 @@ def _key(c: dict):
     return (c["fits"], c["inferences_per_second"], -c["cells"])
 
 
-def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) -> dict:
+def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES,
+         sdram: bool = False) -> dict:
     """The plan for ``net`` on ``device``: ``{"device", "lanes", "words",
-    "fifo_depth", "chosen", "override", "candidates"}``.  ``lanes`` given:
+    "sdram", "banks", "fifo_depth", "chosen", "override", "candidates"}``.
+    ``lanes`` given:
     that candidate (with ``words``, or the best words for those lanes) is
     validated (a :class:`PlanError` when its memories do not fit) and
     recorded as an override beside the planner's own best (which is the
     override itself, with its warning, when no candidate is inside the
     routability ceilings: they are measured, not hard limits; the device's
     block RAM is).  ``moves``: the climb's moves (:data:`MOVES`; fewer for
-    comparing searches)."""
+    comparing searches).  When no candidate fits with every memory in block
+    RAM, the search runs again with the storage of
+    :func:`~spikeforge.hw.fit.storage` for each (``sdram``: the board has
+    an SDRAM for an fc layer's weights; then one current memory a layer),
+    so a network that fits as it is is planned as it always was."""
     if device not in DEVICES:
         raise PlanError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     if lanes is not None:
@@ -152,6 +166,34 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) 
             words = word_lanes(net, lanes, words)
     elif words is not None:
         raise PlanError("words are given with the lanes they split (--lanes)")
+    for fallback in (False, True):
+        seen, best, chosen, mine = _search(net, work, device, board, lanes, words, moves,
+                                           fallback, sdram)
+        if chosen["fits"]:
+            break
+    if mine is not None and mine["bram"] > DEVICES[device].blocks:
+        # an override: the device's block RAM is its only hard limit
+        raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")
+    if not chosen["fits"]:
+        if mine is None:
+            least = min(seen.values(), key=lambda c: (c["bram"], c["cells"]))
+            raise PlanError(f"no lane choice fits {device}: one lane per layer needs "
+                            f"{best[tuple([1] * len(net.layers))]['why_not']}; of the "
+                            f"{len(seen)} tried, the fewest block RAMs ({least['bram']}) are "
+                            f"lanes {least['lanes']}'s: {least['why_not']}")
+        chosen = mine      # nothing fits the ceilings: the override is the plan, warned
+    out = {"device": device, "lanes": chosen["lanes"], "words": chosen["words"],
+           "sdram": chosen["sdram"], "banks": chosen["banks"],
+           "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
+           "candidates": sorted(seen.values(), key=_key, reverse=True)}
+    if mine is not None:
+        out.update(lanes=mine["lanes"], words=mine["words"], sdram=mine["sdram"],
+                   banks=mine["banks"], override=mine)
+    return out
+
+
+def _search(net, work, device, board, lanes, words, moves, fallback, sdram_ok):
+    """One search of :func:`plan`: ``(seen, best, chosen, override)``."""
     outs = [layer.spec.out_channels for layer in net.layers]
     seen: dict[tuple, dict] = {}
     best: dict[tuple, dict] = {}   # per lane choice, its best words
@@ -159,7 +201,8 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) 
     def one(ps, qs) -> dict:
         t = (tuple(ps), tuple(qs))
         if t not in seen:
-            seen[t] = evaluate(net, list(ps), work, device, board, list(qs))
+            seen[t] = evaluate(net, list(ps), work, device, board, list(qs), fallback,
+                               sdram_ok)
         return seen[t]
 
     def ev(ps) -> dict:
@@ -213,24 +256,9 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES) 
                 ev(trial)
     chosen = max(seen.values(), key=_key)
     mine = None
-    if lanes is not None:   # an override: the device's block RAM is its only hard limit
+    if lanes is not None:
         mine = ev(lanes) if words is None else one(lanes, words)
-        if mine["bram"] > DEVICES[device].blocks:
-            raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")
-    if not chosen["fits"]:
-        if mine is None:
-            least = min(seen.values(), key=lambda c: (c["bram"], c["cells"]))
-            raise PlanError(f"no lane choice fits {device}: one lane per layer needs "
-                            f"{best[tuple([1] * len(outs))]['why_not']}; of the {len(seen)} "
-                            f"tried, the fewest block RAMs ({least['bram']}) are lanes "
-                            f"{least['lanes']}'s: {least['why_not']}")
-        chosen = mine      # nothing fits the ceilings: the override is the plan, warned
-    out = {"device": device, "lanes": chosen["lanes"], "words": chosen["words"],
-           "fifo_depth": DEVICES[device].event_fifo_depth, "chosen": chosen, "override": None,
-           "candidates": sorted(seen.values(), key=_key, reverse=True)}
-    if mine is not None:
-        out.update(lanes=mine["lanes"], words=mine["words"], override=mine)
-    return out
+    return seen, best, chosen, mine
 
 
 def _moved(net, lanes, moves: dict) -> list | None:
@@ -263,6 +291,14 @@ def _trade(net, cur, here, order, ev) -> list | None:
     return None
 
 
+def storage_name(c: dict) -> str:
+    """A candidate's storage in short: ``S2`` layer 2's weights in the SDRAM,
+    ``1c0`` layer 0 with one current memory; ``-`` all as usual."""
+    parts = [f"S{n}" for n in c.get("sdram") or ()]
+    parts += [f"1c{n}" for n, b in enumerate(c.get("banks") or ()) if b == 1]
+    return ",".join(parts) or "-"
+
+
 def pareto(cands: list[dict], cost_key: str = "cells") -> list[dict]:
     """The candidates no other beats on both inferences/s and ``cost_key``."""
     out = []
@@ -284,17 +320,22 @@ def table(p: dict, limit: int = 12) -> str:
     front = {_name(c) for c in pareto([c for c in cands if c["fits"]])}
     wide = any(q != 1 for c in cands for q in (c.get("words") or [])[1:])
     spram = any(c.get("spram") for c in cands)     # the iCE40's, when the weights need it
+    stored = any(c.get("sdram") or c.get("banks") for c in cands)
     head = (f"{'lanes':<18} " + (f"{'words':<12} " if wide else "")
+            + (f"{'storage':<14} " if stored else "")
             + f"{'interval':>8} {'latency':>8} {'Fmax':>6} {'inf/s':>8} "
             f"{'cells':>7} {'util':>5} {'BRAM':>5} " + (f"{'SPRAM':>5} " if spram else "")
             + f"{'build':>6}  fits")
     rows = [f"plan for {p['device']} ({len(cands)} candidates; interval and latency in "
             "cycles, Fmax in MHz, build in minutes; * = Pareto front on cells"
-            + ("; words: input channels per event" if wide else "") + ")", head]
+            + ("; words: input channels per event" if wide else "")
+            + ("; storage: S<n> layer n's weights in the SDRAM, 1c<n> layer n with one "
+               "current memory" if stored else "") + ")", head]
     shown = cands[:limit] + [c for c in cands[limit:] if _name(c) in front]
     for c in shown:
         rows.append(f"{','.join(map(str, c['lanes'])):<18} "
                     + (f"{','.join(map(str, c.get('words') or [])):<12} " if wide else "")
+                    + (f"{storage_name(c):<14} " if stored else "")
                     + f"{c['interval_cycles']:>8.0f} "
                     f"{c['latency_cycles']:>8.0f} {c['fmax_mhz']:>6.1f} "
                     f"{c['inferences_per_second']:>8.0f} {c['cells']:>7} "
@@ -305,7 +346,8 @@ def table(p: dict, limit: int = 12) -> str:
                     + (" *" if _name(c) in front else ""))
 
     def said(c):
-        return f"{c['lanes']}" + (f", words {c['words']}" if wide else "")
+        return (f"{c['lanes']}" + (f", words {c['words']}" if wide else "")
+                + (f", storage {storage_name(c)}" if stored else ""))
     ch = p["chosen"]
     rows.append(f"chosen: lanes {said(ch)}: {ch['inferences_per_second']:.0f} inferences/s "
                 f"at {ch['fmax_mhz']:.1f} MHz (predicted)")

@@ -29,12 +29,20 @@ from .layer import core_write_layout
 from .params import CoreParams
 from .sdram import SdramGeometry, cmd_layout
 
-__all__ = ["WeightStreamer", "sdram_words", "connect_streamed"]
+__all__ = ["WeightStreamer", "sdram_words", "sdram_image", "connect_streamed"]
 
 
 def sdram_words(p: CoreParams, geom: SdramGeometry) -> int:
     """SDRAM words a weight word of core ``p`` takes (``k``)."""
     return -(-p.weight_width // geom.width)
+
+
+def sdram_image(p: CoreParams, weights: list[int], geom: SdramGeometry) -> list[int]:
+    """The SDRAM's words from word ``base`` on (module docstring) for the
+    layer's weight words ``weights``: ``k`` a word, the lowest first."""
+    k, W = sdram_words(p, geom), geom.width
+    mask = (1 << W) - 1
+    return [(w >> (W * j)) & mask for w in weights for j in range(k)]
 
 
 def connect_streamed(m, ws: "WeightStreamer", ctl, core) -> None:

@@ -26,6 +26,14 @@ is written whenever the DUT's ``result_valid`` strobes (input order).  With
 ``pause`` on, an LFSR withholds ``valid`` on about one cycle in four (the DUT
 must cope with gaps).
 
+A network with an fc layer's weights in the SDRAM (``NetworkTop(sdram=...)``)
+gets a model of the chip beside it (:func:`sdram_chip`), its words from
+``sdram.hex`` (:func:`spikeforge.hw.weightstream.sdram_image`); it checks
+what a chip's function needs (rows opened before use, ``tRCD``, the mode's
+CAS latency, refreshes with every bank closed) and writes ``E code clock``
+to the trace on the first breach; the full datasheet timing is
+:class:`~spikeforge.hw.sdram.SdramModel`'s, in the Amaranth tests.
+
 ``trace.txt``: ``B img clock`` when the harness begins feeding an image;
 ``S img layer payload_hex`` for every beat leaving a layer (spikes and
 end-of-step markers, in order); ``D img prediction cycles counts_hex
@@ -39,6 +47,92 @@ from __future__ import annotations
 HARNESS_TOP = "sf_harness"
 DUT_TOP = "sf_engine"
 OP_BEAT, OP_IMAGE, OP_END = 0, 1, 2
+#: the SDRAM model's words, in the run folder (one hex word a line)
+SDRAM_HEX = "sdram.hex"
+#: what the SDRAM model's ``E`` lines' codes mean
+SDRAM_ERRORS = {1: "ACTIVE on an open bank", 2: "READ or WRITE on a closed bank",
+                3: "READ or WRITE before tRCD", 4: "READ or WRITE before LOAD MODE REGISTER",
+                5: "an address past the modelled words", 6: "AUTO REFRESH with a bank open",
+                7: "LOAD MODE REGISTER with a CAS latency but 2 or 3", 8: "a masked write"}
+
+
+def sdram_depth(top) -> int:
+    """Words the SDRAM model holds: the streamed layer's, to a power of two."""
+    from spikeforge.hw.sdram import ULX3S_SDRAM
+    from spikeforge.hw.weightstream import sdram_words
+    n = top.sdram[0]
+    used = top.params[n].weight_depth * sdram_words(top.params[n], ULX3S_SDRAM)
+    return 1 << max(4, (used - 1).bit_length())
+
+
+def sdram_chip(top) -> tuple[str, str]:
+    """The SDRAM model (Verilog in the harness) for ``top``'s streamed layer,
+    and the DUT's pin connections to it."""
+    from spikeforge.hw.sdram import ULX3S_SDRAM as g
+    from spikeforge.hw.sdram import SdramTiming
+    rcd = SdramTiming().cycles(top.sdram_hz)["rcd"]   # the datasheet's, not the controller's
+    depth = sdram_depth(top)
+    aw = g.bank_bits + g.row_bits + g.col_bits
+    nb = 1 << g.bank_bits
+    W = g.width
+    pins = ("cke", "cmd", "ba", "a", "dq_o", "dq_oe", "dqm", "dq_i")
+    conn = ", ".join(f".sdram_pins__{p}(sd_{p})" for p in pins)
+    text = f"""
+  // the SDRAM chip, functional (sim/harness.py: sdram_chip): tRCD {rcd} cycles, the CAS
+  // latency the mode register sets (2 or 3)
+  wire sd_cke, sd_dq_oe;
+  wire [3:0] sd_cmd;
+  wire [{g.bank_bits - 1}:0] sd_ba;
+  wire [{max(g.row_bits, 11) - 1}:0] sd_a;
+  wire [{W - 1}:0] sd_dq_o;
+  wire [{W // 8 - 1}:0] sd_dqm;
+  reg [{W - 1}:0] sd_mem [0:{depth - 1}];
+  initial $readmemh("{SDRAM_HEX}", sd_mem);
+  reg [{g.row_bits - 1}:0] sd_row [0:{nb - 1}];
+  reg [7:0] sd_since [0:{nb - 1}];
+  reg [{nb - 1}:0] sd_open = 0;
+  reg sd_moded = 0, sd_bad = 0, sd_cl3 = 0;
+  reg [3:0] sd_code;
+  reg [{W - 1}:0] sd_p0, sd_p1, sd_p2;
+  reg sd_v0 = 0, sd_v1 = 0, sd_v2 = 0;
+  // a READ's word, CAS latency cycles after the cycle it is on the pins
+  wire [{W - 1}:0] sd_dq_i = sd_cl3 ? (sd_v2 ? sd_p2 : {W}'d0) : (sd_v1 ? sd_p1 : {W}'d0);
+  wire [{aw - 1}:0] sd_addr = {{sd_ba, sd_row[sd_ba], sd_a[{g.col_bits - 1}:0]}};
+  wire sd_rw = sd_cke && (sd_cmd == 4'b0101 || sd_cmd == 4'b0100);
+  integer sd_i;
+  always @(posedge clk) begin
+    sd_code = 0;
+    for (sd_i = 0; sd_i < {nb}; sd_i = sd_i + 1)
+      if (sd_since[sd_i] != 8'hff) sd_since[sd_i] <= sd_since[sd_i] + 8'd1;
+    sd_v0 <= 0;
+    if (sd_cke && sd_cmd == 4'b0011) begin                       // ACTIVE
+      if (sd_open[sd_ba]) sd_code = 1;
+      sd_open[sd_ba] <= 1; sd_row[sd_ba] <= sd_a[{g.row_bits - 1}:0]; sd_since[sd_ba] <= 8'd1;
+    end
+    if (sd_rw) begin                                             // READ, WRITE
+      if (!sd_open[sd_ba]) sd_code = 2;
+      else if (sd_since[sd_ba] < {rcd}) sd_code = 3;
+      else if (!sd_moded) sd_code = 4;
+      else if (sd_addr >= {depth}) sd_code = 5;
+      else if (sd_cmd[0]) begin sd_p0 <= sd_mem[sd_addr]; sd_v0 <= 1; end
+      else if (sd_dqm != 0) sd_code = 8;
+      else sd_mem[sd_addr] <= sd_dq_o;
+    end
+    if (sd_cke && sd_cmd == 4'b0010)                             // PRECHARGE
+      sd_open <= sd_a[10] ? {nb}'d0 : sd_open & ~({nb}'d1 << sd_ba);
+    if (sd_cke && sd_cmd == 4'b0001 && sd_open != 0) sd_code = 6; // AUTO REFRESH
+    if (sd_cke && sd_cmd == 4'b0000) begin                       // LOAD MODE REGISTER
+      sd_moded <= 1; sd_cl3 <= sd_a[6:4] == 3'd3;
+      if (sd_a[6:4] != 3'd2 && sd_a[6:4] != 3'd3) sd_code = 7;
+    end
+    sd_p1 <= sd_p0; sd_v1 <= sd_v0; sd_p2 <= sd_p1; sd_v2 <= sd_v1;
+    if (sd_code != 0 && !sd_bad && !rst) begin
+      sd_bad <= 1;
+      $fwrite(fd, "E %0d %0d\\n", sd_code, clock_count);
+    end
+  end
+"""
+    return text, conn
 
 
 def harness_verilog(top, depth: int, pause: bool, stream: bool = False) -> str:
@@ -48,6 +142,8 @@ def harness_verilog(top, depth: int, pause: bool, stream: bool = False) -> str:
     layers = len(top.cores)
     mw = len(top.mem_write.payload.as_value())
     ww = pw + 2
+    chip, conn = sdram_chip(top) if top.sdram else ("", "")
+    conn = f"\n    {conn}," if conn else ""
     taps = "\n".join(
         f"  always @(posedge clk) if (!rst && tap_valid[{n}]) "
         f"$fwrite(fd, \"S %0d {n} %h\\n\", img, tap[{(n + 1) * pw - 1}:{n * pw}]);"
@@ -86,8 +182,8 @@ module {HARNESS_TOP} (output reg finished /*verilator public_flat_rw*/);
   wire [31:0] cycles;
   wire [{len(top.perf.as_value()) - 1}:0] perf;
   wire mw_ready;
-  wire new_result = {"result_valid" if stream else "done && state == 3'd4"};
-  {DUT_TOP} dut (
+  wire new_result = {"result_valid" if stream else "done && state == 3'd4"};{chip}
+  {DUT_TOP} dut ({conn}
     .clk(clk), .rst(rst), .start(start), .clearing(clearing),
     .events__valid(ev_valid), .events__ready(ev_ready), .events__payload(word[{pw - 1}:0]),
     .mem_write__valid(1'b0), .mem_write__ready(mw_ready), .mem_write__payload({mw}'d0),

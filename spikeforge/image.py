@@ -593,11 +593,14 @@ def memories(net: IntNetwork, P: int | list[int],
 
 
 def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int],
-               fifo_depth: int | None = None, words: list[int] | None = None) -> list[Path]:
+               fifo_depth: int | None = None, words: list[int] | None = None,
+               sdram=(), banks=None) -> list[Path]:
     """Write ``{name}.hex`` per memory and ``memories.json`` into ``out_dir``;
     return the paths written (the hex files, then ``memories.json``).
-    ``fifo_depth``: the engine's event FIFO depth, and ``words`` the input
-    channels per event (:func:`input_lanes`), recorded beside the lanes."""
+    ``fifo_depth``: the engine's event FIFO depth, ``words`` the input
+    channels per event (:func:`input_lanes`), ``sdram`` the layers whose
+    weights stream from the SDRAM and ``banks`` the current memories per
+    layer (:func:`spikeforge.hw.fit.storage`), recorded beside the lanes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mems = memories(net, P, words)
@@ -611,7 +614,9 @@ def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int],
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
     index = out / "memories.json"
     rec = ({"lanes": ps} | ({} if fifo_depth is None else {"fifo_depth": fifo_depth})
-           | ({} if words is None else {"words": list(words)}))
+           | ({} if words is None else {"words": list(words)})
+           | ({"sdram": list(sdram)} if sdram else {})
+           | ({} if banks is None else {"banks": list(banks)}))
     index.write_text(json.dumps(rec | {"memories": listing}, indent=1) + "\n")
     return paths + [index]
 

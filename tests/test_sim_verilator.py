@@ -232,3 +232,72 @@ def test_the_cycle_model_of_an_stcb_network(build_root, tmp_path):
     gaps = {b.done_at - b.cycles - a.done_at for a, b in zip(sim.images, sim.images[1:])}
     clear = max(cp.acc_depth for cp in sb.top.params)
     assert gaps == {clear + model.STCB_RESTART}
+
+
+# (network seed, lanes, layer streamed from the SDRAM model, current memories per layer)
+STORAGE_CASES = [(3, 2, True, None), (19, 1, True, "one"), (23, 3, False, "one")]
+
+
+@pytest.mark.parametrize("seed,lanes,sdram,banks", STORAGE_CASES,
+                         ids=[f"net{s}-P{p}-{'sdram' if d else 'bram'}-{b or 'two'}"
+                              for s, p, d, b in STORAGE_CASES])
+def test_storage_fallbacks_match_the_golden_model(build_root, tmp_path, seed, lanes, sdram,
+                                                  banks):
+    """What the planner falls back on when the block RAM is short: the last
+    (fc) layer's weights in the harness's model of the SDRAM chip, and one
+    current memory per layer instead of two; images back to back, every
+    spike the golden model's; one current memory costs cycles (the next
+    step waits for the scan)."""
+    from spikeforge.hw.fit import streamable
+    net = random_network(seed)
+    lanes = min(lanes, min(l.out_channels for l in net.spec.layers))
+    n = len(net.layers) - 1
+    assert n in streamable(net, lanes)
+    layers = (n,) if sdram else ()
+    bs = [1] * len(net.layers) if banks else None
+    x = frames_for(net, [500 + 7 * seed + i for i in range(5)])
+    sb = runner.build(net, lanes, build_root, depth=1 << 14, sdram=layers, banks=bs)
+    assert sb.top.sdram == layers and all(cp.cur_banks == (1 if banks else 2)
+                                          for cp in sb.top.params)
+    sim = runner.run(sb, x, tmp_path / "one")
+    ref, mismatches = runner.compare(net, x, sim)
+    assert mismatches == [None] * len(x), next(m for m in mismatches if m)
+    assert [r.prediction for r in sim.images] == ref.classes.tolist()
+    if sdram:
+        assert (tmp_path / "one" / "sdram.hex").exists()
+        assert sum(r.perf[n]["events_in"] for r in sim.images) > 0
+    if banks:   # the same images with two current memories: fewer cycles
+        plain = runner.run(runner.build(net, lanes, build_root, depth=1 << 14, sdram=layers),
+                           x, tmp_path / "two")
+        assert plain.images[-1].done_at < sim.images[-1].done_at
+
+
+def test_the_sdram_model_catches_wrong_weights_and_a_broken_controller(build_root, tmp_path,
+                                                                       monkeypatch):
+    """The comparison sees the SDRAM's words: a weight word changed in the
+    chip model's image is a mismatch; a controller one cycle short of tRCD
+    is refused by the model."""
+    from spikeforge.hw import sdram as hw_sdram
+    from spikeforge.hw import weightstream
+    net = random_network(3)
+    n = len(net.layers) - 1
+    x = frames_for(net, [900 + i for i in range(4)])
+    sb = runner.build(net, 2, build_root, depth=1 << 14, sdram=(n,))
+    real = weightstream.sdram_image
+    monkeypatch.setattr(weightstream, "sdram_image",
+                        lambda *a: [w ^ 0x0101 for w in real(*a)])
+    sim = runner.run(sb, x, tmp_path / "flipped")
+    _, mismatches = runner.compare(net, x, sim)
+    assert any(mismatches)
+    monkeypatch.setattr(weightstream, "sdram_image", real)
+    init = hw_sdram.SdramController.__init__
+
+    def one_short(self, *a, **k):
+        init(self, *a, **k)
+        self.t = self.t | {"rcd": self.t["rcd"] - 1}
+    monkeypatch.setattr(hw_sdram.SdramController, "__init__", one_short)
+    # (its own build folder: the key does not see the patched controller)
+    broken = runner.build(net, 2, tmp_path / "broken", depth=1 << 14, sdram=(n,))
+    monkeypatch.setattr(hw_sdram.SdramController, "__init__", init)
+    with pytest.raises(runner.SimError, match="before tRCD"):
+        runner.run(broken, x, tmp_path / "short")
