@@ -230,13 +230,17 @@ def board_memories(net, board: str, store: bool = True) -> tuple:
     return tuple(mems)
 
 
-def check_board_fit(net, lanes, board: str, words=None) -> dict:
+def check_board_fit(net, lanes, board: str, words=None, sdram=(), banks=None) -> dict:
     """:func:`~spikeforge.hw.fit.check_fit` on the board's device with the
-    board top's memories (:func:`board_memories`); a :class:`FitError`
+    board top's memories (:func:`board_memories`) and the storage ``sdram``,
+    ``banks``; a :class:`FitError`
     naming the board and the candidate models that fit it otherwise."""
     mod = BOARDS[_board_name(board)]
+    if sdram and getattr(mod, "SDRAM", None) is None:
+        raise FitError(f"{board} has no SDRAM for the weights of layer(s) {list(sdram)}: plan "
+                       f"the run for {board} (`spikeforge plan RUN --board {board}`)")
     try:
-        use = check_fit(net, lanes, mod.DEVICE, board_memories(net, board), words)
+        use = check_fit(net, lanes, mod.DEVICE, board_memories(net, board), words, sdram, banks)
     except FitError as e:
         raise FitError(f"{board} ({mod.PART}), with its host bridge: {e}; models that fit "
                        f"{board}: {', '.join(c.label for c in _fitting(board))}") from None
@@ -333,7 +337,8 @@ def _tail(path: Path, n: int = 15) -> str:
 def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
           link: LinkConfig = LinkConfig(), allow_timing_fail: bool = False,
           pmod_leds: bool = True, clock_hz: float | None = None,
-          target_mhz: float | None = None, words=None, seed: int | None = None) -> dict:
+          target_mhz: float | None = None, words=None, seed: int | None = None,
+          sdram=(), banks=None) -> dict:
     """Bitstream + ``report.json`` for ``board`` in ``out_dir``; returns the report.
 
     ``net_or_run``: an IntNetwork, a weight image path or a run folder
@@ -350,13 +355,15 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     bitstream still runs at the clock, ``timing_met`` compares Fmax with the
     clock and the report records ``target_mhz``.  ``seed``: nextpnr's
     placement seed (recorded as ``nextpnr_seed``; default nextpnr's own).
+    ``sdram``, ``banks``: the storage (:func:`spikeforge.hw.fit.storage`: a
+    layer's weights in the ULX3S's SDRAM, current memories per layer).
     """
     from spikeforge import toolchain
     from spikeforge.boards import protocol
     board = _board_name(board)
     mod = BOARDS[board]
     net, lanes, source = _resolve(net_or_run, lanes)
-    fit = check_board_fit(net, lanes, board, words)
+    fit = check_board_fit(net, lanes, board, words, sdram, banks)
     for tool in _TOOLS[board]:
         toolchain.require(tool)
     plat = mod.platform(pmod_leds) if board == "icebreaker" else mod.platform()
@@ -381,7 +388,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     fifo = DEVICES[mod.DEVICE].event_fifo_depth
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link, batch_beats=mod.BATCH_BEATS,
                    contents=_exported(net_or_run, net, lanes, words), fifo_depth=fifo,
-                   words=words, spram=fit["spram_layers"])
+                   words=words, spram=fit["spram_layers"], sdram=tuple(sdram), banks=banks)
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
@@ -505,6 +512,7 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
         "board": board, "part": mod.PART, "device": mod.DEVICE,
         "network": net.spec.name, "source": source, "lanes": lanes,
         "words": top.engine.words,
+        "sdram": list(top.engine.sdram), "banks": top.engine.banks,
         "fifo_depth": top.engine.fifo_depth, "design_id": design_id,
         "board_clock_mhz": clock_hz / 1e6,
         "pll": None if pll is None else {**dataclasses.asdict(pll),
@@ -538,7 +546,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
     board = _board_name(board)
     if clock_mhz is None:
         clock_mhz = DEFAULT_CLOCK_MHZ[board]
-    from spikeforge.flow import PLAN, recorded_lanes, words_for
+    from spikeforge.flow import PLAN, recorded_lanes, storage_for, words_for
     if lanes is None:
         lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes
         planned = run_dir / PLAN
@@ -547,10 +555,12 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
                   f"`spikeforge plan {run_dir} --board {board}`, then export and verify, "
                   f"plans them for {board}")
     words = words_for(run_dir, lanes)
+    sdram, banks = storage_for(run_dir, lanes)
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,
-                      target_mhz=TARGET_MHZ[board], words=words, seed=seed)
+                      target_mhz=TARGET_MHZ[board], words=words, seed=seed, sdram=sdram,
+                      banks=banks)
         clock_mhz = int(first["fmax_mhz"] * AUTO_MARGIN)
         if clock_mhz <= first["board_clock_mhz"]:
             if not first["timing_met"]:
@@ -560,7 +570,8 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
     try:
         report = build(run_dir, board, out, lanes=lanes,
                        clock_hz=None if clock_mhz is None else clock_mhz * 1e6,
-                       target_mhz=TARGET_MHZ[board], words=words, seed=seed)
+                       target_mhz=TARGET_MHZ[board], words=words, seed=seed, sdram=sdram,
+                       banks=banks)
     except TimingError as e:
         _add_performance(run_dir, e.report, out)
         raise
@@ -578,6 +589,8 @@ def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
     sim = files.read_json(sim_path)
     if (sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim
             or sim.get("words") != report.get("words")
+            or sim.get("sdram", []) != report.get("sdram", [])
+            or sim.get("banks") != report.get("banks")
             or sim.get("fifo_depth", EVENT_FIFO_DEPTH)
             != report.get("fifo_depth", EVENT_FIFO_DEPTH)):
         return report

@@ -26,6 +26,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.hw.network import NetworkTop, engine_geometry
+from spikeforge.hw.sdram import ULX3S_SDRAM, pin_signature
 from spikeforge.hw.streams import EVENT_FIFO_DEPTH
 
 from . import protocol
@@ -107,6 +108,12 @@ class BoardTop(wiring.Component):
         :mod:`.icebreaker`.
     spram : tuple of int
         Layers whose weights are in the iCE40's SPRAM (:class:`NetworkTop`).
+    sdram, banks :
+        A layer whose weights stream from the board's SDRAM chip, current
+        memories per layer (:class:`NetworkTop`; the plan's storage,
+        :func:`spikeforge.hw.fit.storage`).  With ``sdram`` the top has the
+        chip's pins, ``sdram_pins``, which the board wrapper takes to its
+        chip; the controller's timing is counted in ``clock_hz``.
 
     A network that may not fit a device's block RAM is checked with
     :func:`spikeforge.hw.fit.check_fit` before its top is built;
@@ -121,10 +128,11 @@ class BoardTop(wiring.Component):
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
                  fifo_depth: int = EVENT_FIFO_DEPTH, contents: dict | None = None, batch_beats: int = 0,
-                 words=None, spram=()):
+                 words=None, spram=(), sdram=(), banks=None):
         check_batch_beats(batch_beats)
         self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents,
-                                 words=words, spram=spram)
+                                 words=words, spram=spram, sdram=sdram, sdram_hz=clock_hz,
+                                 banks=banks)
         self.clock_hz = int(clock_hz)
         self.link = link
         div, timeout, stall = link.cycles(clock_hz)
@@ -135,7 +143,9 @@ class BoardTop(wiring.Component):
                                                               self.engine.words),
                                  batch_beats=batch_beats)
         self.batch_beats = batch_beats
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8)})
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8),
+                          **({"sdram_pins": Out(pin_signature(ULX3S_SDRAM))}
+                             if self.engine.sdram else {})})
 
     @property
     def info(self) -> protocol.BoardInfo:
@@ -147,6 +157,8 @@ class BoardTop(wiring.Component):
         m.submodules.bridge = b = self.bridge
         wiring.connect(m, b.events, e.events)
         wiring.connect(m, b.mem_write, e.mem_write)
+        if e.sdram:
+            wiring.connect(m, e.sdram_pins, wiring.flipped(self.sdram_pins))
         m.d.comb += [
             b.rx.eq(self.rx), self.tx.eq(b.tx),
             e.start.eq(b.start),

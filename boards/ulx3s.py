@@ -9,6 +9,17 @@ L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
 
 Flash with ``openFPGALoader --board ulx3s top.bit``.
 
+SDRAM (a plan that streams an fc layer's weights from the chip:
+:func:`sdram_pins`): the controller's pins go to the chip through plain I/O
+buffers, and the chip's clock is the design clock inverted (an ``ODDRX1F``
+giving 0 then 1), so the chip takes each command half a cycle after it
+leaves its register and its read data, driven half a cycle before the
+fabric's edge, is taken at the edge of
+:class:`~spikeforge.hw.sdram.SdramController`'s convention (``read_delay``
+``cl + 2``) while half a period exceeds the chip's access time (6 ns at
+CAS latency 2) and the board's wires: up to about 70 MHz.  Not tried on a
+board: the Verilator co-simulation models the chip on the fabric's clock.
+
 Batch mode (``spikeforge infer --batch N``): an image store of
 :data:`BATCH_BEATS` event beats in block RAM (4,096 beats: about 26 images
 of the default MNIST network at ~153 beats each; with its 36-bit events 8 of
@@ -20,6 +31,7 @@ not route).
 """
 
 from amaranth import *
+from amaranth.lib import io
 
 from .pll import ECP5PLLDomain
 from .top import BoardTop, led_output, wrap_board
@@ -57,5 +69,24 @@ class ULX3SWrapper(Elaboratable):
         wrap_board(m, platform, top, self.pll, ECP5PLLDomain)
         for i in range(8):
             m.d.comb += led_output(m, platform, i).eq(top.leds[i])
+        if top.engine.sdram:
+            sdram_pins(m, platform, top.sdram_pins)
         return m
+
+
+def sdram_pins(m, platform, pins) -> None:
+    """The engine's SDRAM pins (:func:`spikeforge.hw.sdram.pin_signature`)
+    onto the ULX3S's chip (module docstring: the clock inverted)."""
+    res = platform.request(SDRAM, 0, dir="-")
+    m.submodules.sdram_clk = clk = io.DDRBuffer("o", res.clk)
+    m.d.comb += [clk.o[0].eq(0), clk.o[1].eq(1)]
+    # (cs, ras, cas, we are the resource's inverted pins: their buffers take
+    # the active-high value; the controller's command is the pins' levels)
+    outs = {"clk_en": pins.cke, "ba": pins.ba, "a": pins.a, "dqm": pins.dqm,
+            "cs": ~pins.cmd[3], "ras": ~pins.cmd[2], "cas": ~pins.cmd[1], "we": ~pins.cmd[0]}
+    for name, value in outs.items():
+        m.submodules[f"sdram_{name}"] = buf = io.Buffer("o", getattr(res, name))
+        m.d.comb += buf.o.eq(value)
+    m.submodules.sdram_dq = dq = io.Buffer("io", res.dq)
+    m.d.comb += [dq.o.eq(pins.dq_o), dq.oe.eq(pins.dq_oe), pins.dq_i.eq(dq.i)]
 

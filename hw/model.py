@@ -58,6 +58,8 @@ __all__ = ["LayerTrace", "traces", "predict"]
 #: fixed costs (cycles), read off the RTL: decoder + walker + update stages
 #: before a marker is seen, the scan pipeline and marker, hand-over
 SYN_FILL = 5
+#: the schedule's passes at most (:func:`_schedule`)
+MAX_PASSES = 64
 #: cycles an event of a layer streaming its weights from the SDRAM takes
 #: beyond its words: 4.8 to 6.9 measured over 32 to 128 words an event by
 #: ``benchmarks/bench_sdram.py`` (a row opened, tRCD and the CAS latency
@@ -147,16 +149,24 @@ def traces(net, x: torch.Tensor) -> list[list[LayerTrace]]:
     return out
 
 
-def _schedule(cps, T: int, taps: list, spikes: list, fifo: int) -> list[list[float]]:
+def _schedule(cps, T: int, taps: list, spikes: list, fifo: int,
+              per_event: list | None = None) -> list[list[float]]:
     """Scan ends per layer and global step for images fed back to back
     (``taps[i][n]``: image ``i``'s synapse cycles per input step of layer
     ``n``, one group; ``spikes[i][n]``: its output spikes per step): image
     ``i``'s step ``t`` is global step ``i * T + t``, each layer going from one
-    image to the next as from one step to the next."""
+    image to the next as from one step to the next.  ``per_event``: a
+    layer's cycles an input event and group where they are not its ``k*k``
+    taps (weights streamed from the SDRAM)."""
     L, S = len(cps), len(taps) * T
     syn_end = [[0.0] * S for _ in range(L)]
     scan_end = [[0.0] * S for _ in range(L)]
-    for _ in range(3):  # back-pressure couples neighbours: iterate to a fixed point
+    scan_start = [[0.0] * S for _ in range(L)]
+    # back-pressure couples neighbours both ways: iterate to a fixed point
+    # (a pass carries the coupling about one step further: a slow consumer
+    # behind a layer with one current memory needs many)
+    for _ in range(MAX_PASSES):
+        before = [row[-1] for row in scan_end]
         for n, cp in enumerate(cps):
             G, B = cp.groups, cp.cur_banks
             scan_work = cp.acc_depth + SCAN_FILL
@@ -175,15 +185,19 @@ def _schedule(cps, T: int, taps: list, spikes: list, fifo: int) -> list[list[flo
                 else:
                     arrive = scan_end[n - 1][g] if n else 0.0
                     start = syn_end[n][g - 1] if g else 0.0
+                    if n:   # no earlier than the producer's scan sends the step's spikes
+                        start = max(start, scan_start[n - 1][g])
                     if g >= B:                        # a free current memory
                         start = max(start, scan_end[n][g - B])
                     syn_end[n][g] = max(start + tp[t] * G, arrive) + SYN_FILL
-                s0 = max(syn_end[n][g], scan_end[n][g - 1] if g else 0.0)
+                s0 = scan_start[n][g] = max(syn_end[n][g], scan_end[n][g - 1] if g else 0.0)
                 end = s0 + max(scan_work, spikes[i][n][t] + SCAN_FILL)
                 if n + 1 < L:                         # a slower consumer holds the scan
-                    end = max(end, syn_end[n + 1][g] - fifo * cps[n + 1].k ** 2
-                              * cps[n + 1].groups)
+                    each = cps[n + 1].k ** 2 if per_event is None else per_event[n + 1]
+                    end = max(end, syn_end[n + 1][g] - fifo * each * cps[n + 1].groups)
                 scan_end[n][g] = end
+        if _ and [row[-1] for row in scan_end] == before:
+            break
     return scan_end
 
 
@@ -223,6 +237,7 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
     # synapse cycles an input event and channel group
     per_event = [(cp.groups * sdram_words(cp, ULX3S_SDRAM) + SDRAM_EVENT_CYCLES) / cp.groups
                  if n in sdram else cp.walk_taps for n, cp in enumerate(cps)]
+    slack = [per_event[n] if n in sdram else cp.k ** 2 for n, cp in enumerate(cps)]
     L = len(cps)
     # the readout: a register, then the argmax's (scores, one per tree level)
     readout = 2 + 1 + (net.spec.classes - 1).bit_length()
@@ -239,7 +254,8 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
         all_taps.append(taps)
         all_spikes.append(spikes)
         e2e.append((_stcb_latency(cps, taps, spikes) if cps[0].stcb
-                    else _schedule(cps, T, [taps], [spikes], fifo_depth)[-1][-1]) + readout)
+                    else _schedule(cps, T, [taps], [spikes], fifo_depth, slack)[-1][-1])
+                   + readout)
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
             per[n][1] += T * (cp.acc_depth + SCAN_FILL)
@@ -257,7 +273,7 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
     elif k > 1:
         # streaming: the mean time between completions after the first, the
         # layers coupled step by step through their FIFOs and current memories
-        done = _schedule(cps, T, all_taps, all_spikes, fifo_depth)[-1]
+        done = _schedule(cps, T, all_taps, all_spikes, fifo_depth, slack)[-1]
         interval = max(interval, (done[-1] - done[T - 1]) / (k - 1))
     return {
         "cycles_per_inference": sum(e2e) / k,

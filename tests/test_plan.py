@@ -335,3 +335,59 @@ def test_the_second_units_are_fitted_on_what_the_one_unit_fit_leaves():
     assert alone["neu"] == pytest.approx(true["neu"], rel=0.1)
     pred = [sum(both[k] * f[k] for k in cost.FEATURES) for f, _ in two]
     assert all(abs(p - c["lut"]) < 0.08 * c["lut"] for p, (_, c) in zip(pred, two))
+
+
+def test_a_network_over_the_block_ram_falls_back_on_the_sdram_and_one_current_memory():
+    """The default network on the ECP5-45F (108 blocks): refused with every
+    memory in block RAM; on a board with an SDRAM its fc layer's weights go
+    there and layer 0 keeps one current memory, each block counted; on the
+    85F, where it fits as it is, the plan is the same with or without the
+    SDRAM (the fallback search runs only when nothing fits)."""
+    from spikeforge.hw.fit import check_fit, storage
+    net, _ = B.default_network("ulx3s")
+    work, board = _work(net), B.board_memories(net, "ulx3s")
+    with pytest.raises(planner.PlanError, match="no lane choice fits ecp5-45f"):
+        planner.plan(net, work, "ecp5-45f", board)
+    p = planner.plan(net, work, "ecp5-45f", board, sdram=True)
+    ch, limit = p["chosen"], cost.load("ecp5-45f").bram_limit(108)
+    assert ch["fits"] and p["sdram"] == [2] == ch["sdram"] and p["banks"] == [1, 2, 2, 2]
+    assert "S2,1c0" in planner.table(p)
+    lanes, words = p["lanes"], p["words"]
+    assert storage(net, lanes, "ecp5-45f", board, words, True, limit) == ((2,), [1, 2, 2, 2])
+    plain = block_count(net, lanes, "ecp5-45f", board, words)
+    streamed = block_count(net, lanes, "ecp5-45f", board, words, sdram=(2,))
+    both = block_count(net, lanes, "ecp5-45f", board, words, sdram=(2,), banks=[1, 2, 2, 2])
+    use = check_fit(net, lanes, "ecp5-45f", board, words, (2,), [1, 2, 2, 2])
+    assert both == ch["bram"] == use["blocks"] <= limit < streamed < plain
+    assert use["per_memory"]["L2_weights"] == 0 and "L0_cur1" not in use["per_memory"]
+    assert use["sdram_layers"] == [2] and use["banks"] == [1, 2, 2, 2]
+    # without the SDRAM only the current memories can give: not enough here
+    assert storage(net, lanes, "ecp5-45f", board, words, False, limit)[0] == ()
+    # the cycle model charges the streamed layer G * k SDRAM words and the
+    # row an event, one current memory its serial scans
+    from spikeforge.hw import model
+    from spikeforge.hw.network import core_params
+    from spikeforge.hw.sdram import ULX3S_SDRAM
+    from spikeforge.hw.weightstream import sdram_words
+    cp = core_params(net, lanes, words=words)[2]
+    events = sum(y.numel() for img in work for y, _ in img[2].events(cp.word_channels)) / len(work)
+    base = model.predict(net, lanes, work, 32, words)
+    fast = model.predict(net, lanes, work, 32, words, banks=[1, 2, 2, 2])
+    slow = model.predict(net, lanes, work, 32, words, sdram=(2,), banks=[1, 2, 2, 2])
+    per = cp.groups * sdram_words(cp, ULX3S_SDRAM) + model.SDRAM_EVENT_CYCLES
+    assert slow["layers"][2]["occupancy"] == pytest.approx(
+        events * per + model.SYN_FILL * net.spec.timesteps, rel=1e-9)
+    assert base["layers"][2]["occupancy"] == pytest.approx(
+        events * cp.groups + model.SYN_FILL * net.spec.timesteps, rel=1e-9)
+    assert fast["layers"][0]["occupancy"] > base["layers"][0]["occupancy"]
+    # fits as it is: the same plan on a board with an SDRAM
+    a = planner.plan(net, work, "ecp5-85f", board)
+    b = planner.plan(net, work, "ecp5-85f", board, sdram=True)
+    assert (a["lanes"], a["words"]) == (b["lanes"], b["words"])
+    assert b["sdram"] == [] and b["banks"] is None
+
+
+def test_the_icebreaker_has_no_sdram_for_weights():
+    net, _ = B.default_network("icebreaker")
+    with pytest.raises(B.FitError, match="icebreaker has no SDRAM for the weights of layer"):
+        B.check_board_fit(net, [1, 1], "icebreaker", sdram=(1,))
