@@ -391,3 +391,41 @@ def test_the_icebreaker_has_no_sdram_for_weights():
     net, _ = B.default_network("icebreaker")
     with pytest.raises(B.FitError, match="icebreaker has no SDRAM for the weights of layer"):
         B.check_board_fit(net, [1, 1], "icebreaker", sdram=(1,))
+
+
+@pytest.mark.slow
+@pytest.mark.verilator
+def test_a_planned_sdram_layer_flows_to_export_and_verify(tmp_path, monkeypatch, capsys):
+    """A plan whose block RAM is short (the ULX3S's ceiling lowered under
+    what the tiny MLP needs) puts the largest fc weights in the SDRAM; export
+    records the storage, verify builds the engine with it and the harness's
+    chip model, every spike the golden model's, and sim.json says so."""
+    import dataclasses
+    import shutil
+    r = tmp_path / "run"
+    assert cli.main(["train", "-q", *TINY, "--out", str(r)]) == 0
+    assert cli.main(["quantize", "-q", str(r), "--input-bits", "4"]) == 0
+    cm = cost.load("ecp5-85f")
+    from spikeforge import image
+    net, _ = image.read_image(r / "weights.sfimg")
+    need = block_count(net, [1, 1], "ecp5-85f", B.board_memories(net, "ulx3s"))
+    monkeypatch.setattr(cost, "load", lambda device: dataclasses.replace(
+        cm, bram_ceiling=(need - 1) / 208))
+    assert cli.main(["plan", str(r), "--board", "ulx3s"]) == 0
+    p = json.loads((r / "plan.json").read_text())
+    assert p["sdram"] == [0] and p["chosen"]["bram"] < need   # layer 0: 64 x 24 weights
+    assert cli.main(["export", str(r)]) == 0
+    rec = json.loads((r / "hw" / "memories.json").read_text())
+    assert rec["sdram"] == [0] and rec.get("banks") == p["banks"]
+    assert flow.storage_for(r, p["lanes"]) == ([0], p["banks"])
+    capsys.readouterr()
+    assert cli.main(["verify", str(r), "--images", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "weights in a model of the SDRAM" in out
+    sim = json.loads((r / "sim.json").read_text())
+    assert sim["sdram"] == [0] and sim["mismatches"] == 0
+    assert (r / "sim_work" / "sdram.hex").exists()
+    # another lane choice than the export's: no storage recorded for it
+    other = [1, 1] if p["lanes"] != [1, 1] else [2, 1]
+    assert flow.storage_for(r, other) == ([], None)
+    shutil.rmtree(r / "sim_build")
