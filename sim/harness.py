@@ -65,9 +65,14 @@ def sdram_depth(top) -> int:
     return 1 << max(4, (used - 1).bit_length())
 
 
-def sdram_chip(top) -> tuple[str, str]:
-    """The SDRAM model (Verilog in the harness) for ``top``'s streamed layer,
-    and the DUT's pin connections to it."""
+def sdram_chip(top, preload: bool = True,
+               on_error: str = '$fwrite(fd, "E %0d %0d\\n", sd_code, clock_count);'
+               ) -> tuple[str, str]:
+    """The SDRAM model (Verilog in the harness) for ``top``'s streamed layer
+    (a :class:`~spikeforge.hw.network.NetworkTop`), and the DUT's pin
+    connections to it.  ``preload``: its words from :data:`SDRAM_HEX` (else
+    zero: a host writes them); ``on_error``: the Verilog statement run on the
+    first breach (``sd_code``: :data:`SDRAM_ERRORS`)."""
     from spikeforge.hw.sdram import ULX3S_SDRAM as g
     from spikeforge.hw.sdram import SdramTiming
     rcd = SdramTiming().cycles(top.sdram_hz)["rcd"]   # the datasheet's, not the controller's
@@ -87,7 +92,7 @@ def sdram_chip(top) -> tuple[str, str]:
   wire [{W - 1}:0] sd_dq_o;
   wire [{W // 8 - 1}:0] sd_dqm;
   reg [{W - 1}:0] sd_mem [0:{depth - 1}];
-  initial $readmemh("{SDRAM_HEX}", sd_mem);
+  {f'initial $readmemh("{SDRAM_HEX}", sd_mem);' if preload else ""}
   reg [{g.row_bits - 1}:0] sd_row [0:{nb - 1}];
   reg [7:0] sd_since [0:{nb - 1}];
   reg [{nb - 1}:0] sd_open = 0;
@@ -128,7 +133,7 @@ def sdram_chip(top) -> tuple[str, str]:
     sd_p1 <= sd_p0; sd_v1 <= sd_v0; sd_p2 <= sd_p1; sd_v2 <= sd_v1;
     if (sd_code != 0 && !sd_bad && !rst) begin
       sd_bad <= 1;
-      $fwrite(fd, "E %0d %0d\\n", sd_code, clock_count);
+      {on_error}
     end
   end
 """

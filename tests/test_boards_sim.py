@@ -135,3 +135,18 @@ def test_weights_in_spram_are_loaded_through_the_link(build_root, tmp_path):
     assert res["ok"], res.get("failure")
     assert res["words"] == sum(len(w) for _, w in image.memories(net, bs.lanes).values())
     check_against_golden(net, frames, res)
+
+
+def test_weights_in_the_sdram_are_loaded_through_the_link(build_root, tmp_path):
+    """The fc layer's weights in a model of the ULX3S's SDRAM chip (it
+    starts empty) and one current memory a layer: the host's load goes
+    through the bridge and the weight streamer into the chip (``mem_write``
+    waits for it), and every inference equals the golden model."""
+    net = random_network(3)
+    n = len(net.layers) - 1
+    bs = tb_board.build(net, 2, build_root, sdram=(n,), banks=[1] * len(net.layers))
+    frames = static_frames(net, [51, 52, 53])
+    res = tb_board.run(bs, frames, tmp_path)
+    assert res["ok"], res.get("failure")
+    assert res["words"] == sum(len(w) for _, w in image.memories(net, bs.lanes).values())
+    check_against_golden(net, frames, res)
