@@ -526,10 +526,16 @@ def step_report(run: Path, args) -> None:
                  ("cycles per inference", f"{cyc['mean']:.0f} (min {cyc['min']}, max {cyc['max']})"),
                  ("cycles between images", f"{sim['interval_cycles']:.0f} (images back to "
                                            "back)"),
-                 ("cycles for an image alone", f"{sim.get('first_image_cycles', cyc['mean']):.0f}"),
+                 ("cycles for an image alone", f"{sim.get('first_image_cycles', cyc['mean']):.0f}"
+                  + (" (the SDRAM's 200 us power-up within it)" if sim.get("sdram") else "")),
                  (f"at {clock:g} MHz", f"{clock * 1e6 / sim['interval_cycles']:.0f} inferences/s, "
                   f"latency {sim.get('first_image_cycles', cyc['mean']) / clock:.1f} us alone, "
                   f"{cyc['mean'] / clock:.1f} us streaming")]
+        if sim.get("sdram") or sim.get("banks"):
+            rows.append(("engine storage", "; ".join(
+                [f"layer {n}'s weights in the SDRAM" for n in sim.get("sdram") or ()]
+                + [f"layer {n} with one current memory"
+                   for n, b in enumerate(sim.get("banks") or ()) if b == 1])))
         from spikeforge.boards.build import read_reports
         for board, rep in read_reports(run).items():
             if "inferences_per_second" in rep:
