@@ -388,7 +388,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     fifo = DEVICES[mod.DEVICE].event_fifo_depth
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link, batch_beats=mod.BATCH_BEATS,
                    contents=_exported(net_or_run, net, lanes, words), fifo_depth=fifo,
-                   words=words, spram=fit["spram_layers"], sdram=tuple(sdram), banks=banks)
+                   words=words, spram=fit["spram_layers"], sdram=tuple(sdram), banks=banks,
+                   sdram_io=getattr(mod, "SDRAM_IO_STAGES", 0))
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)

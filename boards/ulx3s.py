@@ -10,24 +10,17 @@ L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
 Flash with ``openFPGALoader --board ulx3s top.bit``.
 
 SDRAM (a plan that streams an fc layer's weights from the chip:
-:func:`sdram_pins`): the controller's pins go to the chip through plain I/O
-buffers, and the chip's clock is the design clock inverted (an ``ODDRX1F``
-giving 0 then 1), so the chip takes each command half a cycle after it
-leaves its register and its read data, driven half a cycle before the
-fabric's edge, is taken at the edge of
-:class:`~spikeforge.hw.sdram.SdramController`'s convention (``read_delay``
-``cl + 2``) while half a period exceeds the chip's access time (6 ns at
-CAS latency 2) and the board's wires: up to about 70 MHz.  Not tried on a
-board: the Verilator co-simulation models the chip on the fabric's clock.
-
-Batch mode (``spikeforge infer --batch N``): an image store of
-:data:`BATCH_BEATS` event beats in block RAM (4,096 beats: about 26 images
-of the default MNIST network at ~153 beats each; with its 36-bit events 8 of
-the 85F's 208 EBRs, counted by :func:`.build.board_memories`).  Not more:
-the planned default engine takes 166 of them, and a plan keeps the engine
-with the board's memories within the 183 EBRs a ULX3S build has been seen
-to route at (``bram_ceiling`` in ``hw/cost_model.json``: a build at 205 did
-not route).
+:func:`sdram_pins`): every pin of the chip goes through the I/O cells'
+flip-flops (:data:`SDRAM_IO_STAGES`: one each way, so no fabric route is
+between a pad and its register), and the chip's clock is the design clock
+inverted (an ``ODDRX1F`` giving 0 then 1): the chip takes a command half a
+cycle after it leaves its I/O register, and a read's word, driven by the
+chip half a cycle before the fabric's edge, is in the input register at
+that edge while half a period exceeds the chip's access time (6 ns at CAS
+latency 2) and the board's wires: up to about 70 MHz.  The controller
+counts the two registers in its read delay (``io_stages``).  Not tried on a
+board: the co-simulations model the chip on the fabric's clock, and the
+Amaranth tests the registers each way.
 """
 
 from amaranth import *
@@ -36,7 +29,8 @@ from amaranth.lib import io
 from .pll import ECP5PLLDomain
 from .top import BoardTop, led_output, wrap_board
 
-__all__ = ["BATCH_BEATS", "ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM", "SDRAM"]
+__all__ = ["BATCH_BEATS", "ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM", "SDRAM",
+           "SDRAM_IO_STAGES"]
 
 DEVICE = "ecp5-85f"          # hw.fit device key
 PART = "LFE5U-85F"
@@ -47,6 +41,9 @@ CLOCK_HZ = 25_000_000
 #: the board's SDRAM chip (an fc layer's weights can stream from it:
 #: :func:`spikeforge.hw.fit.storage`)
 SDRAM = "sdram"
+#: registers each way between the SDRAM controller's pins and the chip: the
+#: I/O cells' flip-flops (:func:`sdram_pins`)
+SDRAM_IO_STAGES = 1
 
 
 def platform():
@@ -84,9 +81,9 @@ def sdram_pins(m, platform, pins) -> None:
     # the active-high value; the controller's command is the pins' levels)
     outs = {"clk_en": pins.cke, "ba": pins.ba, "a": pins.a, "dqm": pins.dqm,
             "cs": ~pins.cmd[3], "ras": ~pins.cmd[2], "cas": ~pins.cmd[1], "we": ~pins.cmd[0]}
-    for name, value in outs.items():
-        m.submodules[f"sdram_{name}"] = buf = io.Buffer("o", getattr(res, name))
+    for name, value in outs.items():   # each in its I/O cell's flip-flop
+        m.submodules[f"sdram_{name}"] = buf = io.FFBuffer("o", getattr(res, name))
         m.d.comb += buf.o.eq(value)
-    m.submodules.sdram_dq = dq = io.Buffer("io", res.dq)
+    m.submodules.sdram_dq = dq = io.FFBuffer("io", res.dq)
     m.d.comb += [dq.o.eq(pins.dq_o), dq.oe.eq(pins.dq_oe), pins.dq_i.eq(dq.i)]
 

@@ -236,6 +236,10 @@ class NetworkTop(wiring.Component):
         is not reset by ``start`` (its power-up sequence runs once).
     sdram_hz : float
         The clock the SDRAM controller's timing is counted in.
+    sdram_io : int
+        Registers each way between ``sdram_pins`` and the chip (the board's
+        I/O flip-flops: :class:`~spikeforge.hw.sdram.SdramController`'s
+        ``io_stages``).
     banks : list of int, optional
         Current memories per layer (:func:`bank_counts`; default two each).
 
@@ -294,7 +298,7 @@ class NetworkTop(wiring.Component):
     def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
                  faults: dict | None = None, contents: dict | None = None,
                  words: list[int] | None = None, spram=(), sdram=(), sdram_hz: float = 50e6,
-                 banks=None):
+                 banks=None, sdram_io: int = 0):
         self.geometry = g = engine_geometry(net, P, faults, words, banks)
         self.banks = None if banks is None else list(banks)
         self._net = net
@@ -309,7 +313,7 @@ class NetworkTop(wiring.Component):
             mems = contents
         self.contents = mems  # the memories' power-up words, {name: (width, words)}
         self.spram = tuple(spram)
-        self.sdram, self.sdram_hz = tuple(sdram), sdram_hz
+        self.sdram, self.sdram_hz, self.sdram_io = tuple(sdram), sdram_hz, sdram_io
         if len(self.sdram) > 1:
             raise EngineError(f"weights of layers {list(self.sdram)} in the SDRAM: one layer "
                               "at most (no arbiter yet)")
@@ -354,7 +358,7 @@ class NetworkTop(wiring.Component):
         """Layer ``i``'s weight streamer and the SDRAM controller behind it."""
         from .weightstream import WeightStreamer, connect_streamed
         ws = WeightStreamer(core.params, ULX3S_SDRAM, 0, core.addr_bits, core.data_bits)
-        ctl = SdramController(self.sdram_hz, ULX3S_SDRAM)
+        ctl = SdramController(self.sdram_hz, ULX3S_SDRAM, io_stages=self.sdram_io)
         m.submodules[f"weights{i}"] = ResetInserter(rst)(ws)
         m.submodules.sdram = ctl
         connect_streamed(m, ws, ctl, core)

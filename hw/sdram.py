@@ -146,7 +146,11 @@ class SdramController(wiring.Component):
         Words the read FIFO holds (READs in flight included); 3 or more.
     read_delay : int or None
         Cycles from a READ's decision to its word in the input register
-        (default ``cl + 2``: the model's convention).
+        (default ``cl + 2 + 2 * io_stages``: the model's convention).
+    io_stages : int
+        Registers each way between the pins and the chip (a board's I/O
+        flip-flops): the chip sees every pin ``io_stages`` cycles later, and
+        its words reach ``dq_i`` ``io_stages`` cycles later.
 
     Members
     -------
@@ -164,13 +168,13 @@ class SdramController(wiring.Component):
 
     def __init__(self, freq_hz: float, geom: SdramGeometry = ULX3S_SDRAM,
                  timing: SdramTiming = SdramTiming(), cl: int | None = None,
-                 read_fifo: int = 8, read_delay: int | None = None):
+                 read_fifo: int = 8, read_delay: int | None = None, io_stages: int = 0):
         self.geom, self.timing = geom, timing
         self.cl = cl if cl is not None else (2 if freq_hz <= 100e6 else 3)
         if self.cl not in (2, 3):
             raise SpikeforgeError(f"SDRAM CAS latency must be 2 or 3, not {self.cl}")
         self.t = timing.cycles(freq_hz)
-        self.read_delay = read_delay if read_delay is not None else self.cl + 2
+        self.read_delay = read_delay if read_delay is not None else self.cl + 2 + 2 * io_stages
         self.read_fifo = read_fifo
         # (a 2-word SyncFIFOBuffered takes a second word only a cycle after
         # its first leaves the memory for the output register: back-to-back

@@ -99,6 +99,51 @@ def test_controller_reads_what_it_wrote_within_the_chip_timing(seed):
     assert model.refreshes >= n // cycles()["refi"] - 2 and model.refreshes >= 3
 
 
+class IoRegistered(Elaboratable):
+    """A controller with ``stages`` registers each way between its pins and
+    the chip (a board's I/O flip-flops, the ULX3S's one): ``pins`` is the
+    chip's side."""
+
+    def __init__(self, stages, **kw):
+        from spikeforge.hw.sdram import pin_signature
+        self.ctl = SdramController(FREQ, GEOM, FAST, **kw)
+        self.cmd, self.rdata, self.geom = self.ctl.cmd, self.ctl.rdata, self.ctl.geom
+        self.pins = pin_signature(GEOM).create()
+        self.stages = stages
+
+    def elaborate(self, platform):
+        from amaranth import Signal
+        m = Module()
+        m.submodules.ctl = ctl = self.ctl
+        names = ("cke", "cmd", "ba", "a", "dq_o", "dq_oe", "dqm")
+        init = {"cke": 1, "cmd": NOP}      # the pins' power-up levels
+        cur, back = {n: getattr(ctl.pins, n) for n in names}, self.pins.dq_i
+        for s in range(self.stages):
+            nxt = {n: Signal(len(v), name=f"{n}_{s}", init=init.get(n, 0)) for n, v in cur.items()}
+            m.d.sync += [nxt[n].eq(cur[n]) for n in names]
+            cur = nxt
+            b = Signal(len(back), name=f"dq_i_{s}")
+            m.d.sync += b.eq(back)
+            back = b
+        m.d.comb += [getattr(self.pins, n).eq(cur[n]) for n in names]
+        m.d.comb += ctl.pins.dq_i.eq(back)
+        return m
+
+
+def test_a_register_each_way_to_the_chip_is_counted_in_the_read_delay():
+    """The ULX3S puts every SDRAM pin in its I/O cell's flip-flop: with
+    ``io_stages=1`` the controller reads every word back through a register
+    each way, within the chip's timing; the same registers with the delay of
+    no registers read the wrong words."""
+    beats, expect = random_beats(random.Random(5), 300)
+    dut = IoRegistered(1, io_stages=1)
+    assert dut.ctl.read_delay == dut.ctl.cl + 4
+    got, model, _ = simulate(dut, beats, seed=5)
+    assert got == expect and model.commands["READ"] == len(expect)
+    wrong = IoRegistered(1)
+    assert simulate(wrong, beats, seed=5)[0] != expect
+
+
 def test_a_row_streams_a_word_a_cycle():
     """Reads of consecutive words: one READ a cycle within a row, an ACTIVE
     and a PRECHARGE a row (no stall on the consumer's side)."""
