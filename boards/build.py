@@ -230,13 +230,18 @@ def board_memories(net, board: str, store: bool = True) -> tuple:
     return tuple(mems)
 
 
+def has_sdram(board: str) -> bool:
+    """Whether ``board`` carries an SDRAM chip the engine can stream weights from."""
+    return getattr(BOARDS[_board_name(board)], "SDRAM", None) is not None
+
+
 def check_board_fit(net, lanes, board: str, words=None, sdram=(), banks=None) -> dict:
     """:func:`~spikeforge.hw.fit.check_fit` on the board's device with the
     board top's memories (:func:`board_memories`) and the storage ``sdram``,
     ``banks``; a :class:`FitError`
     naming the board and the candidate models that fit it otherwise."""
     mod = BOARDS[_board_name(board)]
-    if sdram and getattr(mod, "SDRAM", None) is None:
+    if sdram and not has_sdram(board):
         raise FitError(f"{board} has no SDRAM for the weights of layer(s) {list(sdram)}: plan "
                        f"the run for {board} (`spikeforge plan RUN --board {board}`)")
     try:
@@ -375,6 +380,11 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
         clock_hz = pll.f_out_hz
     else:
         clock_hz = plat.default_clk_frequency
+    limit = getattr(mod, "SDRAM_MAX_MHZ", None)
+    if sdram and limit is not None and clock_hz > limit * 1e6:
+        raise BuildError(f"{board}: the SDRAM interface is timed for clocks up to {limit} MHz "
+                         f"(boards/{board}.py), not {clock_hz / 1e6:g} MHz: build with "
+                         f"--clock-mhz {limit} or less")
     prefs = ""
     if target_mhz is not None and target_mhz * 1e6 > clock_hz:
         if board != "ulx3s":
@@ -389,7 +399,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     top = BoardTop(net, lanes, clock_hz=clock_hz, link=link, batch_beats=mod.BATCH_BEATS,
                    contents=_exported(net_or_run, net, lanes, words), fifo_depth=fifo,
                    words=words, spram=fit["spram_layers"], sdram=tuple(sdram), banks=banks,
-                   sdram_io=getattr(mod, "SDRAM_IO_STAGES", 0))
+                   sdram_io=getattr(mod, "SDRAM_IO_STAGES", 0),
+                   sdram_clock_inverted=getattr(mod, "SDRAM_CLOCK_INVERTED", False))
     wrapper = (mod.ICEBreakerWrapper(top, pmod_leds, pll) if board == "icebreaker"
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
@@ -563,6 +574,8 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
                       target_mhz=TARGET_MHZ[board], words=words, seed=seed, sdram=sdram,
                       banks=banks)
         clock_mhz = int(first["fmax_mhz"] * AUTO_MARGIN)
+        if sdram and getattr(BOARDS[board], "SDRAM_MAX_MHZ", None):
+            clock_mhz = min(clock_mhz, BOARDS[board].SDRAM_MAX_MHZ)
         if clock_mhz <= first["board_clock_mhz"]:
             if not first["timing_met"]:
                 raise TimingError(f"{board}: Fmax {first['fmax_mhz']:.1f} MHz is below the "

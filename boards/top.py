@@ -114,8 +114,9 @@ class BoardTop(wiring.Component):
         :func:`spikeforge.hw.fit.storage`).  With ``sdram`` the top has the
         chip's pins, ``sdram_pins``, which the board wrapper takes to its
         chip; the controller's timing is counted in ``clock_hz``;
-        ``sdram_io``: the wrapper's registers each way between those pins and
-        the chip (:class:`NetworkTop`).
+        ``sdram_io``, ``sdram_clock_inverted``: the wrapper's registers each
+        way between those pins and the chip, and its clock to the chip
+        (:class:`NetworkTop`).
 
     A network that may not fit a device's block RAM is checked with
     :func:`spikeforge.hw.fit.check_fit` before its top is built;
@@ -130,11 +131,13 @@ class BoardTop(wiring.Component):
 
     def __init__(self, net, lanes=1, *, clock_hz: float, link: LinkConfig = LinkConfig(),
                  fifo_depth: int = EVENT_FIFO_DEPTH, contents: dict | None = None, batch_beats: int = 0,
-                 words=None, spram=(), sdram=(), banks=None, sdram_io: int = 0):
+                 words=None, spram=(), sdram=(), banks=None, sdram_io: int = 0,
+                 sdram_clock_inverted: bool = False):
         check_batch_beats(batch_beats)
         self.engine = NetworkTop(net, lanes, fifo_depth=fifo_depth, contents=contents,
                                  words=words, spram=spram, sdram=sdram, sdram_hz=clock_hz,
-                                 banks=banks, sdram_io=sdram_io)
+                                 banks=banks, sdram_io=sdram_io,
+                                 sdram_clock_inverted=sdram_clock_inverted)
         self.clock_hz = int(clock_hz)
         self.link = link
         div, timeout, stall = link.cycles(clock_hz)

@@ -18,9 +18,12 @@ cycle after it leaves its I/O register, and a read's word, driven by the
 chip half a cycle before the fabric's edge, is in the input register at
 that edge while half a period exceeds the chip's access time (6 ns at CAS
 latency 2) and the board's wires: up to about 70 MHz.  The controller
-counts the two registers in its read delay (``io_stages``).  Not tried on a
-board: the co-simulations model the chip on the fabric's clock, and the
-Amaranth tests the registers each way.
+counts the two registers and the half cycle in its read delay
+(``io_stages``, ``clock_inverted``: the word of a READ decided in cycle
+``c`` is in its input register in cycle ``c + cl + 3``).  Not tried on a
+board: the Verilator co-simulations model the chip on the fabric's clock
+without the registers; an Amaranth test runs the controller through a
+register each way to the chip model on the inverted clock.
 """
 
 from amaranth import *
@@ -30,7 +33,7 @@ from .pll import ECP5PLLDomain
 from .top import BoardTop, led_output, wrap_board
 
 __all__ = ["BATCH_BEATS", "ULX3SWrapper", "platform", "DEVICE", "PART", "BITSTREAM", "SDRAM",
-           "SDRAM_IO_STAGES"]
+           "SDRAM_IO_STAGES", "SDRAM_CLOCK_INVERTED", "SDRAM_MAX_MHZ"]
 
 DEVICE = "ecp5-85f"          # hw.fit device key
 PART = "LFE5U-85F"
@@ -44,6 +47,12 @@ SDRAM = "sdram"
 #: registers each way between the SDRAM controller's pins and the chip: the
 #: I/O cells' flip-flops (:func:`sdram_pins`)
 SDRAM_IO_STAGES = 1
+#: the chip's clock is the design clock inverted (:func:`sdram_pins`)
+SDRAM_CLOCK_INVERTED = True
+#: the highest clock the inverted clock's half period serves (the chip's
+#: 6 ns access time and the board's wires within it): a build with its
+#: SDRAM in use is refused above it, and ``--clock-mhz auto`` stays under it
+SDRAM_MAX_MHZ = 70
 
 
 def platform():

@@ -60,7 +60,7 @@ from .streams import EventFormat
 
 __all__ = ["FitError", "Device", "DEVICES", "MemoryUse", "memory_plan", "check_fit",
            "block_count", "device_plan", "plan_blocks", "spram_layers", "spram_use",
-           "streamable", "storage"]
+           "streamable", "storage_options", "check_storage", "describe_storage"]
 
 
 class FitError(SpikeforgeError, ValueError):
@@ -122,7 +122,7 @@ class MemoryUse:
     depth: int
     sliced: bool = False  # built as column slices (hw/memory.py): the weights
     spram: bool = False   # weights in the iCE40's SPRAM (spram_layers), not block RAM
-    sdram: bool = False   # weights in the ULX3S's SDRAM (sdram_choices), not block RAM
+    sdram: bool = False   # weights in the ULX3S's SDRAM (storage), not block RAM
 
     @property
     def bits(self) -> int:
@@ -135,7 +135,7 @@ def memory_plan(net, P, board=(), words=None, spram=(), fifo_depth=None, sdram=(
     (and ``words`` and ``banks``, :func:`~spikeforge.hw.network.core_params`), and the
     board top's memories ``board`` (``(name, width, depth)`` each); the
     weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`),
-    of those in ``sdram`` as SDRAM (:func:`sdram_choices`);
+    of those in ``sdram`` as SDRAM (:func:`storage`);
     with ``fifo_depth``, the event FIFOs of that depth and the spike queues."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     event_bits = EventFormat.for_network(net).width
@@ -223,53 +223,79 @@ def device_plan(net, P, device: str, board=(), words=None, spram=None, sdram=(),
 
 def streamable(net, P, words=None) -> list[int]:
     """Layers whose weights can stream from an SDRAM
-    (:class:`~spikeforge.hw.weightstream.WeightStreamer`): fc LIF / IF layers."""
-    return [cp.index for cp in core_params(net, P, words=words)
-            if cp.kind is LayerKind.FC and not cp.stcb and cp.units == 1]
+    (:attr:`~spikeforge.hw.params.CoreParams.streamable`)."""
+    return [cp.index for cp in core_params(net, P, words=words) if cp.streamable]
 
 
-def storage(net, P, device: str, board=(), words=None, sdram_ok: bool = False,
-            limit: int | None = None) -> tuple[tuple[int, ...], list[int] | None]:
-    """Where the memories go when the block RAM is short: ``(sdram, banks)``
-    for :func:`device_plan`.  While the memories need more than ``limit``
-    blocks (default: the device's), first (``sdram_ok``: the board carries
-    an SDRAM) the weights of the streamable layer (:func:`streamable`) with
-    the most blocks move to the SDRAM (one layer: the engine has no arbiter),
-    then layer by layer, the most blocks first, a LIF / IF layer keeps one
-    current memory instead of two (its next step, or layer 0's next image,
-    waits for its scan).  ``((), None)`` when the memories fit as they are;
-    the last step tried when nothing fits (the caller's fit check refuses
+def storage_options(net, P, device: str, board=(), words=None, sdram_ok: bool = False,
+                    limit: int | None = None) -> list[tuple[tuple[int, ...], list[int] | None]]:
+    """Where the memories can go when the block RAM is short: ``(sdram,
+    banks)`` choices for :func:`device_plan`, each within ``limit`` blocks
+    (default: the device's) if it can be; the planner takes the fastest.
+    ``[((), None)]`` when the memories fit as they are.  Otherwise one
+    choice without the SDRAM and (``sdram_ok``: the board carries one) one
+    with the weights of the streamable layer (:func:`streamable`) with the
+    most blocks in it (one layer: the engine has no arbiter); in each, while
+    the memories need more than ``limit``, layer by layer, the most blocks
+    first, a LIF / IF layer keeps one current memory instead of two (its
+    next step, or layer 0's next image, waits for its scans).  A choice that
+    still needs more is the last step tried (the caller's fit check refuses
     it)."""
     dev = _device(device)
     limit = dev.blocks if limit is None else limit
-    n = len(net.layers)
 
     def need(sdram, banks):
         return plan_blocks(device_plan(net, P, device, board, words, sdram=sdram, banks=banks),
                            device)
 
-    sdram, banks = (), None
-    if need(sdram, banks) <= limit:
-        return sdram, banks
+    if need((), None) <= limit:
+        return [((), None)]
     plan = device_plan(net, P, device, board, words)
-    if sdram_ok:
-        weights = {mu.layer: _blocks(dev, mu) for mu in plan
-                   if mu.name == f"L{mu.layer}_weights"}
-        cands = [i for i in streamable(net, P, words) if weights.get(i)]
-        if cands:
-            sdram = (max(cands, key=lambda i: (weights[i], -i)),)
-            if need(sdram, banks) <= limit:
-                return sdram, banks
-    cur = {}
+    cur: dict[int, int] = {}        # a layer's second current memories (every unit's)
+    weights: dict[int, int] = {}
     for mu in plan:
-        if mu.layer >= 0 and mu.name == f"L{mu.layer}_cur1":
-            cur[mu.layer] = _blocks(dev, mu)
-    banks = [2] * n
-    for i in sorted((i for i, b in cur.items() if b), key=lambda i: (-cur[i], i)):
-        banks[i] = 1
-        if need(sdram, banks) <= limit:
-            break
-    return sdram, banks
+        if mu.layer >= 0 and mu.name.startswith(f"L{mu.layer}_cur1"):
+            cur[mu.layer] = cur.get(mu.layer, 0) + _blocks(dev, mu)
+        if mu.layer >= 0 and mu.name == f"L{mu.layer}_weights":
+            weights[mu.layer] = _blocks(dev, mu)
+    firsts = [()]
+    cands = [i for i in streamable(net, P, words) if weights.get(i)]
+    if sdram_ok and cands:
+        firsts.append((max(cands, key=lambda i: (weights[i], -i)),))
+    out = []
+    for sdram in firsts:
+        banks = None
+        if need(sdram, banks) > limit:
+            banks = [2] * len(net.layers)
+            for i in sorted((i for i, b in cur.items() if b), key=lambda i: (-cur[i], i)):
+                banks[i] = 1
+                if need(sdram, banks) <= limit:
+                    break
+        out.append((sdram, banks))
+    return out
+
+
+def check_storage(net, P, words, sdram, banks, where: str) -> None:
+    """Refuse (:class:`FitError`, naming ``where``) a storage that the engine
+    cannot build for ``net`` with lanes ``P``: more than one SDRAM layer, a
+    layer that cannot stream, bad current-memory counts."""
+    from .network import bank_counts
+    from .params import EngineError
+    ok = streamable(net, P, words)
+    if len(sdram) > 1 or any(i not in ok for i in sdram):
+        raise FitError(f"{where}: weights in the SDRAM {list(sdram)}: one layer at most, "
+                       f"one whose weights can stream (fc LIF / IF layers here: {ok})")
+    try:
+        bank_counts(net, banks)
+    except EngineError as e:
+        raise FitError(f"{where}: {e}") from None
+
+
+def describe_storage(sdram, banks) -> str:
+    """The storage in words, for messages and reports ('' when all is as usual)."""
+    return "; ".join([f"layer {n}'s weights in the SDRAM" for n in sdram or ()]
+                     + [f"layer {n} with one current memory"
+                        for n, b in enumerate(banks or ()) if b == 1])
 
 
 def spram_use(plan: list[MemoryUse]) -> dict[str, int]:
@@ -298,6 +324,7 @@ def check_fit(net, P, device: str, board=(), words=None, sdram=(), banks=None) -
     "spram_layers", "spram", "spram_available", "sdram_layers", "banks"}``
     (the layers whose weights are in SPRAM, its blocks used and the device's)."""
     dev = _device(device)
+    check_storage(net, P, words, sdram, banks, "storage")
     spram = spram_layers(net, P, device, board, words)
     plan = device_plan(net, P, device, board, words, spram, sdram, banks)
     per = {mu.name: _blocks(dev, mu) for mu in plan}
@@ -306,8 +333,7 @@ def check_fit(net, P, device: str, board=(), words=None, sdram=(), banks=None) -
     in_spram = spram_use(plan)
     sp = (f"; SPRAM: {', '.join(f'{n} {b}' for n, b in in_spram.items())} of "
           f"{dev.spram} blocks" if in_spram else "")
-    sp += (f"; weights of layer(s) {list(sdram)} in the SDRAM" if sdram else "")
-    sp += (f"; current memories per layer {list(banks)}" if banks is not None else "")
+    sp += (f"; {describe_storage(sdram, banks)}" if describe_storage(sdram, banks) else "")
     if total > dev.blocks:
         kb = dev.block_bits // 1024
         worst = sorted(plan, key=lambda mu: -per[mu.name])[:3]

@@ -41,7 +41,7 @@ from .arith import copies
 from .memory import SlicedMemory, SpramMemory, read_data
 from .neuron import NeuronUnit
 from .steb import StebUnit
-from .params import CoreParams
+from .params import CoreParams, EngineError
 from .streams import bits_for
 from .synapse import SynapseUnit
 
@@ -116,9 +116,9 @@ class LayerCore(wiring.Component):
     def __init__(self, params: CoreParams, weights: list[int], neurons: list[int],
                  spram: bool = False, streamed: bool = False):
         p = params
-        if streamed and (p.kind is not LayerKind.FC or p.units > 1 or p.stcb or spram):
-            raise ValueError(f"layer {p.index}: streamed weights are for an fc LIF / IF layer "
-                             "with one synapse unit")
+        if streamed and (not p.streamable or spram):
+            raise EngineError(f"layer {p.index}: streamed weights are for an fc LIF / IF layer "
+                              "with one synapse unit")
         if not streamed and len(weights) != p.weight_depth:
             raise ValueError(f"layer {p.index}: {len(weights)} weight words, expected "
                              f"{p.weight_depth}")

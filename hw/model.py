@@ -25,8 +25,9 @@ What it models (see :mod:`spikeforge.hw.layer`):
 * an fc layer whose weights stream from the SDRAM (``sdram``): ``G * k``
   SDRAM words an event (``k`` a weight word,
   :func:`~spikeforge.hw.weightstream.sdram_words`) at one a cycle, and
-  :data:`SDRAM_EVENT_CYCLES` an event for the row it opens, the read
-  latency and the refreshes;
+  :data:`SDRAM_ROW_CYCLES` for each row opened: an event whose words are in
+  another row than the last event's, in the order the previous layer's
+  scan sends them (:func:`_sdram_rows`);
 * STCB networks: a layer's CAB takes its whole input train, then its ``T``
   STEB passes run; images one at a time (the interval is the latency, the
   clear pass and a restart);
@@ -51,6 +52,7 @@ from spikeforge.config import LayerKind
 from spikeforge.sw import golden
 
 from .network import core_params, input_events, lane_counts
+from .neuron import QUEUE_DEPTH
 from .streams import EVENT_FIFO_DEPTH
 
 __all__ = ["LayerTrace", "traces", "predict"]
@@ -58,13 +60,12 @@ __all__ = ["LayerTrace", "traces", "predict"]
 #: fixed costs (cycles), read off the RTL: decoder + walker + update stages
 #: before a marker is seen, the scan pipeline and marker, hand-over
 SYN_FILL = 5
-#: the schedule's passes at most (:func:`_schedule`)
-MAX_PASSES = 64
-#: cycles an event of a layer streaming its weights from the SDRAM takes
-#: beyond its words: 4.8 to 6.9 measured over 32 to 128 words an event by
-#: ``benchmarks/bench_sdram.py`` (a row opened, tRCD and the CAS latency
-#: before the first word, a refresh every 375 cycles at 50 MHz)
-SDRAM_EVENT_CYCLES = 6
+#: cycles a layer streaming its weights from the SDRAM loses to each row it
+#: opens (PRECHARGE, tRP, ACTIVE, tRCD, the CAS latency before the row's
+#: first word, and the refreshes, one every 375 cycles at 50 MHz):
+#: ``benchmarks/bench_sdram.py`` measured 4.8 to 6.9 cycles an event beyond
+#: its words over 32 to 128 words an event, with 1.17 rows opened an event
+SDRAM_ROW_CYCLES = 5
 SCAN_FILL = 7
 
 
@@ -91,6 +92,31 @@ class LayerTrace:
                 y, x = key[1], key[2]
             out.append((y, x))
         return out
+
+
+def _sdram_rows(cp, prev_lanes: int, inputs) -> list[int]:
+    """Per step, the SDRAM rows a streamed fc layer (core ``cp``) opens for
+    its input events ``inputs`` (``(c, y, x)`` per step): its weight words
+    are ``G * k`` SDRAM words an input neuron, in order
+    (:mod:`~spikeforge.hw.weightstream`); the events come in the order the
+    previous layer's scan sends them (by lane group, position, lane;
+    ``prev_lanes`` 0: as given, layer 0's input)."""
+    from .sdram import ULX3S_SDRAM as g
+    from .weightstream import sdram_words
+    _, hp, wp = cp.in_shape
+    per = cp.groups * sdram_words(cp, g)
+    out = []
+    for c, y, x in inputs:
+        if not c.numel():
+            out.append(0)
+            continue
+        flat = (c * hp + y) * wp + x
+        if prev_lanes:
+            flat = flat[torch.argsort(((c // prev_lanes * hp + y) * wp + x) * prev_lanes
+                                      + c % prev_lanes)]
+        rows = (flat * per) >> g.col_bits          # bank and row: one open at a time
+        out.append(1 + int((rows[1:] != rows[:-1]).sum()))
+    return out
 
 
 def _in_bounds_taps(spec, ys: torch.Tensor, xs: torch.Tensor) -> int:
@@ -162,42 +188,43 @@ def _schedule(cps, T: int, taps: list, spikes: list, fifo: int,
     syn_end = [[0.0] * S for _ in range(L)]
     scan_end = [[0.0] * S for _ in range(L)]
     scan_start = [[0.0] * S for _ in range(L)]
-    # back-pressure couples neighbours both ways: iterate to a fixed point
-    # (a pass carries the coupling about one step further: a slow consumer
-    # behind a layer with one current memory needs many)
-    for _ in range(MAX_PASSES):
-        before = [row[-1] for row in scan_end]
+    # one pass, step by step and layer by layer: a layer's step waits on its
+    # own earlier steps and on its producer's scan of the same step, and the
+    # producer's scan of a step is held by this layer's pace on it (the
+    # back-pressure), which is known once this layer's start is
+    for g in range(S):
+        i, t = divmod(g, T)
         for n, cp in enumerate(cps):
             G, B = cp.groups, cp.cur_banks
-            scan_work = cp.acc_depth + SCAN_FILL
-            for g in range(S):
-                i, t = divmod(g, T)
-                tp = taps[i][n]
-                if n == 0 and len(tp) == 1:           # a held frame: accumulated once
-                    if t:
-                        syn_end[n][g] = syn_end[n][g - t]
-                    else:  # after the last frame, into a free current memory
-                        start = syn_end[n][g - 1] if g else 0.0
-                        free = g - (B - 1) * T - 1    # the last scan of image i - B
-                        if free >= 0:
-                            start = max(start, scan_end[n][free])
-                        syn_end[n][g] = start + tp[0] * G + SYN_FILL
-                else:
-                    arrive = scan_end[n - 1][g] if n else 0.0
+            tp = taps[i][n]
+            if n == 0 and len(tp) == 1:               # a held frame: accumulated once
+                if t:
+                    syn = syn_end[n][g - t]
+                else:  # after the last frame, into a free current memory
                     start = syn_end[n][g - 1] if g else 0.0
-                    if n:   # no earlier than the producer's scan sends the step's spikes
-                        start = max(start, scan_start[n - 1][g])
-                    if g >= B:                        # a free current memory
-                        start = max(start, scan_end[n][g - B])
-                    syn_end[n][g] = max(start + tp[t] * G, arrive) + SYN_FILL
-                s0 = scan_start[n][g] = max(syn_end[n][g], scan_end[n][g - 1] if g else 0.0)
-                end = s0 + max(scan_work, spikes[i][n][t] + SCAN_FILL)
-                if n + 1 < L:                         # a slower consumer holds the scan
-                    each = cps[n + 1].k ** 2 if per_event is None else per_event[n + 1]
-                    end = max(end, syn_end[n + 1][g] - fifo * each * cps[n + 1].groups)
-                scan_end[n][g] = end
-        if _ and [row[-1] for row in scan_end] == before:
-            break
+                    free = g - (B - 1) * T - 1        # the last scan of image i - B
+                    if free >= 0:
+                        start = max(start, scan_end[n][free])
+                    syn = start + tp[0] * G + SYN_FILL
+            else:
+                start = syn_end[n][g - 1] if g else 0.0
+                if g >= B:                            # a free current memory
+                    start = max(start, scan_end[n][g - B])
+                if n:   # no earlier than the producer's scan sends the step's spikes
+                    start = max(start, scan_start[n - 1][g])
+                    # the producer's scan ends no earlier than this layer's
+                    # work on it, less the events held between them: the
+                    # FIFO, the producer's spike queue, its output register
+                    # and the event this layer's synapse unit walks
+                    each = cp.k ** 2 if per_event is None else per_event[n]
+                    held = fifo + QUEUE_DEPTH + 2
+                    scan_end[n - 1][g] = max(scan_end[n - 1][g], start + tp[t] * G
+                                             + SYN_FILL - held * each * G)
+                arrive = scan_end[n - 1][g] if n else 0.0
+                syn = max(start + tp[t] * G, arrive) + SYN_FILL
+            syn_end[n][g] = syn
+            s0 = scan_start[n][g] = max(syn, scan_end[n][g - 1] if g else 0.0)
+            scan_end[n][g] = s0 + max(cp.acc_depth + SCAN_FILL, spikes[i][n][t] + SCAN_FILL)
     return scan_end
 
 
@@ -228,15 +255,19 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
     """Predicted per-layer counters (means over the images of ``work``), the
     end-to-end cycles of an image alone and the interval between image
     completions when the images of ``work`` are fed back to back, for lanes
-    ``P``, ``words`` (:func:`~spikeforge.hw.network.core_params`) and event
-    FIFOs of ``fifo_depth`` between the layers."""
+    ``P``, ``words`` and ``banks`` (:func:`~spikeforge.hw.network.core_params`),
+    event FIFOs of ``fifo_depth`` between the layers and the weights of the
+    layers in ``sdram`` streamed from the SDRAM (its power-up is over before
+    the first image: :class:`~spikeforge.hw.network.NetworkTop`'s
+    ``clearing``)."""
     from .sdram import ULX3S_SDRAM
     from .weightstream import sdram_words
     cps = core_params(net, lane_counts(net, P), words=words, banks=banks)
     T = net.spec.timesteps
-    # synapse cycles an input event and channel group
-    per_event = [(cp.groups * sdram_words(cp, ULX3S_SDRAM) + SDRAM_EVENT_CYCLES) / cp.groups
-                 if n in sdram else cp.walk_taps for n, cp in enumerate(cps)]
+    # synapse cycles an input event and channel group (a streamed layer: its
+    # SDRAM words; the rows it opens are added per step below)
+    per_event = [sdram_words(cp, ULX3S_SDRAM) if n in sdram else cp.walk_taps
+                 for n, cp in enumerate(cps)]
     slack = [per_event[n] if n in sdram else cp.k ** 2 for n, cp in enumerate(cps)]
     L = len(cps)
     # the readout: a register, then the argmax's (scores, one per tree level)
@@ -248,6 +279,9 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
         # cycles: every tap of every event (out-of-bounds ones too) per group,
         # the longest synapse unit's share when the taps are split
         taps = [[y.numel() * pe for y, _ in ev] for ev, pe in zip(evs, per_event)]
+        for n in sdram:
+            rows = _sdram_rows(cps[n], cps[n - 1].P if n else 0, img[n].inputs)
+            taps[n] = [tp + r * SDRAM_ROW_CYCLES / cps[n].groups for tp, r in zip(taps[n], rows)]
         upd = [sum(_in_bounds_taps(net.spec.layers[n], y, x) for y, x in ev) * cp.groups
                for n, (ev, cp) in enumerate(zip(evs, cps))]
         spikes = [img[n].spikes_out for n in range(L)]

@@ -240,6 +240,9 @@ class NetworkTop(wiring.Component):
         Registers each way between ``sdram_pins`` and the chip (the board's
         I/O flip-flops: :class:`~spikeforge.hw.sdram.SdramController`'s
         ``io_stages``).
+    sdram_clock_inverted : bool
+        The board clocks the chip with the inverted clock (the controller's
+        ``clock_inverted``).
     banks : list of int, optional
         Current memories per layer (:func:`bank_counts`; default two each).
 
@@ -250,8 +253,8 @@ class NetworkTop(wiring.Component):
         and FIFOs one cycle later, from a register), then the clear pass
         over all membrane banks (weight and neuron memories are kept).
     clearing : Out(1)
-        ``start``, its reset cycle or a clear pass; ``events.ready`` is low
-        until it ends.
+        ``start``, its reset cycle, a clear pass or the SDRAM's power-up
+        (``sdram``); ``events.ready`` is low until it ends.
     events : In(stream.Signature(fmt.layout))
         Layer 0 input: events ``(channel, y, x, shift)`` (``shift``: the bit
         plane's weight shift, see :func:`input_events`) and one end-of-step
@@ -298,7 +301,7 @@ class NetworkTop(wiring.Component):
     def __init__(self, net, P=1, *, fifo_depth: int = EVENT_FIFO_DEPTH,
                  faults: dict | None = None, contents: dict | None = None,
                  words: list[int] | None = None, spram=(), sdram=(), sdram_hz: float = 50e6,
-                 banks=None, sdram_io: int = 0):
+                 banks=None, sdram_io: int = 0, sdram_clock_inverted: bool = False):
         self.geometry = g = engine_geometry(net, P, faults, words, banks)
         self.banks = None if banks is None else list(banks)
         self._net = net
@@ -314,6 +317,7 @@ class NetworkTop(wiring.Component):
         self.contents = mems  # the memories' power-up words, {name: (width, words)}
         self.spram = tuple(spram)
         self.sdram, self.sdram_hz, self.sdram_io = tuple(sdram), sdram_hz, sdram_io
+        self.sdram_clock_inverted = sdram_clock_inverted
         if len(self.sdram) > 1:
             raise EngineError(f"weights of layers {list(self.sdram)} in the SDRAM: one layer "
                               "at most (no arbiter yet)")
@@ -358,9 +362,11 @@ class NetworkTop(wiring.Component):
         """Layer ``i``'s weight streamer and the SDRAM controller behind it."""
         from .weightstream import WeightStreamer, connect_streamed
         ws = WeightStreamer(core.params, ULX3S_SDRAM, 0, core.addr_bits, core.data_bits)
-        ctl = SdramController(self.sdram_hz, ULX3S_SDRAM, io_stages=self.sdram_io)
+        ctl = SdramController(self.sdram_hz, ULX3S_SDRAM, io_stages=self.sdram_io,
+                              clock_inverted=self.sdram_clock_inverted)
         m.submodules[f"weights{i}"] = ResetInserter(rst)(ws)
         m.submodules.sdram = ctl
+        self._sdram_ready = ctl.ready
         connect_streamed(m, ws, ctl, core)
         wiring.connect(m, ctl.pins, flipped(self.sdram_pins))
         # ``start`` drops the words of reads still owed to the streamer it resets
@@ -417,7 +423,11 @@ class NetworkTop(wiring.Component):
         # critical path of a routed default engine); ``start`` and ``rst``
         # cover the cycles before a clear pass shows
         clearing = Signal(init=1)
-        m.d.sync += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | rst)
+        # (and until the SDRAM's power-up is done: its layer's weights wait
+        # for it, and the first image would start with the layers before it)
+        powering = ~self._sdram_ready if self.sdram else C(0)
+        m.d.sync += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | rst
+                                | powering)
         m.d.comb += [
             self.clearing.eq(clearing),
             fifos[0].w.payload.eq(self.events.payload),

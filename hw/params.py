@@ -164,6 +164,13 @@ class CoreParams:
         return -(-self.c_out // self.P)
 
     @property
+    def streamable(self) -> bool:
+        """Whether the core's weights can stream from an SDRAM
+        (:class:`~spikeforge.hw.weightstream.WeightStreamer`): an fc LIF / IF
+        layer with one synapse unit."""
+        return self.kind is LayerKind.FC and not self.stcb and self.units == 1
+
+    @property
     def taps(self) -> int:
         """Read-modify-write steps per input event: ``k * k * G``."""
         return self.k * self.k * self.groups

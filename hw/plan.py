@@ -32,7 +32,7 @@ from __future__ import annotations
 from spikeforge.image import input_lanes, opens_block, takes_words, word_lanes
 
 from . import cost
-from .fit import DEVICES, FitError, storage
+from .fit import DEVICES, FitError, storage_options
 from .model import predict
 from .network import lane_counts, split_capable
 
@@ -96,15 +96,25 @@ def evaluate(net, lanes, work, device: str, board=(), words=None, fallback: bool
     """One candidate: predicted cycles, resources, clock and throughput
     (``words`` None: whole lane groups, single spikes in a residual block:
     :func:`~spikeforge.image.input_lanes`); ``fallback``: where the block
-    RAM is short, the storage of :func:`~spikeforge.hw.fit.storage` (an fc
-    layer's weights in the SDRAM when ``sdram_ok``, one current memory),
-    recorded as ``sdram`` and ``banks``."""
+    RAM is short, the fastest of the storage choices of
+    :func:`~spikeforge.hw.fit.storage_options` (an fc layer's weights in the
+    SDRAM when ``sdram_ok``, one current memory), recorded as ``sdram`` and
+    ``banks``."""
     lanes = lane_counts(net, lanes)
     words = input_lanes(net, lanes, words)
+    if not fallback:
+        return _candidate(net, lanes, work, device, board, words, (), None)
+    dev = DEVICES[device]
+    limit = cost.load(device).bram_limit(dev.blocks)
+    return max((_candidate(net, lanes, work, device, board, words, sd, bs)
+                for sd, bs in storage_options(net, lanes, device, board, words, sdram_ok,
+                                              limit)), key=_key)
+
+
+def _candidate(net, lanes, work, device, board, words, sdram, banks) -> dict:
+    """:func:`evaluate` of one storage choice."""
     dev = DEVICES[device]
     cm = cost.load(device)
-    sdram, banks = (storage(net, lanes, device, board, words, sdram_ok,
-                            cm.bram_limit(dev.blocks)) if fallback else ((), None))
     cyc = predict(net, lanes, work, dev.event_fifo_depth, words, sdram, banks)
     res = cost.estimate(net, lanes, device, board, words, sdram, banks)
     fmax = res["fmax_mhz"]
@@ -154,10 +164,12 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES,
     routability ceilings: they are measured, not hard limits; the device's
     block RAM is).  ``moves``: the climb's moves (:data:`MOVES`; fewer for
     comparing searches).  When no candidate fits with every memory in block
-    RAM, the search runs again with the storage of
-    :func:`~spikeforge.hw.fit.storage` for each (``sdram``: the board has
-    an SDRAM for an fc layer's weights; then one current memory a layer),
-    so a network that fits as it is is planned as it always was."""
+    RAM, the search runs again with the storage choices of
+    :func:`~spikeforge.hw.fit.storage_options` for each (``sdram``: the
+    board has an SDRAM for an fc layer's weights; one current memory a
+    layer), so a network that fits as it is is planned as it always was.
+    An override is taken as it is when the device's block RAM holds it,
+    else with those choices."""
     if device not in DEVICES:
         raise PlanError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     if lanes is not None:
@@ -166,11 +178,18 @@ def plan(net, work, device: str, board=(), lanes=None, words=None, moves=MOVES,
             words = word_lanes(net, lanes, words)
     elif words is not None:
         raise PlanError("words are given with the lanes they split (--lanes)")
+    passes = {}
     for fallback in (False, True):
-        seen, best, chosen, mine = _search(net, work, device, board, lanes, words, moves,
-                                           fallback, sdram)
-        if chosen["fits"]:
+        passes[fallback] = _search(net, work, device, board, lanes, words, moves, fallback,
+                                   sdram)
+        if passes[fallback][2]["fits"]:
             break
+    seen, best, chosen, _ = passes[fallback]
+    mine = passes[False][3]
+    if mine is not None and mine["bram"] > DEVICES[device].blocks:
+        if True not in passes:
+            passes[True] = _search(net, work, device, board, lanes, words, moves, True, sdram)
+        mine = passes[True][3]
     if mine is not None and mine["bram"] > DEVICES[device].blocks:
         # an override: the device's block RAM is its only hard limit
         raise PlanError(f"lanes {mine['lanes']} do not fit {device}: {mine['why_not']}")

@@ -32,7 +32,9 @@ of a READ decided in cycle ``c`` is in the input register in cycle
 ``c + cl + 2`` (``read_delay``).  That is the chip clocked with the fabric's
 own clock, which is what :class:`SdramModel` simulates.  A board that clocks
 the chip with the inverted clock (commands taken half a cycle after they
-leave) sees the data half a cycle earlier and sets ``read_delay`` to match.
+leave) sees the data a cycle earlier (``clock_inverted``; the model's
+:meth:`~SdramModel.testbench` with ``half_period``), and a board with
+registers between the pins and the chip counts them (``io_stages``).
 """
 
 from __future__ import annotations
@@ -146,11 +148,17 @@ class SdramController(wiring.Component):
         Words the read FIFO holds (READs in flight included); 3 or more.
     read_delay : int or None
         Cycles from a READ's decision to its word in the input register
-        (default ``cl + 2 + 2 * io_stages``: the model's convention).
+        (default ``cl + 2 + 2 * io_stages``, one less with
+        ``clock_inverted``: the model's convention).
     io_stages : int
         Registers each way between the pins and the chip (a board's I/O
         flip-flops): the chip sees every pin ``io_stages`` cycles later, and
         its words reach ``dq_i`` ``io_stages`` cycles later.
+    clock_inverted : bool
+        The chip is clocked with the fabric's clock inverted: it takes the
+        pins half a cycle after they change and drives a read's word half a
+        cycle before the fabric's edge that takes it, a cycle earlier than
+        on the fabric's own clock (``read_delay`` one less).
 
     Members
     -------
@@ -168,13 +176,15 @@ class SdramController(wiring.Component):
 
     def __init__(self, freq_hz: float, geom: SdramGeometry = ULX3S_SDRAM,
                  timing: SdramTiming = SdramTiming(), cl: int | None = None,
-                 read_fifo: int = 8, read_delay: int | None = None, io_stages: int = 0):
+                 read_fifo: int = 8, read_delay: int | None = None, io_stages: int = 0,
+                 clock_inverted: bool = False):
         self.geom, self.timing = geom, timing
         self.cl = cl if cl is not None else (2 if freq_hz <= 100e6 else 3)
         if self.cl not in (2, 3):
             raise SpikeforgeError(f"SDRAM CAS latency must be 2 or 3, not {self.cl}")
         self.t = timing.cycles(freq_hz)
-        self.read_delay = read_delay if read_delay is not None else self.cl + 2 + 2 * io_stages
+        self.read_delay = (read_delay if read_delay is not None
+                           else self.cl + 2 + 2 * io_stages - int(clock_inverted))
         self.read_fifo = read_fifo
         # (a 2-word SyncFIFOBuffered takes a second word only a cycle after
         # its first leaves the memory for the output register: back-to-back
@@ -345,22 +355,30 @@ class SdramModel:
         self.first_ref = 0              # refresh debt counted from LOAD MODE REGISTER
         self.commands = {name: 0 for name in _NAMES.values()}
 
-    def testbench(self, pins, seed: int | None = None, log: list | None = None):
+    def testbench(self, pins, seed: int | None = None, log: list | None = None,
+                  half_period: float | None = None):
         """An Amaranth testbench (``add_testbench(..., background=True)``)
         that runs this model on a controller's ``pins``: after each clock
         edge it takes the pins of the new cycle and drives ``dq_i``.  With a
         ``seed`` an undriven bus reads as random words drawn from it (a word
         taken a cycle off is caught), without one as 0.  ``log``: a list
-        that gets ``(cycle, command, bank, address)`` of each command but NOP."""
+        that gets ``(cycle, command, bank, address)`` of each command but NOP.
+        ``half_period`` (seconds): the chip on the inverted clock: it takes
+        the pins half a cycle after each edge and drives, from then on, the
+        word of its next cycle."""
         import random
         rng = random.Random(seed)
 
         async def chip(ctx):
             while True:
                 await ctx.tick()
+                if half_period:
+                    await ctx.delay(half_period)
                 cmd = ctx.get(pins.cmd)
                 out = self.edge(ctx.get(pins.cke), cmd, ctx.get(pins.ba), ctx.get(pins.a),
                                 ctx.get(pins.dq_o), ctx.get(pins.dq_oe), ctx.get(pins.dqm))
+                if half_period:   # the word driven until the next edge: the next cycle's
+                    out = self.reads.get(self.n + 1)
                 if log is not None and cmd != NOP:
                     log.append((self.n, cmd, ctx.get(pins.ba), ctx.get(pins.a)))
                 if out is None:

@@ -237,7 +237,7 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     (:func:`spikeforge.hw.plan.plan`, from the spike traces of the first
     training images of the run's data set), ``lanes`` (and ``words``) as a
     validated override; written to ``RUN/plan.json``."""
-    from spikeforge.boards.build import BOARDS, board_memories
+    from spikeforge.boards.build import BOARDS, board_memories, has_sdram
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
     from spikeforge.sw import data as sfdata
@@ -246,7 +246,7 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
     device = device or BOARDS[board].DEVICE
     p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes, words=words,
-                     sdram=getattr(BOARDS[board], "SDRAM", None) is not None)
+                     sdram=has_sdram(board))
     rec = {"board": board, **p, "traces": f"{PLAN_IMAGES} training images of {dataset}"}
     (run / PLAN).write_text(json.dumps(rec, indent=1) + "\n")
     return rec
@@ -377,13 +377,14 @@ def step_export(run: Path, args) -> None:
                         want_words)
         lanes, words = rec["lanes"], rec["words"]
         print(f"lanes {'given' if want else 'planned'}: {lanes}, words {words} -> {run / PLAN}")
+    from spikeforge.hw.fit import check_storage, describe_storage
     fifo = planned_fifo_depth(run)
     sdram, banks = planned_storage(run)
+    check_storage(net, lanes, words, sdram, banks, str(run / PLAN))
     written = image.export_hex(net, run / "hw", lanes, fifo, words, sdram, banks)
     print(f"{len(written)} memory images (P = {lanes}"
           + ("" if words is None else f", words {words}")
-          + (f", layer {sdram} weights in the SDRAM" if sdram else "")
-          + ("" if banks is None else f", current memories {banks}")
+          + "".join(f", {d}" for d in [describe_storage(sdram, banks)] if d)
           + (f", event FIFOs {fifo} deep" if fifo else "") + f") -> {run / 'hw'}")
 
 
@@ -424,11 +425,12 @@ def step_sim(run: Path, args) -> dict:
         words = words_for(run, lanes)
     contents = exported_memories(run, net, lanes, words)
     fifo = recorded_fifo_depth(run)
+    from spikeforge.hw.fit import check_storage, describe_storage
     sdram, banks = storage_for(run, lanes)
+    check_storage(net, lanes, words, sdram, banks, str(_memories_json(run)))
     print(f"building the Verilator model (P = {lanes}"
           + ("" if words is None else f", words {words}")
-          + (f", layer {sdram} weights in a model of the SDRAM" if sdram else "")
-          + ("" if banks is None else f", current memories {banks}")
+          + "".join(f", {d} (a model of the chip)" for d in [describe_storage(sdram, banks)] if d)
           + f", event FIFOs {fifo} deep) ...")
     sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents,
                       fifo_depth=fifo, words=words, sdram=sdram, banks=banks)
@@ -531,11 +533,9 @@ def step_report(run: Path, args) -> None:
                  (f"at {clock:g} MHz", f"{clock * 1e6 / sim['interval_cycles']:.0f} inferences/s, "
                   f"latency {sim.get('first_image_cycles', cyc['mean']) / clock:.1f} us alone, "
                   f"{cyc['mean'] / clock:.1f} us streaming")]
-        if sim.get("sdram") or sim.get("banks"):
-            rows.append(("engine storage", "; ".join(
-                [f"layer {n}'s weights in the SDRAM" for n in sim.get("sdram") or ()]
-                + [f"layer {n} with one current memory"
-                   for n, b in enumerate(sim.get("banks") or ()) if b == 1])))
+        from spikeforge.hw.fit import describe_storage
+        if describe_storage(sim.get("sdram"), sim.get("banks")):
+            rows.append(("engine storage", describe_storage(sim.get("sdram"), sim.get("banks"))))
         from spikeforge.boards.build import read_reports
         for board, rep in read_reports(run).items():
             if "inferences_per_second" in rep:

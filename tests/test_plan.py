@@ -343,7 +343,7 @@ def test_a_network_over_the_block_ram_falls_back_on_the_sdram_and_one_current_me
     there and layer 0 keeps one current memory, each block counted; on the
     85F, where it fits as it is, the plan is the same with or without the
     SDRAM (the fallback search runs only when nothing fits)."""
-    from spikeforge.hw.fit import check_fit, storage
+    from spikeforge.hw.fit import check_fit, storage_options
     net, _ = B.default_network("ulx3s")
     work, board = _work(net), B.board_memories(net, "ulx3s")
     with pytest.raises(planner.PlanError, match="no lane choice fits ecp5-45f"):
@@ -353,7 +353,8 @@ def test_a_network_over_the_block_ram_falls_back_on_the_sdram_and_one_current_me
     assert ch["fits"] and p["sdram"] == [2] == ch["sdram"] and p["banks"] == [1, 2, 2, 2]
     assert "S2,1c0" in planner.table(p)
     lanes, words = p["lanes"], p["words"]
-    assert storage(net, lanes, "ecp5-45f", board, words, True, limit) == ((2,), [1, 2, 2, 2])
+    opts = storage_options(net, lanes, "ecp5-45f", board, words, True, limit)
+    assert opts[1] == ((2,), [1, 2, 2, 2]) and opts[0][0] == ()   # with and without
     plain = block_count(net, lanes, "ecp5-45f", board, words)
     streamed = block_count(net, lanes, "ecp5-45f", board, words, sdram=(2,))
     both = block_count(net, lanes, "ecp5-45f", board, words, sdram=(2,), banks=[1, 2, 2, 2])
@@ -362,9 +363,16 @@ def test_a_network_over_the_block_ram_falls_back_on_the_sdram_and_one_current_me
     assert use["per_memory"]["L2_weights"] == 0 and "L0_cur1" not in use["per_memory"]
     assert use["sdram_layers"] == [2] and use["banks"] == [1, 2, 2, 2]
     # without the SDRAM only the current memories can give: not enough here
-    assert storage(net, lanes, "ecp5-45f", board, words, False, limit)[0] == ()
-    # the cycle model charges the streamed layer G * k SDRAM words and the
-    # row an event, one current memory its serial scans
+    (plain_choice,) = storage_options(net, lanes, "ecp5-45f", board, words, False, limit)
+    assert plain_choice[0] == () and block_count(net, lanes, "ecp5-45f", board, words,
+                                                 banks=plain_choice[1]) > limit
+    # a storage the engine cannot build is refused, named
+    with pytest.raises(planner.FitError, match="one whose weights can stream"):
+        check_fit(net, lanes, "ecp5-45f", board, words, (0,), None)
+    with pytest.raises(planner.FitError, match="each 1 or 2"):
+        check_fit(net, lanes, "ecp5-45f", board, words, (), [3, 2, 2, 2])
+    # the cycle model charges the streamed layer G * k SDRAM words an event
+    # and the rows it opens, one current memory its serial scans
     from spikeforge.hw import model
     from spikeforge.hw.network import core_params
     from spikeforge.hw.sdram import ULX3S_SDRAM
@@ -374,9 +382,12 @@ def test_a_network_over_the_block_ram_falls_back_on_the_sdram_and_one_current_me
     base = model.predict(net, lanes, work, 32, words)
     fast = model.predict(net, lanes, work, 32, words, banks=[1, 2, 2, 2])
     slow = model.predict(net, lanes, work, 32, words, sdram=(2,), banks=[1, 2, 2, 2])
-    per = cp.groups * sdram_words(cp, ULX3S_SDRAM) + model.SDRAM_EVENT_CYCLES
+    rows = sum(sum(model._sdram_rows(cp, lanes[1], img[2].inputs)) for img in work) / len(work)
+    assert 0 < rows <= events
+    per = cp.groups * sdram_words(cp, ULX3S_SDRAM)
     assert slow["layers"][2]["occupancy"] == pytest.approx(
-        events * per + model.SYN_FILL * net.spec.timesteps, rel=1e-9)
+        events * per + rows * model.SDRAM_ROW_CYCLES + model.SYN_FILL * net.spec.timesteps,
+        rel=1e-9)
     assert base["layers"][2]["occupancy"] == pytest.approx(
         events * cp.groups + model.SYN_FILL * net.spec.timesteps, rel=1e-9)
     assert fast["layers"][0]["occupancy"] > base["layers"][0]["occupancy"]

@@ -24,11 +24,13 @@ def cycles(timing=FAST, freq=FREQ):
     return timing.cycles(freq)
 
 
-def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0, log=None):
+def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0, log=None,
+             inverted=False):
     """Drive ``beats`` ((write, addr, data) each) into ``dut`` with random
     gaps, take the read words with random stalls, the chip modelled; the
     words read, the model and the cycle count.  ``log``: a list that gets
-    ``(cycle, command, bank, address)`` of every command but NOP."""
+    ``(cycle, command, bank, address)`` of every command but NOP;
+    ``inverted``: the chip on the inverted clock."""
     rng = random.Random(seed)
     model = SdramModel(dut.geom, cycles(timing))
     n_reads = sum(1 for w, _, _ in beats if not w)
@@ -53,7 +55,9 @@ def simulate(dut, beats, *, seed=0, idle=0.3, stall=0.3, timing=FAST, extra=0, l
     sim.add_clock(1 / FREQ)
     sim.add_testbench(source)
     sim.add_testbench(sink)
-    sim.add_testbench(model.testbench(dut.pins, seed, log), background=True)
+    sim.add_testbench(model.testbench(dut.pins, seed, log,
+                                      half_period=0.5 / FREQ if inverted else None),
+                      background=True)
     sim.add_testbench(count, background=True)
     steps = 0
     while sim.advance():
@@ -130,18 +134,23 @@ class IoRegistered(Elaboratable):
         return m
 
 
-def test_a_register_each_way_to_the_chip_is_counted_in_the_read_delay():
-    """The ULX3S puts every SDRAM pin in its I/O cell's flip-flop: with
-    ``io_stages=1`` the controller reads every word back through a register
-    each way, within the chip's timing; the same registers with the delay of
-    no registers read the wrong words."""
+def test_a_register_each_way_and_the_inverted_clock_are_counted_in_the_read_delay():
+    """The ULX3S puts every SDRAM pin in its I/O cell's flip-flop and clocks
+    the chip with the inverted clock: the controller with ``io_stages=1``
+    and ``clock_inverted`` reads every word back through a register each way
+    from the chip model on the inverted clock, within the chip's timing;
+    the registers on the fabric's clock too; the wrong read delay for either
+    reads the wrong words."""
     beats, expect = random_beats(random.Random(5), 300)
-    dut = IoRegistered(1, io_stages=1)
-    assert dut.ctl.read_delay == dut.ctl.cl + 4
-    got, model, _ = simulate(dut, beats, seed=5)
+    board = IoRegistered(1, io_stages=1, clock_inverted=True)
+    assert board.ctl.read_delay == board.ctl.cl + 3
+    got, model, _ = simulate(board, beats, seed=5, inverted=True)
     assert got == expect and model.commands["READ"] == len(expect)
-    wrong = IoRegistered(1)
-    assert simulate(wrong, beats, seed=5)[0] != expect
+    plain = IoRegistered(1, io_stages=1)
+    assert plain.ctl.read_delay == plain.ctl.cl + 4
+    assert simulate(plain, beats, seed=5)[0] == expect
+    assert simulate(IoRegistered(1, io_stages=1), beats, seed=5, inverted=True)[0] != expect
+    assert simulate(IoRegistered(1), beats, seed=5)[0] != expect
 
 
 def test_a_row_streams_a_word_a_cycle():

@@ -266,6 +266,13 @@ def test_storage_fallbacks_match_the_golden_model(build_root, tmp_path, seed, la
     if sdram:
         assert (tmp_path / "one" / "sdram.hex").exists()
         assert sum(r.perf[n]["events_in"] for r in sim.images) > 0
+    # the cycle model (the planner's) with the same storage, images back to back
+    from spikeforge.hw import model
+    pred = model.predict(net, lanes, model.traces(net, x), sb.top.fifo_depth, sdram=layers,
+                         banks=bs)
+    done = [r.done_at for r in sim.images]
+    assert pred["interval_cycles"] == pytest.approx((done[-1] - done[0]) / (len(done) - 1),
+                                                    rel=0.15)
     if banks:   # the same images with two current memories: fewer cycles
         plain = runner.run(runner.build(net, lanes, build_root, depth=1 << 14, sdram=layers),
                            x, tmp_path / "two")
