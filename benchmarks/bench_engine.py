@@ -50,7 +50,7 @@ BEFORE_REV = "06b9b42"  # the engine before the throughput work (one tap, one sp
 
 
 def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = None,
-            words=None) -> dict:
+            words=None, sdram=(), banks=None) -> dict:
     """The run's engine (event FIFOs of ``fifo_depth``, default the run's
     export's; ``words`` per layer, default a word per lane group) on its
     first test images, back to back under Verilator.  Also run by the
@@ -73,7 +73,8 @@ def measure(run: Path, images: int, lanes, work: Path, fifo_depth: int | None = 
         except ImportError:   # an earlier revision: its engine's FIFOs are fixed
             pass
     kw = ({} if fifo_depth is None else {"fifo_depth": fifo_depth}) | (
-        {} if words is None else {"words": words})
+        {} if words is None else {"words": words}) | (
+        {} if not sdram and banks is None else {"sdram": sdram, "banks": banks})
     sb = runner.build(net, lanes, work / "build", depth=depth, **kw)
     build_s = time.time() - t0
     sim = runner.run(sb, x, work / "sim")
@@ -146,7 +147,7 @@ def measure_before(run: Path, images: int, lanes: str, rev: str, root: Path) -> 
 
 def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: str) -> None:
     from spikeforge import image
-    from spikeforge.flow import recorded_fifo_depth, recorded_words
+    from spikeforge.flow import recorded_fifo_depth, recorded_words, storage_for
     from spikeforge.hw import model
     from spikeforge.hw.network import core_params
     from spikeforge.sw import data as sfdata
@@ -158,16 +159,17 @@ def table_compare(run: Path, images: int, before_rev: str | None, before_lanes: 
         sys.exit(f"{idx} is missing: run `spikeforge export {run}` first (the planned lanes)")
     lanes = json.loads(idx.read_text())["lanes"]
     words = recorded_words(run)
+    sdram, banks = storage_for(run, lanes)   # the export's: an fc layer in the SDRAM...
     T = net.spec.timesteps
     print(f"## 1. {run}: {net.spec.name}, T = {T}, {images} test images, Verilator\n")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         (d / "after").mkdir()
-        after = measure(run, images, lanes, d / "after", words=words)
+        after = measure(run, images, lanes, d / "after", words=words, sdram=sdram, banks=banks)
         before = (measure_before(run, images, before_lanes, before_rev, d / "before")
                   if before_rev else None)
     work = model.traces(net, x)
-    pred = model.predict(net, lanes, work, recorded_fifo_depth(run), words)
+    pred = model.predict(net, lanes, work, recorded_fifo_depth(run), words, sdram, banks)
     # accumulates per layer: every input spike's in-bounds taps x C_out (the
     # model's traces); layer 0: every set bit of the input the engine is sent
     # (a held frame once)
@@ -247,7 +249,7 @@ def table_synth(run: Path) -> None:
     from amaranth.back import rtlil
 
     from spikeforge import image, toolchain
-    from spikeforge.flow import recorded_fifo_depth, recorded_words
+    from spikeforge.flow import recorded_fifo_depth, recorded_words, storage_for
     from spikeforge.hw.fit import check_fit
     from spikeforge.hw.memory import SYNTHESIS
     from spikeforge.hw.network import NetworkTop
@@ -255,7 +257,9 @@ def table_synth(run: Path) -> None:
     net, _ = image.read_image(run / "weights.sfimg")
     lanes = json.loads((run / "hw" / "memories.json").read_text())["lanes"]
     words = recorded_words(run)
-    top = NetworkTop(net, lanes, fifo_depth=recorded_fifo_depth(run), words=words)
+    sdram, banks = storage_for(run, lanes)
+    top = NetworkTop(net, lanes, fifo_depth=recorded_fifo_depth(run), words=words,
+                     sdram=tuple(sdram), banks=banks)
     t0 = time.time()
     text = rtlil.convert(top, name="engine", platform=SYNTHESIS)
     print(f"\n## 2. Synthesis of the engine of {run} (lanes {lanes}): RTLIL export "
@@ -267,7 +271,7 @@ def table_synth(run: Path) -> None:
     muls = sum(cells.get(k, 0) for k in ("MULT18X18D", "$mul", "$__MUL18X18"))
     print(f"ecp5 (synth_ecp5, {dt:.0f} s): " + ", ".join(f"{k} {cells.get(k, 0)}" for k in keys))
     print(f"multiplier cells: {muls}; block RAM predicted by check_fit: "
-          f"{check_fit(net, lanes, 'ecp5-85f', words=words)['blocks']}")
+          f"{check_fit(net, lanes, 'ecp5-85f', (), words, sdram, banks)['blocks']}")
 
 
 def main(argv=None) -> None:

@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     from bench_engine import measure
 
     from spikeforge import image
-    from spikeforge.boards.build import BOARDS, board_memories
+    from spikeforge.boards.build import BOARDS, board_memories, has_sdram
     from spikeforge.flow import PLAN_IMAGES, image_data
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
@@ -53,26 +53,30 @@ def main(argv=None) -> None:
     ds = sfdata.load(dataset, seed=seed)
     t0 = time.time()
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
-    p = planner.plan(net, work, BOARDS[args.board].DEVICE, board_memories(net, args.board))
+    p = planner.plan(net, work, BOARDS[args.board].DEVICE, board_memories(net, args.board),
+                     sdram=has_sdram(args.board))
     print(f"## {args.run}: {net.spec.name}, T = {net.spec.timesteps}, planned in "
           f"{time.time() - t0:.1f} s\n")
     print(planner.table(p, limit=len(p["candidates"])))
     if args.no_sim:
         return
-    choices = ([(lane_counts(net, [int(v) for v in s.split(",")]), None) for s in args.lanes]
-               if args.lanes else [(p["lanes"], p.get("words"))]
-               + [(lanes, words) for lanes, words in OTHERS
+    # (lanes, words, sdram, banks): the plan's storage with its choice, as it is for the others
+    choices = ([(lane_counts(net, [int(v) for v in s.split(",")]), None, [], None)
+                for s in args.lanes]
+               if args.lanes else [(p["lanes"], p.get("words"), p.get("sdram", []), p.get("banks"))]
+               + [(lanes, words, [], None) for lanes, words in OTHERS
                   if len(lanes) == len(net.layers) and (lanes, words) != (p["lanes"], p.get("words"))])
     test = model.traces(net, ds.x_test[:args.images])
     print(f"\n## cycle model against Verilator ({args.images} test images back to back)\n")
     print(f"{'lanes':<16} {'words':<10} {'interval pred':>13} {'measured':>9} {'error':>6} "
           f"{'latency pred':>12} {'measured':>9} {'error':>6}  (build s)")
-    for lanes, words in choices:
-        pred = model.predict(net, lanes, test, p["fifo_depth"], words)
-        first = model.predict(net, lanes, test[:1], p["fifo_depth"],
-                              words)["cycles_per_inference"]
+    for lanes, words, sdram, banks in choices:
+        pred = model.predict(net, lanes, test, p["fifo_depth"], words, sdram, banks)
+        first = model.predict(net, lanes, test[:1], p["fifo_depth"], words, sdram,
+                              banks)["cycles_per_inference"]
         with tempfile.TemporaryDirectory() as d:
-            m = measure(args.run, args.images, lanes, Path(d), p["fifo_depth"], words)
+            m = measure(args.run, args.images, lanes, Path(d), p["fifo_depth"], words, sdram,
+                        banks)
         done = m["done_at"]
         interval = (done[-1] - done[0]) / (len(done) - 1)
         alone = m["cycles"][0]

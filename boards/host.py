@@ -380,8 +380,9 @@ class Board:
     def attach(self, net, lanes=None, words=None) -> None:
         """Use ``net`` with ``lanes`` (and ``words``, as built) on this board
         (checks the bitstream's design id, writes nothing: the bitstream's
-        own weights are used, and an iCE40 build's weights in SPRAM, which no
-        bitstream holds, stay empty until :meth:`load`).  ``lanes=None``:
+        own weights are used, and an iCE40 build's weights in SPRAM and a
+        ULX3S build's in its SDRAM, which no bitstream holds, stay empty until
+        :meth:`load`).  ``lanes=None``:
         the one lane count for all layers whose design id the board reports."""
         from spikeforge.hw.network import lane_counts
         from spikeforge.hw.streams import EventFormat

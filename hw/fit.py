@@ -48,7 +48,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spikeforge.config import LayerKind
 from spikeforge.errors import SpikeforgeError
 
 from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ICE40_CONFIGS, ecp5_in_lutram,

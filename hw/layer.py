@@ -35,7 +35,6 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, flipped
 
-from spikeforge.config import LayerKind
 
 from .arith import copies
 from .memory import SlicedMemory, SpramMemory, read_data
