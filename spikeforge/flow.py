@@ -528,8 +528,7 @@ def step_report(run: Path, args) -> None:
                  ("cycles per inference", f"{cyc['mean']:.0f} (min {cyc['min']}, max {cyc['max']})"),
                  ("cycles between images", f"{sim['interval_cycles']:.0f} (images back to "
                                            "back)"),
-                 ("cycles for an image alone", f"{sim.get('first_image_cycles', cyc['mean']):.0f}"
-                  + (" (the SDRAM's 200 us power-up within it)" if sim.get("sdram") else "")),
+                 ("cycles for an image alone", f"{sim.get('first_image_cycles', cyc['mean']):.0f}"),
                  (f"at {clock:g} MHz", f"{clock * 1e6 / sim['interval_cycles']:.0f} inferences/s, "
                   f"latency {sim.get('first_image_cycles', cyc['mean']) / clock:.1f} us alone, "
                   f"{cyc['mean'] / clock:.1f} us streaming")]
