@@ -432,7 +432,7 @@ def test_a_planned_sdram_layer_flows_to_export_and_verify(tmp_path, monkeypatch,
     capsys.readouterr()
     assert cli.main(["verify", str(r), "--images", "8"]) == 0
     out = capsys.readouterr().out
-    assert "weights in a model of the SDRAM" in out
+    assert "layer 0's weights in the SDRAM (a model of the chip)" in out
     sim = json.loads((r / "sim.json").read_text())
     assert sim["sdram"] == [0] and sim["mismatches"] == 0
     assert (r / "sim_work" / "sdram.hex").exists()
