@@ -360,7 +360,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     bitstream still runs at the clock, ``timing_met`` compares Fmax with the
     clock and the report records ``target_mhz``.  ``seed``: nextpnr's
     placement seed (recorded as ``nextpnr_seed``; default nextpnr's own).
-    ``sdram``, ``banks``: the storage (:func:`spikeforge.hw.fit.storage`: a
+    ``sdram``, ``banks``: the storage (:func:`spikeforge.hw.fit.storage_options`: a
     layer's weights in the ULX3S's SDRAM, current memories per layer).
     """
     from spikeforge import toolchain

@@ -111,7 +111,7 @@ class BoardTop(wiring.Component):
     sdram, banks :
         A layer whose weights stream from the board's SDRAM chip, current
         memories per layer (:class:`NetworkTop`; the plan's storage,
-        :func:`spikeforge.hw.fit.storage`).  With ``sdram`` the top has the
+        :func:`spikeforge.hw.fit.storage_options`).  With ``sdram`` the top has the
         chip's pins, ``sdram_pins``, which the board wrapper takes to its
         chip; the controller's timing is counted in ``clock_hz``;
         ``sdram_io``, ``sdram_clock_inverted``: the wrapper's registers each

@@ -16,8 +16,9 @@ between a pad and its register), and the chip's clock is the design clock
 inverted (an ``ODDRX1F`` giving 0 then 1): the chip takes a command half a
 cycle after it leaves its I/O register, and a read's word, driven by the
 chip half a cycle before the fabric's edge, is in the input register at
-that edge while half a period exceeds the chip's access time (6 ns at CAS
-latency 2) and the board's wires: up to about 70 MHz.  The controller
+that edge while half a period covers the clock's pad delay, the chip's
+access time (6 ns at CAS latency 2), the board's wires and the input
+register's setup: about 12 ns by estimate, so up to :data:`SDRAM_MAX_MHZ`.  The controller
 counts the two registers and the half cycle in its read delay
 (``io_stages``, ``clock_inverted``: the word of a READ decided in cycle
 ``c`` is in its input register in cycle ``c + cl + 3``).  Not tried on a
@@ -42,17 +43,19 @@ BITSTREAM = "top.bit"
 BATCH_BEATS = 4096
 CLOCK_HZ = 25_000_000
 #: the board's SDRAM chip (an fc layer's weights can stream from it:
-#: :func:`spikeforge.hw.fit.storage`)
+#: :func:`spikeforge.hw.fit.storage_options`)
 SDRAM = "sdram"
 #: registers each way between the SDRAM controller's pins and the chip: the
 #: I/O cells' flip-flops (:func:`sdram_pins`)
 SDRAM_IO_STAGES = 1
 #: the chip's clock is the design clock inverted (:func:`sdram_pins`)
 SDRAM_CLOCK_INVERTED = True
-#: the highest clock the inverted clock's half period serves (the chip's
-#: 6 ns access time and the board's wires within it): a build with its
-#: SDRAM in use is refused above it, and ``--clock-mhz auto`` stays under it
-SDRAM_MAX_MHZ = 70
+#: the highest clock whose half period serves a read on the inverted clock:
+#: the clock's way out through its pad, the chip's 6 ns access time, the
+#: traces and the input register's setup, about 12 ns by estimate (nextpnr
+#: times no I/O path); a build with its SDRAM in use is refused above it,
+#: and ``--clock-mhz auto`` stays under it
+SDRAM_MAX_MHZ = 40
 
 
 def platform():

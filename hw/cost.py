@@ -214,7 +214,7 @@ def estimate(net, P, device: str, board=(), words=None, sdram=(), banks=None) ->
     memories ``board``; ``spram``: the iCE40 SPRAM blocks of the weights
     :func:`~spikeforge.hw.fit.spram_layers` puts there; ``util``: ``cells``
     over the device's logic cells); ``sdram`` and ``banks``: the storage of
-    :func:`~spikeforge.hw.fit.storage`)."""
+    :func:`~spikeforge.hw.fit.storage_options`)."""
     from .fit import DEVICES, device_plan, plan_blocks, spram_use
     cm = load(device)
     dev = DEVICES[device]

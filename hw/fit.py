@@ -134,7 +134,7 @@ def memory_plan(net, P, board=(), words=None, spram=(), fifo_depth=None, sdram=(
     (and ``words`` and ``banks``, :func:`~spikeforge.hw.network.core_params`), and the
     board top's memories ``board`` (``(name, width, depth)`` each); the
     weights of the layers in ``spram`` marked as SPRAM (:func:`spram_layers`),
-    of those in ``sdram`` as SDRAM (:func:`storage`);
+    of those in ``sdram`` as SDRAM (:func:`storage_options`);
     with ``fifo_depth``, the event FIFOs of that depth and the spike queues."""
     out = [MemoryUse(-1, name, w, d) for name, w, d in board]
     event_bits = EventFormat.for_network(net).width
@@ -213,7 +213,7 @@ def device_plan(net, P, device: str, board=(), words=None, spram=None, sdram=(),
     """:func:`memory_plan` as ``device`` builds it: its event FIFO depth,
     the weights :func:`spram_layers` puts in SPRAM (``spram``: that choice,
     when the caller has it), the weights of ``sdram`` in the SDRAM and
-    ``banks`` current memories per layer (:func:`storage`)."""
+    ``banks`` current memories per layer (:func:`storage_options`)."""
     if spram is None:
         spram = spram_layers(net, P, device, board, words)
     return memory_plan(net, P, board, words, spram, _device(device).event_fifo_depth, sdram,
@@ -318,7 +318,7 @@ def plan_blocks(plan: list[MemoryUse], device: str) -> int:
 def check_fit(net, P, device: str, board=(), words=None, sdram=(), banks=None) -> dict:
     """Refuse (:class:`FitError`) a network whose memories need more block RAM
     than ``device`` has (with ``sdram``'s weights in the SDRAM and ``banks``
-    current memories per layer: :func:`storage`); otherwise return the use:
+    current memories per layer: :func:`storage_options`); otherwise return the use:
     ``{"device", "blocks", "available", "bits", "per_memory": {name: blocks},
     "spram_layers", "spram", "spram_available", "sdram_layers", "banks"}``
     (the layers whose weights are in SPRAM, its blocks used and the device's)."""

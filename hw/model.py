@@ -100,7 +100,10 @@ def _sdram_rows(cp, prev_lanes: int, inputs) -> list[int]:
     are ``G * k`` SDRAM words an input neuron, in order
     (:mod:`~spikeforge.hw.weightstream`); the events come in the order the
     previous layer's scan sends them (by lane group, position, lane;
-    ``prev_lanes`` 0: as given, layer 0's input)."""
+    ``prev_lanes`` 0: as given, layer 0's input).  A row is opened for the
+    first event, for an event whose first word is in another row than the
+    last event's last word, and where an event's words cross into the next
+    row."""
     from .sdram import ULX3S_SDRAM as g
     from .weightstream import sdram_words
     _, hp, wp = cp.in_shape
@@ -114,8 +117,9 @@ def _sdram_rows(cp, prev_lanes: int, inputs) -> list[int]:
         if prev_lanes:
             flat = flat[torch.argsort(((c // prev_lanes * hp + y) * wp + x) * prev_lanes
                                       + c % prev_lanes)]
-        rows = (flat * per) >> g.col_bits          # bank and row: one open at a time
-        out.append(1 + int((rows[1:] != rows[:-1]).sum()))
+        # bank and row (one open at a time) of each event's first and last word
+        first, last = (flat * per) >> g.col_bits, ((flat + 1) * per - 1) >> g.col_bits
+        out.append(1 + int((first[1:] != last[:-1]).sum()) + int((first != last).sum()))
     return out
 
 

@@ -106,9 +106,12 @@ def evaluate(net, lanes, work, device: str, board=(), words=None, fallback: bool
         return _candidate(net, lanes, work, device, board, words, (), None)
     dev = DEVICES[device]
     limit = cost.load(device).bram_limit(dev.blocks)
+    # (one the device's block RAM holds before a faster one it does not: an
+    # override's only hard limit)
     return max((_candidate(net, lanes, work, device, board, words, sd, bs)
                 for sd, bs in storage_options(net, lanes, device, board, words, sdram_ok,
-                                              limit)), key=_key)
+                                              limit)),
+               key=lambda c: (c["fits"], c["bram"] <= dev.blocks, *_key(c)[1:]))
 
 
 def _candidate(net, lanes, work, device, board, words, sdram, banks) -> dict:

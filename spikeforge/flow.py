@@ -317,7 +317,7 @@ def recorded_words(run: Path) -> list[int] | None:
 def planned_storage(run: Path) -> tuple[list[int], list[int] | None]:
     """``(sdram, banks)`` of ``RUN/plan.json``: the layers whose weights
     stream from the SDRAM and the current memories per layer
-    (:func:`spikeforge.hw.fit.storage`); ``([], None)`` when it records none."""
+    (:func:`spikeforge.hw.fit.storage_options`); ``([], None)`` when it records none."""
     return (_field(run / PLAN, "sdram", files.COUNTS, optional=True) or [],
             _field(run / PLAN, "banks", files.POSITIVE_INTS, optional=True))
 
@@ -430,7 +430,8 @@ def step_sim(run: Path, args) -> dict:
     check_storage(net, lanes, words, sdram, banks, str(_memories_json(run)))
     print(f"building the Verilator model (P = {lanes}"
           + ("" if words is None else f", words {words}")
-          + "".join(f", {d} (a model of the chip)" for d in [describe_storage(sdram, banks)] if d)
+          + "".join(f", {d}" for d in [describe_storage(sdram, banks)] if d)
+          + (" (a model of the chip)" if sdram else "")
           + f", event FIFOs {fifo} deep) ...")
     sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents,
                       fifo_depth=fifo, words=words, sdram=sdram, banks=banks)

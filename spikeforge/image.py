@@ -600,7 +600,7 @@ def export_hex(net: IntNetwork, out_dir: str | os.PathLike, P: int | list[int],
     ``fifo_depth``: the engine's event FIFO depth, ``words`` the input
     channels per event (:func:`input_lanes`), ``sdram`` the layers whose
     weights stream from the SDRAM and ``banks`` the current memories per
-    layer (:func:`spikeforge.hw.fit.storage`), recorded beside the lanes."""
+    layer (:func:`spikeforge.hw.fit.storage_options`), recorded beside the lanes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mems = memories(net, P, words)

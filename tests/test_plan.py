@@ -382,8 +382,9 @@ def test_a_network_over_the_block_ram_falls_back_on_the_sdram_and_one_current_me
     base = model.predict(net, lanes, work, 32, words)
     fast = model.predict(net, lanes, work, 32, words, banks=[1, 2, 2, 2])
     slow = model.predict(net, lanes, work, 32, words, sdram=(2,), banks=[1, 2, 2, 2])
-    rows = sum(sum(model._sdram_rows(cp, lanes[1], img[2].inputs)) for img in work) / len(work)
-    assert 0 < rows <= events
+    rows = sum(sum(model._sdram_rows(cp, core_params(net, lanes, words=words)[1].P,
+                                     img[2].inputs)) for img in work) / len(work)
+    assert 0 < rows <= 2 * events
     per = cp.groups * sdram_words(cp, ULX3S_SDRAM)
     assert slow["layers"][2]["occupancy"] == pytest.approx(
         events * per + rows * model.SDRAM_ROW_CYCLES + model.SYN_FILL * net.spec.timesteps,
@@ -440,3 +441,40 @@ def test_a_planned_sdram_layer_flows_to_export_and_verify(tmp_path, monkeypatch,
     other = [1, 1] if p["lanes"] != [1, 1] else [2, 1]
     assert flow.storage_for(r, other) == ([], None)
     shutil.rmtree(r / "sim_build")
+
+
+def test_the_sdram_rows_an_fc_layer_opens():
+    """The rows a streamed fc layer opens, by hand: the default network's fc
+    layer (1,568 inputs of 32 channels at 7 x 7) at 8 lanes takes G * k =
+    8 * 4 = 32 SDRAM words an input, 16 inputs a 512-word row; the events
+    come in the previous layer's scan order (lane group, position, lane)."""
+    import torch
+    from spikeforge.hw import model
+    from spikeforge.hw.network import core_params
+    net, _ = B.default_network("ulx3s")
+    cp = core_params(net, [1, 1, 8, 1])[2]
+    assert cp.groups * 4 == 32 and cp.in_shape == (32, 7, 7)
+
+    def rows(cs, prev_lanes=0, pos=(0, 0)):
+        c = torch.tensor(cs)
+        return model._sdram_rows(cp, prev_lanes, [(c, torch.full_like(c, pos[0]),
+                                                   torch.full_like(c, pos[1]))])
+    # inputs c * 49: c = 0 in row 0; c = 1 at word 49 * 32 = 1,568: row 3
+    assert rows([0]) == [1] and rows([0, 1]) == [2] and rows([1, 0, 1]) == [3]
+    # positions 0..15 of channel 0 share row 0, 16 starts row 1
+    c = torch.zeros(17, dtype=torch.long)
+    x = torch.arange(17)
+    assert model._sdram_rows(cp, 0, [(c[:16], c[:16], x[:16])]) == [1]
+    assert model._sdram_rows(cp, 0, [(c, c, x)]) == [2]
+    # the scan's order: with 2 lanes a group, channels 0 and 2 (group 0 and 1)
+    # at one position come after channel 1 (group 0): 0, 1, 2 -> rows 0, 3, 6
+    assert rows([2, 1, 0], prev_lanes=2) == [3] and rows([], prev_lanes=2) == [0]
+    # an event whose words cross a row: a second row opened (layer 2 at 12 lanes,
+    # G * k = 6 * 6 = 36 words: input 14 spans words 504 .. 539)
+    cp12 = core_params(net, [1, 1, 12, 1])[2]
+    assert cp12.groups == 6
+    per = cp12.groups * -(-cp12.weight_width // 16)
+    start = 14 * per
+    assert start // 512 != (start + per - 1) // 512
+    assert model._sdram_rows(cp12, 0, [(torch.tensor([0]), torch.tensor([2]),
+                                        torch.tensor([0]))]) == [2]
