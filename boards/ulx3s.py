@@ -9,6 +9,15 @@ L4 = FPGA tx); at 25 MHz the default 1 Mbaud is an exact divisor (25).  LEDs
 
 Flash with ``openFPGALoader --board ulx3s top.bit``.
 
+Batch mode (``spikeforge infer --batch N``): an image store of
+:data:`BATCH_BEATS` event beats in block RAM (4,096 beats: about 26 images
+of the default MNIST network at ~153 beats each; with its 36-bit events 8 of
+the 85F's 208 EBRs, counted by :func:`.build.board_memories`).  Not more:
+the planned default engine takes 166 of them, and a plan keeps the engine
+with the board's memories within the 183 EBRs a ULX3S build has been seen
+to route at (``bram_ceiling`` in ``hw/cost_model.json``: a build at 205 did
+not route).
+
 SDRAM (a plan that streams an fc layer's weights from the chip:
 :func:`sdram_pins`): every pin of the chip goes through the I/O cells'
 flip-flops (:data:`SDRAM_IO_STAGES`: one each way, so no fabric route is
@@ -18,8 +27,8 @@ cycle after it leaves its I/O register, and a read's word, driven by the
 chip half a cycle before the fabric's edge, is in the input register at
 that edge while half a period covers the clock's pad delay, the chip's
 access time (6 ns at CAS latency 2), the board's wires and the input
-register's setup: about 12 ns by estimate, so up to :data:`SDRAM_MAX_MHZ`.  The controller
-counts the two registers and the half cycle in its read delay
+register's setup: about 12 ns by estimate, so up to :data:`SDRAM_MAX_MHZ`.
+The controller counts the two registers and the half cycle in its read delay
 (``io_stages``, ``clock_inverted``: the word of a READ decided in cycle
 ``c`` is in its input register in cycle ``c + cl + 3``).  Not tried on a
 board: the Verilator co-simulations model the chip on the fabric's clock
