@@ -332,7 +332,8 @@ def check_fit(net, P, device: str, board=(), words=None, sdram=(), banks=None) -
     in_spram = spram_use(plan)
     sp = (f"; SPRAM: {', '.join(f'{n} {b}' for n, b in in_spram.items())} of "
           f"{dev.spram} blocks" if in_spram else "")
-    sp += (f"; {describe_storage(sdram, banks)}" if describe_storage(sdram, banks) else "")
+    stored = describe_storage(sdram, banks)
+    sp += f"; {stored}" if stored else ""
     if total > dev.blocks:
         kb = dev.block_bits // 1024
         worst = sorted(plan, key=lambda mu: -per[mu.name])[:3]

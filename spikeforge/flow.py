@@ -381,10 +381,11 @@ def step_export(run: Path, args) -> None:
     fifo = planned_fifo_depth(run)
     sdram, banks = planned_storage(run)
     check_storage(net, lanes, words, sdram, banks, str(run / PLAN))
+    stored = describe_storage(sdram, banks)
     written = image.export_hex(net, run / "hw", lanes, fifo, words, sdram, banks)
     print(f"{len(written)} memory images (P = {lanes}"
           + ("" if words is None else f", words {words}")
-          + "".join(f", {d}" for d in [describe_storage(sdram, banks)] if d)
+          + (f", {stored}" if stored else "")
           + (f", event FIFOs {fifo} deep" if fifo else "") + f") -> {run / 'hw'}")
 
 
@@ -428,9 +429,10 @@ def step_sim(run: Path, args) -> dict:
     from spikeforge.hw.fit import check_storage, describe_storage
     sdram, banks = storage_for(run, lanes)
     check_storage(net, lanes, words, sdram, banks, str(_memories_json(run)))
+    stored = describe_storage(sdram, banks)
     print(f"building the Verilator model (P = {lanes}"
           + ("" if words is None else f", words {words}")
-          + "".join(f", {d}" for d in [describe_storage(sdram, banks)] if d)
+          + (f", {stored}" if stored else "")
           + (" (a model of the chip)" if sdram else "")
           + f", event FIFOs {fifo} deep) ...")
     sb = runner.build(net, lanes, run / "sim_build", depth=depth, contents=contents,
@@ -534,8 +536,9 @@ def step_report(run: Path, args) -> None:
                   f"latency {sim.get('first_image_cycles', cyc['mean']) / clock:.1f} us alone, "
                   f"{cyc['mean'] / clock:.1f} us streaming")]
         from spikeforge.hw.fit import describe_storage
-        if describe_storage(sim.get("sdram"), sim.get("banks")):
-            rows.append(("engine storage", describe_storage(sim.get("sdram"), sim.get("banks"))))
+        stored = describe_storage(sim.get("sdram"), sim.get("banks"))
+        if stored:
+            rows.append(("engine storage", stored))
         from spikeforge.boards.build import read_reports
         for board, rep in read_reports(run).items():
             if "inferences_per_second" in rep:
