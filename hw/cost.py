@@ -155,11 +155,12 @@ class CostModel:
         out = []
         for cp, ls in zip(core_params(net, P, words=words, banks=banks), net.spec.layers):
             f = core_features(cp, dev)
-            skip = SKIP_PATH[self.family] if ls.residual else {}
+            # measured parts beside the fitted core: the skip path, the SDRAM's
+            extra = dict(SKIP_PATH[self.family]) if ls.residual else {}
             if cp.index in sdram:
-                skip = {r: skip.get(r, 0.0) + v for r, v in SDRAM_PATH.items()}
+                extra = {r: extra.get(r, 0.0) + SDRAM_PATH.get(r, 0.0) for r in extra | SDRAM_PATH}
             out.append({r: max(0.0, sum(c.get(k, 0.0) * f[k] for k in FEATURES))
-                        + skip.get(r, 0.0) for r, c in self.coef.items()})
+                        + extra.get(r, 0.0) for r, c in self.coef.items()})
         return out
 
     def cells(self, res: dict[str, float]) -> float:
