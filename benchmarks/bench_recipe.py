@@ -7,7 +7,8 @@ planner's lanes and predicted interval and inferences/s) for each variant.
 
 Each variant is ``spikeforge train`` with the options of ``spikeforge run``'s
 embedded default (:data:`spikeforge.flow.DEFAULT`), then the variant's own
-(later options win), then ``spikeforge quantize`` (8-bit weights) and
+(later options win), then ``spikeforge quantize`` (8-bit weights; a variant's
+quantize options, such as ``--qat-epochs 2`` or ``--per-channel``, go to it) and
 ``spikeforge plan`` (ULX3S: the cycle model on the run's own events; the
 Verilator figure for a run is ``spikeforge export`` and ``verify``).  A seed
 moves the default network's int8 accuracy by about a point on the 1,000
@@ -29,6 +30,7 @@ from pathlib import Path
 from statistics import mean
 
 from bench_seeds import _call, _fail
+from spikeforge import cli
 from spikeforge.flow import DEFAULT
 
 RECIPES = {
@@ -52,15 +54,33 @@ def default_argv() -> list[str]:
     return argv
 
 
+def split_options(options: list[str]) -> tuple[list[str], list[str]]:
+    """A variant's options as (``spikeforge train``'s, ``spikeforge quantize``'s):
+    those the quantize command takes (``--qat-epochs``, ``--per-channel``, ...)
+    go to it, the rest to training."""
+    quant = argparse.ArgumentParser(add_help=False)
+    cli._add_quant_args(quant)
+    known, rest = quant.parse_known_args(options)
+    given = []
+    for action in quant._actions:
+        value = getattr(known, action.dest)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        given += [flag] if action.nargs == 0 else [flag, str(value)]
+    return rest, given
+
+
 def _one(run: Path, options: list[str], seed: int) -> dict | None:
+    train_options, quant_options = split_options(options)
     if not (run / "metrics.json").exists():
-        rc, text = _call(["train", "-q", *default_argv(), *options, "--seed", str(seed),
+        rc, text = _call(["train", "-q", *default_argv(), *train_options, "--seed", str(seed),
                           "--out", str(run)])
         if rc:
             _fail(f"{run}: train", text)
             return None
     if "int_accuracy" not in json.loads((run / "metrics.json").read_text()):
-        rc, text = _call(["quantize", "-q", str(run)])
+        rc, text = _call(["quantize", "-q", *quant_options, str(run)])
         if rc:
             _fail(f"{run}: quantize", text)
             return None
