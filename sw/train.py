@@ -523,6 +523,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict 
     if not main:
         return None
     ev = evaluate(model, ds.x_test, ds.y_test)
+    warn_silent(cfg, ev)
     metrics = {
         "model": cfg.model, "dataset": cfg.dataset,
         "test_accuracy": ev["accuracy"],
@@ -533,6 +534,25 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict 
     }
     save_run(run, cfg, model, metrics)
     return metrics
+
+
+def silent_layers(rates: list[float]) -> list[int]:
+    """The layers that sent no spike at all (firing rate 0)."""
+    return [i for i, r in enumerate(rates) if r == 0]
+
+
+def warn_silent(cfg: TrainConfig, ev: dict) -> None:
+    """A warning on stderr when training left a layer silent: every layer
+    after it gets no input, and the network answers one class whatever the
+    image (a strong ``--rate-penalty`` can switch every neuron off)."""
+    silent = silent_layers(ev["firing_rates"])
+    if not silent:
+        return
+    hint = (f"a smaller --rate-penalty than {cfg.rate_penalty:g}, or another --seed"
+            if cfg.rate_penalty else "another --seed or learning rate")
+    print(f"warning: layer{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} "
+          f"sent no spike on the {cfg.dataset} test images: the network is silent "
+          f"(test accuracy {100 * ev['accuracy']:.1f} %); try {hint}", file=sys.stderr)
 
 
 def save_run(run: Path, cfg: TrainConfig, model: SpikingNet, metrics: dict) -> None:

@@ -59,6 +59,22 @@ def test_rate_penalty_lowers_the_hidden_layers_firing_rates(run_dir, tmp_path):
         TrainConfig(**TINY, rate_penalty=-1.0)
 
 
+def test_a_silent_network_is_warned_of(run_dir, tmp_path, capsys):
+    """A rate penalty strong enough to switch every neuron off leaves a
+    network that answers one class: training says so, naming the silent
+    layers and the penalty; a network that spikes gets no warning."""
+    capsys.readouterr()
+    m = train(TrainConfig(**TINY, rate_penalty=50.0), tmp_path / "silent", progress=False)
+    err = capsys.readouterr().err
+    silent = [i for i, r in enumerate(m["firing_rates"]) if r == 0]
+    assert silent and m["test_accuracy"] < 0.2, m
+    assert f"warning: layer{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} " \
+           "sent no spike on the digits8x8 test images" in err, err
+    assert "a smaller --rate-penalty than 50" in err, err
+    train(TrainConfig(**TINY), tmp_path / "again", progress=False)
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_lr_schedule_steps(schedule, tmp_path, monkeypatch):
     """The rate each batch's step takes: constant, or a half cosine from
