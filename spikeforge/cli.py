@@ -82,68 +82,71 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
+# training options whose default belongs to the default model: `run`'s embedded
+# network (flow.DEFAULT) has its own recipe, another --model gets TrainConfig's
+SCOPED = ("timesteps", "lr", "lr_schedule", "loss", "rate_penalty", "augment")
+
+
 def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
+    from spikeforge.sw.train import TrainConfig
+    plain = TrainConfig()
+
+    def default(name: str, what: str = "") -> str:
+        """``default X; Y for MODEL)``: TrainConfig's, then the default model's own."""
+        base, own = getattr(plain, name), getattr(defaults, name)
+        show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+        text = f"default: {what}" if what else f"default {show(base)}"
+        return text + (f"; {show(own)} for {defaults.model}" if own != base else "") + ")"
+
     p.add_argument("--model", default=defaults.model, help="model name (default %(default)s)")
     p.add_argument("--dataset", default=defaults.dataset,
                    help="mnist5k, digits8x8, seq1..seq5 or idx:DIR (default %(default)s)")
     p.add_argument("--epochs", type=_int_in(1, 100_000), default=defaults.epochs)
     p.add_argument("--timesteps", type=_int_in(1, MAX_TIMESTEPS), default=None,
-                   help="time steps (default: the model's"
-                        + (f"; {defaults.timesteps} for {defaults.model}" if defaults.timesteps
-                           else "") + ")")
+                   help="time steps (" + default("timesteps", "the model's"))
     p.add_argument("--batch-size", type=_int_in(1, 1 << 20), default=defaults.batch_size)
-    p.add_argument("--lr", type=_positive_float, default=defaults.lr)
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (" + default("lr"))
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help="constant, or cosine: falling to 0 over the run (default constant"
-                        + (f"; {defaults.lr_schedule} for {defaults.model}"
-                           if defaults.lr_schedule != "constant" else "") + ")")
+                   help="constant, or cosine: falling to 0 over the run (" + default("lr_schedule"))
     p.add_argument("--seed", type=_int_in(0, SEED_LIMIT), default=defaults.seed)
-    p.add_argument("--loss", choices=("mse", "ce"), default=defaults.loss)
+    p.add_argument("--loss", choices=("mse", "ce"), default=None,
+                   help="mse: the output layer's spike rates against the one-hot label; ce: "
+                        "cross-entropy on its spike counts (" + default("loss"))
     p.add_argument("--hybrid-epochs", type=_int_in(0, 100_000), default=defaults.hybrid_epochs,
                    help="ConvSNN hybrid pre-training epochs (leaky ReLU, no reset)")
     p.add_argument("--rate-penalty", type=_nonnegative_float, default=None,
                    help="loss += this x the hidden layers' mean firing rate: fewer events, "
-                        "fewer engine cycles (default 0"
-                        + (f"; {defaults.rate_penalty} for {defaults.model}"
-                           if defaults.rate_penalty else "") + ")")
+                        "fewer engine cycles (" + default("rate_penalty"))
     p.add_argument("--augment", type=_int_in(0, MAX_AUGMENT), default=None, metavar="PIXELS",
-                   help="move each training image by a random -N..N pixels a batch "
-                        "(default 0" + (f"; {defaults.augment} for {defaults.model}"
-                                        if defaults.augment else "") + ")")
+                   help="move each training image by a random -N..N pixels a batch ("
+                        + default("augment"))
     p.add_argument("--train-limit", type=_int_in(1), default=None,
                    help="train on the first N samples only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model builder override, e.g. --set channels=[16,32] (repeatable)"
                         + (f"; defaults: {defaults.overrides}" if defaults.overrides else ""))
     p.set_defaults(base_overrides=dict(defaults.overrides), base_model=defaults.model,
-                   base_timesteps=defaults.timesteps, base_rate_penalty=defaults.rate_penalty,
-                   base_lr_schedule=defaults.lr_schedule, base_augment=defaults.augment)
+                   base_scoped={name: getattr(defaults, name) for name in SCOPED})
 
 
 def train_config(args, **fixed):
     from spikeforge.sw.train import TrainConfig
-    # the default overrides belong to the default model (`run`'s small ConvSNN):
-    # another --model gets its own builder's defaults
+    # the default overrides and recipe belong to the default model (`run`'s
+    # small ConvSNN): another --model gets its own builder's defaults and
+    # TrainConfig's
     own = args.model == getattr(args, "base_model", args.model)
     base = args.base_overrides if own else {}
-    timesteps = args.timesteps
-    if timesteps is None and own:
-        timesteps = getattr(args, "base_timesteps", None)
-    rate_penalty = args.rate_penalty
-    if rate_penalty is None:
-        rate_penalty = getattr(args, "base_rate_penalty", 0.0) if own else 0.0
-    lr_schedule = args.lr_schedule
-    if lr_schedule is None:
-        lr_schedule = getattr(args, "base_lr_schedule", "constant") if own else "constant"
-    augment = args.augment
-    if augment is None:
-        augment = getattr(args, "base_augment", 0) if own else 0
+    plain = TrainConfig()
+    scoped = {}
+    for name in SCOPED:
+        value = getattr(args, name)
+        if value is None:
+            value = getattr(args, "base_scoped", {}).get(name) if own else None
+        scoped[name] = getattr(plain, name) if value is None else value
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
-                       timesteps=timesteps, batch_size=args.batch_size, lr=args.lr,
-                       lr_schedule=lr_schedule, augment=augment,
-                       seed=args.seed, loss=args.loss, hybrid_epochs=args.hybrid_epochs,
-                       rate_penalty=rate_penalty, train_limit=args.train_limit,
-                       overrides={**base, **_overrides(args.set)}, **fixed)
+                       batch_size=args.batch_size, seed=args.seed,
+                       hybrid_epochs=args.hybrid_epochs, train_limit=args.train_limit,
+                       overrides={**base, **_overrides(args.set)}, **scoped, **fixed)
 
 
 def cmd_train(args) -> int:

@@ -174,18 +174,26 @@ def test_quantization_aware_fine_tuning_from_the_command_line(run_dir, tmp_path)
     assert m["int_accuracy"] > 0.5
 
 
-def test_rate_penalty_default_is_the_default_runs_only(monkeypatch, tmp_path):
-    """`run`'s default model trains with the default run's rate penalty;
-    another model under `run`, and `train`, take 0 unless it is given."""
+def test_the_default_recipe_is_the_default_runs_only(monkeypatch, tmp_path):
+    """`run`'s default model trains with the default run's recipe (rate
+    penalty, loss, learning rate, ...); another model under `run`, and
+    `train`, take TrainConfig's unless an option is given."""
     from spikeforge import flow
+    from spikeforge.sw.train import TrainConfig
     seen = []
-    record = lambda args: seen.append(cli.train_config(args).rate_penalty) or 0
+    record = lambda args: seen.append(cli.train_config(args)) or 0
     monkeypatch.setattr(flow, "run", record)
     monkeypatch.setattr(cli, "cmd_train", record)
     out = ["--out", str(tmp_path)]
     for argv in (["run"], ["run", "--model", "bpsta-small"], ["run", "--rate-penalty", "0"],
-                 ["train", *out], ["train", "--rate-penalty", "0.5", *out],
-                 ["run", "--model", "bpsta-small", "--rate-penalty", "0.01"]):
+                 ["train", *out], ["train", "--rate-penalty", "0.5", "--loss", "ce", *out],
+                 ["run", "--model", "bpsta-small", "--rate-penalty", "0.01", "--lr", "0.003"]):
         assert cli.main(argv) == 0
-    assert flow.DEFAULT.rate_penalty > 0
-    assert seen == [flow.DEFAULT.rate_penalty, 0.0, 0.0, 0.0, 0.5, 0.01]
+    pick = lambda cfg: {name: getattr(cfg, name) for name in cli.SCOPED}
+    plain = pick(TrainConfig())
+    assert flow.DEFAULT.rate_penalty > 0 and pick(flow.DEFAULT) != plain
+    assert [pick(c) for c in seen] == [
+        pick(flow.DEFAULT), plain, {**pick(flow.DEFAULT), "rate_penalty": 0.0}, plain,
+        {**plain, "rate_penalty": 0.5, "loss": "ce"},
+        {**plain, "rate_penalty": 0.01, "lr": 0.003}]
+    assert seen[0].overrides == flow.DEFAULT.overrides and seen[1].overrides == {}
