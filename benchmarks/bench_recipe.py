@@ -62,10 +62,13 @@ def default_argv() -> list[str]:
 def split_options(options: list[str]) -> tuple[list[str], list[str]]:
     """A variant's options as (``spikeforge train``'s, ``spikeforge quantize``'s):
     those the quantize command takes (``--qat-epochs``, ``--per-channel``, ...)
-    go to it, the rest to training."""
-    quant = argparse.ArgumentParser(add_help=False)
+    go to it, the rest to training.  A bad quantize value raises ValueError."""
+    quant = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     cli._add_quant_args(quant)
-    known, rest = quant.parse_known_args(options)
+    try:
+        known, rest = quant.parse_known_args(options)
+    except argparse.ArgumentError as e:
+        raise ValueError(str(e)) from None
     given = []
     for action in quant._actions:
         value = getattr(known, action.dest)
@@ -77,13 +80,26 @@ def split_options(options: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _one(run: Path, options: list[str], seed: int) -> dict | None:
-    train_options, quant_options = split_options(options)
+    try:
+        train_options, quant_options = split_options(options)
+    except ValueError as e:
+        _fail(f"{run}: quantize options", str(e))
+        return None
+    # the options a folder was made with: a folder made with others (another
+    # default recipe, the variant's options edited) is not reported under them
+    used = {"train": [*default_argv(), *train_options], "quantize": quant_options}
+    record = run / "recipe.json"
+    if record.exists() and json.loads(record.read_text()) != used:
+        _fail(f"{run}", f"made with other options ({record}): remove the folder or use "
+                        f"another --out")
+        return None
     if not (run / "metrics.json").exists():
         rc, text = _call(["train", "-q", *default_argv(), *train_options, "--seed", str(seed),
                           "--out", str(run)])
         if rc:
             _fail(f"{run}: train", text)
             return None
+        record.write_text(json.dumps(used))
     if "int_accuracy" not in json.loads((run / "metrics.json").read_text()):
         rc, text = _call(["quantize", "-q", *quant_options, str(run)])
         if rc:
@@ -102,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--recipe", action="append", default=[], metavar='NAME="OPTIONS"',
-                    help="a variant: spikeforge train options on top of the default's")
+                    help="a variant: spikeforge train options on top of the default's, and "
+                         "spikeforge quantize options")
     ap.add_argument("--out", default="runs/bench_recipe")
     args = ap.parse_args(argv)
     try:

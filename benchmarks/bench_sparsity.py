@@ -37,10 +37,14 @@ from spikeforge import cli
 
 
 def _run(out: Path, penalty: float, seed: int, args) -> tuple[Path, float, str]:
-    run = out / f"p{penalty:g}_s{seed}"
-    argv = ["run", "-q", "--out", str(run), "--rate-penalty", repr(penalty),
+    extra = shlex.split(args.train_options)
+    # runs with other options in folders of their own; the swept penalty and
+    # seed after them, so they win
+    tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in "_".join(extra))
+    run = out / (f"p{penalty:g}_s{seed}" + (f"_{tag.strip('_-')}" if tag else ""))
+    argv = ["run", "-q", "--out", str(run), *extra, "--rate-penalty", repr(penalty),
             "--seed", str(seed), "--epochs", str(args.epochs), "--images", str(args.images),
-            "--board", args.board, *shlex.split(args.train_options)]
+            "--board", args.board]
     t0 = time.perf_counter()
     text = io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--board", default="ulx3s", choices=("ulx3s", "icebreaker"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench_sparsity"))
     ap.add_argument("--train-options", default="", metavar='"OPTIONS"',
-                    help="further spikeforge run options for every run (e.g. --loss mse)")
+                    help="further spikeforge run options for every run, e.g. "
+                         "--train-options=\"--loss mse --lr 5e-4\" (in folders of their own)")
     args = ap.parse_args(argv)
     try:
         penalties = [float(p) for p in args.penalties.split(",")]

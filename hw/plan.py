@@ -26,7 +26,8 @@ trades (doubles a busy layer and halves a less busy one) if that is faster,
 until neither move is left; every point tried is a candidate, and so are
 the halvings and doublings of the best one.  For each lane choice the words are
 chosen layer by layer (each word layer's best ``Q`` with the others fixed,
-starting once from whole lane groups and once from single spikes).
+starting once from whole lane groups and once from single spikes), "best"
+always by the same rule as the plan's pick (:func:`_choose`).
 """
 
 from __future__ import annotations
@@ -258,11 +259,10 @@ def _search(net, work, device, board, lanes, words, moves, fallback, sdram_ok):
                 for n in range(1, len(qs)):
                     if net.layers[n].spec.residual:
                         continue    # chosen with the block's first layer
-                    q = max(word_options(net, ps, n),
-                            key=lambda q: _key(one(ps, with_words(net, qs, n, q))))
-                    qs = with_words(net, qs, n, q)
+                    qs = _choose([one(ps, with_words(net, qs, n, q))
+                                  for q in word_options(net, ps, n)])["words"]
                 ends.append(one(ps, qs))
-            best[t] = max(ends, key=_key)
+            best[t] = _choose(ends)
         return best[t]
 
     # the climb: double the lanes of the busiest layer that can take more and
@@ -289,12 +289,15 @@ def _search(net, work, device, board, lanes, words, moves, fallback, sdram_ok):
         if step is None:
             break
         cur = step
-    cur = _choose(seen.values())["lanes"]
-    for n in range(len(outs)):   # the chosen point's neighbours
-        for d in (-1, +1):
-            trial = _moved(net, cur, {n: d})
-            if trial:
-                ev(trial)
+    # the neighbours of the fastest point and of the one chosen (a near tie
+    # with fewer cells): a halving of either can be leaner still
+    for cur in {tuple(max(seen.values(), key=_key)["lanes"]),
+                tuple(_choose(seen.values())["lanes"])}:
+        for n in range(len(outs)):
+            for d in (-1, +1):
+                trial = _moved(net, list(cur), {n: d})
+                if trial:
+                    ev(trial)
     chosen = _choose(seen.values())
     mine = None
     if lanes is not None:
@@ -354,7 +357,7 @@ def _name(c: dict) -> tuple:
 
 
 def table(p: dict, limit: int = 12) -> str:
-    """The candidates as a text table, best first (the Pareto points on
+    """The candidates as a text table, fastest first (the Pareto points on
     cells marked ``*``), the chosen and the override named below; the words
     column where a candidate's layer takes words of more than one channel."""
     cands = p["candidates"]

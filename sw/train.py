@@ -542,17 +542,19 @@ def silent_layers(rates: list[float]) -> list[int]:
 
 
 def warn_silent(cfg: TrainConfig, ev: dict) -> None:
-    """A warning on stderr when training left a layer silent: every layer
-    after it gets no input, and the network answers one class whatever the
-    image (a strong ``--rate-penalty`` can switch every neuron off)."""
+    """A warning on stderr when training left a layer silent (a strong
+    ``--rate-penalty`` can switch all its neurons off): in a chain of layers
+    every layer after it gets no input and the network answers one class
+    whatever the image; a residual block's skip may still carry spikes past
+    it, so the warning gives the test accuracy beside the layers."""
     silent = silent_layers(ev["firing_rates"])
     if not silent:
         return
     hint = (f"a smaller --rate-penalty than {cfg.rate_penalty:g}, or another --seed"
             if cfg.rate_penalty else "another --seed or learning rate")
     print(f"warning: layer{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} "
-          f"sent no spike on the {cfg.dataset} test images: the network is silent "
-          f"(test accuracy {100 * ev['accuracy']:.1f} %); try {hint}", file=sys.stderr)
+          f"sent no spike on the {cfg.dataset} test images (test accuracy "
+          f"{100 * ev['accuracy']:.1f} %); try {hint}", file=sys.stderr)
 
 
 def save_run(run: Path, cfg: TrainConfig, model: SpikingNet, metrics: dict) -> None:

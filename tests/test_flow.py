@@ -59,7 +59,7 @@ def test_rate_penalty_lowers_the_hidden_layers_firing_rates(run_dir, tmp_path):
         TrainConfig(**TINY, rate_penalty=-1.0)
 
 
-def test_a_silent_network_is_warned_of(run_dir, tmp_path, capsys):
+def test_a_silent_network_is_warned_of(tmp_path, capsys):
     """A rate penalty strong enough to switch every neuron off leaves a
     network that answers one class: training says so, naming the silent
     layers and the penalty; a network that spikes gets no warning."""
@@ -189,6 +189,8 @@ def test_the_default_recipe_is_the_default_runs_only(monkeypatch, tmp_path):
                  ["train", *out], ["train", "--rate-penalty", "0.5", "--loss", "ce", *out],
                  ["run", "--model", "bpsta-small", "--rate-penalty", "0.01", "--lr", "0.003"]):
         assert cli.main(argv) == 0
+    assert set(cli.SCOPED) == {"timesteps", "lr", "lr_schedule", "loss", "rate_penalty",
+                               "augment"}
     pick = lambda cfg: {name: getattr(cfg, name) for name in cli.SCOPED}
     plain = pick(TrainConfig())
     assert flow.DEFAULT.rate_penalty > 0 and pick(flow.DEFAULT) != plain
