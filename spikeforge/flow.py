@@ -38,7 +38,7 @@ from spikeforge.sw.train import TrainConfig
 # The embedded default: ConvSNN on the 5,000 shipped MNIST digits, sized so
 # that the whole flow finishes in minutes on 2 CPU cores.  Bigger:
 # `spikeforge run --set channels=[48,48] --set hidden=128 --epochs 20`.
-# The rate penalty: 3-7x fewer spikes out of layers 0 and 1, so fewer events
+# The rate penalty: 3-7x fewer spikes out of layers 0 and 1 (measured with MSE), so fewer events
 # for the engine to take (its cycles); the cross-entropy loss needs about 10x
 # the MSE loss's penalty for rates near the same, and over 5 seeds this recipe
 # gave 97.0 % int8 on average against the MSE one's 96.6 %, at 8 % fewer
