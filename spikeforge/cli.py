@@ -64,6 +64,14 @@ def _nonnegative_float(text: str) -> float:
     return _finite_float(text, zero_ok=True)
 
 
+def _decay(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    v = _finite_float(text, zero_ok=True)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1 (0: off), not {text}")
+    return v
+
+
 SEED_LIMIT = (1 << 63) - 1
 
 
@@ -84,7 +92,7 @@ def _overrides(items: list[str]) -> dict:
 
 # training options whose default belongs to the default model: `run`'s embedded
 # network (flow.DEFAULT) has its own recipe, another --model gets TrainConfig's
-SCOPED = ("timesteps", "lr", "lr_schedule", "loss", "rate_penalty", "augment")
+SCOPED = ("timesteps", "lr", "lr_schedule", "loss", "rate_penalty", "augment", "ema")
 
 
 def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
@@ -117,6 +125,9 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--rate-penalty", type=_nonnegative_float, default=None,
                    help="loss += this x the hidden layers' mean firing rate: fewer events, "
                         "fewer engine cycles (" + default("rate_penalty"))
+    p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
+                   help="keep the moving average of the weights over the training steps, "
+                        "with this decay a step, 0: off (" + default("ema"))
     p.add_argument("--augment", type=_int_in(0, MAX_AUGMENT), default=None, metavar="PIXELS",
                    help="move each training image by a random -N..N pixels a batch ("
                         + default("augment"))

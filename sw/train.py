@@ -30,6 +30,7 @@ evaluates and writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -73,6 +74,7 @@ class TrainConfig:
     hybrid_beta: float = 0.05
     dropout: float = 0.0
     rate_penalty: float = 0.0         # loss += this x the hidden layers' mean firing rate
+    ema: float = 0.0                  # weights averaged over the steps with this decay (0: off)
     train_limit: int | None = None    # use only the first N training samples
     overrides: dict = field(default_factory=dict)  # model builder keyword overrides
 
@@ -117,6 +119,8 @@ class TrainConfig:
         if not is_real(self.rate_penalty) or self.rate_penalty < 0:
             raise TrainError(f"rate_penalty must be a non-negative finite number, "
                              f"not {self.rate_penalty!r:.40}")
+        if not is_real(self.ema) or not 0 <= self.ema < 1:
+            raise TrainError(f"ema must be a number in [0, 1) (0: off), not {self.ema!r:.40}")
         if self.train_limit is not None and (not is_int(self.train_limit)
                                              or self.train_limit < 1):
             raise TrainError(f"train_limit must be null or a positive integer, "
@@ -379,6 +383,41 @@ def batch_loss(cfg: TrainConfig, model: SpikingNet, net: torch.nn.Module, xb: to
     return (loss if weight == 1.0 else loss * weight), seen
 
 
+class WeightAverage:
+    """An exponential moving average of a model's parameters and buffers over
+    its training steps (``decay`` per step, ramped from 0 over the first
+    steps: ``min(decay, (1 + n) / (10 + n))`` at step n, so the first
+    updates do not hold on to the initial weights).  :meth:`swapped` puts the
+    average into the model for an evaluation; :meth:`load` keeps it there.
+    Integer buffers are copied, not averaged."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.steps = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        self.steps += 1
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.detach(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def load(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+    @contextlib.contextmanager
+    def swapped(self, model: torch.nn.Module):
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.load(model)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(live)
+
+
 def _batches(n: int, batch: int, gen: torch.Generator | None):
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
     for i in range(0, n, batch):
@@ -418,9 +457,10 @@ def train_data(cfg: TrainConfig, ds: sfdata.Dataset) -> tuple[torch.Tensor, torc
 
 def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
         lr: float | None = None, hybrid_epochs: int = 0, progress: bool = True,
-        label: str = "epoch", procs: Processes | None = None) -> list[dict]:
+        label: str = "epoch", procs: Processes | None = None, ema: float = 0.0) -> list[dict]:
     """Train ``model`` in place, on the device it is on, for ``epochs`` epochs;
-    the per-epoch history.  ``procs``: one of the processes of a ``torchrun``
+    the per-epoch history.  ``ema`` > 0: the model is evaluated and left with
+    the moving average of its weights over the steps (:class:`WeightAverage`).  ``procs``: one of the processes of a ``torchrun``
     launch (its process group open), which train ``model`` together under
     DistributedDataParallel (:func:`batch_loss`); rank 0 alone evaluates and
     returns the history, the others an empty list."""
@@ -439,6 +479,7 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     # (stepped after each batch: the last batch runs at a rate just above 0)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
              if cfg.lr_schedule == "cosine" else None)
+    average = WeightAverage(model, ema) if ema else None
     history = []
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -459,6 +500,8 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
             opt.step()
             if sched is not None:
                 sched.step()
+            if average is not None:
+                average.update(model)
             total += part
             seen += len(idx)
             lo, hi = (0, len(idx)) if procs is None else _shard(len(idx), procs)
@@ -470,12 +513,15 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
             total = float(t.item())
         if not main:
             continue
-        ev = evaluate(model, ds.x_test, ds.y_test)
+        with average.swapped(model) if average is not None else contextlib.nullcontext():
+            ev = evaluate(model, ds.x_test, ds.y_test)
         history.append({"epoch": epoch + 1, "loss": total / seen, "test_accuracy": ev["accuracy"],
                         "hybrid": beta is not None, "seconds": time.perf_counter() - t0})
         if progress:
             tqdm.write(f"{label} {epoch + 1}: loss {total / seen:.4f}  test accuracy "
                        f"{100 * ev['accuracy']:.2f}%")
+    if average is not None:
+        average.load(model)
     return history
 
 
@@ -518,7 +564,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict 
                   f"result is close to one process's, not equal", file=sys.stderr)
     t0 = time.perf_counter()
     history = fit(model, cfg, ds, cfg.epochs, hybrid_epochs=cfg.hybrid_epochs,
-                  progress=progress and main, procs=procs)
+                  progress=progress and main, procs=procs, ema=cfg.ema)
     train_seconds = time.perf_counter() - t0
     if not main:
         return None

@@ -117,6 +117,48 @@ def test_augment_and_schedule_from_the_command_line(run_dir, tmp_path):
     assert cli.main(["train", "-q", *TINY_ARGS, "--augment", "-1", "--out", str(run)]) == 2
 
 
+def test_weight_average_follows_its_recurrence():
+    """The average after each step: ``a += (1 - d) (w - a)`` with ``d`` ramped
+    from 0 (``min(decay, (1 + n) / (10 + n))``), starting at the initial
+    weights; integer buffers are copied; ``swapped`` restores the live weights."""
+    from spikeforge.sw.train import WeightAverage
+    m = torch.nn.BatchNorm1d(2)
+    w0 = m.weight.detach().clone().double()
+    avg = WeightAverage(m, 0.5)
+    expect = w0
+    for n, v in enumerate([3.0, -1.0, 5.0, 2.0]):
+        with torch.no_grad():
+            m.weight.fill_(v)
+        m.num_batches_tracked.fill_(n + 7)
+        avg.update(m)
+        d = min(0.5, (1 + n) / (10 + n))
+        expect = expect + (1 - d) * (torch.full_like(expect, v) - expect)
+        assert torch.allclose(avg.shadow["weight"].double(), expect), (n, avg.shadow["weight"])
+        assert int(avg.shadow["num_batches_tracked"]) == n + 7
+    with avg.swapped(m):
+        assert torch.allclose(m.weight.double(), expect)
+    assert torch.equal(m.weight, torch.full((2,), 2.0))
+    avg.load(m)
+    assert torch.allclose(m.weight.double(), expect)
+
+
+def test_ema_trains_the_averaged_weights(run_dir, tmp_path):
+    """``--ema``: the run keeps (and evaluates) the moving average of its
+    weights: other weights than the same run without it, the history's last
+    accuracy that of the saved model; a decay of 1 or more is refused."""
+    run = tmp_path / "ema"
+    assert cli.main(["train", "-q", *TINY_ARGS, "--ema", "0.9", "--out", str(run)]) == 0
+    cfg, b = load_run(run)
+    assert cfg.ema == 0.9
+    _, a = load_run(run_dir)
+    assert not torch.equal(a.state_dict()["layers.0.syn.weight"], b.state_dict()["layers.0.syn.weight"])
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["history"][-1]["test_accuracy"] == m["test_accuracy"] > 0.6
+    with pytest.raises(ValueError, match=r"ema must be a number in \[0, 1\)"):
+        TrainConfig(**TINY, ema=1.0)
+    assert cli.main(["train", "-q", *TINY_ARGS, "--ema", "1", "--out", str(run)]) == 2
+
+
 def test_quantize_and_export_from_the_command_line(run_dir, capsys):
     assert cli.main(["quantize", "-q", str(run_dir), "--weight-bits", "8"]) == 0
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -190,7 +232,7 @@ def test_the_default_recipe_is_the_default_runs_only(monkeypatch, tmp_path):
                  ["run", "--model", "bpsta-small", "--rate-penalty", "0.01", "--lr", "0.003"]):
         assert cli.main(argv) == 0
     assert set(cli.SCOPED) == {"timesteps", "lr", "lr_schedule", "loss", "rate_penalty",
-                               "augment"}
+                               "augment", "ema"}
     pick = lambda cfg: {name: getattr(cfg, name) for name in cli.SCOPED}
     plain = pick(TrainConfig())
     assert flow.DEFAULT.rate_penalty > 0 and pick(flow.DEFAULT) != plain
