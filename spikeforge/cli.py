@@ -92,7 +92,8 @@ def _overrides(items: list[str]) -> dict:
 
 # training options whose default belongs to the default model: `run`'s embedded
 # network (flow.DEFAULT) has its own recipe, another --model gets TrainConfig's
-SCOPED = ("timesteps", "lr", "lr_schedule", "loss", "rate_penalty", "augment", "ema")
+SCOPED = ("timesteps", "lr", "lr_schedule", "loss", "rate_penalty", "penalty_warmup", "augment",
+          "ema")
 
 
 def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
@@ -125,6 +126,9 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--rate-penalty", type=_nonnegative_float, default=None,
                    help="loss += this x the hidden layers' mean firing rate: fewer events, "
                         "fewer engine cycles (" + default("rate_penalty"))
+    p.add_argument("--penalty-warmup", type=_int_in(0, 100_000), default=None, metavar="EPOCHS",
+                   help="the rate penalty rises from 0 to its value over these first epochs ("
+                        + default("penalty_warmup"))
     p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
                    help="keep the moving average of the weights over the training steps, "
                         "with this decay a step, 0: off (" + default("ema"))

@@ -74,6 +74,7 @@ class TrainConfig:
     hybrid_beta: float = 0.05
     dropout: float = 0.0
     rate_penalty: float = 0.0         # loss += this x the hidden layers' mean firing rate
+    penalty_warmup: int = 0           # epochs over which the rate penalty ramps up from 0
     ema: float = 0.0                  # weights averaged over the steps with this decay (0: off)
     train_limit: int | None = None    # use only the first N training samples
     overrides: dict = field(default_factory=dict)  # model builder keyword overrides
@@ -119,6 +120,9 @@ class TrainConfig:
         if not is_real(self.rate_penalty) or self.rate_penalty < 0:
             raise TrainError(f"rate_penalty must be a non-negative finite number, "
                              f"not {self.rate_penalty!r:.40}")
+        if not is_int(self.penalty_warmup) or self.penalty_warmup < 0:
+            raise TrainError(f"penalty_warmup must be an integer of 0 or more, "
+                             f"not {self.penalty_warmup!r:.40}")
         if not is_real(self.ema) or not 0 <= self.ema < 1:
             raise TrainError(f"ema must be a number in [0, 1) (0: off), not {self.ema!r:.40}")
         if self.train_limit is not None and (not is_int(self.train_limit)
@@ -167,14 +171,24 @@ def _loss(cfg: TrainConfig, model: SpikingNet, scores, y):
     return F.mse_loss(rate, F.one_hot(y, model.spec.classes).to(rate.dtype))
 
 
-def _rate_loss(cfg: TrainConfig, trace) -> torch.Tensor:
-    """``rate_penalty`` x the mean firing rate of the layers before the last
-    (their pooled outputs: the events the next layer's synapse unit takes,
-    whose count sets the engine's cycles; the surrogate gradient carries it)."""
+def _rate_loss(cfg: TrainConfig, trace, ramp: float = 1.0) -> torch.Tensor:
+    """``rate_penalty`` x ``ramp`` x the mean firing rate of the layers before
+    the last (their pooled outputs: the events the next layer's synapse unit
+    takes, whose count sets the engine's cycles; the surrogate gradient
+    carries it).  ``ramp``: :func:`penalty_ramp`."""
     hidden = trace.spikes[:-1]
-    if cfg.rate_penalty == 0 or not hidden:
+    if cfg.rate_penalty == 0 or ramp == 0 or not hidden:
         return trace.scores.new_zeros(())
-    return cfg.rate_penalty * sum(s.float().mean() for s in hidden) / len(hidden)
+    return cfg.rate_penalty * ramp * sum(s.float().mean() for s in hidden) / len(hidden)
+
+
+def penalty_ramp(warmup: int, step: int, per_epoch: int) -> float:
+    """The share of the rate penalty at training step ``step`` (from 0): rising
+    linearly from 0 at the first step to 1 after ``warmup`` epochs of
+    ``per_epoch`` steps (``TrainConfig.penalty_warmup``).  At full strength from the start, the penalty can
+    switch a layer off before the loss has taught it anything (the default
+    recipe, seed 8: layers 1-3 silent after the first epoch, 10 %)."""
+    return 1.0 if warmup == 0 else min(1.0, step / (warmup * per_epoch))
 
 
 # --------------------------------------------------------------------------- devices, processes
@@ -352,7 +366,7 @@ def _shard(n: int, procs: Processes) -> tuple[int, int]:
 
 def batch_loss(cfg: TrainConfig, model: SpikingNet, net: torch.nn.Module, xb: torch.Tensor,
                yb: torch.Tensor, beta: float | None = None,
-               procs: Processes | None = None) -> tuple[torch.Tensor, float]:
+               procs: Processes | None = None, ramp: float = 1.0) -> tuple[torch.Tensor, float]:
     """The loss to back-propagate for one global batch (``xb`` ``[T, B, ...]``
     and ``yb`` ``[B]``, encoded on the CPU) and the sum of the per-sample
     losses this process computed.  ``net`` is ``model`` or its
@@ -365,6 +379,7 @@ def batch_loss(cfg: TrainConfig, model: SpikingNet, net: torch.nn.Module, xb: to
     samples, whether or not B splits evenly.  A process whose slice is empty
     (a last batch smaller than the number of processes) runs one sample of
     the batch with weight 0: DDP needs a backward from every process.
+    ``ramp``: the share of the rate penalty (:func:`penalty_ramp`).
     """
     device = _device_of(model)
     if procs is None:
@@ -378,18 +393,19 @@ def batch_loss(cfg: TrainConfig, model: SpikingNet, net: torch.nn.Module, xb: to
         xs, ys = xb[:, lo:hi].contiguous(), yb[lo:hi]
     xs, ys = xs.to(device), ys.to(device)
     trace = net(xs, beta, trace=True)
-    loss = _loss(cfg, model, trace.scores, ys) + _rate_loss(cfg, trace)
+    loss = _loss(cfg, model, trace.scores, ys) + _rate_loss(cfg, trace, ramp)
     seen = loss.item() * count
     return (loss if weight == 1.0 else loss * weight), seen
 
 
 class WeightAverage:
     """An exponential moving average of a model's parameters and buffers over
-    its training steps (``decay`` per step, ramped from 0 over the first
-    steps: ``min(decay, (1 + n) / (10 + n))`` at step n, so the first
-    updates do not hold on to the initial weights).  :meth:`swapped` puts the
-    average into the model for an evaluation; :meth:`load` keeps it there.
-    Integer buffers are copied, not averaged."""
+    its training steps, ``decay`` per step, bias-corrected as Adam's moments
+    are: after n steps the weights' sum over steps k = 1..n with weights
+    ``decay**(n-k)``, divided by the sum of those (the initial weights count
+    for nothing; the first step copies).  :meth:`swapped` puts the average
+    into the model for an evaluation; :meth:`load` keeps it there.  Integer
+    buffers are copied, not averaged."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay, self.steps = decay, 0
@@ -397,11 +413,12 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         self.steps += 1
+        # the new step's share of the corrected average: (1 - d) / (1 - d**n)
+        share = (1 - self.decay) / (1 - self.decay ** self.steps)
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].lerp_(v.detach(), 1 - d)
+                self.shadow[k].lerp_(v.detach(), share)
             else:
                 self.shadow[k].copy_(v)
 
@@ -457,10 +474,13 @@ def train_data(cfg: TrainConfig, ds: sfdata.Dataset) -> tuple[torch.Tensor, torc
 
 def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
         lr: float | None = None, hybrid_epochs: int = 0, progress: bool = True,
-        label: str = "epoch", procs: Processes | None = None, ema: float = 0.0) -> list[dict]:
+        label: str = "epoch", procs: Processes | None = None, ema: float = 0.0,
+        penalty_warmup: int = 0) -> list[dict]:
     """Train ``model`` in place, on the device it is on, for ``epochs`` epochs;
     the per-epoch history.  ``ema`` > 0: the model is evaluated and left with
-    the moving average of its weights over the steps (:class:`WeightAverage`).  ``procs``: one of the processes of a ``torchrun``
+    the moving average of its weights over the steps (:class:`WeightAverage`);
+    ``penalty_warmup``: epochs over which the rate penalty ramps up
+    (:func:`penalty_ramp`; a fine-tuning, QAT, takes it whole from the start).  ``procs``: one of the processes of a ``torchrun``
     launch (its process group open), which train ``model`` together under
     DistributedDataParallel (:func:`batch_loss`); rank 0 alone evaluates and
     returns the history, the others an empty list."""
@@ -480,6 +500,7 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
              if cfg.lr_schedule == "cosine" else None)
     average = WeightAverage(model, ema) if ema else None
+    step = 0
     history = []
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -494,7 +515,9 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
             # every process encodes the whole global batch: the same draws as one process
             xb = sfdata.encode(sfdata.shift(x_train[idx], cfg.augment, gen), spec.timesteps,
                                spec.encoding, generator=gen)
-            loss, part = batch_loss(cfg, model, net, xb, y_train[idx], beta, procs)
+            ramp = penalty_ramp(penalty_warmup, step, per_epoch)
+            step += 1
+            loss, part = batch_loss(cfg, model, net, xb, y_train[idx], beta, procs, ramp)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -564,7 +587,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> dict 
                   f"result is close to one process's, not equal", file=sys.stderr)
     t0 = time.perf_counter()
     history = fit(model, cfg, ds, cfg.epochs, hybrid_epochs=cfg.hybrid_epochs,
-                  progress=progress and main, procs=procs, ema=cfg.ema)
+                  progress=progress and main, procs=procs, ema=cfg.ema,
+                  penalty_warmup=cfg.penalty_warmup)
     train_seconds = time.perf_counter() - t0
     if not main:
         return None

@@ -59,6 +59,33 @@ def test_rate_penalty_lowers_the_hidden_layers_firing_rates(run_dir, tmp_path):
         TrainConfig(**TINY, rate_penalty=-1.0)
 
 
+def test_the_rate_penalty_ramps_up_over_its_warmup(tmp_path, monkeypatch):
+    """``penalty_warmup`` W: the penalty's share at each training step rises
+    linearly from 0 at the first step to 1 after W epochs and stays there; 0
+    (TrainConfig's default) is the whole penalty from the start; a negative
+    value is refused."""
+    from spikeforge.sw import train as sftrain
+    shares = []
+    rate_loss = sftrain._rate_loss
+
+    def record(cfg, trace, ramp=1.0):
+        shares.append(ramp)
+        return rate_loss(cfg, trace, ramp)
+    monkeypatch.setattr(sftrain, "_rate_loss", record)
+    per_epoch = -(-len(load("digits8x8").y_train) // TINY["batch_size"])
+    for warmup in (2, 0):
+        shares.clear()
+        train(TrainConfig(**{**TINY, "epochs": 3}, rate_penalty=0.02, penalty_warmup=warmup),
+              tmp_path / f"w{warmup}", progress=False)
+        assert len(shares) == 3 * per_epoch
+        expect = [min(1.0, k / (warmup * per_epoch)) if warmup else 1.0
+                  for k in range(3 * per_epoch)]
+        assert shares == pytest.approx(expect), (warmup, shares[:5])
+    assert shares[0] == 1.0
+    with pytest.raises(ValueError, match="penalty_warmup must be an integer of 0 or more"):
+        TrainConfig(**TINY, penalty_warmup=-1)
+
+
 def test_a_silent_network_is_warned_of(tmp_path, capsys):
     """A rate penalty strong enough to switch every neuron off leaves a
     network that answers one class: training says so, naming the silent
@@ -118,21 +145,22 @@ def test_augment_and_schedule_from_the_command_line(run_dir, tmp_path):
 
 
 def test_weight_average_follows_its_recurrence():
-    """The average after each step: ``a += (1 - d) (w - a)`` with ``d`` ramped
-    from 0 (``min(decay, (1 + n) / (10 + n))``), starting at the initial
-    weights; integer buffers are copied; ``swapped`` restores the live weights."""
+    """The average after n steps: the steps' weights w_k weighted by
+    ``decay**(n-k)`` over the sum of those weights (the initial weights not in
+    it); integer buffers are copied; ``swapped`` restores the live weights."""
     from spikeforge.sw.train import WeightAverage
     m = torch.nn.BatchNorm1d(2)
-    w0 = m.weight.detach().clone().double()
-    avg = WeightAverage(m, 0.5)
-    expect = w0
+    avg = WeightAverage(m, 0.75)
+    seen = []
     for n, v in enumerate([3.0, -1.0, 5.0, 2.0]):
         with torch.no_grad():
             m.weight.fill_(v)
         m.num_batches_tracked.fill_(n + 7)
         avg.update(m)
-        d = min(0.5, (1 + n) / (10 + n))
-        expect = expect + (1 - d) * (torch.full_like(expect, v) - expect)
+        seen.append(v)
+        k = 0.75 ** torch.arange(len(seen) - 1, -1, -1, dtype=torch.float64)
+        expect = torch.full((2,), float((k * torch.tensor(seen, dtype=torch.float64)).sum() / k.sum()),
+                            dtype=torch.float64)
         assert torch.allclose(avg.shadow["weight"].double(), expect), (n, avg.shadow["weight"])
         assert int(avg.shadow["num_batches_tracked"]) == n + 7
     with avg.swapped(m):
@@ -232,7 +260,7 @@ def test_the_default_recipe_is_the_default_runs_only(monkeypatch, tmp_path):
                  ["run", "--model", "bpsta-small", "--rate-penalty", "0.01", "--lr", "0.003"]):
         assert cli.main(argv) == 0
     assert set(cli.SCOPED) == {"timesteps", "lr", "lr_schedule", "loss", "rate_penalty",
-                               "augment", "ema"}
+                               "penalty_warmup", "augment", "ema"}
     pick = lambda cfg: {name: getattr(cfg, name) for name in cli.SCOPED}
     plain = pick(TrainConfig())
     assert flow.DEFAULT.rate_penalty > 0 and pick(flow.DEFAULT) != plain
