@@ -185,9 +185,10 @@ def _rate_loss(cfg: TrainConfig, trace, ramp: float = 1.0) -> torch.Tensor:
 def penalty_ramp(warmup: int, step: int, per_epoch: int) -> float:
     """The share of the rate penalty at training step ``step`` (from 0): rising
     linearly from 0 at the first step to 1 after ``warmup`` epochs of
-    ``per_epoch`` steps (``TrainConfig.penalty_warmup``).  At full strength from the start, the penalty can
-    switch a layer off before the loss has taught it anything (the default
-    recipe, seed 8: layers 1-3 silent after the first epoch, 10 %)."""
+    ``per_epoch`` steps (``TrainConfig.penalty_warmup``).  At full strength
+    from the start, the penalty can switch a layer off before the loss has
+    taught it anything (the default recipe without a warm-up, seed 8: layers
+    1-3 silent after the first epoch, 10 %)."""
     return 1.0 if warmup == 0 else min(1.0, step / (warmup * per_epoch))
 
 
@@ -480,8 +481,9 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     the per-epoch history.  ``ema`` > 0: the model is evaluated and left with
     the moving average of its weights over the steps (:class:`WeightAverage`);
     ``penalty_warmup``: epochs over which the rate penalty ramps up
-    (:func:`penalty_ramp`; a fine-tuning, QAT, takes it whole from the start).  ``procs``: one of the processes of a ``torchrun``
-    launch (its process group open), which train ``model`` together under
+    (:func:`penalty_ramp`; a fine-tuning, QAT, takes it whole from the
+    start).  ``procs``: one of the processes of a ``torchrun`` launch (its
+    process group open), which train ``model`` together under
     DistributedDataParallel (:func:`batch_loss`); rank 0 alone evaluates and
     returns the history, the others an empty list."""
     spec = model.spec
@@ -620,7 +622,9 @@ def warn_silent(cfg: TrainConfig, ev: dict) -> None:
     silent = silent_layers(ev["firing_rates"])
     if not silent:
         return
-    hint = (f"a smaller --rate-penalty than {cfg.rate_penalty:g}, or another --seed"
+    longer = (f"a longer --penalty-warmup than {cfg.penalty_warmup}" if cfg.penalty_warmup
+              else "--penalty-warmup 2")
+    hint = (f"a smaller --rate-penalty than {cfg.rate_penalty:g}, {longer}, or another --seed"
             if cfg.rate_penalty else "another --seed or learning rate")
     print(f"warning: layer{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} "
           f"sent no spike on the {cfg.dataset} test images (test accuracy "
