@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sparsity.py [--penalties 0,0.05,0.1,0.2]
         [--seeds 0] [--epochs 16] [--images 200] [--board ulx3s] [--out runs/bench_sparsity]
-        [--train-options "--loss mse --lr 5e-4"]
+        [--train-options "--loss mse --lr 5e-4 --penalty-warmup 0 --ema 0"]
 
 The engine is event-driven: a layer's synapse unit takes one input event (a
 word of channels at one position) per kernel tap and cycle, so the spikes a
@@ -18,7 +18,8 @@ planned lanes and words, the interval between images the planner predicted and t
 Verilator measured (images back to back), and inferences/s at the plan's
 predicted Fmax.  The README's "Sparsity" table is this script's output,
 with the MSE recipe the default had then (``--penalties 0,0.005,0.01,0.02
---train-options "--loss mse --lr 5e-4"``); the default's cross-entropy loss
+--train-options "--loss mse --lr 5e-4 --penalty-warmup 0 --ema 0"``: no
+ramp of the penalty, no weight average); the default's cross-entropy loss
 takes penalties about 10x those.
 """
 

@@ -39,7 +39,8 @@ def main(argv=None) -> None:
                     str(args.epochs),
                     # the recipe of the README's row (commit aceaf72's default), not
                     # today's, which was tuned for the conv network
-                    "--loss", "mse", "--lr", "5e-4", "--rate-penalty", "0"],
+                    "--loss", "mse", "--lr", "5e-4", "--rate-penalty", "0",
+                    "--penalty-warmup", "0", "--ema", "0"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     plan = json.loads((run / "plan.json").read_text())
     sim = json.loads((run / "sim.json").read_text())

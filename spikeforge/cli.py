@@ -66,9 +66,12 @@ def _nonnegative_float(text: str) -> float:
 
 def _decay(text: str) -> float:
     """An argparse type: a number in [0, 1)."""
-    v = _finite_float(text, zero_ok=True)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"must be below 1 (0: off), not {text}")
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 <= v < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1) (0: off), not {text}")
     return v
 
 
@@ -127,8 +130,8 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
                    help="loss += this x the hidden layers' mean firing rate: fewer events, "
                         "fewer engine cycles (" + default("rate_penalty"))
     p.add_argument("--penalty-warmup", type=_int_in(0, 100_000), default=None, metavar="EPOCHS",
-                   help="the rate penalty rises from 0 to its value over these first epochs ("
-                        + default("penalty_warmup"))
+                   help="the rate penalty rises from 0 to its value over these first epochs "
+                        "(more than the run's: it never reaches it; " + default("penalty_warmup"))
     p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
                    help="keep the moving average of the weights over the training steps, "
                         "with this decay a step, 0: off (" + default("ema"))

@@ -592,11 +592,18 @@ def step_report(run: Path, args) -> None:
                    "cycles per inference", "RTL cycle breakdown per layer")
 
 
+# training options added after runs were recorded, with the value those runs
+# trained with: left out of the record at that value, so the records written
+# before them stay valid (a run with another value is retrained)
+_TRAIN_ADDED = {"penalty_warmup": 0, "ema": 0.0}
+
+
 def _train_options(args) -> dict:
     import dataclasses
 
     from spikeforge.cli import train_config
-    return dataclasses.asdict(train_config(args))
+    opts = dataclasses.asdict(train_config(args))
+    return {k: v for k, v in opts.items() if k not in _TRAIN_ADDED or v != _TRAIN_ADDED[k]}
 
 
 def _pick(*names):

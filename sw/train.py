@@ -481,8 +481,9 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     the per-epoch history.  ``ema`` > 0: the model is evaluated and left with
     the moving average of its weights over the steps (:class:`WeightAverage`);
     ``penalty_warmup``: epochs over which the rate penalty ramps up
-    (:func:`penalty_ramp`; a fine-tuning, QAT, takes it whole from the
-    start).  ``procs``: one of the processes of a ``torchrun`` launch (its
+    (:func:`penalty_ramp`).  Both count from the first spiking epoch, after
+    ``hybrid_epochs`` of pre-training; a fine-tuning (QAT) passes neither:
+    the whole penalty from the start, its last weights kept.  ``procs``: one of the processes of a ``torchrun`` launch (its
     process group open), which train ``model`` together under
     DistributedDataParallel (:func:`batch_loss`); rank 0 alone evaluates and
     returns the history, the others an empty list."""
@@ -508,6 +509,11 @@ def fit(model: SpikingNet, cfg: TrainConfig, ds: sfdata.Dataset, epochs: int, *,
     for epoch in range(epochs):
         model.train()
         beta = cfg.hybrid_beta if epoch < hybrid_epochs else None
+        if epoch == hybrid_epochs > 0:
+            # the spiking phase starts here: the ramp and the average count
+            # from its first step, not over the pre-training's other neurons
+            step = 0
+            average = WeightAverage(model, ema) if ema else None
         total, seen, here = 0.0, 0, 0
         steps = _batches(len(y_train), cfg.batch_size, gen)
         bar = tqdm(steps, total=per_epoch, disable=not progress,

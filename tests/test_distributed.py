@@ -35,8 +35,9 @@ ARGS = ["--model", "convsnn", "--dataset", "digits8x8", "--epochs", "2", "--hybr
         "--batch-size", "16", "--train-limit", "301", "--lr", "2e-3", "--timesteps", "6",
         "--set", "channels=[6]", "--set", "hidden=24", "--set", "encoding=rate",
         # given, so `train` (mse, penalty 0) and `run` (its own recipe for
-        # convsnn) train the same; the penalty's gradient goes through DDP too
-        "--loss", "mse", "--rate-penalty", "0.02"]
+        # convsnn) train the same; the penalty's gradient, its ramp and the
+        # weights' average go through DDP too
+        "--loss", "mse", "--rate-penalty", "0.02", "--penalty-warmup", "1", "--ema", "0.9"]
 ATOL = 1e-5          # weights after 38 Adam steps at lr 2e-3
 # Both sides run with oneDNN's kernels capped at AVX2: its AVX-512 convolution
 # kernels (a Xeon with AMX here) sum a batch of 8 and one of 16 in different

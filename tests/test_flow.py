@@ -61,16 +61,19 @@ def test_rate_penalty_lowers_the_hidden_layers_firing_rates(run_dir, tmp_path):
 
 def test_the_rate_penalty_ramps_up_over_its_warmup(tmp_path, monkeypatch):
     """``penalty_warmup`` W: the penalty's share at each training step rises
-    linearly from 0 at the first step to 1 after W epochs and stays there; 0
-    (TrainConfig's default) is the whole penalty from the start; a negative
-    value is refused."""
+    linearly from 0 at the first step to 1 after W epochs and stays there,
+    and the penalty is scaled by it; 0 (TrainConfig's default) is the whole
+    penalty from the start; a negative value is refused."""
     from spikeforge.sw import train as sftrain
     shares = []
     rate_loss = sftrain._rate_loss
 
     def record(cfg, trace, ramp=1.0):
         shares.append(ramp)
-        return rate_loss(cfg, trace, ramp)
+        out = rate_loss(cfg, trace, ramp)
+        whole = rate_loss(cfg, trace)
+        assert whole > 0 and torch.allclose(out, ramp * whole)  # the penalty scaled by it
+        return out
     monkeypatch.setattr(sftrain, "_rate_loss", record)
     per_epoch = -(-len(load("digits8x8").y_train) // TINY["batch_size"])
     for warmup in (2, 0):
@@ -81,7 +84,6 @@ def test_the_rate_penalty_ramps_up_over_its_warmup(tmp_path, monkeypatch):
         expect = [min(1.0, k / (warmup * per_epoch)) if warmup else 1.0
                   for k in range(3 * per_epoch)]
         assert shares == pytest.approx(expect), (warmup, shares[:5])
-    assert shares[0] == 1.0
     with pytest.raises(ValueError, match="penalty_warmup must be an integer of 0 or more"):
         TrainConfig(**TINY, penalty_warmup=-1)
 

@@ -99,6 +99,25 @@ def test_changed_options_redo_the_step_and_all_after(fakes, tmp_path, capsys):
     assert fakes.calls == ["train", "quantize", "plan", "export", "verify", "report"]
 
 
+def test_training_options_added_later_keep_the_records_before_them(fakes, tmp_path, capsys):
+    """``penalty_warmup`` and ``ema`` came after runs were recorded: at the
+    value those runs trained with (0) they stay out of the train record, so
+    such a record is still done; another value is recorded and retrains."""
+    assert run_flow(tmp_path, "--penalty-warmup", 0, "--ema", 0) == 0
+    rec = json.loads((tmp_path / ".flow" / "train.json").read_text())["options"]
+    assert "rate_penalty" in rec and not {"ema", "penalty_warmup"} & set(rec)
+    fakes.calls.clear()
+    assert run_flow(tmp_path, "--penalty-warmup", 0, "--ema", 0) == 0
+    assert fakes.calls == ["report"]
+    capsys.readouterr()
+    fakes.calls.clear()
+    assert run_flow(tmp_path) == 0  # the default run's recipe: a ramp and an average
+    assert fakes.calls == ["train", "quantize", "plan", "export", "verify", "report"]
+    assert "options changed: ema, penalty_warmup" in capsys.readouterr().out
+    rec = json.loads((tmp_path / ".flow" / "train.json").read_text())["options"]
+    assert (rec["ema"], rec["penalty_warmup"]) == (flow.DEFAULT.ema, flow.DEFAULT.penalty_warmup)
+
+
 def test_changed_or_missing_files_redo_the_steps_that_use_them(fakes, tmp_path):
     assert run_flow(tmp_path) == 0
     # an input changed behind the flow's back: the steps that read it are stale
