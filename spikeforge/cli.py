@@ -130,8 +130,9 @@ def _add_train_args(p: argparse.ArgumentParser, defaults) -> None:
                    help="loss += this x the hidden layers' mean firing rate: fewer events, "
                         "fewer engine cycles (" + default("rate_penalty"))
     p.add_argument("--penalty-warmup", type=_int_in(0, 100_000), default=None, metavar="EPOCHS",
-                   help="the rate penalty rises from 0 to its value over these first epochs "
-                        "(more than the run's: it never reaches it; " + default("penalty_warmup"))
+                   help="the rate penalty rises from 0 to its value over these first epochs, "
+                        "counted from the first spiking one (more than the run's: it never "
+                        "reaches it; " + default("penalty_warmup"))
     p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
                    help="keep the moving average of the weights over the training steps, "
                         "with this decay a step, 0: off (" + default("ema"))

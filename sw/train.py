@@ -187,8 +187,8 @@ def penalty_ramp(warmup: int, step: int, per_epoch: int) -> float:
     linearly from 0 at the first step to 1 after ``warmup`` epochs of
     ``per_epoch`` steps (``TrainConfig.penalty_warmup``).  At full strength
     from the start, the penalty can switch a layer off before the loss has
-    taught it anything (the default recipe without a warm-up, seed 8: layers
-    1-3 silent after the first epoch, 10 %)."""
+    taught it anything (the default recipe without a warm-up, seed 8: no
+    spike out of any layer after the first epoch, 10 %)."""
     return 1.0 if warmup == 0 else min(1.0, step / (warmup * per_epoch))
 
 
