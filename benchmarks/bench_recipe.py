@@ -20,8 +20,7 @@ learning rate 1e-3, the weights' moving average), it without the average,
 without the ramp, and without both (the default before); on top of that
 one, the MSE recipe that was the default before it, cross-entropy at the
 MSE recipe's learning rate with three rate penalties, 24 epochs, and a
-learning rate of 2e-3.  Finished runs
-under ``--out`` are reused.
+learning rate of 2e-3.  Finished runs under ``--out`` are reused.
 """
 
 from __future__ import annotations
