@@ -182,15 +182,20 @@ def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
     """Width of the column slices a ``width x depth`` memory is built from:
     the widest configuration holding all ``depth`` words, when that is
     narrower than the memory and deeper than one 36-bit block (a 512-word
-    memory is what Yosys builds well by itself); else ``width`` (one piece),
-    or for a pipelined read (:func:`read_stages`) a block's width, so each
-    block gets its own address copy."""
+    memory is what Yosys builds well by itself); deeper than every
+    configuration, the narrowest (on the ECP5 1-bit columns of
+    ``ceil(depth / 16,384)`` blocks each, a small multiplexer behind each
+    column, where in one piece Yosys stacked 36-bit blocks behind one
+    multiplexer of as many inputs: 49 for an fc layer's 32 x 25,088 weights,
+    the critical path of its ULX3S build at 54.0 MHz); else ``width`` (one
+    piece), or for a pipelined read (:func:`read_stages`) a block's width,
+    so each block gets its own address copy."""
     if depth <= configs[-1][1]:
         if read_stages(width, depth) and width > configs[-1][0]:
             return configs[-1][0]
         return width
     fits = [cw for cw, cd in configs if cd >= depth]
-    return min(max(fits), width) if fits else width
+    return min(max(fits), width) if fits else configs[0][0]
 
 
 def _ports(width: int, depth: int) -> dict:

@@ -766,7 +766,7 @@ def test_fit_check_counts_blocks_and_refuses_with_names():
                                        r".*; SPRAM: L0_weights 2, L3_weights 2 of 4 blocks$"):
         check_fit(big, 4, "ice40up5k")
     with pytest.raises(FitError, match=r"^network does not fit ecp5-85f: .* L2_weights \(layer 2\) "
-                                       r"32 bits x 75264 words = 2408448 bits -> 147 blocks"):
+                                       r"32 bits x 75264 words = 2408448 bits -> 160 blocks"):
         check_fit(big, [4, 4, 4, 5], "ecp5-85f")
 
 
@@ -818,8 +818,8 @@ def test_ice40_small_memories_in_flip_flops_as_yosys_chooses():
 @pytest.mark.parametrize("width, depth", [(256, 3136), (16, 50176), (80, 600), (20, 300)])
 def test_sliced_memory_reads_what_was_written(width, depth, monkeypatch):
     """The weight memory in column slices: the init words, then written words,
-    read back whole; the slice width is the configuration holding the depth.
-    A memory of 8 or more blocks read pipelined (``PIPELINE_BLOCKS`` at 8:
+    read back whole; the slice width is the configuration holding the depth
+    (deeper than all of them, 1-bit columns of stacked blocks).  A memory of 8 or more blocks read pipelined (``PIPELINE_BLOCKS`` at 8:
     off by default)."""
     from spikeforge.hw import memory as hw_memory
     from spikeforge.hw.memory import SlicedMemory, slice_bits
@@ -827,7 +827,7 @@ def test_sliced_memory_reads_what_was_written(width, depth, monkeypatch):
     rng = random.Random(width * depth)
     init = [rng.getrandbits(width) for _ in range(depth)]
     mem = SlicedMemory(width, depth, init)
-    assert mem.slice == {3136: 4, 50176: 16, 600: 18, 300: 20}[depth] == slice_bits(width, depth)
+    assert mem.slice == {3136: 4, 50176: 1, 600: 18, 300: 20}[depth] == slice_bits(width, depth)
     # 56 and 49 blocks: the read pipelined (address copies in two levels,
     # then each slice's word registered); 5 and 1 blocks: not
     assert mem.latency == {3136: 4, 50176: 4, 600: 1, 300: 1}[depth]
@@ -898,13 +898,17 @@ def test_a_read_of_the_word_being_written_is_corrupted_in_simulation(platform):
 
 def test_fit_counts_the_weight_slices():
     """The fc weights at 32 lanes (256 bits x 3,136 words): 64 blocks of
-    4096x4 as built, not the 56 of a 7-deep stack of 512x36."""
+    4096x4 as built, not the 56 of a 7-deep stack of 512x36; deeper than
+    every configuration (16 bits x 50,176 words), 1-bit columns of 4 blocks
+    each: 64, not the 49 of a 49-deep stack of 1024x18 (the multiplexer
+    behind such a stack was an ULX3S build's critical path)."""
     from spikeforge.hw.fit import DEVICES
     dev = DEVICES["ecp5-85f"]
     assert dev.blocks_for(256, 3136) == 56
     assert dev.blocks_for(256, 3136, sliced=True) == 64
     assert dev.blocks_for(36, 512, sliced=True) == dev.blocks_for(36, 512) == 1
-    assert dev.blocks_for(16, 50176, sliced=True) == dev.blocks_for(16, 50176) == 49
+    assert dev.blocks_for(16, 50176) == 49
+    assert dev.blocks_for(16, 50176, sliced=True) == 64
 
 
 class _OneMemory(Elaboratable):
@@ -925,6 +929,23 @@ class _OneMemory(Elaboratable):
         m.d.comb += [mem.rd_addr.eq(self.ra), self.rd.eq(mem.rd_data), mem.wr_addr.eq(self.wa),
                      mem.wr_data.eq(self.wd), mem.wr_en.eq(self.we)]
         return m
+
+
+@pytest.mark.slow
+def test_a_memory_deeper_than_every_block_is_built_in_1_bit_columns():
+    """8 bits x 20,000 words: synth_ecp5 builds the 1-bit columns of 2
+    blocks each that the fit check counts (16), not a 10-deep stack of
+    2048x9 (the fit check's count of the memory in one piece)."""
+    from spikeforge import toolchain
+    from spikeforge.hw.fit import DEVICES
+    from spikeforge.hw.memory import SYNTHESIS
+    toolchain.setup()
+    top = _OneMemory(8, 20000)
+    assert top.mem.slice == 1
+    cells = toolchain.yosys_cells(rtlil.convert(top, name="top", platform=SYNTHESIS, ports=[
+        top.ra, top.wa, top.wd, top.we, top.rd]), "synth_ecp5", top="top")
+    assert cells.get("DP16KD", 0) == DEVICES["ecp5-85f"].blocks_for(8, 20000, sliced=True) == 16
+    assert DEVICES["ecp5-85f"].blocks_for(8, 20000) == 10
 
 
 def _ice40_cells(design, ports) -> dict:
