@@ -319,7 +319,7 @@ def _exported(net_or_run, net, lanes, words=None) -> dict | None:
     if not isinstance(net_or_run, (str, os.PathLike)) or not Path(net_or_run).is_dir():
         return None
     from spikeforge import image
-    from spikeforge.flow import recorded_lanes
+    from spikeforge.flow import check_export_current, recorded_lanes
     run = Path(net_or_run)
     recorded = recorded_lanes(run)
     if recorded != list(lanes):
@@ -327,6 +327,7 @@ def _exported(net_or_run, net, lanes, words=None) -> dict | None:
             print(f"note: {run / 'hw'} was exported for lanes {recorded}, not {list(lanes)}: "
                   f"the memories hold the words of {run / 'weights.sfimg'}")
         return None
+    check_export_current(run)
     return image.read_exported(run / "hw", net, lanes, words)
 
 

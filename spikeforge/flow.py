@@ -88,7 +88,8 @@ class Step:
 def _need(run: Path, name: str, step: str) -> Path:
     path = run / name
     if not path.exists():
-        raise FlowError(f"{path} is missing: run `spikeforge {step} {run}` first")
+        how = f"train --out {run}" if step == "train" else f"{step} {run}"
+        raise FlowError(f"{path} is missing: run `spikeforge {how}` first")
     return path
 
 
@@ -407,7 +408,24 @@ def exported_memories(run: Path, net, lanes, words=None) -> dict | None:
     if not (run / "hw" / "memories.json").exists():
         print(f"note: {run / 'hw'} holds no export: the memories hold the words of {IMAGE}")
         return None
+    check_export_current(run)
     return image.read_exported(run / "hw", net, lanes, words)
+
+
+def check_export_current(run: Path) -> None:
+    """Refuse ``RUN/hw`` when the export step's record says it was written
+    from another weight image than the run's now (a run re-trained or
+    re-quantized in place, then built or verified without exporting again:
+    the memories would hold the old weights; a plan of other lanes or words
+    is caught by :func:`spikeforge.image.read_exported`'s shapes).  A folder
+    with no export record (memory images put there by hand) is taken as it
+    is."""
+    rec = read_record(Path(run), "export")
+    if rec is None or rec.get("status") != "ok" or not isinstance(rec.get("inputs"), dict):
+        return
+    if rec["inputs"].get(IMAGE) != _sha256(Path(run) / IMAGE):
+        raise FlowError(f"{Path(run) / 'hw'} was exported from another {IMAGE} than "
+                        f"{Path(run) / IMAGE}: run `spikeforge export {run}` again")
 
 
 def step_sim(run: Path, args) -> dict:

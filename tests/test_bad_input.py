@@ -462,3 +462,13 @@ def test_unknown_train_field_with_a_control_character_is_one_line(base, tmp_path
     write(run / "metrics.json", {})
     (run / "model.safetensors").write_bytes(b"")
     assert only_clean_exits(["quantize", "-q", run], capsys, ok=(2,)) == 2
+
+
+def test_a_missing_training_names_the_command_that_makes_it(tmp_path, capsys):
+    """An empty run folder: the message's command works as printed (train
+    takes its folder as ``--out``)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for cmd in ("report", "quantize"):
+        fails([cmd, empty], capsys, f"{empty / 'metrics.json'} is missing: run "
+              f"`spikeforge train --out {empty}` first")

@@ -192,6 +192,14 @@ def test_verify_runs_the_exported_images(tmp_path, capsys):
         (hw / name).write_bytes(saved[name])
     (hw / "L0_neurons.hex").write_bytes(saved["L0_neurons.hex"])
     assert cli.main(["verify", str(run), "--images", "12"]) == 0
+    # quantized again in place (other weights) and not exported again: the
+    # export is refused, not loaded with the old weights
+    assert cli.main(["quantize", "-q", str(run), "--input-bits", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["verify", str(run), "--images", "12"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {hw} was exported from another weights.sfimg than "
+                          f"{run / 'weights.sfimg'}: run `spikeforge export {run}` again")
     shutil.rmtree(run / "sim_build")
 
 
