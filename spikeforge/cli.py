@@ -192,6 +192,15 @@ def _clock_choice(text: str):
     return v
 
 
+def _report_clock(text: str) -> float:
+    """An argparse type: a clock for report's figures, 0.001..10,000 MHz
+    (outside that no FPGA clock, and figures of hundreds of digits)."""
+    v = _positive_float(text)
+    if not 1e-3 <= v <= 1e4:
+        raise argparse.ArgumentTypeError(f"clock must be in 0.001..10000 MHz, not {text!r}")
+    return v
+
+
 def _run_dir(text: str):
     from pathlib import Path
     run = Path(text)
@@ -361,7 +370,7 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clock-mhz", type=_positive_float, default=50.0,
+    p.add_argument("--clock-mhz", type=_report_clock, default=50.0,
                    help="clock for the latency figure (default %(default)s MHz)")
 
 

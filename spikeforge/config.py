@@ -199,7 +199,8 @@ class LayerSpec:
                neuron=(NeuronSpec,), residual=(bool,))
         for name in ("in_channels", "out_channels", "kernel", "pool"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 1, f"layer.{name} must be a positive integer, not {v!r}")
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                   f"layer.{name} must be a positive integer, not {v!r}")
         _check(len(self.in_size) == 2 and min(self.in_size) >= 1,
                f"layer.in_size must be two positive integers, not {self.in_size!r}")
         _check(0 <= self.padding < self.kernel,

@@ -137,6 +137,9 @@ def read_sim(run: Path) -> dict | None:
     for key in ("mean", "min", "max"):
         files.need(cyc, key, files.POSITIVE, f"{where}: cycles_per_inference")
     files.need(sim, "interval_cycles", files.POSITIVE, where)
+    files.need(sim, "first_image_cycles", files.POSITIVE, where, optional=True)
+    files.need(sim, "sdram", files.COUNTS, where, optional=True)
+    files.need(sim, "banks", files.POSITIVE_INTS, where, optional=True)
     e = files.need(sim, "energy", files.OBJECT, where)
     for key in ("e_synaptic_pj_per_inference", "accumulates_per_inference"):
         files.need(e, key, files.NONNEG, f"{where}: energy")
@@ -544,6 +547,17 @@ def step_report(run: Path, args) -> None:
     from spikeforge.sw import golden
     m = read_metrics(run, trained=True)
     sim = read_sim(run)
+    # the weight image read and checked before anything is written
+    net = meta = None
+    if (run / IMAGE).exists():
+        net, meta = image.read_image(run / IMAGE)
+        if len(m["firing_rates"]) != len(net.layers):
+            raise FlowError(f"{run / 'metrics.json'}: {len(m['firing_rates'])} firing rates "
+                            f"for the {len(net.layers)} layers of {run / IMAGE}")
+        if sim and len(sim["layers"]) != len(net.layers):
+            raise FlowError(f"{run / 'sim.json'}: {len(sim['layers'])} layers' cycles for the "
+                            f"{len(net.layers)} layers of {run / IMAGE}")
+        dataset, seed = image_data(meta, m["dataset"])
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"
     clock = args.clock_mhz
     rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
@@ -569,6 +583,9 @@ def step_report(run: Path, args) -> None:
         from spikeforge.boards.build import read_reports
         for board, rep in read_reports(run).items():
             if "inferences_per_second" in rep:
+                where = str(run / "build" / board / "report.json")
+                for key in ("fmax_mhz", "latency_us", "inferences_per_second"):
+                    files.need(rep, key, files.POSITIVE, where)
                 rows.append((f"{board} at Fmax {rep['fmax_mhz']:.1f} MHz",
                              f"latency {rep['latency_us']:.1f} us, "
                              f"{rep['inferences_per_second']:.0f} inferences/s"))
@@ -586,12 +603,7 @@ def step_report(run: Path, args) -> None:
     (run / "report.txt").write_text(text + "\n")
     print(text)
 
-    if (run / IMAGE).exists():
-        net, meta = image.read_image(run / IMAGE)
-        dataset, seed = image_data(meta, m["dataset"])
-        if len(m["firing_rates"]) != len(net.layers):
-            raise FlowError(f"{run / 'metrics.json'}: {len(m['firing_rates'])} firing rates "
-                            f"for the {len(net.layers)} layers of {run / IMAGE}")
+    if net is not None:
         ds = sfdata.load(dataset, seed=seed)
         res = golden.run(net, ds.x_test)
         plots.confusion(run / "confusion.png", ds.y_test, res.classes, net.spec.classes,

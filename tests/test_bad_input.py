@@ -116,6 +116,12 @@ FILE_CASES = {
     "sim-cycles-zero": ("sim.json", {**valid_sim(), "cycles_per_inference":
                                      {"mean": 0, "min": 0, "max": 0}},
                         "report", ["sim.json", "'mean' must be a positive number"]),
+    "sim-first-image": ("sim.json", {**valid_sim(), "first_image_cycles": "x"}, "report",
+                        ["sim.json", "'first_image_cycles' must be a positive number"]),
+    "sim-sdram": ("sim.json", {**valid_sim(), "sdram": 5}, "report",
+                  ["sim.json", "'sdram' must be a list of non-negative integers"]),
+    "sim-layers-count": ("sim.json", valid_sim(), "report",
+                         ["sim.json: 2 layers' cycles for the 3 layers of"]),
     "sim-layers-list": ("sim.json", {**valid_sim(), "layers": [1, 2]}, "report",
                         ["sim.json", "'layers' must be a non-empty list of objects"]),
     "memories-garbled": ("hw/memories.json", "lanes: 4", "build --board icebreaker",
@@ -153,6 +159,20 @@ def test_bad_fifo_depth_in_the_plan_or_the_export(run, capsys):
     fails(["export", run], capsys, "plan.json", "'fifo_depth' must be an integer of at least 2")
 
 
+def test_report_refuses_a_damaged_build_report_and_writes_nothing(run, capsys):
+    """A build's report.json with a bad figure, or a bad weight image: an
+    error naming the file, and no report.txt half written."""
+    write(run / "sim.json", valid_sim() | {"layers": [{"busy": 1, "scan": 2, "stall": 0}] * 3})
+    rep = run / "build" / "ulx3s" / "report.json"
+    for value in ("fast", None, 0):
+        write(rep, {"fmax_mhz": value, "latency_us": 1.0, "inferences_per_second": 5.0})
+        fails(["report", run], capsys, str(rep), "'fmax_mhz'")
+    rep.unlink()
+    write(run / "weights.sfimg", b"")
+    fails(["report", run], capsys, "weights.sfimg")
+    assert not (run / "report.txt").exists()
+
+
 def test_report_runs_on_the_untouched_folder(run, capsys):
     # the file checks above refuse only what is wrong: the same folder reports
     write(run / "sim.json", valid_sim() | {"layers": [{"busy": 1, "scan": 2, "stall": 0}] * 3})
@@ -182,9 +202,15 @@ FLAG_CASES = {
     "hidden-huge": (["train", *TINY, "--set", "hidden=1000000000000"], ["parameters exceed"]),
     "hidden-expr": (["train", *TINY, "--set", "hidden=10**12"], ["hidden"]),
     "channels-text": (["train", *TINY, "--set", "channels=abc"], ["channels"]),
+    "hidden-bool": (["train", *TINY, "--set", "hidden=true"],
+                    ["hidden=True", "must be a positive integer, not True"]),
+    "channels-bool": (["train", *TINY, "--set", "channels=[true,4]"],
+                      ["must be a positive integer, not True"]),
     "clock-0": (["report", "RUN", "--clock-mhz", "0"], ["--clock-mhz"]),
     "clock-neg": (["report", "RUN", "--clock-mhz", "-5"], ["--clock-mhz"]),
     "clock-nan": (["report", "RUN", "--clock-mhz", "nan"], ["--clock-mhz", "nan"]),
+    "clock-huge": (["report", "RUN", "--clock-mhz", "1e300"], ["--clock-mhz", "0.001..10000"]),
+    "clock-tiny": (["report", "RUN", "--clock-mhz", "1e-300"], ["--clock-mhz", "0.001..10000"]),
     "baud-neg": (["infer", "RUN", "--port", "/dev/null", "--baud", "-5"], ["--baud"]),
     "qat-neg": (["quantize", "RUN", "--qat-epochs", "-1"], ["--qat-epochs"]),
     "weight-bits": (["quantize", "RUN", "--weight-bits", "40"], ["--weight-bits", "2..16"]),
