@@ -297,7 +297,9 @@ def step_plan(run: Path, args) -> dict:
     return rec
 
 
-FIFO_DEPTH = ("an integer of at least 2", lambda v: files.is_int(v) and v >= 2)
+#: an event FIFO's depth: 2 .. 65,536 (the planner's are 8 and 32; deeper
+#: than that no engine memory is, and a huge one exhausts the simulator)
+FIFO_DEPTH = ("an integer in 2..65536", lambda v: files.is_int(v) and 2 <= v <= 1 << 16)
 
 
 def planned_fifo_depth(run: Path) -> int | None:

@@ -685,9 +685,16 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, SpikingNet]:
         raise TrainError(f"{path}: {e}") from None
     model = SpikingNet(spec, dropout=cfg.dropout)
     try:
-        model.load_state_dict(load_file(str(run / "model.safetensors")))
+        state = load_file(str(run / "model.safetensors"))
+        model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as e:
-        raise TrainError(f"{run / 'model.safetensors'}: cannot load ({e})") from None
+        why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise TrainError(f"{run / 'model.safetensors'}: cannot load ({why})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainError(f"{run / 'model.safetensors'}: {', '.join(bad[:3])} "
+                         f"{'holds' if len(bad) == 1 else 'hold'} NaN or infinite values "
+                         "(did the training diverge? try a lower --lr)")
     model.eval()
     return cfg, model
 

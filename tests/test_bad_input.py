@@ -153,10 +153,12 @@ def test_bad_fifo_depth_in_the_plan_or_the_export(run, capsys):
     assert json.loads(idx.read_text())["fifo_depth"] == 32   # planned for the ULX3S
     write(idx, {**json.loads(idx.read_text()), "fifo_depth": 1})
     fails(["verify", run, "--images", "2"], capsys, "memories.json",
-          "'fifo_depth' must be an integer of at least 2")
+          "'fifo_depth' must be an integer in 2..65536")
     plan = run / "plan.json"
     write(plan, {**json.loads(plan.read_text()), "fifo_depth": "deep"})
-    fails(["export", run], capsys, "plan.json", "'fifo_depth' must be an integer of at least 2")
+    fails(["export", run], capsys, "plan.json", "'fifo_depth' must be an integer in 2..65536")
+    write(plan, {**json.loads(plan.read_text()), "fifo_depth": 1 << 40})
+    fails(["export", run], capsys, "plan.json", "'fifo_depth' must be an integer in 2..65536")
 
 
 def test_report_refuses_a_damaged_build_report_and_writes_nothing(run, capsys):
@@ -498,3 +500,20 @@ def test_a_missing_training_names_the_command_that_makes_it(tmp_path, capsys):
     for cmd in ("report", "quantize"):
         fails([cmd, empty], capsys, f"{empty / 'metrics.json'} is missing: run "
               f"`spikeforge train --out {empty}` first")
+
+
+def test_weights_of_a_diverged_training_are_named(run, capsys):
+    """A NaN in the trained weights: quantize names the file and the tensor
+    (not an integer range error from deep in the golden model); a tensor of
+    the wrong shape: one line naming the file."""
+    from safetensors.torch import load_file, save_file
+    path = run / "model.safetensors"
+    state = load_file(str(path))
+    key = next(k for k, v in state.items() if k.endswith("weight") and v.is_floating_point())
+    saved = {k: v.clone() for k, v in state.items()}
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(path))
+    fails(["quantize", run], capsys, str(path), key, "NaN or infinite", "diverge")
+    saved[key] = saved[key][..., :1].contiguous()
+    save_file(saved, str(path))
+    fails(["quantize", run], capsys, str(path), "cannot load", key)
