@@ -143,6 +143,10 @@ def _find_idx(root: str, stem: str) -> str:
     raise DataError(f"missing IDX file {os.path.join(root, stem)}[.gz]")
 
 
+#: the most classes an ``idx:`` data set's labels may name
+MAX_CLASSES = 1000
+
+
 def _load_idx_dir(root: str) -> Dataset:
     if not os.path.isdir(root):
         raise DataError(f"idx:{root}: not a directory")
@@ -156,6 +160,10 @@ def _load_idx_dir(root: str) -> Dataset:
             raise DataError(f"{lp}: expected integer labels [N], got {lab.dtype} {lab.shape}")
         if len(lab) != len(img):
             raise DataError(f"{lp}: {len(lab)} labels but {ip} has {len(img)} images")
+        if len(img) == 0:
+            raise DataError(f"{ip}: no images (a data set needs a train and a test split)")
+        if int(lab.max()) >= MAX_CLASSES:
+            raise DataError(f"{lp}: label {int(lab.max())}, more than {MAX_CLASSES} classes")
         parts += [torch.from_numpy(img.copy())[:, None, None], torch.from_numpy(lab.astype(np.int64))]
     if parts[0].shape[2:] != parts[2].shape[2:]:
         raise DataError(f"idx:{root}: train images {tuple(parts[0].shape[3:])} vs test {tuple(parts[2].shape[3:])}")

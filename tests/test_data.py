@@ -293,6 +293,8 @@ def test_read_idx_dtypes(tmp_path):
     ("missing", r"missing IDX file .*t10k-labels-idx1-ubyte\[\.gz\]"),
     ("badgz", r"t10k-images-idx3-ubyte\.gz: cannot read"),
     ("shape", r"t10k-images-idx3-ubyte: expected uint8 images \[N, H, W\], got uint8 \(5, 784\)"),
+    ("empty", r"t10k-images-idx3-ubyte: no images \(a data set needs a train and a test split\)"),
+    ("label", r"train-labels-idx1-ubyte: label 70000, more than 1000 classes"),
 ])
 def test_idx_errors(tmp_path, fault, match):
     arrays = write_mnist_dir(tmp_path, gz=False)
@@ -314,6 +316,15 @@ def test_idx_errors(tmp_path, fault, match):
         (tmp_path / "t10k-images-idx3-ubyte").unlink()
         good = gzip.compress(idx_bytes(arrays["t10k-images-idx3-ubyte"]))
         (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(good[:40])
+    elif fault == "empty":
+        (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+            idx_bytes(arrays["t10k-images-idx3-ubyte"][:0]))
+        (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(
+            idx_bytes(arrays["t10k-labels-idx1-ubyte"][:0]))
+    elif fault == "label":
+        labels = arrays["train-labels-idx1-ubyte"].astype(np.int32)
+        labels[3] = 70000
+        (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x0C))
     elif fault == "shape":
         (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(arrays["t10k-images-idx3-ubyte"].reshape(5, -1)))
     with pytest.raises(DataError, match=match):
