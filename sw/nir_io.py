@@ -442,7 +442,12 @@ def _conv_params(name: str, node, shape) -> tuple[np.ndarray, np.ndarray, int, i
                        "engine convolves with stride 1 (pool instead)")
     if _pair(node.dilation, name, "dilation") != (1, 1):
         raise NIRError(f"node {name!r}: dilation is not in the engine")
-    groups = int(np.asarray(node.groups).reshape(-1)[0]) if node.groups is not None else 1
+    groups = 1
+    if node.groups is not None:
+        g = _arr(node.groups, f"node {name!r}: groups").reshape(-1)
+        if g.size != 1 or g[0] != np.round(g[0]):
+            raise NIRError(f"node {name!r}: groups must be one integer, not {g.tolist()}")
+        groups = int(g[0])
     if groups != 1:
         raise NIRError(f"node {name!r}: groups {groups}: the engine takes dense convolutions")
     pad = node.padding

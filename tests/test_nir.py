@@ -492,6 +492,8 @@ BAD = {
     "stride": (chain((1, 8, 8), _conv(stride=2), _lif((2, 4, 4))), ["'n0'", "stride 1"]),
     "groups": (chain((1, 8, 8), _conv(), _lif((2, 8, 8)), _conv(groups=2), _lif((2, 8, 8))),
                ["'n2'", "groups 2"]),
+    "groups empty": (chain((1, 8, 8), _conv(groups=np.array([])), _lif((2, 8, 8))),
+                     ["'n0'", "groups must be one integer, not []"]),
     "sum pool alone": (chain((1, 8, 8), _conv(), _lif((2, 8, 8)), nir.SumPool2d(
         kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]))),
         ["'n2'", "SumPool2d -> Threshold"]),
