@@ -201,6 +201,14 @@ def _report_clock(text: str) -> float:
     return v
 
 
+def _folder(text: str) -> str:
+    """An argparse type: a run folder's path, not empty (an empty one named
+    the current directory, where the step then wrote its files)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a folder, not an empty path")
+    return text
+
+
 def _run_dir(text: str):
     from pathlib import Path
     run = Path(text)
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = add("train", "train an SNN with surrogate gradients")
     _add_train_args(p, TrainConfig())
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=_folder, help="run folder")
     p.set_defaults(fn=cmd_train)
 
     for name, help_, extra in (("quantize", "quantize to integers, write RUN/weights.sfimg",
@@ -410,20 +418,20 @@ def main(argv: list[str] | None = None) -> int:
                                 ("report", "the summary table and plots of a run",
                                  _add_report_args)):
         p = add(name, help_)
-        p.add_argument("run", help="run folder")
+        p.add_argument("run", type=_folder, help="run folder")
         if extra:
             extra(p)
         p.set_defaults(fn=_step(name))
 
     p = add("plan", "lanes per layer for a board from the cycle and cost models: candidates, "
                     "Pareto plot, RUN/plan.json (what export, verify and build use)")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", type=_folder, help="run folder")
     _add_plan_args(p)
     _add_export_args(p)
     p.set_defaults(fn=_step("plan"))
 
     p = add("build", "bitstream + report.json for a board (Yosys + nextpnr from YoWASP)")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", type=_folder, help="run folder")
     p.add_argument("--board", required=True, choices=("ulx3s", "icebreaker"))
     p.add_argument("--lanes", type=_lanes, default=None,
                    help="lanes P (default: those of RUN/hw/memories.json, else the board's)")
@@ -437,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_build)
 
     p = add("infer", "send test images to a board over its UART, compare with the golden model")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", type=_folder, help="run folder")
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
     p.add_argument("--images", type=_int_in(1), default=None,
                    help="test images, one at a time over the link (default 20)")
@@ -472,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     p = add("import", "a run folder from a NIR graph (snnTorch, Norse, ...): then quantize, "
                       "export, verify, build, report as for a trained run")
     p.add_argument("model", help="the NIR file (HDF5)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=_folder, help="run folder")
     p.add_argument("--timesteps", type=_int_in(1, MAX_TIMESTEPS), default=None,
                    help="time steps T (NIR does not carry them; default: the graph's metadata)")
     p.add_argument("--dt", type=_positive_float, default=None,
@@ -504,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_import)
 
     p = add("export-nir", "the run's float model as a NIR graph")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", type=_folder, help="run folder")
     p.add_argument("--out", default=None, help="NIR file (default RUN/model.nir)")
     p.add_argument("--dt", type=_positive_float, default=1e-4,
                    help="time step written with tau = dt / (1 - decay) (default %(default)s)")
@@ -516,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_plan_args(p)
     _add_sim_args(p)
     _add_report_args(p)
-    p.add_argument("--out", default="runs/default", help="run folder (default %(default)s)")
+    p.add_argument("--out", default="runs/default", type=_folder,
+                   help="run folder (default %(default)s)")
     p.add_argument("--from-step", choices=flow.STEPS, default=None,
                    help="redo the flow from this step (default: resume after the last done)")
     p.set_defaults(fn=lambda a: flow.run(a))

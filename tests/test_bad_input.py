@@ -211,6 +211,8 @@ FLAG_CASES = {
     "clock-0": (["report", "RUN", "--clock-mhz", "0"], ["--clock-mhz"]),
     "clock-neg": (["report", "RUN", "--clock-mhz", "-5"], ["--clock-mhz"]),
     "clock-nan": (["report", "RUN", "--clock-mhz", "nan"], ["--clock-mhz", "nan"]),
+    "run-empty": (["plan", ""], ["argument run", "not an empty path"]),
+    "out-empty": (["train", "--out", ""], ["--out", "not an empty path"]),
     "clock-huge": (["report", "RUN", "--clock-mhz", "1e300"], ["--clock-mhz", "0.001..10000"]),
     "clock-tiny": (["report", "RUN", "--clock-mhz", "1e-300"], ["--clock-mhz", "0.001..10000"]),
     "baud-neg": (["infer", "RUN", "--port", "/dev/null", "--baud", "-5"], ["--baud"]),
