@@ -162,10 +162,16 @@ def train_config(args, **fixed):
         if value is None:
             value = getattr(args, "base_scoped", {}).get(name) if own else None
         scoped[name] = getattr(plain, name) if value is None else value
+    given = _overrides(args.set)
+    if "timesteps" in given:   # one number of time steps, recorded once
+        if args.timesteps is not None and given["timesteps"] != args.timesteps:
+            raise SpikeforgeError(f"--timesteps {args.timesteps} and --set "
+                                  f"timesteps={given['timesteps']!r} disagree: give one of them")
+        scoped["timesteps"] = given["timesteps"]
     return TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                        batch_size=args.batch_size, seed=args.seed,
                        hybrid_epochs=args.hybrid_epochs, train_limit=args.train_limit,
-                       overrides={**base, **_overrides(args.set)}, **scoped, **fixed)
+                       overrides={**base, **given}, **scoped, **fixed)
 
 
 def cmd_train(args) -> int:

@@ -271,3 +271,14 @@ def test_the_default_recipe_is_the_default_runs_only(monkeypatch, tmp_path):
         {**plain, "rate_penalty": 0.5, "loss": "ce"},
         {**plain, "rate_penalty": 0.01, "lr": 0.003}]
     assert seen[0].overrides == flow.DEFAULT.overrides and seen[1].overrides == {}
+
+
+def test_set_timesteps_is_the_recorded_number_of_steps(monkeypatch, tmp_path):
+    """`--set timesteps=N` trains N steps and records N as the training's
+    time steps too (config.json's train and spec agree)."""
+    seen = []
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.append(cli.train_config(args)) or 0)
+    assert cli.main(["train", "--out", str(tmp_path), "--set", "timesteps=3"]) == 0
+    assert cli.main(["train", "--out", str(tmp_path), "--timesteps", "3",
+                     "--set", "timesteps=3"]) == 0
+    assert [(c.timesteps, c.overrides["timesteps"]) for c in seen] == [(3, 3), (3, 3)]
