@@ -605,8 +605,10 @@ def infer_run(run_dir: Path, port: str, images: int, *, baud: int = 1_000_000,
     if board is not None:
         builds = [b for b in builds if b.parent.name == board]
     if not builds:
-        raise SpikeforgeError(f"no build report under {run_dir / 'build'}: run `spikeforge build "
-                              f"{run_dir} --board ...` and flash the board first")
+        which = f"{board} " if board is not None else ""
+        raise SpikeforgeError(f"no {which}build report under {run_dir / 'build'}: run "
+                              f"`spikeforge build {run_dir} --board {board or '...'}` and flash "
+                              "the board first")
     from spikeforge.flow import image_data
     dataset, seed = image_data(meta)
     ds = sfdata.load(dataset, seed=seed)

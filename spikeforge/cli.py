@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 
 from spikeforge.config import LR_SCHEDULES, MAX_AUGMENT, MAX_TIMESTEPS
@@ -332,9 +333,18 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                         "fidelity for a run made by `spikeforge import`, accuracy otherwise)")
 
 
+def _ints(text: str) -> list[int]:
+    """Comma-separated decimal integers, plain digits only (``int`` would take
+    ``4_4`` as 44 and other scripts' digits)."""
+    parts = [v.strip() for v in text.split(",")]
+    if not all(re.fullmatch(r"[+-]?[0-9]+", v) for v in parts):
+        raise ValueError(text)
+    return [int(v) for v in parts]
+
+
 def _lanes(text: str):
     try:
-        values = [int(v) for v in text.split(",")]
+        values = _ints(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected an integer or a comma list, not {text!r}") from None
@@ -345,7 +355,7 @@ def _lanes(text: str):
 
 def _words(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",")]
+        values = _ints(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, not {text!r}") from None
     if any(v < 1 for v in values):

@@ -214,6 +214,8 @@ FLAG_CASES = {
     "clock-0": (["report", "RUN", "--clock-mhz", "0"], ["--clock-mhz"]),
     "clock-neg": (["report", "RUN", "--clock-mhz", "-5"], ["--clock-mhz"]),
     "clock-nan": (["report", "RUN", "--clock-mhz", "nan"], ["--clock-mhz", "nan"]),
+    "lanes-underscore": (["export", "RUN", "--lanes", "4_4"], ["--lanes", "'4_4'"]),
+    "words-fullwidth": (["plan", "RUN", "--lanes", "4", "--words", "\uff11"], ["--words"]),
     "run-empty": (["plan", ""], ["argument run", "not an empty path"]),
     "out-empty": (["train", "--out", ""], ["--out", "not an empty path"]),
     "clock-huge": (["report", "RUN", "--clock-mhz", "1e300"], ["--clock-mhz", "0.001..10000"]),
@@ -522,3 +524,10 @@ def test_weights_of_a_diverged_training_are_named(run, capsys):
     saved[key] = saved[key][..., :1].contiguous()
     save_file(saved, str(path))
     fails(["quantize", run], capsys, str(path), "cannot load", key)
+
+
+def test_infer_names_the_board_whose_build_is_missing(run, capsys):
+    write(run / "build" / "ulx3s" / "report.json", {"board": "ulx3s", "lanes": [1, 1, 1]})
+    fails(["infer", run, "--port", "/dev/ttyFAKE", "--board", "icebreaker"], capsys,
+          f"no icebreaker build report under {run / 'build'}",
+          f"`spikeforge build {run} --board icebreaker`")
