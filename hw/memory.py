@@ -185,9 +185,10 @@ def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
     memory is what Yosys builds well by itself); deeper than every
     configuration, the narrowest (on the ECP5 1-bit columns of
     ``ceil(depth / 16,384)`` blocks each, a small multiplexer behind each
-    column, where in one piece Yosys stacked 36-bit blocks behind one
-    multiplexer of as many inputs: 49 for an fc layer's 32 x 25,088 weights,
-    the critical path of its ULX3S build at 54.0 MHz); else ``width`` (one
+    column, where in one piece Yosys stacks blocks behind a multiplexer of
+    as many inputs as the stack is deep: an fc layer's 32 x 25,088 weights
+    were 50 blocks of 1,024 x 18, 25 deep, the critical path of its ULX3S
+    build at 54.0 MHz); else ``width`` (one
     piece), or for a pipelined read (:func:`read_stages`) a block's width,
     so each block gets its own address copy."""
     if depth <= configs[-1][1]:
