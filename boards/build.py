@@ -559,7 +559,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
     board = _board_name(board)
     if clock_mhz is None:
         clock_mhz = DEFAULT_CLOCK_MHZ[board]
-    from spikeforge.flow import PLAN, recorded_lanes, storage_for, words_for
+    from spikeforge.flow import PLAN, read_sim, recorded_lanes, storage_for, words_for
     if lanes is None:
         lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes
         planned = run_dir / PLAN
@@ -569,6 +569,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
                   f"plans them for {board}")
     words = words_for(run_dir, lanes)
     sdram, banks = storage_for(run_dir, lanes)
+    read_sim(run_dir)  # checked now, not after the build (the report's figures come from it)
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,
@@ -598,10 +599,10 @@ def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
     (``RUN/sim.json``, when it simulated the engine with the same lanes):
     ``latency_us`` (an image alone: from its first input event to its result)
     and ``inferences_per_second`` (images back to back: ``interval_cycles``)."""
-    sim_path = run_dir / "sim.json"
-    if not sim_path.exists():
+    from spikeforge.flow import read_sim
+    sim = read_sim(run_dir)   # (checked: positive cycles)
+    if sim is None:
         return report
-    sim = files.read_json(sim_path)
     if (sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim
             or sim.get("words") != report.get("words")
             or sim.get("sdram", []) != report.get("sdram", [])

@@ -531,3 +531,12 @@ def test_infer_names_the_board_whose_build_is_missing(run, capsys):
     fails(["infer", run, "--port", "/dev/ttyFAKE", "--board", "icebreaker"], capsys,
           f"no icebreaker build report under {run / 'build'}",
           f"`spikeforge build {run} --board icebreaker`")
+
+
+def test_build_checks_sim_json_before_synthesis(run, capsys):
+    """The build report's throughput comes from sim.json: a damaged one is
+    refused before Yosys runs, not after the build (a ZeroDivisionError)."""
+    write(run / "sim.json", valid_sim() | {"interval_cycles": 0})
+    fails(["build", run, "--board", "icebreaker"], capsys, "sim.json",
+          "'interval_cycles' must be a positive number")
+    assert not (run / "build").exists()
