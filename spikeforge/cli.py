@@ -209,10 +209,12 @@ def _report_clock(text: str) -> float:
 
 
 def _folder(text: str) -> str:
-    """An argparse type: a run folder's path, not empty (an empty one named
-    the current directory, where the step then wrote its files)."""
+    """An argparse type: a folder's (or an output file's) path, not empty (an
+    empty one named the current directory, where the step then wrote its
+    files)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("a folder, not an empty path")
+        raise argparse.ArgumentTypeError("expected a path, not an empty path (the current "
+                                         "directory)")
     return text
 
 
@@ -487,8 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for --scheduler (default %(default)s)")
     p.add_argument("--seed", type=_int_in(0, (1 << 31) - 1), default=0,
                    help="network k has the seed SEED + k (default %(default)s)")
-    p.add_argument("--out", default=None, help="folder for regress.json (the summary)")
-    p.add_argument("--build-dir", default=None,
+    p.add_argument("--out", default=None, type=_folder,
+                   help="folder for regress.json (the summary)")
+    p.add_argument("--build-dir", default=None, type=_folder,
                    help="keep (and reuse) the Verilator builds here, on each worker's machine "
                         "(default: a temporary folder per network)")
     p.set_defaults(fn=cmd_regress)
@@ -529,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = add("export-nir", "the run's float model as a NIR graph")
     p.add_argument("run", type=_folder, help="run folder")
-    p.add_argument("--out", default=None, help="NIR file (default RUN/model.nir)")
+    p.add_argument("--out", default=None, type=_folder,
+                   help="NIR file (default RUN/model.nir)")
     p.add_argument("--dt", type=_positive_float, default=1e-4,
                    help="time step written with tau = dt / (1 - decay) (default %(default)s)")
     p.set_defaults(fn=cmd_export_nir)

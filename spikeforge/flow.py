@@ -297,8 +297,8 @@ def step_plan(run: Path, args) -> dict:
     return rec
 
 
-#: an event FIFO's depth: 2 .. 65,536 (the planner's are 8 and 32; deeper
-#: than that no engine memory is, and a huge one exhausts the simulator)
+#: an event FIFO's depth: 2 .. 65,536 (the planner's are 8 and 32; a huge
+#: one exhausts the simulator's memory)
 FIFO_DEPTH = ("an integer in 2..65536", lambda v: files.is_int(v) and 2 <= v <= 1 << 16)
 
 
@@ -426,9 +426,12 @@ def check_export_current(run: Path) -> None:
     with no export record (memory images put there by hand) is taken as it
     is."""
     rec = read_record(Path(run), "export")
-    if rec is None or rec.get("status") != "ok" or not isinstance(rec.get("inputs"), dict):
+    if rec is None:
         return
-    if rec["inputs"].get(IMAGE) != _sha256(Path(run) / IMAGE):
+    if rec.get("status") != "ok":
+        raise FlowError(f"the last export into {Path(run) / 'hw'} did not end well: run "
+                        f"`spikeforge export {run}` again")
+    if not isinstance(rec.get("inputs"), dict) or rec["inputs"].get(IMAGE) != _sha256(Path(run) / IMAGE):
         raise FlowError(f"{Path(run) / 'hw'} was exported from another {IMAGE} than "
                         f"{Path(run) / IMAGE}: run `spikeforge export {run}` again")
 

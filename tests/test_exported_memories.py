@@ -200,6 +200,12 @@ def test_verify_runs_the_exported_images(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {hw} was exported from another weights.sfimg than "
                           f"{run / 'weights.sfimg'}: run `spikeforge export {run}` again")
+    # an export that failed left hw/ as it was: refused too
+    assert cli.main(["export", str(run), "--lanes", "1000"]) == 2
+    capsys.readouterr()
+    assert cli.main(["verify", str(run), "--images", "12"]) == 2
+    assert (f"the last export into {hw} did not end well: run `spikeforge export {run}` again"
+            in capsys.readouterr().err)
     shutil.rmtree(run / "sim_build")
 
 
