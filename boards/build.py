@@ -48,11 +48,11 @@ widths may differ a little); ``mnist`` = 28x28 input, ``digits`` = 8x8:
 ====================================  =====  ===============  ================
 model configuration                   lanes  ULX3S (85F)      iCEBreaker (UP5K)
 ====================================  =====  ===============  ================
-convsnn 48-48 fc128, mnist, 8 bits    4      no (353/208)     no (1439/30)
-convsnn 48-48 fc128, mnist, 6 bits    4      no (299/208)     no (1201/30)
-convsnn 48-48 fc128, mnist, 4 bits    4      no (251/208)     no (928/30)
-convsnn 16-32 fc64, mnist, 8 bits     4      yes (143/208)    no (373/30)
-convsnn 8 fc32, mnist, 4 bits         2      yes (39/208)     no (90/30)
+convsnn 48-48 fc128, mnist, 8 bits    4      no (366/208)     no (2035/30)
+convsnn 48-48 fc128, mnist, 6 bits    4      no (308/208)     no (1648/30)
+convsnn 48-48 fc128, mnist, 4 bits    4      no (257/208)     no (1226/30)
+convsnn 16-32 fc64, mnist, 8 bits     4      yes (158/208)    no (373/30)
+convsnn 8 fc32, mnist, 4 bits         2      yes (42/208)     no (90/30)
 convsnn 4 fc16, digits, 4 bits        1      yes (10/208)     yes (21/30)
 mlp fc32, digits, 4 bits              1      yes (7/208)      yes (22/30)
 ====================================  =====  ===============  ================

@@ -828,8 +828,9 @@ def test_sliced_memory_reads_what_was_written(width, depth, monkeypatch):
     init = [rng.getrandbits(width) for _ in range(depth)]
     mem = SlicedMemory(width, depth, init)
     assert mem.slice == {3136: 4, 50176: 1, 600: 18, 300: 20}[depth] == slice_bits(width, depth)
-    # 56 and 49 blocks: the read pipelined (address copies in two levels,
-    # then each slice's word registered); 5 and 1 blocks: not
+    # 64 blocks each (4-bit and 1-bit columns): the read pipelined (address
+    # copies in two levels, then each slice's word registered); 5 and 1
+    # blocks: not
     assert mem.latency == {3136: 4, 50176: 4, 600: 1, 300: 1}[depth]
     writes = {rng.randrange(depth): rng.getrandbits(width) for _ in range(20)}
     reads = [rng.randrange(depth) for _ in range(30)] + list(writes)
