@@ -569,7 +569,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
                   f"plans them for {board}")
     words = words_for(run_dir, lanes)
     sdram, banks = storage_for(run_dir, lanes)
-    read_sim(run_dir)  # checked now, not after the build (the report's figures come from it)
+    sim = read_sim(run_dir)  # checked now, not after the build (the report's figures come from it)
     out = run_dir / "build" / board
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,
@@ -582,25 +582,25 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
             if not first["timing_met"]:
                 raise TimingError(f"{board}: Fmax {first['fmax_mhz']:.1f} MHz is below the "
                                   f"{first['board_clock_mhz']:g} MHz board clock", first)
-            return _add_performance(run_dir, first, out)
+            return _add_performance(sim, first, out)
     try:
         report = build(run_dir, board, out, lanes=lanes,
                        clock_hz=None if clock_mhz is None else clock_mhz * 1e6,
                        target_mhz=TARGET_MHZ[board], words=words, seed=seed, sdram=sdram,
                        banks=banks)
     except TimingError as e:
-        _add_performance(run_dir, e.report, out)
+        _add_performance(sim, e.report, out)
         raise
-    return _add_performance(run_dir, report, out)
+    return _add_performance(sim, report, out)
 
 
-def _add_performance(run_dir: Path, report: dict, out: Path) -> dict:
+def _add_performance(sim: dict | None, report: dict, out: Path) -> dict:
     """Latency and throughput at Fmax from the run's co-simulation
     (``RUN/sim.json``, when it simulated the engine with the same lanes):
     ``latency_us`` (an image alone: from its first input event to its result)
-    and ``inferences_per_second`` (images back to back: ``interval_cycles``)."""
-    from spikeforge.flow import read_sim
-    sim = read_sim(run_dir)   # (checked: positive cycles)
+    and ``inferences_per_second`` (images back to back: ``interval_cycles``).
+    ``sim``: the run's ``sim.json`` as :func:`spikeforge.flow.read_sim` checked
+    it, or None."""
     if sim is None:
         return report
     if (sim.get("lanes") != list(report["lanes"]) or "interval_cycles" not in sim

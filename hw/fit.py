@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from spikeforge.errors import SpikeforgeError
 
 from .memory import (ECP5_CONFIGS, ECP5_LUTRAM_DEPTH, ICE40_CONFIGS, ecp5_in_lutram,
-                     geometry_blocks, ice40_in_ffs, slice_bits, spram_blocks)
+                     geometry_blocks, ice40_in_ffs, slice_widths, spram_blocks)
 from .network import core_params, skip_depth
 from .neuron import QUEUE_DEPTH, queue_layout
 from .steb import QUEUE_DEPTH as STEB_QUEUE_DEPTH
@@ -94,8 +94,7 @@ class Device:
         if self.in_lutram(width, depth) or (self.ffs_by_cost and ice40_in_ffs(width, depth)):
             return 0
         if sliced:
-            sw = slice_bits(width, depth)
-            return sum(self.blocks_for(min(sw, width - lo), depth) for lo in range(0, width, sw))
+            return sum(self.blocks_for(w, depth) for w in slice_widths(width, depth))
         return geometry_blocks(width, depth, self.configs)
 
 

@@ -49,7 +49,8 @@ from .arith import copies
 
 __all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
            "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
-           "read_data", "read_stages", "slice_bits", "SlicedMemory", "SPRAM_DEPTH", "SPRAM_WIDTH",
+           "read_data", "read_stages", "slice_bits", "slice_widths", "SlicedMemory",
+           "SPRAM_DEPTH", "SPRAM_WIDTH",
            "ICE40_CONFIGS", "ice40_in_ffs",
            "SpramMemory", "spram_blocks", "spram_model"]
 
@@ -181,8 +182,7 @@ def read_stages(width: int, depth: int) -> int:
     registered beside its block."""
     blocks = ecp5_blocks(width, depth)
     if depth > ECP5_CONFIGS[-1][1]:   # deeper than a 36-bit block: as sliced
-        sw = slice_bits(width, depth)
-        blocks = sum(ecp5_blocks(min(sw, width - lo), depth) for lo in range(0, width, sw))
+        blocks = sum(ecp5_blocks(w, depth) for w in slice_widths(width, depth))
     if blocks < PIPELINE_BLOCKS:
         return 0
     return (1 if blocks < 2 * PIPELINE_BLOCKS else 2) + 1
@@ -207,6 +207,13 @@ def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
         return width
     fits = [cw for cw, cd in configs if cd >= depth]
     return min(max(fits), width) if fits else configs[0][0]
+
+
+def slice_widths(width: int, depth: int) -> list[int]:
+    """The widths of the :func:`slice_bits` column slices, low bits first
+    (the last one narrower when the slice width does not divide ``width``)."""
+    sw = slice_bits(width, depth)
+    return [min(sw, width - lo) for lo in range(0, width, sw)]
 
 
 def _ports(width: int, depth: int) -> dict:

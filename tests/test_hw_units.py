@@ -937,16 +937,20 @@ def test_a_memory_deeper_than_every_block_is_built_in_1_bit_columns():
     """8 bits x 20,000 words: synth_ecp5 builds the 1-bit columns of 2
     blocks each that the fit check counts (16), not a 10-deep stack of
     2048x9 (the fit check's count of the memory in one piece)."""
-    from spikeforge import toolchain
-    from spikeforge.hw.fit import DEVICES
-    from spikeforge.hw.memory import SYNTHESIS
-    toolchain.setup()
     top = _OneMemory(8, 20000)
     assert top.mem.slice == 1
-    cells = toolchain.yosys_cells(rtlil.convert(top, name="top", platform=SYNTHESIS, ports=[
-        top.ra, top.wa, top.wd, top.we, top.rd]), "synth_ecp5", top="top")
+    cells = _ecp5_cells(top)
     assert cells.get("DP16KD", 0) == DEVICES["ecp5-85f"].blocks_for(8, 20000, sliced=True) == 16
     assert DEVICES["ecp5-85f"].blocks_for(8, 20000) == 10
+
+
+def _ecp5_cells(top: _OneMemory) -> dict:
+    """synth_ecp5's cells of a :class:`_OneMemory`."""
+    from spikeforge import toolchain
+    from spikeforge.hw.memory import SYNTHESIS
+    toolchain.setup()
+    return toolchain.yosys_cells(rtlil.convert(top, name="top", platform=SYNTHESIS, ports=[
+        top.ra, top.wa, top.wd, top.we, top.rd]), "synth_ecp5", top="top")
 
 
 def _ice40_cells(design, ports) -> dict:
@@ -988,13 +992,7 @@ def test_the_fit_check_counts_the_block_ram_yosys_builds(width, depth):
     """LUT RAM or block RAM is Yosys's cost decision, not depth alone: the
     fit check's count of a shallow memory equals synth_ecp5's (each case
     sits next to the rule's threshold on one side)."""
-    from spikeforge import toolchain
-    from spikeforge.hw.fit import DEVICES
-    from spikeforge.hw.memory import SYNTHESIS
-    toolchain.setup()
-    top = _OneMemory(width, depth)
-    cells = toolchain.yosys_cells(rtlil.convert(top, name="top", platform=SYNTHESIS, ports=[
-        top.ra, top.wa, top.wd, top.we, top.rd]), "synth_ecp5", top="top")
+    cells = _ecp5_cells(_OneMemory(width, depth))
     blocks = cells.get("DP16KD", 0) + cells.get("PDPW16KD", 0)
     assert DEVICES["ecp5-85f"].blocks_for(width, depth, sliced=True) == blocks, cells
     assert DEVICES["ecp5-85f"].blocks_for(width, depth) == blocks
