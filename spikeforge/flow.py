@@ -254,6 +254,10 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
     from spikeforge.sw import data as sfdata
+    from spikeforge.hw.cost import family
+    if device is not None and family(device) != family(BOARDS[board].DEVICE):
+        raise FlowError(f"--device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
+                        "--device is another FPGA of its family")
     dataset, seed = image_data(meta)
     ds = sfdata.load(dataset, seed=seed)
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
