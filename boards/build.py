@@ -559,11 +559,12 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
     board = _board_name(board)
     if clock_mhz is None:
         clock_mhz = DEFAULT_CLOCK_MHZ[board]
-    from spikeforge.flow import PLAN, read_sim, recorded_lanes, storage_for, words_for
+    from spikeforge.flow import (PLAN, planned_board, read_sim, recorded_lanes, storage_for,
+                                 words_for)
     if lanes is None:
         lanes = recorded_lanes(run_dir) or DEFAULT_MODELS[board].lanes
         planned = run_dir / PLAN
-        if planned.exists() and files.read_json(planned).get("board") not in (None, board):
+        if planned_board(run_dir)[0] not in (None, board):
             print(f"note: {planned} planned the lanes {lanes} for another board: "
                   f"`spikeforge plan {run_dir} --board {board}`, then export and verify, "
                   f"plans them for {board}")

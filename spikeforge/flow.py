@@ -306,6 +306,19 @@ def step_plan(run: Path, args) -> dict:
 FIFO_DEPTH = ("an integer in 2..65536", lambda v: files.is_int(v) and 2 <= v <= 1 << 16)
 
 
+def planned_board(run: Path) -> tuple[str | None, str | None]:
+    """``(board, device)`` of ``RUN/plan.json`` (each checked; None when
+    missing)."""
+    from spikeforge.boards.build import BOARDS
+    from spikeforge.hw.fit import DEVICES
+    board = _field(run / PLAN, "board", (f"one of {', '.join(BOARDS)}",
+                                         lambda v: isinstance(v, str) and v in BOARDS), True)
+    device = _field(run / PLAN, "device", (f"null or one of {', '.join(DEVICES)}",
+                                           lambda v: v is None or isinstance(v, str)
+                                           and v in DEVICES), True)
+    return board, device
+
+
 def planned_fifo_depth(run: Path) -> int | None:
     """The event FIFO depth of ``RUN/plan.json`` (its device's), or None
     (no plan, or one written before plans recorded it)."""
@@ -391,9 +404,8 @@ def step_export(run: Path, args) -> None:
     want = None if args.lanes is None else lane_counts(net, args.lanes)
     want_words = _given_words(args)
     if lanes is None or (want is not None and (want != lanes or want_words not in (None, words))):
-        old = files.read_json(run / PLAN) if lanes is not None else {}
-        rec = make_plan(run, net, meta, old.get("board", "ulx3s"), old.get("device"), want,
-                        want_words)
+        board, device = planned_board(run)
+        rec = make_plan(run, net, meta, board or "ulx3s", device, want, want_words)
         lanes, words = rec["lanes"], rec["words"]
         print(f"lanes {'given' if want else 'planned'}: {lanes}, words {words} -> {run / PLAN}")
     from spikeforge.hw.fit import check_storage, describe_storage

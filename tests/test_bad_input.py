@@ -129,6 +129,11 @@ FILE_CASES = {
     "memories-lanes": ("hw/memories.json", {"lanes": "four"}, "build --board icebreaker",
                        ["memories.json", "'lanes' must be a non-empty list of positive integers"]),
     "image-dev-zero": ("weights.sfimg", None, "export", ["weights.sfimg", "larger than"]),
+    # a re-plan (``--lanes``) keeps the plan's board: a damaged one is named
+    "plan-board": ("plan.json", {"board": "zx81", "lanes": [1, 1, 1]}, "export --lanes 2",
+                   ["plan.json", "field 'board' must be one of ulx3s, icebreaker", "zx81"]),
+    "plan-device": ("plan.json", {"board": "ulx3s", "device": 5, "lanes": [1, 1, 1]},
+                    "export --lanes 2", ["plan.json", "field 'device'"]),
 }
 
 
