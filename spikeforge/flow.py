@@ -742,7 +742,8 @@ def pending(run: Path, step: Step, args) -> str | None:
     if rec is None:
         return "not done yet"
     if rec.get("status") != "ok":
-        return f"it {rec.get('status', 'did not finish')} last time"
+        status = rec.get("status", "running")
+        return f"it {'did not finish' if status == 'running' else status} last time"
     now = _options(step, args, run)
     if rec.get("options") != now:
         old = rec.get("options") if isinstance(rec.get("options"), dict) else {}
@@ -768,13 +769,15 @@ def _write_record(path: Path, record: dict) -> None:
 def execute(step: Step, run: Path, args):
     """Run ``step`` on ``run`` and record what it consumed and its outcome;
     what the step returns.  An error is recorded as "failed" and raised again;
-    an interrupted step leaves no record (not done)."""
+    an interrupted step leaves its record "running" (not done; an export's
+    half-written ``RUN/hw`` is refused, :func:`check_export_current`)."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     path = record_path(run, step.name)
-    path.unlink(missing_ok=True)  # from here on the step is not done until it ends well
     record = {"step": step.name, "options": _options(step, args, run),
               "inputs": _hashes(run, step.inputs)}
+    # from here on the step is not done until it ends well
+    _write_record(path, {**record, "status": "running"})
     t0 = time.time()
     try:
         result = step.fn(run, args)

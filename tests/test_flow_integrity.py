@@ -157,7 +157,12 @@ def test_interrupted_step_is_not_done(fakes, tmp_path, monkeypatch):
 
     monkeypatch.setattr(flow, "step_export", interrupted)
     assert run_flow(tmp_path, "--lanes", 2) == 130
-    assert not (tmp_path / ".flow" / "export.json").exists()
+    assert json.loads((tmp_path / ".flow" / "export.json").read_text())["status"] == "running"
+    # what the interrupted export left in hw/ is not loaded
+    with pytest.raises(flow.FlowError, match="the last export into .* did not end well"):
+        flow.check_export_current(tmp_path)
+    assert "did not finish last time" in flow.pending(
+        tmp_path, next(s for s in flow.STEPS_LIST if s.name == "export"), None)
     assert json.loads((tmp_path / ".flow" / "plan.json").read_text())["status"] == "ok"
     fakes.install(monkeypatch)
     fakes.calls.clear()
