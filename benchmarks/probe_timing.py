@@ -28,7 +28,7 @@ from amaranth import *
 from amaranth.lib import io
 
 from spikeforge import image, toolchain
-from spikeforge.boards.build import _SYNTH_OPTS, with_outreg
+from spikeforge.boards.build import _SYNTH_OPTS
 from spikeforge.toolchain import synth_prep
 from spikeforge.boards.pll import ECP5PLLDomain, ecp5_pll
 from spikeforge.boards.ulx3s import platform
@@ -80,9 +80,8 @@ def probe(run: Path, layer: int, lanes, mhz: float, out: Path) -> dict:
     t0 = time.perf_counter()
     plan = plat.build(CoreProbe(core, pll), name="top", build_dir=str(out), do_build=False,
                       nextpnr_opts="--report top.report.json --timing-allow-fail --router router2",
-                      synth_opts=_SYNTH_OPTS["ulx3s"], script_after_read=synth_prep(True))
+                      synth_opts=_SYNTH_OPTS["ulx3s"], script_after_read=synth_prep())
     plan.extract(str(out))
-    with_outreg(out)    # as a ULX3S build does
     with open(out / "build.log", "w") as f:
         proc = subprocess.run(["sh", "build_top.sh"], cwd=out, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:

@@ -77,7 +77,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -114,11 +113,6 @@ _TOOLS = {"ulx3s": ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"),
 # wires in 5 iterations)
 _SYNTH_OPTS = {"ulx3s": "-abc9", "icebreaker": ""}
 _NEXTPNR_OPTS = {"ulx3s": "--router router2", "icebreaker": ""}
-#: per family: the block RAM's output registers take the registers after the
-#: reads (:mod:`.outreg`, between Yosys and nextpnr), with the engine
-#: memories' read-during-write undefined in synthesis (``synth_prep(True)``:
-#: no emulation multiplexer between a block and its register)
-OUTREG = {"ulx3s": True, "icebreaker": False}
 #: the longest routes the report lists (``long_nets``)
 LONG_NETS = 12
 
@@ -412,8 +406,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("top.report.json", "top.stat.json", "top.outreg.json", mod.BITSTREAM,
-                  "report.json"):
+    for stale in ("top.report.json", "top.stat.json", mod.BITSTREAM, "report.json"):
         (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     plan = plat.build(wrapper, name="top", build_dir=str(out), do_build=False,
@@ -422,12 +415,10 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                                     + ("" if seed is None else f"--seed {int(seed)} ")
                                     + _NEXTPNR_OPTS[board]),
                       synth_opts=_SYNTH_OPTS[board],
-                      script_after_read=synth_prep(OUTREG[board]),
+                      script_after_read=synth_prep(),
                       script_after_synth="tee -q -o top.stat.json stat -json",
                       add_preferences=prefs)
     plan.extract(str(out))
-    if OUTREG[board]:
-        with_outreg(out)
     log = out / "build.log"
     with open(log, "w") as f:
         proc = subprocess.run(["sh", "build_top.sh"], cwd=out, stdout=f, stderr=subprocess.STDOUT,
@@ -450,22 +441,6 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                           " (fewer lanes or a smaller network shorten the critical path)",
                           report)
     return report
-
-
-#: the synthesis line of Amaranth's ``build_top.sh``
-_YOSYS_LINE = '"$YOSYS" -q -l top.rpt top.ys\n'
-
-
-def with_outreg(out: Path) -> None:
-    """Put the output-register pass (:mod:`.outreg`) into ``out``'s
-    ``build_top.sh`` after synthesis: it rewrites ``top.json`` and writes
-    its counts to ``top.outreg.json``."""
-    script = out / "build_top.sh"
-    text = script.read_text()
-    if text.count(_YOSYS_LINE) != 1:
-        raise BuildError(f"{script}: no single Yosys line to put the output-register pass after")
-    step = f"{shlex.quote(sys.executable)} -m spikeforge.boards.outreg top.json top.outreg.json\n"
-    script.write_text(text.replace(_YOSYS_LINE, _YOSYS_LINE + step))
 
 
 def summarize(board: str, out_dir: str | Path) -> dict:
@@ -507,8 +482,6 @@ def summarize(board: str, out_dir: str | Path) -> dict:
         "dsp": used(dsp_k), "dsp_available": avail(dsp_k), "dsp_cell": dsp_k,
         "utilization": util,
         "cells": {k: v for k, v in cells.items() if not k.startswith("$")},
-        **({"outreg": json.loads((out / "top.outreg.json").read_text())}
-           if (out / "top.outreg.json").exists() else {}),
         **_paths(nr),
     }
 

@@ -83,23 +83,20 @@ HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 
 #: whether synthesis declares the engine memories' read-during-write
 #: undefined (:data:`spikeforge.hw.memory.COLLISION_X`: no emulation logic,
-#: 7,000 fewer flip-flops in the default ULX3S engine) by default: off, for
-#: the cell counts and the cost model's calibration.  ULX3S builds turn it
-#: on (``synth_prep(True)``): without the emulation's multiplexer every
-#: block-RAM read goes straight into a register, which
-#: :mod:`spikeforge.boards.outreg` moves into the block.  (Alone, without
-#: that pass, it stalled router2 on the default engine: 5,100-5,900
-#: overused wires after 19-21 iterations in three of four placements;
-#: README, Measured.)
+#: 7,500 fewer flip-flops in the default ULX3S engine).  Off: ULX3S builds
+#: of the default engine with it stalled in router2 (5,100-5,900 overused
+#: wires after 19-21 iterations, in three of four placements), where the
+#: engine with Yosys's emulation routes (README, Measured)
 COLLISION_X_SYNTH = False
 
 
-def synth_prep(collision_x: bool = COLLISION_X_SYNTH) -> str:
+def synth_prep() -> str:
     """The Yosys commands every synthesis of the engine runs after reading
-    it: :data:`HIDE_ELEMENT_NAMES`, then (``collision_x``) the engine
-    memories' read-during-write declared undefined."""
+    it: :data:`HIDE_ELEMENT_NAMES`, then (:data:`COLLISION_X_SYNTH`) the
+    engine memories' read-during-write declared undefined, so builds,
+    calibration and counts synthesise the same logic."""
     from spikeforge.hw.memory import COLLISION_X
-    return f"{HIDE_ELEMENT_NAMES}; {COLLISION_X}" if collision_x else HIDE_ELEMENT_NAMES
+    return f"{HIDE_ELEMENT_NAMES}; {COLLISION_X}" if COLLISION_X_SYNTH else HIDE_ELEMENT_NAMES
 
 
 def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
@@ -108,21 +105,6 @@ def yosys_cells(rtlil: str, script: str, top: str = "top") -> dict[str, int]:
     prepared first as in a build (:func:`synth_prep`; elaborate the design
     with ``platform=spikeforge.hw.memory.SYNTHESIS``, not for simulation):
     the whole design's ``stat -json`` counts, submodules included."""
-    stat = _yosys(rtlil, f"{synth_prep()}; {script} -top {top}; tee -q -o out.json stat -json",
-                  script)
-    return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
-
-
-def yosys_netlist(rtlil: str, script: str, top: str = "top", collision_x: bool = False) -> dict:
-    """The JSON netlist (``write_json``) of an RTLIL design after Yosys
-    ``script``, prepared with :func:`synth_prep` (``collision_x``) as in a
-    build."""
-    return _yosys(rtlil, f"{synth_prep(collision_x)}; {script} -top {top}; write_json out.json",
-                  script)
-
-
-def _yosys(rtlil: str, commands: str, what: str) -> dict:
-    """Yosys ``commands`` after reading ``rtlil``; the JSON they write to ``out.json``."""
     import json
     import subprocess
     import tempfile
@@ -130,9 +112,12 @@ def _yosys(rtlil: str, commands: str, what: str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "top.il").write_text(rtlil)
         # YoWASP tools see the working directory: run there, relative paths only
-        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {commands}"],
+        out = subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {synth_prep()}; "
+                              f"{script} -top {top}; "
+                              "tee -q -o stat.json stat -json"],
                              capture_output=True, text=True, cwd=d)
         if out.returncode:
-            raise ToolchainError(f"yosys failed ({what}, exit {out.returncode}): "
+            raise ToolchainError(f"yosys failed ({script}, exit {out.returncode}): "
                                  f"{(out.stderr + out.stdout).strip()[-2000:]}")
-        return json.loads((Path(d) / "out.json").read_text())
+        stat = json.loads((Path(d) / "stat.json").read_text())
+    return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
