@@ -81,7 +81,9 @@ class NeuronUnit(wiring.Component):
     words registered), select (the current memory's word and the group's
     parameters registered: no multiplexer and no parameter enable in front
     of the adders), sum (``base + cur + bias``), threshold (``u``, ``o``),
-    write-back (decay, reset) and pool OR.  No hazards: each neuron is read and written once per scan.  The per-lane ``theta`` and ``bias`` of the
+    write-back (decay, reset; in a wide core, ``CoreParams.write_stage``, the
+    write leaves a cycle later from registers) and pool OR.  No hazards: each
+    neuron is read and written once per scan.  The per-lane ``theta`` and ``bias`` of the
     next channel group are loaded from the neuron memory (one word a cycle,
     image layout: word ``c`` is channel ``c``) while the current group is
     scanned; a group of fewer positions than ``P + 1`` waits for them.
@@ -289,19 +291,32 @@ class NeuronUnit(wiring.Component):
 
         # ---------------------------------------------------------- clear pass
         c_addr = Signal.like(addr)
+        w_addr, w_en = Signal.like(self.wr_addr), Signal()
+        w_data = Signal.like(self.wr_data)
         with m.If(clearing):
             m.d.sync += c_addr.eq(c_addr + 1)
             with m.If(c_addr == p.acc_depth - 1):
                 m.d.sync += clearing.eq(0)
-            m.d.comb += [self.wr_addr.eq(c_addr), self.wr_en.eq(1)]
-            m.d.comb += [self.wr_data[n].eq(0) for n in range(NL)]
+            m.d.comb += [w_addr.eq(c_addr), w_en.eq(1)]
+            m.d.comb += [w_data[n].eq(0) for n in range(NL)]
         with m.Else():
-            m.d.comb += [self.wr_addr.eq(t3.a), self.wr_en.eq(t3.v)]
-            m.d.comb += [self.wr_data[n].eq(base[n]) for n in range(NL)]
+            m.d.comb += [w_addr.eq(t3.a), w_en.eq(t3.v)]
+            m.d.comb += [w_data[n].eq(base[n]) for n in range(NL)]
+        # a wide core's writes leave from registers (``write_stage``: the
+        # placer puts them by the state memory's blocks; in a core routed
+        # alone, the spike flag's route to a far block's write data through
+        # the reset's LUT was the critical path, 9.4 ns), a cycle later:
+        # ``mem_busy`` holds until the last write is in
+        w_flight = C(0, 1)
+        if p.write_stage:
+            w_addr, w_en, w_data = _registered_write(m, w_addr, w_en, w_data)
+            w_flight = w_en
+        m.d.comb += [self.wr_addr.eq(w_addr), self.wr_en.eq(w_en), self.wr_data.eq(w_data)]
 
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
-        mem_flight = t1.v | tr.v | ts.v | t2.v | t3.v   # words still to be written
+        # words still to be read or written
+        mem_flight = t1.v | tr.v | ts.v | t2.v | t3.v | w_flight
         in_flight = mem_flight | push
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
                                marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
@@ -323,6 +338,15 @@ class NeuronUnit(wiring.Component):
             self.stall.eq((out.valid & ~out.ready) | (scanning & ~room)),
         ]
         return m
+
+
+def _registered_write(m: Module, addr, en, word) -> tuple:
+    """A memory write (``addr``, ``en``, ``word``) through registers (the
+    word's not reset)."""
+    q_addr, q_en = Signal.like(addr, name="wr_addr_q"), Signal(name="wr_en_q")
+    q_word = Signal.like(word, name="wr_data_q", reset_less=True)
+    m.d.sync += [q_addr.eq(addr), q_en.eq(en), q_word.eq(word)]
+    return q_addr, q_en, q_word
 
 
 # --------------------------------------------------------------------------- shared pieces
