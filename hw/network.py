@@ -56,8 +56,8 @@ def lane_counts(net, P) -> list[int]:
     n = len(net.layers)
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * n
     if len(ps) != n:
-        raise EngineError(f"{len(ps)} lane counts for {n} layers (--lanes: one per "
-                          "layer, or one for all)")
+        raise EngineError(f"{len(ps)} lane counts for {n} layers (one per layer, or "
+                          "one for all)")
     for i, (p, il) in enumerate(zip(ps, net.layers)):
         c = il.spec.out_channels
         split = split_capable(net, i)

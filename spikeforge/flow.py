@@ -256,8 +256,8 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     from spikeforge.sw import data as sfdata
     from spikeforge.hw.cost import family
     if device is not None and family(device) != family(BOARDS[board].DEVICE):
-        raise FlowError(f"--device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
-                        "--device is another FPGA of its family")
+        raise FlowError(f"device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
+                        "another device must be of its family")
     dataset, seed = image_data(meta)
     ds = sfdata.load(dataset, seed=seed)
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
@@ -311,11 +311,15 @@ def planned_board(run: Path) -> tuple[str | None, str | None]:
     missing)."""
     from spikeforge.boards.build import BOARDS
     from spikeforge.hw.fit import DEVICES
+    from spikeforge.hw.cost import family
     board = _field(run / PLAN, "board", (f"one of {', '.join(BOARDS)}",
                                          lambda v: isinstance(v, str) and v in BOARDS), True)
     device = _field(run / PLAN, "device", (f"null or one of {', '.join(DEVICES)}",
                                            lambda v: v is None or isinstance(v, str)
                                            and v in DEVICES), True)
+    if board and device and family(device) != family(BOARDS[board].DEVICE):
+        raise FlowError(f"{run / PLAN}: device {device} is not of the {board}'s family "
+                        f"({BOARDS[board].DEVICE})")
     return board, device
 
 
@@ -388,9 +392,20 @@ def run_lanes(run: Path, net, lanes) -> list[int]:
     """The engine's lanes for ``run``: ``lanes`` when given, else the recorded ones."""
     from spikeforge.hw.network import lane_counts
     if lanes is None:
-        _need(run, "hw/memories.json", "export")
-        lanes = recorded_lanes(run)
+        return file_lanes(net, recorded_lanes(run), _need(run, "hw/memories.json", "export"))
     return lane_counts(net, lanes)
+
+
+def file_lanes(net, lanes, path: Path) -> list[int] | None:
+    """``lanes`` read from ``path`` (or None), checked against ``net``: an
+    error names the file."""
+    from spikeforge.hw.network import lane_counts
+    if lanes is None:
+        return None
+    try:
+        return lane_counts(net, lanes)
+    except SpikeforgeError as e:
+        raise FlowError(f"{path}: lanes {lanes}: {e}") from None
 
 
 def step_export(run: Path, args) -> None:
@@ -400,7 +415,7 @@ def step_export(run: Path, args) -> None:
     from spikeforge import image
     from spikeforge.hw.network import lane_counts  # what the engine accepts
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
-    lanes, words = planned_lanes(run), planned_words(run)
+    lanes, words = file_lanes(net, planned_lanes(run), run / PLAN), planned_words(run)
     want = None if args.lanes is None else lane_counts(net, args.lanes)
     want_words = _given_words(args)
     if lanes is None or (want is not None and (want != lanes or want_words not in (None, words))):

@@ -550,8 +550,8 @@ def weight_words(layer: IntLayer, P: int, Q: int = 1) -> list[int]:
 def _lane_list(net: IntNetwork, P) -> list[int]:
     ps = list(P) if isinstance(P, (list, tuple)) else [P] * len(net.layers)
     if len(ps) != len(net.layers):
-        raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers (--lanes: "
-                         "one per layer, or one for all)")
+        raise ImageError(f"{len(ps)} lane counts for {len(net.layers)} layers (one per "
+                         "layer, or one for all)")
     return [_lanes(p) for p in ps]
 
 

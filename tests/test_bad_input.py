@@ -134,6 +134,14 @@ FILE_CASES = {
                    ["plan.json", "field 'board' must be one of ulx3s, icebreaker", "zx81"]),
     "plan-device": ("plan.json", {"board": "ulx3s", "device": 5, "lanes": [1, 1, 1]},
                     "export --lanes 2", ["plan.json", "field 'device'"]),
+    "plan-board-device": ("plan.json", {"board": "icebreaker", "device": "ecp5-85f",
+                                        "lanes": [1, 1, 1]}, "export --lanes 2",
+                          ["plan.json", "device ecp5-85f is not of the icebreaker's family"]),
+    # lanes from a file: the error names the file, not --lanes
+    "plan-lanes-count": ("plan.json", {"board": "ulx3s", "lanes": [1, 1]}, "export",
+                         ["plan.json: lanes [1, 1]: 2 lane counts for 3 layers"]),
+    "memories-lanes-count": ("hw/memories.json", {"lanes": [1, 1]}, "sim",
+                             ["memories.json: lanes [1, 1]: 2 lane counts for 3 layers"]),
 }
 
 
@@ -234,9 +242,9 @@ FLAG_CASES = {
     "plan-lanes": (["plan", "RUN", "--lanes", "1000"], ["lane count P", "1000"]),
     "plan-device": (["plan", "RUN", "--device", "xc7a35t"], ["--device", "xc7a35t"]),
     "plan-device-family": (["plan", "RUN", "--board", "icebreaker", "--device", "ecp5-85f"],
-                           ["--device ecp5-85f", "icebreaker carries an ice40up5k"]),
+                           ["device ecp5-85f", "icebreaker carries an ice40up5k"]),
     "lanes-count": (["export", "RUN", "--lanes", "1,2"],
-                    ["2 lane counts for", "--lanes: one per layer, or one for all"]),
+                    ["2 lane counts for", "one per layer, or one for all"]),
     "images-0": (["sim", "RUN", "--images", "0"], ["--images"]),
     "seed-0": (["build", "RUN", "--board", "ulx3s", "--seed", "0"],
                ["--seed", "1..2147483647", "not 0"]),
