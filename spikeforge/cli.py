@@ -384,7 +384,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", choices=("ulx3s", "icebreaker"), default=None,
                    help="the board the lanes are planned for (default ulx3s)")
     p.add_argument("--device", choices=tuple(DEVICES), default=None,
-                   help="another FPGA than the board's (e.g. ecp5-45f)")
+                   help="another FPGA of the board's family (e.g. ecp5-45f)")
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
