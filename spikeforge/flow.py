@@ -254,8 +254,7 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
     from spikeforge.sw import data as sfdata
-    from spikeforge.hw.cost import family
-    if device is not None and family(device) != family(BOARDS[board].DEVICE):
+    if not _of_board_family(board, device):
         raise FlowError(f"device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
                         "another device must be of its family")
     dataset, seed = image_data(meta)
@@ -306,18 +305,24 @@ def step_plan(run: Path, args) -> dict:
 FIFO_DEPTH = ("an integer in 2..65536", lambda v: files.is_int(v) and 2 <= v <= 1 << 16)
 
 
+def _of_board_family(board: str, device: str | None) -> bool:
+    """Whether ``device`` (None: the board's own) is of ``board``'s FPGA family."""
+    from spikeforge.boards.build import BOARDS
+    from spikeforge.hw.cost import family
+    return device is None or family(device) == family(BOARDS[board].DEVICE)
+
+
 def planned_board(run: Path) -> tuple[str | None, str | None]:
     """``(board, device)`` of ``RUN/plan.json`` (each checked; None when
     missing)."""
     from spikeforge.boards.build import BOARDS
     from spikeforge.hw.fit import DEVICES
-    from spikeforge.hw.cost import family
     board = _field(run / PLAN, "board", (f"one of {', '.join(BOARDS)}",
                                          lambda v: isinstance(v, str) and v in BOARDS), True)
     device = _field(run / PLAN, "device", (f"null or one of {', '.join(DEVICES)}",
                                            lambda v: v is None or isinstance(v, str)
                                            and v in DEVICES), True)
-    if board and device and family(device) != family(BOARDS[board].DEVICE):
+    if board and not _of_board_family(board, device):
         raise FlowError(f"{run / PLAN}: device {device} is not of the {board}'s family "
                         f"({BOARDS[board].DEVICE})")
     return board, device
