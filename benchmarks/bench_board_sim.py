@@ -26,9 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spikeforge import files, image                   # noqa: E402
+from spikeforge import image                          # noqa: E402
 from spikeforge.boards.build import BOARDS, board_memories  # noqa: E402
-from spikeforge.flow import PLAN, image_data          # noqa: E402
+from spikeforge.errors import SpikeforgeError         # noqa: E402
+from spikeforge.flow import (PLAN, file_lanes, image_data, planned_board,  # noqa: E402
+                             planned_lanes, planned_words)
 from spikeforge.hw.fit import DEVICES, spram_layers   # noqa: E402
 from spikeforge.sim import tb_board                   # noqa: E402
 from spikeforge.sw import data as sfdata              # noqa: E402
@@ -40,14 +42,22 @@ def main(argv=None) -> int:
     ap.add_argument("--board", choices=sorted(BOARDS), default="icebreaker")
     ap.add_argument("--images", type=int, default=5)
     args = ap.parse_args(argv)
-    net, meta = image.read_image(args.run / "weights.sfimg")
-    plan = files.read_json(args.run / PLAN)
-    if plan.get("board", args.board) != args.board:
-        print(f"error: {args.run / PLAN} is planned for the {plan['board']}, not the "
+    try:   # plan.json through the flow's checks: a bad field is an error naming it
+        net, meta = image.read_image(args.run / "weights.sfimg")
+        if not (args.run / PLAN).exists():
+            raise SpikeforgeError(f"{args.run / PLAN} does not exist: "
+                                  f"`spikeforge plan {args.run} --board {args.board}` first")
+        board, _ = planned_board(args.run)
+        lanes = file_lanes(net, planned_lanes(args.run), args.run / PLAN)
+        words = planned_words(args.run)
+    except SpikeforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if (board or args.board) != args.board:
+        print(f"error: {args.run / PLAN} is planned for the {board}, not the "
               f"{args.board}: `spikeforge plan {args.run} --board {args.board}` first",
               file=sys.stderr)
         return 2
-    lanes, words = plan["lanes"], plan.get("words")
     device = BOARDS[args.board].DEVICE
     spram = spram_layers(net, lanes, device, board_memories(net, args.board), words)
     name, seed = image_data(meta)
