@@ -155,8 +155,8 @@ class LayerCore(wiring.Component):
         # (streamed: the word taken goes into a register, a memory's one-cycle read)
         lats = [wmem.latency for wmem in wmems] if not self.streamed else [1]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
-                            weight_latency=lat, read_latency=2 + p.rmw_stage,
-                            streamed=self.streamed)
+                            weight_latency=lat, read_latency=2 + p.read_stage + p.rmw_stage,
+                            streamed=self.streamed, addr_stage=p.read_stage)
                 for u, lat in enumerate(lats)]
         if self.streamed:
             w_q = Signal(p.weight_width, name="w_q", reset_less=True)
@@ -297,8 +297,14 @@ class LayerCore(wiring.Component):
                        depth=p.acc_depth, init=[])
         m.submodules.state = state
         s_rd, s_wr = state.read_port(), state.write_port()
+        # (``read_stage``: every read address and enable from a register of
+        # its memory's own, a cycle later; the units issue their reads a
+        # cycle earlier)
+        reads = m.d.sync if p.read_stage else m.d.comb
+        s_addr, s_en = _read_regs(s_rd, "state")
+        reads += [s_addr.eq(neu.rd_addr), s_en.eq(neu.rd_en)]
         m.d.comb += [
-            s_rd.addr.eq(neu.rd_addr), s_rd.en.eq(neu.rd_en),
+            s_rd.addr.eq(s_addr), s_rd.en.eq(s_en),
             neu.rd_data.eq(read_data(m, platform, s_rd, s_wr, "state")),
             s_wr.addr.eq(neu.wr_addr), s_wr.data.eq(neu.wr_data), s_wr.en.eq(neu.wr_en),
         ]
@@ -335,10 +341,12 @@ class LayerCore(wiring.Component):
                 m.submodules[name] = mem
                 rd, wr = mem.read_port(), mem.write_port()
                 scan_owns = own[b]
-                m.d.comb += [
-                    rd.addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
-                    rd.en.eq(Mux(scan_owns, neu.rd_en, 1)),
+                rd_addr, rd_en = _read_regs(rd, name)
+                reads += [
+                    rd_addr.eq(Mux(scan_owns, neu.rd_addr, syn.rd_addr)),
+                    rd_en.eq(Mux(scan_owns, neu.rd_en, 1)),
                 ]
+                m.d.comb += [rd.addr.eq(rd_addr), rd.en.eq(rd_en)]
                 # the write, registered in front of the memory (timing: the
                 # selects and the update's adders, then a wide word's route to
                 # blocks spread over the block-RAM rows, took the routed
@@ -436,6 +444,13 @@ class LayerCore(wiring.Component):
                             m.d.sync += scan_bank.eq(scan_bank + 1)
                     m.next = "IDLE"
         return clearing
+
+
+def _read_regs(port, name: str) -> tuple:
+    """A read port's address and enable, as signals (registers with
+    ``read_stage``; the enable's reset value is 1, a read)."""
+    return (Signal.like(port.addr, name=f"{name}_ra", reset_less=True),
+            Signal(name=f"{name}_re", init=1))
 
 
 def _registered(m, values, name: str) -> tuple:

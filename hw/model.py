@@ -69,6 +69,13 @@ SDRAM_ROW_CYCLES = 5
 SCAN_FILL = 7
 
 
+def scan_fill(cp) -> int:
+    """The scan's fixed cycles in core ``cp``: :data:`SCAN_FILL`, and a cycle
+    more for each of a wide core's registered reads and writes
+    (``CoreParams.read_stage``, ``write_stage``)."""
+    return SCAN_FILL + cp.read_stage + cp.write_stage
+
+
 @dataclass(frozen=True)
 class LayerTrace:
     """Input of one layer for one image: per input step the events' channels,
@@ -228,7 +235,7 @@ def _schedule(cps, T: int, taps: list, spikes: list, fifo: int,
                 syn = max(start + tp[t] * G, arrive) + SYN_FILL
             syn_end[n][g] = syn
             s0 = scan_start[n][g] = max(syn, scan_end[n][g - 1] if g else 0.0)
-            scan_end[n][g] = s0 + max(cp.acc_depth + SCAN_FILL, spikes[i][n][t] + SCAN_FILL)
+            scan_end[n][g] = s0 + max(cp.acc_depth, spikes[i][n][t]) + scan_fill(cp)
     return scan_end
 
 
@@ -250,7 +257,7 @@ def _stcb_latency(cps, taps: list, spikes: list) -> float:
     for n, cp in enumerate(cps):
         work = sum(taps[n]) * cp.groups + SYN_FILL
         syn_end = max(scan_end, syn_end + work) if n else work
-        scan_end = syn_end + sum(max(cp.acc_depth, s) + SCAN_FILL for s in spikes[n])
+        scan_end = syn_end + sum(max(cp.acc_depth, s) + scan_fill(cp) for s in spikes[n])
     return scan_end
 
 
@@ -296,11 +303,11 @@ def predict(net, P, work: list[list[LayerTrace]], fifo_depth: int = EVENT_FIFO_D
                    + readout)
         for n, cp in enumerate(cps):
             per[n][0] += upd[n]
-            per[n][1] += T * (cp.acc_depth + SCAN_FILL)
+            per[n][1] += T * (cp.acc_depth + scan_fill(cp))
             # each layer's own share alone: with two current memories its
             # synapse phases and scans overlap, each side busy for its own total
             syn = sum(taps[n]) * cp.groups + SYN_FILL * len(taps[n])
-            scan = sum(max(cp.acc_depth, s) + SCAN_FILL for s in img[n].spikes_out)
+            scan = sum(max(cp.acc_depth, s) + scan_fill(cp) for s in img[n].spikes_out)
             occupancy[n] += max(syn, scan) if cp.cur_banks > 1 else syn + scan
     k = len(work)
     interval = max(occupancy) / k   # no faster than the busiest layer alone

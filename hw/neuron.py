@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from spikeforge.config import Reset
 from spikeforge.layouts import field_slices, neuron_layout
 
-from .arith import decay, saturate
+from .arith import copies, decay, saturate
 from .params import CoreParams
 from .streams import bits_for
 
@@ -77,14 +77,16 @@ class NeuronUnit(wiring.Component):
     """Scans the state and current memories at the end of a step; emits spikes and the marker.
 
     Pipeline (never stalls: the scan issues a word only while the spike
-    queue has room for every word in flight): issue (memory read), read (the
-    words registered), select (the current memory's word and the group's
-    parameters registered: no multiplexer and no parameter enable in front
-    of the adders), sum (``base + cur + bias``), threshold (``u``, ``o``),
-    write-back (decay, reset; in a wide core, ``CoreParams.write_stage``, the
-    write leaves a cycle later from registers) and pool OR.  No hazards: each
-    neuron is read and written once per scan.  The per-lane ``theta`` and ``bias`` of the
-    next channel group are loaded from the neuron memory (one word a cycle,
+    queue has room for every word in flight): issue (memory read; in a wide
+    core, ``CoreParams.read_stage``, the core registers the address and the
+    words come a cycle later: a stage more), read (the words registered),
+    select (the current memory's word and the group's parameters registered:
+    no multiplexer and no parameter enable in front of the adders), sum
+    (``base + cur + bias``), threshold (``u``, ``o``), write-back (decay,
+    reset; in a wide core, ``CoreParams.write_stage``, the write leaves a
+    cycle later from registers) and pool OR.  No hazards: each neuron is
+    read and written once per scan.  The per-lane ``theta`` and ``bias`` of
+    the next channel group are loaded from the neuron memory (one word a cycle,
     image layout: word ``c`` is channel ``c``) while the current group is
     scanned; a group of fewer positions than ``P + 1`` waits for them.
     Spiking windows go into a ``QUEUE_DEPTH``-entry queue; the emitter sends one event per
@@ -116,8 +118,9 @@ class NeuronUnit(wiring.Component):
         State words (``base``).
     cur_data : In(ArrayLayout(signed(cur_width), P))
         Current words of the step being scanned, two cycles after their
-        address (registered by the core after each current memory, then
-        selected: no block-RAM output drives the multiplexer).
+        address (three with ``read_stage``; registered by the core after each
+        current memory, then selected: no block-RAM output drives the
+        multiplexer).
     wr_addr : Out(unsigned), wr_en : Out(1)
         Write address and enable (state; the core also zeroes the current).
     wr_data : Out(ArrayLayout(signed(state_width), P))
@@ -153,6 +156,13 @@ class NeuronUnit(wiring.Component):
         # core's lanes; a decode in front of it was a core's critical path)
         consume, load = Signal(), Signal()
         m.d.sync += load.eq(consume)
+        if p.read_stage:
+            # the words come a cycle later, and so does the select stage: the
+            # load a cycle later too, in registered copies, each for its share
+            # of the lanes (one register's enable net to every lane's
+            # parameters took 10-13 ns to route in a core placed alone)
+            pbits = P * (S + p.acc_bits)
+            load = copies(m, load, "load", bits=pbits)
         cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
                                    field_slices(neuron_layout(S, p.acc_bits), "theta", "bias"),
                                    load=load)
@@ -192,9 +202,16 @@ class NeuronUnit(wiring.Component):
         # address, window position, group base channel and group
         tag = data.StructLayout({"v": 1, "win": 1, "a": len(addr), "py": len(py),
                                  "px": len(px), "cb": cb_bits, "g": len(g)})
-        t1, tr, ts, t2, t3 = (Signal(tag, name=f"tag{n}") for n in ("1", "r", "s", "2", "3"))
-        m.d.sync += [t1.v.eq(issue), t1.win.eq(win_end), t1.a.eq(addr), t1.py.eq(py),
-                     t1.px.eq(px), t1.cb.eq(cbase), t1.g.eq(g)]
+        t0, t1, tr, ts, t2, t3 = (Signal(tag, name=f"tag{n}")
+                                  for n in ("0", "1", "r", "s", "2", "3"))
+        # (``read_stage``: the core registers the read address, so the word
+        # comes a cycle later: a stage ``t0`` first)
+        first_tag = t0 if p.read_stage else t1
+        m.d.sync += [first_tag.v.eq(issue), first_tag.win.eq(win_end), first_tag.a.eq(addr),
+                     first_tag.py.eq(py), first_tag.px.eq(px), first_tag.cb.eq(cbase),
+                     first_tag.g.eq(g)]
+        if p.read_stage:
+            m.d.sync += t1.eq(t0)
         # the words and every later data register are not reset (the tags'
         # valid bits are): ``start`` fans out to control only
         dreg = dict(reset_less=True)
@@ -284,7 +301,7 @@ class NeuronUnit(wiring.Component):
         # only while the queue can take every word in flight; the pipeline
         # itself never stalls (no enable fanning out from the queue's state).
         # ``room`` is a cycle old, so it counts the word that cycle may issue.
-        in_pipe = t1.v + tr.v + ts.v + t2.v + t3.v + push
+        in_pipe = t0.v + t1.v + tr.v + ts.v + t2.v + t3.v + push
         m.d.sync += room.eq(queue.w_level + in_pipe + 1 < QUEUE_DEPTH)
         with m.If(t3.v):
             m.d.sync += sp_acc.eq(Mux(t3.win, 0, vec))
@@ -317,7 +334,7 @@ class NeuronUnit(wiring.Component):
         # ---------------------------------------------------------- emitter
         marker_sent = Signal()
         # words still to be read or written
-        mem_flight = t1.v | tr.v | ts.v | t2.v | t3.v | w_flight
+        mem_flight = t0.v | t1.v | tr.v | ts.v | t2.v | t3.v | w_flight
         in_flight = mem_flight | push
         e_busy = spike_emitter(m, p, queue, q_layout, self.events,
                                marker_pending & ~scanning & ~in_flight, marker_sent, self.clear)
@@ -330,7 +347,8 @@ class NeuronUnit(wiring.Component):
             m.d.sync += [scanning.eq(1), marker_pending.eq(1), final.eq(self.final)]
         with m.If(self.clear):
             m.d.sync += [clearing.eq(1), c_addr.eq(0), scanning.eq(0), marker_pending.eq(0),
-                         t1.v.eq(0), tr.v.eq(0), ts.v.eq(0), t2.v.eq(0), t3.v.eq(0), sp_acc.eq(0),
+                         t0.v.eq(0), t1.v.eq(0), tr.v.eq(0), ts.v.eq(0), t2.v.eq(0), t3.v.eq(0),
+                         sp_acc.eq(0),
                          push.eq(0)]
 
         m.d.comb += [
@@ -393,8 +411,9 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict,
     ``(lsb, width, False)`` triple for an unsigned one).  Returns ``(cur,
     full)``: ``cur[name][j]`` is lane ``j``'s value for the group being scanned
     (updated by ``load``, default ``consume``, the issue of a group's first
-    neuron; a ``load`` at most one cycle after ``consume`` still copies the
-    group's words), ``full`` says the next group's words are loaded.  Word ``c`` of the memory is
+    neuron; a ``load`` at most two cycles after ``consume`` still copies the
+    group's words; a list: copies of it, each for its share of the lanes),
+    ``full`` says the next group's words are loaded.  Word ``c`` of the memory is
     channel ``c``: the loader reads ``g*P .. g*P + P-1`` one a cycle.
     """
     P, G = p.P, p.groups
@@ -428,8 +447,10 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict,
             m.d.sync += l_full.eq(1)
     with m.If(consume):
         m.d.sync += [l_full.eq(0), l_issuing.eq(1)]
-    with m.If(consume if load is None else load):
-        m.d.sync += [cur[n][j].eq(nxt[n][j]) for n in cur for j in range(P)]
+    loads = [consume] if load is None else load if isinstance(load, list) else [load]
+    for j in range(P):
+        with m.If(loads[j * len(loads) // P]):
+            m.d.sync += [cur[n][j].eq(nxt[n][j]) for n in cur]
     with m.If(clear):
         m.d.sync += [l_addr.eq(0), l_lane.eq(0), l_issuing.eq(1), l_pend.eq(0), l_full.eq(0)]
     return cur, l_full

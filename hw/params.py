@@ -49,6 +49,10 @@ FAULTS = ("threshold", "decay")
 #: memories' writes (:attr:`CoreParams.write_stage`)
 WRITE_STAGE_BITS = 64
 
+#: the memory word width (bits) past which a core registers its current and
+#: state memories' read addresses (:attr:`CoreParams.read_stage`)
+READ_STAGE_BITS = 64
+
 #: the memory word width past which a core also registers its current
 #: memories' words once more on each side of the update
 #: (:attr:`CoreParams.rmw_stage`): off (no core is this wide).  With it on
@@ -183,6 +187,22 @@ class CoreParams:
         its write data's route took a routed build's whole period), else 0
         (a narrow core, e.g. the iCE40's, keeps its logic cells)."""
         return int(not self.stcb and self.P * self.R * self.cur_width > WRITE_STAGE_BITS)
+
+    @property
+    def read_stage(self) -> int:
+        """1 when the core registers the read address (and enable) of each of
+        its current memories and of its state memory (a LIF / IF core whose
+        memory word is wider than :data:`READ_STAGE_BITS`: the address, a
+        select of the scan's and the synapse unit's, drove a dozen blocks
+        spread over the block-RAM rows and Yosys's read-during-write
+        comparison behind them: the critical path of a routed build), else 0.
+        Every read is issued a cycle earlier (the synapse unit's from an
+        earlier stage of its pipeline, the same writes in flight: with a fourth
+        write forwarded instead, the default engine took 1,800 more
+        flip-flops and 1,300 more logic cells, and router2 did not converge
+        on two placements of its ULX3S build); the scan's pipeline is a
+        stage longer."""
+        return int(not self.stcb and self.P * self.R * self.cur_width > READ_STAGE_BITS)
 
     @property
     def rmw_stage(self) -> int:

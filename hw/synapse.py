@@ -85,8 +85,13 @@ class SynapseUnit(wiring.Component):
         memory of fixed latency.
     read_latency : int
         Cycles between ``rd_addr`` and its ``rd_data`` (2: the core registers
-        the memory's word; 3: twice).  The writes of the last
-        ``read_latency + write_latency`` updates are forwarded.
+        the memory's word; 3: also the address, ``read_stage``, or the word
+        twice, ``rmw_stage``; 4: both).  The writes of the last
+        ``read_latency - addr_stage + write_latency`` updates are forwarded.
+    addr_stage : int
+        1 when the first of those cycles is a register in front of the
+        memory's address (``read_stage``): the memory reads a cycle after
+        ``rd_addr``, and no more writes are in flight at its read.
 
     Members
     -------
@@ -137,7 +142,8 @@ class SynapseUnit(wiring.Component):
     """
 
     def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0,
-                 weight_latency: int = 1, read_latency: int = 2, streamed: bool = False):
+                 weight_latency: int = 1, read_latency: int = 2, streamed: bool = False,
+                 addr_stage: int = 0):
         self._p = p = params
         self._streamed = streamed
         self._taps = p.tap_range(unit)
@@ -145,6 +151,7 @@ class SynapseUnit(wiring.Component):
         self._wlat = write_latency
         self._rlat = weight_latency
         self._blat = read_latency
+        self._astage = addr_stage
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -354,9 +361,10 @@ class SynapseUnit(wiring.Component):
             incs, n_stages = adder_trees(m, terms)
         n_stages += pre
         # the read is issued ``read_latency`` cycles before the update, from
-        # the walker at the earliest: a stage more for a short pipeline
-        if len(chain) + n_stages < self._blat + 1:
-            incs2 = [Signal.like(inc, name=f"inc{j}_d", **dreg) for j, inc in enumerate(incs)]
+        # the walker at the earliest: stages more for a short pipeline
+        while len(chain) + n_stages < self._blat + 1:
+            incs2 = [Signal.like(inc, name=f"inc{j}_d{n_stages}", **dreg)
+                     for j, inc in enumerate(incs)]
             m.d.sync += [i2.eq(i1) for i2, i1 in zip(incs2, incs)]
             incs, n_stages = incs2, n_stages + 1
         for st in range(n_stages):
@@ -378,7 +386,9 @@ class SynapseUnit(wiring.Component):
         word = a_u >> sb
         # stage[k]: (valid, word) of the tap k stages before the update
         stage = [(v, a >> sb) for v, a in chain[:-4:-1]]
-        ages = self._blat + self._wlat
+        # (an address register in front of the memory, ``addr_stage``, is
+        # not a write's way: the memory reads a cycle after ``rd_addr``)
+        ages = self._blat - self._astage + self._wlat
         wbs = []
         for age in range(1, ages + 1):
             wb_valid = Signal(name=f"wb{age}_valid")

@@ -402,8 +402,15 @@ NEU_CASES = [
 ]
 
 
+@pytest.mark.parametrize("stage", [0, 1], ids=["direct", "write-stage"])
 @pytest.mark.parametrize("case", NEU_CASES, ids=[c[0] for c in NEU_CASES])
-def test_neuron_unit_matches_model(case):
+def test_neuron_unit_matches_model(case, stage, monkeypatch):
+    # stage 1: the scan's writes leave from registers (a wide core's:
+    # CoreParams.write_stage), here forced on these narrow cores; in every
+    # cycle a write is issued the unit must hold ``mem_busy`` (the core hands
+    # the memories back on its fall)
+    from spikeforge.hw import params as hw_params
+    monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
     name, kind, c_out, size, pool, P, reset, shifts, sb, stall = case
     seed = sum(map(ord, name))
     layer = make_layer(seed, kind, 3, size, c_out, pool=pool, reset=reset, shifts=shifts,
@@ -412,6 +419,7 @@ def test_neuron_unit_matches_model(case):
     in_shape = (3, 1, 1) if kind is LayerKind.FC else (3, *size)
     p = core_params(layer, P, in_shape)
     assert p.strict == ("strict" in name)
+    assert p.write_stage == stage and not p.read_stage
     rng = random.Random(seed)
     top = 1 << sb
     acc0 = [[rng.randrange(-top, top) for _ in range(p.acc_depth)] for _ in range(P)]
@@ -447,7 +455,16 @@ def test_neuron_unit_matches_model(case):
                 if e.last:
                     break
 
-    run_sim(dut, bench, consumer)
+    writes, unowned = [0], []
+
+    async def monitor(ctx):
+        async for _, _, en, busy in ctx.tick().sample(dut.neu.wr_en, dut.neu.mem_busy):
+            writes[0] += en
+            if en and not busy:
+                unowned.append(writes[0])
+
+    run_sim(dut, bench, consumer, processes=[monitor])
+    assert writes[0] >= 2 * p.acc_depth and not unowned, unowned[:5]
     acc = acc0
     for scan in range(2):
         want, new = neuron_model(p, layer, acc, cur0, finals[scan])
@@ -572,10 +589,11 @@ CORE_CASES = [
     ("conv3x3-pool2-P2", 11, LayerKind.CONV, 2, (6, 6), 3, 3, 1, 2, 2, 2, 0.3, 0.5),
     ("conv1x1-P3-bitplanes", 12, LayerKind.CONV, 1, (5, 4), 5, 1, 0, 1, 3, 3, 0.1, 0.3),
     ("fc-P2", 13, LayerKind.FC, 12, None, 5, 1, 0, 1, 2, 1, 0.4, 0.6),
-    # events back to back: one neuron updated again 4 and 5 cycles later
-    # (the oldest writes a core with rmw_stage forwards)
+    # events back to back: one neuron updated again 4, 5 and 6 cycles later
+    # (the oldest writes a core with read_stage and rmw_stage forwards)
     ("fc-P2-G4", 15, LayerKind.FC, 12, None, 8, 1, 0, 1, 2, 1, 0.0, 0.2),
     ("fc-P2-G5", 16, LayerKind.FC, 12, None, 10, 1, 0, 1, 2, 1, 0.0, 0.2),
+    ("fc-P2-G6", 17, LayerKind.FC, 12, None, 12, 1, 0, 1, 2, 1, 0.0, 0.2),
     # one current memory: the synapse unit waits for each scan to release it
     ("conv3x3-pool2-P2-one-current", 14, LayerKind.CONV, 2, (6, 6), 3, 3, 1, 2, 2, 2, 0.1,
      0.5),
@@ -583,18 +601,22 @@ CORE_CASES = [
 
 
 @pytest.mark.parametrize("reads", [0, 3], ids=["weights", "weights-pipelined"])
-@pytest.mark.parametrize("stage", [0, 1, 2], ids=["direct", "write-stage", "rmw-stage"])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3],
+                         ids=["direct", "write-stage", "read-stage", "rmw-stage"])
 @pytest.mark.parametrize("case", CORE_CASES, ids=[c[0] for c in CORE_CASES])
 def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkeypatch):
     # stage 1: the current memories' writes registered (a wide core's:
     # CoreParams.write_stage), here forced on these narrow cores; stage 2:
-    # also their words registered once more each way (CoreParams.rmw_stage); reads 3:
+    # also the read addresses of the current and state memories registered
+    # (CoreParams.read_stage); stage 3: also the current words registered once
+    # more each way (CoreParams.rmw_stage); reads 3:
     # the weight memory's read pipelined (a memory of many blocks':
     # hw/memory.py read_stages), 36-bit slices each with its address copy
     from spikeforge.hw import memory as hw_memory
     from spikeforge.hw import params as hw_params
     monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
-    monkeypatch.setattr(hw_params, "RMW_STAGE_BITS", 0 if stage == 2 else 1 << 20)
+    monkeypatch.setattr(hw_params, "READ_STAGE_BITS", 0 if stage >= 2 else 1 << 20)
+    monkeypatch.setattr(hw_params, "RMW_STAGE_BITS", 0 if stage == 3 else 1 << 20)
     if reads:
         monkeypatch.setattr(hw_memory, "read_stages", lambda width, depth: reads)
     name, seed, kind, c_in, size, c_out, k, pad, pool, P, bits, idle, stall = case
@@ -621,7 +643,7 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkey
     cp = net_core_params(net, P)[0]
     if "one-current" in name:
         cp = dataclasses.replace(cp, cur_banks=1)
-    assert cp.write_stage + cp.rmw_stage == stage
+    assert cp.write_stage + cp.read_stage + cp.rmw_stage == stage
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
     assert hw_memory.read_stages(cp.weight_width, cp.weight_depth) == reads
