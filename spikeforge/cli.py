@@ -89,6 +89,8 @@ def _overrides(items: list[str]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+        except ValueError as e:   # an integer of too many digits
+            raise SpikeforgeError(f"--set {key}: {e}") from None
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
     return out

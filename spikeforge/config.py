@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,8 @@ class NeuronSpec:
         if self.kind is NeuronKind.STCB:
             object.__setattr__(self, "reset", Reset.SUBTRACT)
         _check(0.0 < self.decay <= 1.0, f"neuron.decay must be in (0, 1], not {self.decay!r}")
-        _check(self.theta > 0.0, f"neuron.theta must be positive, not {self.theta!r}")
+        _check(self.theta > 0.0 and math.isfinite(self.theta),
+               f"neuron.theta must be a finite positive number, not {self.theta!r}")
         _check(self.bpta >= 0.0, f"neuron.bpta must be non-negative, not {self.bpta!r}")
         _check(not (self.strict and self.kind is NeuronKind.STCB),
                "neuron.strict is for LIF / IF neurons: the STCB's STEB compares with >=")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,9 +27,28 @@ class FileError(SpikeforgeError, ValueError):
     """A run-folder file that is unreadable, malformed or holds wrong values."""
 
 
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not read as a file, checked before it is opened: a
+    named pipe or a socket (whose open or read would wait for a writer), or
+    None (a regular file, a device, a directory or a missing path: the open
+    and the size limit say what is wrong with those)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    return None
+
+
 def read_json(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> dict:
     """The JSON object in ``path`` (module docstring for the checks)."""
     path = Path(path)
+    why = not_a_file(path)
+    if why:
+        raise FileError(f"{path}: {why}")
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
@@ -42,7 +62,7 @@ def read_json(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> dict:
         raise FileError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
+    except ValueError as e:   # JSONDecodeError, and an integer of too many digits
         raise FileError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise FileError(f"{path}: JSON nested too deeply") from None

@@ -257,6 +257,8 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     if not _of_board_family(board, device):
         raise FlowError(f"device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
                         "another device must be of its family")
+    if lanes is not None:   # an override, checked before the traces are taken
+        checked_words(net, lanes, words, "--words")
     dataset, seed = image_data(meta)
     ds = sfdata.load(dataset, seed=seed)
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
@@ -401,6 +403,20 @@ def run_lanes(run: Path, net, lanes) -> list[int]:
     return lane_counts(net, lanes)
 
 
+def checked_words(net, lanes, words, where) -> list[int] | None:
+    """``words`` (or None) checked against ``net`` and its ``lanes``
+    (:func:`spikeforge.image.word_lanes`): an error names ``where`` they
+    came from (a file, or ``--words``)."""
+    from spikeforge import image
+    if words is None:
+        return None
+    try:
+        image.word_lanes(net, lanes, words)
+    except SpikeforgeError as e:
+        raise FlowError(f"{where}: words {list(words)}: {e}") from None
+    return words
+
+
 def file_lanes(net, lanes, path: Path) -> list[int] | None:
     """``lanes`` read from ``path`` (or None), checked against ``net``: an
     error names the file."""
@@ -420,7 +436,10 @@ def step_export(run: Path, args) -> None:
     from spikeforge import image
     from spikeforge.hw.network import lane_counts  # what the engine accepts
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
-    lanes, words = file_lanes(net, planned_lanes(run), run / PLAN), planned_words(run)
+    lanes = file_lanes(net, planned_lanes(run), run / PLAN)
+    words = planned_words(run)
+    if lanes is not None:
+        checked_words(net, lanes, words, run / PLAN)
     want = None if args.lanes is None else lane_counts(net, args.lanes)
     want_words = _given_words(args)
     if lanes is None or (want is not None and (want != lanes or want_words not in (None, words))):
@@ -432,6 +451,10 @@ def step_export(run: Path, args) -> None:
     fifo = planned_fifo_depth(run)
     sdram, banks = planned_storage(run)
     check_storage(net, lanes, words, sdram, banks, str(run / PLAN))
+    board = planned_board(run)[0]
+    from spikeforge.boards.build import has_sdram
+    if sdram and board and not has_sdram(board):
+        raise FlowError(f"{run / PLAN}: sdram {sdram}: the {board} has no SDRAM chip")
     stored = describe_storage(sdram, banks)
     written = image.export_hex(net, run / "hw", lanes, fifo, words, sdram, banks)
     print(f"{len(written)} memory images (P = {lanes}"
@@ -492,9 +515,9 @@ def step_sim(run: Path, args) -> dict:
     beats = sum(len(input_events(net, x[i])) + 1 for i in range(n)) + 1
     depth = 1 << max(12, (beats - 1).bit_length())
     lanes = run_lanes(run, net, args.lanes)
-    words = _given_words(args)
-    if words is None:
-        words = words_for(run, lanes)
+    given = _given_words(args)
+    words = (checked_words(net, lanes, given, "--words") if given is not None
+             else checked_words(net, lanes, words_for(run, lanes), _memories_json(run)))
     contents = exported_memories(run, net, lanes, words)
     fifo = recorded_fifo_depth(run)
     from spikeforge.hw.fit import check_storage, describe_storage

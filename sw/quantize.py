@@ -173,7 +173,11 @@ def _lif_layer(n: int, layer, qc: QuantConfig, in_unit: float, clip: float,
     amax = w.abs().flatten(1).amax(1) if qc.per_channel else w.abs().max().expand(c)
     scale = (amax * clip / _qmax(qc.weight_bits)).clamp(min=1e-12)
     sv = scale.view(-1, 1, 1, 1)
-    theta = torch.round(spec.neuron.theta / scale).clamp(min=1).to(torch.int64)
+    steps = spec.neuron.theta / scale
+    if not bool(torch.isfinite(steps).all()) or float(steps.max()) >= 2.0 ** 62:
+        raise QuantizeError(f"layer {n}: theta {spec.neuron.theta:g} is {float(steps.max()):.3g} "
+                            "weight steps: too large for an integer threshold")
+    theta = torch.round(steps).clamp(min=1).to(torch.int64)
     shifts, _ = decay_shifts(spec.neuron.decay, qc.max_decay_shifts)
     il = IntLayer(spec, _round_clamp(w / sv, qc.weight_bits), torch.round(b / scale).to(torch.int64),
                   theta, torch.zeros(c, dtype=torch.int64), shifts, qc.weight_bits,

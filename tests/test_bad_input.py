@@ -4,6 +4,7 @@ a hang (issue 12).  Everything goes through the real entry point,
 ``spikeforge.cli.main(argv)``, in-process."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -142,7 +143,34 @@ FILE_CASES = {
                          ["plan.json: lanes [1, 1]: 2 lane counts for 3 layers"]),
     "memories-lanes-count": ("hw/memories.json", {"lanes": [1, 1]}, "sim",
                              ["memories.json: lanes [1, 1]: 2 lane counts for 3 layers"]),
+    # words from a file: the error names the file (and --words names --words)
+    "plan-words": ("plan.json", {"board": "ulx3s", "lanes": [2, 2, 1], "words": [3, 1, 1]},
+                   "export", ["plan.json: words [3, 1, 1]", "layer 0 takes single events"]),
+    "plan-sdram-icebreaker": ("plan.json", {"board": "icebreaker", "lanes": [1, 1, 1],
+                                            "sdram": [1]}, "export",
+                              ["plan.json: sdram [1]: the icebreaker has no SDRAM chip"]),
+    "memories-words": ("hw/memories.json", {"lanes": [2, 2, 1], "words": [3, 1, 1]}, "sim",
+                       ["memories.json: words [3, 1, 1]", "layer 0 takes single events"]),
+    # an integer of more digits than Python converts (a ValueError, not a JSONDecodeError)
+    "plan-int-too-long": ("plan.json", '{"board": "ulx3s", "fifo_depth": ' + "9" * 5000 + "}",
+                          "export", ["plan.json", "not valid JSON"]),
+    "sim-int-too-long": ("sim.json", '{"images": ' + "9" * 5000 + "}", "report",
+                         ["sim.json", "not valid JSON"]),
+    # a threshold that no integer holds (theta / weight step above 2**62)
+    "config-theta-huge": ("config.json", lambda r: _with_theta(r, 1e300), "quantize",
+                          ["layer 0: theta 1e+300", "too large for an integer threshold"]),
+    # named pipes: refused before the open, which would wait for a writer
+    "image-fifo": ("weights.sfimg", "fifo", "export", ["weights.sfimg", "a named pipe"]),
+    "plan-fifo": ("plan.json", "fifo", "export", ["plan.json", "a named pipe"]),
+    "metrics-fifo": ("metrics.json", "fifo", "report", ["metrics.json", "a named pipe"]),
 }
+
+
+def _with_theta(run: Path, theta: float) -> dict:
+    cfg = json.loads((run / "config.json").read_text())
+    for layer in cfg["spec"]["layers"]:
+        layer["neuron"]["theta"] = theta
+    return cfg
 
 
 @pytest.mark.parametrize("case", list(FILE_CASES))
@@ -152,6 +180,9 @@ def test_bad_run_folder_file(run, capsys, case):
     if content is None:  # a symlink to /dev/zero: refused by size, at once
         path.unlink()
         path.symlink_to("/dev/zero")
+    elif content == "fifo":
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
     else:
         write(path, content(run) if callable(content) else content)
     cmd, *extra = command.split()
@@ -216,6 +247,9 @@ FLAG_CASES = {
     "classes": (["train", *TINY, "--set", "classes=3"], ["3 classes", "digits8x8 10"]),
     "hidden-huge": (["train", *TINY, "--set", "hidden=1000000000000"], ["parameters exceed"]),
     "hidden-expr": (["train", *TINY, "--set", "hidden=10**12"], ["hidden"]),
+    "hidden-too-long": (["train", *TINY, "--set", "hidden=" + "9" * 5000], ["--set hidden"]),
+    "theta-inf": (["train", *TINY, "--set", "theta=1e400"],
+                  ["theta must be a finite positive number, not inf"]),
     "channels-text": (["train", *TINY, "--set", "channels=abc"], ["channels"]),
     "timesteps-twice": (["train", *TINY, "--set", "timesteps=3"],
                         ["--timesteps 2 and --set timesteps=3 disagree"]),
@@ -243,6 +277,8 @@ FLAG_CASES = {
     "plan-device": (["plan", "RUN", "--device", "xc7a35t"], ["--device", "xc7a35t"]),
     "plan-device-family": (["plan", "RUN", "--board", "icebreaker", "--device", "ecp5-85f"],
                            ["device ecp5-85f", "icebreaker carries an ice40up5k"]),
+    "words-bad": (["export", "RUN", "--lanes", "2", "--words", "3,1,1"],
+                  ["--words: words [3, 1, 1]", "layer 0 takes single events"]),
     "lanes-count": (["export", "RUN", "--lanes", "1,2"],
                     ["2 lane counts for", "one per layer, or one for all"]),
     "images-0": (["sim", "RUN", "--images", "0"], ["--images"]),

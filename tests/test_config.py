@@ -21,7 +21,8 @@ def test_if_forces_decay_one_and_stcb_forces_subtract():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(decay=1.5), r"^neuron.decay must be in \(0, 1\], not 1.5$"),
-    (dict(theta=0), r"^neuron.theta must be positive, not 0$"),
+    (dict(theta=0), r"^neuron.theta must be a finite positive number, not 0$"),
+    (dict(theta=float("inf")), r"^neuron.theta must be a finite positive number, not inf$"),
     (dict(reset="soft"), r"^neuron.reset: 'soft' is not one of 'zero', 'subtract', 'none'$"),
     (dict(surrogate="erf"), r"^neuron.surrogate must be one of gaussian, rect, fast_sigmoid, bpsa"),
     (dict(theta="0.5"), r"^neuron.theta has the wrong type: str"),
