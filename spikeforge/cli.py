@@ -224,7 +224,8 @@ def _run_dir(text: str):
     from pathlib import Path
     run = Path(text)
     if not run.is_dir():
-        raise SpikeforgeError(f"run folder {run} does not exist")
+        raise SpikeforgeError(f"run folder {run} "
+                              + ("is not a folder" if run.exists() else "does not exist"))
     return run
 
 

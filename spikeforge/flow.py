@@ -627,7 +627,7 @@ def step_report(run: Path, args) -> None:
     rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
             ("float test accuracy", pct(m["test_accuracy"])),
             ("integer (golden) accuracy", pct(m.get("int_accuracy"))
-             + (f"  ({m['weight_bits']}-bit weights)" if "weight_bits" in m else "")),
+             + (f"  ({m['weight_bits']}-bit weights)" if m.get("weight_bits") is not None else "")),
             ("float/int class agreement", pct(m.get("float_int_class_agreement")))]
     if sim:
         cyc = sim["cycles_per_inference"]

@@ -286,6 +286,8 @@ FLAG_CASES = {
                ["--seed", "1..2147483647", "not 0"]),
     "seed-text": (["build", "RUN", "--board", "ulx3s", "--seed", "two"], ["--seed", "'two'"]),
     "unknown-option": (["report", "RUN", "--colour"], ["unrecognized arguments: --colour"]),
+    "run-a-file": (["report", "RUN/config.json"], ["run folder", "config.json is not a folder"]),
+    "nir-out-folder": (["export-nir", "RUN", "--out", "RUN"], ["--out", "is a folder"]),
     "no-command": ([], ["command"]),
 }
 
@@ -293,7 +295,7 @@ FLAG_CASES = {
 @pytest.mark.parametrize("case", list(FLAG_CASES))
 def test_bad_flag(run, capsys, tmp_path, case):
     argv, needles = FLAG_CASES[case]
-    argv = [str(run) if a == "RUN" else a for a in argv]
+    argv = [a.replace("RUN", str(run)) if a.startswith("RUN") else a for a in argv]
     if argv and argv[0] == "train":
         argv += ["-q", "--out", str(tmp_path / "out")]
     fails(argv, capsys, *needles)
