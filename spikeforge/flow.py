@@ -103,6 +103,23 @@ def image_data(meta: dict, fallback: str = "mnist5k") -> tuple[str, int]:
     return dataset, seed
 
 
+def load_data(dataset: str, seed: int, spec, where: str):
+    """The data set ``dataset`` (its ``seed``), checked to give the input
+    shape network ``spec`` takes: an error names ``where`` the data set's
+    name came from (a file's field)."""
+    from spikeforge.sw import data as sfdata
+    try:
+        ds = sfdata.load(dataset, seed=seed)
+    except SpikeforgeError as e:
+        raise FlowError(f"{where}: {e}") from None
+    shape = list(ds.x_test.shape[2:])
+    if shape != list(spec.input_shape):
+        raise FlowError(f"{where}: the data set {dataset!r} gives inputs of "
+                        f"{'x'.join(map(str, shape))}; the network takes "
+                        f"{'x'.join(map(str, spec.input_shape))}")
+    return ds
+
+
 def read_metrics(run: Path, *, trained: bool = False) -> dict:
     """RUN/metrics.json, checked (``trained``: with the fields `train` writes
     and `report` shows)."""
@@ -165,14 +182,13 @@ def step_quantize(run: Path, args) -> None:
     import torch
 
     from spikeforge import image
-    from spikeforge.sw import data as sfdata
     from spikeforge.sw import quantize as q
     from spikeforge.sw.train import evaluate, fit, load_run, write_metrics
     read_metrics(run)  # a damaged metrics.json is refused before any work
     cfg, model = load_run(run)
     qc = q.QuantConfig(weight_bits=args.weight_bits, per_channel=args.per_channel,
                        input_bits=args.input_bits)
-    ds = sfdata.load(cfg.dataset, seed=cfg.seed)
+    ds = load_data(cfg.dataset, cfg.seed, model.spec, f"{run / 'config.json'}: train.dataset")
     float_acc = evaluate(model, ds.x_test, ds.y_test)["accuracy"]
     q.check_mappable(model.spec)
     if args.qat_epochs:
@@ -253,14 +269,13 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
     from spikeforge.boards.build import BOARDS, board_memories, has_sdram
     from spikeforge.hw import model
     from spikeforge.hw import plan as planner
-    from spikeforge.sw import data as sfdata
     if not _of_board_family(board, device):
         raise FlowError(f"device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
                         "another device must be of its family")
     if lanes is not None:   # an override, checked before the traces are taken
         checked_words(net, lanes, words, "--words")
     dataset, seed = image_data(meta)
-    ds = sfdata.load(dataset, seed=seed)
+    ds = load_data(dataset, seed, net.spec, f"{run / IMAGE}: meta.dataset")
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
     device = device or BOARDS[board].DEVICE
     p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes, words=words,
@@ -501,11 +516,10 @@ def step_sim(run: Path, args) -> dict:
 
     from spikeforge import image
     from spikeforge.sim import runner
-    from spikeforge.sw import data as sfdata
     from spikeforge.sw import energy
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
     dataset, seed = image_data(meta)
-    ds = sfdata.load(dataset, seed=seed)
+    ds = load_data(dataset, seed, net.spec, f"{run / IMAGE}: meta.dataset")
     n = args.images
     if not 1 <= n <= len(ds.y_test):
         raise FlowError(f"--images must be in 1..{len(ds.y_test)} (the test set of "

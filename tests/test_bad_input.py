@@ -438,6 +438,24 @@ def test_crafted_image_is_refused_by_every_command(run, capsys, state_bits, acc_
         fails([command[0], run, *command[1:]], capsys, *needles)
 
 
+@pytest.mark.parametrize("dataset,command,needles", [
+    ("mnist5k", "quantize", ["config.json: train.dataset", "'mnist5k' gives inputs of 1x28x28",
+                             "the network takes 1x8x8"]),
+    ("nosuch", "quantize", ["config.json: train.dataset", "unknown dataset 'nosuch'"]),
+])
+def test_config_naming_another_data_set(run, capsys, dataset, command, needles):
+    write(run / "config.json", config_with(run, "train", dataset=dataset))
+    fails([command, run], capsys, *needles)
+
+
+def test_image_meta_naming_another_data_set(run, capsys):
+    from spikeforge import image
+    net, meta = image.read_image(run / "weights.sfimg")
+    image.write_image(run / "weights.sfimg", net, {**meta, "dataset": "mnist5k"})
+    fails(["plan", run], capsys, "weights.sfimg: meta.dataset",
+          "'mnist5k' gives inputs of 1x28x28")
+
+
 def test_image_meta_naming_a_bad_data_set(run, capsys):
     from spikeforge import image
     net, meta = image.read_image(run / "weights.sfimg")
