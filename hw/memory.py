@@ -146,7 +146,9 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
 #: memory has this many blocks): every ULX3S build of the default engine
 #: with its layer 1 and 2 weights pipelined (at 8) came out slower or did not
 #: route (57.9 MHz with the rmw stage; far more congested without), against
-#: 72.7 MHz without (README, Measured); set 8 to try it
+#: 72.7 MHz without (README, Measured); at 32 (layer 2's 64 blocks only, the
+#: critical path of the build with registered read addresses, 76.2 MHz) it
+#: did not route on two placements; set 8 to try it
 PIPELINE_BLOCKS = 1 << 20
 
 
