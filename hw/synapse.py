@@ -112,7 +112,7 @@ class SynapseUnit(wiring.Component):
     accepted : Out(1)
         Strobe: one event (not a marker) entered the walker this cycle.
     rd_addr : Out(unsigned)
-        Bank read address (all banks), data two cycles later.
+        Bank read address (all banks), data ``read_latency`` cycles later.
     rd_data : In(ArrayLayout(signed(cur_width), P * R))
         Current memory read data (word of ``R`` positions x ``P`` lanes),
         registered by the core after each memory (so no block-RAM output

@@ -89,8 +89,9 @@ def _overrides(items: list[str]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
-        except ValueError as e:   # an integer of too many digits
-            raise SpikeforgeError(f"--set {key}: {e}") from None
+        except ValueError:   # an integer of more digits than Python converts
+            raise SpikeforgeError(f"--set {key}: a number of {len(value)} digits is too "
+                                  "long") from None
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
     return out

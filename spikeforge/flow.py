@@ -120,6 +120,15 @@ def load_data(dataset: str, seed: int, spec, where: str):
     return ds
 
 
+def image_dataset(run: Path, net, meta: dict):
+    """The data set the weight image's metadata names (:func:`image_data`;
+    mnist5k when it names none), checked by :func:`load_data`."""
+    dataset, seed = image_data(meta)
+    where = (f"{run / IMAGE}: meta.dataset" if "dataset" in meta
+             else f"{run / IMAGE} (no meta.dataset: {dataset})")
+    return load_data(dataset, seed, net.spec, where)
+
+
 def read_metrics(run: Path, *, trained: bool = False) -> dict:
     """RUN/metrics.json, checked (``trained``: with the fields `train` writes
     and `report` shows)."""
@@ -273,9 +282,10 @@ def make_plan(run: Path, net, meta, board: str = "ulx3s", device: str | None = N
         raise FlowError(f"device {device}: the {board} carries an {BOARDS[board].DEVICE}; "
                         "another device must be of its family")
     if lanes is not None:   # an override, checked before the traces are taken
-        checked_words(net, lanes, words, "--words")
-    dataset, seed = image_data(meta)
-    ds = load_data(dataset, seed, net.spec, f"{run / IMAGE}: meta.dataset")
+        from spikeforge.hw.network import lane_counts
+        checked_words(net, lane_counts(net, lanes), words, "--words")
+    ds = image_dataset(run, net, meta)
+    dataset = image_data(meta)[0]
     work = model.traces(net, ds.x_train[:PLAN_IMAGES])
     device = device or BOARDS[board].DEVICE
     p = planner.plan(net, work, device, board_memories(net, board), lanes=lanes, words=words,
@@ -453,8 +463,6 @@ def step_export(run: Path, args) -> None:
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
     lanes = file_lanes(net, planned_lanes(run), run / PLAN)
     words = planned_words(run)
-    if lanes is not None:
-        checked_words(net, lanes, words, run / PLAN)
     want = None if args.lanes is None else lane_counts(net, args.lanes)
     want_words = _given_words(args)
     if lanes is None or (want is not None and (want != lanes or want_words not in (None, words))):
@@ -462,6 +470,8 @@ def step_export(run: Path, args) -> None:
         rec = make_plan(run, net, meta, board or "ulx3s", device, want, want_words)
         lanes, words = rec["lanes"], rec["words"]
         print(f"lanes {'given' if want else 'planned'}: {lanes}, words {words} -> {run / PLAN}")
+    else:   # the plan's own words, checked against its lanes
+        checked_words(net, lanes, words, run / PLAN)
     from spikeforge.hw.fit import check_storage, describe_storage
     fifo = planned_fifo_depth(run)
     sdram, banks = planned_storage(run)
@@ -518,8 +528,7 @@ def step_sim(run: Path, args) -> dict:
     from spikeforge.sim import runner
     from spikeforge.sw import energy
     net, meta = image.read_image(_need(run, IMAGE, "quantize"))
-    dataset, seed = image_data(meta)
-    ds = load_data(dataset, seed, net.spec, f"{run / IMAGE}: meta.dataset")
+    ds = image_dataset(run, net, meta)
     n = args.images
     if not 1 <= n <= len(ds.y_test):
         raise FlowError(f"--images must be in 1..{len(ds.y_test)} (the test set of "
@@ -621,7 +630,6 @@ class VerifyFailed(SpikeforgeError):
 def step_report(run: Path, args) -> None:
     """The summary table (RUN/report.txt) and the plots of a run."""
     from spikeforge import image, plots
-    from spikeforge.sw import data as sfdata
     from spikeforge.sw import golden
     m = read_metrics(run, trained=True)
     sim = read_sim(run)
@@ -636,6 +644,8 @@ def step_report(run: Path, args) -> None:
             raise FlowError(f"{run / 'sim.json'}: {len(sim['layers'])} layers' cycles for the "
                             f"{len(net.layers)} layers of {run / IMAGE}")
         dataset, seed = image_data(meta, m["dataset"])
+        ds = load_data(dataset, seed, net.spec, f"{run / IMAGE}: meta.dataset" if "dataset" in meta
+                       else f"{run / 'metrics.json'}: dataset")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"
     clock = args.clock_mhz
     rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
@@ -682,7 +692,6 @@ def step_report(run: Path, args) -> None:
     print(text)
 
     if net is not None:
-        ds = sfdata.load(dataset, seed=seed)
         res = golden.run(net, ds.x_test)
         plots.confusion(run / "confusion.png", ds.y_test, res.classes, net.spec.classes,
                         f"integer model, {len(ds.y_test)} test images")

@@ -795,10 +795,11 @@ def export_run(run: str | Path, out: str | Path | None = None, dt: float = EXPOR
     from spikeforge.sw.train import load_run
     run = Path(run)
     _, model = load_run(run)
+    named = "--out " if out is not None else ""
     out = Path(out) if out is not None else run / "model.nir"
     if out.is_dir():
-        raise NIRError(f"--out {out} is a folder: name the NIR file to write")
+        raise NIRError(f"{named}{out} is a folder: name the NIR file to write")
     if not out.parent.is_dir():
-        raise NIRError(f"--out {out}: its folder {out.parent} does not exist")
+        raise NIRError(f"{named}{out}: its folder {out.parent} does not exist")
     write(out, export_graph(model, dt))
     return out

@@ -176,7 +176,8 @@ def _lif_layer(n: int, layer, qc: QuantConfig, in_unit: float, clip: float,
     steps = spec.neuron.theta / scale
     if not bool(torch.isfinite(steps).all()) or float(steps.max()) >= 2.0 ** 62:
         raise QuantizeError(f"layer {n}: theta {spec.neuron.theta:g} is {float(steps.max()):.3g} "
-                            "weight steps: too large for an integer threshold")
+                            f"weight steps of {float(scale.min()):.3g}: too large for an integer "
+                            "threshold (a huge theta, or a channel whose weights are all zero)")
     theta = torch.round(steps).clamp(min=1).to(torch.int64)
     shifts, _ = decay_shifts(spec.neuron.decay, qc.max_decay_shifts)
     il = IntLayer(spec, _round_clamp(w / sv, qc.weight_bits), torch.round(b / scale).to(torch.int64),

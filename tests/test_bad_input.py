@@ -277,6 +277,8 @@ FLAG_CASES = {
     "plan-device": (["plan", "RUN", "--device", "xc7a35t"], ["--device", "xc7a35t"]),
     "plan-device-family": (["plan", "RUN", "--board", "icebreaker", "--device", "ecp5-85f"],
                            ["device ecp5-85f", "icebreaker carries an ice40up5k"]),
+    "words-lanes-count": (["plan", "RUN", "--lanes", "1,2", "--words", "1,1"],
+                          ["error: 2 lane counts for 3 layers"]),
     "words-bad": (["export", "RUN", "--lanes", "2", "--words", "3,1,1"],
                   ["--words: words [3, 1, 1]", "layer 0 takes single events"]),
     "lanes-count": (["export", "RUN", "--lanes", "1,2"],
@@ -454,6 +456,14 @@ def test_image_meta_naming_another_data_set(run, capsys):
     image.write_image(run / "weights.sfimg", net, {**meta, "dataset": "mnist5k"})
     fails(["plan", run], capsys, "weights.sfimg: meta.dataset",
           "'mnist5k' gives inputs of 1x28x28")
+
+
+def test_a_replan_replaces_the_plans_bad_words(run, capsys):
+    """``export --lanes`` plans again, so the old plan's words (bad here)
+    are not checked: they are replaced."""
+    write(run / "plan.json", {"board": "ulx3s", "lanes": [1, 1, 1], "words": [3, 1, 1]})
+    assert cli.main(["export", str(run), "--lanes", "2"]) == 0
+    assert json.loads((run / "plan.json").read_text())["words"] == [1, 1, 1]
 
 
 def test_image_meta_naming_a_bad_data_set(run, capsys):

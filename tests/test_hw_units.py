@@ -338,15 +338,20 @@ class NeuHarness(Elaboratable):
         m.submodules.nmem = self.nmem
         rd = self.nmem.read_port()
         m.d.comb += [rd.addr.eq(neu.p_addr), neu.p_data.eq(rd.data)]
+        # the read address and enable through registers in a core with a
+        # read stage, as the layer core has them
+        rd_addr, rd_en = Signal.like(neu.rd_addr), Signal(init=1)
+        reads = m.d.sync if self.neu._p.read_stage else m.d.comb
+        reads += [rd_addr.eq(neu.rd_addr), rd_en.eq(neu.rd_en)]
         for j, bank in enumerate(self.banks):
             m.submodules[f"bank{j}"] = bank
             r, w = bank.read_port(), bank.write_port()
-            m.d.comb += [r.addr.eq(neu.rd_addr), r.en.eq(neu.rd_en), neu.rd_data[j].eq(r.data),
+            m.d.comb += [r.addr.eq(rd_addr), r.en.eq(rd_en), neu.rd_data[j].eq(r.data),
                          w.addr.eq(neu.wr_addr), w.data.eq(neu.wr_data[j]), w.en.eq(neu.wr_en)]
         for j, mem in enumerate(self.cur):
             m.submodules[f"cur{j}"] = mem
             r = mem.read_port()
-            m.d.comb += [r.addr.eq(neu.rd_addr), r.en.eq(neu.rd_en)]
+            m.d.comb += [r.addr.eq(rd_addr), r.en.eq(rd_en)]
             m.d.sync += neu.cur_data[j].eq(r.data)   # registered, as the core does
         return m
 
@@ -402,15 +407,18 @@ NEU_CASES = [
 ]
 
 
-@pytest.mark.parametrize("stage", [0, 1], ids=["direct", "write-stage"])
+@pytest.mark.parametrize("stage", [0, 1, 2], ids=["direct", "write-stage", "read-stage"])
 @pytest.mark.parametrize("case", NEU_CASES, ids=[c[0] for c in NEU_CASES])
 def test_neuron_unit_matches_model(case, stage, monkeypatch):
     # stage 1: the scan's writes leave from registers (a wide core's:
-    # CoreParams.write_stage), here forced on these narrow cores; in every
-    # cycle a write is issued the unit must hold ``mem_busy`` (the core hands
-    # the memories back on its fall)
+    # CoreParams.write_stage), here forced on these narrow cores; stage 2:
+    # also its read addresses (CoreParams.read_stage, registered by the
+    # harness as by the core).  From a scan's start to its last write the
+    # unit must hold ``mem_busy`` without a break (the core hands the
+    # memories back on its fall)
     from spikeforge.hw import params as hw_params
     monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
+    monkeypatch.setattr(hw_params, "READ_STAGE_BITS", 0 if stage == 2 else 1 << 20)
     name, kind, c_out, size, pool, P, reset, shifts, sb, stall = case
     seed = sum(map(ord, name))
     layer = make_layer(seed, kind, 3, size, c_out, pool=pool, reset=reset, shifts=shifts,
@@ -419,7 +427,7 @@ def test_neuron_unit_matches_model(case, stage, monkeypatch):
     in_shape = (3, 1, 1) if kind is LayerKind.FC else (3, *size)
     p = core_params(layer, P, in_shape)
     assert p.strict == ("strict" in name)
-    assert p.write_stage == stage and not p.read_stage
+    assert (p.write_stage, p.read_stage) == (int(stage >= 1), int(stage == 2))
     rng = random.Random(seed)
     top = 1 << sb
     acc0 = [[rng.randrange(-top, top) for _ in range(p.acc_depth)] for _ in range(P)]
@@ -458,10 +466,13 @@ def test_neuron_unit_matches_model(case, stage, monkeypatch):
     writes, unowned = [0], []
 
     async def monitor(ctx):
-        async for _, _, en, busy in ctx.tick().sample(dut.neu.wr_en, dut.neu.mem_busy):
+        released = True   # mem_busy has fallen since the last start
+        async for _, _, start, en, busy in ctx.tick().sample(dut.neu.start, dut.neu.wr_en,
+                                                             dut.neu.mem_busy):
             writes[0] += en
-            if en and not busy:
+            if en and (released or not busy):
                 unowned.append(writes[0])
+            released = (released or not busy) and not start
 
     run_sim(dut, bench, consumer, processes=[monitor])
     assert writes[0] >= 2 * p.acc_depth and not unowned, unowned[:5]
@@ -590,7 +601,8 @@ CORE_CASES = [
     ("conv1x1-P3-bitplanes", 12, LayerKind.CONV, 1, (5, 4), 5, 1, 0, 1, 3, 3, 0.1, 0.3),
     ("fc-P2", 13, LayerKind.FC, 12, None, 5, 1, 0, 1, 2, 1, 0.4, 0.6),
     # events back to back: one neuron updated again 4, 5 and 6 cycles later
-    # (the oldest writes a core with read_stage and rmw_stage forwards)
+    # (the oldest writes a core forwards: 3 with a write stage, 5 with
+    # rmw_stage too; the read after them comes from the memory)
     ("fc-P2-G4", 15, LayerKind.FC, 12, None, 8, 1, 0, 1, 2, 1, 0.0, 0.2),
     ("fc-P2-G5", 16, LayerKind.FC, 12, None, 10, 1, 0, 1, 2, 1, 0.0, 0.2),
     ("fc-P2-G6", 17, LayerKind.FC, 12, None, 12, 1, 0, 1, 2, 1, 0.0, 0.2),
