@@ -426,13 +426,19 @@ def _descriptor(d: Any, where: str, blob_size: int, want: tuple[int, ...],
     return offset, end, shape, container, bits
 
 
-def read_image(path: str | os.PathLike) -> tuple[IntNetwork, dict]:
-    """Read and validate the image at ``path``: ``(network, meta)``.  A file
-    larger than :data:`MAX_IMAGE_BYTES` is refused before it is read."""
+def _not_a_pipe(path) -> None:
+    """Refuse a named pipe or a socket before its open waits for a writer
+    (:func:`spikeforge.files.not_a_file`)."""
     from spikeforge import files
     why = files.not_a_file(path)
     if why:
         raise ImageError(f"{path}: {why}")
+
+
+def read_image(path: str | os.PathLike) -> tuple[IntNetwork, dict]:
+    """Read and validate the image at ``path``: ``(network, meta)``.  A file
+    larger than :data:`MAX_IMAGE_BYTES` is refused before it is read."""
+    _not_a_pipe(path)
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -631,10 +637,7 @@ def read_hex(path: str | os.PathLike, width: int) -> list[int]:
     be 1 to ``ceil(width / 4)`` hex digits and below ``2**width``."""
     if type(width) is not int or width < 1:
         raise ImageError(f"width must be a positive integer, not {width!r}")
-    from spikeforge import files
-    why = files.not_a_file(path)
-    if why:
-        raise ImageError(f"{path}: {why}")
+    _not_a_pipe(path)
     try:
         text = Path(path).read_bytes().decode("ascii")
     except OSError as e:
