@@ -148,7 +148,7 @@ def ecp5_in_lutram(width: int, depth: int, configs=ECP5_CONFIGS) -> bool:
 #: route (57.9 MHz with the rmw stage; far more congested without), against
 #: 72.7 MHz without (README, Measured); at 32 (layer 2's 64 blocks only, the
 #: critical path of the build with registered read addresses, 76.2 MHz) it
-#: did not route on two placements; set 8 to try it
+#: did not finish routing on two placements (one diverged); set 8 to try it
 PIPELINE_BLOCKS = 1 << 20
 
 
