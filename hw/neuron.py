@@ -156,16 +156,14 @@ class NeuronUnit(wiring.Component):
         # core's lanes; a decode in front of it was a core's critical path)
         consume, load = Signal(), Signal()
         m.d.sync += load.eq(consume)
-        if p.read_stage:
-            # the words come a cycle later, and so does the select stage: the
-            # load a cycle later too, in registered copies, each for its share
-            # of the lanes (one register's enable net to every lane's
-            # parameters took 10-13 ns to route in a core placed alone)
-            pbits = P * (S + p.acc_bits)
-            load = copies(m, load, "load", bits=pbits)
+        # (``read_stage``: the words come a cycle later, and so does the
+        # select stage: the load a cycle later too, in registered copies, each
+        # for its share of the lanes; one register's enable net to every
+        # lane's parameters took 10-13 ns to route in a core placed alone)
+        loads = copies(m, load, "load", bits=P * (S + p.acc_bits)) if p.read_stage else [load]
         cur, l_full = param_loader(m, p, self.p_data, self.p_addr, consume, self.clear,
                                    field_slices(neuron_layout(S, p.acc_bits), "theta", "bias"),
-                                   load=load)
+                                   loads=loads)
         cur_theta, cur_bias = cur["theta"], cur["bias"]
 
         # ---------------------------------------------------------- scan issue
@@ -404,15 +402,15 @@ def queue_word(m, p: CoreParams, entry) -> Value:
     return w.as_value()
 
 
-def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict, load=None):
+def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict, loads=None):
     """Per-lane parameter registers, loaded one group ahead from the neuron memory.
 
     ``fields``: ``{name: (lsb, width)}`` of signed fields of a neuron word (a
     ``(lsb, width, False)`` triple for an unsigned one).  Returns ``(cur,
     full)``: ``cur[name][j]`` is lane ``j``'s value for the group being scanned
-    (updated by ``load``, default ``consume``, the issue of a group's first
-    neuron; a ``load`` at most two cycles after ``consume`` still copies the
-    group's words; a list: copies of it, each for its share of the lanes),
+    (updated by ``loads``, copies of one strobe, each for its share of the
+    lanes; default ``[consume]``, the issue of a group's first neuron; a
+    strobe at most two cycles after ``consume`` still copies the group's words),
     ``full`` says the next group's words are loaded.  Word ``c`` of the memory is
     channel ``c``: the loader reads ``g*P .. g*P + P-1`` one a cycle.
     """
@@ -447,7 +445,7 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict,
             m.d.sync += l_full.eq(1)
     with m.If(consume):
         m.d.sync += [l_full.eq(0), l_issuing.eq(1)]
-    loads = [consume] if load is None else load if isinstance(load, list) else [load]
+    loads = [consume] if loads is None else loads
     for j in range(P):
         with m.If(loads[j * len(loads) // P]):
             m.d.sync += [cur[n][j].eq(nxt[n][j]) for n in cur]

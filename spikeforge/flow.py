@@ -120,12 +120,14 @@ def load_data(dataset: str, seed: int, spec, where: str):
     return ds
 
 
-def image_dataset(run: Path, net, meta: dict):
+def image_dataset(run: Path, net, meta: dict, fallback: str = "mnist5k",
+                  fallback_from: str | None = None):
     """The data set the weight image's metadata names (:func:`image_data`;
-    mnist5k when it names none), checked by :func:`load_data`."""
-    dataset, seed = image_data(meta)
+    ``fallback`` when it names none, taken from ``fallback_from``), checked
+    by :func:`load_data`."""
+    dataset, seed = image_data(meta, fallback)
     where = (f"{run / IMAGE}: meta.dataset" if "dataset" in meta
-             else f"{run / IMAGE} (no meta.dataset: {dataset})")
+             else fallback_from or f"{run / IMAGE} (no meta.dataset: {dataset})")
     return load_data(dataset, seed, net.spec, where)
 
 
@@ -643,9 +645,7 @@ def step_report(run: Path, args) -> None:
         if sim and len(sim["layers"]) != len(net.layers):
             raise FlowError(f"{run / 'sim.json'}: {len(sim['layers'])} layers' cycles for the "
                             f"{len(net.layers)} layers of {run / IMAGE}")
-        dataset, seed = image_data(meta, m["dataset"])
-        ds = load_data(dataset, seed, net.spec, f"{run / IMAGE}: meta.dataset" if "dataset" in meta
-                       else f"{run / 'metrics.json'}: dataset")
+        ds = image_dataset(run, net, meta, m["dataset"], f"{run / 'metrics.json'}: dataset")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"
     clock = args.clock_mhz
     rows = [("model / dataset", f"{m['model']} / {m['dataset']}"),
