@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -834,20 +835,26 @@ def _write_record(path: Path, record: dict) -> None:
 
 def execute(step: Step, run: Path, args):
     """Run ``step`` on ``run`` and record what it consumed and its outcome;
-    what the step returns.  An error is recorded as "failed" and raised again;
+    what the step returns.  An error is recorded as "failed" and raised again
+    (or, where the step made the run folder and wrote none of its outputs, the
+    folder is removed);
     an interrupted step leaves its record "running" (not done; an export's
     half-written ``RUN/hw`` is refused, :func:`check_export_current`)."""
     run = Path(run)
+    options = _options(step, args, run)  # checked before a new run folder is made
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     path = record_path(run, step.name)
-    record = {"step": step.name, "options": _options(step, args, run),
-              "inputs": _hashes(run, step.inputs)}
+    record = {"step": step.name, "options": options, "inputs": _hashes(run, step.inputs)}
     # from here on the step is not done until it ends well
     _write_record(path, {**record, "status": "running"})
     t0 = time.time()
     try:
         result = step.fn(run, args)
     except SpikeforgeError as e:
+        if created and not any((run / name).exists() for name in step.outputs):
+            shutil.rmtree(run, ignore_errors=True)  # the folder this failed step made, empty
+            raise
         _write_record(path, {**record, "status": "failed", "error": str(e),
                              "outputs": _hashes(run, step.outputs),
                              "seconds": time.time() - t0})
@@ -871,8 +878,7 @@ def run(args) -> int:
         if sftrain.share_train_decision(False):
             step_train(Path(args.out), args)
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # made by its first step (execute)
     redo = None  # why every remaining step is redone
     for step in STEPS_LIST:
         if step.name == args.from_step:

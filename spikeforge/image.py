@@ -712,6 +712,8 @@ def read_exported(folder: str | os.PathLike, net: IntNetwork, P: int | list[int]
             raise ImageError(f"{index}: {name}: 'file' must be a file name in {folder}, not "
                              f"{reprlib.repr(fname)}")
         path = folder / fname
+        if path.is_dir():
+            raise ImageError(f"{path}: a folder, not a hex file (memory {name})")
         if not path.is_file():
             raise ImageError(f"{path} is missing (memory {name}): run `spikeforge export` again")
         # at most one word a line of ceil(width / 4) digits with CR LF line ends

@@ -173,6 +173,8 @@ def read(path: str | Path):
     """The NIR graph of ``path`` (``nir.read``: HDF5 through h5py)."""
     import nir
     path = Path(path)
+    if path.is_dir():
+        raise NIRError(f"{path}: a folder, not a NIR file")
     if not path.is_file():
         raise NIRError(f"{path}: no such file")
     try:

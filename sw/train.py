@@ -662,6 +662,8 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, SpikingNet]:
     from safetensors.torch import load_file
     run = Path(run_dir)
     for name in ("config.json", "model.safetensors"):
+        if (run / name).is_dir():
+            raise TrainError(f"{run / name}: a folder, not a file")
         if not (run / name).is_file():
             raise TrainError(f"{run}: no {name}; run `spikeforge train --out {run}` first")
     path = run / "config.json"

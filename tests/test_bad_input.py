@@ -308,6 +308,28 @@ def test_run_folder_that_is_a_file(tmp_path, capsys):
     fails(["train", "-q", *TINY, "--out", tmp_path / "taken"], capsys, "taken", "File exists")
 
 
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_bad_set_leaves_no_run_folder(tmp_path, capsys, command):
+    out = tmp_path / "new"
+    fails([command, "-q", *TINY, "--set", "hidden=ten", "--out", out], capsys, "hidden")
+    assert not out.exists()
+
+
+def test_a_folder_in_place_of_a_file(run, capsys, tmp_path):
+    """A folder where a file belongs is named as a folder, not as missing."""
+    assert cli.main(["export", str(run)]) == 0
+    index = json.loads((run / "hw" / "memories.json").read_text())
+    hexfile = run / "hw" / index["memories"][0]["file"]
+    hexfile.unlink()
+    hexfile.mkdir()
+    fails(["sim", run, "--images", "1"], capsys, f"{hexfile}: a folder, not a hex file")
+    (run / "model.safetensors").unlink()
+    (run / "model.safetensors").mkdir()
+    fails(["quantize", run], capsys, f"{run / 'model.safetensors'}: a folder, not a file")
+    fails(["import", tmp_path, "--out", tmp_path / "imported"], capsys,
+          f"{tmp_path}: a folder, not a NIR file")
+
+
 def test_export_lanes_agree_with_the_engine(run, capsys):
     # what export accepts, the engine accepts: the output channels bound both
     from spikeforge import image
