@@ -404,6 +404,10 @@ NEU_CASES = [
     ("conv-pool2-P3-subtract-strict", LayerKind.CONV, 5, (4, 4), 2, 3, Reset.SUBTRACT, (2,), 10,
      0.3),
     ("fc-P2-zero-saturating-strict", LayerKind.FC, 6, None, 1, 2, Reset.ZERO, (1, 3), 6, 0.2),
+    # a consumer so slow that the scan waits on the queue before most words,
+    # its pipeline empty when it issues one (the last word among them: with
+    # read_stage, mem_busy must count the word in the t0 stage)
+    ("conv-pool2-P2-slow-consumer", LayerKind.CONV, 4, (6, 6), 2, 2, Reset.ZERO, (1,), 10, 0.97),
 ]
 
 
