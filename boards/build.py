@@ -344,7 +344,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
           link: LinkConfig = LinkConfig(), allow_timing_fail: bool = False,
           pmod_leds: bool = True, clock_hz: float | None = None,
           target_mhz: float | None = None, words=None, seed: int | None = None,
-          sdram=(), banks=None) -> dict:
+          sdram=(), banks=None, sdf: bool = False) -> dict:
     """Bitstream + ``report.json`` for ``board`` in ``out_dir``; returns the report.
 
     ``net_or_run``: an IntNetwork, a weight image path or a run folder
@@ -361,6 +361,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
     bitstream still runs at the clock, ``timing_met`` compares Fmax with the
     clock and the report records ``target_mhz``.  ``seed``: nextpnr's
     placement seed (recorded as ``nextpnr_seed``; default nextpnr's own).
+    ``sdf``: nextpnr also writes the routed design's delays, ``top.sdf``
+    (``benchmarks/slack_report.py`` reads them).
     ``sdram``, ``banks``: the storage (:func:`spikeforge.hw.fit.storage_options`: a
     layer's weights in the ULX3S's SDRAM, current memories per layer).
     """
@@ -406,13 +408,14 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("top.report.json", "top.stat.json", mod.BITSTREAM, "report.json"):
+    for stale in ("top.report.json", "top.stat.json", "top.sdf", mod.BITSTREAM, "report.json"):
         (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     plan = plat.build(wrapper, name="top", build_dir=str(out), do_build=False,
                       nextpnr_opts=("--report top.report.json --detailed-timing-report "
                                     "--timing-allow-fail "
                                     + ("" if seed is None else f"--seed {int(seed)} ")
+                                    + ("--sdf top.sdf " if sdf else "")
                                     + _NEXTPNR_OPTS[board]),
                       synth_opts=_SYNTH_OPTS[board],
                       script_after_read=synth_prep(),
@@ -546,7 +549,8 @@ def _report(board, mod, out: Path, top, net, lanes, fit, clock_hz, seconds, sour
 AUTO_MARGIN = 0.95  # ``--clock-mhz auto``: the PLL at this fraction of the measured Fmax
 
 
-def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=None) -> dict:
+def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=None,
+              sdf: bool = False) -> dict:
     """``spikeforge build RUN --board BOARD``: the run's weight image to
     ``RUN/build/BOARD/`` (bitstream + report.json).  ``lanes`` default: the
     lanes of ``RUN/hw/memories.json`` when the run was exported, else the
@@ -554,7 +558,8 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
     (default :data:`DEFAULT_CLOCK_MHZ`); ``"auto"``: build at the oscillator, then again
     with the PLL at ``AUTO_MARGIN`` of the Fmax nextpnr reported (two builds).
     nextpnr works to the board's :data:`TARGET_MHZ` when that is above the clock;
-    ``seed``: its placement seed (default its own)."""
+    ``seed``: its placement seed (default its own); ``sdf``: also write
+    ``top.sdf`` (:func:`build`)."""
     run_dir = Path(run_dir)
     board = _board_name(board)
     if clock_mhz is None:
@@ -575,7 +580,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
     if clock_mhz == "auto":
         first = build(run_dir, board, out, lanes=lanes, allow_timing_fail=True,
                       target_mhz=TARGET_MHZ[board], words=words, seed=seed, sdram=sdram,
-                      banks=banks)
+                      banks=banks, sdf=sdf)
         clock_mhz = int(first["fmax_mhz"] * AUTO_MARGIN)
         if sdram and getattr(BOARDS[board], "SDRAM_MAX_MHZ", None):
             clock_mhz = min(clock_mhz, BOARDS[board].SDRAM_MAX_MHZ)
@@ -588,7 +593,7 @@ def build_run(run_dir: Path, board: str, *, lanes=None, clock_mhz=None, seed=Non
         report = build(run_dir, board, out, lanes=lanes,
                        clock_hz=None if clock_mhz is None else clock_mhz * 1e6,
                        target_mhz=TARGET_MHZ[board], words=words, seed=seed, sdram=sdram,
-                       banks=banks)
+                       banks=banks, sdf=sdf)
     except TimingError as e:
         _add_performance(sim, e.report, out)
         raise

@@ -233,7 +233,7 @@ def _run_dir(text: str):
 def cmd_build(args) -> int:
     from spikeforge.boards.build import build_run
     rep = build_run(_run_dir(args.run), args.board, lanes=args.lanes, clock_mhz=args.clock_mhz,
-                    seed=args.seed)
+                    seed=args.seed, sdf=args.sdf)
     print(json.dumps(rep, indent=2))
     return 0
 
@@ -464,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=_int_in(1, 2**31 - 1), default=None,
                    help="nextpnr's placement seed (default: its own): another seed places "
                         "the same netlist differently, several MHz apart on the ULX3S")
+    p.add_argument("--sdf", action="store_true",
+                   help="also write nextpnr's routed delays (BUILD/top.sdf, tens of MB on the "
+                        "ULX3S) for `python benchmarks/slack_report.py RUN/build/BOARD`")
     p.set_defaults(fn=cmd_build)
 
     p = add("infer", "send test images to a board over its UART, compare with the golden model")

@@ -34,8 +34,37 @@ def builds(tmp_path_factory, small):
     ice = B.build_run(run, "icebreaker")
     ulx_dir = tmp_path_factory.mktemp("ulx3s")
     # through the PLL, nextpnr working to a 50 MHz target (over-constrained)
-    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes, clock_hz=40e6, target_mhz=50, seed=3)
+    ulx = B.build(net, "ulx3s", ulx_dir, lanes=lanes, clock_hz=40e6, target_mhz=50, seed=3,
+                  sdf=True)
     return {"icebreaker": (ice, run / "build" / "icebreaker"), "ulx3s": (ulx, ulx_dir)}
+
+
+def _slack_report(out, mhz) -> str:
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "benchmarks" / "slack_report.py"
+    return subprocess.run([sys.executable, str(script), str(out), "--mhz", str(mhz)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_slack_report_times_the_routed_design_as_nextpnr(builds):
+    """benchmarks/slack_report.py's own timing analysis of the SDF that
+    ``sdf=True`` asked nextpnr for finds nextpnr's critical path, and
+    counts endpoints missing a clock just above its Fmax, none just below."""
+    import re
+    rep, out = builds["ulx3s"]
+    assert (out / "top.sdf").is_file()
+    assert not (builds["icebreaker"][1] / "top.sdf").exists()  # only when asked
+    fmax = rep["fmax_mhz"]
+    text = _slack_report(out, fmax * 1.01)
+    ours, theirs = map(float, re.search(r"= ([\d.]+) MHz; nextpnr's report: ([\d.]+) MHz",
+                                        text).groups())
+    assert ours == pytest.approx(fmax, abs=0.02) and theirs == pytest.approx(fmax, abs=0.01)
+    missing = int(re.search(r"endpoints missing [\d.]+ MHz \([\d.]+ ns\): ([\d,]+)",
+                            text).group(1).replace(",", ""))
+    assert missing >= 1
+    assert "endpoints missing" in text and ": 0 of" in _slack_report(out, fmax * 0.99)
 
 
 def test_ecp5_bitstream_names_the_part(builds):
