@@ -154,10 +154,11 @@ class LayerCore(wiring.Component):
                  for lo, hi in map(p.weight_rows, range(p.units))] if not self.streamed else []
         # (streamed: the word taken goes into a register, a memory's one-cycle read)
         lats = [wmem.latency for wmem in wmems] if not self.streamed else [1]
+        ncopies = [getattr(wmem, "copies", 1) for wmem in wmems] or [1]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
                             weight_latency=lat, read_latency=2 + p.read_stage + p.rmw_stage,
-                            streamed=self.streamed, addr_stage=p.read_stage)
-                for u, lat in enumerate(lats)]
+                            streamed=self.streamed, addr_stage=p.read_stage, w_addr_copies=nc)
+                for u, (lat, nc) in enumerate(zip(lats, ncopies))]
         if self.streamed:
             w_q = Signal(p.weight_width, name="w_q", reset_less=True)
             ww = self.w_words
@@ -183,6 +184,8 @@ class LayerCore(wiring.Component):
             m.submodules["weights" if u == 0 else f"weights{u}"] = wmem
             a = mw.payload.addr
             mine = (a >= lo) & (a < hi) if p.units > 1 else C(1, 1)
+            if getattr(wmem, "copies", 1) > 1:
+                m.d.comb += wmem.rd_addrs.eq(unit.w_addrs)
             m.d.comb += [
                 wmem.rd_addr.eq(unit.w_addr), unit.w_data.eq(wmem.rd_data),
                 wmem.wr_addr.eq(a - lo), wmem.wr_data.eq(mw.payload.data),

@@ -41,13 +41,13 @@ the default engine's ULX3S builds did not route).
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .arith import copies
 
-__all__ = ["COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
+__all__ = ["ADDR_COPY_BLOCKS", "addr_copies", "COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
            "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
            "read_data", "read_stages", "slice_bits", "slice_widths", "SlicedMemory",
            "SPRAM_DEPTH", "SPRAM_WIDTH",
@@ -182,12 +182,35 @@ def read_stages(width: int, depth: int) -> int:
     of routing in a ULX3S build) the address through registered copies, one
     level per 16 blocks' share (at most two), then each slice's word
     registered beside its block."""
-    blocks = ecp5_blocks(width, depth)
-    if depth > ECP5_CONFIGS[-1][1]:   # deeper than a 36-bit block: as sliced
-        blocks = sum(ecp5_blocks(w, depth) for w in slice_widths(width, depth))
-    if blocks < PIPELINE_BLOCKS:
+    if memory_blocks(width, depth) < PIPELINE_BLOCKS:
         return 0
     return (1 if blocks < 2 * PIPELINE_BLOCKS else 2) + 1
+
+
+#: a weight memory of this many ECP5 blocks or more takes its read address
+#: from several registers of the synapse unit, each driving
+#: :data:`BLOCKS_PER_ADDR_COPY` of its blocks, with no extra cycle
+#: (:func:`addr_copies`; one register had driven layer 2's 64 blocks, 12.4 ns
+#: of routing, the critical path of the default engine's ULX3S build)
+ADDR_COPY_BLOCKS, BLOCKS_PER_ADDR_COPY = 32, 16
+
+
+def memory_blocks(width: int, depth: int) -> int:
+    """ECP5 blocks of a :class:`SlicedMemory` (its column slices')."""
+    if depth > ECP5_CONFIGS[-1][1]:   # deeper than a 36-bit block: as sliced
+        return sum(ecp5_blocks(w, depth) for w in slice_widths(width, depth))
+    return ecp5_blocks(width, depth)
+
+
+def addr_copies(width: int, depth: int) -> int:
+    """Read-address registers a ``width x depth`` :class:`SlicedMemory`
+    takes (``rd_addrs``): 1, or for one of :data:`ADDR_COPY_BLOCKS` blocks
+    or more, one per :data:`BLOCKS_PER_ADDR_COPY` (not with a pipelined
+    read, :func:`read_stages`, which copies its address itself)."""
+    blocks = memory_blocks(width, depth)
+    if blocks < ADDR_COPY_BLOCKS or read_stages(width, depth):
+        return 1
+    return min(-(-blocks // BLOCKS_PER_ADDR_COPY), -(-width // slice_bits(width, depth)))
 
 
 def slice_bits(width: int, depth: int, configs=ECP5_CONFIGS) -> int:
@@ -237,6 +260,10 @@ class SlicedMemory(wiring.Component):
     -------
     rd_addr : In(range(depth)), rd_data : Out(width)
         Read address, and its word ``latency`` cycles later.
+    rd_addrs : In(ArrayLayout(range(depth), copies))
+        Only with :func:`addr_copies` > 1 (``copies``): the same read address
+        in that many registers, each for its share of the slices (``rd_addr``
+        is then unused).
     wr_addr : In(range(depth)), wr_data : In(width), wr_en : In(1)
         Write port.
     """
@@ -247,13 +274,18 @@ class SlicedMemory(wiring.Component):
         self.slice = slice_bits(width, depth)
         self.stages = read_stages(width, depth)
         self.latency = 1 + self.stages
-        super().__init__(_ports(width, depth))
+        self.copies = addr_copies(width, depth)
+        ports = _ports(width, depth)
+        if self.copies > 1:
+            ports["rd_addrs"] = In(data.ArrayLayout(range(depth), self.copies))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         sw = self.slice
         n_slices = -(-self.width // sw)
-        addrs = [self.rd_addr]
+        addrs = ([self.rd_addrs[i] for i in range(self.copies)] if self.copies > 1
+                 else [self.rd_addr])
         if self.stages:   # address copies, a level per stage but the last
             addrs = copies(m, self.rd_addr, "rd_addr", levels=self.stages - 1)
         for n, lo in enumerate(range(0, self.width, sw)):

@@ -92,6 +92,10 @@ class SynapseUnit(wiring.Component):
         1 when the first of those cycles is a register in front of the
         memory's address (``read_stage``): the memory reads a cycle after
         ``rd_addr``, and no more writes are in flight at its read.
+    w_addr_copies : int
+        Registers holding the weight address (``w_addrs``; 1: ``w_addr``
+        alone), for a weight memory of many blocks: each copy drives a share
+        of them (:func:`~spikeforge.hw.memory.addr_copies`), in the same cycle.
 
     Members
     -------
@@ -143,7 +147,7 @@ class SynapseUnit(wiring.Component):
 
     def __init__(self, params: CoreParams, unit: int = 0, write_latency: int = 0,
                  weight_latency: int = 1, read_latency: int = 2, streamed: bool = False,
-                 addr_stage: int = 0):
+                 addr_stage: int = 0, w_addr_copies: int = 1):
         self._p = p = params
         self._streamed = streamed
         self._taps = p.tap_range(unit)
@@ -152,6 +156,7 @@ class SynapseUnit(wiring.Component):
         self._rlat = weight_latency
         self._blat = read_latency
         self._astage = addr_stage
+        self._wcopies = w_addr_copies
         acc = data.ArrayLayout(signed(p.cur_width), p.P * p.R)
         abits = bits_for(p.acc_depth - 1)
         super().__init__({
@@ -169,6 +174,8 @@ class SynapseUnit(wiring.Component):
             "wr_en": Out(1),
             "wr_data": Out(acc),
             "w_addr": Out(bits_for(p.weight_depth - 1)),
+            **({"w_addrs": Out(data.ArrayLayout(bits_for(p.weight_depth - 1), w_addr_copies))}
+               if w_addr_copies > 1 else {}),
             "w_data": In(p.weight_width),
             "w_ready": In(1, init=1),
             "w_take": Out(1),
@@ -235,6 +242,12 @@ class SynapseUnit(wiring.Component):
         ox0 = Signal(signed(pos_bits + 1), **dreg)
         addr = Signal(addr_shape, **dreg)
         waddr = Signal(waddr_bits, **dreg)
+        # copies of the weight address, each its own register with its own
+        # increment (so synthesis keeps them apart), for a share of the
+        # weight memory's blocks (timing: one register drove layer 2's 64
+        # blocks, 12.4 ns of routing, the critical path of a ULX3S build)
+        waddrs = [waddr] + [Signal(waddr_bits, name=f"waddr_copy{i}", **dreg)
+                            for i in range(1, self._wcopies)]
         shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)), **dreg)
         mask = Signal(Q, **dreg)
 
@@ -265,13 +278,14 @@ class SynapseUnit(wiring.Component):
                          dy_end.eq(dy0 == dy1), dx_end.eq(dx0 == (dx1 if dy0 == dy1 else k - 1)),
                          g_end.eq(G == 1), free.eq(d2_last | single),
                          ox0.eq(d2_ox), addr.eq(d2_e0 - (dy0 * p.wc + dx0)),
-                         waddr.eq(d2_wbase), mask.eq(d2_mask),
+                         *(w.eq(d2_wbase) for w in waddrs), mask.eq(d2_mask),
                          shift.eq((p.timesteps - 1 - self.step) if p.step_shift else d2_shift)]
         with m.Elif(go & last_tap):
             m.d.sync += [active.eq(0), free.eq(1)]
         with m.Elif(go):
             # the next group's word, or the next tap's first group
-            m.d.sync += waddr.eq(waddr + Mux(g_end, p.in_groups * G - (G - 1), 1))
+            step = Mux(g_end, p.in_groups * G - (G - 1), 1)
+            m.d.sync += [w.eq(w + step) for w in waddrs]
             with m.If(~g_end):
                 m.d.sync += [g.eq(g + 1), addr.eq(addr + hw), g_end.eq(g == G - 2),
                              free.eq(dy_end & dx_end & (g == G - 2))]
@@ -293,6 +307,7 @@ class SynapseUnit(wiring.Component):
 
         m.d.comb += [
             self.w_addr.eq(waddr),
+            *((self.w_addrs[i].eq(w) for i, w in enumerate(waddrs)) if len(waddrs) > 1 else ()),
             self.w_take.eq(go),
             self.update.eq(inb),
             self.accepted.eq(take & d2_valid & ~d2_last),

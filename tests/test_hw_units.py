@@ -628,6 +628,22 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkey
     # more each way (CoreParams.rmw_stage); reads 3:
     # the weight memory's read pipelined (a memory of many blocks':
     # hw/memory.py read_stages), 36-bit slices each with its address copy
+    _core_case(case, stage, reads, monkeypatch)
+
+
+@pytest.mark.parametrize("stage", [0, 2], ids=["direct", "read-stage"])
+@pytest.mark.parametrize("case", CORE_CASES[:3], ids=[c[0] for c in CORE_CASES[:3]])
+def test_layer_core_with_weight_address_copies(case, stage, monkeypatch):
+    # the weight memory in 1-bit columns, its read address from three
+    # registers of the synapse unit (a memory of many blocks':
+    # hw/memory.py addr_copies), each driving its share of the columns
+    from spikeforge.hw import memory as hw_memory
+    monkeypatch.setattr(hw_memory, "slice_bits", lambda width, depth, configs=None: 1)
+    monkeypatch.setattr(hw_memory, "addr_copies", lambda width, depth: 3)
+    _core_case(case, stage, 0, monkeypatch, copies=3)
+
+
+def _core_case(case, stage, reads, monkeypatch, copies=1):
     from spikeforge.hw import memory as hw_memory
     from spikeforge.hw import params as hw_params
     monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
@@ -663,6 +679,7 @@ def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkey
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
     assert hw_memory.read_stages(cp.weight_width, cp.weight_depth) == reads
+    assert hw_memory.addr_copies(cp.weight_width, cp.weight_depth) == copies
 
     async def producer(ctx):
         prng = random.Random(seed + 1)
@@ -899,6 +916,38 @@ def test_sliced_memory_reads_what_was_written(width, depth, monkeypatch):
     want = [writes.get(a, init[a]) for a in reads]
     assert got == want
     assert streamed[:len(reads)] == want
+
+
+def test_sliced_memory_address_copies_each_read_their_slices(monkeypatch):
+    """A weight memory of many blocks takes its read address from several
+    registers (``rd_addrs``), each for its share of the column slices: four
+    copies holding four addresses read each slice's bits at its own copy's
+    address (the thresholds lowered so a 16 x 4,096 memory, four 4-bit
+    columns of one block each, has them).  The default engine's layer 2
+    weights, 64 x 12,544 in 64 blocks, have four."""
+    from spikeforge.hw import memory as hw_memory
+    from spikeforge.hw.memory import SlicedMemory
+    assert hw_memory.addr_copies(64, 12544) == 4 and hw_memory.addr_copies(256, 600) == 1
+    monkeypatch.setattr(hw_memory, "ADDR_COPY_BLOCKS", 2)
+    monkeypatch.setattr(hw_memory, "BLOCKS_PER_ADDR_COPY", 1)
+    rng = random.Random(5)
+    init = [rng.getrandbits(16) for _ in range(4096)]
+    mem = SlicedMemory(16, 4096, init)
+    assert (mem.slice, mem.copies, mem.latency) == (4, 4, 1)
+    addrs = [7, 1000, 2222, 4095]
+    got = []
+
+    async def bench(ctx):
+        for i, a in enumerate(addrs):
+            ctx.set(mem.rd_addrs[i], a)
+        await ctx.tick()
+        got.append(ctx.get(mem.rd_data))
+
+    sim = Simulator(mem)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got[0] == sum(((init[a] >> (4 * k)) & 0xF) << (4 * k) for k, a in enumerate(addrs))
 
 
 @pytest.mark.parametrize("platform", [None, "synthesis"])
