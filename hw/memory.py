@@ -182,7 +182,8 @@ def read_stages(width: int, depth: int) -> int:
     of routing in a ULX3S build) the address through registered copies, one
     level per 16 blocks' share (at most two), then each slice's word
     registered beside its block."""
-    if memory_blocks(width, depth) < PIPELINE_BLOCKS:
+    blocks = memory_blocks(width, depth)
+    if blocks < PIPELINE_BLOCKS:
         return 0
     return (1 if blocks < 2 * PIPELINE_BLOCKS else 2) + 1
 
