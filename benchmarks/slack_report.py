@@ -17,6 +17,9 @@ it), and prints the endpoints that miss ``--mhz``:
   with the worst slack and the module its worst path starts from;
 - by the kind of the worst path's start (a block RAM's output, a flip-flop,
   a LUT RAM) and of its end (a block RAM's input, a flip-flop);
+- by the longest route on the worst path (the modules of its driver and
+  its sink, and the driver's fan-out), worst first: fixing a row and those
+  above it would leave the next row's slack;
 - the ``--paths`` worst endpoints, each path's logic and routing delay.
 
 Usage: ``python benchmarks/slack_report.py RUN/build/ulx3s [--mhz 100]``
@@ -189,11 +192,25 @@ def main(argv=None) -> int:
     for lim in (-0.5, -1.0, -2.0, -3.0):
         print(f"  slack below {lim:+.1f} ns: {sum(1 for s, _ in failing if s < lim):,}")
     by_mod: dict[str, list] = defaultdict(list)
+    by_route: dict[tuple, list] = defaultdict(list)
     kinds = Counter()
+    cells, routes, long4 = [], [], 0
     for s, n in failing:
-        start = t.path(prev, n)[0][0]
+        p = t.path(prev, n)
+        start = p[0][0]
         by_mod[module_of(n[0], args.depth)].append((s, module_of(start[0], args.depth)))
         kinds[(start_kind(t, start), end_kind(t, n))] += 1
+        hops = [(d, p[i - 1][0], node) for i, (node, kind, d) in enumerate(p) if kind == "route"]
+        d, drv, snk = max(hops) if hops else (0.0, start, n)
+        long4 += d > 4.0
+        cells.append(sum(x for _, k, x in p if k != "route"))
+        routes.append(sum(x for _, k, x in p if k == "route"))
+        by_route[(module_of(drv[0], args.depth + 1), module_of(snk[0], args.depth + 1))].append(
+            (s, d, len(t.edges.get(drv, ()))))
+    if failing:
+        mid = len(failing) // 2
+        print(f"  their paths: median {sorted(cells)[mid]:.2f} ns in cells, "
+              f"{sorted(routes)[mid]:.2f} ns of routing; {long4:,} with one route over 4 ns")
     print("\n| endpoint module | missing | worst slack (ns) | its path starts in |")
     print("|---|---|---|---|")
     for mod, items in sorted(by_mod.items(), key=lambda kv: -len(kv[1])):
@@ -203,6 +220,12 @@ def main(argv=None) -> int:
     print("|---|---|---|")
     for (a, b), c in kinds.most_common():
         print(f"| {a} | {b} | {c} |")
+    print("\n| longest route from | to | missing | worst slack (ns) | that route (ns) | "
+          "its fan-out |")
+    print("|---|---|---|---|---|---|")
+    for (a, b), items in sorted(by_route.items(), key=lambda kv: min(kv[1])):
+        s, d, fan = min(items)
+        print(f"| {a} | {b} | {len(items)} | {s:+.2f} | {d:.2f} | {fan} |")
     for s, n in failing[:args.paths]:
         p = t.path(prev, n)
         logic = sum(d for _, k, d in p if k != "route")
