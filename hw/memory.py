@@ -191,9 +191,14 @@ def read_stages(width: int, depth: int) -> int:
 #: a weight memory of this many ECP5 blocks or more takes its read address
 #: from several registers of the synapse unit, each driving
 #: :data:`BLOCKS_PER_ADDR_COPY` of its blocks, with no extra cycle
-#: (:func:`addr_copies`; one register had driven layer 2's 64 blocks, 12.4 ns
-#: of routing, the critical path of the default engine's ULX3S build)
-ADDR_COPY_BLOCKS, BLOCKS_PER_ADDR_COPY = 32, 16
+#: (:func:`addr_copies`; one register drives layer 2's 64 blocks, 12.4 ns of
+#: routing, the critical path of the default engine's ULX3S build).  Off by
+#: default (no memory has this many blocks): at 32 (four copies for those 64
+#: blocks) nextpnr's estimate after placement rose from 65.6 to 72.5 MHz and
+#: from 74.0 to 78.1 on two seeds, and router2 diverged on both (384 and 977
+#: overused wires at iterations 35 and 30, 1,455 at 57 and 41: stopped);
+#: set 32 to try it
+ADDR_COPY_BLOCKS, BLOCKS_PER_ADDR_COPY = 1 << 20, 16
 
 
 def memory_blocks(width: int, depth: int) -> int:

@@ -244,8 +244,7 @@ class SynapseUnit(wiring.Component):
         waddr = Signal(waddr_bits, **dreg)
         # copies of the weight address, each its own register with its own
         # increment (so synthesis keeps them apart), for a share of the
-        # weight memory's blocks (timing: one register drove layer 2's 64
-        # blocks, 12.4 ns of routing, the critical path of a ULX3S build)
+        # weight memory's blocks (hw/memory.py addr_copies: off by default)
         waddrs = [waddr] + [Signal(waddr_bits, name=f"waddr_copy{i}", **dreg)
                             for i in range(1, self._wcopies)]
         shift = Signal(max(p.fmt.shift_bits, bits_for(p.max_shift)), **dreg)

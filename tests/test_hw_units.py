@@ -924,9 +924,12 @@ def test_sliced_memory_address_copies_each_read_their_slices(monkeypatch):
     copies holding four addresses read each slice's bits at its own copy's
     address (the thresholds lowered so a 16 x 4,096 memory, four 4-bit
     columns of one block each, has them).  The default engine's layer 2
-    weights, 64 x 12,544 in 64 blocks, have four."""
+    weights, 64 x 12,544 in 64 blocks, would have four at the threshold of
+    32 blocks (off by default: its builds did not route)."""
     from spikeforge.hw import memory as hw_memory
     from spikeforge.hw.memory import SlicedMemory
+    assert hw_memory.addr_copies(64, 12544) == 1
+    monkeypatch.setattr(hw_memory, "ADDR_COPY_BLOCKS", 32)
     assert hw_memory.addr_copies(64, 12544) == 4 and hw_memory.addr_copies(256, 600) == 1
     monkeypatch.setattr(hw_memory, "ADDR_COPY_BLOCKS", 2)
     monkeypatch.setattr(hw_memory, "BLOCKS_PER_ADDR_COPY", 1)
