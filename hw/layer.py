@@ -184,8 +184,9 @@ class LayerCore(wiring.Component):
             m.submodules["weights" if u == 0 else f"weights{u}"] = wmem
             a = mw.payload.addr
             mine = (a >= lo) & (a < hi) if p.units > 1 else C(1, 1)
-            if getattr(wmem, "copies", 1) > 1:
-                m.d.comb += wmem.rd_addrs.eq(unit.w_addrs)
+            if getattr(wmem, "copies", 1) > 1:   # element by element (a unit's memory
+                # holds only its taps' words: narrower addresses than the unit's)
+                m.d.comb += [wmem.rd_addrs[i].eq(unit.w_addrs[i]) for i in range(wmem.copies)]
             m.d.comb += [
                 wmem.rd_addr.eq(unit.w_addr), unit.w_data.eq(wmem.rd_data),
                 wmem.wr_addr.eq(a - lo), wmem.wr_data.eq(mw.payload.data),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -836,13 +835,13 @@ def _write_record(path: Path, record: dict) -> None:
 def execute(step: Step, run: Path, args):
     """Run ``step`` on ``run`` and record what it consumed and its outcome;
     what the step returns.  An error is recorded as "failed" and raised again
-    (or, where the step made the run folder and wrote none of its outputs, the
-    folder is removed);
+    (but where this call made the run folder and nothing else is in it, the
+    record and the folders it made are removed: :func:`_remove_new`);
     an interrupted step leaves its record "running" (not done; an export's
     half-written ``RUN/hw`` is refused, :func:`check_export_current`)."""
     run = Path(run)
     options = _options(step, args, run)  # checked before a new run folder is made
-    created = not run.exists()
+    made = [p for p in (run, *run.parents) if not p.exists()]  # deepest first
     run.mkdir(parents=True, exist_ok=True)
     path = record_path(run, step.name)
     record = {"step": step.name, "options": options, "inputs": _hashes(run, step.inputs)}
@@ -852,8 +851,7 @@ def execute(step: Step, run: Path, args):
     try:
         result = step.fn(run, args)
     except SpikeforgeError as e:
-        if created and not any((run / name).exists() for name in step.outputs):
-            shutil.rmtree(run, ignore_errors=True)  # the folder this failed step made, empty
+        if made and _remove_new(path, made):
             raise
         _write_record(path, {**record, "status": "failed", "error": str(e),
                              "outputs": _hashes(run, step.outputs),
@@ -862,6 +860,24 @@ def execute(step: Step, run: Path, args):
     _write_record(path, {**record, "status": "ok", "outputs": _hashes(run, step.outputs),
                          "seconds": time.time() - t0})
     return result
+
+
+def _remove_new(record: Path, made: list[Path]) -> bool:
+    """After a failed step: its ``record``, then the folders :func:`execute`
+    made for it (``made``, deepest first), removed while they are empty; False
+    (the record to be written again) if the run folder holds anything else."""
+    record.unlink(missing_ok=True)
+    try:
+        record.parent.rmdir()
+        made[0].rmdir()   # the run folder
+    except OSError:  # not empty: the step (or another process) wrote into it
+        return False
+    for folder in made[1:]:   # and the parents made for it, while empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    return True
 
 
 def run(args) -> int:

@@ -310,9 +310,15 @@ def test_run_folder_that_is_a_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["train", "run"])
 def test_bad_set_leaves_no_run_folder(tmp_path, capsys, command):
-    out = tmp_path / "new"
+    out = tmp_path / "new" / "run"   # its parent made for it too, and removed
     fails([command, "-q", *TINY, "--set", "hidden=ten", "--out", out], capsys, "hidden")
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()
+    # a folder that was there before stays, with the record of the failure
+    (tmp_path / "kept").mkdir()
+    fails([command, "-q", *TINY, "--set", "hidden=ten", "--out", tmp_path / "kept"], capsys,
+          "hidden")
+    rec = json.loads((tmp_path / "kept" / ".flow" / "train.json").read_text())
+    assert rec["status"] == "failed" and "hidden" in rec["error"]
 
 
 def test_a_folder_in_place_of_a_file(run, capsys, tmp_path):

@@ -68,6 +68,30 @@ def test_resume_skips_only_what_is_done(fakes, tmp_path):
     assert fakes.calls == ["report"]  # the report always runs
 
 
+def test_a_new_run_folder_is_removed_only_when_its_failed_step_left_it_empty(
+        monkeypatch, tmp_path, capsys):
+    """A first step that fails in the run folder it made: the folder goes
+    when nothing but the step's record is in it, and stays, with the record
+    of the failure, when the step wrote something before it failed."""
+    from spikeforge.errors import SpikeforgeError
+
+    def fails_after_writing(run, args):
+        (run / "model.safetensors").write_text("half")
+        raise SpikeforgeError("diverged")
+
+    def fails_at_once(run, args):
+        raise SpikeforgeError("bad model")
+
+    monkeypatch.setattr(flow, "step_train", fails_at_once)
+    assert run_flow(tmp_path / "a") == 2
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setattr(flow, "step_train", fails_after_writing)
+    assert run_flow(tmp_path / "b") == 2
+    assert "diverged" in capsys.readouterr().err
+    rec = json.loads((tmp_path / "b" / ".flow" / "train.json").read_text())
+    assert rec["status"] == "failed" and (tmp_path / "b" / "model.safetensors").exists()
+
+
 def test_failed_verify_is_never_done_and_sets_the_exit_status(fakes, tmp_path, capsys):
     fakes.mismatches = 3
     assert run_flow(tmp_path) == 1

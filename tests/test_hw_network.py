@@ -112,6 +112,21 @@ def test_split_taps_match_golden(seed):
     check_exact(net, x, P, seed)
 
 
+def test_split_taps_with_weight_address_copies(monkeypatch):
+    """Two synapse units whose weight memories (each only its unit's taps'
+    words: addresses narrower than the unit's) are read at three address
+    copies, in 1-bit columns (hw/memory.py addr_copies, off by default)."""
+    from spikeforge.hw import memory as hw_memory
+    monkeypatch.setattr(hw_memory, "slice_bits", lambda width, depth, configs=None: 1)
+    monkeypatch.setattr(hw_memory, "addr_copies", lambda width, depth: 3)
+    seed = SPLIT[0]
+    net = random_network(seed, size=(6, 9), channels=(2, 5), max_layers_conv=3,
+                         kernels=(2, 3, 5))
+    P = split_lanes(net)
+    assert any(cp.units > 1 for cp in core_params(net, P))
+    check_exact(net, random_frames(net, seed), P, seed)
+
+
 SLOW = [(seed, 1 + seed % 4) for seed in range(100, 125)]
 
 
