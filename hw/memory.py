@@ -47,7 +47,8 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import copies
 
-__all__ = ["ADDR_COPY_BLOCKS", "BLOCKS_PER_ADDR_COPY", "addr_copies", "memory_blocks", "COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
+__all__ = ["ADDR_COPY_BLOCKS", "BLOCKS_PER_ADDR_COPY", "addr_copies", "memory_blocks",
+           "COLLISION_X", "COLLISION_X_MEMORIES", "ECP5_CONFIGS", "ECP5_LUTRAM_DEPTH",
            "PIPELINE_BLOCKS", "SYNTHESIS", "ecp5_blocks", "ecp5_in_lutram", "geometry_blocks",
            "read_data", "read_stages", "slice_bits", "slice_widths", "SlicedMemory",
            "SPRAM_DEPTH", "SPRAM_WIDTH",
