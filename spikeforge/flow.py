@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -841,7 +842,10 @@ def execute(step: Step, run: Path, args):
     half-written ``RUN/hw`` is refused, :func:`check_export_current`)."""
     run = Path(run)
     options = _options(step, args, run)  # checked before a new run folder is made
-    made = [p for p in (run, *run.parents) if not p.exists()]  # deepest first
+    # the folders the mkdir below makes, deepest first (from the path with
+    # its ``..`` resolved: never a folder that was there before)
+    full = Path(os.path.abspath(run))
+    made = [p for p in (full, *full.parents) if not p.exists()]
     run.mkdir(parents=True, exist_ok=True)
     path = record_path(run, step.name)
     record = {"step": step.name, "options": options, "inputs": _hashes(run, step.inputs)}
@@ -866,9 +870,10 @@ def _remove_new(record: Path, made: list[Path]) -> bool:
     """After a failed step: its ``record``, then the folders :func:`execute`
     made for it (``made``, deepest first), removed while they are empty; False
     (the record to be written again) if the run folder holds anything else."""
-    record.unlink(missing_ok=True)
     try:
-        record.parent.rmdir()
+        record.unlink(missing_ok=True)
+        if record.parent.exists():
+            record.parent.rmdir()
         made[0].rmdir()   # the run folder
     except OSError:  # not empty: the step (or another process) wrote into it
         return False

@@ -319,6 +319,11 @@ def test_bad_set_leaves_no_run_folder(tmp_path, capsys, command):
           "hidden")
     rec = json.loads((tmp_path / "kept" / ".flow" / "train.json").read_text())
     assert rec["status"] == "failed" and "hidden" in rec["error"]
+    # a path through ``..`` to a folder that was there: kept
+    (tmp_path / "there").mkdir()
+    fails([command, "-q", *TINY, "--set", "hidden=ten",
+           "--out", tmp_path / "gone" / ".." / "there"], capsys, "hidden")
+    assert (tmp_path / "there").is_dir()
 
 
 def test_a_folder_in_place_of_a_file(run, capsys, tmp_path):

@@ -76,7 +76,7 @@ def test_a_new_run_folder_is_removed_only_when_its_failed_step_left_it_empty(
     from spikeforge.errors import SpikeforgeError
 
     def fails_after_writing(run, args):
-        (run / "model.safetensors").write_text("half")
+        (run / "train.log").write_text("epoch 1")   # not one of the step's outputs
         raise SpikeforgeError("diverged")
 
     def fails_at_once(run, args):
@@ -84,12 +84,13 @@ def test_a_new_run_folder_is_removed_only_when_its_failed_step_left_it_empty(
 
     monkeypatch.setattr(flow, "step_train", fails_at_once)
     assert run_flow(tmp_path / "a") == 2
+    assert "bad model" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     monkeypatch.setattr(flow, "step_train", fails_after_writing)
     assert run_flow(tmp_path / "b") == 2
     assert "diverged" in capsys.readouterr().err
     rec = json.loads((tmp_path / "b" / ".flow" / "train.json").read_text())
-    assert rec["status"] == "failed" and (tmp_path / "b" / "model.safetensors").exists()
+    assert rec["status"] == "failed" and (tmp_path / "b" / "train.log").exists()
 
 
 def test_failed_verify_is_never_done_and_sets_the_exit_status(fakes, tmp_path, capsys):
