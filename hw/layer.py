@@ -154,7 +154,7 @@ class LayerCore(wiring.Component):
                  for lo, hi in map(p.weight_rows, range(p.units))] if not self.streamed else []
         # (streamed: the word taken goes into a register, a memory's one-cycle read)
         lats = [wmem.latency for wmem in wmems] if not self.streamed else [1]
-        ncopies = [getattr(wmem, "copies", 1) for wmem in wmems] or [1]
+        ncopies = [wmem.copies for wmem in wmems] if not self.streamed else [1]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
                             weight_latency=lat, read_latency=2 + p.read_stage + p.rmw_stage,
                             streamed=self.streamed, addr_stage=p.read_stage, w_addr_copies=nc)
@@ -184,7 +184,7 @@ class LayerCore(wiring.Component):
             m.submodules["weights" if u == 0 else f"weights{u}"] = wmem
             a = mw.payload.addr
             mine = (a >= lo) & (a < hi) if p.units > 1 else C(1, 1)
-            if getattr(wmem, "copies", 1) > 1:   # element by element (a unit's memory
+            if wmem.copies > 1:   # element by element (a unit's memory
                 # holds only its taps' words: narrower addresses than the unit's)
                 m.d.comb += [wmem.rd_addrs[i].eq(unit.w_addrs[i]) for i in range(wmem.copies)]
             m.d.comb += [

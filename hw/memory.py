@@ -341,7 +341,7 @@ class SpramMemory(wiring.Component):
 
     def __init__(self, width: int, depth: int):
         self.width, self.depth = width, depth
-        self.latency = 1
+        self.latency, self.copies = 1, 1   # one read address (SlicedMemory's members)
         super().__init__(_ports(width, depth))
 
     def elaborate(self, platform):

@@ -304,9 +304,10 @@ class SynapseUnit(wiring.Component):
         with m.If(self.resume):
             m.d.sync += marker_held.eq(0)
 
+        if len(waddrs) > 1:
+            m.d.comb += [self.w_addrs[i].eq(w) for i, w in enumerate(waddrs)]
         m.d.comb += [
             self.w_addr.eq(waddr),
-            *((self.w_addrs[i].eq(w) for i, w in enumerate(waddrs)) if len(waddrs) > 1 else ()),
             self.w_take.eq(go),
             self.update.eq(inb),
             self.accepted.eq(take & d2_valid & ~d2_last),
