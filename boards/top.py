@@ -27,14 +27,20 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.hw.network import NetworkTop, engine_geometry
 from spikeforge.hw.sdram import ULX3S_SDRAM, pin_signature
-from spikeforge.hw.streams import EVENT_FIFO_DEPTH
+from spikeforge.hw.streams import EVENT_FIFO_DEPTH, EventFIFO
 
 from . import protocol
 from .bridge import HostBridge, check_batch_beats
 from .uart import divisor_for
 
 __all__ = ["BoardTop", "LinkConfig", "board_info", "store_bits", "wrap_board",
-           "led_output"]
+           "led_output", "LINK_FIFO_DEPTH"]
+
+#: Entries of the FIFO between the host bridge's event beats and the
+#: engine's input (:class:`BoardTop`): registered both ways, it holds the
+#: beats in flight while the engine's ``ready`` comes back, so a BATCH still
+#: feeds a beat a cycle.
+LINK_FIFO_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,19 @@ class BoardTop(wiring.Component):
         m = Module()
         m.submodules.engine = e = self.engine
         m.submodules.bridge = b = self.bridge
-        wiring.connect(m, b.events, e.events)
+        # the bridge's beats go to the engine through a FIFO whose ``ready``
+        # and ``valid`` are registers (timing: the engine's input FIFO sits by
+        # layer 0, the bridge by its image store and the UART; the engine's
+        # ``ready`` crossed the device into the bridge's state machine and
+        # counters, and the store's word into layer 0's FIFO: two of the
+        # routed default engine's larger groups of paths missing 100 MHz).
+        # Its beats are dropped with the engine's at ``start``, and it takes
+        # none in that cycle (as the engine's own input).
+        m.submodules.link = link = ResetInserter(b.start)(EventFIFO(e.fmt, LINK_FIFO_DEPTH))
+        m.d.comb += [link.w.payload.eq(b.events.payload),
+                     link.w.valid.eq(b.events.valid & ~b.start),
+                     b.events.ready.eq(link.w.ready & ~b.start)]
+        wiring.connect(m, link.r, e.events)
         wiring.connect(m, b.mem_write, e.mem_write)
         if e.sdram:
             wiring.connect(m, e.sdram_pins, wiring.flipped(self.sdram_pins))
@@ -172,7 +190,10 @@ class BoardTop(wiring.Component):
         ]
         busy = e.clearing | (b.active & ~e.done)
         if self.batch_beats:
-            m.d.comb += b.result_valid.eq(e.result_valid)
+            # (the engine's take in a register by its input, for the board's count)
+            taken = Signal()
+            m.d.sync += taken.eq(e.events.valid & e.events.ready)
+            m.d.comb += [b.result_valid.eq(e.result_valid), b.taken.eq(taken)]
             busy = busy | b.batch_running
 
         hz = self.clock_hz
