@@ -460,13 +460,18 @@ class NetworkTop(wiring.Component):
                                  ws.mem_write.payload.which.eq(mw.payload.select[0]),
                                  ws.mem_write.payload.addr.eq(mw.payload.addr),
                                  ws.mem_write.payload.data.eq(mw.payload.data)]
+        # (each core's registers load only its own writes: registers loading
+        # every write are all alike, and synthesis merged them into one set
+        # that drove every core's memories, across the device)
         for i, core in enumerate(self.cores):
-            m.d.sync += [
-                core.mem_write.valid.eq(mw.valid & (mw.payload.select[1:] == i)),
-                core.mem_write.payload.which.eq(mw.payload.select[0]),
-                core.mem_write.payload.addr.eq(mw.payload.addr),
-                core.mem_write.payload.data.eq(mw.payload.data),
-            ]
+            mine = mw.valid & (mw.payload.select[1:] == i)
+            m.d.sync += core.mem_write.valid.eq(mine)
+            with m.If(mine):
+                m.d.sync += [
+                    core.mem_write.payload.which.eq(mw.payload.select[0]),
+                    core.mem_write.payload.addr.eq(mw.payload.addr),
+                    core.mem_write.payload.data.eq(mw.payload.data),
+                ]
 
         # ---------------------------------------------------------- taps, perf
         for i, core in enumerate(self.cores):
