@@ -73,8 +73,14 @@ class Timing:
         cell_type, inst = None, None
         clocked: list[tuple] = []                      # (inst, in pin, out pin, delay)
         clocks: set[tuple] = set()                     # (inst, pin) used as a clock reference
+        depth = 0                                      # open parentheses
+        with open(sdf, "rb") as f:   # (a file nextpnr is still writing: cut mid-line)
+            f.seek(max(0, f.seek(0, 2) - 64))
+            if not f.read().rstrip().endswith(b")"):
+                raise ValueError("it does not end with ')': cut short, or still being written")
         with open(sdf) as f:
             for line in f:
+                depth += line.count("(") - line.count(")")
                 s = line.strip()
                 if s.startswith("(INTERCONNECT"):
                     m = _INTER.match(s)
@@ -98,6 +104,9 @@ class Timing:
                 elif s.startswith("(TIMESCALE"):
                     m = _TIMESCALE.match(s)
                     scale = int(m.group(1)) * (1e-3 if m.group(2) == "ps" else 1.0)  # to ns
+        if depth != 0:   # (a file nextpnr is still writing reads as a smaller design)
+            raise ValueError(f"it ends with {depth} parentheses open: cut short, or still "
+                             "being written")
         for inst, a, b, d in clocked:
             if (inst, a) in clocks or a.startswith("CLK") and self.cell_type[inst] != "DCCA":
                 self.launch[(inst, b)] = max(self.launch.get((inst, b), 0.0), d)
@@ -198,7 +207,10 @@ def main(argv=None) -> int:
           f"{len(arrival):,} pins reached")
     rep = args.build / "top.report.json"
     fmax = None
-    if rep.is_file():   # one clock: the slowest nextpnr reports
+    if not rep.is_file():
+        print(f"warning: no {rep}: the worst path is not compared with nextpnr's Fmax",
+              file=sys.stderr)
+    else:   # one clock: the slowest nextpnr reports
         try:
             fmax = min(c["achieved"] for c in json.loads(rep.read_text())["fmax"].values())
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -67,6 +67,29 @@ def test_slack_report_times_the_routed_design_as_nextpnr(builds):
     assert "endpoints missing" in text and ": 0 of" in _slack_report(out, fmax * 0.99)
 
 
+def test_slack_report_refuses_an_sdf_cut_short(builds, tmp_path):
+    """An SDF nextpnr is still writing (or one cut short) is refused, not
+    timed as a smaller design; a folder without nextpnr's report is timed,
+    with a warning that nothing was compared."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "benchmarks" / "slack_report.py"
+    _, out = builds["ulx3s"]
+    text = (out / "top.sdf").read_text()
+    for cut in (len(text) // 2, text.rindex(")\n", 0, len(text) // 2) + 2):  # mid-line, at a line's end
+        (tmp_path / "top.sdf").write_text(text[:cut])
+        r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and "cut short, or still being written" in r.stderr
+        assert not r.stdout
+    (tmp_path / "top.sdf").write_text(text)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "worst path" in r.stdout and "nextpnr's report" not in r.stdout
+    assert "is not compared with nextpnr's Fmax" in r.stderr
+
+
 def test_ecp5_bitstream_names_the_part(builds):
     rep, out = builds["ulx3s"]
     data = (out / "top.bit").read_bytes()
