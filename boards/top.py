@@ -37,9 +37,9 @@ __all__ = ["BoardTop", "LinkConfig", "board_info", "store_bits", "wrap_board",
            "led_output", "LINK_FIFO_DEPTH"]
 
 #: Entries of the FIFO between the host bridge's event beats and the
-#: engine's input (:class:`BoardTop`): registered both ways, it holds the
-#: beats in flight while the engine's ``ready`` comes back, so a BATCH still
-#: feeds a beat a cycle.
+#: engine's input (:class:`BoardTop` with batch mode): registered both ways,
+#: it holds the beats in flight while the engine's ``ready`` comes back, so
+#: a BATCH still feeds a beat a cycle.
 LINK_FIFO_DEPTH = 4
 
 
@@ -173,12 +173,19 @@ class BoardTop(wiring.Component):
         # counters, and the store's word into layer 0's FIFO: two of the
         # routed default engine's larger groups of paths missing 100 MHz).
         # Its beats are dropped with the engine's at ``start``, and it takes
-        # none in that cycle (as the engine's own input).
-        m.submodules.link = link = ResetInserter(b.start)(EventFIFO(e.fmt, LINK_FIFO_DEPTH))
-        m.d.comb += [link.w.payload.eq(b.events.payload),
-                     link.w.valid.eq(b.events.valid & ~b.start),
-                     b.events.ready.eq(link.w.ready & ~b.start)]
-        wiring.connect(m, link.r, e.events)
+        # none in that cycle (as the engine's own input).  Only with batch
+        # mode, where the store feeds a beat a cycle: a board without it
+        # (the iCEBreaker's, at 90 % of its logic cells) keeps the direct
+        # connection.
+        if self.batch_beats:
+            m.submodules.link = link = ResetInserter(b.start)(EventFIFO(e.fmt,
+                                                                        LINK_FIFO_DEPTH))
+            m.d.comb += [link.w.payload.eq(b.events.payload),
+                         link.w.valid.eq(b.events.valid & ~b.start),
+                         b.events.ready.eq(link.w.ready & ~b.start)]
+            wiring.connect(m, link.r, e.events)
+        else:
+            wiring.connect(m, b.events, e.events)
         wiring.connect(m, b.mem_write, e.mem_write)
         if e.sdram:
             wiring.connect(m, e.sdram_pins, wiring.flipped(self.sdram_pins))
