@@ -85,10 +85,6 @@ class _Link:
         self.cmd = Signal(8)
         self.seq = Signal(8)
         self.length = Signal(16)
-        # ``length`` == 0, > MAX_PAYLOAD, == the BATCH payload's: registered
-        # as its last byte comes in (timing: the comparisons into the state
-        # machine's decisions were paths of the routed default engine)
-        self.empty, self.too_long, self.batch_len = Signal(), Signal(), Signal()
         self.idx = Signal(range(P.MAX_PAYLOAD + 1))
         self.recmax = max(lay.write_record, lay.event_bytes)
         self.rmod = Signal(range(self.recmax))  # payload byte index within its record
@@ -155,9 +151,9 @@ class _Link:
     def reply(self, code, src: Source, n) -> None:
         """Send a reply frame ``code`` with ``n`` payload bytes from ``src``."""
         m = self.m
-        # (the reply's checksum and byte counters restart in TX_HDR: ``ridx``
-        # is 0 outside it)
-        m.d.sync += [self.r_cmd.eq(code), self.r_src.eq(src), self.r_len.eq(n)]
+        m.d.comb += self.tx_crc.start.eq(1)
+        m.d.sync += [self.r_cmd.eq(code), self.r_src.eq(src), self.r_len.eq(n),
+                     self.ridx.eq(0), self.pidx.eq(0)]
         m.next = "TX_HDR"
 
     def error(self, code, detail=0, in_cmd=None) -> None:
@@ -426,10 +422,6 @@ class HostBridge(wiring.Component):
                         m.next = "LEN_HI"
                     elif name == "LEN_HI":
                         m.d.sync += [k.length[8:].eq(byte), k.idx.eq(0), k.rmod.eq(0)]
-                        length = Cat(k.length[:8], byte)
-                        m.d.sync += [k.empty.eq(length == 0),
-                                     k.too_long.eq(length > P.MAX_PAYLOAD),
-                                     k.batch_len.eq(length == P.BATCH_LAYOUT.size // 8)]
                         if k.batch:
                             m.d.sync += k.nrec.eq(0)
                         m.next = "LEN_CHECK"
@@ -454,9 +446,9 @@ class HostBridge(wiring.Component):
         # reply's registers were the iCE40's critical path); the next byte is
         # a whole UART character away
         with m.State("LEN_CHECK"):
-            with m.If(k.too_long):
+            with m.If(k.length > P.MAX_PAYLOAD):
                 k.error(P.ErrorCode.LENGTH, k.length)
-            with m.Elif(k.empty):
+            with m.Elif(k.length == 0):
                 m.next = "CRC_LO"
             with m.Else():
                 m.next = "PAYLOAD"
@@ -487,7 +479,7 @@ class HostBridge(wiring.Component):
         with m.State("CHECK"):
             m.d.sync += [k.idx.eq(0), k.rcnt.eq(0), k.stall.eq(0), k.stalled.eq(0),
                          k.beats.eq(0)]
-            empty = k.empty
+            empty = k.length == 0
             with m.Switch(k.cmd):
                 for c, src, n in ((P.Cmd.PING, Source.INFO, len(self.info.pack())),
                                   (P.Cmd.START, Source.NONE, 0),
@@ -568,7 +560,7 @@ class HostBridge(wiring.Component):
             with m.Else():
                 m.next = "FETCH"
         with m.Case(P.Cmd.BATCH):
-            with m.If(~k.batch_len):
+            with m.If(k.length != P.BATCH_LAYOUT.size // 8):
                 k.error(P.ErrorCode.LENGTH, k.length)
             with m.Elif(~k.n_ok):
                 k.error(P.ErrorCode.RANGE, k.tail)
@@ -659,15 +651,9 @@ class HostBridge(wiring.Component):
         with m.State("TX_HDR"):
             m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(hdr[k.ridx]),
                          tx_crc.data.eq(hdr[k.ridx])]
-            # the checksum restarts at SYNC (not part of it), and the payload
-            # starts at byte 0 (timing: set where a reply is decided, in
-            # every state that replies, both were paths of the routed default
-            # engine; ``ridx`` is 0 outside this state)
-            m.d.comb += tx_crc.start.eq(k.ridx == 0)
-            m.d.sync += k.pidx.eq(0)
             with m.If(utx.i.ready):
                 m.d.comb += tx_crc.valid.eq(k.ridx != 0)
-                m.d.sync += k.ridx.eq(Mux(k.ridx == 4, 0, k.ridx + 1))
+                m.d.sync += k.ridx.eq(k.ridx + 1)
                 with m.If(k.ridx == 4):
                     with m.If(k.r_len == 0):
                         m.next = "TX_CRC0"

@@ -224,12 +224,7 @@ class LayerCore(wiring.Component):
             m.d.sync += perf.busy.eq(perf.busy + 1)
         with m.If(neu.stall & ~syn_busy):
             m.d.sync += perf.stall.eq(perf.stall + 1)
-        # (the units' strobes registered first: an update's bounds checks and
-        # the counter's carry chain in one cycle were a path of layer 0 in the
-        # routed default engine; the count is a cycle late)
-        upd = Signal(range(len(syns) + 1))
-        m.d.sync += [upd.eq(sum(unit.update for unit in syns)),
-                     perf.updates.eq(perf.updates + upd)]
+        m.d.sync += perf.updates.eq(perf.updates + sum(unit.update for unit in syns))
         with m.If(syn.accepted):
             m.d.sync += perf.events_in.eq(perf.events_in + 1)
         with m.If(o.valid & o.ready & ~o.payload.last):

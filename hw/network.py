@@ -460,21 +460,13 @@ class NetworkTop(wiring.Component):
                                  ws.mem_write.payload.which.eq(mw.payload.select[0]),
                                  ws.mem_write.payload.addr.eq(mw.payload.addr),
                                  ws.mem_write.payload.data.eq(mw.payload.data)]
-        # (each core's address and data registers differ from the others' in
-        # their initial value and their reset, as ``hw.arith.copies``: alike,
-        # synthesis merged them into one set that drove every core's
-        # memories across the device; an enable per core instead put the
-        # host bridge's state decode in front of them)
         for i, core in enumerate(self.cores):
-            pay = core.mem_write.payload
-            regs = Signal(len(pay.as_value()), name=f"mem_write{i}",
-                          init=-1 if i % 2 else 0, reset_less=i % 4 >= 2)
             m.d.sync += [
                 core.mem_write.valid.eq(mw.valid & (mw.payload.select[1:] == i)),
-                regs.eq(Cat(mw.payload.select[0], _fit(mw.payload.addr, len(pay.addr)),
-                            _fit(mw.payload.data, len(pay.data)))),
+                core.mem_write.payload.which.eq(mw.payload.select[0]),
+                core.mem_write.payload.addr.eq(mw.payload.addr),
+                core.mem_write.payload.data.eq(mw.payload.data),
             ]
-            m.d.comb += pay.eq(regs)
 
         # ---------------------------------------------------------- taps, perf
         for i, core in enumerate(self.cores):
@@ -711,9 +703,3 @@ def first_mismatch(net, packed: list[torch.Tensor], captured: list[list[list[tup
                 i = int(diff[0])
                 return Mismatch(sample, li, t, i, int(expect[t, i]), int(got[i]))
     return None
-
-
-def _fit(value, width: int) -> Value:
-    """``value`` (unsigned) truncated or zero-extended to ``width`` bits."""
-    v = Value.cast(value)
-    return v[:width] if len(v) >= width else Cat(v, C(0, width - len(v)))

@@ -326,14 +326,11 @@ class SynapseUnit(wiring.Component):
         m.d.sync += [v1.eq(inb), a1.eq(addr), s1.eq(shift)]
         # chain[s]: (valid, position address) of the tap s cycles after the walker
         chain = [(inb, addr.as_unsigned()[:len(a1)]), (v1, a1)]
-        # ``mask`` a cycle early (the walker's register's next value, then
-        # each delay's input): the source of the mask's copies below
-        mask_early = Mux(take & d2_valid, d2_mask, mask)
         for e in range(self._rlat - 1):
             v, a = Signal(name=f"v_w{e}"), Signal.like(a1, name=f"a_w{e}")
             sh, mk = Signal.like(s1, name=f"s_w{e}"), Signal(Q, name=f"mask_w{e}", **dreg)
             m.d.sync += [v.eq(v1), a.eq(a1), sh.eq(s1), mk.eq(mask)]
-            v1, a1, s1, mask_early, mask = v, a, sh, mask, mk
+            v1, a1, s1, mask = v, a, sh, mk
             chain.append((v1, a1))
         # a block-RAM weight word that feeds logic (a barrel shift, the masks
         # and an adder tree) is registered first: the block's output is slow
@@ -343,20 +340,17 @@ class SynapseUnit(wiring.Component):
         w_word, pre = self.w_data, 0
         lo, hi = p.weight_rows(self._unit)
         # The mask of a word event reaches every lane's terms: in registered
-        # copies, each for its share of the lanes, two levels (timing: one
-        # mask register to a far lane's tree was the critical path of a
-        # routed build; with one level, each of layer 0's four copies drove
-        # four lanes' trees, and those were paths of the routed default
-        # engine)
+        # copies, each for its share of the lanes (timing: one mask register
+        # to a far lane's tree was the critical path of a routed build)
         tree_bits = p.P * Q * W
         if not ecp5_in_lutram(p.weight_width, hi - lo) and (Q > 1 or p.max_shift > 0):
             w_word, pre = Signal.like(self.w_data, name="w_q", **dreg), 1
-            s2 = Signal.like(s1, name="s2")
-            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1)]
+            s2, mask1 = Signal.like(s1, name="s2"), Signal(Q, name="mask1", **dreg)
+            m.d.sync += [w_word.eq(self.w_data), s2.eq(s1), mask1.eq(mask)]
             s1 = s2
-            masks = copies(m, mask, "mask1", levels=2, bits=tree_bits) if Q > 1 else []
+            masks = copies(m, mask1, "mask2", bits=tree_bits) if Q > 1 else []
         else:
-            masks = copies(m, mask_early, "mask1", levels=2, bits=tree_bits) if Q > 1 else []
+            masks = copies(m, mask, "mask1", bits=tree_bits) if Q > 1 else []
         terms = []
         for j in range(p.P):
             mask1 = masks[j * len(masks) // p.P] if Q > 1 else None
@@ -427,18 +421,12 @@ class SynapseUnit(wiring.Component):
                                bits=len(self.wr_data.as_value())))
         NL = R * p.P
         for r in range(R):  # only the lanes of the tap's position add
-            # which position: found two stages early and in registered
-            # copies, as the matches (timing: one register's bit gated every
-            # lane's increment, fan-out 576 in layer 0, a 6.9 ns route)
-            heres = (copies(m, chain[-3][1][:sb] == r, f"here{r}", levels=2,
-                            bits=p.P * len(incs[0]))
-                     if R > 1 else [C(1, 1)])
+            here = (a_u[:sb] == r) if R > 1 else C(1, 1)
             for j in range(p.P):
                 n = r * p.P + j
                 old = rd_q[n]
                 for (_, _, wb), hit in reversed(list(zip(wbs, hits))):
                     old = Mux(hit[n * len(hit) // NL], wb[n], old)
-                here = heres[j * len(heres) // p.P]
                 m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
         m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
         # an update is in flight until the memory holds it
