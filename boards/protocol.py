@@ -39,7 +39,10 @@ BATCH      0x08   :data:`BATCH_LAYOUT`                        :func:`batch_reply
 * EVENTS: each record is one beat of the engine's ``events`` port (its
   payload, ``E`` bytes, see :class:`~spikeforge.hw.streams.EventFormat`:
   ``channel, y, x, shift, last`` from bit 0 up).  The board feeds them in order
-  and replies once the engine has taken the last one.
+  and replies once the engine has taken the last one (a board with batch mode
+  once the last one is in its 4-entry FIFO in front of the engine,
+  :data:`~spikeforge.boards.top.LINK_FIFO_DEPTH`: up to 4 beats reach the
+  engine after the reply).
 * START: pulses the engine's ``start`` (reset of cores and counters, then the
   clear pass of the membrane banks; weights are kept).
 * RESULT: ``status u8`` (bit 0 ``done``, bit 1 ``clearing``), ``prediction
@@ -66,8 +69,9 @@ BATCH      0x08   :data:`BATCH_LAYOUT`                        :func:`batch_reply
   the board; saturates at ``2**32 - 1``), then one class byte per image, in
   input order.  With more
   images in the store than ``images``, the rest is not waited for (some of
-  its beats may go in before the last result; the next BATCH or START resets
-  the engine); with fewer, the missing results never come and the board
+  its beats may go in before the last result, or after it from the FIFO in
+  front of the engine; the next BATCH or START resets the engine and empties
+  the FIFO); with fewer, the missing results never come and the board
   answers STALL (``detail``: results got) after the stall timeout.  BATCH may
   be repeated (the store is kept), so a host resends it like RESULT.
 
@@ -107,7 +111,9 @@ DISCARDED  5     bytes outside any frame (not ``SYNC`` while hunting, or sent
                  number (saturating).  Sent once the line has been idle for the
                  receive timeout: a notice, not the reply to a request.
 STALL      6     the engine did not take an event beat for the stall timeout;
-                 EVENTS aborted after ``detail`` beats (start again); BATCH:
+                 EVENTS aborted after ``detail`` beats (start again; with
+                 batch mode, beats taken into the FIFO in front of the
+                 engine, which START empties); BATCH:
                  no beat taken and no result for the stall timeout, aborted
                  after ``detail`` results
 STORE      7     the image store cannot do it: a LOAD whose records do not fit

@@ -261,8 +261,7 @@ class SlicedMemory(wiring.Component):
 
     ``latency``: cycles from ``rd_addr`` to its ``rd_data``, 1 plus the
     :func:`read_stages` of a memory of many blocks.  A write takes effect a
-    cycle after ``wr_*``, two with address copies (its own registers, one
-    set a share of the slices).
+    cycle after ``wr_*`` (an address copy is not in the write's way).
 
     Members
     -------
@@ -296,20 +295,6 @@ class SlicedMemory(wiring.Component):
                  else [self.rd_addr])
         if self.stages:   # address copies, a level per stage but the last
             addrs = copies(m, self.rd_addr, "rd_addr", levels=self.stages - 1)
-        writes = [(self.wr_addr, self.wr_en, self.wr_data)]
-        if self.copies > 1:
-            # the write too, from a register for each share of the slices (a
-            # cycle later): one write address to every block was as long a
-            # route as the read's (the copies differ in their initial value
-            # and reset, so synthesis keeps up to four of them apart)
-            writes = []
-            for i in range(self.copies):
-                a = Signal.like(self.wr_addr, name=f"wr_addr{i}", init=-1 if i % 2 else 0,
-                                reset_less=i % 4 >= 2)
-                e = Signal(name=f"wr_en{i}", reset_less=i % 2 == 1)
-                d = Signal.like(self.wr_data, name=f"wr_data{i}", reset_less=True)
-                m.d.sync += [a.eq(self.wr_addr), e.eq(self.wr_en), d.eq(self.wr_data)]
-                writes.append((a, e, d))
         for n, lo in enumerate(range(0, self.width, sw)):
             w = min(sw, self.width - lo)
             mem = Memory(shape=unsigned(w), depth=self.depth,
@@ -321,10 +306,10 @@ class SlicedMemory(wiring.Component):
                 q = Signal(w, name=f"slice{n}_q", reset_less=True)
                 m.d.sync += q.eq(word)
                 word = q
-            wa, we, wd = writes[n * len(writes) // n_slices]
             m.d.comb += [rd.addr.eq(addrs[n * len(addrs) // n_slices]),
                          self.rd_data[lo:lo + w].eq(word),
-                         wr.addr.eq(wa), wr.data.eq(wd[lo:lo + w]), wr.en.eq(we)]
+                         wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data[lo:lo + w]),
+                         wr.en.eq(self.wr_en)]
         return m
 
 

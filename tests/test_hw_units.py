@@ -953,40 +953,6 @@ def test_sliced_memory_address_copies_each_read_their_slices(monkeypatch):
     assert got[0] == sum(((init[a] >> (4 * k)) & 0xF) << (4 * k) for k, a in enumerate(addrs))
 
 
-def test_sliced_memory_address_copies_take_the_write_through_their_registers(monkeypatch):
-    """With read-address copies the write goes through registers of its own
-    too, one set a share of the slices: the blocks write a cycle after
-    ``wr_*`` (a read of that word in that cycle collides: undefined, the
-    simulation model inverts it), and every slice holds the word after."""
-    from spikeforge.hw import memory as hw_memory
-    from spikeforge.hw.memory import SlicedMemory
-    monkeypatch.setattr(hw_memory, "ADDR_COPY_BLOCKS", 2)
-    monkeypatch.setattr(hw_memory, "BLOCKS_PER_ADDR_COPY", 1)
-    init = list(range(4096))
-    mem = SlicedMemory(16, 4096, init)
-    assert mem.copies == 4
-    got = []
-
-    async def bench(ctx):
-        for i in range(4):
-            ctx.set(mem.rd_addrs[i], 9)
-        ctx.set(mem.wr_addr, 9)
-        ctx.set(mem.wr_data, 0xBEEF)
-        ctx.set(mem.wr_en, 1)
-        await ctx.tick()
-        ctx.set(mem.wr_en, 0)
-        ctx.set(mem.wr_data, 0)
-        for _ in range(3):   # the reads of cycles 1, 2, 3 after the write's
-            await ctx.tick()
-            got.append(ctx.get(mem.rd_data))
-
-    sim = Simulator(mem)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    assert got == [~9 & 0xFFFF, 0xBEEF, 0xBEEF]
-
-
 @pytest.mark.parametrize("platform", [None, "synthesis"])
 def test_a_read_of_the_word_being_written_is_corrupted_in_simulation(platform):
     """Block RAM does not promise a read of the word its other port writes in
