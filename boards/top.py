@@ -197,9 +197,11 @@ class BoardTop(wiring.Component):
         ]
         busy = e.clearing | (b.active & ~e.done)
         if self.batch_beats:
-            # (the engine's take in a register by its input, for the board's count)
+            # (the engine's take in a register by its input, for the board's
+            # count: only while a BATCH runs, so a beat left from an earlier
+            # EVENTS, taken in the cycle the BATCH is decided, starts no count)
             taken = Signal()
-            m.d.sync += taken.eq(e.events.valid & e.events.ready)
+            m.d.sync += taken.eq(e.events.valid & e.events.ready & b.batch_running)
             m.d.comb += [b.result_valid.eq(e.result_valid), b.taken.eq(taken)]
             busy = busy | b.batch_running
 
