@@ -90,6 +90,32 @@ def test_slack_report_refuses_an_sdf_cut_short(builds, tmp_path):
     assert "is not compared with nextpnr's Fmax" in r.stderr
 
 
+def test_placement_spread_reproduces_the_build_on_its_seed(builds, tmp_path):
+    """benchmarks/placement_spread.py reruns nextpnr on a build's netlist with
+    the build's own command line: on the build's own seed it comes out at
+    the build's Fmax exactly (nextpnr is deterministic), so its other seeds
+    measure placement alone; a folder that is no build is refused."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "benchmarks" / "placement_spread.py"
+    rep, out = builds["ulx3s"]
+    r = subprocess.run([sys.executable, str(script), str(out), "--seeds", "3", "--jobs", "1",
+                        "--out", str(tmp_path / "spread")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--lpf top.lpf" in r.stdout and "--sdf" not in r.stdout
+    build_row, seed_row = (re.search(rf"^\s+{s}\s+([\d.]+)\s+([\d.]+)\s+\d+\s.*{tail}$",
+                                     r.stdout, re.M)
+                           for s, tail in (("3", r"\(the build\)"), ("3", r"[\d.]+")))
+    assert float(build_row.group(2)) == pytest.approx(rep["fmax_mhz"], abs=0.005)
+    assert float(seed_row.group(2)) == pytest.approx(rep["fmax_mhz"], abs=0.005)
+    assert float(seed_row.group(1)) == pytest.approx(float(build_row.group(1)), abs=0.005)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "not a finished build" in r.stderr and not r.stdout
+
+
 def test_ecp5_bitstream_names_the_part(builds):
     rep, out = builds["ulx3s"]
     data = (out / "top.bit").read_bytes()
