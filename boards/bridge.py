@@ -353,16 +353,33 @@ class HostBridge(wiring.Component):
             m.d.comb += [st.beats.eq(k.fill), head.images.eq(k.images),
                          head.cycles.eq(k.cyc[:32] | k.cyc[32].replicate(32))]
             words[Source.STORE] = st.as_value()
-        # two register stages (timing: the byte select into the UART and the
+        # register stages (timing: the byte select into the UART and the
         # CRC was the iCE40's critical path, and a one-stage select of the
         # source's byte and of the source, eight LUT levels, became it
         # again): each source's byte at ``pidx``, registered, then the
-        # source's.  Two cycles late is soon enough: ``pidx`` moves once a
-        # character, >= 40 cycles
+        # source's.  A source of more than 8 bytes (the layers' counters,
+        # spread over the device with their cores) first in groups of 8, the
+        # byte of each at ``pidx``'s low bits registered, then the group's
+        # (``pidx`` into the counters' 96-byte select, at fan-out 362, was
+        # the critical path of a ULX3S build with its block RAMs pinned).
+        # Three cycles late is soon enough: ``pidx`` moves once a
+        # character, >= 40 cycles, and from 0 after the 5 header bytes
         byte = {}
         for src, word in words.items():
-            byte[src] = Signal(8, name=f"pay_{src.name.lower()}")
-            m.d.sync += byte[src].eq(word.word_select(k.pidx[:bits(len(word) // 8)], 8))
+            name = f"pay_{src.name.lower()}"
+            byte[src] = Signal(8, name=name)
+            n = len(word) // 8
+            if n <= 8:
+                m.d.sync += byte[src].eq(word.word_select(k.pidx[:bits(n)], 8))
+                continue
+            groups = []
+            for g in range(0, n, 8):
+                gb = Signal(8, name=f"{name}_g{g // 8}")
+                gw = word[8 * g:8 * min(n, g + 8)]
+                m.d.sync += gb.eq(Cat(gw, C(0, 64 - len(gw))).word_select(k.pidx[:3], 8))
+                groups.append(gb)
+            hi = Signal(bits(n) - 3, name=f"{name}_hi")   # pidx's group, with the groups
+            m.d.sync += [hi.eq(k.pidx[3:bits(n)]), byte[src].eq(Array(groups)[hi])]
         if self._batch:
             # the head, then the class bytes the run wrote into the payload
             # buffer from byte HEAD on (read at idx, which follows pidx)

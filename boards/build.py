@@ -22,7 +22,8 @@ check, lanes, link settings and the design id the host checks.  ``spikeforge
 build RUN`` adds, from the run's co-simulation (``RUN/sim.json``, same lanes),
 ``cycles_per_inference``, ``interval_cycles``, ``latency_us`` and
 ``inferences_per_second`` at Fmax (images back to back), and the same two at
-the board clock (``at_board_clock``).
+the board clock (``at_board_clock``).  On the ULX3S ``floorplan``: where the
+block RAMs were pinned (:mod:`.floorplan`, between Yosys and nextpnr).
 
 Clocks: by default the ULX3S runs the design on its 25 MHz oscillator and
 the iCEBreaker at 30 MHz from its PLL (:data:`DEFAULT_CLOCK_MHZ`).
@@ -77,6 +78,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -113,6 +115,12 @@ _TOOLS = {"ulx3s": ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"),
 # wires in 5 iterations)
 _SYNTH_OPTS = {"ulx3s": "-abc9", "icebreaker": ""}
 _NEXTPNR_OPTS = {"ulx3s": "--router router2", "icebreaker": ""}
+#: per board: the block RAMs pinned to stripes a core (:mod:`.floorplan`,
+#: between Yosys and nextpnr).  The default engine's ULX3S build without it:
+#: 82.3 MHz and 723 endpoints missing 100 MHz on one netlist, router2 not
+#: converging (360 iterations) on one two gates away; with it that second
+#: netlist routed in 35 iterations, 272 endpoints missing (README, Measured)
+FLOORPLAN = {"ulx3s": True, "icebreaker": False}
 #: the longest routes the report lists (``long_nets``)
 LONG_NETS = 12
 
@@ -408,7 +416,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("top.report.json", "top.stat.json", "top.sdf", mod.BITSTREAM, "report.json"):
+    for stale in ("top.report.json", "top.stat.json", "top.sdf", "top.floorplan.json",
+                  mod.BITSTREAM, "report.json"):
         (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     plan = plat.build(wrapper, name="top", build_dir=str(out), do_build=False,
@@ -422,6 +431,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                       script_after_synth="tee -q -o top.stat.json stat -json",
                       add_preferences=prefs)
     plan.extract(str(out))
+    if FLOORPLAN[board]:
+        with_floorplan(out)
     log = out / "build.log"
     with open(log, "w") as f:
         proc = subprocess.run(["sh", "build_top.sh"], cwd=out, stdout=f, stderr=subprocess.STDOUT,
@@ -444,6 +455,23 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                           " (fewer lanes or a smaller network shorten the critical path)",
                           report)
     return report
+
+
+#: the synthesis line of Amaranth's ``build_top.sh``
+_YOSYS_LINE = '"$YOSYS" -q -l top.rpt top.ys\n'
+
+
+def with_floorplan(out: Path) -> None:
+    """Put the floorplan (:mod:`.floorplan`) into ``out``'s ``build_top.sh``
+    after synthesis: it pins ``top.json``'s block RAMs and writes its counts
+    to ``top.floorplan.json``."""
+    script = out / "build_top.sh"
+    text = script.read_text()
+    if text.count(_YOSYS_LINE) != 1:
+        raise BuildError(f"{script}: no single Yosys line to put the floorplan after")
+    step = (f"{shlex.quote(sys.executable)} -m spikeforge.boards.floorplan "
+            "top.json top.floorplan.json\n")
+    script.write_text(text.replace(_YOSYS_LINE, _YOSYS_LINE + step))
 
 
 def summarize(board: str, out_dir: str | Path) -> dict:
@@ -485,6 +513,8 @@ def summarize(board: str, out_dir: str | Path) -> dict:
         "dsp": used(dsp_k), "dsp_available": avail(dsp_k), "dsp_cell": dsp_k,
         "utilization": util,
         "cells": {k: v for k, v in cells.items() if not k.startswith("$")},
+        **({"floorplan": json.loads((out / "top.floorplan.json").read_text())}
+           if (out / "top.floorplan.json").exists() else {}),
         **_paths(nr),
     }
 
