@@ -10,6 +10,7 @@ benchmarks/bench_boards.py.  The iCEBreaker build goes through
 """
 
 import json
+import re
 
 import pytest
 
@@ -168,6 +169,16 @@ def test_report_is_read_from_the_tools(builds, small, board):
     assert path["longest_route"]["ns"] <= path["routing_ns"]
     ns = [n["ns"] for n in rep["long_nets"]]
     assert len(ns) == B.LONG_NETS and ns == sorted(ns, reverse=True) and ns[0] > 0
+    # the ULX3S's block RAMs pinned by the floorplan, every one, and nextpnr
+    # placed them there (its count of cells placed by constraints: the pins'
+    # I/O and the blocks)
+    if B.FLOORPLAN[board]:
+        assert rep["floorplan"]["blocks"] == rep["bram"]
+        placed = re.search(r"Placed (\d+) cells based on constraints",
+                            (out / "top.tim").read_text())
+        assert int(placed.group(1)) >= rep["bram"] + 3
+    else:
+        assert "floorplan" not in rep
     assert all(n["fanout"] >= 1 and n["net"] and n["driver"] for n in rep["long_nets"])
     if board == "icebreaker":  # the fit check is an upper bound of the RAM blocks used
         assert rep["bram"] <= rep["fit"]["blocks_with_bridge"]
