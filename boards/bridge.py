@@ -77,6 +77,15 @@ class _Link:
         self.tx_crc = crc.Processor(P.CRC_ALGORITHM(data_width=8))
         m.submodules.urx, m.submodules.utx = self.urx, self.utx
         m.submodules.rx_crc, m.submodules.tx_crc = self.rx_crc, self.tx_crc
+        # the reply's CRC takes its start, byte and valid from registers, a
+        # cycle after the state machine decides them (timing: its decode
+        # into the CRC register's enable was the critical path of a ULX3S
+        # build); it is read a character later (TX_CRC0 waits for the UART)
+        self.crc_start, self.crc_valid = Signal(), Signal()
+        self.crc_data = Signal(8)
+        m.d.sync += [self.crc_start.eq(0), self.crc_valid.eq(0)]
+        m.d.comb += [self.tx_crc.start.eq(self.crc_start), self.tx_crc.valid.eq(self.crc_valid),
+                     self.tx_crc.data.eq(self.crc_data)]
         self.byte = self.urx.data
         self.got = self.urx.valid
         self.consumed = Signal()  # the state machine takes this byte
@@ -151,8 +160,7 @@ class _Link:
     def reply(self, code, src: Source, n) -> None:
         """Send a reply frame ``code`` with ``n`` payload bytes from ``src``."""
         m = self.m
-        m.d.comb += self.tx_crc.start.eq(1)
-        m.d.sync += [self.r_cmd.eq(code), self.r_src.eq(src), self.r_len.eq(n),
+        m.d.sync += [self.crc_start.eq(1), self.r_cmd.eq(code), self.r_src.eq(src), self.r_len.eq(n),
                      self.ridx.eq(0), self.pidx.eq(0)]
         m.next = "TX_HDR"
 
@@ -666,10 +674,9 @@ class HostBridge(wiring.Component):
         # enough, pidx moves once a character (>= 40 cycles)
         m.d.sync += k.tx_end.eq(k.pidx + 1 == k.r_len)
         with m.State("TX_HDR"):
-            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(hdr[k.ridx]),
-                         tx_crc.data.eq(hdr[k.ridx])]
+            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(hdr[k.ridx])]
             with m.If(utx.i.ready):
-                m.d.comb += tx_crc.valid.eq(k.ridx != 0)
+                m.d.sync += [k.crc_valid.eq(k.ridx != 0), k.crc_data.eq(hdr[k.ridx])]
                 m.d.sync += k.ridx.eq(k.ridx + 1)
                 with m.If(k.ridx == 4):
                     with m.If(k.r_len == 0):
@@ -677,9 +684,9 @@ class HostBridge(wiring.Component):
                     with m.Else():
                         m.next = "TX_PAY"
         with m.State("TX_PAY"):
-            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(pay), tx_crc.data.eq(pay)]
+            m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(pay)]
             with m.If(utx.i.ready):
-                m.d.comb += tx_crc.valid.eq(1)
+                m.d.sync += [k.crc_valid.eq(1), k.crc_data.eq(pay)]
                 m.d.sync += k.pidx.eq(k.pidx + 1)
                 if k.batch:  # the payload buffer is read at idx (the BATCH reply)
                     m.d.sync += k.idx.eq(k.idx + 1)
