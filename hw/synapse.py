@@ -421,18 +421,12 @@ class SynapseUnit(wiring.Component):
                                bits=len(self.wr_data.as_value())))
         NL = R * p.P
         for r in range(R):  # only the lanes of the tap's position add
-            # which position: found two stages early and in registered
-            # copies, as the matches (timing: one register's bit gated every
-            # lane's increment, fan-out 576 in layer 0, a 6.9 ns route)
-            heres = (copies(m, chain[-3][1][:sb] == r, f"here{r}", levels=2,
-                            bits=p.P * len(incs[0]))
-                     if R > 1 else [C(1, 1)])
+            here = (a_u[:sb] == r) if R > 1 else C(1, 1)
             for j in range(p.P):
                 n = r * p.P + j
                 old = rd_q[n]
                 for (_, _, wb), hit in reversed(list(zip(wbs, hits))):
                     old = Mux(hit[n * len(hit) // NL], wb[n], old)
-                here = heres[j * len(heres) // p.P]
                 m.d.comb += self.wr_data[n].eq(old + Mux(here, incs[j], 0))
         m.d.comb += [self.wr_addr.eq(word), self.wr_en.eq(valid)]
         # an update is in flight until the memory holds it
