@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("build", type=Path)
     ap.add_argument("--seeds", default="1,2,3",
-                    help="comma-separated nextpnr seeds (default: nextpnr's own)")
+                    help="comma-separated nextpnr seeds; 'default': nextpnr's own (no --seed)")
     ap.add_argument("--jobs", type=int, default=2, help="nextpnr runs at once")
     ap.add_argument("--out", type=Path, default=None, help="default: BUILD/spread")
     ap.add_argument("--timeout-min", type=float, default=45.0,
@@ -92,13 +92,20 @@ def main(argv=None) -> int:
         ap.error(f"--seeds: integers separated by commas, not {args.seeds!r}")
     if not seeds or args.jobs < 1:
         ap.error("at least one seed and one job")
+    if len(set(seeds)) != len(seeds):
+        ap.error(f"--seeds: each seed once, not {args.seeds!r}")
     build = args.build
     var, nargs = nextpnr_command(build)
     try:
         report = json.loads((build / "report.json").read_text())
     except (OSError, ValueError):
         report = {}
-    inputs = [w for w in nargs if (build / w).is_file() and not w.startswith("-")]
+    # the netlist and the constraints: what nextpnr reads (its report and
+    # log are outputs, written afresh in each seed's folder)
+    inputs = [v for o, v in zip(nargs, nargs[1:]) if o in ("--json", "--lpf", "--pcf")]
+    missing = [f for f in inputs if not (build / f).is_file()]
+    if missing or not inputs:
+        raise SystemExit(f"error: {build}: not a finished build (no {', '.join(missing) or 'netlist'})")
     out = args.out or build / "spread"
     try:
         tool = toolchain.require(var)
@@ -116,10 +123,10 @@ def main(argv=None) -> int:
             d.mkdir(parents=True)
             for f in inputs:   # YoWASP tools see their working directory only
                 shutil.copy(build / f, d / f)
-            log = open(d / "nextpnr.log", "w")
             seeding = [] if seed == "default" else ["--seed", str(seed)]
-            proc = subprocess.Popen([tool, *nargs, *seeding], cwd=d, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            with open(d / "nextpnr.log", "w") as log:
+                proc = subprocess.Popen([tool, *nargs, *seeding], cwd=d, stdout=log,
+                                        stderr=subprocess.STDOUT)
             running[seed] = (proc, time.perf_counter(), d)
         time.sleep(2)
         for seed, (proc, t0, d) in list(running.items()):
@@ -132,11 +139,13 @@ def main(argv=None) -> int:
                 proc.wait()
             del running[seed]
             figs = tim_figures(d / "top.tim")
-            try:   # the routed Fmax as the build reads it: its slowest clock's
-                clocks = json.loads((d / "top.report.json").read_text())["fmax"].values()
-                figs["routed_mhz"] = min(c["achieved"] for c in clocks)
-            except (OSError, ValueError, KeyError):
-                figs["routed_mhz"] = None   # no report: not routed
+            figs["routed_mhz"] = None   # no report (nextpnr writes it last): not routed
+            if code == 0:   # the routed Fmax as the build reads it: its slowest clock's
+                try:
+                    clocks = json.loads((d / "top.report.json").read_text())["fmax"].values()
+                    figs["routed_mhz"] = min(c["achieved"] for c in clocks)
+                except (OSError, ValueError, KeyError):
+                    pass
             if code not in (None, 0):
                 failed = True
             rows[seed] = {**figs, "minutes": minutes, "stopped": code is None, "exit": code}

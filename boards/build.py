@@ -416,7 +416,7 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                else mod.ULX3SWrapper(top, pll))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("top.report.json", "top.stat.json", "top.sdf", "top.floorplan.json",
+    for stale in ("top.report.json", "top.stat.json", "top.sdf", "top.tim", "top.floorplan.json",
                   mod.BITSTREAM, "report.json"):
         (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -439,7 +439,8 @@ def build(net_or_run, board: str, out_dir: str | Path, *, lanes=None,
                               env=os.environ)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0 or not (out / mod.BITSTREAM).exists():
-        detail = _tail(out / "top.tim") or _tail(out / "top.rpt") or _tail(log)
+        # nextpnr's log, else the script's (a step between the tools), else Yosys's
+        detail = _tail(out / "top.tim") or _tail(log) or _tail(out / "top.rpt")
         raise BuildError(f"{board} build failed (exit {proc.returncode}); see {out}/top.tim, "
                          f"top.rpt, build.log:\n{detail}")
     report = _report(board, mod, out, top, net, lanes, fit, clock_hz, seconds, source,

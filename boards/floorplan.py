@@ -11,16 +11,18 @@ hard (one build of the default engine did not converge in 360 iterations).
 :func:`plan` pins the blocks instead, after synthesis:
 
 - each engine core gets a stripe of site columns, core by core from the
-  left, as wide as its widest lane-aligned memory (the current banks
-  ``cur*``, the STCB accumulator banks ``bank*``, the state memory
-  ``state``) or a quarter of its blocks, whichever is more;
-- each lane-aligned memory takes a row of the stripe, its blocks spread
-  over the stripe's width in bit order, so the blocks holding one lane's
-  bits in the current and state memories are in the same columns, rows
-  apart (12 between the lowest two rows);
-- the core's other blocks (weights, FIFOs) fill the stripe's free sites;
-  the blocks outside the cores (the host bridge's) fill free sites from the
-  left.
+  left, as wide as its widest lane-aligned memory (a LIF / IF core's state
+  memory ``state`` and current memories ``cur*``, whose words hold the
+  core's lanes side by side) or a quarter of its blocks, whichever is more;
+- each lane-aligned memory takes a row of the stripe (four rows: the first
+  synapse unit's current memories, the state memory, then another unit's
+  current memories), its blocks spread over the stripe's width in bit order, so
+  the blocks holding one lane's bits in the current and state memories are
+  in the same columns, rows apart (12 between the lowest two rows);
+- the core's other blocks (its weights; an STCB core's accumulator banks,
+  a lane's each) fill the stripe's free sites; the blocks outside the cores
+  (the event FIFOs between them, SDRAM weight streamers, the host bridge's)
+  fill free sites from the left.
 
 A design that does not fit so (stripes wider than a row, or more blocks than
 sites) is left to nextpnr as it is, and the counts say why.  nextpnr places
@@ -50,7 +52,7 @@ EBR_ROWS = (82, 70, 46, 22)
 EBR_TILES = (4, 13, 22, 31, 40, 49, 58, 69, 78, 87, 96, 105, 114)
 _COLS = [(t, k) for t in EBR_TILES for k in range(4)]   # left to right
 #: the memories whose word is the core's lanes side by side
-_LANE_MEMORY = re.compile(r"\.(cur\d+(_\d+)?|bank\d*|state)$")
+_LANE_MEMORY = re.compile(r"\.(cur(\d+)(_(\d+))?|state)$")
 _CORE = re.compile(r"^(.*\.core(\d+))\.")
 
 
@@ -74,6 +76,15 @@ def _order(cell: str) -> tuple:
         return (int(sl.group(1)) if sl else 0, int(parts[-1]), int(parts[-2]))
     except (ValueError, IndexError):
         return (0, 0, 0)
+
+
+def _lane_order(mem: str) -> tuple:
+    """The order lane-aligned memories get rows in: the first synapse
+    unit's current memories by bank, the state memory, another unit's."""
+    m = _LANE_MEMORY.search(mem)
+    if m.group(1) == "state":
+        return (0, 1, 0)
+    return (int(m.group(4) or 0), 0, int(m.group(2)))
 
 
 def plan(blocks) -> tuple[dict[str, str], dict]:
@@ -103,7 +114,7 @@ def plan(blocks) -> tuple[dict[str, str], dict]:
         free[r][c] = False
 
     for (_, core), ms in sorted(cores.items()):
-        lane = [m for m in ms if _LANE_MEMORY.search(m)][:n_rows]
+        lane = sorted((m for m in ms if _LANE_MEMORY.search(m)), key=_lane_order)[:n_rows]
         n = sum(len(mems[m]) for m in ms)
         width = max([len(mems[m]) for m in lane] + [-(-n // n_rows)])
         if x0 + width > n_cols:
@@ -159,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         netlist = json.loads(path.read_text())
         counts = apply(netlist)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         print(f"error: {path}: not a Yosys JSON netlist with a top module ({e})",
               file=sys.stderr)
         return 1

@@ -95,3 +95,18 @@ def test_apply_pins_the_netlist_and_main_writes_the_counts(tmp_path):
                                           (3, 51, "X120/Y22/EBR3"), (2, 28, "X69/Y46/EBR0")])
 def test_site_names(row, col, name):
     assert F.site(row, col) == name
+
+
+def test_rows_go_to_the_lane_aligned_memories():
+    """Two synapse units: the first unit's current memories and the state
+    memory get rows, the second unit's first current memory the last; an
+    STCB core's banks (a lane's each) only fill the stripe."""
+    names = (blocks(0, "cur0", 6) + blocks(0, "cur0_1", 6) + blocks(0, "cur1", 6)
+             + blocks(0, "cur1_1", 6) + blocks(0, "state", 6)
+             + [b for j in range(8) for b in blocks(1, f"bank{j}", 2)])
+    sites, counts = F.plan(names)
+    pos = {b: where(s) for b, s in sites.items()}
+    row = {mem: {pos[b][0] for b in names if b.startswith(f"board.engine.core0.{mem}.")}
+           for mem in ("cur0", "cur1", "state", "cur0_1")}
+    assert row == {"cur0": {0}, "cur1": {1}, "state": {2}, "cur0_1": {3}}
+    assert counts["stripes"]["board.engine.core1"] == [counts["stripes"]["board.engine.core0"][1], 4]
