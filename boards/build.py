@@ -117,9 +117,10 @@ _SYNTH_OPTS = {"ulx3s": "-abc9", "icebreaker": ""}
 _NEXTPNR_OPTS = {"ulx3s": "--router router2", "icebreaker": ""}
 #: per board: the block RAMs pinned to stripes a core (:mod:`.floorplan`,
 #: between Yosys and nextpnr).  The default engine's ULX3S build without it:
-#: 82.3 MHz and 723 endpoints missing 100 MHz on one netlist, router2 not
-#: converging (360 iterations) on one two gates away; with it that second
-#: netlist routed in 35 iterations, 272 endpoints missing (README, Measured)
+#: 82.3 MHz and 723 endpoints missing 100 MHz on one netlist, router2 still
+#: unconverged after 362 iterations on one an AND term away; with it that
+#: second netlist routed in 35 iterations, 272 endpoints missing (README,
+#: Measured)
 FLOORPLAN = {"ulx3s": True, "icebreaker": False}
 #: the longest routes the report lists (``long_nets``)
 LONG_NETS = 12

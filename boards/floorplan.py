@@ -5,9 +5,10 @@ The LFE5U-85F's 208 ``DP16KD`` sites lie in four rows across the device
 (:data:`EBR_ROWS`), 52 a row.  The default engine uses 182 of them, and left
 to itself nextpnr scatters a memory's blocks over the rows: one register
 then drives the read or write address of blocks far apart (a layer-0 state
-memory's write address: a 13.3 ns route at fan-out 21), a lane's current,
-state and word registers sit between blocks rows apart, and router2 works
-hard (one build of the default engine did not converge in 360 iterations).
+memory's write address: a 13.3 ns route to its 19 blocks), a lane's
+current, state and word registers sit between blocks rows apart, and
+router2 works hard (one build of the default engine was still unconverged
+after 362 iterations).
 :func:`plan` pins the blocks instead, after synthesis:
 
 - each engine core gets a stripe of site columns, core by core from the
