@@ -7,12 +7,13 @@ other nextpnr seeds, side by side.
 ``BUILD`` is the folder of a finished ``spikeforge build`` (``top.json``,
 ``top.lpf`` or ``top.pcf``, ``build_top.sh``, ``top.report.json``).  Each seed
 reruns nextpnr alone on the build's own netlist, with the build's own command
-line plus ``--seed N`` (``default``: none, nextpnr's own seed; no Yosys, no bitstream: ``--textcfg`` / ``--asc`` and
-``--sdf`` are left out), in ``OUT/seedN``.  nextpnr is deterministic, so a
-seed's figure is that netlist's on that placement (a build made without
-``--seed`` comes out again under ``default``): the spread over seeds is
-how far one netlist's Fmax moves by placement alone, the yardstick a change
-to the engine must beat before its own build says anything.
+line plus ``--seed N`` (``default``: none, nextpnr's own seed; no Yosys, no
+bitstream: ``--textcfg`` / ``--asc`` and ``--sdf`` are left out), in
+``OUT/seedN``.  nextpnr is deterministic, so a seed's figure is that
+netlist's under that seed's placement and routing order (a build made
+without ``--seed`` comes out again under ``default``): the spread over seeds
+is how far one netlist's Fmax moves without any change to it, the yardstick
+a change to the engine must beat before its own build says anything.
 
 The table: the build itself first (its seed, ``report.json``'s
 ``nextpnr_seed``; nextpnr's default when none), then each seed: nextpnr's
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
     inputs = [v for o, v in zip(nargs, nargs[1:]) if o in ("--json", "--lpf", "--pcf")]
     missing = [f for f in inputs if not (build / f).is_file()]
     if missing or not inputs:
-        raise SystemExit(f"error: {build}: not a finished build (no {', '.join(missing) or 'netlist'})")
+        what = ", ".join(missing) or "netlist"
+        raise SystemExit(f"error: {build}: not a finished build (no {what})")
     out = args.out or build / "spread"
     try:
         tool = toolchain.require(var)

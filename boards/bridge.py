@@ -160,8 +160,8 @@ class _Link:
     def reply(self, code, src: Source, n) -> None:
         """Send a reply frame ``code`` with ``n`` payload bytes from ``src``."""
         m = self.m
-        m.d.sync += [self.crc_start.eq(1), self.r_cmd.eq(code), self.r_src.eq(src), self.r_len.eq(n),
-                     self.ridx.eq(0), self.pidx.eq(0)]
+        m.d.sync += [self.crc_start.eq(1), self.r_cmd.eq(code), self.r_src.eq(src),
+                     self.r_len.eq(n), self.ridx.eq(0), self.pidx.eq(0)]
         m.next = "TX_HDR"
 
     def error(self, code, detail=0, in_cmd=None) -> None:

@@ -109,4 +109,5 @@ def test_rows_go_to_the_lane_aligned_memories():
     row = {mem: {pos[b][0] for b in names if b.startswith(f"board.engine.core0.{mem}.")}
            for mem in ("cur0", "cur1", "state", "cur0_1")}
     assert row == {"cur0": {0}, "cur1": {1}, "state": {2}, "cur0_1": {3}}
-    assert counts["stripes"]["board.engine.core1"] == [counts["stripes"]["board.engine.core0"][1], 4]
+    x1 = counts["stripes"]["board.engine.core0"][1]   # core 1 right after core 0
+    assert counts["stripes"]["board.engine.core1"] == [x1, 4]
