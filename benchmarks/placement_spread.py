@@ -2,14 +2,15 @@
 other nextpnr seeds, side by side.
 
     python benchmarks/placement_spread.py BUILD [--seeds default,1,2,3] [--jobs 2]
-        [--out DIR] [--timeout-min 45]
+        [--out DIR] [--timeout-min 45] [--extra "NEXTPNR OPTIONS"]
 
 ``BUILD`` is the folder of a finished ``spikeforge build`` (``top.json``,
 ``top.lpf`` or ``top.pcf``, ``build_top.sh``, ``top.report.json``).  Each seed
 reruns nextpnr alone on the build's own netlist, with the build's own command
 line plus ``--seed N`` (``default``: none, nextpnr's own seed; no Yosys, no
 bitstream: ``--textcfg`` / ``--asc`` and ``--sdf`` are left out), in
-``OUT/seedN``.  nextpnr is deterministic, so a seed's figure is that
+``OUT/seedN`` (``--extra``: more nextpnr options for every seed, e.g. a
+placer's; they show in the table's command line).  nextpnr is deterministic, so a seed's figure is that
 netlist's under that seed's placement and routing order (a build made
 without ``--seed`` comes out again under ``default``): the spread over seeds
 is how far one netlist's Fmax moves without any change to it, the yardstick
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="default: BUILD/spread")
     ap.add_argument("--timeout-min", type=float, default=45.0,
                     help="stop a seed's nextpnr after this long (router2 may not converge)")
+    ap.add_argument("--extra", default="",
+                    help="nextpnr options added to every seed's run, e.g. "
+                         "'--placer-heap-beta 0.7' (use --out to keep runs apart)")
     args = ap.parse_args(argv)
     try:
         seeds = [s.strip() if s.strip() == "default" else int(s)
@@ -97,6 +101,13 @@ def main(argv=None) -> int:
         ap.error(f"--seeds: each seed once, not {args.seeds!r}")
     build = args.build
     var, nargs = nextpnr_command(build)
+    try:
+        extra = shlex.split(args.extra)
+    except ValueError as e:
+        ap.error(f"--extra: {e}")
+    if "--seed" in extra:
+        ap.error("--extra: give seeds with --seeds")
+    nargs += extra
     try:
         report = json.loads((build / "report.json").read_text())
     except (OSError, ValueError):

@@ -41,6 +41,8 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.layouts import byte_size
 
+from spikeforge.hw.arith import copies
+
 from . import protocol as P
 from .uart import UARTRx, UARTTx
 
@@ -370,8 +372,15 @@ class HostBridge(wiring.Component):
         # byte of each at ``pidx``'s low bits registered, then the group's
         # (``pidx`` into the counters' 96-byte select, at fan-out 362, was
         # the critical path of a ULX3S build with its block RAMs pinned).
-        # Three cycles late is soon enough: ``pidx`` moves once a
-        # character, >= 40 cycles, and from 0 after the 5 header bytes
+        # The groups' selects come from registered copies of ``pidx``, each
+        # for its share of the groups (``pidx``, at fan-out 260, reached the
+        # counters' groups, spread with their cores, over 7.5 ns of routing
+        # in a ULX3S build).  Four cycles late is soon enough:
+        # ``pidx`` moves once a character, >= 40 cycles, and from 0 after
+        # the 5 header bytes
+        grouped = [w for w in words.values() if len(w) > 64]
+        wide = max((bits(len(w) // 8) for w in grouped), default=0)
+        sels = copies(m, k.pidx[:wide], "pidx", bits=sum(len(w) for w in grouped)) if grouped else []
         byte = {}
         for src, word in words.items():
             name = f"pay_{src.name.lower()}"
@@ -384,10 +393,11 @@ class HostBridge(wiring.Component):
             for g in range(0, n, 8):
                 gb = Signal(8, name=f"{name}_g{g // 8}")
                 gw = word[8 * g:8 * min(n, g + 8)]
-                m.d.sync += gb.eq(Cat(gw, C(0, 64 - len(gw))).word_select(k.pidx[:3], 8))
+                sel = sels[(g // 8) * len(sels) // -(-n // 8)]
+                m.d.sync += gb.eq(Cat(gw, C(0, 64 - len(gw))).word_select(sel[:3], 8))
                 groups.append(gb)
             hi = Signal(bits(n) - 3, name=f"{name}_hi")   # pidx's group, with the groups
-            m.d.sync += [hi.eq(k.pidx[3:bits(n)]), byte[src].eq(Array(groups)[hi])]
+            m.d.sync += [hi.eq(sels[0][3:bits(n)]), byte[src].eq(Array(groups)[hi])]
         if self._batch:
             # the head, then the class bytes the run wrote into the payload
             # buffer from byte HEAD on (read at idx, which follows pidx)

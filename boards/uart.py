@@ -116,7 +116,8 @@ class UARTTx(wiring.Component):
     Members
     -------
     i : In(stream.Signature(8))
-        Bytes to send; ``ready`` while the transmitter is idle.
+        Bytes to send; ``ready`` while the transmitter is idle (it then
+        stays low for the byte's whole character: one byte a character).
     tx : Out(1)
         The pin (registered, idles high).
     """
@@ -138,13 +139,20 @@ class UARTTx(wiring.Component):
         # that fixed corner)
         tx = Signal(init=1)
         m.d.sync += tx.eq(shift[0])
-        m.d.comb += [self.i.ready.eq(left == 0), self.tx.eq(tx)]
-        with m.If(left == 0):
-            with m.If(self.i.valid):
-                m.d.sync += [shift.eq(Cat(C(0, 1), self.i.payload, C(1, 1))), left.eq(10),
-                             ctr.eq(d - 1)]
-        with m.Elif(ctr == 0):
+        # the byte taken into a register, the shifter loaded from it a cycle
+        # later (timing: the sender's ``valid``, a state decode, reached the
+        # counter's and shifter's reset and enable, a ULX3S build's path
+        # 1.1 ns short of 100 MHz); ``ready`` stays low in between
+        held = Signal(8)
+        loading = Signal()
+        m.d.comb += [self.i.ready.eq((left == 0) & ~loading), self.tx.eq(tx)]
+        m.d.sync += loading.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [held.eq(self.i.payload), loading.eq(1)]
+        with m.If(loading):
+            m.d.sync += [shift.eq(Cat(C(0, 1), held, C(1, 1))), left.eq(10), ctr.eq(d - 1)]
+        with m.Elif((left != 0) & (ctr == 0)):
             m.d.sync += [shift.eq(Cat(shift[1:], C(1, 1))), left.eq(left - 1), ctr.eq(d - 1)]
-        with m.Else():
+        with m.Elif(left != 0):
             m.d.sync += ctr.eq(ctr - 1)
         return m

@@ -34,6 +34,11 @@ def check_against_golden(net, frames, res):
         assert im["cycles"] > 0
         assert len(im["perf"]) == len(net.layers)
         assert im["perf"][0]["events_in"] > 0 or not frames[i].any()
+    # the counters' bytes, as the bridge selects them: each layer takes the
+    # events the layer before it sent (over the images)
+    for n in range(1, len(net.layers)):
+        sent = sum(im["perf"][n - 1]["events_out"] for im in res["images"])
+        assert sum(im["perf"][n]["events_in"] for im in res["images"]) == sent > 0, n
 
 
 @pytest.fixture(scope="module")
