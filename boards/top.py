@@ -180,9 +180,16 @@ class BoardTop(wiring.Component):
         if self.batch_beats:
             m.submodules.link = link = ResetInserter(b.start)(EventFIFO(e.fmt,
                                                                         LINK_FIFO_DEPTH))
-            m.d.comb += [link.w.payload.eq(b.events.payload),
-                         link.w.valid.eq(b.events.valid & ~b.start),
-                         b.events.ready.eq(link.w.ready & ~b.start)]
+            # the beat goes into a register first (timing: the image store's
+            # block-RAM output through the bridge's select into the FIFO's
+            # LUT RAM was a path 0.5 ns short of 100 MHz in a ULX3S build)
+            held, held_valid = Signal(e.fmt.layout), Signal()
+            m.d.comb += [link.w.payload.eq(held), link.w.valid.eq(held_valid & ~b.start),
+                         b.events.ready.eq((~held_valid | link.w.ready) & ~b.start)]
+            with m.If(b.start):
+                m.d.sync += held_valid.eq(0)
+            with m.Elif(b.events.ready):
+                m.d.sync += [held.eq(b.events.payload), held_valid.eq(b.events.valid)]
             wiring.connect(m, link.r, e.events)
         else:
             wiring.connect(m, b.events, e.events)

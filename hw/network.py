@@ -30,7 +30,7 @@ from spikeforge.config import LayerKind
 from spikeforge.image import ImageError, input_lanes, memories
 from spikeforge.sw import golden
 
-from .arith import const_mul
+from .arith import const_mul, copies
 from .layer import PERF_LAYOUT, LayerCore
 from .params import CoreParams, EngineError
 from .sdram import ULX3S_SDRAM, SdramController, pin_signature
@@ -378,21 +378,26 @@ class NetworkTop(wiring.Component):
         m = Module()
         spec = self._net.spec
         n_layers = len(self.cores)
-        # ``start`` resets the cores and FIFOs one cycle later, from a register
+        # ``start`` resets the cores and FIFOs one cycle later, from registers
         # (timing: the reset net, thousands of control flip-flops, is driven by
-        # a flip-flop, not by the host's logic; copies per core would not help:
-        # Yosys merges identical flip-flops); the cycle it takes counts as
-        # clearing, so no event is taken then
-        rst = Signal()
-        m.d.sync += rst.eq(self.start)
+        # a flip-flop, not by the host's logic), a copy per core and its input
+        # FIFO (``copies``: kept apart by their initial values; one register
+        # at fan-out 1,593 reached the last core over 7.2 ns of routing, a
+        # path 1 ns short of 100 MHz in a ULX3S build); the cycle it takes
+        # counts as clearing, so no event is taken then
+        rsts = copies(m, self.start, "rst")   # (those no core takes are removed)
+        rst = rsts[0]   # the streamers' and the skip paths'
+
+        def rst_of(i: int):
+            return rsts[i * len(rsts) // n_layers]
 
         # ---------------------------------------------------------- dataflow chain
         fifos = [EventFIFO(self.fmt, self.fifo_depth) for _ in range(n_layers)]
         # (kept on the top: a test can watch the streamers' ports)
         self.streamers = streamers = {}
         for i, (core, f) in enumerate(zip(self.cores, fifos)):
-            m.submodules[f"fifo{i}"] = ResetInserter(rst)(f)
-            m.submodules[f"core{i}"] = ResetInserter(rst)(core)
+            m.submodules[f"fifo{i}"] = ResetInserter(rst_of(i))(f)
+            m.submodules[f"core{i}"] = ResetInserter(rst_of(i))(core)
             if i in self.sdram:
                 streamers[i] = self._streamer(m, i, core, rst)
                 wiring.connect(m, f.r, streamers[i].i_events)
@@ -421,14 +426,14 @@ class NetworkTop(wiring.Component):
         # ``clearing`` is a register, a cycle behind the cores' clear passes
         # (timing: the OR of every core's state machine reached the host
         # bridge's logic through the input's ``ready``, across the chip: the
-        # critical path of a routed default engine); ``start`` and ``rst``
-        # cover the cycles before a clear pass shows
+        # critical path of a routed default engine); ``start`` and the reset
+        # registers cover the cycles before a clear pass shows
         clearing = Signal(init=1)
         # (and until the SDRAM's power-up is done: its layer's weights wait
         # for it, and the first image would start with the layers before it)
         powering = ~self._sdram_ready if self.sdram else C(0)
-        m.d.sync += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start | rst
-                                | powering)
+        m.d.sync += clearing.eq(Cat(c.clearing for c in self.cores).any() | self.start
+                                | Cat(rsts).any() | powering)
         m.d.comb += [
             self.clearing.eq(clearing),
             fifos[0].w.payload.eq(self.events.payload),
