@@ -336,6 +336,12 @@ class LayerCore(wiring.Component):
         frees = [copies(m, free[b], f"free{b}", levels=FREE_LEVELS, bits=NL * p.cur_width)
                  for b in range(nb)] if p.write_stage else []
         words = []   # words[b][u]: current memory b's copy of synapse unit u, registered
+        # the units' write data, registered with ``write_stage``
+        syn_q = [syn.wr_data for syn in syns]
+        if p.write_stage:
+            syn_q = [Signal.like(syn.wr_data, name=f"syn{u}_wd", reset_less=True)
+                     for u, syn in enumerate(syns)]
+            m.d.sync += [q.eq(syn.wr_data) for q, syn in zip(syn_q, syns)]
         for b in range(nb):
             words.append([])
             for u, syn in enumerate(syns):
@@ -356,11 +362,16 @@ class LayerCore(wiring.Component):
                 # blocks spread over the block-RAM rows, took the routed
                 # default engine's whole period); the synapse unit forwards
                 # the write in flight, and a scan writes an address after its
-                # read and never reads it again
+                # read and never reads it again.  The data's register is the
+                # unit's, ``syn_q[u]``, for all the memories, each zeroing it
+                # behind (the update's sum went to a register by each of them,
+                # rows apart: its route to the farther one was a ULX3S
+                # build's critical path; ``free``'s copies are a cycle
+                # fresher so, and a cycle is all they need)
                 # (a narrow core writes directly, zeroing through ``free``)
                 wd = m.d.sync if p.write_stage else m.d.comb
                 wr_addr = Signal.like(wr.addr, name=f"cur{b}_{u}_wa", reset_less=True)
-                wr_data = Signal.like(wr.data, name=f"cur{b}_{u}_wd", reset_less=True)
+                wr_data = Signal.like(wr.data, name=f"cur{b}_{u}_wd")
                 wr_en = Signal(name=f"cur{b}_{u}_we")
                 wd += [
                     wr_addr.eq(Mux(scan_owns, neu.wr_addr, syn.wr_addr)),
@@ -368,8 +379,8 @@ class LayerCore(wiring.Component):
                                  syn.wr_en & (syn_bank == b))),
                 ]
                 zero = frees[b] if p.write_stage else [free[b]]
-                wd += [wr_data[n].eq(Mux(zero[n * len(zero) // NL], syn.wr_data[n], 0))
-                       for n in range(NL)]
+                m.d.comb += [wr_data[n].eq(Mux(zero[n * len(zero) // NL], syn_q[u][n], 0))
+                             for n in range(NL)]
                 if p.rmw_stage:   # a second register, for the placer to put by the blocks
                     wr_addr, wr_data, wr_en = _registered(m, (wr_addr, wr_data, wr_en),
                                                           f"cur{b}_{u}_w2")
