@@ -2,7 +2,7 @@
 other nextpnr seeds, side by side.
 
     python benchmarks/placement_spread.py BUILD [--seeds default,1,2,3] [--jobs 2]
-        [--out DIR] [--timeout-min 45] [--extra "NEXTPNR OPTIONS"]
+        [--out DIR] [--timeout-min 45] [--extra "NEXTPNR OPTIONS"] [--sdf]
 
 ``BUILD`` is the folder of a finished ``spikeforge build`` (``top.json``,
 ``top.lpf`` or ``top.pcf``, ``build_top.sh``, ``top.report.json``).  Each seed
@@ -10,7 +10,9 @@ reruns nextpnr alone on the build's own netlist, with the build's own command
 line plus ``--seed N`` (``default``: none, nextpnr's own seed; no Yosys, no
 bitstream: ``--textcfg`` / ``--asc`` and ``--sdf`` are left out), in
 ``OUT/seedN`` (``--extra``: more nextpnr options for every seed, e.g. a
-placer's; they show in the table's command line).  nextpnr is deterministic, so a seed's figure is that
+placer's; they show in the table's command line; ``--sdf``: each seed's
+``top.sdf`` too, for ``benchmarks/slack_report.py OUT/seedN``).  nextpnr is
+deterministic, so a seed's figure is that
 netlist's under that seed's placement and routing order (a build made
 without ``--seed`` comes out again under ``default``): the spread over seeds
 is how far one netlist's Fmax moves without any change to it, the yardstick
@@ -86,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="default: BUILD/spread")
     ap.add_argument("--timeout-min", type=float, default=45.0,
                     help="stop a seed's nextpnr after this long (router2 may not converge)")
+    ap.add_argument("--sdf", action="store_true",
+                    help="write each seed's top.sdf (benchmarks/slack_report.py reads it)")
     ap.add_argument("--extra", default="",
                     help="nextpnr options added to every seed's run, e.g. "
                          "'--placer-heap-beta 0.7' (use --out to keep runs apart)")
@@ -107,7 +111,10 @@ def main(argv=None) -> int:
         ap.error(f"--extra: {e}")
     if "--seed" in extra:
         ap.error("--extra: give seeds with --seeds")
-    nargs += extra
+    for opt in (w for w in extra if w.startswith("--") and w in nargs):
+        i = nargs.index(opt)   # the build's own value gives way to --extra's
+        del nargs[i:i + (2 if i + 1 < len(nargs) and not nargs[i + 1].startswith("--") else 1)]
+    nargs += extra + (["--sdf", "top.sdf"] if args.sdf else [])
     try:
         report = json.loads((build / "report.json").read_text())
     except (OSError, ValueError):
