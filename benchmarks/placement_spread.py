@@ -109,11 +109,15 @@ def main(argv=None) -> int:
         extra = shlex.split(args.extra)
     except ValueError as e:
         ap.error(f"--extra: {e}")
-    if "--seed" in extra:
+    if any(w.split("=")[0] == "--seed" for w in extra):
         ap.error("--extra: give seeds with --seeds")
-    for opt in (w for w in extra if w.startswith("--") and w in nargs):
-        i = nargs.index(opt)   # the build's own value gives way to --extra's
-        del nargs[i:i + (2 if i + 1 < len(nargs) and not nargs[i + 1].startswith("--") else 1)]
+    if args.sdf and "--sdf" in extra:
+        ap.error("--extra: --sdf is the script's own option")
+    for opt in (w.split("=")[0] for w in extra if w.startswith("--")):
+        for i in [i for i, w in enumerate(nargs) if w.split("=")[0] == opt][::-1]:
+            # the build's own value gives way to --extra's
+            takes = "=" not in nargs[i] and i + 1 < len(nargs) and not nargs[i + 1].startswith("--")
+            del nargs[i:i + 1 + takes]
     nargs += extra + (["--sdf", "top.sdf"] if args.sdf else [])
     try:
         report = json.loads((build / "report.json").read_text())

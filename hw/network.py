@@ -380,13 +380,17 @@ class NetworkTop(wiring.Component):
         n_layers = len(self.cores)
         # ``start`` resets the cores and FIFOs one cycle later, from registers
         # (timing: the reset net, thousands of control flip-flops, is driven by
-        # a flip-flop, not by the host's logic), a copy per core and its input
-        # FIFO (``copies``: kept apart by their initial values; one register
-        # at fan-out 1,593 reached the last core over 7.2 ns of routing, a
-        # path 1 ns short of 100 MHz in a ULX3S build); the cycle it takes
-        # counts as clearing, so no event is taken then
-        rsts = copies(m, self.start, "rst")   # (those no core takes are removed)
-        rst = rsts[0]   # the streamers' and the skip paths'
+        # a flip-flop, not by the host's logic), four copies, a core and its
+        # input FIFO taking one, its share of the cores (``copies``: kept
+        # apart by their initial values; one register at fan-out 1,593
+        # reached the last core over 7.2 ns of routing, a path 1 ns short of
+        # 100 MHz in a ULX3S build); the cycle it takes counts as clearing
+        # (every copy: ``clearing`` below), so no event is taken then.  A
+        # copy whose initial value is 1 resets its cores in the first cycle
+        # after power-up, which only starts their power-up clear pass a
+        # cycle later (``clearing`` holds until it ends)
+        rsts = copies(m, self.start, "rst")
+        rst = rsts[0]   # the streamers' and the skip paths' (initial value 0)
 
         def rst_of(i: int):
             return rsts[i * len(rsts) // n_layers]
