@@ -92,7 +92,8 @@ def main(argv=None) -> int:
                     help="write each seed's top.sdf (benchmarks/slack_report.py reads it)")
     ap.add_argument("--extra", default="",
                     help="nextpnr options added to every seed's run, e.g. "
-                         "'--placer-heap-beta 0.7' (use --out to keep runs apart)")
+                         "'--placer-heap-beta 0.7' (use --out to keep runs apart; one word "
+                         "alone as --extra=--tmg-ripup)")
     args = ap.parse_args(argv)
     try:
         seeds = [s.strip() if s.strip() == "default" else int(s)
