@@ -113,10 +113,11 @@ _TOOLS = {"ulx3s": ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"),
 # engine) and router2, which routes the engine's congested block-RAM rows
 # (router1 did not converge on it; router2 went from 47k to 13k overused
 # wires in 5 iterations), with its placer's timing weight at 30 (nextpnr's
-# default 10: the default engine's netlists of b7b7178, 2dfcee2 and bf383f8
-# routed at 88.0, 94.1 and 90.8 MHz against 85.8, 82.3 and 89.6; at 60 the
-# second one's estimate after placement rose to 103.9 MHz and it routed at
-# 79.7:
+# default 10: on nextpnr's default seed the default engine's netlists of
+# b7b7178, 2dfcee2 and bf383f8 routed at 88.0, 94.1 and 90.8 MHz against
+# 85.8, 82.3 and 89.6, one seed each (bf383f8's at 30 and seed 1: 84.8, so
+# only the second gain is clear of the spread over seeds); at 60 the second
+# one's estimate after placement rose to 103.9 MHz and it routed at 79.7:
 # ``benchmarks/placement_spread.py BUILD --extra "--placer-heap-timingweight N"``)
 _SYNTH_OPTS = {"ulx3s": "-abc9", "icebreaker": ""}
 _NEXTPNR_OPTS = {"ulx3s": "--router router2 --placer-heap-timingweight 30", "icebreaker": ""}
