@@ -381,7 +381,7 @@ class HostBridge(wiring.Component):
         # the 5 header bytes
         grouped = [w for w in words.values() if len(w) > 64]
         wide = max((bits(len(w) // 8) for w in grouped), default=0)
-        sels = copies(m, k.pidx[:wide], "pidx", bits=sum(len(w) for w in grouped)) if grouped else []
+        sels = copies(m, k.pidx[:wide], "pidx") if grouped else []
         byte = {}
         for src, word in words.items():
             name = f"pay_{src.name.lower()}"
