@@ -378,10 +378,13 @@ class HostBridge(wiring.Component):
         # counters' groups, spread with their cores, over 7.5 ns of routing
         # in a ULX3S build).  Four cycles late is soon enough:
         # ``pidx`` moves once a character, >= 40 cycles, and from 0 after
-        # the 5 header bytes
+        # the 5 header bytes.  Only with batch mode (the ULX3S's: a build
+        # without it, the iCEBreaker's, is small and slow enough for
+        # ``pidx`` itself, and its logic cells are few)
         grouped = [w for w in words.values() if len(w) > 64]
         wide = max((bits(len(w) // 8) for w in grouped), default=0)
-        sels = copies(m, k.pidx[:wide], "pidx") if grouped else []
+        sels = ([] if not grouped else copies(m, k.pidx[:wide], "pidx") if self._batch
+                else [k.pidx[:wide]])
         byte = {}
         for src, word in words.items():
             name = f"pay_{src.name.lower()}"

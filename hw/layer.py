@@ -156,7 +156,7 @@ class LayerCore(wiring.Component):
         lats = [wmem.latency for wmem in wmems] if not self.streamed else [1]
         ncopies = [wmem.copies for wmem in wmems] if not self.streamed else [1]
         syns = [SynapseUnit(p, u, write_latency=p.write_stage + p.rmw_stage,
-                            weight_latency=lat, read_latency=2 + p.read_stage + p.rmw_stage,
+                            weight_latency=lat, read_latency=2 + p.read_stage + p.select_stage,
                             streamed=self.streamed, addr_stage=p.read_stage, w_addr_copies=nc)
                 for u, (lat, nc) in enumerate(zip(lats, ncopies))]
         if self.streamed:
@@ -408,9 +408,9 @@ class LayerCore(wiring.Component):
         def word(u, n, nm):
             return Array(w[u][n] for w in words)[sels[nm][n * len(sels[nm]) // NL]]
         for n in range(NL):
-            # (with ``rmw_stage`` the selected word registered once more, by
-            # the units' adders: their read is issued three cycles early)
-            dom = m.d.sync if p.rmw_stage else m.d.comb
+            # (with ``select_stage`` the selected word registered once more,
+            # by the units' adders: their read is issued a cycle earlier)
+            dom = m.d.sync if p.select_stage else m.d.comb
             dom += [syn.rd_data[n].eq(word(u, n, "syn_bank")) for u, syn in enumerate(syns)]
             total = word(0, n, "scan_bank")
             for u in range(1, len(syns)):

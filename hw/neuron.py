@@ -430,25 +430,27 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict,
     l_addr = Signal(cb_bits)
     l_lane = Signal(range(P))
     l_issuing = Signal(init=1)
-    l_pend = Signal()
-    l_pend_lane = Signal(range(P))
+    # l_load[j]: lane j's word is on ``p_data`` (its read issued the cycle
+    # before), one-hot in registers (timing: the decode of a lane number
+    # drove every bit's enable of the lane's registers, fan-out 39, a
+    # ULX3S build's path at -0.74 ns)
+    l_load = Signal(P)
     l_full = Signal()
     m.d.comb += p_addr.eq(l_addr)
-    m.d.sync += [l_pend.eq(l_issuing), l_pend_lane.eq(l_lane)]
+    m.d.sync += l_load.eq(Cat(l_issuing & (l_lane == j) for j in range(P)))
     with m.If(l_issuing):
         m.d.sync += [l_addr.eq(Mux(l_addr == G * P - 1, 0, l_addr + 1)),
                      l_lane.eq(Mux(l_lane == P - 1, 0, l_lane + 1))]
         with m.If(l_lane == P - 1):
             m.d.sync += l_issuing.eq(0)
-    with m.If(l_pend):
-        for n, (lsb, w, sg) in shapes.items():
-            field = p_data[lsb:lsb + w]
-            field = field.as_signed() if sg else field
-            for j in range(P):
-                with m.If(l_pend_lane == j):
-                    m.d.sync += nxt[n][j].eq(field)
-        with m.If(l_pend_lane == P - 1):
-            m.d.sync += l_full.eq(1)
+    for n, (lsb, w, sg) in shapes.items():
+        field = p_data[lsb:lsb + w]
+        field = field.as_signed() if sg else field
+        for j in range(P):
+            with m.If(l_load[j]):
+                m.d.sync += nxt[n][j].eq(field)
+    with m.If(l_load[P - 1]):
+        m.d.sync += l_full.eq(1)
     with m.If(consume):
         m.d.sync += [l_full.eq(0), l_issuing.eq(1)]
     loads = [consume] if loads is None else loads
@@ -456,7 +458,7 @@ def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict,
         with m.If(loads[j * len(loads) // P]):
             m.d.sync += [cur[n][j].eq(nxt[n][j]) for n in cur]
     with m.If(clear):
-        m.d.sync += [l_addr.eq(0), l_lane.eq(0), l_issuing.eq(1), l_pend.eq(0), l_full.eq(0)]
+        m.d.sync += [l_addr.eq(0), l_lane.eq(0), l_issuing.eq(1), l_load.eq(0), l_full.eq(0)]
     return cur, l_full
 
 

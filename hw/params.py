@@ -62,6 +62,14 @@ READ_STAGE_BITS = 64
 #: against 72.7 without either (README, Measured)
 RMW_STAGE_BITS = 1 << 20
 
+#: the memory word width past which a core registers the word its synapse
+#: unit selects from its current memories (:attr:`CoreParams.select_stage`):
+#: the default engine's layer 0 (640 bits; its update, from a current word's
+#: register through the memory select, the forwarding and the add into the
+#: unit's register, was the critical path of its ULX3S build at 90.8 MHz,
+#: 4.5 ns of it one route from the word's register; README, Measured)
+SELECT_STAGE_BITS = 512
+
 
 class EngineError(SpikeforgeError, ValueError):
     """A layer or network the engine cannot build, with the layer named."""
@@ -215,6 +223,19 @@ class CoreParams:
         instead of two and a write takes two registers to the memory, so
         five writes in flight are forwarded instead of three."""
         return int(self.write_stage and self.P * self.R * self.cur_width > RMW_STAGE_BITS)
+
+    @property
+    def select_stage(self) -> int:
+        """1 when the core registers the word its synapse unit selects from
+        its current memories, by the unit's adders (a LIF / IF core with a
+        write stage whose word is wider than :data:`SELECT_STAGE_BITS`, or
+        with :attr:`rmw_stage`: the memories' words, each registered by its
+        blocks, are rows apart, and the select's route to the update's adders
+        came on top of the update), else 0: the read is issued a cycle
+        earlier and one more write in flight is forwarded (four instead of
+        three)."""
+        return int(self.write_stage and (
+            self.rmw_stage or self.P * self.R * self.cur_width > SELECT_STAGE_BITS))
 
     def tap_range(self, unit: int) -> tuple[int, int]:
         """Kernel taps ``[t0, t1)`` (raster order, ``t = dy*k + dx``) that

@@ -63,8 +63,9 @@ class SynapseUnit(wiring.Component):
     (read-after-write forwarding: back-to-back events on one neuron, e.g. an
     fc layer with ``G = 1``, stay exact).  A core that registers the writes
     in front of its memories (``write_latency`` = 1) has one more write in
-    flight: the last three are forwarded; a core that registers the word
-    twice each way (``read_latency`` = 3, ``write_latency`` = 2), five.
+    flight: the last three are forwarded; a core that also registers the
+    word it selects from its memories (``select_stage``), four; a core that
+    registers the word twice each way (``read_latency`` = 3, ``write_latency`` = 2), five.
 
     At an end-of-step marker the unit stops taking events, and once its last
     update is written (into the memory, past the core's write register) it
@@ -85,8 +86,8 @@ class SynapseUnit(wiring.Component):
         memory of fixed latency.
     read_latency : int
         Cycles between ``rd_addr`` and its ``rd_data`` (2: the core registers
-        the memory's word; 3: also the address, ``read_stage``, or the word
-        twice, ``rmw_stage``; 4: both).  The writes of the last
+        the memory's word; 3: also the address, ``read_stage``, or the
+        selected word, ``select_stage``; 4: both).  The writes of the last
         ``read_latency - addr_stage + write_latency`` updates are forwarded.
     addr_stage : int
         1 when the first of those cycles is a register in front of the

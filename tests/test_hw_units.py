@@ -605,8 +605,9 @@ CORE_CASES = [
     ("conv1x1-P3-bitplanes", 12, LayerKind.CONV, 1, (5, 4), 5, 1, 0, 1, 3, 3, 0.1, 0.3),
     ("fc-P2", 13, LayerKind.FC, 12, None, 5, 1, 0, 1, 2, 1, 0.4, 0.6),
     # events back to back: one neuron updated again 4, 5 and 6 cycles later
-    # (the oldest writes a core forwards: 3 with a write stage, 5 with
-    # rmw_stage too; the read after them comes from the memory)
+    # (the oldest writes a core forwards: 3 with a write stage, 4 with
+    # select_stage too, 5 with rmw_stage; the read after them comes from the
+    # memory)
     ("fc-P2-G4", 15, LayerKind.FC, 12, None, 8, 1, 0, 1, 2, 1, 0.0, 0.2),
     ("fc-P2-G5", 16, LayerKind.FC, 12, None, 10, 1, 0, 1, 2, 1, 0.0, 0.2),
     ("fc-P2-G6", 17, LayerKind.FC, 12, None, 12, 1, 0, 1, 2, 1, 0.0, 0.2),
@@ -617,15 +618,17 @@ CORE_CASES = [
 
 
 @pytest.mark.parametrize("reads", [0, 3], ids=["weights", "weights-pipelined"])
-@pytest.mark.parametrize("stage", [0, 1, 2, 3],
-                         ids=["direct", "write-stage", "read-stage", "rmw-stage"])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4],
+                         ids=["direct", "write-stage", "read-stage", "rmw-stage",
+                              "select-stage"])
 @pytest.mark.parametrize("case", CORE_CASES, ids=[c[0] for c in CORE_CASES])
 def test_layer_core_matches_golden_with_back_pressure(case, stage, reads, monkeypatch):
     # stage 1: the current memories' writes registered (a wide core's:
     # CoreParams.write_stage), here forced on these narrow cores; stage 2:
     # also the read addresses of the current and state memories registered
     # (CoreParams.read_stage); stage 3: also the current words registered once
-    # more each way (CoreParams.rmw_stage); reads 3:
+    # more each way (CoreParams.rmw_stage); stage 4: stage 2 and the word
+    # the synapse unit selects registered (CoreParams.select_stage); reads 3:
     # the weight memory's read pipelined (a memory of many blocks':
     # hw/memory.py read_stages), 36-bit slices each with its address copy
     _core_case(case, stage, reads, monkeypatch)
@@ -649,6 +652,7 @@ def _core_case(case, stage, reads, monkeypatch, copies=1):
     monkeypatch.setattr(hw_params, "WRITE_STAGE_BITS", 0 if stage else 1 << 20)
     monkeypatch.setattr(hw_params, "READ_STAGE_BITS", 0 if stage >= 2 else 1 << 20)
     monkeypatch.setattr(hw_params, "RMW_STAGE_BITS", 0 if stage == 3 else 1 << 20)
+    monkeypatch.setattr(hw_params, "SELECT_STAGE_BITS", 0 if stage == 4 else 1 << 20)
     if reads:
         monkeypatch.setattr(hw_memory, "read_stages", lambda width, depth: reads)
     name, seed, kind, c_in, size, c_out, k, pad, pool, P, bits, idle, stall = case
@@ -675,7 +679,9 @@ def _core_case(case, stage, reads, monkeypatch, copies=1):
     cp = net_core_params(net, P)[0]
     if "one-current" in name:
         cp = dataclasses.replace(cp, cur_banks=1)
-    assert cp.write_stage + cp.read_stage + cp.rmw_stage == stage
+    stages = (cp.write_stage, cp.read_stage, cp.rmw_stage, cp.select_stage)
+    assert stages == {0: (0, 0, 0, 0), 1: (1, 0, 0, 0), 2: (1, 1, 0, 0), 3: (1, 1, 1, 1),
+                      4: (1, 1, 0, 1)}[stage]
     dut = LayerCore(cp, weight_words(layer, P), neuron_words(layer))
     spikes = [[] for _ in range(T)]
     assert hw_memory.read_stages(cp.weight_width, cp.weight_depth) == reads
