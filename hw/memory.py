@@ -33,9 +33,9 @@ build.  :data:`COLLISION_X` declares the result undefined instead for the
 block-RAM engine memories named in :data:`COLLISION_X_MEMORIES`, and the
 simulation model of these memories (:func:`read_data`, elaborated with
 ``platform=None``) returns such a word inverted, so a co-simulation fails if
-any result depends on one: every test runs with it.  Builds use it only with
-:data:`spikeforge.toolchain.COLLISION_X_SYNTH` (off: without the emulation
-the default engine's ULX3S builds did not route).
+any result depends on one: every test runs with it.  Builds use it with
+:data:`spikeforge.toolchain.COLLISION_X_SYNTH` (on; it was off while the
+default engine's ULX3S builds did not route without the emulation).
 """
 
 from __future__ import annotations

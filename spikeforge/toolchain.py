@@ -83,11 +83,15 @@ HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 
 #: whether synthesis declares the engine memories' read-during-write
 #: undefined (:data:`spikeforge.hw.memory.COLLISION_X`: no emulation logic,
-#: 7,500 fewer flip-flops in the default ULX3S engine).  Off: ULX3S builds
-#: of the default engine with it stalled in router2 (5,100-5,900 overused
-#: wires after 19-21 iterations, in three of four placements), where the
-#: engine with Yosys's emulation routes (README, Measured)
-COLLISION_X_SYNTH = False
+#: 7,461 fewer flip-flops and 1,715 fewer LUT4 in the default ULX3S build,
+#: and no LUT between a current block's output and its register).  On:
+#: the default engine's ULX3S build routed at 101.6 and 94.1 MHz on two
+#: nextpnr seeds with it, 82.8 and 84.9 without (README, Measured).  It was
+#: off while Yosys merged the cores' memory-write address registers into
+#: one that drove every core's weight blocks (82.3 MHz), and, on older
+#: engines, while router2 stalled with it (5,100-5,900 overused wires in
+#: three of four placements)
+COLLISION_X_SYNTH = True
 
 
 def synth_prep() -> str:
