@@ -249,7 +249,7 @@ def wrap_board(m, platform, top: BoardTop, pll=None, pll_domain=None) -> None:
     (``pll_domain(pll, cd)``, :mod:`.pll`) when ``pll`` is given, else the
     platform's clock; ``top`` as submodule ``board``; its UART on ``uart`` 0."""
     if pll is not None:
-        m.domains.sync = cd = ClockDomain("sync")
+        m.domains.sync = cd = ClockDomain("sync", reset_less=pll_domain.GLOBAL_RESET)
         m.submodules.pll = pll_domain(pll, cd)
     m.submodules.board = top
     uart = platform.request("uart", 0, dir="-")
