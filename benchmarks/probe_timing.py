@@ -45,7 +45,7 @@ class CoreProbe(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.domains.sync = cd = ClockDomain("sync")
+        m.domains.sync = cd = ClockDomain("sync", reset_less=ECP5PLLDomain.GLOBAL_RESET)
         m.submodules.pll = ECP5PLLDomain(self.pll, cd)
         m.submodules.core = core = self.core
         lfsr = Signal(64, init=1)
