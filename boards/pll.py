@@ -7,8 +7,8 @@ locks, through the device's synchronous global set/reset (``SGSR``), as
 Amaranth's own ECP5 clock domain is: the domain itself has no reset net
 (one, from the lock's synchronizer to every flip-flop with a reset, was the
 critical path of the default engine's ULX3S build at 100 MHz: 1,353 loads,
-67.7 MHz against 101.6 without the PLL).  iCE40 (``SB_PLL40_PAD``): :func:`ice40_pll` and :class:`ICE40PLLDomain`
-likewise.
+67.7 MHz against 101.6 without the PLL).  iCE40 (``SB_PLL40_PAD``):
+:func:`ice40_pll` and :class:`ICE40PLLDomain` likewise.
 
 ECP5 limits (Lattice TN1263, as used by nextpnr's ``ecppll``): input 8..400
 MHz, phase detector ``f_in / CLKI_DIV`` at least 3.125 MHz, VCO
