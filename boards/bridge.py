@@ -383,8 +383,12 @@ class HostBridge(wiring.Component):
         # ``pidx`` itself, and its logic cells are few)
         grouped = [w for w in words.values() if len(w) > 64]
         wide = max((bits(len(w) // 8) for w in grouped), default=0)
-        sels = ([] if not grouped else copies(m, k.pidx[:wide], "pidx") if self._batch
-                else [k.pidx[:wide]])
+        if not grouped:
+            sels = []
+        elif self._batch:
+            sels = copies(m, k.pidx[:wide], "pidx")
+        else:
+            sels = [k.pidx[:wide]]
         byte = {}
         for src, word in words.items():
             name = f"pay_{src.name.lower()}"
@@ -497,8 +501,12 @@ class HostBridge(wiring.Component):
             with m.Else():
                 k.error(P.ErrorCode.CRC)
 
-    def _beat_records(self, k: _Link):
-        """Whether the request's records are event beats (EVENTS; LOAD in batch mode)."""
+    def _beat_records(self, k: _Link, registered: bool = False):
+        """Whether the request's records are event beats (EVENTS; LOAD in
+        batch mode): from ``cmd``, or (``registered``) from its registered
+        flags ``is_ev`` / ``is_ld``, a cycle behind ``cmd``."""
+        if registered:
+            return k.is_ev | k.is_ld if k.batch else k.is_ev
         if k.batch:
             return (k.cmd == P.Cmd.EVENTS) | (k.cmd == P.Cmd.LOAD)
         return k.cmd == P.Cmd.EVENTS
@@ -512,8 +520,7 @@ class HostBridge(wiring.Component):
         lay = self.layout
         # (the command's flags, registered: ``cmd``'s comparisons into
         # SHIFT's next state were a ULX3S build's path at -1.08 ns)
-        beat_records = k.is_ev | k.is_ld if k.batch else k.is_ev
-        recsize = Mux(beat_records, lay.event_bytes, lay.write_record)
+        recsize = Mux(self._beat_records(k, registered=True), lay.event_bytes, lay.write_record)
         # CHECK and ISSUE decide from registers only, besides the engine's
         # ``ready`` (timing: the comparisons and ``ready`` into the reply's
         # registers were the iCE40's critical path; the switch on ``cmd`` and

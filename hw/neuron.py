@@ -300,8 +300,7 @@ class NeuronUnit(wiring.Component):
         # ULX3S build's path at -1.04 ns)
         parts = []
         if counted(p):
-            Q = p.words_out
-            spiking = [vec[k * Q:(k + 1) * Q].any() for k in range(P // Q)]
+            spiking = spiking_words(p, vec)
             for g in range(0, len(spiking), 8):
                 part = Signal(range(len(spiking[g:g + 8]) + 1), name=f"q_n{g // 8}",
                               reset_less=True)
@@ -416,12 +415,16 @@ def queue_word(m, p: CoreParams, entry, parts=()) -> Value:
     group, which the caller keeps in registers beside ``entry``)."""
     if not counted(p):
         return entry.as_value()
-    Q = p.words_out
     w = Signal.like(entry, name="q_word")
-    n = (sum(parts) if parts else
-         sum(entry.vec[k * Q:(k + 1) * Q].any() for k in range(p.P // Q)))
-    m.d.comb += [w.eq(entry), w.n.eq(n)]
+    m.d.comb += [w.eq(entry), w.n.eq(sum(parts) if parts else sum(spiking_words(p, entry.vec)))]
     return w.as_value()
+
+
+def spiking_words(p: CoreParams, vec) -> list:
+    """Per word of ``vec`` (a window's spikes, a bit a lane; ``words_out``
+    lanes a word), whether it has a spike."""
+    Q = p.words_out
+    return [vec[k * Q:(k + 1) * Q].any() for k in range(p.P // Q)]
 
 
 def param_loader(m, p: CoreParams, p_data, p_addr, consume, clear, fields: dict, loads=None):

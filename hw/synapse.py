@@ -65,7 +65,8 @@ class SynapseUnit(wiring.Component):
     in front of its memories (``write_latency`` = 1) has one more write in
     flight: the last three are forwarded; a core that also registers the
     word it selects from its memories (``select_stage``), four; a core that
-    registers the word twice each way (``read_latency`` = 3, ``write_latency`` = 2), five.
+    registers the word twice each way (``read_latency`` = 3,
+    ``write_latency`` = 2), five.
 
     At an end-of-step marker the unit stops taking events, and once its last
     update is written (into the memory, past the core's write register) it

@@ -85,8 +85,9 @@ HIDE_ELEMENT_NAMES = "rename -hide w:*[[]*"
 #: undefined (:data:`spikeforge.hw.memory.COLLISION_X`: no emulation logic,
 #: 7,461 fewer flip-flops and 1,715 fewer LUT4 in the default ULX3S build,
 #: and no LUT between a current block's output and its register).  On:
-#: the default engine's ULX3S build routed at 101.6 and 94.1 MHz on two
-#: nextpnr seeds with it, 82.8 and 84.9 without (README, Measured).  It was
+#: the default engine's ULX3S build routed at 101.6, 94.1 and 99.1 MHz on
+#: three nextpnr seeds with it, 82.8 and 84.9 on two without (README,
+#: Measured).  It was
 #: off while Yosys merged the cores' memory-write address registers into
 #: one that drove every core's weight blocks (82.3 MHz), and, on older
 #: engines, while router2 stalled with it (5,100-5,900 overused wires in
